@@ -1,0 +1,39 @@
+/* main.c — the prefixd command: dispatches to a subcommand (serve, run, synth). */
+#include "cmd.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: prefixd <command> [options]\n"
+               "\n"
+               "commands:\n"
+               "  serve   the daemon: serve generation on a Unix socket with a prefix cache\n"
+               "  run     one generation in-process: prints the prompt and its continuation\n"
+               "  synth   write a model with random weights of a given shape\n"
+               "\n"
+               "'prefixd <command> --help' lists a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "serve") == 0)
+        return srv_cmd_serve(argc - 1, argv + 1);
+    if (strcmp(cmd, "run") == 0)
+        return srv_cmd_run(argc - 1, argv + 1);
+    if (strcmp(cmd, "synth") == 0)
+        return srv_cmd_synth(argc - 1, argv + 1);
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "prefixd: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,218 @@
+/* model.h — the transformer: checkpoint loading, tokenizer, sampler and forward pass.
+ *
+ * This header is the manual of the model/ library. The model owns no K/V memory: every forward
+ * call is handed a block table (model_kv), and position p of a sequence lives in block p / B,
+ * row p % B, where B (block_tokens) is chosen when the model_state is made. Within one block the
+ * layout serves the attention kernel: for each layer, K then V, for each kv head, the block's B
+ * rows of head_size floats lie contiguous:
+ *
+ *     block[((layer * 2 + kv) * n_kv_heads + head) * B * head_size + row * head_size + i]
+ *
+ * (kv = 0 for keys, 1 for values). model/ knows nothing of hashing, disks, sockets or threads'
+ * hand-offs. Every function here may be called from any one thread at a time per handle; a
+ * model (weights) is read-only after load and may be shared by several states.
+ */
+#ifndef PREFIXD_MODEL_H
+#define PREFIXD_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Error codes: 0 is success, these are negative. */
+#define MODEL_ERRNO_MAP(X)                                                                         \
+    X(EIO, -1, "i/o error")                                                                        \
+    X(EFORMAT, -2, "unrecognised file format")                                                     \
+    X(ETRUNC, -3, "file truncated")                                                                \
+    X(ESHAPE, -4, "impossible model shape")                                                        \
+    X(EVOCAB, -5, "tokenizer does not match the model")                                            \
+    X(ENOMEM, -6, "out of memory")                                                                 \
+    X(ERANGE, -7, "value out of range")                                                            \
+    X(EINVAL, -8, "invalid argument")
+
+enum {
+#define X(name, code, msg) MODEL_##name = code,
+    MODEL_ERRNO_MAP(X)
+#undef X
+};
+
+/* Returns a static description of a MODEL_* code (or "unknown error"). */
+const char *model_strerror(int err);
+
+/* ---- Configuration and weights ------------------------------------------------------------ */
+
+typedef struct model_config {
+    int dim;        /* transformer width */
+    int hidden_dim; /* FFN inner width */
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;   /* < n_heads means grouped-query attention */
+    int vocab_size;   /* always positive here */
+    int seq_len;      /* maximum context, in tokens */
+    int head_size;    /* dim / n_heads */
+    int kv_dim;       /* head_size * n_kv_heads */
+    int shared_class; /* 1: the classifier is the token embedding */
+} model_config;
+
+/* The weights, mapped read-only from the checkpoint (llama2.c's names and layout). Each matrix is
+ * row-major [out][in], y = W x. Valid as long as the model is. */
+typedef struct model_weights {
+    const float *token_embedding; /* (vocab, dim) */
+    const float *rms_att;         /* (layer, dim) */
+    const float *wq;              /* (layer, dim, dim) */
+    const float *wk;              /* (layer, kv_dim, dim) */
+    const float *wv;              /* (layer, kv_dim, dim) */
+    const float *wo;              /* (layer, dim, dim) */
+    const float *rms_ffn;         /* (layer, dim) */
+    const float *w1;              /* (layer, hidden, dim) */
+    const float *w2;              /* (layer, dim, hidden) */
+    const float *w3;              /* (layer, hidden, dim) */
+    const float *rms_final;       /* (dim) */
+    const float *wcls;            /* (vocab, dim); == token_embedding when shared */
+} model_weights;
+
+typedef struct model model; /* opaque: a loaded checkpoint */
+
+/* Loads a checkpoint, memory-mapped, dispatching on the file's content (llama2.c legacy version
+ * 0 today; GGUF's magic is recognised and refused with a clear message until it is supported).
+ * Validates the header (positive sizes, dim divisible by n_heads, n_heads divisible by
+ * n_kv_heads, even head_size, sizes that do not overflow) and that the file holds every tensor.
+ * Also hashes the whole file (XXH3-128) into the model fingerprint.
+ * path: in. out: receives the model, owned by the caller, freed with model_free().
+ * msg/msglen: on failure receives a message naming the file and the problem, e.g.
+ *   "model file 'x.bin': truncated: header needs 1056540 bytes, file holds 4096".
+ * Returns 0, MODEL_EIO, MODEL_EFORMAT, MODEL_ETRUNC, MODEL_ESHAPE or MODEL_ENOMEM. */
+int model_load(const char *path, model **out, char *msg, size_t msglen);
+
+/* Unmaps and frees. Accepts NULL. No state made from this model may be used afterwards. */
+void model_free(model *m);
+
+/* Borrowed pointers, valid as long as m. */
+const model_config *model_get_config(const model *m);
+const model_weights *model_get_weights(const model *m);
+
+/* The 16-byte fingerprint: XXH3-128 of the checkpoint file's bytes. Valid as long as m. */
+const uint8_t *model_fingerprint(const model *m);
+
+/* Parameter count (every weight, the classifier counted once when shared), and the bytes the
+ * weights take. */
+uint64_t model_param_count(const model_config *c);
+uint64_t model_weight_bytes(const model_config *c);
+
+/* K/V bytes per token: 2 x layers x kv_dim x sizeof(float). */
+uint64_t model_kv_bytes_per_token(const model_config *c);
+
+/* Floats in one K/V block of block_tokens positions: n_layers x 2 x block_tokens x kv_dim. */
+size_t model_kv_block_floats(const model_config *c, int block_tokens);
+
+/* Fills *out with a named shape: "stories260K", "stories15M", "stories42M", "stories110M"
+ * (llama2.c's TinyStories shapes; 15M/42M/110M use the 32000-token vocabulary), or parses
+ * "dim,hidden,layers,heads,kv_heads,vocab,seq_len". Validates as model_load() does.
+ * Returns 0 or MODEL_EINVAL / MODEL_ESHAPE with a message in msg. */
+int model_shape_parse(const char *spec, model_config *out, char *msg, size_t msglen);
+
+/* Writes a llama2.c checkpoint with the shape c (shared classifier) and random weights drawn from
+ * seed: scaled so activations stay in range through any depth. Written to a temporary file and
+ * renamed, so a reader never sees half a file. Returns 0 or MODEL_EIO / MODEL_ESHAPE with msg. */
+int model_synth_write(const char *path, const model_config *c, uint64_t seed, char *msg,
+                      size_t msglen);
+
+/* ---- Forward pass ------------------------------------------------------------------------- */
+
+/* A block table for one sequence: blocks[i] holds positions [i*B, (i+1)*B). Plain data that the
+ * caller fills (from the cache) and hands to the model; blocks must exist for every position a
+ * call reads or writes. */
+typedef struct model_kv {
+    float *const *blocks;
+    int n_blocks;
+} model_kv;
+
+typedef struct model_state_opts {
+    int block_tokens; /* B, positions per K/V block (default 16) */
+    int max_prefill;  /* most tokens per model_prefill() call (default 512) */
+    int max_batch;    /* most sequences per model_decode() call (default 32) */
+    int threads;      /* compute threads incl. the caller (OpenBLAS's and ours); 0: all cores */
+} model_state_opts;
+
+typedef struct model_state model_state; /* opaque: activations and scratch, sized at creation */
+
+/* Makes the activation buffers for m (allocated once: the forward pass never allocates), starts
+ * threads - 1 worker threads for the kernels that are not BLAS calls, and sets OpenBLAS's thread
+ * count to threads. Zero fields of opts take their defaults. out: owned by the caller, freed with
+ * model_state_free(). Returns 0, MODEL_EINVAL or MODEL_ENOMEM. */
+int model_state_new(const model *m, const model_state_opts *opts, model_state **out);
+
+/* Stops the workers and frees. Accepts NULL. */
+void model_state_free(model_state *s);
+
+/* The options in force (defaults filled in). */
+const model_state_opts *model_state_get_opts(const model_state *s);
+
+/* Prefill: computes tokens[0..n) of one sequence at positions pos .. pos+n-1, as matrix products
+ * over all n tokens at once (cblas_sgemm), attending over the positions < pos already in kv and
+ * over the new ones. Writes the K/V of the new positions into kv. When logits is not NULL, writes
+ * the vocab_size logits of the last position there (the others are not computed).
+ * Each output row's arithmetic does not depend on n or pos's split: prefilling k tokens and then
+ * the rest gives bitwise the same K/V and logits as prefilling all at once.
+ * Returns 0, or MODEL_ERANGE (n < 1, n > max_prefill, pos + n > seq_len, a token id outside
+ * [0, vocab), or kv too short), writing nothing then. */
+int model_prefill(model_state *s, const model_kv *kv, int pos, const int32_t *tokens, int n,
+                  float *logits);
+
+/* Decode: one step for b sequences at once (b <= max_batch); sequence i feeds tokens[i] at
+ * position pos[i] with block table kv[i], writes that position's K/V, and its logits to
+ * logits + i * vocab_size. The weights are streamed once for all b rows, and each row's
+ * arithmetic does not depend on b or on the other rows: a sequence's logits are bitwise the same
+ * whatever else runs beside it. Returns 0 or MODEL_ERANGE as model_prefill(). */
+int model_decode(model_state *s, const model_kv *kv, const int *pos, const int32_t *tokens, int b,
+                 float *logits);
+
+/* ---- Tokenizer (llama2.c format) ---------------------------------------------------------- */
+
+enum { MODEL_TOK_UNK = 0, MODEL_TOK_BOS = 1, MODEL_TOK_EOS = 2 };
+
+typedef struct model_tokenizer model_tokenizer; /* opaque */
+
+/* Loads a llama2.c tokenizer file. vocab_size: the model's vocabulary, which the file must hold
+ * exactly (MODEL_EVOCAB otherwise, with a message naming both sizes); 0 accepts any size.
+ * Validates every length (truncated file, negative or oversize lengths). out: owned by the
+ * caller, freed with model_tokenizer_free(). Returns 0 or a MODEL_* code with msg. */
+int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out, char *msg,
+                         size_t msglen);
+
+/* Writes a byte-level tokenizer of vocab_size tokens (<unk>, <s>, </s>, the 256 byte tokens, then
+ * filler pieces) that any synthetic model of that vocabulary can use. Returns 0 or MODEL_EIO. */
+int model_tokenizer_synth_write(const char *path, int vocab_size, char *msg, size_t msglen);
+
+void model_tokenizer_free(model_tokenizer *t);
+int model_tokenizer_vocab(const model_tokenizer *t);
+
+/* Encodes len bytes of text as the reference does (BOS first when bos is set; a dummy-prefix space
+ * when text is not empty; UTF-8 code points or their byte fallback; then merges by score, highest
+ * first, leftmost on ties), in O(n log n) with a priority queue of candidate merges.
+ * Invalid UTF-8 bytes go through byte fallback like any unknown code point.
+ * out: capacity cap ids; cap >= len + 2 always suffices. *n_out: ids written.
+ * Returns 0, MODEL_ERANGE if cap is too small, MODEL_ENOMEM. */
+int model_encode(const model_tokenizer *t, const char *text, size_t len, int bos, int32_t *out,
+                 size_t cap, size_t *n_out);
+
+/* The text of token tok when it follows prev (a piece right after BOS loses its leading space;
+ * "<0xHH>" pieces are that one raw byte). *len receives the byte length. The pointer is valid as
+ * long as t. Returns "" (len 0) for an id out of range. */
+const char *model_decode_piece(const model_tokenizer *t, int32_t prev, int32_t tok, size_t *len);
+
+/* ---- Sampler ------------------------------------------------------------------------------ */
+
+typedef struct model_sampler model_sampler; /* opaque: scratch for top-p over the vocabulary */
+
+/* Returns NULL on allocation failure. Freed with model_sampler_free(), which accepts NULL. */
+model_sampler *model_sampler_new(int vocab_size);
+void model_sampler_free(model_sampler *s);
+
+/* Picks the next token from logits (vocab_size floats; modified in place). temp == 0: greedy
+ * (argmax, lowest id on ties). Otherwise softmax(logits / temp), then top-p (nucleus) when
+ * 0 < top_p < 1, drawn with the xorshift generator whose state is *rng (advanced; seed it with
+ * model_rng_seed()). */
+int32_t model_sample(model_sampler *s, float *logits, float temp, float top_p, uint64_t *rng);
+uint64_t model_rng_seed(uint64_t seed);
+
+#endif
