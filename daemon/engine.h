@@ -97,6 +97,24 @@ int srv_engine_step(srv_engine *e);
 /* Live requests (waiting or running). */
 int srv_engine_live(const srv_engine *e);
 
+typedef struct srv_engine_stats {
+    uint64_t requests;           /* submitted and accepted */
+    uint64_t requests_done;      /* ended normally (stop or length) */
+    uint64_t requests_cancelled; /* ended by cancel */
+    uint64_t requests_failed;    /* ended or refused with an ERROR event */
+    uint64_t prompt_tokens;      /* over all requests */
+    uint64_t cached_tokens;      /* prompt tokens taken from the cache (RAM and disk) */
+    uint64_t cached_tokens_disk; /* of those, loaded from disk */
+    uint64_t prefill_tokens;     /* prompt tokens computed */
+    uint64_t generated_tokens;
+    double prefill_ms; /* engine time in model_prefill */
+    double decode_ms;  /* engine time in model_decode */
+    int running;       /* requests prefilling or decoding now */
+    int waiting;       /* requests queued */
+} srv_engine_stats;
+
+void srv_engine_get_stats(const srv_engine *e, srv_engine_stats *out);
+
 /* The cache (NULL with no_cache), for stats and tests. */
 cache *srv_engine_cache(srv_engine *e);
 
