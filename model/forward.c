@@ -1,0 +1,456 @@
+/* forward.c — the Llama 2 forward pass over a block table: prefill and batched decode.
+ *
+ * Prefill computes n tokens of one sequence at once: every projection is one cblas_sgemm over
+ * all n rows (Q|K|V fused into one product, W1|W3 into another), whose per-row arithmetic does
+ * not depend on n, so a prompt split anywhere gives bitwise the same K/V and logits. Decode runs
+ * one token for each of b sequences with a matmul kernel of our own that streams each weight row
+ * once for all b inputs and computes every output with a fixed summation order, so a sequence's
+ * result does not depend on the batch it runs in. Attention is one kernel for both: a query
+ * attends over the K/V blocks of its sequence with a fixed order, whatever the split.
+ *
+ * K/V live only in the caller's blocks (model.h gives the layout); the state holds activations
+ * sized at creation, and the forward pass never allocates.
+ */
+#include "model.h"
+#include "pool.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Provided by OpenBLAS (declared in its cblas.h as well, but not in every BLAS's). */
+void openblas_set_num_threads(int num_threads);
+
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+
+struct model_state {
+    const model *m;
+    model_config c;
+    model_weights w;
+    model_state_opts o;
+    model__pool *pool;
+    int rows;         /* activation rows: max(max_prefill, max_batch) */
+    int qkv_dim;      /* dim + 2 kv_dim */
+    float *wqkv;      /* (layer, qkv_dim, dim): wq | wk | wv */
+    float *w13;       /* (layer, 2 hidden, dim): w1 | w3 */
+    float *x;         /* (rows, dim) residual stream */
+    float *xb;        /* (rows, dim) */
+    float *att;       /* (rows, dim) attention output */
+    float *qkv;       /* (rows, qkv_dim) */
+    float *h13;       /* (rows, 2 hidden) */
+    float *hb;        /* (rows, hidden) */
+    float *rope_cos;  /* (seq_len, head_size / 2) */
+    float *rope_sin;  /* (seq_len, head_size / 2) */
+    float *scores;    /* (threads, seq_len) attention scratch */
+    size_t kv_stride; /* floats between one (layer, kv, head) and the next inside a block */
+};
+
+/* ---- Small kernels ------------------------------------------------------------------------ */
+
+/* x (n) . y (n): a fixed summation order (eight lanes, pairwise reduction), vectorised. */
+static float dot(const float *x, const float *y, int n)
+{
+    v8f acc0 = {0}, acc1 = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        v8f a0, b0, a1, b1;
+        memcpy(&a0, x + i, 32);
+        memcpy(&b0, y + i, 32);
+        memcpy(&a1, x + i + 8, 32);
+        memcpy(&b1, y + i + 8, 32);
+        acc0 += a0 * b0;
+        acc1 += a1 * b1;
+    }
+    for (; i + 8 <= n; i += 8) {
+        v8f a0, b0;
+        memcpy(&a0, x + i, 32);
+        memcpy(&b0, y + i, 32);
+        acc0 += a0 * b0;
+    }
+    v8f acc = acc0 + acc1;
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++)
+        s += x[i] * y[i];
+    return s;
+}
+
+/* y (n) += a * x (n) */
+static void axpy(float *y, float a, const float *x, int n)
+{
+    int i = 0;
+    v8f av = {a, a, a, a, a, a, a, a};
+    for (; i + 8 <= n; i += 8) {
+        v8f xv, yv;
+        memcpy(&xv, x + i, 32);
+        memcpy(&yv, y + i, 32);
+        yv += av * xv;
+        memcpy(y + i, &yv, 32);
+    }
+    for (; i < n; i++)
+        y[i] += a * x[i];
+}
+
+/* o (n) = rmsnorm(x (n)) * w (n) */
+static void rmsnorm(float *o, const float *x, const float *w, int n)
+{
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++)
+        ss += x[i] * x[i];
+    ss /= (float)n;
+    ss += 1e-5f;
+    ss = 1.0f / sqrtf(ss);
+    for (int i = 0; i < n; i++)
+        o[i] = w[i] * (ss * x[i]);
+}
+
+/* Rotates the pairs of one head's vector v (head_size) for position pos. */
+static void rope(const model_state *s, float *v, int pos)
+{
+    int half = s->c.head_size / 2;
+    const float *cs = s->rope_cos + (size_t)pos * half, *sn = s->rope_sin + (size_t)pos * half;
+    for (int j = 0; j < half; j++) {
+        float a = v[2 * j], b = v[2 * j + 1];
+        v[2 * j] = a * cs[j] - b * sn[j];
+        v[2 * j + 1] = a * sn[j] + b * cs[j];
+    }
+}
+
+/* The address of position row `row` of (layer, kv, head) inside one block. */
+static inline float *kv_row(const model_state *s, float *block, int layer, int kv, int head,
+                            int row)
+{
+    return block + ((size_t)(layer * 2 + kv) * s->c.n_kv_heads + head) * s->kv_stride +
+           (size_t)row * s->c.head_size;
+}
+
+/* ---- Decode matmul: W (d, n) @ X (b, n)^T -> Y (b, d), rows split across the pool ---------- */
+
+typedef struct matmul_job {
+    const float *w;
+    const float *x;
+    float *y;
+    int n, d, b;
+    int rows_per_task;
+} matmul_job;
+
+static void matmul_task(void *arg, int task, int worker)
+{
+    (void)worker;
+    const matmul_job *j = arg;
+    int lo = task * j->rows_per_task;
+    int hi = lo + j->rows_per_task < j->d ? lo + j->rows_per_task : j->d;
+    for (int o = lo; o < hi; o++) {
+        const float *wr = j->w + (size_t)o * j->n;
+        for (int i = 0; i < j->b; i++)
+            j->y[(size_t)i * j->d + o] = dot(wr, j->x + (size_t)i * j->n, j->n);
+    }
+}
+
+static void matmul(model_state *s, float *y, const float *x, const float *w, int b, int n, int d)
+{
+    matmul_job j = {w, x, y, n, d, b, 0};
+    int tasks = model__pool_threads(s->pool) * 8;
+    if (tasks > d)
+        tasks = d;
+    j.rows_per_task = (d + tasks - 1) / tasks;
+    tasks = (d + j.rows_per_task - 1) / j.rows_per_task;
+    model__pool_run(s->pool, matmul_task, &j, tasks);
+}
+
+/* Prefill products: X (T, n) @ W (d, n)^T -> Y (T, d) with OpenBLAS. */
+static void gemm(float *y, const float *x, const float *w, int t, int n, int d)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, d, n, 1.0f, x, n, w, n, 0.0f, y, d);
+}
+
+/* ---- Attention ------------------------------------------------------------------------------ */
+
+typedef struct att_job {
+    model_state *s;
+    const model_kv *kv; /* one per row (decode) or one for all rows (prefill) */
+    int kv_per_row;
+    const int *pos; /* per row, or NULL with pos0 */
+    int pos0;
+    int layer;
+} att_job;
+
+/* One query head of one row attends over positions 0..p of its sequence. */
+static void att_task(void *arg, int task, int worker)
+{
+    const att_job *j = arg;
+    model_state *s = j->s;
+    const model_config *c = &s->c;
+    int row = task / c->n_heads, h = task % c->n_heads;
+    int p = j->pos ? j->pos[row] : j->pos0 + row;
+    const model_kv *kv = j->kv_per_row ? &j->kv[row] : j->kv;
+    int hs = c->head_size, B = s->o.block_tokens;
+    int kvh = h / (c->n_heads / c->n_kv_heads);
+    const float *q = s->qkv + (size_t)row * s->qkv_dim + (size_t)h * hs;
+    float *sc = s->scores + (size_t)worker * c->seq_len;
+    float scale = 1.0f / sqrtf((float)hs);
+    float mx = -INFINITY;
+    for (int t = 0; t <= p; t++) {
+        const float *k = kv_row(s, kv->blocks[t / B], j->layer, 0, kvh, t % B);
+        float v = dot(q, k, hs) * scale;
+        sc[t] = v;
+        if (v > mx)
+            mx = v;
+    }
+    float sum = 0.0f;
+    for (int t = 0; t <= p; t++) {
+        sc[t] = expf(sc[t] - mx);
+        sum += sc[t];
+    }
+    float inv = 1.0f / sum;
+    float *out = s->att + (size_t)row * c->dim + (size_t)h * hs;
+    memset(out, 0, (size_t)hs * sizeof(float));
+    for (int t = 0; t <= p; t++) {
+        const float *v = kv_row(s, kv->blocks[t / B], j->layer, 1, kvh, t % B);
+        axpy(out, sc[t] * inv, v, hs);
+    }
+}
+
+/* ---- Shared layer steps --------------------------------------------------------------------- */
+
+/* RoPE on q and k of each row, then k and v into the row's block. */
+static void rope_and_store(model_state *s, int rows, const model_kv *kv, int kv_per_row,
+                           const int *pos, int pos0, int layer)
+{
+    const model_config *c = &s->c;
+    int hs = c->head_size, B = s->o.block_tokens;
+    for (int r = 0; r < rows; r++) {
+        int p = pos ? pos[r] : pos0 + r;
+        const model_kv *k = kv_per_row ? &kv[r] : kv;
+        float *q = s->qkv + (size_t)r * s->qkv_dim;
+        float *kk = q + c->dim, *vv = kk + c->kv_dim;
+        for (int h = 0; h < c->n_heads; h++)
+            rope(s, q + (size_t)h * hs, p);
+        for (int h = 0; h < c->n_kv_heads; h++) {
+            rope(s, kk + (size_t)h * hs, p);
+            float *block = k->blocks[p / B];
+            memcpy(kv_row(s, block, layer, 0, h, p % B), kk + (size_t)h * hs,
+                   (size_t)hs * sizeof(float));
+            memcpy(kv_row(s, block, layer, 1, h, p % B), vv + (size_t)h * hs,
+                   (size_t)hs * sizeof(float));
+        }
+    }
+}
+
+static float silu(float v)
+{
+    return v / (1.0f + expf(-v));
+}
+
+/* The whole stack over `rows` rows already embedded in s->x. Products go through sgemm
+ * (prefill, use_blas) or the batch-invariant kernel (decode). */
+static void layers(model_state *s, int rows, const model_kv *kv, int kv_per_row, const int *pos,
+                   int pos0, int use_blas)
+{
+    const model_config *c = &s->c;
+    const model_weights *w = &s->w;
+    int dim = c->dim, hid = c->hidden_dim;
+    for (int l = 0; l < c->n_layers; l++) {
+        /* Attention block: xb = rmsnorm(x); q|k|v = Wqkv xb; RoPE; store k, v; attend. */
+        for (int r = 0; r < rows; r++)
+            rmsnorm(s->xb + (size_t)r * dim, s->x + (size_t)r * dim, w->rms_att + (size_t)l * dim,
+                    dim);
+        const float *wqkv = s->wqkv + (size_t)l * s->qkv_dim * dim;
+        if (use_blas)
+            gemm(s->qkv, s->xb, wqkv, rows, dim, s->qkv_dim);
+        else
+            matmul(s, s->qkv, s->xb, wqkv, rows, dim, s->qkv_dim);
+        rope_and_store(s, rows, kv, kv_per_row, pos, pos0, l);
+        att_job aj = {s, kv, kv_per_row, pos, pos0, l};
+        model__pool_run(s->pool, att_task, &aj, rows * c->n_heads);
+        /* x += Wo att */
+        const float *wo = w->wo + (size_t)l * dim * dim;
+        if (use_blas)
+            gemm(s->xb, s->att, wo, rows, dim, dim);
+        else
+            matmul(s, s->xb, s->att, wo, rows, dim, dim);
+        for (size_t i = 0; i < (size_t)rows * dim; i++)
+            s->x[i] += s->xb[i];
+        /* FFN: xb = rmsnorm(x); h = silu(W1 xb) * (W3 xb); x += W2 h. */
+        for (int r = 0; r < rows; r++)
+            rmsnorm(s->xb + (size_t)r * dim, s->x + (size_t)r * dim, w->rms_ffn + (size_t)l * dim,
+                    dim);
+        const float *w13 = s->w13 + (size_t)l * 2 * hid * dim;
+        if (use_blas)
+            gemm(s->h13, s->xb, w13, rows, dim, 2 * hid);
+        else
+            matmul(s, s->h13, s->xb, w13, rows, dim, 2 * hid);
+        for (int r = 0; r < rows; r++) {
+            const float *a = s->h13 + (size_t)r * 2 * hid;
+            float *o = s->hb + (size_t)r * hid;
+            for (int i = 0; i < hid; i++)
+                o[i] = silu(a[i]) * a[hid + i];
+        }
+        const float *w2 = w->w2 + (size_t)l * dim * hid;
+        if (use_blas)
+            gemm(s->xb, s->hb, w2, rows, hid, dim);
+        else
+            matmul(s, s->xb, s->hb, w2, rows, hid, dim);
+        for (size_t i = 0; i < (size_t)rows * dim; i++)
+            s->x[i] += s->xb[i];
+    }
+}
+
+static void embed(model_state *s, int row, int32_t tok)
+{
+    memcpy(s->x + (size_t)row * s->c.dim, s->w.token_embedding + (size_t)tok * s->c.dim,
+           (size_t)s->c.dim * sizeof(float));
+}
+
+/* ---- Public --------------------------------------------------------------------------------- */
+
+int model_state_new(const model *m, const model_state_opts *opts, model_state **out)
+{
+    *out = NULL;
+    model_state_opts o = opts ? *opts : (model_state_opts){0};
+    if (o.block_tokens == 0)
+        o.block_tokens = 16;
+    if (o.max_prefill == 0)
+        o.max_prefill = 512;
+    if (o.max_batch == 0)
+        o.max_batch = 32;
+    if (o.threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        o.threads = n > 0 ? (int)n : 1;
+    }
+    if (o.block_tokens < 1 || o.block_tokens > 4096 || o.max_prefill < 1 || o.max_batch < 1 ||
+        o.threads < 1 || o.threads > 256)
+        return MODEL_EINVAL;
+    model_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return MODEL_ENOMEM;
+    s->m = m;
+    s->c = *model_get_config(m);
+    s->w = *model_get_weights(m);
+    s->o = o;
+    const model_config *c = &s->c;
+    size_t dim = (size_t)c->dim, hid = (size_t)c->hidden_dim, L = (size_t)c->n_layers;
+    size_t kvd = (size_t)c->kv_dim;
+    s->rows = o.max_prefill > o.max_batch ? o.max_prefill : o.max_batch;
+    s->qkv_dim = c->dim + 2 * c->kv_dim;
+    s->kv_stride = (size_t)o.block_tokens * c->head_size;
+    size_t R = (size_t)s->rows, half = (size_t)c->head_size / 2;
+    s->wqkv = malloc(L * (size_t)s->qkv_dim * dim * sizeof(float));
+    s->w13 = malloc(L * 2 * hid * dim * sizeof(float));
+    s->x = malloc(R * dim * sizeof(float));
+    s->xb = malloc(R * dim * sizeof(float));
+    s->att = malloc(R * dim * sizeof(float));
+    s->qkv = malloc(R * (size_t)s->qkv_dim * sizeof(float));
+    s->h13 = malloc(R * 2 * hid * sizeof(float));
+    s->hb = malloc(R * hid * sizeof(float));
+    s->rope_cos = malloc((size_t)c->seq_len * half * sizeof(float));
+    s->rope_sin = malloc((size_t)c->seq_len * half * sizeof(float));
+    s->scores = malloc((size_t)o.threads * (size_t)c->seq_len * sizeof(float));
+    s->pool = model__pool_new(o.threads);
+    if (!s->wqkv || !s->w13 || !s->x || !s->xb || !s->att || !s->qkv || !s->h13 || !s->hb ||
+        !s->rope_cos || !s->rope_sin || !s->scores || !s->pool) {
+        model_state_free(s);
+        return MODEL_ENOMEM;
+    }
+    /* Fused copies: rows [wq; wk; wv] and [w1; w3] of each layer, so the products that share
+     * an input are one matrix product each. */
+    for (size_t l = 0; l < L; l++) {
+        float *q = s->wqkv + l * (size_t)s->qkv_dim * dim;
+        memcpy(q, s->w.wq + l * dim * dim, dim * dim * sizeof(float));
+        memcpy(q + dim * dim, s->w.wk + l * kvd * dim, kvd * dim * sizeof(float));
+        memcpy(q + dim * dim + kvd * dim, s->w.wv + l * kvd * dim, kvd * dim * sizeof(float));
+        float *f = s->w13 + l * 2 * hid * dim;
+        memcpy(f, s->w.w1 + l * hid * dim, hid * dim * sizeof(float));
+        memcpy(f + hid * dim, s->w.w3 + l * hid * dim, hid * dim * sizeof(float));
+    }
+    /* RoPE: angle = pos / 10000^(i / head_size) for even i, computed once as llama2.c does. */
+    for (int p = 0; p < c->seq_len; p++)
+        for (size_t j = 0; j < half; j++) {
+            float freq = 1.0f / powf(10000.0f, (float)(2 * j) / (float)c->head_size);
+            float val = (float)p * freq;
+            s->rope_cos[(size_t)p * half + j] = cosf(val);
+            s->rope_sin[(size_t)p * half + j] = sinf(val);
+        }
+    openblas_set_num_threads(o.threads);
+    *out = s;
+    return 0;
+}
+
+void model_state_free(model_state *s)
+{
+    if (!s)
+        return;
+    model__pool_free(s->pool);
+    free(s->wqkv);
+    free(s->w13);
+    free(s->x);
+    free(s->xb);
+    free(s->att);
+    free(s->qkv);
+    free(s->h13);
+    free(s->hb);
+    free(s->rope_cos);
+    free(s->rope_sin);
+    free(s->scores);
+    free(s);
+}
+
+const model_state_opts *model_state_get_opts(const model_state *s)
+{
+    return &s->o;
+}
+
+static int check_seq(const model_state *s, const model_kv *kv, int pos, int n)
+{
+    if (!kv || pos < 0 || n < 1 || pos + n > s->c.seq_len ||
+        (int64_t)kv->n_blocks * s->o.block_tokens < (int64_t)pos + n)
+        return MODEL_ERANGE;
+    for (int i = 0; i < (pos + n + s->o.block_tokens - 1) / s->o.block_tokens; i++)
+        if (!kv->blocks[i])
+            return MODEL_ERANGE;
+    return 0;
+}
+
+static void classify(model_state *s, float *logits, int rows)
+{
+    const model_config *c = &s->c;
+    for (int r = 0; r < rows; r++)
+        rmsnorm(s->xb + (size_t)r * c->dim, s->x + (size_t)r * c->dim, s->w.rms_final, c->dim);
+    matmul(s, logits, s->xb, s->w.wcls, rows, c->dim, c->vocab_size);
+}
+
+int model_prefill(model_state *s, const model_kv *kv, int pos, const int32_t *tokens, int n,
+                  float *logits)
+{
+    if (n < 1 || n > s->o.max_prefill || check_seq(s, kv, pos, n))
+        return MODEL_ERANGE;
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= s->c.vocab_size)
+            return MODEL_ERANGE;
+    for (int i = 0; i < n; i++)
+        embed(s, i, tokens[i]);
+    layers(s, n, kv, 0, NULL, pos, 1);
+    if (logits) {
+        /* Only the last position's logits: move its row to row 0 and classify that one. */
+        if (n > 1)
+            memcpy(s->x, s->x + (size_t)(n - 1) * s->c.dim, (size_t)s->c.dim * sizeof(float));
+        classify(s, logits, 1);
+    }
+    return 0;
+}
+
+int model_decode(model_state *s, const model_kv *kv, const int *pos, const int32_t *tokens, int b,
+                 float *logits)
+{
+    if (b < 1 || b > s->o.max_batch)
+        return MODEL_ERANGE;
+    for (int i = 0; i < b; i++)
+        if (check_seq(s, &kv[i], pos[i], 1) || tokens[i] < 0 || tokens[i] >= s->c.vocab_size)
+            return MODEL_ERANGE;
+    for (int i = 0; i < b; i++)
+        embed(s, i, tokens[i]);
+    layers(s, b, kv, 1, pos, 0, 0);
+    classify(s, logits, b);
+    return 0;
+}
