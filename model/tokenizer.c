@@ -1,0 +1,454 @@
+/* tokenizer.c — the llama2.c tokenizer: loading, encoding by scored merges, decoding pieces.
+ *
+ * Encoding gives exactly the reference's ids, but in O(n log n): the reference rescans every
+ * adjacent pair after each merge (quadratic in the prompt length); here the symbols form a linked
+ * list and candidate merges wait in a binary heap ordered by (score descending, position
+ * ascending), which is the reference's choice at every step (the best score, leftmost on ties).
+ * A candidate made stale by an earlier merge is recognised by its symbols' versions and skipped.
+ */
+#include "model.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+struct model_tokenizer {
+    int vocab;
+    int max_len;            /* max_token_length from the file */
+    float *scores;          /* (vocab) */
+    char **pieces;          /* (vocab) NUL-terminated, lengths in lens */
+    int *lens;              /* (vocab) */
+    char *blob;             /* storage of every piece */
+    int *map;               /* open-addressed piece -> id, -1 empty */
+    size_t map_mask;        /* map size - 1 */
+    int byte_id[256];       /* id of "<0xHH>" for each byte, -1 if absent */
+    unsigned char raw[512]; /* byte b as a one-byte string at raw[2b] */
+};
+
+static int fail(char *msg, size_t msglen, int code, const char *fmt, ...)
+{
+    if (msg && msglen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, msglen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+static size_t hash_bytes(const void *p, size_t n)
+{
+    return (size_t)XXH3_64bits(p, n);
+}
+
+static int lookup(const model_tokenizer *t, const char *s, size_t n)
+{
+    size_t i = hash_bytes(s, n) & t->map_mask;
+    for (;;) {
+        int id = t->map[i];
+        if (id < 0)
+            return -1;
+        if ((size_t)t->lens[id] == n && memcmp(t->pieces[id], s, n) == 0)
+            return id;
+        i = (i + 1) & t->map_mask;
+    }
+}
+
+static int build_map(model_tokenizer *t)
+{
+    size_t cap = 16;
+    while (cap < (size_t)t->vocab * 2)
+        cap <<= 1;
+    t->map = malloc(cap * sizeof(int));
+    if (!t->map)
+        return -1;
+    memset(t->map, -1, cap * sizeof(int));
+    t->map_mask = cap - 1;
+    for (int id = 0; id < t->vocab; id++) {
+        if (lookup(t, t->pieces[id], (size_t)t->lens[id]) >= 0)
+            continue; /* a duplicate piece: the lowest id wins */
+        size_t i = hash_bytes(t->pieces[id], (size_t)t->lens[id]) & t->map_mask;
+        while (t->map[i] >= 0)
+            i = (i + 1) & t->map_mask;
+        t->map[i] = id;
+    }
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        t->byte_id[b] = lookup(t, name, 6);
+        t->raw[2 * b] = (unsigned char)b;
+        t->raw[2 * b + 1] = 0;
+    }
+    return 0;
+}
+
+int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out, char *msg,
+                         size_t msglen)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return fail(msg, msglen, MODEL_EIO, "tokenizer '%s': %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0) {
+        fclose(f);
+        return fail(msg, msglen, MODEL_EIO, "tokenizer '%s': cannot seek (not a file?)", path);
+    }
+    long size = ftell(f);
+    rewind(f);
+    if (size < 0) {
+        fclose(f);
+        return fail(msg, msglen, MODEL_EIO, "tokenizer '%s': not a regular file", path);
+    }
+    unsigned char *buf = malloc(size ? (size_t)size : 1);
+    if (!buf || fread(buf, 1, (size_t)size, f) != (size_t)size) {
+        fclose(f);
+        free(buf);
+        return fail(msg, msglen, MODEL_EIO, "tokenizer '%s': cannot read", path);
+    }
+    fclose(f);
+    int rc = 0;
+    model_tokenizer *t = calloc(1, sizeof *t);
+    size_t off = 4;
+    int n = 0;
+    if (!t) {
+        rc = fail(msg, msglen, MODEL_ENOMEM, "tokenizer '%s': out of memory", path);
+        goto out;
+    }
+    if (size < 4) {
+        rc = fail(msg, msglen, MODEL_ETRUNC, "tokenizer '%s': truncated: %ld bytes", path, size);
+        goto out;
+    }
+    int32_t max_len;
+    memcpy(&max_len, buf, 4);
+    if (max_len <= 0 || max_len > 65536) {
+        rc = fail(msg, msglen, MODEL_EFORMAT, "tokenizer '%s': max_token_length %d is impossible",
+                  path, max_len);
+        goto out;
+    }
+    /* First pass: count tokens and validate every length. */
+    size_t text = 0;
+    while (off < (size_t)size) {
+        int32_t len;
+        if ((size_t)size - off < 8) {
+            rc = fail(msg, msglen, MODEL_ETRUNC,
+                      "tokenizer '%s': truncated inside token %d's header", path, n);
+            goto out;
+        }
+        memcpy(&len, buf + off + 4, 4);
+        if (len < 0 || len > max_len) {
+            rc = fail(msg, msglen, MODEL_EFORMAT,
+                      "tokenizer '%s': token %d has length %d (max_token_length %d)", path, n, len,
+                      max_len);
+            goto out;
+        }
+        if ((size_t)size - off - 8 < (size_t)len) {
+            rc = fail(msg, msglen, MODEL_ETRUNC,
+                      "tokenizer '%s': truncated inside token %d (%d bytes announced)", path, n,
+                      len);
+            goto out;
+        }
+        off += 8 + (size_t)len;
+        text += (size_t)len + 1;
+        n++;
+        if (vocab_size > 0 && n > vocab_size)
+            break;
+    }
+    if (n < 3) {
+        rc = fail(msg, msglen, MODEL_EFORMAT,
+                  "tokenizer '%s': holds %d tokens, needs at least <unk>, <s>, </s>", path, n);
+        goto out;
+    }
+    if (vocab_size > 0 && n != vocab_size) {
+        rc = fail(msg, msglen, MODEL_EVOCAB,
+                  "tokenizer '%s': holds %s%d tokens, the model has a vocabulary of %d", path,
+                  n > vocab_size ? "more than " : "", n > vocab_size ? vocab_size : n, vocab_size);
+        goto out;
+    }
+    t->vocab = n;
+    t->max_len = max_len;
+    t->scores = malloc((size_t)n * sizeof(float));
+    t->pieces = malloc((size_t)n * sizeof(char *));
+    t->lens = malloc((size_t)n * sizeof(int));
+    t->blob = malloc(text);
+    if (!t->scores || !t->pieces || !t->lens || !t->blob) {
+        rc = fail(msg, msglen, MODEL_ENOMEM, "tokenizer '%s': out of memory", path);
+        goto out;
+    }
+    off = 4;
+    char *p = t->blob;
+    for (int i = 0; i < n; i++) {
+        int32_t len;
+        memcpy(&t->scores[i], buf + off, 4);
+        memcpy(&len, buf + off + 4, 4);
+        memcpy(p, buf + off + 8, (size_t)len);
+        p[len] = 0;
+        t->pieces[i] = p;
+        t->lens[i] = len;
+        p += len + 1;
+        off += 8 + (size_t)len;
+    }
+    if (build_map(t) != 0)
+        rc = fail(msg, msglen, MODEL_ENOMEM, "tokenizer '%s': out of memory", path);
+out:
+    free(buf);
+    if (rc) {
+        model_tokenizer_free(t);
+        return rc;
+    }
+    *out = t;
+    return 0;
+}
+
+void model_tokenizer_free(model_tokenizer *t)
+{
+    if (!t)
+        return;
+    free(t->scores);
+    free(t->pieces);
+    free(t->lens);
+    free(t->blob);
+    free(t->map);
+    free(t);
+}
+
+int model_tokenizer_vocab(const model_tokenizer *t)
+{
+    return t->vocab;
+}
+
+/* ---- Encoding ------------------------------------------------------------------------------- */
+
+typedef struct sym {
+    int id;
+    int prev, next; /* indices in the symbol array, -1 at the ends */
+    unsigned ver;   /* bumped when the symbol changes or dies */
+    int dead;
+} sym;
+
+typedef struct cand {
+    float score;
+    int left, right; /* symbol indices */
+    unsigned lver, rver;
+    int id; /* the merged token */
+} cand;
+
+/* Heap order: higher score first, then smaller left index (the leftmost pair). */
+static int cand_before(const cand *a, const cand *b)
+{
+    if (a->score != b->score)
+        return a->score > b->score;
+    return a->left < b->left;
+}
+
+static void heap_push(cand *h, size_t *n, cand c)
+{
+    size_t i = (*n)++;
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!cand_before(&c, &h[parent]))
+            break;
+        h[i] = h[parent];
+        i = parent;
+    }
+    h[i] = c;
+}
+
+static cand heap_pop(cand *h, size_t *n)
+{
+    cand top = h[0], last = h[--(*n)];
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, best = i;
+        const cand *bv = &last;
+        if (l < *n && cand_before(&h[l], bv)) {
+            best = l;
+            bv = &h[l];
+        }
+        if (r < *n && cand_before(&h[r], bv))
+            best = r;
+        if (best == i)
+            break;
+        h[i] = h[best];
+        i = best;
+    }
+    if (*n > 0)
+        h[i] = last;
+    return top;
+}
+
+/* Pushes the merge of symbols a and b if their concatenation is a token. buf: scratch of at least
+ * 2 * max_len + 1 bytes. */
+static void consider(const model_tokenizer *t, const sym *s, int a, int b, cand *h, size_t *nh,
+                     char *buf)
+{
+    if (a < 0 || b < 0)
+        return;
+    size_t la = (size_t)t->lens[s[a].id], lb = (size_t)t->lens[s[b].id];
+    memcpy(buf, t->pieces[s[a].id], la);
+    memcpy(buf + la, t->pieces[s[b].id], lb);
+    int id = lookup(t, buf, la + lb);
+    if (id < 0)
+        return;
+    cand c = {t->scores[id], a, b, s[a].ver, s[b].ver, id};
+    heap_push(h, nh, c);
+}
+
+int model_encode(const model_tokenizer *t, const char *text, size_t len, int bos, int32_t *out,
+                 size_t cap, size_t *n_out)
+{
+    *n_out = 0;
+    /* Symbols: at most one per byte plus the dummy prefix. */
+    sym *s = malloc((len + 1) * sizeof *s);
+    cand *h = malloc((len + 1) * 3 * sizeof *h + sizeof *h);
+    char *buf = malloc(2 * (size_t)t->max_len + 8);
+    if (!s || !h || !buf) {
+        free(s);
+        free(h);
+        free(buf);
+        return MODEL_ENOMEM;
+    }
+    int ns = 0;
+    if (len > 0) {
+        int sp = lookup(t, " ", 1);
+        if (sp >= 0)
+            s[ns++] = (sym){sp, -1, -1, 0, 0};
+    }
+    /* Code points as the reference reads them: a byte that is not a continuation byte starts a
+     * new one, and up to three continuation bytes join it. */
+    const unsigned char *u = (const unsigned char *)text;
+    for (size_t i = 0; i < len;) {
+        size_t j = i + 1;
+        while (j < len && (u[j] & 0xC0) == 0x80 && j - i < 4)
+            j++;
+        int id = lookup(t, text + i, j - i);
+        if (id >= 0) {
+            s[ns++] = (sym){id, -1, -1, 0, 0};
+        } else {
+            for (size_t k = i; k < j; k++)
+                s[ns++] = (sym){(int)u[k] + 3, -1, -1, 0, 0};
+        }
+        i = j;
+    }
+    for (int i = 0; i < ns; i++) {
+        s[i].prev = i - 1;
+        s[i].next = i + 1 < ns ? i + 1 : -1;
+    }
+    size_t nh = 0;
+    for (int i = 0; i + 1 < ns; i++)
+        consider(t, s, i, i + 1, h, &nh, buf);
+    while (nh > 0) {
+        cand c = heap_pop(h, &nh);
+        if (s[c.left].dead || s[c.right].dead || s[c.left].ver != c.lver ||
+            s[c.right].ver != c.rver || s[c.left].next != c.right)
+            continue;
+        /* Merge: the left symbol becomes the merged token, the right one dies. */
+        sym *l = &s[c.left], *r = &s[c.right];
+        l->id = c.id;
+        l->ver++;
+        r->dead = 1;
+        r->ver++;
+        l->next = r->next;
+        if (r->next >= 0)
+            s[r->next].prev = c.left;
+        consider(t, s, l->prev, c.left, h, &nh, buf);
+        consider(t, s, c.left, l->next, h, &nh, buf);
+    }
+    size_t count = bos ? 1 : 0;
+    for (int i = ns > 0 ? 0 : -1; i >= 0; i = s[i].next)
+        count++;
+    int rc = count > cap ? MODEL_ERANGE : 0;
+    size_t n = 0;
+    if (rc == 0) {
+        if (bos)
+            out[n++] = MODEL_TOK_BOS;
+        for (int i = ns > 0 ? 0 : -1; i >= 0; i = s[i].next)
+            out[n++] = s[i].id;
+    }
+    free(s);
+    free(h);
+    free(buf);
+    if (rc == 0)
+        *n_out = n;
+    return rc;
+}
+
+/* ---- Decoding ------------------------------------------------------------------------------- */
+
+const char *model_decode_piece(const model_tokenizer *t, int32_t prev, int32_t tok, size_t *len)
+{
+    if (tok < 0 || tok >= t->vocab) {
+        *len = 0;
+        return "";
+    }
+    const char *p = t->pieces[tok];
+    size_t n = (size_t)t->lens[tok];
+    if (prev == MODEL_TOK_BOS && n > 0 && p[0] == ' ') {
+        p++;
+        n--;
+    }
+    unsigned byte;
+    if (n == 6 && p[0] == '<' && p[1] == '0' && p[2] == 'x' && p[5] == '>' &&
+        sscanf(p, "<0x%02X>", &byte) == 1 && byte < 256) {
+        *len = 1;
+        return (const char *)&t->raw[2 * byte];
+    }
+    *len = n;
+    return p;
+}
+
+/* ---- Synthetic tokenizer -------------------------------------------------------------------- */
+
+int model_tokenizer_synth_write(const char *path, int vocab_size, char *msg, size_t msglen)
+{
+    if (vocab_size < 259)
+        return fail(msg, msglen, MODEL_EINVAL,
+                    "synthetic tokenizer: vocab %d is too small (needs 3 + 256 byte tokens)",
+                    vocab_size);
+    /* Filler pieces: " " + two or three letters, unique by construction, so random models print
+     * word-like text; they merge from byte-level pieces only where their halves are tokens. */
+    static const char letters[] = "etaoinshrdlucmfwypvbgkjqxz";
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        return fail(msg, msglen, MODEL_EIO, "cannot write '%s': %s", tmp, strerror(errno));
+    int32_t max_len = 8;
+    int bad = fwrite(&max_len, 4, 1, f) != 1;
+    for (int id = 0; id < vocab_size && !bad; id++) {
+        char piece[16];
+        float score = 0.0f;
+        if (id == 0)
+            snprintf(piece, sizeof piece, "<unk>");
+        else if (id == 1)
+            snprintf(piece, sizeof piece, "\n<s>\n");
+        else if (id == 2)
+            snprintf(piece, sizeof piece, "\n</s>\n");
+        else if (id < 259)
+            snprintf(piece, sizeof piece, "<0x%02X>", id - 3);
+        else {
+            int k = id - 259;
+            int a = k % 26, b = (k / 26) % 26, c = k / 676;
+            if (c == 0)
+                snprintf(piece, sizeof piece, " %c%c", letters[a], letters[b]);
+            else
+                snprintf(piece, sizeof piece, " %c%c%c%d", letters[a], letters[b],
+                         letters[(c - 1) % 26], (c - 1) / 26);
+            score = -(float)k;
+        }
+        int32_t len = (int32_t)strlen(piece);
+        bad = fwrite(&score, 4, 1, f) != 1 || fwrite(&len, 4, 1, f) != 1 ||
+              fwrite(piece, 1, (size_t)len, f) != (size_t)len;
+    }
+    if (fclose(f) != 0)
+        bad = 1;
+    if (bad || rename(tmp, path) != 0) {
+        remove(tmp);
+        return fail(msg, msglen, MODEL_EIO, "cannot write '%s': %s", path, strerror(errno));
+    }
+    return 0;
+}

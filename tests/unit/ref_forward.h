@@ -1,0 +1,154 @@
+/* ref_forward.h — a naive reference forward pass for the tests: plain loops, one token at a time,
+ * contiguous K/V, written straight from the description in shared/models/README.md. Slow and
+ * obviously right; the real kernels are checked against it. */
+#ifndef PREFIXD_REF_FORWARD_H
+#define PREFIXD_REF_FORWARD_H
+
+#include "model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct ref_state {
+    const model_config *c;
+    const model_weights *w;
+    float *kcache, *vcache; /* (layer, seq_len, kv_dim) */
+    float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *logits;
+} ref_state;
+
+static void ref_matvec(float *y, const float *w, const float *x, int n, int d)
+{
+    for (int i = 0; i < d; i++) {
+        double s = 0;
+        for (int j = 0; j < n; j++)
+            s += (double)w[(size_t)i * n + j] * x[j];
+        y[i] = (float)s;
+    }
+}
+
+static void ref_rmsnorm(float *o, const float *x, const float *w, int n)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float r = (float)(1.0 / sqrt(ss / n + 1e-5));
+    for (int i = 0; i < n; i++)
+        o[i] = w[i] * (r * x[i]);
+}
+
+static ref_state *ref_new(const model *m)
+{
+    ref_state *r = calloc(1, sizeof *r);
+    r->c = model_get_config(m);
+    r->w = model_get_weights(m);
+    const model_config *c = r->c;
+    size_t kvn = (size_t)c->n_layers * c->seq_len * c->kv_dim;
+    r->kcache = calloc(kvn, sizeof(float));
+    r->vcache = calloc(kvn, sizeof(float));
+    r->x = calloc((size_t)c->dim, sizeof(float));
+    r->xb = calloc((size_t)c->dim, sizeof(float));
+    r->xb2 = calloc((size_t)c->dim, sizeof(float));
+    r->q = calloc((size_t)c->dim, sizeof(float));
+    r->k = calloc((size_t)c->kv_dim, sizeof(float));
+    r->v = calloc((size_t)c->kv_dim, sizeof(float));
+    r->att = calloc((size_t)c->seq_len, sizeof(float));
+    r->hb = calloc((size_t)c->hidden_dim, sizeof(float));
+    r->hb2 = calloc((size_t)c->hidden_dim, sizeof(float));
+    r->logits = calloc((size_t)c->vocab_size, sizeof(float));
+    return r;
+}
+
+static void ref_free(ref_state *r)
+{
+    if (!r)
+        return;
+    free(r->kcache);
+    free(r->vcache);
+    free(r->x);
+    free(r->xb);
+    free(r->xb2);
+    free(r->q);
+    free(r->k);
+    free(r->v);
+    free(r->att);
+    free(r->hb);
+    free(r->hb2);
+    free(r->logits);
+    free(r);
+}
+
+static void ref_rope(float *v, int n, int head_size, int pos)
+{
+    for (int i = 0; i < n; i += 2) {
+        int hi = i % head_size;
+        double ang = pos / pow(10000.0, (double)hi / head_size);
+        float c = (float)cos(ang), s = (float)sin(ang);
+        float a = v[i], b = v[i + 1];
+        v[i] = a * c - b * s;
+        v[i + 1] = a * s + b * c;
+    }
+}
+
+/* Feeds token at pos; returns the logits (valid until the next call). */
+static const float *ref_step(ref_state *r, int token, int pos)
+{
+    const model_config *c = r->c;
+    const model_weights *w = r->w;
+    int dim = c->dim, kvd = c->kv_dim, hs = c->head_size, hid = c->hidden_dim;
+    memcpy(r->x, w->token_embedding + (size_t)token * dim, (size_t)dim * sizeof(float));
+    for (int l = 0; l < c->n_layers; l++) {
+        ref_rmsnorm(r->xb, r->x, w->rms_att + (size_t)l * dim, dim);
+        ref_matvec(r->q, w->wq + (size_t)l * dim * dim, r->xb, dim, dim);
+        ref_matvec(r->k, w->wk + (size_t)l * kvd * dim, r->xb, dim, kvd);
+        ref_matvec(r->v, w->wv + (size_t)l * kvd * dim, r->xb, dim, kvd);
+        ref_rope(r->q, dim, hs, pos);
+        ref_rope(r->k, kvd, hs, pos);
+        float *kc = r->kcache + ((size_t)l * c->seq_len) * kvd;
+        float *vc = r->vcache + ((size_t)l * c->seq_len) * kvd;
+        memcpy(kc + (size_t)pos * kvd, r->k, (size_t)kvd * sizeof(float));
+        memcpy(vc + (size_t)pos * kvd, r->v, (size_t)kvd * sizeof(float));
+        for (int h = 0; h < c->n_heads; h++) {
+            int kh = h / (c->n_heads / c->n_kv_heads);
+            const float *q = r->q + (size_t)h * hs;
+            double mx = -1e30;
+            for (int t = 0; t <= pos; t++) {
+                double s = 0;
+                for (int i = 0; i < hs; i++)
+                    s += (double)q[i] * kc[(size_t)t * kvd + (size_t)kh * hs + i];
+                r->att[t] = (float)(s / sqrt((double)hs));
+                if (r->att[t] > mx)
+                    mx = r->att[t];
+            }
+            double sum = 0;
+            for (int t = 0; t <= pos; t++) {
+                r->att[t] = (float)exp(r->att[t] - mx);
+                sum += r->att[t];
+            }
+            for (int i = 0; i < hs; i++) {
+                double o = 0;
+                for (int t = 0; t <= pos; t++)
+                    o += r->att[t] / sum * vc[(size_t)t * kvd + (size_t)kh * hs + i];
+                r->xb[h * hs + i] = (float)o;
+            }
+        }
+        ref_matvec(r->xb2, w->wo + (size_t)l * dim * dim, r->xb, dim, dim);
+        for (int i = 0; i < dim; i++)
+            r->x[i] += r->xb2[i];
+        ref_rmsnorm(r->xb, r->x, w->rms_ffn + (size_t)l * dim, dim);
+        ref_matvec(r->hb, w->w1 + (size_t)l * hid * dim, r->xb, dim, hid);
+        ref_matvec(r->hb2, w->w3 + (size_t)l * hid * dim, r->xb, dim, hid);
+        for (int i = 0; i < hid; i++) {
+            float a = r->hb[i];
+            r->hb[i] = (float)(a / (1.0 + exp(-a))) * r->hb2[i];
+        }
+        ref_matvec(r->xb2, w->w2 + (size_t)l * dim * hid, r->hb, hid, dim);
+        for (int i = 0; i < dim; i++)
+            r->x[i] += r->xb2[i];
+    }
+    ref_rmsnorm(r->xb, r->x, w->rms_final, dim);
+    ref_matvec(r->logits, w->wcls, r->xb, dim, c->vocab_size);
+    return r->logits;
+}
+
+#endif
