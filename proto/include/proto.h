@@ -203,4 +203,9 @@ int proto_namespace_valid(proto_str ns);
  * offset of the first bad byte, or len if all is valid. */
 size_t proto_utf8_check(const char *s, size_t len);
 
+/* The socket path clients and the daemon use by default: $PREFIXD_SOCKET if set, else
+ * $XDG_RUNTIME_DIR/prefixd.sock, else /tmp/prefixd-$UID.sock. Returns 0, or -1 if it does not fit
+ * in cap bytes. */
+int proto_default_socket_path(char *buf, size_t cap);
+
 #endif
