@@ -139,8 +139,11 @@ static int32_t slot_of(const cache *c, const cache_block *b)
     return (int32_t)(b - c->blocks);
 }
 
-/* Finds the published block with key k whose parent and tokens match. Counts collisions. */
-static cache_block *table_find(cache *c, cache_key k, cache_key parent, const int32_t *tokens)
+/* Finds the published block with key k whose parent (block slot, -1 for a root, and key) and
+ * tokens match. Comparing the parent's slot as well as its key means a hit is confirmed by the
+ * whole chain of token comparisons, even when keys collide (test_key_bits). Counts collisions. */
+static cache_block *table_find(cache *c, cache_key k, int32_t parent_slot, cache_key parent,
+                               const int32_t *tokens)
 {
     size_t B = (size_t)c->o.block_tokens;
     for (size_t i = bucket_of(c, k), n = 0; n <= c->table_mask; i = (i + 1) & c->table_mask, n++) {
@@ -152,24 +155,24 @@ static cache_block *table_find(cache *c, cache_key k, cache_key parent, const in
         cache_block *b = &c->blocks[s];
         if (!cache_key_eq(b->key, k))
             continue;
-        if (cache_key_eq(b->parent, parent) && memcmp(b->tok, tokens, B * sizeof(int32_t)) == 0)
+        if (b->parent_slot == parent_slot && cache_key_eq(b->parent, parent) &&
+            memcmp(b->tok, tokens, B * sizeof(int32_t)) == 0)
             return b;
         c->st.collisions++;
     }
     return NULL;
 }
 
-/* Any published block under key k (for parent checks: a parent is identified by its key). */
-static cache_block *table_find_key(const cache *c, cache_key k)
+static int key_taken(const cache *c, cache_key k)
 {
     for (size_t i = bucket_of(c, k), n = 0; n <= c->table_mask; i = (i + 1) & c->table_mask, n++) {
         int32_t s = c->table[i];
         if (s == -1)
-            return NULL;
+            return 0;
         if (s >= 0 && cache_key_eq(c->blocks[s].key, k))
-            return &c->blocks[s];
+            return 1;
     }
-    return NULL;
+    return 0;
 }
 
 static void table_insert(cache *c, cache_block *b)
@@ -418,17 +421,19 @@ int cache_lookup(cache *c, cache_key root, const int32_t *tokens, size_t n, cach
         full = cap;
     c->st.lookups++;
     cache_key parent = root;
+    int32_t parent_slot = -1;
     int missed = 0;
     for (size_t i = 0; i < full; i++) {
         cache_key k = cache_key_next(c, parent, tokens + i * B);
         if (keys)
             keys[i] = k;
         if (!missed) {
-            cache_block *b = table_find(c, k, parent, tokens + i * B);
+            cache_block *b = table_find(c, k, parent_slot, parent, tokens + i * B);
             if (b) {
                 b->refs++;
                 lru_unlink(c, b);
                 hit[found++] = b;
+                parent_slot = slot_of(c, b);
             } else {
                 missed = 1;
                 c->st.miss_blocks++;
@@ -444,10 +449,13 @@ int cache_lookup(cache *c, cache_key root, const int32_t *tokens, size_t n, cach
     return 0;
 }
 
-int cache_find(cache *c, cache_key parent, const int32_t *tokens, cache_block **out)
+int cache_find(cache *c, const cache_block *parent, cache_key parent_key, const int32_t *tokens,
+               cache_block **out)
 {
-    cache_key k = cache_key_next(c, parent, tokens);
-    cache_block *b = table_find(c, k, parent, tokens);
+    if (parent && parent->state != SLOT_PUBLISHED)
+        return CACHE_ENOTFOUND;
+    cache_key k = cache_key_next(c, parent_key, tokens);
+    cache_block *b = table_find(c, k, parent ? slot_of(c, parent) : -1, parent_key, tokens);
     if (!b)
         return CACHE_ENOTFOUND;
     b->refs++;
@@ -456,15 +464,15 @@ int cache_find(cache *c, cache_key parent, const int32_t *tokens, cache_block **
     return 0;
 }
 
-int cache_publish(cache *c, cache_key parent, const int32_t *tokens, cache_block *b,
-                  cache_block **out)
+int cache_publish(cache *c, cache_block *parent, cache_key parent_key, const int32_t *tokens,
+                  cache_block *b, cache_block **out)
 {
     *out = b;
-    if (b->state != SLOT_PRIVATE)
+    if (b->state != SLOT_PRIVATE || (parent && parent->state != SLOT_PUBLISHED))
         return CACHE_EINVAL;
-    cache_block *pb = NULL;
-    cache_key k = cache_key_next(c, parent, tokens);
-    cache_block *same = table_find(c, k, parent, tokens);
+    int32_t ps = parent ? slot_of(c, parent) : -1;
+    cache_key k = cache_key_next(c, parent_key, tokens);
+    cache_block *same = table_find(c, k, ps, parent_key, tokens);
     if (same) {
         /* Someone published this block first: keep theirs (equal contents), drop ours. */
         same->refs++;
@@ -474,24 +482,21 @@ int cache_publish(cache *c, cache_key parent, const int32_t *tokens, cache_block
         *out = same;
         return 0;
     }
-    if (table_find_key(c, k)) {
-        /* The key is taken by a different block (a collision): stay private, still correct. */
+    if (key_taken(c, k)) {
+        /* The key is held by a different block (a collision): stay private, still correct. */
         c->st.collisions++;
         return 0;
     }
-    /* The parent is a root key or a cached block (the caller holds a reference on it, so it is
-     * still here); a root is recognised by not being a block. The child remembers its parent's
-     * slot: a parent with children is never evicted, so the slot stays valid. */
-    pb = table_find_key(c, parent);
+    /* A parent with children is never evicted, so the child's parent_slot stays valid. */
     b->key = k;
-    b->parent = parent;
+    b->parent = parent_key;
+    b->parent_slot = ps;
     memcpy(b->tok, tokens, (size_t)c->o.block_tokens * sizeof(int32_t));
     b->state = SLOT_PUBLISHED;
     table_insert(c, b);
-    b->parent_slot = pb ? slot_of(c, pb) : -1;
-    if (pb) {
-        pb->children++;
-        lru_update(c, pb, 0);
+    if (parent) {
+        parent->children++;
+        lru_update(c, parent, 0);
     }
     c->st.inserts++;
     c->st.slots_cached++;
@@ -543,4 +548,9 @@ void cache_get_stats(const cache *c, cache_stats *out)
 {
     *out = c->st;
     out->bytes_in_use = c->st.slots_used * c->block_bytes;
+}
+
+int cache_block_published(const cache_block *b)
+{
+    return b->state == SLOT_PUBLISHED;
 }

@@ -109,9 +109,11 @@ cache_key cache_key_next(const cache *c, cache_key parent, const int32_t *tokens
 int cache_lookup(cache *c, cache_key root, const int32_t *tokens, size_t n, cache_block **hit,
                  cache_key *keys, size_t cap, size_t *n_hit);
 
-/* Finds one published block by key, confirming parent and tokens; takes a reference. Returns 0
- * or CACHE_ENOTFOUND. */
-int cache_find(cache *c, cache_key parent, const int32_t *tokens, cache_block **out);
+/* Finds the published block holding tokens (block_tokens ids) under parent (a published block,
+ * or NULL under a root key) with parent_key (the parent's key, or the root key); takes a
+ * reference. Returns 0 or CACHE_ENOTFOUND. */
+int cache_find(cache *c, const cache_block *parent, cache_key parent_key, const int32_t *tokens,
+               cache_block **out);
 
 /* A private slot, reference count 1, contents undefined, for the caller to fill. Evicts the
  * least recently used evictable block if no slot is free (calling on_evict first).
@@ -132,14 +134,20 @@ void cache_ref(cache *c, cache_block *b);
  * published one becomes evictable once it also has no cached children. Accepts NULL. */
 void cache_unref(cache *c, cache_block *b);
 
-/* Publishes private block b, filled with the K/V of tokens (block_tokens ids) under parent
- * (a root key, or the key of a published block that must still be cached). The caller's
- * reference carries over. If an equal block (same key, parent and tokens) is already published,
- * *out receives that one, referenced, and b is released; otherwise *out = b. If the key is held
- * by a different block (a collision), b stays private and *out = b: correct, just not shared.
- * Returns 0 or CACHE_EINVAL (b not private, parent not cached). */
-int cache_publish(cache *c, cache_key parent, const int32_t *tokens, cache_block *b,
-                  cache_block **out);
+/* Publishes private block b, filled with the K/V of tokens (block_tokens ids), as the child of
+ * parent (a published block the caller holds a reference on, or NULL for the first block under
+ * a root key) whose key is parent_key. A hit is later confirmed by the parent block itself, its
+ * key and the token ids, so even colliding keys can never chain a block onto the wrong prefix.
+ * The caller's reference carries over. If the same block is already published, *out receives
+ * that one, referenced, and b is released; otherwise *out = b. If the key is held by a different
+ * block (a collision), b stays private and *out = b: correct, just not shared (its children
+ * then cannot be published either: cache_publish() refuses a parent that is not published).
+ * Returns 0 or CACHE_EINVAL (b not private, parent not published). */
+int cache_publish(cache *c, cache_block *parent, cache_key parent_key, const int32_t *tokens,
+                  cache_block *b, cache_block **out);
+
+/* 1 if b is published (in the index), 0 if private. */
+int cache_block_published(const cache_block *b);
 
 /* Marks a published block as stored by the disk tier, so evicting it spills nothing. */
 void cache_block_set_on_disk(cache_block *b);
