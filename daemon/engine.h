@@ -44,16 +44,18 @@ typedef struct srv_event {
 typedef void (*srv_emit_fn)(void *arg, const srv_event *ev);
 
 typedef struct srv_engine_opts {
-    int block_tokens;  /* B (default 16) */
-    size_t cache_mem;  /* bytes of K/V blocks (default 1 GiB) */
-    size_t pin_max;    /* pin budget (default cache_mem / 4) */
-    int no_cache;      /* 1: never share blocks between requests */
-    int max_batch;     /* running requests decoded per step (default 32) */
-    int max_queue;     /* requests waiting beyond max_batch before BUSY (default 256) */
-    int prefill_chunk; /* prompt tokens prefilled per step (default 512) */
-    int threads;       /* compute threads (0: all cores) */
-    int test_key_bits; /* cache test hook (cache_opts.test_key_bits) */
-    srv_emit_fn emit;  /* required */
+    int block_tokens;        /* B (default 16) */
+    size_t cache_mem;        /* bytes of K/V blocks (default 1 GiB) */
+    size_t pin_max;          /* pin budget (default cache_mem / 4) */
+    int no_cache;            /* 1: never share blocks between requests */
+    int max_batch;           /* running requests decoded per step (default 32) */
+    int max_queue;           /* requests waiting beyond max_batch before BUSY (default 256) */
+    int prefill_chunk;       /* prompt tokens prefilled per step (default 512) */
+    int threads;             /* compute threads (0: all cores) */
+    int test_key_bits;       /* cache test hook (cache_opts.test_key_bits) */
+    cache_evict_fn on_evict; /* optional: told of each block leaving RAM (the disk tier) */
+    void *on_evict_arg;
+    srv_emit_fn emit; /* required */
     void *emit_arg;
 } srv_engine_opts;
 
@@ -117,6 +119,9 @@ void srv_engine_get_stats(const srv_engine *e, srv_engine_stats *out);
 
 /* The cache (NULL with no_cache), for stats and tests. */
 cache *srv_engine_cache(srv_engine *e);
+
+/* The options in force, defaults filled in. */
+const srv_engine_opts *srv_engine_get_opts(const srv_engine *e);
 
 /* Monotonic clock in milliseconds. */
 double srv_now_ms(void);

@@ -1,0 +1,622 @@
+/* engine.c — the scheduler: requests in, token events out, blocks shared through the cache.
+ *
+ * A request goes WAITING -> PREFILL -> DECODE -> (ended). Admission looks up the longest cached
+ * run of the prompt's full blocks (never the last prompt token: its logits are needed, so at most
+ * floor((n - 1) / B) blocks come from the cache) and allocates private blocks for every position
+ * the request may still write (prompt and max_new, within the context), so a running request can
+ * never run out of K/V memory; a request that does not fit waits until others end. Each step
+ * prefills one chunk (<= prefill_chunk tokens, round robin over prefilling requests) and then
+ * decodes one token for every decoding request in one batched model_decode().
+ *
+ * Sharing: a request's prompt blocks are published when its prefill completes, its generated
+ * blocks when it ends. Two requests prefilling the same new prefix at once both compute it; the
+ * second to publish finds the first's block and switches to it (cache_publish() dedupes), so
+ * nobody waits on anybody. With no_cache the same code runs without lookups or publishes.
+ */
+#include "engine.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef enum rq_state { RQ_WAITING, RQ_PREFILL, RQ_DECODE } rq_state;
+
+typedef struct request {
+    uint64_t handle;
+    srv_request_kind kind;
+    rq_state state;
+    int32_t *tok; /* prompt, then sampled tokens; capacity tok_cap */
+    int tok_cap;
+    int n_prompt;
+    int n_tok;         /* ids known (prompt + sampled) */
+    int kv_done;       /* positions whose K/V are computed */
+    cache_block **blk; /* the block table's handles */
+    float **ptr;       /* the block table's payload pointers (what the model reads) */
+    int n_blk;         /* blocks allocated or hit */
+    int n_pub;         /* blocks [0, n_pub) are published */
+    int cached;        /* prompt tokens taken from the cache */
+    uint32_t max_new;
+    int n_new;
+    float temp, top_p;
+    uint64_t rng;
+    int pin;
+    cache_key root;
+    double t_recv, t_first, t_end;
+    double prefill_ms;
+} request;
+
+struct srv_engine {
+    srv_engine_opts o;
+    const model *m;
+    const model_tokenizer *tok;
+    model_config c;
+    model_state *ms;
+    cache *cache;
+    model_sampler *sampler;
+    request **live; /* waiting and running, in arrival order */
+    int n_live, cap_live;
+    int rr;         /* round robin among prefilling requests */
+    float *logits;  /* (max_batch, vocab) */
+    model_kv *kv;   /* (max_batch) */
+    int *pos;       /* (max_batch) */
+    int32_t *toks;  /* (max_batch) */
+    request **rows; /* (max_batch) */
+    srv_engine_stats st;
+};
+
+double srv_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* ---- Events ------------------------------------------------------------------------------- */
+
+static void emit_error(srv_engine *e, uint64_t handle, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void emit_error(srv_engine *e, uint64_t handle, int code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    srv_event ev = {.type = SRV_EV_ERROR, .handle = handle, .code = code, .msg = msg};
+    e->st.requests_failed++;
+    e->o.emit(e->o.emit_arg, &ev);
+}
+
+static void emit_token(srv_engine *e, request *r, int32_t t)
+{
+    size_t len;
+    int32_t prev = r->n_tok >= 2 ? r->tok[r->n_tok - 2] : MODEL_TOK_BOS;
+    const char *piece = model_decode_piece(e->tok, prev, t, &len);
+    srv_event ev = {
+        .type = SRV_EV_TOKEN, .handle = r->handle, .token = t, .piece = piece, .piece_len = len};
+    e->o.emit(e->o.emit_arg, &ev);
+}
+
+/* ---- Blocks --------------------------------------------------------------------------------- */
+
+static int blocks_for(const srv_engine *e, int positions)
+{
+    int B = e->o.block_tokens;
+    return (positions + B - 1) / B;
+}
+
+/* Publishes the full blocks whose K/V are all computed, from n_pub on. A block that cannot be
+ * published (its key collides, or its parent stayed private) ends the chain: the rest stay
+ * private, which is correct, just not shared. */
+static void publish_ready(srv_engine *e, request *r)
+{
+    if (e->o.no_cache)
+        return;
+    int B = e->o.block_tokens;
+    int full = r->kv_done / B;
+    if (full > r->n_tok / B)
+        full = r->n_tok / B;
+    while (r->n_pub < full) {
+        int i = r->n_pub;
+        cache_block *parent = i > 0 ? r->blk[i - 1] : NULL;
+        if (parent && !cache_block_published(parent))
+            return;
+        cache_key pk = parent ? cache_block_key(parent) : r->root;
+        cache_block *out;
+        if (cache_publish(e->cache, parent, pk, r->tok + (size_t)i * B, r->blk[i], &out) != 0)
+            return;
+        if (!cache_block_published(out))
+            return; /* a collision: stays private */
+        r->blk[i] = out;
+        r->ptr[i] = cache_block_data(out);
+        r->n_pub++;
+    }
+}
+
+static void release_blocks(srv_engine *e, request *r)
+{
+    for (int i = 0; i < r->n_blk; i++)
+        cache_unref(e->cache, r->blk[i]);
+    r->n_blk = 0;
+    r->n_pub = 0;
+}
+
+/* ---- Request life ------------------------------------------------------------------------- */
+
+static void request_free(request *r)
+{
+    if (!r)
+        return;
+    free(r->tok);
+    free(r->blk);
+    free(r->ptr);
+    free(r);
+}
+
+static void remove_live(srv_engine *e, request *r)
+{
+    for (int i = 0; i < e->n_live; i++)
+        if (e->live[i] == r) {
+            memmove(&e->live[i], &e->live[i + 1], (size_t)(e->n_live - i - 1) * sizeof *e->live);
+            e->n_live--;
+            if (e->rr > i)
+                e->rr--;
+            return;
+        }
+}
+
+/* Ends a request: publishes what it computed, releases its blocks, emits DONE, frees it. */
+static void finish(srv_engine *e, request *r, int reason)
+{
+    r->t_end = srv_now_ms();
+    if (reason != PROTO_FINISH_CANCELLED)
+        publish_ready(e, r);
+    release_blocks(e, r);
+    srv_event ev = {.type = SRV_EV_DONE, .handle = r->handle};
+    proto_done *d = &ev.done;
+    d->finish = (uint8_t)reason;
+    d->prompt_tokens = (uint32_t)r->n_prompt;
+    d->cached_tokens = (uint32_t)r->cached;
+    d->cached_tokens_disk = 0;
+    d->new_tokens = (uint32_t)r->n_new;
+    d->ttft_ms = r->t_first > 0 ? r->t_first - r->t_recv : 0;
+    d->prefill_ms = r->prefill_ms;
+    double dt = r->t_first > 0 ? r->t_end - r->t_first : 0;
+    d->decode_tokens_per_s = r->n_new > 1 && dt > 0 ? (r->n_new - 1) / (dt / 1e3) : 0;
+    d->total_ms = r->t_end - r->t_recv;
+    if (reason == PROTO_FINISH_CANCELLED)
+        e->st.requests_cancelled++;
+    else
+        e->st.requests_done++;
+    remove_live(e, r);
+    e->o.emit(e->o.emit_arg, &ev);
+    request_free(r);
+}
+
+static void fail_request(srv_engine *e, request *r, int code, const char *what)
+{
+    release_blocks(e, r);
+    remove_live(e, r);
+    emit_error(e, r->handle, code, "%s", what);
+    request_free(r);
+}
+
+/* Looks up the cached prefix and allocates blocks for every position the request may write.
+ * Returns 0, or CACHE_ENOSPC with nothing held. */
+static int admit(srv_engine *e, request *r)
+{
+    int B = e->o.block_tokens;
+    int last_pos = r->n_prompt; /* positions that may get K/V: [0, last_pos) */
+    if (r->kind == SRV_REQ_GENERATE && r->max_new > 1)
+        last_pos = r->n_prompt + (int)r->max_new - 1;
+    if (last_pos > e->c.seq_len)
+        last_pos = e->c.seq_len;
+    int need = blocks_for(e, last_pos);
+    size_t hit = 0;
+    if (!e->o.no_cache) {
+        /* Never the whole prompt: the last prompt token is prefilled for its logits (WARM only
+         * needs full blocks, so it may take them all). */
+        size_t cap =
+            r->kind == SRV_REQ_WARM ? (size_t)r->n_prompt / B : (size_t)(r->n_prompt - 1) / B;
+        cache_lookup(e->cache, r->root, r->tok, (size_t)r->n_prompt, r->blk, NULL, cap, &hit);
+    }
+    for (size_t i = 0; i < hit; i++)
+        r->ptr[i] = cache_block_data(r->blk[i]);
+    r->n_blk = (int)hit;
+    r->n_pub = (int)hit;
+    for (int i = (int)hit; i < need; i++) {
+        if (cache_alloc(e->cache, &r->blk[i]) != 0) {
+            release_blocks(e, r);
+            return CACHE_ENOSPC;
+        }
+        r->ptr[i] = cache_block_data(r->blk[i]);
+        r->n_blk++;
+    }
+    r->cached = (int)hit * B;
+    r->kv_done = r->cached;
+    r->state = RQ_PREFILL;
+    e->st.cached_tokens += (uint64_t)r->cached;
+    return 0;
+}
+
+int srv_engine_submit(srv_engine *e, const srv_request *q)
+{
+    int seq = e->c.seq_len, vocab = e->c.vocab_size;
+    if (e->n_live >= e->cap_live) {
+        emit_error(e, q->handle, PROTO_ERR_BUSY,
+                   "too many requests: %d running or queued (--max-batch %d, --max-queue %d)",
+                   e->n_live, e->o.max_batch, e->o.max_queue);
+        return PROTO_ERR_BUSY;
+    }
+    request *r = calloc(1, sizeof *r);
+    if (!r) {
+        emit_error(e, q->handle, PROTO_ERR_INTERNAL, "out of memory");
+        return PROTO_ERR_INTERNAL;
+    }
+    r->handle = q->handle;
+    r->kind = q->kind;
+    r->max_new = q->kind == SRV_REQ_WARM ? 0 : q->max_new;
+    r->temp = q->temp;
+    r->top_p = q->top_p;
+    r->rng = model_rng_seed(q->seed);
+    r->pin = q->pin;
+    r->t_recv = q->t_received_ms > 0 ? q->t_received_ms : srv_now_ms();
+    size_t n_in = q->tokens ? q->n_tokens : q->text_len + 2;
+    if (n_in > (size_t)seq + 1)
+        n_in = (size_t)seq + 1; /* enough to tell "too long" */
+    r->tok_cap = (int)(q->tokens ? n_in : q->text_len + 2);
+    if (r->tok_cap < seq + 1)
+        r->tok_cap = seq + 1;
+    r->tok = malloc((size_t)r->tok_cap * sizeof(int32_t));
+    int nb = blocks_for(e, seq) + 1;
+    r->blk = calloc((size_t)nb, sizeof *r->blk);
+    r->ptr = calloc((size_t)nb, sizeof *r->ptr);
+    if (!r->tok || !r->blk || !r->ptr) {
+        request_free(r);
+        emit_error(e, q->handle, PROTO_ERR_INTERNAL, "out of memory");
+        return PROTO_ERR_INTERNAL;
+    }
+    if (q->tokens) {
+        if (q->n_tokens == 0) {
+            request_free(r);
+            emit_error(e, q->handle, PROTO_ERR_BAD_REQUEST, "empty prompt: give at least one id");
+            return PROTO_ERR_BAD_REQUEST;
+        }
+        if (q->n_tokens > (size_t)seq) {
+            request_free(r);
+            emit_error(e, q->handle, PROTO_ERR_PROMPT_TOO_LONG,
+                       "prompt is %zu tokens, the model's context is %d", q->n_tokens, seq);
+            return PROTO_ERR_PROMPT_TOO_LONG;
+        }
+        for (size_t i = 0; i < q->n_tokens; i++)
+            if (q->tokens[i] < 0 || q->tokens[i] >= vocab) {
+                request_free(r);
+                emit_error(e, q->handle, PROTO_ERR_BAD_TOKEN,
+                           "token id %d at index %zu is out of range [0, %d)", q->tokens[i], i,
+                           vocab);
+                return PROTO_ERR_BAD_TOKEN;
+            }
+        memcpy(r->tok, q->tokens, q->n_tokens * sizeof(int32_t));
+        r->n_prompt = (int)q->n_tokens;
+    } else {
+        size_t n = 0;
+        if (r->tok_cap < (int)(q->text_len + 2)) {
+            free(r->tok);
+            r->tok_cap = (int)(q->text_len + 2);
+            r->tok = malloc((size_t)r->tok_cap * sizeof(int32_t));
+        }
+        if (!r->tok || model_encode(e->tok, q->text ? q->text : "", q->text_len, 1, r->tok,
+                                    (size_t)r->tok_cap, &n) != 0) {
+            request_free(r);
+            emit_error(e, q->handle, PROTO_ERR_INTERNAL, "cannot tokenize the prompt");
+            return PROTO_ERR_INTERNAL;
+        }
+        if (n > (size_t)seq) {
+            request_free(r);
+            emit_error(e, q->handle, PROTO_ERR_PROMPT_TOO_LONG,
+                       "prompt is %zu tokens, the model's context is %d", n, seq);
+            return PROTO_ERR_PROMPT_TOO_LONG;
+        }
+        r->n_prompt = (int)n;
+    }
+    r->n_tok = r->n_prompt;
+    if (!e->o.no_cache)
+        r->root = cache_root(e->cache, q->ns, q->ns ? q->ns_len : 0);
+    r->state = RQ_WAITING;
+    e->live[e->n_live++] = r;
+    e->st.requests++;
+    e->st.prompt_tokens += (uint64_t)r->n_prompt;
+    return 0;
+}
+
+int srv_engine_cancel(srv_engine *e, uint64_t handle)
+{
+    for (int i = 0; i < e->n_live; i++)
+        if (e->live[i]->handle == handle) {
+            finish(e, e->live[i], PROTO_FINISH_CANCELLED);
+            return 0;
+        }
+    return -1;
+}
+
+/* ---- The step ----------------------------------------------------------------------------- */
+
+static int running(const srv_engine *e)
+{
+    int n = 0;
+    for (int i = 0; i < e->n_live; i++)
+        n += e->live[i]->state != RQ_WAITING;
+    return n;
+}
+
+static void admit_waiting(srv_engine *e)
+{
+    int run = running(e);
+    for (int i = 0; i < e->n_live && run < e->o.max_batch; i++) {
+        request *r = e->live[i];
+        if (r->state != RQ_WAITING)
+            continue;
+        if (admit(e, r) != 0) {
+            if (run == 0) {
+                char what[200];
+                snprintf(what, sizeof what,
+                         "K/V cache full: the request needs %d blocks of %d tokens, the cache "
+                         "holds fewer free ones (raise --cache-mem)",
+                         blocks_for(e, r->n_prompt + (int)r->max_new), e->o.block_tokens);
+                fail_request(e, r, PROTO_ERR_NO_SPACE, what);
+                i--;
+                continue;
+            }
+            return; /* wait for running requests to free blocks; keep arrival order */
+        }
+        run++;
+    }
+}
+
+/* Samples from logits (modified), appends, emits; returns 1 if the request goes on. */
+static int take_token(srv_engine *e, request *r, float *logits)
+{
+    int32_t t = model_sample(e->sampler, logits, r->temp, r->top_p, &r->rng);
+    if (r->t_first == 0)
+        r->t_first = srv_now_ms();
+    if (t == MODEL_TOK_BOS || t == MODEL_TOK_EOS) {
+        finish(e, r, PROTO_FINISH_STOP);
+        return 0;
+    }
+    r->tok[r->n_tok++] = t;
+    r->n_new++;
+    e->st.generated_tokens++;
+    emit_token(e, r, t);
+    /* Another token needs this one's K/V at position n_tok - 1, inside the context. */
+    if ((uint32_t)r->n_new >= r->max_new || r->n_tok > e->c.seq_len) {
+        finish(e, r, PROTO_FINISH_LENGTH);
+        return 0;
+    }
+    return 1;
+}
+
+static void prefill_one(srv_engine *e)
+{
+    request *r = NULL;
+    for (int k = 0; k < e->n_live; k++) {
+        request *q = e->live[(e->rr + k) % e->n_live];
+        if (q->state == RQ_PREFILL) {
+            r = q;
+            e->rr = (e->rr + k + 1) % e->n_live;
+            break;
+        }
+    }
+    if (!r)
+        return;
+    int todo = r->n_prompt - r->kv_done;
+    if (todo > 0) {
+        int n = todo < e->o.prefill_chunk ? todo : e->o.prefill_chunk;
+        int last = r->kv_done + n == r->n_prompt;
+        model_kv kv = {r->ptr, r->n_blk};
+        double t0 = srv_now_ms();
+        int rc = model_prefill(e->ms, &kv, r->kv_done, r->tok + r->kv_done, n,
+                               last && r->kind == SRV_REQ_GENERATE ? e->logits : NULL);
+        double dt = srv_now_ms() - t0;
+        r->prefill_ms += dt;
+        e->st.prefill_ms += dt;
+        if (rc != 0) {
+            fail_request(e, r, PROTO_ERR_INTERNAL, "prefill failed");
+            return;
+        }
+        r->kv_done += n;
+        e->st.prefill_tokens += (uint64_t)n;
+        if (!last)
+            return;
+    }
+    /* The prompt is in: share its blocks, then the first token (or, for WARM, the pins). */
+    publish_ready(e, r);
+    if (r->kind == SRV_REQ_WARM) {
+        if (r->pin && !e->o.no_cache) {
+            int B = e->o.block_tokens;
+            int full = r->n_prompt / B;
+            if (r->n_pub < full) {
+                fail_request(e, r, PROTO_ERR_INTERNAL,
+                             "cannot pin: some of the prompt's blocks could not be published");
+                return;
+            }
+            if (cache_pin(e->cache, r->blk, (size_t)full) != 0) {
+                char what[200];
+                cache_stats cs;
+                cache_get_stats(e->cache, &cs);
+                snprintf(what, sizeof what,
+                         "pin budget exceeded: %d blocks asked, %llu of %llu bytes already "
+                         "pinned (--pin-max)",
+                         full,
+                         (unsigned long long)(cs.slots_pinned * (cs.bytes_total / cs.slots_total)),
+                         (unsigned long long)cs.pin_bytes_max);
+                fail_request(e, r, PROTO_ERR_PIN_BUDGET, what);
+                return;
+            }
+        }
+        r->t_first = srv_now_ms();
+        finish(e, r, PROTO_FINISH_STOP);
+        return;
+    }
+    r->state = RQ_DECODE;
+    if (r->max_new == 0) {
+        r->t_first = srv_now_ms();
+        finish(e, r, PROTO_FINISH_LENGTH);
+        return;
+    }
+    take_token(e, r, e->logits);
+}
+
+static void decode_all(srv_engine *e)
+{
+    int b = 0;
+    for (int i = 0; i < e->n_live && b < e->o.max_batch; i++) {
+        request *r = e->live[i];
+        if (r->state != RQ_DECODE)
+            continue;
+        e->rows[b] = r;
+        e->kv[b] = (model_kv){r->ptr, r->n_blk};
+        e->pos[b] = r->n_tok - 1;
+        e->toks[b] = r->tok[r->n_tok - 1];
+        b++;
+    }
+    if (b == 0)
+        return;
+    double t0 = srv_now_ms();
+    int rc = model_decode(e->ms, e->kv, e->pos, e->toks, b, e->logits);
+    e->st.decode_ms += srv_now_ms() - t0;
+    for (int i = 0; i < b; i++) {
+        request *r = e->rows[i];
+        if (rc != 0) {
+            fail_request(e, r, PROTO_ERR_INTERNAL, "decode failed");
+            continue;
+        }
+        r->kv_done = r->n_tok;
+        take_token(e, r, e->logits + (size_t)i * e->c.vocab_size);
+    }
+}
+
+int srv_engine_step(srv_engine *e)
+{
+    admit_waiting(e);
+    prefill_one(e);
+    decode_all(e);
+    return e->n_live;
+}
+
+int srv_engine_live(const srv_engine *e)
+{
+    return e->n_live;
+}
+
+cache *srv_engine_cache(srv_engine *e)
+{
+    return e->o.no_cache ? NULL : e->cache;
+}
+
+void srv_engine_get_stats(const srv_engine *e, srv_engine_stats *out)
+{
+    *out = e->st;
+    out->running = running(e);
+    out->waiting = e->n_live - out->running;
+}
+
+/* ---- Creation ----------------------------------------------------------------------------- */
+
+int srv_engine_new(const model *m, const model_tokenizer *tok, const srv_engine_opts *opts,
+                   srv_engine **out, char *msg, size_t msglen)
+{
+    *out = NULL;
+    srv_engine_opts o = *opts;
+    if (!o.emit) {
+        snprintf(msg, msglen, "engine: no event callback");
+        return -1;
+    }
+    if (o.block_tokens == 0)
+        o.block_tokens = 16;
+    if (o.cache_mem == 0)
+        o.cache_mem = (size_t)1 << 30;
+    if (o.max_batch == 0)
+        o.max_batch = 32;
+    if (o.max_queue == 0)
+        o.max_queue = 256;
+    if (o.prefill_chunk == 0)
+        o.prefill_chunk = 512;
+    srv_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(msg, msglen, "engine: out of memory");
+        return -1;
+    }
+    e->o = o;
+    e->m = m;
+    e->tok = tok;
+    e->c = *model_get_config(m);
+    model_state_opts so = {o.block_tokens, o.prefill_chunk, o.max_batch, o.threads};
+    int rc = model_state_new(m, &so, &e->ms);
+    if (rc != 0) {
+        snprintf(msg, msglen, "engine: cannot make the model state: %s", model_strerror(rc));
+        srv_engine_free(e);
+        return -1;
+    }
+    cache_opts co = {0};
+    co.mem_bytes = o.cache_mem;
+    co.pin_bytes = o.pin_max;
+    co.block_tokens = o.block_tokens;
+    co.block_floats = model_kv_block_floats(&e->c, o.block_tokens);
+    memcpy(co.fingerprint, model_fingerprint(m), 16);
+    co.n_layers = e->c.n_layers;
+    co.n_kv_heads = e->c.n_kv_heads;
+    co.head_size = e->c.head_size;
+    co.test_key_bits = o.test_key_bits;
+    co.on_evict = o.on_evict;
+    co.on_evict_arg = o.on_evict_arg;
+    if ((rc = cache_open(&co, &e->cache, msg, msglen)) != 0) {
+        srv_engine_free(e);
+        return -1;
+    }
+    e->cap_live = o.max_batch + o.max_queue;
+    e->live = calloc((size_t)e->cap_live, sizeof *e->live);
+    size_t B = (size_t)o.max_batch;
+    e->logits = malloc(B * (size_t)e->c.vocab_size * sizeof(float));
+    e->kv = calloc(B, sizeof *e->kv);
+    e->pos = calloc(B, sizeof *e->pos);
+    e->toks = calloc(B, sizeof *e->toks);
+    e->rows = calloc(B, sizeof *e->rows);
+    e->sampler = model_sampler_new(e->c.vocab_size);
+    if (!e->live || !e->logits || !e->kv || !e->pos || !e->toks || !e->rows || !e->sampler) {
+        snprintf(msg, msglen, "engine: out of memory");
+        srv_engine_free(e);
+        return -1;
+    }
+    *out = e;
+    return 0;
+}
+
+void srv_engine_free(srv_engine *e)
+{
+    if (!e)
+        return;
+    while (e->n_live > 0) {
+        request *r = e->live[e->n_live - 1];
+        release_blocks(e, r);
+        e->n_live--;
+        request_free(r);
+    }
+    free(e->live);
+    free(e->logits);
+    free(e->kv);
+    free(e->pos);
+    free(e->toks);
+    free(e->rows);
+    model_sampler_free(e->sampler);
+    cache_close(e->cache);
+    model_state_free(e->ms);
+    free(e);
+}
+
+const srv_engine_opts *srv_engine_get_opts(const srv_engine *e)
+{
+    return &e->o;
+}
