@@ -88,8 +88,8 @@ static int harness_checks;
 
 static inline int harness_main(int argc, char **argv, const harness_case *cases, size_t n)
 {
-    int failed = 0, ran = 0;
-    for (size_t i = 0; i < n; i++) {
+    volatile int failed = 0, ran = 0;
+    for (volatile size_t i = 0; i < n; i++) {
         if (argc > 1 && strcmp(argv[1], cases[i].name) != 0)
             continue;
         ran++;
