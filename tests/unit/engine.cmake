@@ -1,0 +1,3 @@
+prefixd_test(NAME test_engine SOURCES unit/test_engine.c LIBS srv LABELS unit TIMEOUT 180
+  CASES cached_equals_uncached chat_history_cached batch_independent collisions
+        eviction_pressure bad_input warm_and_pin)

@@ -1,0 +1,382 @@
+/* test_engine.c — the engine in-process on stories260K: cached runs give exactly the uncached
+ * greedy tokens, chats reuse their history, batches do not change a request's tokens, collisions
+ * are refused, bad input is reported. */
+#include "engine.h"
+#include "harness.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MODEL_260K PREFIXD_MODELS_DIR "/stories260K.bin"
+#define TOK512 PREFIXD_MODELS_DIR "/tok512.bin"
+
+#define MAX_REQ 64
+#define MAX_OUT 600
+
+/* What the events said, per handle. */
+typedef struct result {
+    int32_t toks[MAX_OUT];
+    int n;
+    int done, error, code;
+    proto_done d;
+    char msg[256];
+} result;
+
+static result res[MAX_REQ];
+static model *M;
+static model_tokenizer *T;
+
+static void emit_cb(void *arg, const srv_event *ev)
+{
+    (void)arg;
+    result *r = &res[ev->handle];
+    switch (ev->type) {
+    case SRV_EV_TOKEN:
+        if (r->n < MAX_OUT)
+            r->toks[r->n++] = ev->token;
+        break;
+    case SRV_EV_DONE:
+        r->done = 1;
+        r->d = ev->done;
+        break;
+    case SRV_EV_ERROR:
+        r->error = 1;
+        r->code = ev->code;
+        snprintf(r->msg, sizeof r->msg, "%s", ev->msg);
+        break;
+    }
+}
+
+static void setup(void)
+{
+    char msg[512];
+    if (!M)
+        CHECK_MSG(model_load(MODEL_260K, &M, msg, sizeof msg) == 0, "%s", msg);
+    if (!T)
+        CHECK_MSG(model_tokenizer_load(TOK512, 512, &T, msg, sizeof msg) == 0, "%s", msg);
+    memset(res, 0, sizeof res);
+}
+
+static srv_engine *engine(int no_cache, size_t mem, int key_bits, int max_batch, int max_queue)
+{
+    char msg[512];
+    srv_engine_opts o = {0};
+    o.no_cache = no_cache;
+    o.cache_mem = mem;
+    o.test_key_bits = key_bits;
+    o.max_batch = max_batch;
+    o.max_queue = max_queue;
+    o.threads = 2;
+    o.emit = emit_cb;
+    srv_engine *e = NULL;
+    CHECK_MSG(srv_engine_new(M, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
+    return e;
+}
+
+static void run_all(srv_engine *e)
+{
+    for (int i = 0; i < 100000 && srv_engine_step(e) > 0; i++)
+        ;
+    CHECK_EQ_INT(srv_engine_live(e), 0);
+}
+
+static void submit_ids(srv_engine *e, uint64_t h, const int32_t *ids, size_t n, uint32_t max_new)
+{
+    memset(&res[h], 0, sizeof res[h]);
+    srv_request q = {0};
+    q.handle = h;
+    q.kind = SRV_REQ_GENERATE;
+    q.tokens = ids;
+    q.n_tokens = n;
+    q.max_new = max_new;
+    q.ns = "test";
+    q.ns_len = 4;
+    srv_engine_submit(e, &q);
+}
+
+/* A prompt of n ids: BOS then a deterministic pseudo-random walk over the vocabulary. */
+static void prompt_ids(int32_t *t, int n, unsigned seed)
+{
+    t[0] = MODEL_TOK_BOS;
+    for (int i = 1; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        t[i] = 3 + (int32_t)((seed >> 9) % 509);
+    }
+}
+
+static void check_same(const result *a, const result *b, const char *what, int len)
+{
+    CHECK_MSG(a->done && b->done, "%s (len %d): not done (%s / %s)", what, len, a->msg, b->msg);
+    CHECK_MSG(a->n == b->n, "%s (len %d): %d vs %d tokens", what, len, a->n, b->n);
+    for (int i = 0; i < a->n; i++)
+        CHECK_MSG(a->toks[i] == b->toks[i], "%s (len %d): token %d is %d vs %d", what, len, i,
+                  a->toks[i], b->toks[i]);
+}
+
+/* For prompts of 1 to 300 tokens: after a run of a shorter prompt sharing its prefix (on and
+ * off block boundaries), the full prompt gives exactly the uncached greedy tokens, and the
+ * cached token count is the shared prefix's full blocks. */
+static void test_cached_equals_uncached(void)
+{
+    setup();
+    srv_engine *ref = engine(1, 64 << 20, 0, 4, 4);
+    srv_engine *e = engine(0, 64 << 20, 0, 4, 4);
+    static int32_t ids[310];
+    int lens[80], nl = 0;
+    for (int n = 1; n <= 300; n += 11)
+        lens[nl++] = n;
+    int edges[] = {15, 16, 17, 31, 32, 33, 48, 64, 65, 127, 128, 129, 255, 256, 257, 300};
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
+        lens[nl++] = edges[i];
+    for (int li = 0; li < nl; li++) {
+        int n = lens[li];
+        prompt_ids(ids, n, (unsigned)n * 7919u);
+        submit_ids(ref, 1, ids, (size_t)n, 24);
+        run_all(ref);
+        /* Warm the cache with a prefix of k tokens, then ask for all n. */
+        int k = n * 2 / 3;
+        if (k > 0) {
+            submit_ids(e, 2, ids, (size_t)k, 4);
+            run_all(e);
+        }
+        submit_ids(e, 3, ids, (size_t)n, 24);
+        run_all(e);
+        check_same(&res[1], &res[3], "cached vs uncached", n);
+        int B = 16;
+        int expect = k > 0 ? (k / B) * B : 0; /* k's full blocks (k's own last-token rule) */
+        if (k > 0 && k % B == 0)
+            expect = ((k - 1) / B) * B; /* ...unless k's run kept its last block from itself */
+        /* The second run of k published its prompt's full blocks, plus generated ones. */
+        int cap = ((n - 1) / B) * B;
+        CHECK_MSG((int)res[3].d.cached_tokens <= cap, "len %d: cached %u > cap %d", n,
+                  res[3].d.cached_tokens, cap);
+        CHECK_MSG((int)res[3].d.cached_tokens >= (expect < cap ? expect : cap),
+                  "len %d: cached %u, expected at least %d", n, res[3].d.cached_tokens, expect);
+        /* And once more: now everything but the last partial block comes from the cache. */
+        submit_ids(e, 4, ids, (size_t)n, 24);
+        run_all(e);
+        check_same(&res[1], &res[4], "fully cached vs uncached", n);
+        CHECK_EQ_INT(res[4].d.cached_tokens, cap);
+    }
+    srv_engine_free(ref);
+    srv_engine_free(e);
+}
+
+/* Turn 2 = turn 1's prompt + its reply + new ids: the whole history's full blocks are cached. */
+static void test_chat_history_cached(void)
+{
+    setup();
+    srv_engine *ref = engine(1, 64 << 20, 0, 4, 4);
+    srv_engine *e = engine(0, 64 << 20, 0, 4, 4);
+    static int32_t conv[600];
+    int n = 40;
+    prompt_ids(conv, n, 99);
+    for (int turn = 0; turn < 4; turn++) {
+        submit_ids(e, 1, conv, (size_t)n, 30);
+        run_all(e);
+        submit_ids(ref, 2, conv, (size_t)n, 30);
+        run_all(ref);
+        check_same(&res[2], &res[1], "chat turn", turn);
+        if (turn > 0) {
+            /* Everything up to the last full block before the new user ids is cached. */
+            CHECK_MSG((int)res[1].d.cached_tokens >= ((n - 12) / 16) * 16 - 16,
+                      "turn %d: cached %u of %d", turn, res[1].d.cached_tokens, n);
+        }
+        memcpy(conv + n, res[1].toks, (size_t)res[1].n * sizeof(int32_t));
+        n += res[1].n;
+        int32_t user[12];
+        prompt_ids(user, 12, (unsigned)turn + 5);
+        memcpy(conv + n, user + 1, 11 * sizeof(int32_t));
+        n += 11;
+    }
+    srv_engine_free(ref);
+    srv_engine_free(e);
+}
+
+/* Eight requests at once give each exactly its tokens when run alone. */
+static void test_batch_independent(void)
+{
+    setup();
+    srv_engine *e = engine(0, 64 << 20, 0, 8, 8);
+    static int32_t ids[8][100];
+    result alone[8];
+    for (int i = 0; i < 8; i++) {
+        prompt_ids(ids[i], 20 + 9 * i, 1000 + (unsigned)i);
+        submit_ids(e, 10, ids[i], (size_t)(20 + 9 * i), 40);
+        run_all(e);
+        alone[i] = res[10];
+    }
+    srv_engine_free(e);
+    e = engine(1, 64 << 20, 0, 8, 8);
+    for (int i = 0; i < 8; i++)
+        submit_ids(e, (uint64_t)i + 1, ids[i], (size_t)(20 + 9 * i), 40);
+    run_all(e);
+    for (int i = 0; i < 8; i++)
+        check_same(&alone[i], &res[i + 1], "batched vs alone", i);
+    srv_engine_free(e);
+}
+
+/* Keys cut to 3 bits: nearly every block collides; the token and parent checks refuse the wrong
+ * blocks and the outputs stay right. */
+static void test_collisions(void)
+{
+    setup();
+    srv_engine *ref = engine(1, 64 << 20, 0, 4, 4);
+    srv_engine *e = engine(0, 64 << 20, 3, 4, 4);
+    static int32_t ids[200];
+    for (int r = 0; r < 12; r++) {
+        int n = 40 + 13 * r;
+        prompt_ids(ids, n, 500 + (unsigned)(r % 4));
+        submit_ids(ref, 1, ids, (size_t)n, 16);
+        run_all(ref);
+        submit_ids(e, 2, ids, (size_t)n, 16);
+        run_all(e);
+        check_same(&res[1], &res[2], "collision run", n);
+    }
+    cache_stats st;
+    cache_get_stats(srv_engine_cache(e), &st);
+    CHECK_MSG(st.collisions > 0, "no collision happened (%llu)", (unsigned long long)st.collisions);
+    srv_engine_free(ref);
+    srv_engine_free(e);
+}
+
+/* A cache of a few blocks: constant eviction, outputs unchanged. */
+static void test_eviction_pressure(void)
+{
+    setup();
+    const model_config *c = model_get_config(M);
+    size_t block = model_kv_block_floats(c, 16) * sizeof(float);
+    srv_engine *ref = engine(1, 64 << 20, 0, 4, 4);
+    srv_engine *e = engine(0, block * 40, 0, 2, 8);
+    static int32_t ids[4][300];
+    for (int i = 0; i < 4; i++)
+        prompt_ids(ids[i], 200, 77 + (unsigned)i);
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i < 4; i++) {
+            int n = 100 + 30 * ((i + round) % 4);
+            submit_ids(ref, 1, ids[i], (size_t)n, 20);
+            run_all(ref);
+            submit_ids(e, 2, ids[i], (size_t)n, 20);
+            run_all(e);
+            check_same(&res[1], &res[2], "under eviction", n);
+        }
+    cache_stats st;
+    cache_get_stats(srv_engine_cache(e), &st);
+    CHECK(st.evictions > 0);
+    CHECK_EQ_U64(st.slots_used, st.slots_cached); /* no private block left behind */
+    srv_engine_free(ref);
+    srv_engine_free(e);
+}
+
+static void test_bad_input(void)
+{
+    setup();
+    srv_engine *e = engine(0, 64 << 20, 0, 1, 1);
+    int32_t ids[600];
+    prompt_ids(ids, 600, 1);
+    submit_ids(e, 1, ids, 513, 5);
+    CHECK(res[1].error && res[1].code == PROTO_ERR_PROMPT_TOO_LONG);
+    CHECK_STR_CONTAINS(res[1].msg, "513");
+    ids[5] = 512;
+    submit_ids(e, 2, ids, 10, 5);
+    CHECK(res[2].error && res[2].code == PROTO_ERR_BAD_TOKEN);
+    CHECK_STR_CONTAINS(res[2].msg, "512");
+    submit_ids(e, 3, ids, 0, 5);
+    CHECK(res[3].error && res[3].code == PROTO_ERR_BAD_REQUEST);
+    ids[5] = 7;
+    /* One running + one queued fill the engine; the third is BUSY. */
+    submit_ids(e, 4, ids, 10, 50);
+    submit_ids(e, 5, ids, 10, 50);
+    submit_ids(e, 6, ids, 10, 50);
+    CHECK(!res[4].error && !res[5].error);
+    CHECK(res[6].error && res[6].code == PROTO_ERR_BUSY);
+    /* Cancel mid-generation: DONE with CANCELLED. */
+    for (int i = 0; i < 5; i++)
+        srv_engine_step(e);
+    CHECK(res[4].n > 0 && !res[4].done);
+    CHECK_EQ_INT(srv_engine_cancel(e, 4), 0);
+    CHECK(res[4].done && res[4].d.finish == PROTO_FINISH_CANCELLED);
+    CHECK_EQ_INT(srv_engine_cancel(e, 4), -1);
+    run_all(e);
+    CHECK(res[5].done && res[5].d.finish == PROTO_FINISH_LENGTH && res[5].n == 50);
+    /* A prompt that fills the context: one token, then finish LENGTH. */
+    submit_ids(e, 7, ids, 512, 10);
+    run_all(e);
+    CHECK(res[7].done && res[7].d.finish == PROTO_FINISH_LENGTH);
+    CHECK_EQ_INT(res[7].n, 1);
+    srv_engine_free(e);
+}
+
+static void test_warm_and_pin(void)
+{
+    setup();
+    const model_config *c = model_get_config(M);
+    size_t block = model_kv_block_floats(c, 16) * sizeof(float);
+    char msg[256];
+    srv_engine_opts o = {0};
+    o.cache_mem = block * 64;
+    o.pin_max = block * 10;
+    o.emit = emit_cb;
+    o.threads = 1;
+    srv_engine *e = NULL;
+    CHECK_MSG(srv_engine_new(M, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
+    int32_t ids[400];
+    prompt_ids(ids, 400, 3);
+    srv_request q = {0};
+    q.kind = SRV_REQ_WARM;
+    q.tokens = ids;
+    q.n_tokens = 160; /* 10 blocks: exactly the budget */
+    q.pin = 1;
+    q.handle = 1;
+    q.ns = "test";
+    q.ns_len = 4;
+    srv_engine_submit(e, &q);
+    run_all(e);
+    CHECK_MSG(res[1].done && !res[1].error, "warm+pin failed: %s", res[1].msg);
+    CHECK_EQ_INT(res[1].n, 0);
+    cache_stats st;
+    cache_get_stats(srv_engine_cache(e), &st);
+    CHECK_EQ_U64(st.slots_pinned, 10);
+    /* Another pinned prefix is beyond the budget: refused, nothing pinned. */
+    q.handle = 2;
+    q.tokens = ids + 200;
+    q.n_tokens = 32;
+    srv_engine_submit(e, &q);
+    run_all(e);
+    CHECK(res[2].error && res[2].code == PROTO_ERR_PIN_BUDGET);
+    /* Heavy traffic evicts everything but the pinned blocks: the warm prefix still hits. */
+    for (int i = 0; i < 6; i++) {
+        int32_t other[300];
+        prompt_ids(other, 300, 1000 + (unsigned)i);
+        submit_ids(e, 3, other, 300, 4);
+        run_all(e);
+    }
+    submit_ids(e, 4, ids, 170, 4);
+    run_all(e);
+    CHECK_EQ_INT(res[4].d.cached_tokens, 160);
+    srv_engine_free(e);
+}
+
+static void teardown(void)
+{
+    model_tokenizer_free(T);
+    model_free(M);
+}
+
+static const harness_case cases[] = {
+    {"cached_equals_uncached", test_cached_equals_uncached},
+    {"chat_history_cached", test_chat_history_cached},
+    {"batch_independent", test_batch_independent},
+    {"collisions", test_collisions},
+    {"eviction_pressure", test_eviction_pressure},
+    {"bad_input", test_bad_input},
+    {"warm_and_pin", test_warm_and_pin},
+};
+
+int main(int argc, char **argv)
+{
+    int rc = harness_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+    teardown();
+    return rc;
+}
