@@ -155,8 +155,6 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
         off += 8 + (size_t)len;
         text += (size_t)len + 1;
         n++;
-        if (vocab_size > 0 && n > vocab_size)
-            break;
     }
     if (n < 3) {
         rc = fail(msg, msglen, MODEL_EFORMAT,
@@ -165,8 +163,8 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
     }
     if (vocab_size > 0 && n != vocab_size) {
         rc = fail(msg, msglen, MODEL_EVOCAB,
-                  "tokenizer '%s': holds %s%d tokens, the model has a vocabulary of %d", path,
-                  n > vocab_size ? "more than " : "", n > vocab_size ? vocab_size : n, vocab_size);
+                  "tokenizer '%s': holds %d tokens, the model has a vocabulary of %d", path, n,
+                  vocab_size);
         goto out;
     }
     t->vocab = n;

@@ -1,0 +1,174 @@
+/* test_proto.c — the wire format: round trips, partial frames, framing errors, bad bodies,
+ * UTF-8 and namespace checks, and fixed byte vectors (the same hex as the Python client's test). */
+#include "harness.h"
+#include "proto.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static size_t enc(const proto_msg *m, uint8_t *buf, size_t cap)
+{
+    size_t n = proto_encode(m, buf, cap);
+    CHECK(n <= cap);
+    return n;
+}
+
+static void test_roundtrip(void)
+{
+    uint8_t buf[512];
+    proto_msg m = {0}, d;
+    m.type = PROTO_GENERATE;
+    m.flags = PROTO_GEN_TOKENS;
+    m.id = 77;
+    m.u.gen.max_new = 9;
+    m.u.gen.temp = 0.5f;
+    m.u.gen.top_p = 0.9f;
+    m.u.gen.seed = 0x1122334455667788ull;
+    m.u.gen.ns = (proto_str){"team-a", 6};
+    uint8_t ids[12] = {1, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f, 3, 1, 0, 0};
+    m.u.gen.ids = (proto_ids){ids, 3};
+    size_t n = enc(&m, buf, sizeof buf);
+    CHECK_EQ_INT(proto_decode(buf, n, 4096, &d), n);
+    CHECK_EQ_INT(d.type, PROTO_GENERATE);
+    CHECK_EQ_INT(d.id, 77);
+    CHECK_EQ_INT(d.u.gen.max_new, 9);
+    CHECK(d.u.gen.temp == 0.5f && d.u.gen.top_p == 0.9f);
+    CHECK_EQ_U64(d.u.gen.seed, 0x1122334455667788ull);
+    CHECK(d.u.gen.ns.len == 6 && memcmp(d.u.gen.ns.p, "team-a", 6) == 0);
+    CHECK_EQ_INT(d.u.gen.ids.n, 3);
+    CHECK_EQ_INT(proto_ids_get(d.u.gen.ids, 1), 0x7fffffff);
+    CHECK_EQ_INT(proto_ids_get(d.u.gen.ids, 2), 259);
+
+    proto_msg t = {0};
+    t.type = PROTO_DONE;
+    t.id = 5;
+    t.u.done.finish = PROTO_FINISH_LENGTH;
+    t.u.done.prompt_tokens = 1540;
+    t.u.done.cached_tokens = 1536;
+    t.u.done.cached_tokens_disk = 16;
+    t.u.done.new_tokens = 3;
+    t.u.done.ttft_ms = 12.5;
+    t.u.done.total_ms = 99.25;
+    n = enc(&t, buf, sizeof buf);
+    CHECK_EQ_INT(proto_decode(buf, n, 4096, &d), n);
+    CHECK(d.u.done.finish == PROTO_FINISH_LENGTH && d.u.done.cached_tokens == 1536 &&
+          d.u.done.cached_tokens_disk == 16 && d.u.done.ttft_ms == 12.5 &&
+          d.u.done.total_ms == 99.25);
+    /* Every type survives a round trip. */
+    for (int type = PROTO_HELLO; type <= PROTO_TEXT; type++) {
+        proto_msg x = {0};
+        x.type = (uint16_t)type;
+        x.id = (uint32_t)type;
+        if (type == PROTO_HELLO)
+            x.u.hello.magic = PROTO_MAGIC;
+        if (type == PROTO_TOKEN)
+            x.u.token.piece = (proto_str){"ab", 2};
+        n = enc(&x, buf, sizeof buf);
+        CHECK_EQ_INT(proto_decode(buf, n, 4096, &d), n);
+        CHECK_EQ_INT(d.type, type);
+        CHECK_EQ_INT(d.id, type);
+    }
+    /* Too small a buffer: the size needed, nothing promised written. */
+    CHECK(proto_encode(&m, buf, 3) == n + 0 * 0 || proto_encode(&m, buf, 3) > 3);
+}
+
+/* The bytes PROTOCOL.md shows and clients/python's test also checks. */
+static void test_vectors(void)
+{
+    uint8_t buf[128];
+    proto_msg h = {0};
+    h.type = PROTO_HELLO;
+    h.u.hello.magic = PROTO_MAGIC;
+    h.u.hello.version = PROTO_VERSION;
+    size_t n = enc(&h, buf, sizeof buf);
+    const uint8_t hello[] = {0x14, 0,   0,   0,   1, 0, 0, 0, 0, 0, 0, 0,
+                             'P',  'F', 'X', 'D', 1, 0, 0, 0, 0, 0, 0, 0};
+    CHECK_EQ_INT(n, sizeof hello);
+    CHECK(memcmp(buf, hello, n) == 0);
+    proto_msg g = {0};
+    g.type = PROTO_GENERATE;
+    g.id = 1;
+    g.u.gen.max_new = 8;
+    g.u.gen.ns = (proto_str){"", 0};
+    g.u.gen.text = (proto_str){"Hi", 2};
+    n = enc(&g, buf, sizeof buf);
+    const uint8_t gen[] = {0x26, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0,   0,
+                           0,    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 'H', 'i'};
+    CHECK_EQ_INT(n, sizeof gen);
+    CHECK(memcmp(buf, gen, n) == 0);
+}
+
+static void test_partial_and_errors(void)
+{
+    uint8_t buf[256];
+    proto_msg m = {0}, d;
+    m.type = PROTO_TOKENIZE;
+    m.id = 3;
+    m.u.text = (proto_str){"hello world", 11};
+    size_t n = enc(&m, buf, sizeof buf);
+    for (size_t k = 0; k < n; k++)
+        CHECK_EQ_INT(proto_decode(buf, k, 4096, &d), PROTO_NEED_MORE);
+    /* Framing errors. */
+    uint8_t big[12] = {0xff, 0xff, 0xff, 0x7f, 3, 0, 0, 0, 1, 0, 0, 0};
+    CHECK_EQ_INT(proto_decode(big, sizeof big, 4096, &d), -PROTO_ERR_TOO_BIG);
+    uint8_t small[12] = {4, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0};
+    CHECK_EQ_INT(proto_decode(small, sizeof small, 4096, &d), -PROTO_ERR_BAD_FRAME);
+    /* The max-frame boundary: exactly max is accepted, one more refused. */
+    CHECK_EQ_INT(proto_decode(buf, n, n, &d), n);
+    CHECK_EQ_INT(proto_decode(buf, n, n - 1, &d), -PROTO_ERR_TOO_BIG);
+    /* A string length past the body: a bad body, the frame is skipped whole. */
+    buf[12] = 0xff;
+    CHECK_EQ_INT(proto_decode(buf, n, 4096, &d), n);
+    CHECK_EQ_INT(d.type, PROTO_TYPE_INVALID);
+    CHECK_EQ_INT(d.u.error.code, PROTO_ERR_BAD_FRAME);
+    /* Unknown type. */
+    uint8_t unk[12] = {8, 0, 0, 0, 99, 0, 0, 0, 4, 0, 0, 0};
+    CHECK_EQ_INT(proto_decode(unk, sizeof unk, 4096, &d), 12);
+    CHECK_EQ_INT(d.type, PROTO_TYPE_INVALID);
+    CHECK_EQ_INT(d.u.error.code, PROTO_ERR_UNKNOWN_TYPE);
+    CHECK_EQ_INT(d.id, 4);
+    /* Trailing bytes. */
+    uint8_t trail[13] = {9, 0, 0, 0, 9, 0, 0, 0, 4, 0, 0, 0, 0};
+    CHECK_EQ_INT(proto_decode(trail, sizeof trail, 4096, &d), 13);
+    CHECK_EQ_INT(d.type, PROTO_TYPE_INVALID);
+    /* HELLO with a bad magic. */
+    uint8_t bad_hello[24] = {0x14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 'X', 'X', 'X', 'X', 1};
+    CHECK_EQ_INT(proto_decode(bad_hello, sizeof bad_hello, 4096, &d), 24);
+    CHECK_EQ_INT(d.type, PROTO_TYPE_INVALID);
+    /* An id count whose bytes would overflow. */
+    proto_msg x = {0};
+    x.type = PROTO_DETOKENIZE;
+    n = enc(&x, buf, sizeof buf);
+    buf[12] = 0xff, buf[13] = 0xff, buf[14] = 0xff, buf[15] = 0xff;
+    CHECK_EQ_INT(proto_decode(buf, n, 4096, &d), n);
+    CHECK_EQ_INT(d.type, PROTO_TYPE_INVALID);
+}
+
+static void test_utf8_and_ns(void)
+{
+    const char ok[] = "héllo ☃ 😀";
+    CHECK_EQ_INT(proto_utf8_check(ok, sizeof ok - 1), sizeof ok - 1);
+    CHECK_EQ_INT(proto_utf8_check("a\xc0\xafz", 4), 1);       /* overlong */
+    CHECK_EQ_INT(proto_utf8_check("ab\xed\xa0\x80", 5), 2);   /* surrogate */
+    CHECK_EQ_INT(proto_utf8_check("\xf4\x90\x80\x80", 4), 0); /* > U+10FFFF */
+    CHECK_EQ_INT(proto_utf8_check("xyz\xe2\x82", 5), 3);      /* truncated */
+    CHECK_EQ_INT(proto_utf8_check("\x80", 1), 0);             /* stray continuation */
+    CHECK(proto_namespace_valid((proto_str){"team-a.b_c", 10}));
+    CHECK(proto_namespace_valid((proto_str){"", 0}));
+    CHECK(!proto_namespace_valid((proto_str){"a/b", 3}));
+    CHECK(!proto_namespace_valid((proto_str){"sp ace", 6}));
+    char longns[70];
+    memset(longns, 'a', sizeof longns);
+    CHECK(!proto_namespace_valid((proto_str){longns, 65}));
+    CHECK(proto_namespace_valid((proto_str){longns, 64}));
+    CHECK_STR_EQ(proto_strerror(PROTO_ERR_BUSY), "too many requests");
+}
+
+static const harness_case cases[] = {
+    {"roundtrip", test_roundtrip},
+    {"vectors", test_vectors},
+    {"partial_and_errors", test_partial_and_errors},
+    {"utf8_and_ns", test_utf8_and_ns},
+};
+
+HARNESS_MAIN(cases)
