@@ -92,9 +92,9 @@ static void emit_error(srv_engine *e, uint64_t handle, int code, const char *fmt
 
 static void emit_token(srv_engine *e, request *r, int32_t t)
 {
-    size_t len;
+    size_t len = 0;
     int32_t prev = r->n_tok >= 2 ? r->tok[r->n_tok - 2] : MODEL_TOK_BOS;
-    const char *piece = model_decode_piece(e->tok, prev, t, &len);
+    const char *piece = e->tok ? model_decode_piece(e->tok, prev, t, &len) : "";
     srv_event ev = {
         .type = SRV_EV_TOKEN, .handle = r->handle, .token = t, .piece = piece, .piece_len = len};
     e->o.emit(e->o.emit_arg, &ev);
@@ -303,6 +303,11 @@ int srv_engine_submit(srv_engine *e, const srv_request *q)
         r->n_prompt = (int)q->n_tokens;
     } else {
         size_t n = 0;
+        if (!e->tok) {
+            request_free(r);
+            emit_error(e, q->handle, PROTO_ERR_BAD_REQUEST, "no tokenizer: send token ids");
+            return PROTO_ERR_BAD_REQUEST;
+        }
         if (r->tok_cap < (int)(q->text_len + 2)) {
             free(r->tok);
             r->tok_cap = (int)(q->text_len + 2);

@@ -78,7 +78,8 @@ typedef struct srv_request {
     double t_received_ms; /* srv_now_ms() when the request arrived, for TTFT */
 } srv_request;
 
-/* Makes an engine over a loaded model and tokenizer (borrowed: they must outlive the engine).
+/* Makes an engine over a loaded model and tokenizer (borrowed: they must outlive the engine;
+ * tok may be NULL, then only id prompts are accepted and pieces are empty).
  * Returns 0 or a negative code with a message in msg. */
 int srv_engine_new(const model *m, const model_tokenizer *tok, const srv_engine_opts *o,
                    srv_engine **out, char *msg, size_t msglen);

@@ -43,7 +43,7 @@ struct model_state {
     float *hb;        /* (rows, hidden) */
     float *rope_cos;  /* (seq_len, head_size / 2) */
     float *rope_sin;  /* (seq_len, head_size / 2) */
-    float *scores;    /* (threads, seq_len) attention scratch */
+    float *scores;    /* (threads, ATT_TILE, seq_len) attention scratch */
     size_t kv_stride; /* floats between one (layer, kv, head) and the next inside a block */
 };
 
@@ -90,6 +90,31 @@ static void axpy(float *y, float a, const float *x, int n)
     }
     for (; i < n; i++)
         y[i] += a * x[i];
+}
+
+/* out (hs) += sum over t < n of p[t] * v[t] (v: n rows of hs floats), in t order for each
+ * element, exactly as n calls of axpy would, but with out held in registers 64 floats at a time
+ * instead of loaded and stored for every key. */
+static void av_accumulate(float *out, const float *p, const float *v, int n, int hs)
+{
+    int i0 = 0;
+    for (; i0 + 64 <= hs; i0 += 64) {
+        v8f o[8];
+        memcpy(o, out + i0, sizeof o);
+        for (int t = 0; t < n; t++) {
+            v8f pv = {p[t], p[t], p[t], p[t], p[t], p[t], p[t], p[t]};
+            const float *vr = v + (size_t)t * hs + i0;
+            for (int k = 0; k < 8; k++) {
+                v8f x;
+                memcpy(&x, vr + 8 * k, 32);
+                o[k] += pv * x;
+            }
+        }
+        memcpy(out + i0, o, sizeof o);
+    }
+    if (i0 < hs)
+        for (int t = 0; t < n; t++)
+            axpy(out + i0, p[t], v + (size_t)t * hs + i0, hs - i0);
 }
 
 /* o (n) = rmsnorm(x (n)) * w (n) */
@@ -159,10 +184,33 @@ static void matmul(model_state *s, float *y, const float *x, const float *w, int
     model__pool_run(s->pool, matmul_task, &j, tasks);
 }
 
-/* Prefill products: X (T, n) @ W (d, n)^T -> Y (T, d) with OpenBLAS. */
-static void gemm(float *y, const float *x, const float *w, int t, int n, int d)
+/* Prefill products: X (T, n) @ W (d, n)^T -> Y (T, d) with OpenBLAS, the d output columns split
+ * across the pool, each slice one single-threaded cblas_sgemm. OpenBLAS's own threads stay off:
+ * after each call they spin (with sched_yield) for a while, and on two cores they then fight
+ * the attention workers that run right after; one pool for everything avoids that. */
+typedef struct gemm_job {
+    float *y;
+    const float *x, *w;
+    int t, n, d, slice;
+} gemm_job;
+
+static void gemm_task(void *arg, int task, int worker)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, d, n, 1.0f, x, n, w, n, 0.0f, y, d);
+    (void)worker;
+    const gemm_job *j = arg;
+    int lo = task * j->slice, cols = j->d - lo < j->slice ? j->d - lo : j->slice;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->t, cols, j->n, 1.0f, j->x, j->n,
+                j->w + (size_t)lo * j->n, j->n, 0.0f, j->y + lo, j->d);
+}
+
+static void gemm(model_state *s, float *y, const float *x, const float *w, int t, int n, int d)
+{
+    int threads = model__pool_threads(s->pool);
+    /* Slices of whole 64-column panels, one per thread. */
+    int slice = ((d + threads - 1) / threads + 63) / 64 * 64;
+    int tasks = (d + slice - 1) / slice;
+    gemm_job j = {y, x, w, t, n, d, slice};
+    model__pool_run(s->pool, gemm_task, &j, tasks);
 }
 
 /* ---- Attention ------------------------------------------------------------------------------ */
@@ -174,42 +222,85 @@ typedef struct att_job {
     const int *pos; /* per row, or NULL with pos0 */
     int pos0;
     int layer;
+    int rows;
 } att_job;
 
-/* One query head of one row attends over positions 0..p of its sequence. */
+/* Rows attended together in prefill: their keys and values are read once per tile from the
+ * blocks (L1-resident), instead of once per row. */
+#define ATT_TILE 16
+
+/* One query head of rows [r0, r1) (one sequence; rows at consecutive positions in prefill, a
+ * single row in decode) attends over positions 0..p of each row. Every score is dot(q, k) and
+ * every output the sum of p_t * v_t in position order, whatever the tiling: a row's result does
+ * not depend on which rows share its tile. */
+static void att_rows(const att_job *j, int h, int r0, int r1, int worker)
+{
+    model_state *s = j->s;
+    const model_config *c = &s->c;
+    const model_kv *kv = j->kv_per_row ? &j->kv[r0] : j->kv;
+    int hs = c->head_size, B = s->o.block_tokens, seq = c->seq_len;
+    int kvh = h / (c->n_heads / c->n_kv_heads);
+    float scale = 1.0f / sqrtf((float)hs);
+    float *sc = s->scores + (size_t)worker * ATT_TILE * seq;
+    int pmax = j->pos ? j->pos[r0] : j->pos0 + r1 - 1;
+    /* Scores, block by block of keys. */
+    for (int b0 = 0; b0 <= pmax; b0 += B) {
+        int b1 = b0 + B - 1 < pmax ? b0 + B - 1 : pmax;
+        float *block = kv->blocks[b0 / B];
+        for (int r = r0; r < r1; r++) {
+            int p = j->pos ? j->pos[r] : j->pos0 + r;
+            const float *q = s->qkv + (size_t)r * s->qkv_dim + (size_t)h * hs;
+            float *row = sc + (size_t)(r - r0) * seq;
+            int end = b1 < p ? b1 : p;
+            for (int t = b0; t <= end; t++)
+                row[t] = dot(q, kv_row(s, block, j->layer, 0, kvh, t - b0), hs) * scale;
+        }
+    }
+    /* Softmax per row, in place. */
+    for (int r = r0; r < r1; r++) {
+        int p = j->pos ? j->pos[r] : j->pos0 + r;
+        float *row = sc + (size_t)(r - r0) * seq;
+        float mx = -INFINITY;
+        for (int t = 0; t <= p; t++)
+            if (row[t] > mx)
+                mx = row[t];
+        float sum = 0.0f;
+        for (int t = 0; t <= p; t++) {
+            row[t] = expf(row[t] - mx);
+            sum += row[t];
+        }
+        float inv = 1.0f / sum;
+        for (int t = 0; t <= p; t++)
+            row[t] *= inv;
+        memset(s->att + (size_t)r * c->dim + (size_t)h * hs, 0, (size_t)hs * sizeof(float));
+    }
+    /* Weighted values, block by block. */
+    for (int b0 = 0; b0 <= pmax; b0 += B) {
+        int b1 = b0 + B - 1 < pmax ? b0 + B - 1 : pmax;
+        float *block = kv->blocks[b0 / B];
+        for (int r = r0; r < r1; r++) {
+            int p = j->pos ? j->pos[r] : j->pos0 + r;
+            const float *row = sc + (size_t)(r - r0) * seq;
+            float *out = s->att + (size_t)r * c->dim + (size_t)h * hs;
+            int end = b1 < p ? b1 : p;
+            if (end >= b0)
+                av_accumulate(out, row + b0, kv_row(s, block, j->layer, 1, kvh, 0), end - b0 + 1,
+                              hs);
+        }
+    }
+}
+
 static void att_task(void *arg, int task, int worker)
 {
     const att_job *j = arg;
-    model_state *s = j->s;
-    const model_config *c = &s->c;
-    int row = task / c->n_heads, h = task % c->n_heads;
-    int p = j->pos ? j->pos[row] : j->pos0 + row;
-    const model_kv *kv = j->kv_per_row ? &j->kv[row] : j->kv;
-    int hs = c->head_size, B = s->o.block_tokens;
-    int kvh = h / (c->n_heads / c->n_kv_heads);
-    const float *q = s->qkv + (size_t)row * s->qkv_dim + (size_t)h * hs;
-    float *sc = s->scores + (size_t)worker * c->seq_len;
-    float scale = 1.0f / sqrtf((float)hs);
-    float mx = -INFINITY;
-    for (int t = 0; t <= p; t++) {
-        const float *k = kv_row(s, kv->blocks[t / B], j->layer, 0, kvh, t % B);
-        float v = dot(q, k, hs) * scale;
-        sc[t] = v;
-        if (v > mx)
-            mx = v;
+    int heads = j->s->c.n_heads;
+    int h = task % heads, tile = task / heads;
+    if (j->kv_per_row) {
+        att_rows(j, h, tile, tile + 1, worker); /* decode: one row per sequence */
+        return;
     }
-    float sum = 0.0f;
-    for (int t = 0; t <= p; t++) {
-        sc[t] = expf(sc[t] - mx);
-        sum += sc[t];
-    }
-    float inv = 1.0f / sum;
-    float *out = s->att + (size_t)row * c->dim + (size_t)h * hs;
-    memset(out, 0, (size_t)hs * sizeof(float));
-    for (int t = 0; t <= p; t++) {
-        const float *v = kv_row(s, kv->blocks[t / B], j->layer, 1, kvh, t % B);
-        axpy(out, sc[t] * inv, v, hs);
-    }
+    int r0 = tile * ATT_TILE, r1 = r0 + ATT_TILE < j->rows ? r0 + ATT_TILE : j->rows;
+    att_rows(j, h, r0, r1, worker);
 }
 
 /* ---- Shared layer steps --------------------------------------------------------------------- */
@@ -258,16 +349,17 @@ static void layers(model_state *s, int rows, const model_kv *kv, int kv_per_row,
                     dim);
         const float *wqkv = s->wqkv + (size_t)l * s->qkv_dim * dim;
         if (use_blas)
-            gemm(s->qkv, s->xb, wqkv, rows, dim, s->qkv_dim);
+            gemm(s, s->qkv, s->xb, wqkv, rows, dim, s->qkv_dim);
         else
             matmul(s, s->qkv, s->xb, wqkv, rows, dim, s->qkv_dim);
         rope_and_store(s, rows, kv, kv_per_row, pos, pos0, l);
-        att_job aj = {s, kv, kv_per_row, pos, pos0, l};
-        model__pool_run(s->pool, att_task, &aj, rows * c->n_heads);
+        att_job aj = {s, kv, kv_per_row, pos, pos0, l, rows};
+        int tiles = kv_per_row ? rows : (rows + ATT_TILE - 1) / ATT_TILE;
+        model__pool_run(s->pool, att_task, &aj, tiles * c->n_heads);
         /* x += Wo att */
         const float *wo = w->wo + (size_t)l * dim * dim;
         if (use_blas)
-            gemm(s->xb, s->att, wo, rows, dim, dim);
+            gemm(s, s->xb, s->att, wo, rows, dim, dim);
         else
             matmul(s, s->xb, s->att, wo, rows, dim, dim);
         for (size_t i = 0; i < (size_t)rows * dim; i++)
@@ -278,7 +370,7 @@ static void layers(model_state *s, int rows, const model_kv *kv, int kv_per_row,
                     dim);
         const float *w13 = s->w13 + (size_t)l * 2 * hid * dim;
         if (use_blas)
-            gemm(s->h13, s->xb, w13, rows, dim, 2 * hid);
+            gemm(s, s->h13, s->xb, w13, rows, dim, 2 * hid);
         else
             matmul(s, s->h13, s->xb, w13, rows, dim, 2 * hid);
         for (int r = 0; r < rows; r++) {
@@ -289,7 +381,7 @@ static void layers(model_state *s, int rows, const model_kv *kv, int kv_per_row,
         }
         const float *w2 = w->w2 + (size_t)l * dim * hid;
         if (use_blas)
-            gemm(s->xb, s->hb, w2, rows, hid, dim);
+            gemm(s, s->xb, s->hb, w2, rows, hid, dim);
         else
             matmul(s, s->xb, s->hb, w2, rows, hid, dim);
         for (size_t i = 0; i < (size_t)rows * dim; i++)
@@ -346,7 +438,7 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
     s->hb = malloc(R * hid * sizeof(float));
     s->rope_cos = malloc((size_t)c->seq_len * half * sizeof(float));
     s->rope_sin = malloc((size_t)c->seq_len * half * sizeof(float));
-    s->scores = malloc((size_t)o.threads * (size_t)c->seq_len * sizeof(float));
+    s->scores = malloc((size_t)o.threads * ATT_TILE * (size_t)c->seq_len * sizeof(float));
     s->pool = model__pool_new(o.threads);
     if (!s->wqkv || !s->w13 || !s->x || !s->xb || !s->att || !s->qkv || !s->h13 || !s->hb ||
         !s->rope_cos || !s->rope_sin || !s->scores || !s->pool) {
@@ -372,7 +464,7 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
             s->rope_cos[(size_t)p * half + j] = cosf(val);
             s->rope_sin[(size_t)p * half + j] = sinf(val);
         }
-    openblas_set_num_threads(o.threads);
+    openblas_set_num_threads(1);
     *out = s;
     return 0;
 }

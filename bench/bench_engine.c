@@ -1,0 +1,289 @@
+/* bench_engine.c — the forward pass against the machine's own limits, in one run.
+ *
+ *   bench_engine [--model PATH] [--threads 2] [--runs 5]
+ *
+ * On a stories110M-shaped model (768, 2048, 12 layers, 12 heads, vocab 32000, seq_len 2048,
+ * written to /tmp on first use): prefill tokens/s at 512 and 2048 tokens, decode tokens/s at
+ * batch 1 and 8; beside them cblas_sgemm GFLOP/s at the prefill's shapes and memory bandwidth;
+ * and 256 new tokens with the K/V cache against recomputing the whole sequence at every step.
+ * Medians of --runs runs.
+ */
+#include "model.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+void openblas_set_num_threads(int num_threads);
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+typedef struct seqkv {
+    float **blocks;
+    int n;
+    model_kv kv;
+} seqkv;
+
+static seqkv seq_new(const model_config *c)
+{
+    seqkv s;
+    s.n = (c->seq_len + 15) / 16;
+    s.blocks = malloc((size_t)s.n * sizeof(float *));
+    size_t bf = model_kv_block_floats(c, 16);
+    for (int i = 0; i < s.n; i++)
+        s.blocks[i] = calloc(bf, sizeof(float));
+    s.kv = (model_kv){s.blocks, s.n};
+    return s;
+}
+
+static void seq_free(seqkv *s)
+{
+    for (int i = 0; i < s->n; i++)
+        free(s->blocks[i]);
+    free(s->blocks);
+}
+
+static double prefill_ms(model_state *st, seqkv *s, const int32_t *t, int n, float *logits)
+{
+    double t0 = now_ms();
+    for (int done = 0; done < n; done += 512) {
+        int k = n - done < 512 ? n - done : 512;
+        model_prefill(st, &s->kv, done, t + done, k, done + k == n ? logits : NULL);
+    }
+    return now_ms() - t0;
+}
+
+/* sgemm GFLOP/s at X (m, k) @ W (n, k)^T, with OpenBLAS's own threads. */
+static double sgemm_gflops(int threads, int m, int k, int n, int runs)
+{
+    openblas_set_num_threads(threads);
+    float *x = malloc((size_t)m * k * sizeof(float)), *w = malloc((size_t)n * k * sizeof(float));
+    float *y = malloc((size_t)m * n * sizeof(float));
+    for (size_t i = 0; i < (size_t)m * k; i++)
+        x[i] = (float)(i % 17) * 0.01f;
+    for (size_t i = 0; i < (size_t)n * k; i++)
+        w[i] = (float)(i % 13) * 0.01f;
+    double best[16];
+    for (int r = 0; r < runs && r < 16; r++) {
+        double t0 = now_ms();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1, x, k, w, k, 0, y, n);
+        best[r] = 2.0 * m * n * k / ((now_ms() - t0) / 1e3) / 1e9;
+    }
+    free(x);
+    free(w);
+    free(y);
+    openblas_set_num_threads(1);
+    return median(best, runs < 16 ? runs : 16);
+}
+
+/* Read bandwidth in GB/s: summing a 1 GiB array with `threads` threads (as decode streams its
+ * weights). Done with a plain loop per thread through OpenMP-free pthreads: simple sums. */
+#include <pthread.h>
+typedef struct bw_arg {
+    const float *p;
+    size_t n;
+    float sum;
+} bw_arg;
+
+static void *bw_thread(void *a)
+{
+    bw_arg *b = a;
+    float s[16] = {0};
+    for (size_t i = 0; i + 16 <= b->n; i += 16)
+        for (int k = 0; k < 16; k++)
+            s[k] += b->p[i + k];
+    for (int k = 0; k < 16; k++)
+        b->sum += s[k];
+    return NULL;
+}
+
+static double bandwidth_gbs(int threads, int runs)
+{
+    size_t n = (size_t)1 << 28; /* 1 GiB of floats */
+    float *p = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        p[i] = 1.0f;
+    double v[16];
+    for (int r = 0; r < runs && r < 16; r++) {
+        pthread_t t[16];
+        bw_arg a[16];
+        double t0 = now_ms();
+        for (int i = 0; i < threads; i++) {
+            a[i] = (bw_arg){p + n / threads * i, n / threads, 0};
+            pthread_create(&t[i], NULL, bw_thread, &a[i]);
+        }
+        for (int i = 0; i < threads; i++)
+            pthread_join(t[i], NULL);
+        v[r] = n * sizeof(float) / ((now_ms() - t0) / 1e3) / 1e9;
+    }
+    free(p);
+    return median(v, runs < 16 ? runs : 16);
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = "/tmp/prefixd-bench-110M.bin";
+    int threads = 2, runs = 5;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--model"))
+            path = argv[i + 1];
+        else if (!strcmp(argv[i], "--threads"))
+            threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--runs"))
+            runs = atoi(argv[i + 1]);
+    }
+    if (runs < 1)
+        runs = 1;
+    if (runs > 16)
+        runs = 16;
+    char msg[512];
+    if (access(path, R_OK) != 0) {
+        model_config c;
+        model_shape_parse("768,2048,12,12,12,32000,2048", &c, msg, sizeof msg);
+        fprintf(stderr, "writing %s (stories110M shape, seq_len 2048)...\n", path);
+        if (model_synth_write(path, &c, 1, msg, sizeof msg) != 0) {
+            fprintf(stderr, "%s\n", msg);
+            return 1;
+        }
+    }
+    model *m;
+    if (model_load(path, &m, msg, sizeof msg) != 0) {
+        fprintf(stderr, "%s\n", msg);
+        return 1;
+    }
+    const model_config *c = model_get_config(m);
+    model_state *st;
+    model_state_opts so = {16, 512, 8, threads};
+    if (model_state_new(m, &so, &st) != 0)
+        return 1;
+    int32_t *t = malloc(2048 * sizeof(int32_t));
+    srand(1);
+    for (int i = 0; i < 2048; i++)
+        t[i] = 3 + rand() % (c->vocab_size - 3);
+    float *logits = malloc(8 * (size_t)c->vocab_size * sizeof(float));
+    seqkv s = seq_new(c);
+    prefill_ms(st, &s, t, 64, logits); /* warm-up */
+
+    double v[16];
+    for (int r = 0; r < runs; r++)
+        v[r] = prefill_ms(st, &s, t, 512, logits);
+    double p512 = 512 / (median(v, runs) / 1e3);
+    for (int r = 0; r < runs; r++)
+        v[r] = prefill_ms(st, &s, t, 2048, logits);
+    double p2048 = 2048 / (median(v, runs) / 1e3);
+
+    /* Decode at batch 1 and 8, at position ~512 (after a 512-token prefill). */
+    seqkv sb[8];
+    for (int i = 0; i < 8; i++) {
+        sb[i] = seq_new(c);
+        prefill_ms(st, &sb[i], t, 512, NULL);
+    }
+    double d1, d8;
+    {
+        int steps = 32;
+        for (int r = 0; r < runs; r++) {
+            double t0 = now_ms();
+            for (int k = 0; k < steps; k++) {
+                int pos = 512 + k;
+                model_decode(st, &sb[0].kv, &pos, &t[k], 1, logits);
+            }
+            v[r] = steps / ((now_ms() - t0) / 1e3);
+        }
+        d1 = median(v, runs);
+        for (int r = 0; r < runs; r++) {
+            model_kv kv[8];
+            int pos[8];
+            int32_t tk[8];
+            double t0 = now_ms();
+            for (int k = 0; k < steps; k++) {
+                for (int i = 0; i < 8; i++) {
+                    kv[i] = sb[i].kv;
+                    pos[i] = 512 + k;
+                    tk[i] = t[k + i];
+                }
+                model_decode(st, kv, pos, tk, 8, logits);
+            }
+            v[r] = 8 * steps / ((now_ms() - t0) / 1e3);
+        }
+        d8 = median(v, runs);
+    }
+
+    /* KV cache vs recomputing: 256 new tokens after a 16-token prompt. With the cache: 256
+     * decode steps. Without (transformers' use_cache=False): every step prefills the whole
+     * sequence so far; measured on every 16th step and integrated (the cost of step k is that
+     * of a prefill of 16 + k tokens). */
+    double with_cache, without = 0;
+    {
+        seqkv q = seq_new(c);
+        double t0 = now_ms();
+        prefill_ms(st, &q, t, 16, logits);
+        for (int k = 0; k < 256; k++) {
+            int pos = 16 + k;
+            model_decode(st, &q.kv, &pos, &t[pos], 1, logits);
+        }
+        with_cache = now_ms() - t0;
+        for (int k = 0; k < 256; k += 16) {
+            double ms = prefill_ms(st, &q, t, 16 + k + 1, logits);
+            without += ms * 16;
+        }
+        seq_free(&q);
+    }
+
+    uint64_t params = model_param_count(c);
+    double flop_tok = 2.0 * (double)(params - (uint64_t)c->vocab_size * c->dim); /* no cls */
+    /* Attention FLOPs per token at mean context T/2: 2 (QK, AV) x 2 x dim x T/2 x layers. */
+    double att512 = 2.0 * 2 * c->dim * 256.0 * c->n_layers;
+    double att2048 = 2.0 * 2 * c->dim * 1024.0 * c->n_layers;
+    double g512 = sgemm_gflops(threads, 512, c->dim, c->dim + 2 * c->kv_dim, runs);
+    double g2048 = sgemm_gflops(threads, 2048, c->dim, 2 * c->hidden_dim, runs);
+    double bw = bandwidth_gbs(threads, runs);
+    double wbytes = (double)model_weight_bytes(c);
+    double bound = bw * 1e9 / wbytes;
+
+    printf("model %s: %.1fM params, %.0f MB weights; %d threads; medians of %d runs\n", path,
+           params / 1e6, wbytes / 1e6, threads, runs);
+    printf("| measure | value | machine limit | share |\n|---|---|---|---|\n");
+    printf("| prefill 512 tokens | %.0f tokens/s (%.1f GFLOP/s) | sgemm 512x768x2304: %.1f "
+           "GFLOP/s | %.0f%% |\n",
+           p512, p512 * (flop_tok + att512) / 1e9, g512,
+           100 * p512 * (flop_tok + att512) / 1e9 / g512);
+    printf("| prefill 2048 tokens | %.0f tokens/s (%.1f GFLOP/s) | sgemm 2048x768x4096: %.1f "
+           "GFLOP/s | %.0f%% |\n",
+           p2048, p2048 * (flop_tok + att2048) / 1e9, g2048,
+           100 * p2048 * (flop_tok + att2048) / 1e9 / g2048);
+    printf("| decode batch 1 | %.1f tokens/s | bandwidth %.1f GB/s: %.1f tokens/s bound | %.0f%% "
+           "|\n",
+           d1, bw, bound, 100 * d1 / bound);
+    printf("| decode batch 8 | %.1f tokens/s | | %.1fx batch 1 |\n", d8, d8 / d1);
+    printf("| 256 new tokens, K/V cache | %.0f ms | recompute every step: %.0f ms | %.1fx faster "
+           "|\n",
+           with_cache, without, without / with_cache);
+    for (int i = 0; i < 8; i++)
+        seq_free(&sb[i]);
+    seq_free(&s);
+    free(t);
+    free(logits);
+    model_state_free(st);
+    model_free(m);
+    return 0;
+}

@@ -1,0 +1,200 @@
+/* bench_ttft.c — time to first token with and without the prefix cache, in-process (the engine,
+ * no socket), on a stories110M-shaped model: a P-token shared prefix plus an S-token suffix.
+ *
+ *   bench_ttft [--model PATH] [--prefix 1500] [--suffix 40] [--runs 5] [--threads 2]
+ *
+ * For each run, a fresh prefix (so nothing is cached) is asked with one suffix (uncached TTFT,
+ * cache on: hashing, lookup and publish included), then with another suffix (cached TTFT); the
+ * same uncached prompt also goes to an engine with --no-cache, and the floor is model_prefill of
+ * the S new tokens alone against the cached P. Medians over the runs.
+ */
+#include "engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static proto_done last;
+
+static void emit_cb(void *arg, const srv_event *ev)
+{
+    (void)arg;
+    if (ev->type == SRV_EV_DONE)
+        last = ev->done;
+    else if (ev->type == SRV_EV_ERROR)
+        fprintf(stderr, "error: %s\n", ev->msg);
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static uint64_t rng = 88172645463325252ull;
+static int32_t rand_tok(int vocab)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return 3 + (int32_t)(rng % (uint64_t)(vocab - 3));
+}
+
+static double ttft(srv_engine *e, const int32_t *ids, size_t n)
+{
+    srv_request q = {0};
+    q.handle = 1;
+    q.kind = SRV_REQ_GENERATE;
+    q.tokens = ids;
+    q.n_tokens = n;
+    q.max_new = 1;
+    q.t_received_ms = srv_now_ms();
+    srv_engine_submit(e, &q);
+    while (srv_engine_step(e) > 0)
+        ;
+    return last.ttft_ms;
+}
+
+int main(int argc, char **argv)
+{
+    const char *model_path = NULL;
+    int P = 1500, S = 40, runs = 5, threads = 2;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--model"))
+            model_path = argv[i + 1];
+        else if (!strcmp(argv[i], "--prefix"))
+            P = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--suffix"))
+            S = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--runs"))
+            runs = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--threads"))
+            threads = atoi(argv[i + 1]);
+        else {
+            fprintf(stderr, "unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (runs < 1 || runs > 100 || P < 1 || S < 1) {
+        fprintf(stderr, "bad arguments\n");
+        return 2;
+    }
+    char msg[512], defpath[512];
+    if (!model_path) {
+        const char *home = getenv("HOME");
+        snprintf(defpath, sizeof defpath, "/tmp/prefixd-bench-110M.bin");
+        (void)home;
+        model_path = defpath;
+        if (access(model_path, R_OK) != 0) {
+            model_config c;
+            model_shape_parse("768,2048,12,12,12,32000,2048", &c, msg, sizeof msg);
+            fprintf(stderr, "writing %s (stories110M shape, seq_len 2048)...\n", model_path);
+            if (model_synth_write(model_path, &c, 1, msg, sizeof msg) != 0) {
+                fprintf(stderr, "%s\n", msg);
+                return 1;
+            }
+        }
+    }
+    model *m;
+    if (model_load(model_path, &m, msg, sizeof msg) != 0) {
+        fprintf(stderr, "%s\n", msg);
+        return 1;
+    }
+    const model_config *c = model_get_config(m);
+    if (P + 2 * S > c->seq_len) {
+        fprintf(stderr, "prefix + suffix longer than the context (%d)\n", c->seq_len);
+        return 2;
+    }
+    srv_engine_opts o = {0};
+    o.threads = threads;
+    o.max_batch = 1;
+    o.max_queue = 1;
+    o.emit = emit_cb;
+    o.cache_mem = (size_t)2 << 30;
+    srv_engine *e, *nc;
+    if (srv_engine_new(m, NULL, &o, &e, msg, sizeof msg) != 0) {
+        fprintf(stderr, "%s\n", msg);
+        return 1;
+    }
+    o.no_cache = 1;
+    o.cache_mem = (size_t)1 << 30;
+    if (srv_engine_new(m, NULL, &o, &nc, msg, sizeof msg) != 0) {
+        fprintf(stderr, "%s\n", msg);
+        return 1;
+    }
+    /* The floor: S tokens prefilled against P already in blocks (computed once). */
+    model_state *ms;
+    model_state_opts so = {16, 512, 1, threads};
+    model_state_new(m, &so, &ms);
+    int nb = (P + S + 15) / 16;
+    size_t bf = model_kv_block_floats(c, 16);
+    float **blocks = malloc((size_t)nb * sizeof *blocks);
+    for (int i = 0; i < nb; i++)
+        blocks[i] = calloc(bf, sizeof(float));
+    model_kv kv = {blocks, nb};
+    float *logits = malloc((size_t)c->vocab_size * sizeof(float));
+
+    int32_t *ids = malloc((size_t)(P + S) * sizeof(int32_t));
+    double *unc = calloc((size_t)runs, sizeof(double)), *cac = calloc((size_t)runs, sizeof(double));
+    double *noc = calloc((size_t)runs, sizeof(double)), *flo = calloc((size_t)runs, sizeof(double));
+    unsigned cached_tokens = 0;
+    /* One warm-up request so page faults and first-touch are not measured. */
+    for (int i = 0; i < P + S; i++)
+        ids[i] = rand_tok(c->vocab_size);
+    ids[0] = MODEL_TOK_BOS;
+    ttft(nc, ids, (size_t)(P + S));
+    for (int r = 0; r < runs; r++) {
+        for (int i = 1; i < P + S; i++)
+            ids[i] = rand_tok(c->vocab_size);
+        noc[r] = ttft(nc, ids, (size_t)(P + S));
+        unc[r] = ttft(e, ids, (size_t)(P + S));
+        for (int i = P; i < P + S; i++)
+            ids[i] = rand_tok(c->vocab_size);
+        cac[r] = ttft(e, ids, (size_t)(P + S));
+        cached_tokens = last.cached_tokens;
+        for (int done = 0; done < P; done += 512)
+            model_prefill(ms, &kv, done, ids + done, P - done < 512 ? P - done : 512, NULL);
+        double t0 = srv_now_ms();
+        model_prefill(ms, &kv, P, ids + P, S, logits);
+        flo[r] = srv_now_ms() - t0;
+        fprintf(stderr,
+                "run %d: no-cache %.1f ms, uncached %.1f ms, cached %.1f ms, floor %.1f ms\n",
+                r + 1, noc[r], unc[r], cac[r], flo[r]);
+    }
+    double mn = median(noc, runs), mu = median(unc, runs), mc = median(cac, runs),
+           mf = median(flo, runs);
+    printf("model %s: dim %d, %d layers, vocab %d; prompt = %d-token prefix + %d-token suffix; "
+           "%d threads; medians of %d runs\n",
+           model_path, c->dim, c->n_layers, c->vocab_size, P, S, threads, runs);
+    printf("| measure | TTFT (ms) |\n|---|---|\n");
+    printf("| no cache (--no-cache) | %.1f |\n", mn);
+    printf("| uncached, cache on (hash + lookup + publish included) | %.1f |\n", mu);
+    printf("| cached prefix (%u tokens from cache) | %.1f |\n", cached_tokens, mc);
+    printf("| floor: prefill of the %d new tokens alone against the cached %d | %.1f |\n", S, P,
+           mf);
+    printf("cached / uncached = %.2f%%; cached / floor = %.2fx; cache overhead when nothing is "
+           "cached = %+.2f%% of TTFT\n",
+           100 * mc / mu, mc / mf, 100 * (mu - mn) / mn);
+    srv_engine_free(e);
+    srv_engine_free(nc);
+    model_state_free(ms);
+    for (int i = 0; i < nb; i++)
+        free(blocks[i]);
+    free(blocks);
+    free(logits);
+    free(ids);
+    free(unc);
+    free(cac);
+    free(noc);
+    free(flo);
+    model_free(m);
+    return 0;
+}
