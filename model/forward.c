@@ -18,6 +18,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 /* Provided by OpenBLAS (declared in its cblas.h as well, but not in every BLAS's). */
@@ -397,6 +398,17 @@ static void embed(model_state *s, int row, int32_t tok)
 
 /* ---- Public --------------------------------------------------------------------------------- */
 
+/* Large buffers in 2 MiB pages where the kernel allows: the decode kernel streams the fused
+ * weights, and 4 KiB pages would cost a TLB miss every 4 KiB. */
+static void *big_alloc(size_t bytes)
+{
+    size_t huge = (size_t)2 << 20, n = (bytes + huge - 1) & ~(huge - 1);
+    void *p = aligned_alloc(huge, n);
+    if (p)
+        madvise(p, n, MADV_HUGEPAGE);
+    return p;
+}
+
 int model_state_new(const model *m, const model_state_opts *opts, model_state **out)
 {
     *out = NULL;
@@ -428,8 +440,8 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
     s->qkv_dim = c->dim + 2 * c->kv_dim;
     s->kv_stride = (size_t)o.block_tokens * c->head_size;
     size_t R = (size_t)s->rows, half = (size_t)c->head_size / 2;
-    s->wqkv = malloc(L * (size_t)s->qkv_dim * dim * sizeof(float));
-    s->w13 = malloc(L * 2 * hid * dim * sizeof(float));
+    s->wqkv = big_alloc(L * (size_t)s->qkv_dim * dim * sizeof(float));
+    s->w13 = big_alloc(L * 2 * hid * dim * sizeof(float));
     s->x = malloc(R * dim * sizeof(float));
     s->xb = malloc(R * dim * sizeof(float));
     s->att = malloc(R * dim * sizeof(float));

@@ -46,8 +46,10 @@ static size_t insert_chain(cache *c, cache_key root, const int32_t *t, size_t n)
     size_t nb = n / B;
     for (size_t i = nh; i < nb; i++) {
         cache_block *b;
-        if (cache_alloc(c, &b) != 0)
+        if (cache_alloc(c, &b) != 0) {
+            nb = i; /* out of slots: keep what was published */
             break;
+        }
         float *d = cache_block_data(b);
         for (int k = 0; k < FLOATS; k++)
             d[k] = pattern(t, (i + 1) * B, k);
