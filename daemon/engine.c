@@ -347,6 +347,17 @@ int srv_engine_cancel(srv_engine *e, uint64_t handle)
     return -1;
 }
 
+int srv_engine_cancel_matching(srv_engine *e, uint64_t value, uint64_t mask)
+{
+    int n = 0;
+    for (int i = e->n_live - 1; i >= 0; i--)
+        if ((e->live[i]->handle & mask) == value) {
+            finish(e, e->live[i], PROTO_FINISH_CANCELLED);
+            n++;
+        }
+    return n;
+}
+
 /* ---- The step ----------------------------------------------------------------------------- */
 
 static int running(const srv_engine *e)

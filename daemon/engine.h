@@ -94,6 +94,10 @@ int srv_engine_submit(srv_engine *e, const srv_request *r);
  * released. Returns 0, or -1 if no live request has that handle. */
 int srv_engine_cancel(srv_engine *e, uint64_t handle);
 
+/* Cancels every live request whose handle & mask == value (mask 0: all), as
+ * srv_engine_cancel() does. Returns how many. */
+int srv_engine_cancel_matching(srv_engine *e, uint64_t value, uint64_t mask);
+
 /* One scheduler step (see above). Returns the number of live requests afterwards (0: idle). */
 int srv_engine_step(srv_engine *e);
 

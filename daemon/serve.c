@@ -1,12 +1,254 @@
-/* serve.c — `prefixd serve` (being written). */
+/* serve.c — `prefixd serve`: options, model loading, then the daemon (server.c). */
 #include "cmd.h"
+#include "proto.h"
+#include "server.h"
 
+#include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static void usage(FILE *f)
+{
+    fprintf(
+        f,
+        "usage: prefixd serve --model PATH [options]\n"
+        "\n"
+        "Serves generation on a Unix socket with a shared prefix cache (logs to stderr;\n"
+        "SIGINT/SIGTERM finish running requests and exit).\n"
+        "\n"
+        "  --model PATH            llama2.c checkpoint (required)\n"
+        "  --tokenizer PATH        tokenizer (default: MODEL.tok, else tokenizer.bin beside it)\n"
+        "  --socket PATH           socket (default: $PREFIXD_SOCKET, else\n"
+        "                          $XDG_RUNTIME_DIR/prefixd.sock, else /tmp/prefixd-$UID.sock)\n"
+        "  --socket-mode MODE      permissions of the socket, octal (default 0600)\n"
+        "  --cache-mem SIZE        memory for K/V blocks (default 1G)\n"
+        "  --pin-max SIZE          budget for pinned prefixes (default cache-mem / 4)\n"
+        "  --disk-dir DIR|none     disk tier (not in this build: only 'none' is accepted)\n"
+        "  --disk-max SIZE         disk tier budget (not in this build)\n"
+        "  --block-tokens N        tokens per K/V block (default 16)\n"
+        "  --threads N             compute threads (default: all cores)\n"
+        "  --max-batch N           requests decoded together (default 32)\n"
+        "  --max-queue N           requests waiting beyond those before 'busy' (default 256)\n"
+        "  --no-cache              do not share blocks between requests\n"
+        "  --share-across-users    let different Unix users share blocks (default: never)\n"
+        "  --max-frame SIZE        largest frame accepted (default 16M)\n"
+        "  --max-output SIZE       unread output per connection before its requests are\n"
+        "                          cancelled (default 8M)\n"
+        "  --grace SECONDS         on SIGINT/SIGTERM, time for running requests (default 10)\n"
+        "  --log-level LEVEL       error, warn, info or debug (default info)\n");
+}
+
+static int bad(const char *opt, const char *val, const char *want)
+{
+    fprintf(stderr, "prefixd serve: %s '%s': expected %s\n", opt, val, want);
+    return 2;
+}
 
 int srv_cmd_serve(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "prefixd serve: not available in this build yet\n");
-    return 2;
+    srv_opts o = {0};
+    o.socket_mode = 0600;
+    o.max_frame = 16u << 20;
+    o.max_output = 8u << 20;
+    o.grace_ms = 10000;
+    o.log_level = SRV_LOG_INFO;
+    const char *tok_path = NULL;
+    char sockbuf[4096], tokbuf[4096];
+    enum {
+        O_MODEL = 256,
+        O_TOK,
+        O_SOCK,
+        O_MODE,
+        O_MEM,
+        O_PIN,
+        O_DISK,
+        O_DISKMAX,
+        O_BLOCK,
+        O_THREADS,
+        O_BATCH,
+        O_QUEUE,
+        O_NOCACHE,
+        O_SHARE,
+        O_FRAME,
+        O_OUTPUT,
+        O_GRACE,
+        O_LOG,
+        O_HELP
+    };
+    static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
+                                         {"tokenizer", required_argument, 0, O_TOK},
+                                         {"socket", required_argument, 0, O_SOCK},
+                                         {"socket-mode", required_argument, 0, O_MODE},
+                                         {"cache-mem", required_argument, 0, O_MEM},
+                                         {"pin-max", required_argument, 0, O_PIN},
+                                         {"disk-dir", required_argument, 0, O_DISK},
+                                         {"disk-max", required_argument, 0, O_DISKMAX},
+                                         {"block-tokens", required_argument, 0, O_BLOCK},
+                                         {"threads", required_argument, 0, O_THREADS},
+                                         {"max-batch", required_argument, 0, O_BATCH},
+                                         {"max-queue", required_argument, 0, O_QUEUE},
+                                         {"no-cache", no_argument, 0, O_NOCACHE},
+                                         {"share-across-users", no_argument, 0, O_SHARE},
+                                         {"max-frame", required_argument, 0, O_FRAME},
+                                         {"max-output", required_argument, 0, O_OUTPUT},
+                                         {"grace", required_argument, 0, O_GRACE},
+                                         {"log-level", required_argument, 0, O_LOG},
+                                         {"help", no_argument, 0, O_HELP},
+                                         {0, 0, 0, 0}};
+    optind = 1;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        uint64_t sz;
+        long v;
+        char *end;
+        switch (ch) {
+        case O_MODEL:
+            o.model_path = optarg;
+            break;
+        case O_TOK:
+            tok_path = optarg;
+            break;
+        case O_SOCK:
+            o.socket_path = optarg;
+            break;
+        case O_MODE:
+            v = strtol(optarg, &end, 8);
+            if (*end || end == optarg || v < 0 || v > 0777)
+                return bad("--socket-mode", optarg, "an octal mode like 0600");
+            o.socket_mode = (mode_t)v;
+            break;
+        case O_MEM:
+            if (srv_parse_size(optarg, &sz) != 0 || sz == 0)
+                return bad("--cache-mem", optarg, "a size like 1G");
+            o.cache_mem = (size_t)sz;
+            break;
+        case O_PIN:
+            if (srv_parse_size(optarg, &sz) != 0)
+                return bad("--pin-max", optarg, "a size like 256M");
+            o.pin_max = (size_t)sz;
+            break;
+        case O_DISK:
+            if (strcmp(optarg, "none") != 0) {
+                fprintf(stderr,
+                        "prefixd serve: --disk-dir '%s': the disk tier is not in this "
+                        "build yet; use --disk-dir none\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case O_DISKMAX:
+            if (srv_parse_size(optarg, &sz) != 0)
+                return bad("--disk-max", optarg, "a size like 4G");
+            break;
+        case O_BLOCK:
+            if (srv_parse_int(optarg, 1, 4096, &v) != 0)
+                return bad("--block-tokens", optarg, "1..4096");
+            o.block_tokens = (int)v;
+            break;
+        case O_THREADS:
+            if (srv_parse_int(optarg, 1, 256, &v) != 0)
+                return bad("--threads", optarg, "1..256");
+            o.threads = (int)v;
+            break;
+        case O_BATCH:
+            if (srv_parse_int(optarg, 1, 1024, &v) != 0)
+                return bad("--max-batch", optarg, "1..1024");
+            o.max_batch = (int)v;
+            break;
+        case O_QUEUE:
+            if (srv_parse_int(optarg, 1, 1 << 20, &v) != 0)
+                return bad("--max-queue", optarg, "1..1048576");
+            o.max_queue = (int)v;
+            break;
+        case O_NOCACHE:
+            o.no_cache = 1;
+            break;
+        case O_SHARE:
+            o.share_across_users = 1;
+            break;
+        case O_FRAME:
+            if (srv_parse_size(optarg, &sz) != 0 || sz < 4096 || sz > (1u << 30))
+                return bad("--max-frame", optarg, "a size from 4K to 1G");
+            o.max_frame = (size_t)sz;
+            break;
+        case O_OUTPUT:
+            if (srv_parse_size(optarg, &sz) != 0 || sz < 1024)
+                return bad("--max-output", optarg, "a size of at least 1K");
+            o.max_output = (size_t)sz;
+            break;
+        case O_GRACE:
+            o.grace_ms = strtod(optarg, &end) * 1000;
+            if (*end || end == optarg || o.grace_ms < 0)
+                return bad("--grace", optarg, "seconds >= 0");
+            break;
+        case O_LOG:
+            if (!strcasecmp(optarg, "error"))
+                o.log_level = SRV_LOG_ERROR;
+            else if (!strcasecmp(optarg, "warn"))
+                o.log_level = SRV_LOG_WARN;
+            else if (!strcasecmp(optarg, "info"))
+                o.log_level = SRV_LOG_INFO;
+            else if (!strcasecmp(optarg, "debug"))
+                o.log_level = SRV_LOG_DEBUG;
+            else
+                return bad("--log-level", optarg, "error, warn, info or debug");
+            break;
+        case 'h':
+        case O_HELP:
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "prefixd serve: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!o.model_path) {
+        fprintf(stderr, "prefixd serve: --model PATH is required\n");
+        usage(stderr);
+        return 2;
+    }
+    if (!o.socket_path) {
+        if (proto_default_socket_path(sockbuf, sizeof sockbuf) != 0) {
+            fprintf(stderr, "prefixd serve: default socket path too long\n");
+            return 2;
+        }
+        o.socket_path = sockbuf;
+    }
+    char msg[1024];
+    model *m = NULL;
+    if (model_load(o.model_path, &m, msg, sizeof msg) != 0) {
+        fprintf(stderr, "prefixd: %s\n", msg);
+        return 2;
+    }
+    const model_config *c = model_get_config(m);
+    if (!tok_path) {
+        if (srv_default_tokenizer(o.model_path, tokbuf, sizeof tokbuf) != 0) {
+            fprintf(stderr, "prefixd: %s\n", tokbuf);
+            model_free(m);
+            return 2;
+        }
+        tok_path = tokbuf;
+    }
+    model_tokenizer *tok = NULL;
+    if (model_tokenizer_load(tok_path, c->vocab_size, &tok, msg, sizeof msg) != 0) {
+        fprintf(stderr, "prefixd: %s\n", msg);
+        model_free(m);
+        return 2;
+    }
+    srv_log(SRV_LOG_INFO,
+            "model %s: dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, context %d; "
+            "%.2fM params, %.1f MB weights, %llu K/V bytes per token",
+            o.model_path, c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
+            c->vocab_size, c->seq_len, (double)model_param_count(c) / 1e6,
+            (double)model_weight_bytes(c) / 1e6, (unsigned long long)model_kv_bytes_per_token(c));
+    int rc = srv_run(&o, m, tok);
+    model_tokenizer_free(tok);
+    model_free(m);
+    return rc;
 }

@@ -1,0 +1,270 @@
+"""prefixd.py -- a one-file Python 3 client for prefixd (standard library only).
+
+Written from proto/PROTOCOL.md: length-prefixed little-endian frames over a Unix socket, a
+HELLO handshake, request ids so one connection carries several requests at once.
+
+    from prefixd import Client
+    with Client() as c:
+        r = c.generate("Once upon a time", max_new=50)
+        print(r["text"], r["cached_tokens"], r["ttft_ms"])
+
+Also a small command line: python3 prefixd.py generate --prompt TEXT [-n N] [--json]
+"""
+
+import json
+import os
+import socket
+import struct
+import sys
+import time
+
+MAGIC = 0x44584650
+VERSION = 1
+
+HELLO, HELLO_OK, GENERATE, WARM, CANCEL, TOKEN, DONE, ERROR = 1, 2, 3, 4, 5, 6, 7, 8
+STATS, STATS_REPLY, TOKENIZE, TOKENS, DETOKENIZE, TEXT = 9, 10, 11, 12, 13, 14
+GEN_TOKENS, GEN_PIN = 1, 2
+FINISH = {0: "stop", 1: "length", 2: "cancelled"}
+ERRORS = {1: "BAD_FRAME", 2: "TOO_BIG", 3: "UNKNOWN_TYPE", 4: "BAD_VERSION", 5: "BAD_REQUEST",
+          6: "PROMPT_TOO_LONG", 7: "BAD_UTF8", 8: "BAD_TOKEN", 9: "BAD_NAMESPACE", 10: "BUSY",
+          11: "SLOW_READER", 12: "NO_HELLO", 13: "DUPLICATE_ID", 14: "SHUTTING_DOWN",
+          15: "PIN_BUDGET", 16: "NO_SPACE", 17: "INTERNAL"}
+
+
+class PrefixdError(Exception):
+    """An ERROR frame: code (int), name (e.g. 'BUSY') and the daemon's message."""
+
+    def __init__(self, code, message):
+        self.code = code
+        self.name = ERRORS.get(code, "UNKNOWN")
+        self.message = message
+        super().__init__("%s (%d): %s" % (self.name, code, message))
+
+
+def default_socket_path():
+    if os.environ.get("PREFIXD_SOCKET"):
+        return os.environ["PREFIXD_SOCKET"]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "prefixd.sock")
+    return "/tmp/prefixd-%d.sock" % os.getuid()
+
+
+def _s(b):
+    return struct.pack("<I", len(b)) + b
+
+
+def encode_frame(ftype, rid, body=b"", flags=0):
+    return struct.pack("<IHHI", 8 + len(body), ftype, flags, rid) + body
+
+
+def encode_hello():
+    return encode_frame(HELLO, 0, struct.pack("<IHHI", MAGIC, VERSION, 0, 0))
+
+
+def encode_generate(rid, prompt=None, ids=None, max_new=64, temp=0.0, top_p=0.0, seed=0,
+                    namespace="", warm=False, pin=False):
+    body = struct.pack("<IffQ", max_new, temp, top_p, seed) + _s(namespace.encode())
+    flags = 0
+    if ids is not None:
+        flags |= GEN_TOKENS
+        body += struct.pack("<I%di" % len(ids), len(ids), *ids)
+    else:
+        body += _s(prompt.encode() if isinstance(prompt, str) else prompt)
+    if pin:
+        flags |= GEN_PIN
+    return encode_frame(WARM if warm else GENERATE, rid, body, flags)
+
+
+def decode_frame(buf):
+    """Returns (frame dict, bytes consumed) or (None, 0) when buf holds no whole frame."""
+    if len(buf) < 4:
+        return None, 0
+    (flen,) = struct.unpack_from("<I", buf)
+    if len(buf) < 4 + flen:
+        return None, 0
+    ftype, flags, rid = struct.unpack_from("<HHI", buf, 4)
+    body = bytes(buf[12:4 + flen])
+    f = {"type": ftype, "flags": flags, "id": rid}
+    if ftype == TOKEN:
+        (f["token"],) = struct.unpack_from("<i", body)
+        (n,) = struct.unpack_from("<I", body, 4)
+        f["piece"] = body[8:8 + n]
+    elif ftype == DONE:
+        v = struct.unpack_from("<B3xIIII4d", body)
+        f.update(finish=v[0], prompt_tokens=v[1], cached_tokens=v[2], cached_tokens_disk=v[3],
+                 new_tokens=v[4], ttft_ms=v[5], prefill_ms=v[6], decode_tokens_per_s=v[7],
+                 total_ms=v[8])
+    elif ftype == ERROR:
+        code, n = struct.unpack_from("<II", body)
+        f["code"], f["message"] = code, body[8:8 + n].decode("utf-8", "replace")
+    elif ftype == HELLO_OK:
+        v = struct.unpack_from("<HHIIIII", body)
+        (n,) = struct.unpack_from("<I", body, 24)
+        f.update(version=v[0], caps=v[2], vocab_size=v[3], seq_len=v[4], block_tokens=v[5],
+                 max_frame=v[6], model=body[28:28 + n].decode("utf-8", "replace"))
+    elif ftype in (STATS_REPLY, TEXT, TOKENIZE):
+        (n,) = struct.unpack_from("<I", body)
+        f["text"] = body[4:4 + n]
+    elif ftype in (TOKENS, DETOKENIZE):
+        (n,) = struct.unpack_from("<I", body)
+        f["ids"] = list(struct.unpack_from("<%di" % n, body, 4))
+    return f, 4 + flen
+
+
+class Client:
+    """One connection. Methods block; send_generate()/read_frame() allow several requests at
+    once on the same connection."""
+
+    def __init__(self, socket_path=None, timeout=None):
+        self.path = socket_path or default_socket_path()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(self.path)
+        except OSError as e:
+            self.sock.close()
+            raise ConnectionError("cannot connect to prefixd at '%s': %s (is `prefixd serve` "
+                                  "running?)" % (self.path, e.strerror or e)) from None
+        self.buf = bytearray()
+        self.next_id = 1
+        self.pending = []
+        self.sock.sendall(encode_hello())
+        f = self.read_frame()
+        if f["type"] == ERROR:
+            raise PrefixdError(f["code"], f["message"])
+        self.server = f
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def read_frame(self):
+        while True:
+            f, n = decode_frame(self.buf)
+            if f is not None:
+                del self.buf[:n]
+                return f
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("prefixd closed the connection")
+            self.buf += chunk
+
+    def _new_id(self):
+        rid = self.next_id
+        self.next_id += 1
+        return rid
+
+    def send_generate(self, prompt=None, ids=None, **kw):
+        rid = self._new_id()
+        self.sock.sendall(encode_generate(rid, prompt, ids, **kw))
+        return rid
+
+    def cancel(self, rid):
+        self.sock.sendall(encode_frame(CANCEL, rid))
+
+    def _reply(self, rid):
+        while True:
+            f = self.read_frame()
+            if f["id"] == rid:
+                return f
+
+    def generate(self, prompt=None, ids=None, max_new=64, temp=0.0, top_p=0.0, seed=0,
+                 namespace="", on_token=None):
+        """Streams one generation; returns a dict with text, tokens, prompt_tokens,
+        cached_tokens, cached_tokens_disk, ttft_ms (client side), server_ttft_ms, prefill_ms,
+        decode_tokens_per_s, total_ms, finish_reason. on_token(id, piece) may return True to
+        cancel."""
+        t0 = time.monotonic()
+        rid = self.send_generate(prompt, ids, max_new=max_new, temp=temp, top_p=top_p,
+                                 seed=seed, namespace=namespace)
+        toks, text, ttft = [], bytearray(), None
+        while True:
+            f = self._reply(rid)
+            if f["type"] == TOKEN:
+                if ttft is None:
+                    ttft = (time.monotonic() - t0) * 1e3
+                toks.append(f["token"])
+                text += f["piece"]
+                if on_token and on_token(f["token"], f["piece"]):
+                    self.cancel(rid)
+            elif f["type"] == DONE:
+                return {"text": text.decode("utf-8", "replace"), "tokens": toks,
+                        "prompt_tokens": f["prompt_tokens"], "cached_tokens": f["cached_tokens"],
+                        "cached_tokens_disk": f["cached_tokens_disk"],
+                        "ttft_ms": ttft if ttft is not None else (time.monotonic() - t0) * 1e3,
+                        "server_ttft_ms": f["ttft_ms"], "prefill_ms": f["prefill_ms"],
+                        "decode_tokens_per_s": f["decode_tokens_per_s"],
+                        "total_ms": f["total_ms"], "finish_reason": FINISH.get(f["finish"])}
+            elif f["type"] == ERROR:
+                raise PrefixdError(f["code"], f["message"])
+
+    def warm(self, prompt=None, ids=None, pin=False, namespace=""):
+        rid = self._new_id()
+        self.sock.sendall(encode_generate(rid, prompt, ids, max_new=0, namespace=namespace,
+                                          warm=True, pin=pin))
+        f = self._reply(rid)
+        if f["type"] == ERROR:
+            raise PrefixdError(f["code"], f["message"])
+        return f
+
+    def stats(self):
+        rid = self._new_id()
+        self.sock.sendall(encode_frame(STATS, rid))
+        return json.loads(self._reply(rid)["text"])
+
+    def tokenize(self, text):
+        rid = self._new_id()
+        self.sock.sendall(encode_frame(TOKENIZE, rid, _s(text.encode())))
+        f = self._reply(rid)
+        if f["type"] == ERROR:
+            raise PrefixdError(f["code"], f["message"])
+        return f["ids"]
+
+    def detokenize(self, ids):
+        rid = self._new_id()
+        self.sock.sendall(encode_frame(DETOKENIZE, rid,
+                                       struct.pack("<I%di" % len(ids), len(ids), *ids)))
+        f = self._reply(rid)
+        if f["type"] == ERROR:
+            raise PrefixdError(f["code"], f["message"])
+        return f["text"].decode("utf-8", "replace")
+
+
+def main(argv):
+    import argparse
+    ap = argparse.ArgumentParser(prog="prefixd.py")
+    ap.add_argument("--socket")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("-n", type=int, default=64)
+    g.add_argument("--temp", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--namespace", default="")
+    g.add_argument("--json", action="store_true")
+    sub.add_parser("stats")
+    a = ap.parse_args(argv)
+    try:
+        with Client(a.socket) as c:
+            if a.cmd == "stats":
+                print(json.dumps(c.stats(), indent=2))
+                return 0
+            r = c.generate(a.prompt, max_new=a.n, temp=a.temp, seed=a.seed,
+                           namespace=a.namespace,
+                           on_token=None if a.json else
+                           lambda i, p: sys.stdout.write(p.decode("utf-8", "replace")) and None)
+            print(json.dumps(r) if a.json else "")
+    except (ConnectionError, PrefixdError) as e:
+        print("prefixd.py: %s" % e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
