@@ -48,7 +48,8 @@ static void *worker_main(void *a)
     worker_arg wa = *(worker_arg *)a;
     free(a);
     model__pool *p = wa.p;
-    unsigned seen = 0; /* the generation at creation: a job posted before this thread ran still runs */
+    unsigned seen =
+        0; /* the generation at creation: a job posted before this thread ran still runs */
     for (;;) {
         unsigned g;
         int spins = 0;
