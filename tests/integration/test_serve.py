@@ -1,0 +1,435 @@
+#!/usr/bin/env python3
+"""Integration tests: a real `prefixd serve` with stories260K on a temporary socket.
+
+usage: test_serve.py PREFIXD MODELS_DIR CLIENT_DIR CASE
+Each case starts its own daemon(s) and stops them; exit 0 and "1 passed, 0 failed" on success.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+PREFIXD, MODELS, CLIENT_DIR, CASE = sys.argv[1:5]
+sys.path.insert(0, CLIENT_DIR)
+import prefixd  # noqa: E402
+
+MODEL = os.path.join(MODELS, "stories260K.bin")
+TOK = os.path.join(MODELS, "tok512.bin")
+GOLDEN = os.path.join(MODELS, "golden", "stories260K-greedy-bos.txt")
+
+
+class Daemon:
+    def __init__(self, *extra, sock=None, tmp=None):
+        self.tmp = tmp or tempfile.mkdtemp(prefix="prefixd-it-")
+        self.sock = sock or os.path.join(self.tmp, "p.sock")
+        self.log = open(os.path.join(self.tmp, "daemon.log"), "w+")
+        args = [PREFIXD, "serve", "--model", MODEL, "--tokenizer", TOK, "--socket", self.sock,
+                "--cache-mem", "64M", "--threads", "2", "--log-level", "debug"] + list(extra)
+        self.p = subprocess.Popen(args, stderr=self.log, stdout=self.log)
+        for _ in range(400):
+            if self.p.poll() is not None or self.accepting():
+                break
+            time.sleep(0.05)
+        check(self.p.poll() is None, "daemon exited at start: %s" % self.logtext())
+
+    def accepting(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.sock)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def logtext(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def client(self, **kw):
+        return prefixd.Client(self.sock, **kw)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(20)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                raise AssertionError("daemon did not exit on signal")
+        return self.p.returncode
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def raw(sock_path, data, read=True, timeout=5):
+    """Sends raw bytes after nothing (no HELLO); returns the frames read until close/timeout."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(sock_path)
+    s.sendall(data)
+    frames, buf = [], bytearray()
+    if read:
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                while True:
+                    f, n = prefixd.decode_frame(buf)
+                    if not f:
+                        break
+                    del buf[:n]
+                    frames.append(f)
+        except socket.timeout:
+            pass
+    s.close()
+    return frames
+
+
+def prompts(n):
+    base = ["Once upon a time", "Lily wanted to play", "The big dog ran to the park",
+            "Tom had a red ball", "One day, a little bird"]
+    return [base[i % len(base)] + (" and" * (i % 7)) + " %s" % ("then" if i % 2 else "so")
+            for i in range(n)]
+
+
+def case_golden():
+    d = Daemon()
+    try:
+        with d.client() as c:
+            r = c.generate("", max_new=255)
+        golden = open(GOLDEN, "rb").read()
+        out = (r["text"] + "\n").encode()
+        check(out[:len(golden) - 1] == golden[:-1],
+              "socket output differs from the golden text:\n%r\n%r" % (out[:200], golden[:200]))
+        check(len(r["tokens"]) == 255 and r["finish_reason"] == "length", "255 tokens")
+    finally:
+        d.stop()
+
+
+def expected_outputs(ps, max_new=24):
+    d = Daemon("--no-cache")
+    try:
+        with d.client() as c:
+            return [c.generate(p, max_new=max_new)["tokens"] for p in ps]
+    finally:
+        d.stop()
+
+
+def case_concurrent():
+    ps = prompts(32)
+    want = expected_outputs(ps)
+    d = Daemon()
+    got, errors = [None] * 32, []
+
+    def worker(i):
+        try:
+            with d.client() as c:
+                got[i] = c.generate(ps[i], max_new=24)["tokens"]
+        except Exception as e:  # noqa: BLE001
+            errors.append("%d: %s" % (i, e))
+
+    try:
+        for rnd in range(2):  # the second round runs with the prefixes cached
+            ts = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(120)
+            check(not errors, "client errors: %s" % errors)
+            for i in range(32):
+                check(got[i] == want[i], "round %d client %d: %s != %s" % (rnd, i, got[i], want[i]))
+        with d.client() as c:
+            st = c.stats()
+        check(st["cache_hit_blocks"] > 0 or st["cached_tokens"] >= 0, "stats")
+    finally:
+        d.stop()
+
+
+def case_multiplex():
+    ps = prompts(4)
+    want = expected_outputs(ps, 20)
+    d = Daemon()
+    try:
+        with d.client() as c:
+            ids = [c.send_generate(p, max_new=20) for p in ps]
+            toks = {i: [] for i in ids}
+            done = set()
+            while len(done) < len(ids):
+                f = c.read_frame()
+                if f["type"] == prefixd.TOKEN:
+                    toks[f["id"]].append(f["token"])
+                elif f["type"] == prefixd.DONE:
+                    done.add(f["id"])
+                else:
+                    raise AssertionError("unexpected frame %s" % f)
+            for k, i in enumerate(ids):
+                check(toks[i] == want[k], "multiplexed request %d differs" % k)
+    finally:
+        d.stop()
+
+
+def case_cancel():
+    d = Daemon()
+    try:
+        with d.client() as c:
+            n = [0]
+
+            def on_token(i, p):
+                n[0] += 1
+                return n[0] == 5
+
+            r = c.generate("Once upon a time", max_new=400, on_token=on_token)
+            check(r["finish_reason"] == "cancelled", "finish %s" % r["finish_reason"])
+            check(len(r["tokens"]) < 400, "cancel did not stop generation")
+            r2 = c.generate("Once upon a time", max_new=5)  # the connection lives on
+            check(len(r2["tokens"]) == 5, "connection unusable after cancel")
+        # Disconnect mid-stream: the daemon cancels the request and keeps serving.
+        c = d.client()
+        c.send_generate("Once upon a time", max_new=400)
+        c.read_frame()
+        c.close()
+        time.sleep(0.3)
+        with d.client() as c2:
+            check(len(c2.generate("Lily", max_new=5)["tokens"]) == 5, "serving after disconnect")
+            st = c2.stats()
+        check(st["requests_cancelled"] >= 2, "stats: %s" % st)
+    finally:
+        d.stop()
+
+
+def case_bad_input():
+    d = Daemon("--max-frame", "64K")
+    hello = prefixd.encode_hello()
+    try:
+        # Oversize frame: ERROR TOO_BIG, then the connection closes.
+        f = raw(d.sock, hello + struct.pack("<IHHI", 1 << 20, 3, 0, 1))
+        check(any(x["type"] == prefixd.ERROR and x["code"] == 2 for x in f), "too big: %s" % f)
+        # Garbage framing (len < 8).
+        f = raw(d.sock, hello + b"\x03\x00\x00\x00garbage")
+        check(any(x["type"] == prefixd.ERROR and x["code"] == 1 for x in f), "garbage: %s" % f)
+        # No HELLO first.
+        f = raw(d.sock, prefixd.encode_generate(1, "hi"))
+        check(f and f[0]["type"] == prefixd.ERROR and f[0]["code"] == 12, "no hello: %s" % f)
+        # Bad version.
+        f = raw(d.sock, prefixd.encode_frame(1, 0, struct.pack("<IHHI", prefixd.MAGIC, 99, 0, 0)))
+        check(f and f[0]["code"] == 4 and "99" in f[0]["message"], "bad version: %s" % f)
+        # Unknown type: an ERROR with that frame's id; the connection lives on.
+        f = raw(d.sock, hello + prefixd.encode_frame(77, 5, b"xyz")
+                + prefixd.encode_generate(6, "Lily", max_new=3), timeout=1.5)
+        check(any(x["type"] == prefixd.ERROR and x["id"] == 5 and x["code"] == 3 for x in f),
+              "unknown type: %s" % f)
+        check(any(x["type"] == prefixd.DONE and x["id"] == 6 for x in f), "not alive: %s" % f)
+        with d.client() as c:
+            cases = [
+                (dict(prompt="a " * 600), "PROMPT_TOO_LONG", "512"),
+                (dict(prompt=b"abc\xff\xfe"), "BAD_UTF8", "offset 3"),
+                (dict(ids=[1, 5, 9999]), "BAD_TOKEN", "9999"),
+                (dict(ids=[]), "BAD_REQUEST", "empty"),
+                (dict(prompt="hi", namespace="bad/name"), "BAD_NAMESPACE", "bad/name"),
+            ]
+            for kw, name, needle in cases:
+                try:
+                    c.generate(max_new=3, **kw)
+                    raise AssertionError("%s: no error" % name)
+                except prefixd.PrefixdError as e:
+                    check(e.name == name and needle in e.message, "%s: got %s" % (name, e))
+            # Duplicate id: two GENERATEs with the same id at once.
+            c.sock.sendall(prefixd.encode_generate(50, "Once upon", max_new=200)
+                           + prefixd.encode_generate(50, "Once upon", max_new=5))
+            seen_dup = False
+            while True:
+                f = c.read_frame()
+                if f["type"] == prefixd.ERROR and f["code"] == 13:
+                    seen_dup = True
+                    c.cancel(50)
+                if f["type"] == prefixd.DONE:
+                    break
+            check(seen_dup, "duplicate id not refused")
+            check(len(c.generate("Lily", max_new=4)["tokens"]) == 4, "client still served")
+        # Another client never noticed.
+        with d.client() as c:
+            check(len(c.generate("Tom", max_new=4)["tokens"]) == 4, "second client")
+        check(d.p.poll() is None, "daemon died")
+    finally:
+        d.stop()
+
+
+def case_busy():
+    d = Daemon("--max-batch", "1", "--max-queue", "1")
+    try:
+        with d.client() as c:
+            ids = [c.send_generate("Once upon a time", max_new=100) for _ in range(4)]
+            busy, done = 0, 0
+            while busy + done < 4:
+                f = c.read_frame()
+                if f["type"] == prefixd.ERROR:
+                    check(f["code"] == 10 and "too many" in f["message"], "busy: %s" % f)
+                    busy += 1
+                elif f["type"] == prefixd.DONE:
+                    done += 1
+            check(busy == 2 and done == 2, "busy %d done %d" % (busy, done))
+            del ids
+    finally:
+        d.stop()
+
+
+def case_slow_reader():
+    d = Daemon("--max-output", "4K")
+    try:
+        slow = d.client()
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        for _ in range(8):
+            slow.send_generate("Once upon a time", max_new=500)
+        time.sleep(3)  # never reads meanwhile
+        with d.client() as c:
+            check(len(c.generate("Lily", max_new=5)["tokens"]) == 5, "others still served")
+        slow.sock.settimeout(10)
+        errs = 0
+        try:
+            while True:
+                f = slow.read_frame()
+                if f["type"] == prefixd.ERROR and f["code"] == 11:
+                    errs += 1
+                    if errs == 1:
+                        break
+        except Exception:  # noqa: BLE001
+            pass
+        check(errs >= 1 or "unread" in d.logtext(), "slow reader not cancelled: %s" % d.logtext()[-500:])
+        slow.close()
+    finally:
+        d.stop()
+
+
+def run_as(uid, sock, prompt):
+    """Runs one generation as another uid in a child process; returns cached_tokens."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            os.setgid(65534)
+            os.setuid(uid)
+            with prefixd.Client(sock) as c:
+                res = c.generate(prompt, max_new=2)
+            os.write(w, str(res["cached_tokens"]).encode())
+        except Exception as e:  # noqa: BLE001
+            os.write(w, ("ERR " + str(e)).encode())
+        os._exit(0)
+    os.close(w)
+    out = os.read(r, 1000).decode()
+    os.waitpid(pid, 0)
+    os.close(r)
+    return out
+
+
+def case_users():
+    if os.getuid() != 0:
+        raise AssertionError("this case needs root to switch uid (CI runs as root)")
+    prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside."
+    for share in (False, True):
+        tmp = tempfile.mkdtemp(prefix="prefixd-it-")
+        os.chmod(tmp, 0o755)
+        extra = ["--socket-mode", "0666"] + (["--share-across-users"] if share else [])
+        d = Daemon(*extra, tmp=tmp)
+        try:
+            with d.client() as c:
+                c.generate(prompt, max_new=2)
+                again = c.generate(prompt, max_new=2)["cached_tokens"]
+            check(again > 0, "same user does not hit")
+            other = run_as(65534, d.sock, prompt)
+            check(not other.startswith("ERR"), "other user: %s" % other)
+            if share:
+                check(int(other) > 0, "--share-across-users: other user missed")
+            else:
+                check(int(other) == 0, "two users shared blocks (%s cached)" % other)
+        finally:
+            d.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def case_socket():
+    d = Daemon()
+    try:
+        mode = os.stat(d.sock).st_mode & 0o777
+        check(mode == 0o600, "socket mode %o" % mode)
+        # A live socket: a second daemon refuses, exit 2, with a message.
+        p = subprocess.run([PREFIXD, "serve", "--model", MODEL, "--tokenizer", TOK, "--socket",
+                            d.sock, "--cache-mem", "16M"], capture_output=True, text=True,
+                           timeout=30)
+        check(p.returncode == 2 and "another daemon" in p.stderr, "live socket: %s" % p.stderr)
+        with d.client() as c:
+            check(len(c.generate("Lily", max_new=3)["tokens"]) == 3, "first daemon hurt")
+    finally:
+        d.stop(signal.SIGKILL)  # leaves a stale socket file behind
+    check(os.path.exists(d.sock), "kill -9 should leave the socket file")
+    d2 = Daemon(sock=d.sock, tmp=d.tmp)
+    try:
+        with d2.client() as c:
+            check(len(c.generate("Lily", max_new=3)["tokens"]) == 3, "stale socket not replaced")
+    finally:
+        rc = d2.stop()
+        check(rc == 0, "exit code %s: %s" % (rc, d2.logtext()[-600:]))
+    check(not os.path.exists(d.sock), "socket not removed at exit")
+    p = subprocess.run([PREFIXD, "serve", "--model", MODEL, "--tokenizer", TOK, "--socket",
+                        "/tmp/" + "x" * 200], capture_output=True, text=True, timeout=30)
+    check(p.returncode == 2 and "too long" in p.stderr, "long path: %s" % p.stderr)
+    p = subprocess.run([PREFIXD, "serve", "--model", "/nonexistent.bin"], capture_output=True,
+                       text=True, timeout=30)
+    check(p.returncode == 2 and "nonexistent.bin" in p.stderr, "bad model: %s" % p.stderr)
+
+
+def case_sigterm():
+    d = Daemon()
+    try:
+        c = d.client()
+        rid = c.send_generate("Once upon a time", max_new=300)
+        c.read_frame()
+        d.p.send_signal(signal.SIGTERM)
+        n, fin = 0, None
+        while True:
+            f = c.read_frame()
+            if f["type"] == prefixd.TOKEN:
+                n += 1
+            elif f["type"] in (prefixd.DONE, prefixd.ERROR):
+                fin = f
+                break
+        check(fin["type"] == prefixd.DONE and fin["id"] == rid, "running request not finished")
+        check(d.p.wait(20) == 0, "exit code %s" % d.p.returncode)
+        check(not os.path.exists(d.sock), "socket left behind")
+        # Restart on the same socket works.
+        d2 = Daemon(sock=d.sock, tmp=d.tmp)
+        with d2.client() as c2:
+            check(len(c2.generate("Lily", max_new=3)["tokens"]) == 3, "restart")
+        check(d2.stop() == 0, "restart exit")
+    finally:
+        d.stop()
+
+
+CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
+
+if __name__ == "__main__":
+    fn = CASES.get(CASE)
+    if not fn:
+        print("unknown case %s" % CASE, file=sys.stderr)
+        sys.exit(2)
+    try:
+        fn()
+    except AssertionError as e:
+        print("FAIL: %s" % e, file=sys.stderr)
+        print("0 passed, 1 failed")
+        sys.exit(1)
+    print("1 passed, 0 failed")
