@@ -1,0 +1,326 @@
+/* client.c — libprefixd: blocking socket I/O around proto/'s encoder and decoder. */
+#include "prefixd_client.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+struct pfx_conn {
+    int fd;
+    uint8_t *buf;
+    size_t len, cap, consumed; /* consumed: bytes of the frame last returned by pfx_next */
+    uint32_t next_id;
+    proto_hello_ok hello;
+    char model[256];
+    char err[512];
+};
+
+static int seterr(pfx_conn *c, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err, sizeof c->err, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+const char *pfx_errmsg(const pfx_conn *c)
+{
+    return c->err;
+}
+
+const proto_hello_ok *pfx_server(const pfx_conn *c)
+{
+    return &c->hello;
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int send_msg(pfx_conn *c, const proto_msg *m)
+{
+    uint8_t small[4096];
+    size_t n = proto_encode(m, small, sizeof small);
+    uint8_t *p = small;
+    if (n > sizeof small) {
+        p = malloc(n);
+        if (!p)
+            return seterr(c, PFX_ENOMEM, "out of memory");
+        proto_encode(m, p, n);
+    }
+    size_t off = 0;
+    while (off < n) {
+        ssize_t w = send(c->fd, p + off, n - off, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (p != small)
+                free(p);
+            return seterr(c, PFX_EIO, "send: %s", strerror(errno));
+        }
+        off += (size_t)w;
+    }
+    if (p != small)
+        free(p);
+    return 0;
+}
+
+int pfx_next(pfx_conn *c, proto_msg *m)
+{
+    /* Drop the frame returned last time. */
+    memmove(c->buf, c->buf + c->consumed, c->len - c->consumed);
+    c->len -= c->consumed;
+    c->consumed = 0;
+    for (;;) {
+        long r = proto_decode(c->buf, c->len, (size_t)1 << 30, m);
+        if (r > 0) {
+            c->consumed = (size_t)r;
+            return 0;
+        }
+        if (r != PROTO_NEED_MORE)
+            return seterr(c, PFX_EPROTO, "malformed frame from the daemon");
+        if (c->cap - c->len < 65536) {
+            size_t cap = c->cap ? c->cap * 2 : 1 << 16;
+            uint8_t *nb = realloc(c->buf, cap);
+            if (!nb)
+                return seterr(c, PFX_ENOMEM, "out of memory");
+            c->buf = nb;
+            c->cap = cap;
+        }
+        ssize_t n = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return seterr(c, PFX_EIO, "connection closed by the daemon%s%s", n < 0 ? ": " : "",
+                          n < 0 ? strerror(errno) : "");
+        c->len += (size_t)n;
+    }
+}
+
+int pfx_connect(const char *path, pfx_conn **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    char def[4096];
+    if (!path) {
+        if (proto_default_socket_path(def, sizeof def) != 0) {
+            snprintf(err, errlen, "default socket path too long");
+            return PFX_ECONNECT;
+        }
+        path = def;
+    }
+    struct sockaddr_un sa = {0};
+    if (strlen(path) >= sizeof sa.sun_path) {
+        snprintf(err, errlen, "socket path '%s' is too long", path);
+        return PFX_ECONNECT;
+    }
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        snprintf(err, errlen, "cannot connect to prefixd at '%s': %s (is `prefixd serve` running?)",
+                 path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return PFX_ECONNECT;
+    }
+    pfx_conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        snprintf(err, errlen, "out of memory");
+        return PFX_ENOMEM;
+    }
+    c->fd = fd;
+    c->next_id = 1;
+    proto_msg m = {0};
+    m.type = PROTO_HELLO;
+    m.u.hello.magic = PROTO_MAGIC;
+    m.u.hello.version = PROTO_VERSION;
+    int rc = send_msg(c, &m);
+    if (rc == 0)
+        rc = pfx_next(c, &m);
+    if (rc == 0 && m.type == PROTO_ERROR)
+        rc = seterr(c, PFX_ESERVER, "daemon refused the handshake: %.*s", (int)m.u.error.msg.len,
+                    m.u.error.msg.p);
+    else if (rc == 0 && m.type != PROTO_HELLO_OK)
+        rc = seterr(c, PFX_EPROTO, "unexpected reply to HELLO (type %u)", m.type);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s", c->err);
+        pfx_close(c);
+        return rc;
+    }
+    c->hello = m.u.hello_ok;
+    snprintf(c->model, sizeof c->model, "%.*s", (int)m.u.hello_ok.model.len, m.u.hello_ok.model.p);
+    c->hello.model = (proto_str){c->model, (uint32_t)strlen(c->model)};
+    *out = c;
+    return 0;
+}
+
+void pfx_close(pfx_conn *c)
+{
+    if (!c)
+        return;
+    close(c->fd);
+    free(c->buf);
+    free(c);
+}
+
+int pfx_send(pfx_conn *c, const pfx_gen *g, uint32_t *id)
+{
+    proto_msg m = {0};
+    m.type = g->warm ? PROTO_WARM : PROTO_GENERATE;
+    m.id = c->next_id++;
+    m.u.gen.max_new = g->max_new;
+    m.u.gen.temp = g->temp;
+    m.u.gen.top_p = g->top_p;
+    m.u.gen.seed = g->seed;
+    m.u.gen.ns = (proto_str){g->ns ? g->ns : "", g->ns ? (uint32_t)strlen(g->ns) : 0};
+    uint8_t *le = NULL;
+    if (g->ids) {
+        m.flags |= PROTO_GEN_TOKENS;
+        le = malloc(g->n_ids * 4 + 1);
+        if (!le)
+            return seterr(c, PFX_ENOMEM, "out of memory");
+        for (size_t i = 0; i < g->n_ids; i++)
+            for (int b = 0; b < 4; b++)
+                le[4 * i + (size_t)b] = (uint8_t)((uint32_t)g->ids[i] >> (8 * b));
+        m.u.gen.ids = (proto_ids){le, (uint32_t)g->n_ids};
+    } else {
+        m.u.gen.text = (proto_str){g->text ? g->text : "", (uint32_t)g->text_len};
+    }
+    if (g->pin)
+        m.flags |= PROTO_GEN_PIN;
+    int rc = send_msg(c, &m);
+    free(le);
+    *id = m.id;
+    return rc;
+}
+
+int pfx_cancel(pfx_conn *c, uint32_t id)
+{
+    proto_msg m = {0};
+    m.type = PROTO_CANCEL;
+    m.id = id;
+    return send_msg(c, &m);
+}
+
+int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg, pfx_result *out)
+{
+    memset(out, 0, sizeof *out);
+    uint32_t id;
+    double t0 = now_ms();
+    int rc = pfx_send(c, g, &id);
+    if (rc)
+        return rc;
+    int cancelled = 0;
+    for (;;) {
+        proto_msg m;
+        if ((rc = pfx_next(c, &m)) != 0)
+            return rc;
+        if (m.id != id)
+            continue;
+        if (m.type == PROTO_TOKEN) {
+            if (out->ttft_ms == 0)
+                out->ttft_ms = now_ms() - t0;
+            if (on_token && on_token(arg, m.u.token.id, m.u.token.piece.p, m.u.token.piece.len) &&
+                !cancelled) {
+                cancelled = 1;
+                if ((rc = pfx_cancel(c, id)) != 0)
+                    return rc;
+            }
+        } else if (m.type == PROTO_DONE) {
+            out->done = m.u.done;
+            if (out->ttft_ms == 0)
+                out->ttft_ms = now_ms() - t0;
+            return 0;
+        } else if (m.type == PROTO_ERROR) {
+            out->server_code = (int)m.u.error.code;
+            snprintf(out->server_msg, sizeof out->server_msg, "%.*s", (int)m.u.error.msg.len,
+                     m.u.error.msg.p);
+            return seterr(c, PFX_ESERVER, "%s", out->server_msg);
+        }
+    }
+}
+
+/* Sends m and waits for the frame answering it. */
+static int roundtrip(pfx_conn *c, proto_msg *m, proto_msg *reply)
+{
+    m->id = c->next_id++;
+    int rc = send_msg(c, m);
+    while (rc == 0) {
+        if ((rc = pfx_next(c, reply)) != 0)
+            break;
+        if (reply->id != m->id)
+            continue;
+        if (reply->type == PROTO_ERROR)
+            return seterr(c, PFX_ESERVER, "%.*s", (int)reply->u.error.msg.len,
+                          reply->u.error.msg.p);
+        return 0;
+    }
+    return rc;
+}
+
+int pfx_stats(pfx_conn *c, char **json)
+{
+    proto_msg m = {0}, r;
+    m.type = PROTO_STATS;
+    int rc = roundtrip(c, &m, &r);
+    if (rc)
+        return rc;
+    *json = malloc(r.u.json.len + 1);
+    if (!*json)
+        return seterr(c, PFX_ENOMEM, "out of memory");
+    memcpy(*json, r.u.json.p, r.u.json.len);
+    (*json)[r.u.json.len] = 0;
+    return 0;
+}
+
+int pfx_tokenize(pfx_conn *c, const char *text, size_t len, int32_t **ids, size_t *n)
+{
+    proto_msg m = {0}, r;
+    m.type = PROTO_TOKENIZE;
+    m.u.text = (proto_str){text, (uint32_t)len};
+    int rc = roundtrip(c, &m, &r);
+    if (rc)
+        return rc;
+    *ids = malloc(((size_t)r.u.ids.n + 1) * sizeof(int32_t));
+    if (!*ids)
+        return seterr(c, PFX_ENOMEM, "out of memory");
+    for (uint32_t i = 0; i < r.u.ids.n; i++)
+        (*ids)[i] = proto_ids_get(r.u.ids, i);
+    *n = r.u.ids.n;
+    return 0;
+}
+
+int pfx_detokenize(pfx_conn *c, const int32_t *ids, size_t n, char **text, size_t *len)
+{
+    uint8_t *le = malloc(n * 4 + 1);
+    if (!le)
+        return seterr(c, PFX_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        for (int b = 0; b < 4; b++)
+            le[4 * i + (size_t)b] = (uint8_t)((uint32_t)ids[i] >> (8 * b));
+    proto_msg m = {0}, r;
+    m.type = PROTO_DETOKENIZE;
+    m.u.ids = (proto_ids){le, (uint32_t)n};
+    int rc = roundtrip(c, &m, &r);
+    free(le);
+    if (rc)
+        return rc;
+    *text = malloc(r.u.text.len + 1);
+    if (!*text)
+        return seterr(c, PFX_ENOMEM, "out of memory");
+    memcpy(*text, r.u.text.p, r.u.text.len);
+    (*text)[r.u.text.len] = 0;
+    *len = r.u.text.len;
+    return 0;
+}
