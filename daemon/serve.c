@@ -220,6 +220,7 @@ int srv_cmd_serve(int argc, char **argv)
         }
         o.socket_path = sockbuf;
     }
+    srv_log_set_level(o.log_level);
     char msg[1024];
     model *m = NULL;
     if (model_load(o.model_path, &m, msg, sizeof msg) != 0) {

@@ -35,6 +35,11 @@
 
 static int log_level = SRV_LOG_INFO;
 
+void srv_log_set_level(int level)
+{
+    log_level = level;
+}
+
 void srv_log(int level, const char *fmt, ...)
 {
     if (level > log_level)

@@ -27,6 +27,8 @@ typedef struct srv_opts {
     int log_level;     /* SRV_LOG_* */
 } srv_opts;
 
+void srv_log_set_level(int level); /* before any thread starts */
+
 /* Logs one line to stderr if level is at or below the configured level. Any thread. */
 void srv_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
