@@ -419,6 +419,46 @@ def case_sigterm():
         d.stop()
 
 
+def case_prefixctl():
+    ctl = os.environ["PREFIXCTL"]
+    d = Daemon()
+    try:
+        def run(*args, stdin=None):
+            return subprocess.run([ctl, "--socket", d.sock] + list(args), input=stdin,
+                                  capture_output=True, text=True, timeout=60)
+        long = "Once upon a time, there was a little girl named Lily. She loved to play outside."
+        run("generate", "--prompt", long, "-n", "5")
+        p = run("generate", "--prompt", long, "-n", "5", "--json")
+        import json
+        j = json.loads(p.stdout)
+        for k in ("text", "tokens", "prompt_tokens", "cached_tokens", "cached_tokens_disk",
+                  "ttft_ms", "prefill_ms", "decode_tokens_per_s", "finish_reason"):
+            check(k in j, "--json lacks %s" % k)
+        check(j["cached_tokens"] > 0 and len(j["tokens"]) == 5, "json: %s" % j)
+        p = run("generate", "--prompt", "", "-n", "255", "--temp", "0")
+        golden = open(GOLDEN).read()
+        check(p.stdout.startswith(golden[:-1]), "prefixctl generate: golden text")
+        p = run("chat", "-n", "20", stdin="Lily went to the park\nShe saw a dog\nThe dog ran\n")
+        cached = [int(x.split("cached ")[1].split(",")[0]) for x in p.stderr.splitlines()
+                  if x.startswith("[turn")]
+        check(len(cached) == 3 and cached[1] > 0 and cached[2] > cached[1],
+              "chat cached tokens should grow: %s / %s" % (cached, p.stderr))
+        p = run("stats", "--prometheus")
+        check("# TYPE prefixd_requests counter" in p.stdout and "prefixd_cache_hit_blocks" in p.stdout,
+              "prometheus: %s" % p.stdout[:300])
+        p = run("warm", "--prompt", long, "--pin")
+        check(p.returncode == 0 and "pinned" in p.stdout, "warm --pin: %s %s" % (p.stdout, p.stderr))
+        p = run("generate", "--prompt", "x", "--namespace", "no/slash")
+        check(p.returncode == 1 and "namespace" in p.stderr, "bad namespace: %s" % p.stderr)
+        p = run("frobnicate")
+        check(p.returncode == 2, "unknown command exit %d" % p.returncode)
+        p = subprocess.run([ctl, "--socket", d.sock + ".nope", "stats"], capture_output=True,
+                           text=True, timeout=30)
+        check(p.returncode == 1 and "cannot connect" in p.stderr, "no daemon: %s" % p.stderr)
+    finally:
+        d.stop()
+
+
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
 
 if __name__ == "__main__":
