@@ -26,6 +26,30 @@ void openblas_set_num_threads(int num_threads);
 
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
 
+/* a * b + c per lane, fused where the CPU has FMA. Every kernel here spells out its fused
+ * operations with these (the file is compiled with -ffp-contract=off), so the compiler never
+ * decides differently in two places and an output's arithmetic is the same on every path. */
+#ifdef __FMA__
+#include <immintrin.h>
+static inline v8f fma8(v8f a, v8f b, v8f c)
+{
+    return (v8f)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+}
+static inline float fma1(float a, float b, float c)
+{
+    return __builtin_fmaf(a, b, c);
+}
+#else
+static inline v8f fma8(v8f a, v8f b, v8f c)
+{
+    return a * b + c;
+}
+static inline float fma1(float a, float b, float c)
+{
+    return a * b + c;
+}
+#endif
+
 struct model_state {
     const model *m;
     model_config c;
@@ -61,19 +85,19 @@ static float dot(const float *x, const float *y, int n)
         memcpy(&b0, y + i, 32);
         memcpy(&a1, x + i + 8, 32);
         memcpy(&b1, y + i + 8, 32);
-        acc0 += a0 * b0;
-        acc1 += a1 * b1;
+        acc0 = fma8(a0, b0, acc0);
+        acc1 = fma8(a1, b1, acc1);
     }
     for (; i + 8 <= n; i += 8) {
         v8f a0, b0;
         memcpy(&a0, x + i, 32);
         memcpy(&b0, y + i, 32);
-        acc0 += a0 * b0;
+        acc0 = fma8(a0, b0, acc0);
     }
     v8f acc = acc0 + acc1;
     float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     for (; i < n; i++)
-        s += x[i] * y[i];
+        s = fma1(x[i], y[i], s);
     return s;
 }
 
@@ -86,11 +110,11 @@ static void axpy(float *y, float a, const float *x, int n)
         v8f xv, yv;
         memcpy(&xv, x + i, 32);
         memcpy(&yv, y + i, 32);
-        yv += av * xv;
+        yv = fma8(av, xv, yv);
         memcpy(y + i, &yv, 32);
     }
     for (; i < n; i++)
-        y[i] += a * x[i];
+        y[i] = fma1(a, x[i], y[i]);
 }
 
 /* out (hs) += sum over t < n of p[t] * v[t] (v: n rows of hs floats), in t order for each
@@ -108,7 +132,7 @@ static void av_accumulate(float *out, const float *p, const float *v, int n, int
             for (int k = 0; k < 8; k++) {
                 v8f x;
                 memcpy(&x, vr + 8 * k, 32);
-                o[k] += pv * x;
+                o[k] = fma8(pv, x, o[k]);
             }
         }
         memcpy(out + i0, o, sizeof o);
@@ -161,17 +185,84 @@ typedef struct matmul_job {
     int rows_per_task;
 } matmul_job;
 
+static inline float reduce8(v8f a)
+{
+    return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+}
+
+static inline v8f load8(const float *p)
+{
+    v8f v;
+    memcpy(&v, p, 32);
+    return v;
+}
+
+/* One output: w (n) . x (n) as every decode product computes it: eight lanes accumulated over
+ * the 8-float chunks in order, a fixed pairwise reduction, then the tail in order. The tiled
+ * kernel below computes each of its outputs with exactly this sequence. */
+static float dot_decode(const float *w, const float *x, int n)
+{
+    v8f a = {0};
+    int k = 0;
+    for (; k + 8 <= n; k += 8)
+        a = fma8(load8(w + k), load8(x + k), a);
+    float s = reduce8(a);
+    for (; k < n; k++)
+        s = fma1(w[k], x[k], s);
+    return s;
+}
+
+/* Four weight rows against two inputs at once: each weight chunk is loaded once for both
+ * inputs and each input chunk once for four rows. */
+static void dot_4x2(const float *w, size_t ws, const float *x, size_t xs, int n, float out[4][2])
+{
+    v8f a[4][2] = {{{0}}};
+    int k = 0;
+    for (; k + 8 <= n; k += 8) {
+        v8f x0 = load8(x + k), x1 = load8(x + xs + k);
+        for (int r = 0; r < 4; r++) {
+            v8f wr = load8(w + (size_t)r * ws + k);
+            a[r][0] = fma8(wr, x0, a[r][0]);
+            a[r][1] = fma8(wr, x1, a[r][1]);
+        }
+    }
+    for (int r = 0; r < 4; r++)
+        for (int i = 0; i < 2; i++) {
+            float s = reduce8(a[r][i]);
+            for (int t = k; t < n; t++)
+                s = fma1(w[(size_t)r * ws + t], x[(size_t)i * xs + t], s);
+            out[r][i] = s;
+        }
+}
+
 static void matmul_task(void *arg, int task, int worker)
 {
     (void)worker;
     const matmul_job *j = arg;
     int lo = task * j->rows_per_task;
     int hi = lo + j->rows_per_task < j->d ? lo + j->rows_per_task : j->d;
-    for (int o = lo; o < hi; o++) {
-        const float *wr = j->w + (size_t)o * j->n;
-        for (int i = 0; i < j->b; i++)
-            j->y[(size_t)i * j->d + o] = dot(wr, j->x + (size_t)i * j->n, j->n);
+    size_t n = (size_t)j->n;
+    int o = lo;
+    for (; o + 4 <= hi; o += 4) {
+        const float *wr = j->w + (size_t)o * n;
+        int i = 0;
+        for (; i + 2 <= j->b; i += 2) {
+            float out[4][2];
+            dot_4x2(wr, n, j->x + (size_t)i * n, n, j->n, out);
+            for (int r = 0; r < 4; r++) {
+                j->y[(size_t)i * j->d + o + r] = out[r][0];
+                j->y[(size_t)(i + 1) * j->d + o + r] = out[r][1];
+            }
+        }
+        for (; i < j->b; i++)
+            for (int r = 0; r < 4; r++)
+                j->y[(size_t)i * j->d + o + r] =
+                    dot_decode(wr + (size_t)r * n, j->x + (size_t)i * n, j->n);
     }
+    for (; o < hi; o++)
+        for (int i = 0; i < j->b; i++)
+            j->y[(size_t)i * j->d + o] =
+                dot_decode(j->w + (size_t)o * n, j->x + (size_t)i * n, j->n);
 }
 
 static void matmul(model_state *s, float *y, const float *x, const float *w, int b, int n, int d)
@@ -180,7 +271,7 @@ static void matmul(model_state *s, float *y, const float *x, const float *w, int
     int tasks = model__pool_threads(s->pool) * 8;
     if (tasks > d)
         tasks = d;
-    j.rows_per_task = (d + tasks - 1) / tasks;
+    j.rows_per_task = ((d + tasks - 1) / tasks + 3) / 4 * 4;
     tasks = (d + j.rows_per_task - 1) / j.rows_per_task;
     model__pool_run(s->pool, matmul_task, &j, tasks);
 }
