@@ -24,4 +24,12 @@ int srv_parse_int(const char *s, long lo, long hi, long *out);
  * Writes into buf (cap bytes). Returns 0, or -1 with buf naming both paths tried. */
 int srv_default_tokenizer(const char *model_path, char *buf, size_t cap);
 
+typedef struct model model;
+typedef struct model_tokenizer model_tokenizer;
+
+/* Loads the model and its tokenizer (tok_path NULL: srv_default_tokenizer()), printing the
+ * loader's message to stderr on failure. Returns 0, or 2 (the exit code for bad input) with
+ * nothing loaded. Free with model_tokenizer_free() and model_free(). */
+int srv_load(const char *model_path, const char *tok_path, model **m, model_tokenizer **tok);
+
 #endif

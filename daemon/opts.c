@@ -1,5 +1,6 @@
 /* opts.c — small option parsers shared by the prefixd subcommands. */
 #include "cmd.h"
+#include "model.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -82,4 +83,32 @@ int srv_default_tokenizer(const char *model_path, char *buf, size_t cap)
              "--tokenizer)",
              model_path, dirlen, model_path);
     return -1;
+}
+
+int srv_load(const char *model_path, const char *tok_path, model **m, model_tokenizer **tok)
+{
+    char msg[1024], buf[4096];
+    *m = NULL;
+    *tok = NULL;
+    if (model_load(model_path, m, msg, sizeof msg) != 0) {
+        fprintf(stderr, "prefixd: %s\n", msg);
+        return 2;
+    }
+    if (!tok_path) {
+        if (srv_default_tokenizer(model_path, buf, sizeof buf) != 0) {
+            fprintf(stderr, "prefixd: %s\n", buf);
+            model_free(*m);
+            *m = NULL;
+            return 2;
+        }
+        tok_path = buf;
+    }
+    if (model_tokenizer_load(tok_path, model_get_config(*m)->vocab_size, tok, msg, sizeof msg) !=
+        0) {
+        fprintf(stderr, "prefixd: %s\n", msg);
+        model_free(*m);
+        *m = NULL;
+        return 2;
+    }
+    return 0;
 }

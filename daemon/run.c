@@ -183,28 +183,12 @@ int srv_cmd_run(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    char msg[1024], tokbuf[4096];
-    model *m = NULL;
-    int rc = model_load(model_path, &m, msg, sizeof msg);
-    if (rc != 0) {
-        fprintf(stderr, "prefixd: %s\n", msg);
+    char msg[1024];
+    model *m;
+    model_tokenizer *tok;
+    if (srv_load(model_path, tok_path, &m, &tok) != 0)
         return 2;
-    }
     const model_config *c = model_get_config(m);
-    if (!tok_path) {
-        if (srv_default_tokenizer(model_path, tokbuf, sizeof tokbuf) != 0) {
-            fprintf(stderr, "prefixd: %s\n", tokbuf);
-            model_free(m);
-            return 2;
-        }
-        tok_path = tokbuf;
-    }
-    model_tokenizer *tok = NULL;
-    if ((rc = model_tokenizer_load(tok_path, c->vocab_size, &tok, msg, sizeof msg)) != 0) {
-        fprintf(stderr, "prefixd: %s\n", msg);
-        model_free(m);
-        return 2;
-    }
     fprintf(stderr,
             "model: dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, context %d; "
             "%.2fM params, %.1f MB weights, %llu K/V bytes per token\n",

@@ -55,7 +55,7 @@ int srv_cmd_serve(int argc, char **argv)
     o.grace_ms = 10000;
     o.log_level = SRV_LOG_INFO;
     const char *tok_path = NULL;
-    char sockbuf[4096], tokbuf[4096];
+    char sockbuf[4096];
     enum {
         O_MODEL = 256,
         O_TOK,
@@ -221,27 +221,11 @@ int srv_cmd_serve(int argc, char **argv)
         o.socket_path = sockbuf;
     }
     srv_log_set_level(o.log_level);
-    char msg[1024];
-    model *m = NULL;
-    if (model_load(o.model_path, &m, msg, sizeof msg) != 0) {
-        fprintf(stderr, "prefixd: %s\n", msg);
+    model *m;
+    model_tokenizer *tok;
+    if (srv_load(o.model_path, tok_path, &m, &tok) != 0)
         return 2;
-    }
     const model_config *c = model_get_config(m);
-    if (!tok_path) {
-        if (srv_default_tokenizer(o.model_path, tokbuf, sizeof tokbuf) != 0) {
-            fprintf(stderr, "prefixd: %s\n", tokbuf);
-            model_free(m);
-            return 2;
-        }
-        tok_path = tokbuf;
-    }
-    model_tokenizer *tok = NULL;
-    if (model_tokenizer_load(tok_path, c->vocab_size, &tok, msg, sizeof msg) != 0) {
-        fprintf(stderr, "prefixd: %s\n", msg);
-        model_free(m);
-        return 2;
-    }
     srv_log(SRV_LOG_INFO,
             "model %s: dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, context %d; "
             "%.2fM params, %.1f MB weights, %llu K/V bytes per token",
