@@ -15,6 +15,7 @@
 #include <cJSON.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -955,6 +956,9 @@ int srv_run(const srv_opts *o, const model *m, const model_tokenizer *tok)
         free(s);
         return rc;
     }
+    /* A write to a client that has gone must fail with EPIPE on that connection, not kill the
+     * daemon: the peer's close is seen as a read error or EOF and the connection is closed. */
+    signal(SIGPIPE, SIG_IGN);
     uv_async_init(s->loop, &s->wake, wake_cb);
     uv_signal_init(s->loop, &s->sigint);
     uv_signal_init(s->loop, &s->sigterm);

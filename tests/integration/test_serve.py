@@ -210,6 +210,17 @@ def case_cancel():
                     break
                 time.sleep(0.1)
         check(st["requests_cancelled"] >= 2, "stats: %s" % st)
+        # Many clients that vanish mid-stream: the daemon's writes to their closed sockets fail
+        # (EPIPE) and must only close those connections, never end the daemon.
+        for i in range(40):
+            c = d.client()
+            c.send_generate("Once upon a time", max_new=300)
+            c.read_frame()
+            c.sock.shutdown(socket.SHUT_RDWR)
+            c.close()
+        check(d.p.poll() is None, "daemon died after disconnects:\n%s" % d.logtext()[-2000:])
+        with d.client() as c2:
+            check(len(c2.generate("Lily", max_new=5)["tokens"]) == 5, "serving after disconnects")
     finally:
         d.stop()
 
