@@ -1,4 +1,6 @@
-/* prefixctl — the command-line client: generate, chat, warm, stats, tokenize, detokenize. */
+/* prefixctl — the command-line client: generate, chat, warm, stats, tokenize, detokenize, and
+ * bench (bench.c). */
+#include "bench.h"
 #include "prefixd_client.h"
 
 #include <cJSON.h>
@@ -26,6 +28,8 @@ static void usage(FILE *f)
         "                 prefill a prompt into the cache without generating\n"
         "  stats [--json | --prometheus]\n"
         "  tokenize TEXT | detokenize ID...\n"
+        "  bench [--workload chat,fewshot,unique,sweep] [--clients C] [--runs N] ...\n"
+        "                 client-side TTFT benchmark; CSV and JSON out (bench --help)\n"
         "\n"
         "The socket is --socket, else $PREFIXD_SOCKET, else $XDG_RUNTIME_DIR/prefixd.sock,\n"
         "else /tmp/prefixd-$UID.sock. Exit codes: 0 ok, 1 daemon or connection error, 2 usage.\n");
@@ -409,6 +413,8 @@ int main(int argc, char **argv)
     const char *cmd = argv[i];
     int sub_argc = argc - i;
     char **sub_argv = argv + i;
+    if (!strcmp(cmd, "bench"))
+        return bench_main(sock, sub_argc, sub_argv);
     static const char *known[] = {"generate", "chat", "warm", "stats", "tokenize", "detokenize"};
     int ok = 0;
     for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
