@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Integration tests of `prefixctl bench` against a real daemon (stories260K, temporary socket).
+
+usage: test_bench.py PREFIXD PREFIXCTL MODELS_DIR CASE
+Each case starts its own daemon(s); exit 0 and "1 passed, 0 failed" on success.
+"""
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+PREFIXD, PREFIXCTL, MODELS, CASE = sys.argv[1:5]
+MODEL = os.path.join(MODELS, "stories260K.bin")
+TOK = os.path.join(MODELS, "tok512.bin")
+COLUMNS = ["workload", "label", "run", "client", "conversation", "turn", "prompt_tokens",
+           "cached_tokens", "cached_tokens_disk", "ttft_ms", "server_ttft_ms", "prefill_ms",
+           "new_tokens", "total_ms"]
+# A small chat: 2 system prompts of 96 tokens, 4 conversations on 2 clients, 3 turns.
+SMALL = ["--clients", "2", "--systems", "2", "--system-tokens", "96", "--conversations", "4",
+         "--turns", "3", "--user-tokens", "20", "--reply-tokens", "8", "--requests", "6",
+         "--lengths", "64,200"]
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+class Daemon:
+    def __init__(self, tmp, *extra):
+        self.sock = os.path.join(tmp, "p.sock")
+        self.log = open(os.path.join(tmp, "daemon.log"), "w+")
+        self.p = subprocess.Popen([PREFIXD, "serve", "--model", MODEL, "--tokenizer", TOK,
+                                   "--socket", self.sock, "--cache-mem", "64M", "--threads", "2",
+                                   "--log-level", "warn"] + list(extra),
+                                  stdout=self.log, stderr=self.log)
+        for _ in range(400):
+            if self.p.poll() is not None or self.accepting():
+                break
+            time.sleep(0.05)
+        check(self.p.poll() is None, "daemon exited at start")
+
+    def accepting(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.sock)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            self.p.wait(20)
+
+
+def bench(sock, *args, expect=0):
+    r = subprocess.run([PREFIXCTL, "--socket", sock, "bench"] + list(args),
+                       capture_output=True, text=True, timeout=120)
+    check(r.returncode == expect, "bench %s: exit %d, expected %d\nstdout: %s\nstderr: %s"
+          % (" ".join(args), r.returncode, expect, r.stdout, r.stderr))
+    return r
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    check(rows and rows[0] == COLUMNS, "CSV header: %r" % (rows[:1],))
+    for r in rows[1:]:
+        check(len(r) == len(COLUMNS), "CSV row with %d fields: %r" % (len(r), r))
+    out = [dict(zip(COLUMNS, r)) for r in rows[1:]]
+    for r in out:
+        for k in COLUMNS[2:]:
+            float(r[k])  # every number parses
+        check(float(r["ttft_ms"]) > 0, "TTFT > 0: %r" % r)
+        check(int(r["cached_tokens"]) <= int(r["prompt_tokens"]), "cached <= prompt: %r" % r)
+        check(int(r["cached_tokens_disk"]) <= int(r["cached_tokens"]), "disk <= cached: %r" % r)
+    return out
+
+
+def with_daemon(fn, *extra):
+    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    d = Daemon(tmp, *extra)
+    try:
+        fn(d.sock, tmp)
+    finally:
+        d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def case_outputs():
+    """All workloads: the CSV has one well-formed row per request, the JSON one summary each."""
+    def body(sock, tmp):
+        c, j = os.path.join(tmp, "o.csv"), os.path.join(tmp, "o.json")
+        r = bench(sock, "--workload", "chat,fewshot,unique,sweep", "--label", "ram",
+                  "--csv", c, "--json", j, *SMALL)
+        rows = read_csv(c)
+        by = {w: [x for x in rows if x["workload"] == w] for w in ("chat", "fewshot", "unique",
+                                                                  "sweep")}
+        check(len(by["chat"]) == 12 and len(by["fewshot"]) == 6 and len(by["unique"]) == 6
+              and len(by["sweep"]) == 4, "rows per workload: %r"
+              % {k: len(v) for k, v in by.items()})
+        check(all(x["label"] == "ram" for x in rows), "label in every row")
+        check({x["client"] for x in by["chat"]} == {"0", "1"}, "two clients")
+        doc = json.load(open(j))
+        check(doc["label"] == "ram" and doc["server"]["seq_len"] == 512, "JSON header")
+        ws = {w["workload"]: w for w in doc["workloads"]}
+        check(list(ws) == ["chat", "fewshot", "unique", "sweep"], "JSON workloads in order")
+        for name, w in ws.items():
+            t = w["ttft_ms"]
+            check(w["count"] == len(by[name]), "%s count" % name)
+            check(0 < t["min"] <= t["p50"] <= t["p95"] <= t["p99"] <= t["max"],
+                  "%s percentiles ordered: %r" % (name, t))
+            check(w["requests_per_s"] > 0 and w["tokens_per_s"] >= 0, "%s throughput" % name)
+            check(0 <= w["hit_ratio"] <= 1, "%s hit ratio" % name)
+            check(len(w["by_run"]) == 1, "%s by_run" % name)
+        check([t["turn"] for t in ws["chat"]["by_turn"]] == [1, 2, 3], "by_turn")
+        check(ws["fewshot"]["hit_ratio"] > 0.5, "fewshot shares its preamble")
+        check("chat" in r.stdout and "p50" in r.stdout, "summary on stdout: %r" % r.stdout)
+        # Not a terminal: no progress line on stderr.
+        check(r.stderr == "", "stderr: %r" % r.stderr)
+        # The sweep's second step reuses all but U (+ a partial block) of its prompt.
+        for x in by["sweep"]:
+            cached = int(x["cached_tokens"])
+            if x["turn"] == "1":
+                check(cached == 0, "sweep step 1 uncached: %r" % x)
+            else:
+                check(cached >= int(x["prompt_tokens"]) - 20 - 16, "sweep step 2 cached: %r" % x)
+    with_daemon(body)
+
+
+def chat_rows(sock, tmp, *extra):
+    c = os.path.join(tmp, "chat.csv")
+    bench(sock, "--workload", "chat", "--csv", c, "--quiet", *(SMALL + list(extra)))
+    return read_csv(c)
+
+
+def case_chat_cached():
+    """Cache on: every later turn finds its history cached; with --warm every turn hits."""
+    def body(sock, tmp):
+        rows = chat_rows(sock, tmp)
+        for x in rows:
+            if int(x["turn"]) > 1:
+                # At least the system prompt and the earlier turns' full blocks.
+                check(int(x["cached_tokens"]) >= 96, "later turn cached: %r" % x)
+        # Conversations 2 and 3 reuse the system prompts of 0 and 1, unless they ran at once.
+        rows = chat_rows(sock, tmp, "--warm", "--seed", "7")
+        check(all(int(x["cached_tokens"]) >= 96 for x in rows), "--warm: every turn hits")
+        # Determinism: the same seed asks the same prompts and gets the same greedy replies, so
+        # the second time every prompt is cached but for its last (partial) block.
+        again = chat_rows(sock, tmp, "--seed", "7")
+        key = lambda x: (x["conversation"], x["turn"])  # noqa: E731
+        check(sorted((key(x), x["prompt_tokens"]) for x in again)
+              == sorted((key(x), x["prompt_tokens"]) for x in rows), "same prompts, same seed")
+        check(all(int(x["cached_tokens"]) >= int(x["prompt_tokens"]) - 16 for x in again),
+              "same seed again: all cached: %r" % again)
+    with_daemon(body)
+
+
+def case_chat_nocache():
+    """--no-cache: nothing is ever cached, the prompts grow turn by turn all the same."""
+    def body(sock, tmp):
+        rows = chat_rows(sock, tmp, "--runs", "2")
+        check(len(rows) == 24, "2 runs x 12 requests")
+        check(all(x["cached_tokens"] == "0" for x in rows), "--no-cache: no hits")
+        t1 = [int(x["prompt_tokens"]) for x in rows if x["turn"] == "1"]
+        t3 = [int(x["prompt_tokens"]) for x in rows if x["turn"] == "3"]
+        check(set(t1) == {117} and min(t3) > 117 + 2 * 20, "history resent: %r %r" % (t1, t3))
+    with_daemon(body, "--no-cache")
+
+
+def case_unique():
+    """The control workload shares nothing, even run after run and beside a chat."""
+    def body(sock, tmp):
+        c = os.path.join(tmp, "u.csv")
+        bench(sock, "--workload", "chat,unique", "--runs", "2", "--csv", c, "--quiet", *SMALL)
+        bench(sock, "--workload", "unique", "--seed", "9", "--csv", c, "--append", "--quiet",
+              *SMALL)
+        rows = [x for x in read_csv(c) if x["workload"] == "unique"]
+        check(len(rows) == 18, "3 runs x 6 unique requests, appended: %d" % len(rows))
+        check(all(x["cached_tokens"] == "0" for x in rows), "unique: no hits: %r"
+              % [x for x in rows if x["cached_tokens"] != "0"])
+    with_daemon(body)
+
+
+def case_bad_params():
+    """Bad parameters: a clear message naming the option, exit 2 (before or after connecting)."""
+    def body(sock, tmp):
+        for args, want in [
+            (["--clients", "0"], "--clients"),
+            (["--turns", "x"], "--turns"),
+            (["--workload", "chat,nope"], "unknown workload 'nope'"),
+            (["--workload", "chat,chat"], "named twice"),
+            (["--lengths", "100,,abc"], "--lengths"),
+            (["--reply-tokens", "0"], "--reply-tokens"),
+            (["--label", "a,b"], "--label"),
+            (["--append"], "--append needs --csv"),
+            (["--bogus"], "usage"),
+            (["extra"], "unexpected argument"),
+            (["--system-tokens", "600"], "do not fit the model's context of 512"),
+            (["--workload", "fewshot", "--system-tokens", "480"], "fewshot"),
+            (["--workload", "sweep", "--lengths", "30", "--user-tokens", "40"], "length 30"),
+        ]:
+            r = bench(sock, *args, expect=2)
+            check(want in r.stderr, "bench %s: stderr %r lacks %r" % (args, r.stderr, want))
+            check(r.stdout == "", "bench %s: nothing on stdout" % args)
+        r = bench(sock, "--help")
+        check("--workload" in r.stdout, "--help")
+        r = bench(os.path.join(tmp, "nobody.sock"), expect=1)
+        check("cannot connect" in r.stderr, "no daemon: %r" % r.stderr)
+        r = bench(sock, "--csv", os.path.join(tmp, "no", "such", "dir.csv"), "--system-tokens",
+                  "16", "--turns", "1", "--quiet", expect=1)
+        check("--csv" in r.stderr, "unwritable CSV: %r" % r.stderr)
+    with_daemon(body)
+
+
+def main():
+    fn = globals().get("case_" + CASE)
+    if not fn:
+        print("unknown case %r" % CASE)
+        return 2
+    try:
+        fn()
+    except AssertionError as e:
+        print("FAIL %s: %s" % (CASE, e))
+        print("0 passed, 1 failed")
+        return 1
+    print("1 passed, 0 failed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
