@@ -517,6 +517,33 @@ void cache_block_set_on_disk(cache_block *b)
     b->on_disk = 1;
 }
 
+int cache_block_on_disk(const cache_block *b)
+{
+    return b->on_disk;
+}
+
+static void visit_one(cache_block *b, cache_visit_fn fn, void *arg)
+{
+    cache_evicted ev = {b->key, b->parent, b->tok, b->data, b->on_disk};
+    if (fn(arg, &ev) == 1)
+        b->on_disk = 1;
+}
+
+size_t cache_visit(cache *c, cache_visit_fn fn, void *arg)
+{
+    size_t n = 0;
+    for (int32_t s = c->lru_head; s >= 0; s = c->blocks[s].lru_next, n++)
+        visit_one(&c->blocks[s], fn, arg);
+    for (size_t i = 0; i < c->n_slots; i++) {
+        cache_block *b = &c->blocks[i];
+        if (b->state == SLOT_PUBLISHED && !b->in_lru) {
+            visit_one(b, fn, arg);
+            n++;
+        }
+    }
+    return n;
+}
+
 int cache_pin(cache *c, cache_block *const *blocks, size_t n)
 {
     size_t add = 0;

@@ -15,13 +15,17 @@
  */
 #include "engine.h"
 
+#include "diskw.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-typedef enum rq_state { RQ_WAITING, RQ_PREFILL, RQ_DECODE } rq_state;
+/* LOADING: the disk thread is copying the blocks after the RAM hits into the request's own
+ * private slots; nothing else touches them until the load comes back. */
+typedef enum rq_state { RQ_WAITING, RQ_LOADING, RQ_PREFILL, RQ_DECODE } rq_state;
 
 typedef struct request {
     uint64_t handle;
@@ -36,7 +40,12 @@ typedef struct request {
     float **ptr;       /* the block table's payload pointers (what the model reads) */
     int n_blk;         /* blocks allocated or hit */
     int n_pub;         /* blocks [0, n_pub) are published */
-    int cached;        /* prompt tokens taken from the cache */
+    int cached;        /* prompt tokens taken from the cache (RAM and disk) */
+    int cached_disk;   /* of those, loaded from the disk tier */
+    cache_key *keys;   /* the prompt's block keys (with a disk tier) */
+    srv_diskw_load load;
+    int zombie; /* ended while LOADING: freed when the load comes back */
+    struct request *zombie_next;
     uint32_t max_new;
     int n_new;
     float temp, top_p;
@@ -54,6 +63,10 @@ struct srv_engine {
     model_config c;
     model_state *ms;
     cache *cache;
+    srv_diskw *disk;   /* NULL: no disk tier */
+    int n_loading;     /* requests (live or zombie) whose load is out */
+    request *zombies;  /* ended while LOADING */
+    int admit_blocked; /* the first waiting request did not fit; cleared when blocks free */
     model_sampler *sampler;
     request **live; /* waiting and running, in arrival order */
     int n_live, cap_live;
@@ -138,6 +151,8 @@ static void publish_ready(srv_engine *e, request *r)
 
 static void release_blocks(srv_engine *e, request *r)
 {
+    if (r->n_blk > 0)
+        e->admit_blocked = 0;
     for (int i = 0; i < r->n_blk; i++)
         cache_unref(e->cache, r->blk[i]);
     r->n_blk = 0;
@@ -151,6 +166,7 @@ static void request_free(request *r)
     if (!r)
         return;
     free(r->tok);
+    free(r->keys);
     free(r->blk);
     free(r->ptr);
     free(r);
@@ -172,15 +188,19 @@ static void remove_live(srv_engine *e, request *r)
 static void finish(srv_engine *e, request *r, int reason)
 {
     r->t_end = srv_now_ms();
+    /* A request cancelled while the disk thread writes into its slots keeps them (and itself)
+     * until the load comes back (collect_loads()). */
+    int loading = r->state == RQ_LOADING;
     if (reason != PROTO_FINISH_CANCELLED)
         publish_ready(e, r);
-    release_blocks(e, r);
+    if (!loading)
+        release_blocks(e, r);
     srv_event ev = {.type = SRV_EV_DONE, .handle = r->handle};
     proto_done *d = &ev.done;
     d->finish = (uint8_t)reason;
     d->prompt_tokens = (uint32_t)r->n_prompt;
     d->cached_tokens = (uint32_t)r->cached;
-    d->cached_tokens_disk = 0;
+    d->cached_tokens_disk = (uint32_t)r->cached_disk;
     d->new_tokens = (uint32_t)r->n_new;
     d->ttft_ms = r->t_first > 0 ? r->t_first - r->t_recv : 0;
     d->prefill_ms = r->prefill_ms;
@@ -193,6 +213,12 @@ static void finish(srv_engine *e, request *r, int reason)
         e->st.requests_done++;
     remove_live(e, r);
     e->o.emit(e->o.emit_arg, &ev);
+    if (loading) {
+        r->zombie = 1;
+        r->zombie_next = e->zombies;
+        e->zombies = r;
+        return;
+    }
     request_free(r);
 }
 
@@ -215,14 +241,12 @@ static int admit(srv_engine *e, request *r)
     if (last_pos > e->c.seq_len)
         last_pos = e->c.seq_len;
     int need = blocks_for(e, last_pos);
+    /* Never the whole prompt: the last prompt token is prefilled for its logits (WARM only needs
+     * full blocks, so it may take them all). */
+    size_t cap = r->kind == SRV_REQ_WARM ? (size_t)r->n_prompt / B : (size_t)(r->n_prompt - 1) / B;
     size_t hit = 0;
-    if (!e->o.no_cache) {
-        /* Never the whole prompt: the last prompt token is prefilled for its logits (WARM only
-         * needs full blocks, so it may take them all). */
-        size_t cap =
-            r->kind == SRV_REQ_WARM ? (size_t)r->n_prompt / B : (size_t)(r->n_prompt - 1) / B;
-        cache_lookup(e->cache, r->root, r->tok, (size_t)r->n_prompt, r->blk, NULL, cap, &hit);
-    }
+    if (!e->o.no_cache)
+        cache_lookup(e->cache, r->root, r->tok, (size_t)r->n_prompt, r->blk, r->keys, cap, &hit);
     for (size_t i = 0; i < hit; i++)
         r->ptr[i] = cache_block_data(r->blk[i]);
     r->n_blk = (int)hit;
@@ -239,7 +263,55 @@ static int admit(srv_engine *e, request *r)
     r->kv_done = r->cached;
     r->state = RQ_PREFILL;
     e->st.cached_tokens += (uint64_t)r->cached;
+    if (e->disk && hit < cap) {
+        /* The chain goes on past the RAM hits: ask the disk tier for the next blocks, straight
+         * into this request's private slots. */
+        srv_diskw_load *l = &r->load;
+        l->owner = r;
+        l->parent = hit ? r->keys[hit - 1] : r->root;
+        l->keys = r->keys + hit;
+        l->tokens = r->tok + hit * (size_t)B;
+        l->dst = r->ptr + hit;
+        l->n = cap - hit;
+        r->state = RQ_LOADING;
+        e->n_loading++;
+        srv_diskw_load_async(e->disk, l);
+    }
     return 0;
+}
+
+/* Takes the loads the disk thread has finished: the blocks found count as cached, are published
+ * (so other requests share them) and marked as on disk (evicting them spills nothing). */
+static void collect_loads(srv_engine *e)
+{
+    if (!e->disk || e->n_loading == 0)
+        return;
+    int B = e->o.block_tokens;
+    for (srv_diskw_load *l = srv_diskw_poll(e->disk), *next; l; l = next) {
+        next = l->next;
+        request *r = l->owner;
+        e->n_loading--;
+        e->admit_blocked = 0;
+        if (r->zombie) {
+            request **p = &e->zombies;
+            while (*p != r)
+                p = &(*p)->zombie_next;
+            *p = r->zombie_next;
+            release_blocks(e, r);
+            request_free(r);
+            continue;
+        }
+        int first = r->cached / B, n = (int)l->n_loaded;
+        r->cached += n * B;
+        r->cached_disk = n * B;
+        r->kv_done = r->cached;
+        e->st.cached_tokens += (uint64_t)n * B;
+        e->st.cached_tokens_disk += (uint64_t)n * B;
+        r->state = RQ_PREFILL;
+        publish_ready(e, r);
+        for (int i = first; i < first + n && i < r->n_pub; i++)
+            cache_block_set_on_disk(r->blk[i]);
+    }
 }
 
 int srv_engine_submit(srv_engine *e, const srv_request *q)
@@ -274,7 +346,9 @@ int srv_engine_submit(srv_engine *e, const srv_request *q)
     int nb = blocks_for(e, seq) + 1;
     r->blk = calloc((size_t)nb, sizeof *r->blk);
     r->ptr = calloc((size_t)nb, sizeof *r->ptr);
-    if (!r->tok || !r->blk || !r->ptr) {
+    if (e->disk)
+        r->keys = calloc((size_t)nb, sizeof *r->keys);
+    if (!r->tok || !r->blk || !r->ptr || (e->disk && !r->keys)) {
         request_free(r);
         emit_error(e, q->handle, PROTO_ERR_INTERNAL, "out of memory");
         return PROTO_ERR_INTERNAL;
@@ -386,6 +460,7 @@ static void admit_waiting(srv_engine *e)
                 i--;
                 continue;
             }
+            e->admit_blocked = 1;
             return; /* wait for running requests to free blocks; keep arrival order */
         }
         run++;
@@ -514,9 +589,40 @@ static void decode_all(srv_engine *e)
     }
 }
 
+static int computing(const srv_engine *e)
+{
+    for (int i = 0; i < e->n_live; i++)
+        if (e->live[i]->state == RQ_PREFILL || e->live[i]->state == RQ_DECODE)
+            return 1;
+    return 0;
+}
+
+static int admissible(const srv_engine *e)
+{
+    if (e->admit_blocked)
+        return 0;
+    for (int i = 0; i < e->n_live; i++)
+        if (e->live[i]->state == RQ_WAITING)
+            return 1;
+    return 0;
+}
+
+int srv_engine_runnable(srv_engine *e)
+{
+    if (computing(e) || admissible(e))
+        return 1;
+    return e->disk && e->n_loading > 0 && srv_diskw_has_done(e->disk);
+}
+
 int srv_engine_step(srv_engine *e)
 {
+    collect_loads(e);
     admit_waiting(e);
+    if (!e->o.wake && e->n_loading > 0 && !computing(e)) {
+        /* In-process use: nothing to compute until the disk answers, so wait for it here. */
+        srv_diskw_wait(e->disk, 100);
+        collect_loads(e);
+    }
     prefill_one(e);
     decode_all(e);
     return e->n_live;
@@ -530,6 +636,46 @@ int srv_engine_live(const srv_engine *e)
 cache *srv_engine_cache(srv_engine *e)
 {
     return e->o.no_cache ? NULL : e->cache;
+}
+
+int srv_engine_disk_stats(srv_engine *e, struct srv_diskw_stats *out)
+{
+    if (!e->disk)
+        return -1;
+    srv_diskw_get_stats(e->disk, out);
+    return 0;
+}
+
+static void evict_cb(void *arg, const cache_evicted *ev)
+{
+    srv_engine *e = arg;
+    if (!ev->on_disk)
+        srv_diskw_spill(e->disk, ev); /* never waits: a full spill buffer drops the block */
+}
+
+typedef struct flush_ctx {
+    srv_diskw *disk;
+    size_t n;
+} flush_ctx;
+
+static int flush_cb(void *arg, const cache_evicted *ev)
+{
+    flush_ctx *f = arg;
+    if (ev->on_disk)
+        return 0;
+    srv_diskw_spill_wait(f->disk, ev);
+    f->n++;
+    return 1;
+}
+
+size_t srv_engine_flush_disk(srv_engine *e)
+{
+    if (!e->disk)
+        return 0;
+    flush_ctx f = {e->disk, 0};
+    cache_visit(e->cache, flush_cb, &f);
+    srv_diskw_flush(e->disk);
+    return f.n;
 }
 
 void srv_engine_get_stats(const srv_engine *e, srv_engine_stats *out)
@@ -586,11 +732,32 @@ int srv_engine_new(const model *m, const model_tokenizer *tok, const srv_engine_
     co.n_kv_heads = e->c.n_kv_heads;
     co.head_size = e->c.head_size;
     co.test_key_bits = o.test_key_bits;
-    co.on_evict = o.on_evict;
-    co.on_evict_arg = o.on_evict_arg;
+    if (o.disk_dir && !o.no_cache) {
+        co.on_evict = evict_cb;
+        co.on_evict_arg = e;
+    }
     if ((rc = cache_open(&co, &e->cache, msg, msglen)) != 0) {
         srv_engine_free(e);
         return -1;
+    }
+    if (o.disk_dir && !o.no_cache) {
+        srv_diskw_opts dw = {0};
+        dw.disk.dir = o.disk_dir;
+        dw.disk.max_bytes = o.disk_max;
+        memcpy(dw.disk.fingerprint, co.fingerprint, 16);
+        dw.disk.block_tokens = co.block_tokens;
+        dw.disk.block_floats = co.block_floats;
+        dw.disk.reset_incompatible = o.disk_reset;
+        size_t spill = o.disk_spill;
+        if (!spill)
+            spill = o.cache_mem / 4 < ((size_t)256 << 20) ? o.cache_mem / 4 : (size_t)256 << 20;
+        dw.spill_bytes = spill;
+        dw.wake = o.wake;
+        dw.wake_arg = o.wake_arg;
+        if ((rc = srv_diskw_open(&dw, &e->disk, msg, msglen)) != 0) {
+            srv_engine_free(e);
+            return rc;
+        }
     }
     e->cap_live = o.max_batch + o.max_queue;
     e->live = calloc((size_t)e->cap_live, sizeof *e->live);
@@ -614,11 +781,20 @@ void srv_engine_free(srv_engine *e)
 {
     if (!e)
         return;
+    /* Loads still out write into requests' slots: let them come back first. */
+    while (e->disk && e->n_loading > 0) {
+        srv_diskw_wait(e->disk, 100);
+        collect_loads(e);
+    }
     while (e->n_live > 0) {
         request *r = e->live[e->n_live - 1];
         release_blocks(e, r);
         e->n_live--;
         request_free(r);
+    }
+    if (e->disk) {
+        srv_engine_flush_disk(e);
+        srv_diskw_close(e->disk);
     }
     free(e->live);
     free(e->logits);

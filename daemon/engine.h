@@ -44,17 +44,24 @@ typedef struct srv_event {
 typedef void (*srv_emit_fn)(void *arg, const srv_event *ev);
 
 typedef struct srv_engine_opts {
-    int block_tokens;        /* B (default 16) */
-    size_t cache_mem;        /* bytes of K/V blocks (default 1 GiB) */
-    size_t pin_max;          /* pin budget (default cache_mem / 4) */
-    int no_cache;            /* 1: never share blocks between requests */
-    int max_batch;           /* running requests decoded per step (default 32) */
-    int max_queue;           /* requests waiting beyond max_batch before BUSY (default 256) */
-    int prefill_chunk;       /* prompt tokens prefilled per step (default 512) */
-    int threads;             /* compute threads (0: all cores) */
-    int test_key_bits;       /* cache test hook (cache_opts.test_key_bits) */
-    cache_evict_fn on_evict; /* optional: told of each block leaving RAM (the disk tier) */
-    void *on_evict_arg;
+    int block_tokens;     /* B (default 16) */
+    size_t cache_mem;     /* bytes of K/V blocks (default 1 GiB) */
+    size_t pin_max;       /* pin budget (default cache_mem / 4) */
+    int no_cache;         /* 1: never share blocks between requests */
+    int max_batch;        /* running requests decoded per step (default 32) */
+    int max_queue;        /* requests waiting beyond max_batch before BUSY (default 256) */
+    int prefill_chunk;    /* prompt tokens prefilled per step (default 512) */
+    int threads;          /* compute threads (0: all cores) */
+    int test_key_bits;    /* cache test hook (cache_opts.test_key_bits) */
+    const char *disk_dir; /* the disk tier's directory; NULL: no disk tier */
+    size_t disk_max;      /* its budget in bytes (0: 4 GiB) */
+    int disk_reset;       /* 1: wipe a store of another format version or geometry */
+    size_t disk_spill;    /* spill buffer bytes (0: min(256 MiB, cache_mem / 4)) */
+    /* Optional: called on the disk thread when a load from disk has finished, so a caller that
+     * sleeps while srv_engine_runnable() is 0 can wake. Without it, srv_engine_step() itself
+     * waits for the disk when nothing else can run (tests, in-process use). */
+    void (*wake)(void *arg);
+    void *wake_arg;
     srv_emit_fn emit; /* required */
     void *emit_arg;
 } srv_engine_opts;
@@ -98,8 +105,17 @@ int srv_engine_cancel(srv_engine *e, uint64_t handle);
  * srv_engine_cancel() does. Returns how many. */
 int srv_engine_cancel_matching(srv_engine *e, uint64_t value, uint64_t mask);
 
-/* One scheduler step (see above). Returns the number of live requests afterwards (0: idle). */
+/* One scheduler step (see above): takes the loads the disk thread has finished, admits,
+ * prefills one chunk, decodes. Returns the number of live requests afterwards (0: idle). */
 int srv_engine_step(srv_engine *e);
+
+/* 1 if srv_engine_step() has work now; 0 if every live request waits for the disk tier (the
+ * wake callback says when that changes) or none is live. */
+int srv_engine_runnable(srv_engine *e);
+
+/* Writes every block in RAM that is not on disk yet to the disk tier and waits until it is
+ * written (shutdown; srv_engine_free() does it too). Returns the number of blocks queued. */
+size_t srv_engine_flush_disk(srv_engine *e);
 
 /* Live requests (waiting or running). */
 int srv_engine_live(const srv_engine *e);
@@ -124,6 +140,10 @@ void srv_engine_get_stats(const srv_engine *e, srv_engine_stats *out);
 
 /* The cache (NULL with no_cache), for stats and tests. */
 cache *srv_engine_cache(srv_engine *e);
+
+struct srv_diskw_stats;
+/* The disk tier's counters. Returns 0, or -1 (out untouched) if there is no disk tier. */
+int srv_engine_disk_stats(srv_engine *e, struct srv_diskw_stats *out);
 
 /* The options in force, defaults filled in. */
 const srv_engine_opts *srv_engine_get_opts(const srv_engine *e);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 static void usage(FILE *f)
 {
@@ -25,8 +26,12 @@ static void usage(FILE *f)
         "  --socket-mode MODE      permissions of the socket, octal (default 0600)\n"
         "  --cache-mem SIZE        memory for K/V blocks (default 1G)\n"
         "  --pin-max SIZE          budget for pinned prefixes (default cache-mem / 4)\n"
-        "  --disk-dir DIR|none     disk tier (not in this build: only 'none' is accepted)\n"
-        "  --disk-max SIZE         disk tier budget (not in this build)\n"
+        "  --disk-dir DIR|none     disk tier: blocks leaving RAM spill there and survive\n"
+        "                          restarts (default: $XDG_CACHE_HOME/prefixd, else\n"
+        "                          ~/.cache/prefixd; 'none' turns it off)\n"
+        "  --disk-max SIZE         disk tier budget (default 4G)\n"
+        "  --disk-reset            wipe a disk dir written by another format version or\n"
+        "                          block geometry instead of refusing it\n"
         "  --block-tokens N        tokens per K/V block (default 16)\n"
         "  --threads N             compute threads (default: all cores)\n"
         "  --max-batch N           requests decoded together (default 32)\n"
@@ -38,6 +43,35 @@ static void usage(FILE *f)
         "                          cancelled (default 8M)\n"
         "  --grace SECONDS         on SIGINT/SIGTERM, time for running requests (default 10)\n"
         "  --log-level LEVEL       error, warn, info or debug (default info)\n");
+}
+
+/* $XDG_CACHE_HOME/prefixd/blocks-BxF (else ~/.cache/...), its parents created (0700). Returns 0,
+ * or -1 with the reason in buf. */
+static int default_disk_dir(char *buf, size_t cap, int block_tokens, size_t block_floats)
+{
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    int n;
+    if (xdg && xdg[0] == '/')
+        n = snprintf(buf, cap, "%s/prefixd", xdg);
+    else if (home && home[0])
+        n = snprintf(buf, cap, "%s/.cache/prefixd", home);
+    else
+        return snprintf(buf, cap, "no $XDG_CACHE_HOME or $HOME for the default --disk-dir"), -1;
+    if (n < 0 || (size_t)n >= cap)
+        return snprintf(buf, cap, "the default --disk-dir path is too long"), -1;
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        mkdir(buf, 0700);
+        *p = '/';
+    }
+    mkdir(buf, 0700);
+    size_t len = strlen(buf);
+    n = snprintf(buf + len, cap - len, "/blocks-%dx%zu", block_tokens, block_floats);
+    if (n < 0 || (size_t)n >= cap - len)
+        return snprintf(buf, cap, "the default --disk-dir path is too long"), -1;
+    return 0;
 }
 
 static int bad(const char *opt, const char *val, const char *want)
@@ -54,8 +88,8 @@ int srv_cmd_serve(int argc, char **argv)
     o.max_output = 8u << 20;
     o.grace_ms = 10000;
     o.log_level = SRV_LOG_INFO;
-    const char *tok_path = NULL;
-    char sockbuf[4096];
+    const char *tok_path = NULL, *disk_dir = NULL;
+    char sockbuf[4096], diskbuf[4096];
     enum {
         O_MODEL = 256,
         O_TOK,
@@ -65,6 +99,7 @@ int srv_cmd_serve(int argc, char **argv)
         O_PIN,
         O_DISK,
         O_DISKMAX,
+        O_DISKRESET,
         O_BLOCK,
         O_THREADS,
         O_BATCH,
@@ -85,6 +120,7 @@ int srv_cmd_serve(int argc, char **argv)
                                          {"pin-max", required_argument, 0, O_PIN},
                                          {"disk-dir", required_argument, 0, O_DISK},
                                          {"disk-max", required_argument, 0, O_DISKMAX},
+                                         {"disk-reset", no_argument, 0, O_DISKRESET},
                                          {"block-tokens", required_argument, 0, O_BLOCK},
                                          {"threads", required_argument, 0, O_THREADS},
                                          {"max-batch", required_argument, 0, O_BATCH},
@@ -130,17 +166,17 @@ int srv_cmd_serve(int argc, char **argv)
             o.pin_max = (size_t)sz;
             break;
         case O_DISK:
-            if (strcmp(optarg, "none") != 0) {
-                fprintf(stderr,
-                        "prefixd serve: --disk-dir '%s': the disk tier is not in this "
-                        "build yet; use --disk-dir none\n",
-                        optarg);
-                return 2;
-            }
+            if (!optarg[0])
+                return bad("--disk-dir", optarg, "a directory or 'none'");
+            disk_dir = optarg;
             break;
         case O_DISKMAX:
-            if (srv_parse_size(optarg, &sz) != 0)
-                return bad("--disk-max", optarg, "a size like 4G");
+            if (srv_parse_size(optarg, &sz) != 0 || sz < (1u << 20))
+                return bad("--disk-max", optarg, "a size of at least 1M, like 4G");
+            o.disk_max = (size_t)sz;
+            break;
+        case O_DISKRESET:
+            o.disk_reset = 1;
             break;
         case O_BLOCK:
             if (srv_parse_int(optarg, 1, 4096, &v) != 0)
@@ -232,6 +268,21 @@ int srv_cmd_serve(int argc, char **argv)
             o.model_path, c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
             c->vocab_size, c->seq_len, (double)model_param_count(c) / 1e6,
             (double)model_weight_bytes(c) / 1e6, (unsigned long long)model_kv_bytes_per_token(c));
+    if (disk_dir && strcmp(disk_dir, "none") == 0) {
+        o.disk_dir = NULL;
+    } else if (disk_dir) {
+        o.disk_dir = disk_dir;
+    } else if (!o.no_cache) {
+        /* The default is shared by every model: one subdirectory per block geometry, since a
+         * store holds blocks of one size (a model of another shape would be refused there). */
+        int bt = o.block_tokens ? o.block_tokens : 16;
+        if (default_disk_dir(diskbuf, sizeof diskbuf, bt, model_kv_block_floats(c, bt)) == 0) {
+            o.disk_dir = diskbuf;
+            o.disk_is_default = 1;
+        } else {
+            srv_log(SRV_LOG_WARN, "disk tier off: %s", diskbuf);
+        }
+    }
     int rc = srv_run(&o, m, tok);
     model_tokenizer_free(tok);
     model_free(m);

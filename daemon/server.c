@@ -10,6 +10,7 @@
  */
 #include "server.h"
 
+#include "diskw.h"
 #include "engine.h"
 
 #include <cJSON.h>
@@ -680,6 +681,25 @@ static char *stats_json(server *s)
         cJSON_AddNumberToObject(j, "cache_bytes_total", (double)cs.bytes_total);
         cJSON_AddNumberToObject(j, "cache_bytes_in_use", (double)cs.bytes_in_use);
     }
+    srv_diskw_stats ds;
+    if (srv_engine_disk_stats(s->engine, &ds) == 0) {
+        cJSON_AddNumberToObject(j, "disk_hit_blocks", (double)ds.load_blocks);
+        cJSON_AddNumberToObject(j, "disk_hit_tokens", (double)ds.load_blocks * s->o.block_tokens);
+        cJSON_AddNumberToObject(j, "disk_loads", (double)ds.loads);
+        cJSON_AddNumberToObject(j, "disk_load_ms", ds.load_ms);
+        cJSON_AddNumberToObject(j, "disk_load_pending_hits", (double)ds.load_pending_hits);
+        cJSON_AddNumberToObject(j, "disk_spills", (double)ds.disk.puts);
+        cJSON_AddNumberToObject(j, "disk_spills_queued", (double)ds.spills_queued);
+        cJSON_AddNumberToObject(j, "disk_spills_dropped", (double)ds.spills_dropped);
+        cJSON_AddNumberToObject(j, "disk_spills_failed", (double)ds.spills_failed);
+        cJSON_AddNumberToObject(j, "disk_spill_bytes", (double)ds.spill_bytes_written);
+        cJSON_AddNumberToObject(j, "disk_spill_ms", ds.spill_ms);
+        cJSON_AddNumberToObject(j, "disk_evictions", (double)ds.disk.evictions);
+        cJSON_AddNumberToObject(j, "disk_corrupt_deleted", (double)ds.disk.corrupt_deleted);
+        cJSON_AddNumberToObject(j, "disk_blocks", (double)ds.disk.entries);
+        cJSON_AddNumberToObject(j, "disk_bytes", (double)ds.disk.bytes_on_disk);
+        cJSON_AddNumberToObject(j, "disk_bytes_max", (double)ds.disk.max_bytes);
+    }
     cJSON_AddNumberToObject(j, "connections", (double)s->connections);
     cJSON_AddNumberToObject(j, "frames_in", (double)s->frames_in);
     cJSON_AddNumberToObject(j, "frames_out", (double)s->frames_out);
@@ -769,12 +789,23 @@ static void run_cmd(server *s, cmd *k)
     }
 }
 
+/* The disk thread finished a load: the engine thread may have work again. */
+static void engine_wake_cb(void *arg)
+{
+    server *s = arg;
+    pthread_mutex_lock(&s->mu);
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
 static void *engine_main(void *arg)
 {
     server *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        while (!s->in_head && srv_engine_live(s->engine) == 0)
+        /* Sleep while there is nothing to compute: no command, and no live request that can
+         * run (requests waiting for the disk tier wake us through engine_wake_cb). */
+        while (!s->in_head && !srv_engine_runnable(s->engine))
             pthread_cond_wait(&s->cv, &s->mu);
         cmd *k = s->in_head;
         s->in_head = s->in_tail = NULL;
@@ -943,10 +974,26 @@ int srv_run(const srv_opts *o, const model *m, const model_tokenizer *tok)
     eo.threads = o->threads;
     eo.emit = engine_emit_cb;
     eo.emit_arg = s;
-    if (srv_engine_new(m, tok, &eo, &s->engine, msg, sizeof msg) != 0) {
+    eo.disk_dir = o->disk_dir;
+    eo.disk_max = o->disk_max;
+    eo.disk_reset = o->disk_reset;
+    eo.wake = engine_wake_cb;
+    eo.wake_arg = s;
+    int erc = srv_engine_new(m, tok, &eo, &s->engine, msg, sizeof msg);
+    if (erc == CACHE_EBUSY && o->disk_is_default) {
+        /* The default directory belongs to another daemon: serve without a disk tier. */
+        srv_log(SRV_LOG_WARN, "%s: disk tier off (give this daemon its own --disk-dir)", msg);
+        eo.disk_dir = NULL;
+        erc = srv_engine_new(m, tok, &eo, &s->engine, msg, sizeof msg);
+    }
+    if (erc != 0) {
         srv_log(SRV_LOG_ERROR, "%s", msg);
         free(s);
-        return 1;
+        /* A disk dir that cannot be used is bad configuration (exit 2), like a bad model. */
+        return erc == CACHE_EIO || erc == CACHE_EVERSION || erc == CACHE_EBUSY ||
+                       erc == CACHE_EINVAL
+                   ? 2
+                   : 1;
     }
     s->o.block_tokens = srv_engine_get_opts(s->engine)->block_tokens;
     int rc = bind_socket(s);
@@ -981,6 +1028,13 @@ int srv_run(const srv_opts *o, const model *m, const model_tokenizer *tok)
             o->socket_path, o->socket_mode, eff->block_tokens, (unsigned long long)cs.slots_total,
             cs.bytes_total / 1e6, o->no_cache ? " [sharing off: --no-cache]" : "", eff->max_batch,
             eff->max_queue);
+    srv_diskw_stats ds;
+    if (srv_engine_disk_stats(s->engine, &ds) == 0)
+        srv_log(SRV_LOG_INFO, "disk tier %s: %llu blocks (%.0f MB) of %.0f MB", eo.disk_dir,
+                (unsigned long long)ds.disk.entries, ds.disk.bytes_on_disk / 1e6,
+                ds.disk.max_bytes / 1e6);
+    else if (!o->no_cache)
+        srv_log(SRV_LOG_INFO, "disk tier off: blocks leaving RAM are dropped");
     uv_run(s->loop, UV_RUN_DEFAULT);
     if (!s->engine_stopped) {
         push_cmd(s, cmd_new(CMD_STOP, 0, 0, 0));
@@ -1001,6 +1055,16 @@ int srv_run(const srv_opts *o, const model *m, const model_tokenizer *tok)
         out *n = q->next;
         free(q);
         q = n;
+    }
+    if (srv_engine_disk_stats(s->engine, &ds) == 0) {
+        /* What is only in RAM goes to disk, so a restart finds it. */
+        double t0 = srv_now_ms();
+        size_t n = srv_engine_flush_disk(s->engine);
+        srv_engine_disk_stats(s->engine, &ds);
+        srv_log(SRV_LOG_INFO,
+                "disk tier: wrote %zu blocks from RAM in %.0f ms; %llu blocks (%.0f MB) on disk", n,
+                srv_now_ms() - t0, (unsigned long long)ds.disk.entries,
+                ds.disk.bytes_on_disk / 1e6);
     }
     srv_engine_free(s->engine);
     pthread_mutex_destroy(&s->mu);

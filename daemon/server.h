@@ -21,10 +21,14 @@ typedef struct srv_opts {
     int max_queue;      /* 0: 256 */
     int no_cache;
     int share_across_users;
-    size_t max_frame;  /* bytes */
-    size_t max_output; /* per-connection unread output before its requests are cancelled */
-    double grace_ms;   /* on SIGINT/SIGTERM, how long running requests may finish */
-    int log_level;     /* SRV_LOG_* */
+    const char *disk_dir; /* the disk tier's directory; NULL: no disk tier */
+    int disk_is_default;  /* disk_dir is the default: if another daemon holds it, run without */
+    size_t disk_max;      /* 0: 4 GiB */
+    int disk_reset;       /* wipe a store of another format version or geometry */
+    size_t max_frame;     /* bytes */
+    size_t max_output;    /* per-connection unread output before its requests are cancelled */
+    double grace_ms;      /* on SIGINT/SIGTERM, how long running requests may finish */
+    int log_level;        /* SRV_LOG_* */
 } srv_opts;
 
 void srv_log_set_level(int level); /* before any thread starts */

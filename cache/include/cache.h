@@ -34,7 +34,8 @@
     X(ECORRUPT, -6, "stored block failed verification")                                            \
     X(EIO, -7, "i/o error")                                                                        \
     X(EVERSION, -8, "incompatible on-disk format version")                                         \
-    X(EFULL, -9, "disk tier full")
+    X(EFULL, -9, "disk tier full")                                                                 \
+    X(EBUSY, -10, "disk directory in use by another process")
 
 enum {
 #define X(name, code, msg) CACHE_##name = code,
@@ -151,6 +152,16 @@ int cache_block_published(const cache_block *b);
 
 /* Marks a published block as stored by the disk tier, so evicting it spills nothing. */
 void cache_block_set_on_disk(cache_block *b);
+
+/* 1 once cache_block_set_on_disk() was called for b. */
+int cache_block_on_disk(const cache_block *b);
+
+/* Calls fn for every published block, with the view on_evict gets (data valid during the call),
+ * least recently used first among the evictable ones, then the others; a block for which fn
+ * returns 1 is marked as on disk (cache_block_set_on_disk()). Nothing else changes (the disk
+ * tier's flush at shutdown uses it). Returns the number of blocks visited. */
+typedef int (*cache_visit_fn)(void *arg, const cache_evicted *ev);
+size_t cache_visit(cache *c, cache_visit_fn fn, void *arg);
 
 /* Pins published blocks (a prefix chain, root first): pinned blocks are never evicted. Pinning
  * a block already pinned costs nothing. Returns 0 or CACHE_EPINMAX (nothing pinned then).

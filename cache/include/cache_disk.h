@@ -1,0 +1,119 @@
+/* cache_disk.h — the disk tier of the K/V block cache: blocks spilled from RAM into an LMDB
+ * environment, verified on every load, kept under a byte budget by an LRU of its own.
+ *
+ * Synchronous and single-threaded: one handle is used by one thread (the daemon's disk thread,
+ * daemon/diskw.h); nothing here locks. The handle is opaque, so this header never includes
+ * lmdb.h; LMDB's errors are translated into CACHE_E* codes here, and LMDB's own text
+ * (mdb_strerror) is kept in cache_disk_errmsg() for the caller to log.
+ *
+ * On-disk format (version CACHE_DISK_FORMAT), little-endian, in the directory given at open:
+ *   database "meta":   "format" -> { u32 magic 'PFXD', u32 version, u32 block_tokens, u32 0,
+ *                                    u64 block_floats }
+ *                      "used"   -> u64 bytes of block values stored (the budget's measure)
+ *   database "blocks": key (16 bytes: lo, hi) -> value = header + token ids + payload:
+ *                        u32 magic 'PFXB', u32 version, u8 fingerprint[16], u64 key lo, hi,
+ *                        u64 parent lo, hi, u32 n_tokens, u32 0, u64 payload bytes,
+ *                        u64 XXH3-128 of the payload (lo, hi)   (88 bytes)
+ *                        i32 tokens[n_tokens], padded to 8 bytes, then the payload floats
+ *   database "seq":    key -> u64 its access sequence number
+ *   database "lru":    u64 sequence number, big-endian (so LMDB's order is access order) -> key
+ * A block is keyed by its chained key, whose root folds in the model fingerprint, so blocks of
+ * different models share a directory without ever meeting; the header's fingerprint is checked
+ * too. A different format version or block geometry is refused (CACHE_EVERSION) unless the
+ * caller asks to wipe and recreate.
+ */
+#ifndef PREFIXD_CACHE_DISK_H
+#define PREFIXD_CACHE_DISK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cache.h"
+
+#define CACHE_DISK_FORMAT 1
+#define CACHE_DISK_DEFAULT_MAX ((size_t)4 << 30)
+
+typedef struct cache_disk cache_disk; /* opaque */
+
+typedef struct cache_disk_opts {
+    const char *dir;         /* created (mode 0700) if missing; its parent must exist */
+    size_t max_bytes;        /* budget of stored values; 0: CACHE_DISK_DEFAULT_MAX (4 GiB) */
+    uint8_t fingerprint[16]; /* the model's fingerprint (cache_opts.fingerprint) */
+    int block_tokens;        /* B */
+    size_t block_floats;     /* floats per block payload */
+    int reset_incompatible;  /* 1: wipe a store of another format version / geometry */
+    size_t test_map_bytes;   /* test hook: 0 normally; else the LMDB map size to use */
+} cache_disk_opts;
+
+/* One block to store: borrowed for the duration of cache_disk_put_batch(). */
+typedef struct cache_disk_item {
+    cache_key key;
+    cache_key parent;
+    const int32_t *tokens; /* block_tokens ids */
+    const float *data;     /* block_floats floats */
+} cache_disk_item;
+
+/* Opens (creating if needed) the store in o->dir. out: owned by the caller, freed with
+ * cache_disk_close(). Returns 0, or with a message in msg naming the directory and the problem:
+ * CACHE_EINVAL (bad options), CACHE_EIO (directory missing, not creatable or not writable, LMDB
+ * cannot open it; the errno / LMDB text is in the message), CACHE_EVERSION (another format
+ * version or geometry, and reset_incompatible is 0), CACHE_ENOMEM. Any thread; the handle then
+ * belongs to the thread that uses it. */
+int cache_disk_open(const cache_disk_opts *o, cache_disk **out, char *msg, size_t msglen);
+
+/* Applies queued LRU touches, syncs to disk and frees everything. Accepts NULL. */
+void cache_disk_close(cache_disk *d);
+
+/* Writes items[0..n) in ONE write transaction (plus queued LRU touches). Blocks already stored
+ * are only touched. Before each new block, the least recently used blocks are evicted until it
+ * fits the budget. If LMDB's map or the file system is full, evicts more and retries the
+ * transaction once. *n_written (optional) receives the number of new blocks stored.
+ * Returns 0; CACHE_EFULL if not every block could be stored (the budget or the disk is full even
+ * after eviction: the caller logs once and keeps serving from RAM; the blocks that fit are
+ * stored); CACHE_EIO on another LMDB failure (nothing stored; message in cache_disk_errmsg()). */
+int cache_disk_put_batch(cache_disk *d, const cache_disk_item *items, size_t n,
+                         size_t *n_written);
+
+/* Loads the block key, confirming its parent key, token ids (block_tokens) and the header
+ * (magic, version, fingerprint, payload length, checksum), and copies the payload into
+ * payload_out (block_floats floats, caller's memory) before the read transaction ends. Marks the
+ * block recently used (queued; applied by the next write transaction or cache_disk_sync()).
+ * Returns 0; CACHE_ENOTFOUND (absent, or stored by another model); CACHE_ECORRUPT (a check
+ * failed: payload_out is undefined and the value has been deleted); CACHE_EIO. */
+int cache_disk_get(cache_disk *d, cache_key key, cache_key parent, const int32_t *tokens,
+                   float *payload_out);
+
+/* 1 if a value is stored under key (unverified), 0 if not, or a negative CACHE_E* code. */
+int cache_disk_contains(cache_disk *d, cache_key key);
+
+/* Applies the queued LRU touches in a write transaction and flushes LMDB's buffers to disk.
+ * Returns 0 or CACHE_EIO / CACHE_EFULL. */
+int cache_disk_sync(cache_disk *d);
+
+/* The message of the last failure on this handle (LMDB's or the OS's text, with context);
+ * "" if none. Valid until the next call on the handle. */
+const char *cache_disk_errmsg(const cache_disk *d);
+
+typedef struct cache_disk_stats {
+    uint64_t puts;            /* blocks written (spills) */
+    uint64_t bytes_written;   /* value bytes written */
+    uint64_t gets;            /* cache_disk_get() calls (loads) */
+    uint64_t hits;            /* gets that returned a verified block */
+    uint64_t misses;          /* gets that found nothing (or another model's block) */
+    uint64_t corrupt_deleted; /* values that failed verification and were deleted */
+    uint64_t evictions;       /* blocks evicted to keep the budget or make room */
+    uint64_t full;            /* put_batch calls that returned CACHE_EFULL */
+    uint64_t bytes_on_disk;   /* value bytes stored now (<= max_bytes) */
+    uint64_t entries;         /* blocks stored now */
+    uint64_t max_bytes;       /* the budget */
+    double load_ms_total;     /* time spent in gets that hit */
+} cache_disk_stats;
+
+void cache_disk_get_stats(const cache_disk *d, cache_disk_stats *out);
+
+/* Test hook, SQLite's fault injection: the k-th LMDB call from now (k >= 1) on any handle fails
+ * with an I/O error, and so does every later one if sticky; k = 0 turns it off. Returns the
+ * number of LMDB calls made since the last cache_disk_test_fail_at(). Not thread-safe. */
+long cache_disk_test_fail_at(long k, int sticky);
+
+#endif
