@@ -77,8 +77,9 @@ static int send_msg(pfx_conn *c, const proto_msg *m)
 
 int pfx_next(pfx_conn *c, proto_msg *m)
 {
-    /* Drop the frame returned last time. */
-    memmove(c->buf, c->buf + c->consumed, c->len - c->consumed);
+    /* Drop the frame returned last time (no buffer yet before the first read). */
+    if (c->len > c->consumed)
+        memmove(c->buf, c->buf + c->consumed, c->len - c->consumed);
     c->len -= c->consumed;
     c->consumed = 0;
     for (;;) {
