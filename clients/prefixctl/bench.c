@@ -662,13 +662,14 @@ static int write_csv(const bench *b)
         return -1;
     }
     if (header)
-        fprintf(f, "workload,label,run,client,conversation,turn,prompt_tokens,cached_tokens,"
+        fprintf(f, "workload,label,run,seed,client,conversation,turn,prompt_tokens,cached_tokens,"
                    "cached_tokens_disk,ttft_ms,server_ttft_ms,prefill_ms,new_tokens,total_ms\n");
     for (size_t i = 0; i < b->n_rows; i++) {
         const bench_row *r = &b->rows[i];
-        fprintf(f, "%s,%s,%d,%d,%d,%d,%u,%u,%u,%.3f,%.3f,%.3f,%u,%.3f\n", wl_names[r->wl], o->label,
-                r->run, r->client, r->conv, r->turn, r->prompt_tokens, r->cached, r->cached_disk,
-                r->ttft_ms, r->server_ttft_ms, r->prefill_ms, r->new_tokens, r->total_ms);
+        fprintf(f, "%s,%s,%d,%llu,%d,%d,%d,%u,%u,%u,%.3f,%.3f,%.3f,%u,%.3f\n", wl_names[r->wl],
+                o->label, r->run, (unsigned long long)(o->seed + (uint64_t)r->run - 1), r->client,
+                r->conv, r->turn, r->prompt_tokens, r->cached, r->cached_disk, r->ttft_ms,
+                r->server_ttft_ms, r->prefill_ms, r->new_tokens, r->total_ms);
     }
     if (fclose(f) != 0) {
         fprintf(stderr, "prefixctl: bench: --csv '%s': %s\n", o->csv, strerror(errno));

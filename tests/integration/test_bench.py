@@ -18,7 +18,7 @@ import time
 PREFIXD, PREFIXCTL, MODELS, CASE = sys.argv[1:5]
 MODEL = os.path.join(MODELS, "stories260K.bin")
 TOK = os.path.join(MODELS, "tok512.bin")
-COLUMNS = ["workload", "label", "run", "client", "conversation", "turn", "prompt_tokens",
+COLUMNS = ["workload", "label", "run", "seed", "client", "conversation", "turn", "prompt_tokens",
            "cached_tokens", "cached_tokens_disk", "ttft_ms", "server_ttft_ms", "prefill_ms",
            "new_tokens", "total_ms"]
 # A small chat: 2 system prompts of 96 tokens, 4 conversations on 2 clients, 3 turns.
