@@ -1,12 +1,18 @@
 /* test_engine.c — the engine in-process on stories260K: cached runs give exactly the uncached
  * greedy tokens, chats reuse their history, batches do not change a request's tokens, collisions
  * are refused, bad input is reported. */
+#include "diskw.h"
 #include "engine.h"
 #include "harness.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define MODEL_260K PREFIXD_MODELS_DIR "/stories260K.bin"
 #define TOK512 PREFIXD_MODELS_DIR "/tok512.bin"
@@ -358,6 +364,257 @@ static void test_warm_and_pin(void)
     srv_engine_free(e);
 }
 
+/* ---- The disk tier ------------------------------------------------------------------------ */
+
+static char tmpdir[256];
+
+static void make_tmpdir(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/prefixd-engine-XXXXXX");
+    CHECK(mkdtemp(tmpdir) != NULL);
+}
+
+static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void remove_tmpdir(void)
+{
+    if (tmpdir[0])
+        nftw(tmpdir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    tmpdir[0] = 0;
+}
+
+static void nop_wake(void *arg)
+{
+    (void)arg;
+}
+
+/* An engine with a disk tier in dir; returns the srv_engine_new() code, message in msg. */
+static int engine_disk(const model *m, const char *dir, size_t mem, int max_batch, int reset,
+                       int with_wake, srv_engine **e, char *msg, size_t msglen)
+{
+    srv_engine_opts o = {0};
+    o.cache_mem = mem;
+    o.max_batch = max_batch;
+    o.max_queue = 16;
+    o.threads = 2;
+    o.emit = emit_cb;
+    o.disk_dir = dir;
+    o.disk_reset = reset;
+    if (with_wake)
+        o.wake = nop_wake;
+    *e = NULL;
+    return srv_engine_new(m, m == M ? T : NULL, &o, e, msg, msglen);
+}
+
+static srv_engine *engine_disk_ok(const char *dir, size_t mem, int max_batch)
+{
+    char msg[512];
+    srv_engine *e;
+    CHECK_MSG(engine_disk(M, dir, mem, max_batch, 0, 0, &e, msg, sizeof msg) == 0, "%s", msg);
+    return e;
+}
+
+static size_t block_bytes(void)
+{
+    return model_kv_block_floats(model_get_config(M), 16) * sizeof(float);
+}
+
+/* A daemon's life, then a restart on the same directory: every full block of every prompt comes
+ * back from disk (RAM is empty), and the tokens are exactly the uncached ones. */
+static void test_disk_restart(void)
+{
+    setup();
+    make_tmpdir();
+    srv_engine *ref = engine(1, 64 << 20, 0, 4, 4);
+    srv_engine *e = engine_disk_ok(tmpdir, 64 << 20, 4);
+    static int32_t ids[6][200];
+    static result want[6];
+    for (int i = 0; i < 6; i++) {
+        int n = 40 + 29 * i;
+        prompt_ids(ids[i], n, 300 + (unsigned)i);
+        submit_ids(ref, 1, ids[i], (size_t)n, 12);
+        run_all(ref);
+        want[i] = res[1];
+        submit_ids(e, 2, ids[i], (size_t)n, 12);
+        run_all(e);
+        check_same(&want[i], &res[2], "first life", n);
+        CHECK_EQ_INT(res[2].d.cached_tokens_disk, 0);
+    }
+    srv_engine_free(e); /* writes what is only in RAM to disk */
+    e = engine_disk_ok(tmpdir, 64 << 20, 4);
+    for (int i = 0; i < 6; i++) {
+        int n = 40 + 29 * i;
+        submit_ids(e, 3, ids[i], (size_t)n, 12);
+        run_all(e);
+        check_same(&want[i], &res[3], "after restart", n);
+        CHECK_EQ_INT(res[3].d.cached_tokens_disk, ((n - 1) / 16) * 16);
+        CHECK_EQ_INT(res[3].d.cached_tokens, ((n - 1) / 16) * 16);
+    }
+    srv_diskw_stats ds;
+    CHECK_EQ_INT(srv_engine_disk_stats(e, &ds), 0);
+    CHECK(ds.load_blocks > 0 && ds.loads >= 6);
+    srv_engine_free(e);
+    srv_engine_free(ref);
+    remove_tmpdir();
+}
+
+/* RAM for a few requests' blocks, many prompts sharing prefixes: blocks constantly spill and
+ * come back, and every output equals the uncached one. */
+static void test_disk_pressure(void)
+{
+    setup();
+    make_tmpdir();
+    srv_engine *ref = engine(1, 64 << 20, 0, 4, 4);
+    srv_engine *e = engine_disk_ok(tmpdir, block_bytes() * 24, 2);
+    static int32_t fam[5][200], ids[200];
+    for (int f = 0; f < 5; f++)
+        prompt_ids(fam[f], 200, 900 + (unsigned)f);
+    unsigned seed = 12345;
+    int disk_hits = 0;
+    for (int r = 0; r < 60; r++) {
+        seed = seed * 1664525u + 1013904223u;
+        int f = (int)((seed >> 8) % 5), n = 20 + (int)((seed >> 16) % 130);
+        memcpy(ids, fam[f], sizeof ids);
+        if ((seed >> 4) % 3 == 0) /* a different tail now and then */
+            prompt_ids(ids + n / 2, n - n / 2, seed);
+        submit_ids(ref, 1, ids, (size_t)n, 10);
+        run_all(ref);
+        /* Two at a time, so loads and spills overlap with another request's compute. */
+        submit_ids(e, 2, ids, (size_t)n, 10);
+        submit_ids(e, 3, fam[(f + 1) % 5], (size_t)(n / 2 + 1), 6);
+        run_all(e);
+        check_same(&res[1], &res[2], "under spilling", n);
+        disk_hits += res[2].d.cached_tokens_disk > 0;
+    }
+    srv_diskw_stats ds;
+    srv_engine_disk_stats(e, &ds);
+    CHECK_MSG(disk_hits > 5 && ds.disk.puts > 20 && ds.load_blocks > 20,
+              "no real spilling: %d requests hit disk, %llu spills, %llu blocks loaded", disk_hits,
+              (unsigned long long)ds.disk.puts, (unsigned long long)ds.load_blocks);
+    cache_stats st;
+    cache_get_stats(srv_engine_cache(e), &st);
+    CHECK_EQ_U64(st.slots_used, st.slots_cached); /* no private block left behind */
+    srv_engine_free(e);
+    srv_engine_free(ref);
+    remove_tmpdir();
+}
+
+/* Another model of the very same shape (other weights) on the same directory never hits. */
+static void test_disk_model_isolation(void)
+{
+    setup();
+    make_tmpdir();
+    char path[512], msg[512];
+    snprintf(path, sizeof path, "%s/other.bin", tmpdir);
+    CHECK_MSG(model_synth_write(path, model_get_config(M), 4242, msg, sizeof msg) == 0, "%s", msg);
+    model *other = NULL;
+    CHECK_MSG(model_load(path, &other, msg, sizeof msg) == 0, "%s", msg);
+    char dir[300];
+    snprintf(dir, sizeof dir, "%s/disk", tmpdir);
+    static int32_t ids[120];
+    prompt_ids(ids, 120, 5);
+    srv_engine *e = engine_disk_ok(dir, 64 << 20, 2);
+    submit_ids(e, 1, ids, 120, 4);
+    run_all(e);
+    srv_engine_free(e);
+    srv_engine *o = NULL;
+    CHECK_MSG(engine_disk(other, dir, 64 << 20, 2, 0, 0, &o, msg, sizeof msg) == 0, "%s", msg);
+    submit_ids(o, 2, ids, 120, 4);
+    run_all(o);
+    CHECK(res[2].done);
+    CHECK_EQ_INT(res[2].d.cached_tokens, 0);
+    srv_engine_free(o);
+    /* ...while the first model, back on it, does hit. */
+    e = engine_disk_ok(dir, 64 << 20, 2);
+    submit_ids(e, 3, ids, 120, 4);
+    run_all(e);
+    CHECK_EQ_INT(res[3].d.cached_tokens_disk, 112);
+    check_same(&res[1], &res[3], "back on disk", 120);
+    srv_engine_free(e);
+    model_free(other);
+    remove_tmpdir();
+}
+
+/* Cancelled while its blocks are being loaded: DONE (cancelled) at once; the slots the disk
+ * thread writes into are freed only when the load comes back (ASan checks no use after free). */
+static void test_disk_cancel_loading(void)
+{
+    setup();
+    make_tmpdir();
+    static int32_t ids[300];
+    prompt_ids(ids, 300, 8);
+    srv_engine *e = engine_disk_ok(tmpdir, 64 << 20, 2);
+    submit_ids(e, 1, ids, 300, 4);
+    run_all(e);
+    srv_engine_free(e);
+    char msg[512];
+    for (int k = 0; k < 20; k++) {
+        CHECK_MSG(engine_disk(M, tmpdir, 64 << 20, 2, 0, 1, &e, msg, sizeof msg) == 0, "%s", msg);
+        submit_ids(e, 2, ids, 300, 4);
+        srv_engine_step(e); /* admitted: its load is out */
+        if (k % 2 == 0)
+            CHECK_EQ_INT(srv_engine_cancel(e, 2), 0);
+        else
+            CHECK_EQ_INT(srv_engine_cancel_matching(e, 0, 0), 1);
+        CHECK(res[2].done && res[2].d.finish == PROTO_FINISH_CANCELLED);
+        CHECK_EQ_INT(srv_engine_live(e), 0);
+        if (k % 4 == 0) {
+            /* Still usable: the same prompt again, all from disk or RAM. */
+            submit_ids(e, 3, ids, 300, 4);
+            for (int i = 0; i < 100000 && srv_engine_step(e) > 0; i++)
+                ;
+            CHECK(res[3].done && res[3].d.cached_tokens == 288);
+            check_same(&res[1], &res[3], "after a cancelled load", 300);
+        }
+        srv_engine_free(e); /* waits for the load still out */
+    }
+    remove_tmpdir();
+}
+
+/* Directories that cannot be used: errors that name the directory and the problem. */
+static void test_disk_errors(void)
+{
+    setup();
+    make_tmpdir();
+    char dir[400], msg[512];
+    srv_engine *e = NULL;
+    snprintf(dir, sizeof dir, "%s/missing/disk", tmpdir);
+    CHECK(engine_disk(M, dir, 1 << 20, 2, 0, 0, &e, msg, sizeof msg) != 0 && !e);
+    CHECK_STR_CONTAINS(msg, dir);
+    snprintf(dir, sizeof dir, "%s/file", tmpdir);
+    int fd = open(dir, O_CREAT | O_WRONLY, 0600);
+    CHECK(fd >= 0);
+    close(fd);
+    CHECK(engine_disk(M, dir, 1 << 20, 2, 0, 0, &e, msg, sizeof msg) != 0 && !e);
+    CHECK_STR_CONTAINS(msg, dir);
+    /* One daemon per directory. */
+    snprintf(dir, sizeof dir, "%s/disk", tmpdir);
+    srv_engine *first = engine_disk_ok(dir, 1 << 20, 2);
+    CHECK_EQ_INT(engine_disk(M, dir, 1 << 20, 2, 0, 0, &e, msg, sizeof msg), CACHE_EBUSY);
+    CHECK_STR_CONTAINS(msg, "in use");
+    srv_engine_free(first);
+    /* Another block geometry: refused unless a reset is asked for. */
+    srv_engine_opts o = {0};
+    o.cache_mem = 1 << 20;
+    o.block_tokens = 32;
+    o.emit = emit_cb;
+    o.threads = 1;
+    o.disk_dir = dir;
+    CHECK_EQ_INT(srv_engine_new(M, T, &o, &e, msg, sizeof msg), CACHE_EVERSION);
+    CHECK_STR_CONTAINS(msg, "incompatible");
+    CHECK_STR_CONTAINS(msg, dir);
+    o.disk_reset = 1;
+    CHECK_MSG(srv_engine_new(M, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
+    srv_engine_free(e);
+    remove_tmpdir();
+}
+
 static void teardown(void)
 {
     model_tokenizer_free(T);
@@ -372,6 +629,11 @@ static const harness_case cases[] = {
     {"eviction_pressure", test_eviction_pressure},
     {"bad_input", test_bad_input},
     {"warm_and_pin", test_warm_and_pin},
+    {"disk_restart", test_disk_restart},
+    {"disk_pressure", test_disk_pressure},
+    {"disk_model_isolation", test_disk_model_isolation},
+    {"disk_cancel_loading", test_disk_cancel_loading},
+    {"disk_errors", test_disk_errors},
 };
 
 int main(int argc, char **argv)
