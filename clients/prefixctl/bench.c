@@ -21,6 +21,8 @@
  * One connection and one thread per client; TTFT runs on a monotonic clock from just before a
  * request is sent to its first TOKEN frame (libprefixd's pfx_generate). Run r (of --runs) uses
  * seed + r - 1, so runs share nothing unless the daemon kept something from an earlier bench.
+ * --prefix-seed draws the shared prefixes (system prompts, the preamble) from a seed of their
+ * own, so a later bench can ask new questions on prefixes cached by an earlier one (a restart).
  * Output: a summary on stdout, one CSV row per request, one JSON summary per workload, and a
  * progress line on stderr when it is a terminal.
  */
@@ -54,7 +56,7 @@ typedef struct bench_opts {
     int clients, systems, system_tokens, conversations, turns, user_tokens, reply_tokens;
     int requests, runs;
     int lengths[MAX_LENGTHS], n_lengths, lengths_given;
-    uint64_t seed;
+    uint64_t seed, prefix_seed; /* prefix_seed 0: the same as seed */
     float temp;
     const char *label, *ns, *csv, *json;
     int append, warm, quiet;
@@ -91,7 +93,7 @@ typedef struct bench {
 typedef struct bench_client {
     bench *b;
     int idx, wl, run;
-    uint64_t seed;
+    uint64_t seed, pseed; /* the run's seeds: all prompts, and the shared prefixes */
 } bench_client;
 
 static void usage(FILE *f)
@@ -118,6 +120,8 @@ static void usage(FILE *f)
             "  --warm               prefill each system prompt / preamble with WARM before timing\n"
             "  --runs N             repeat N times; run r uses seed + r - 1 (default 1)\n"
             "  --seed S             prompt seed (default 1)\n"
+            "  --prefix-seed S      seed of the shared prefixes (system prompts, preamble) when\n"
+            "                       it differs: new turns on prefixes cached earlier (default S)\n"
             "  --temp T             sampling temperature (default 0: greedy, reproducible)\n"
             "  --namespace NS       namespace of every request\n"
             "  --label NAME         the mode's name in the outputs (default 'default')\n"
@@ -283,7 +287,7 @@ static void run_chat(bench_client *cl)
         int k = cl->idx + i * C;
         hist[i] = xmalloc(cap * sizeof(int32_t));
         hist[i][0] = 1; /* BOS */
-        fill_ids(hist[i] + 1, (size_t)o->system_tokens, cl->seed,
+        fill_ids(hist[i] + 1, (size_t)o->system_tokens, cl->pseed,
                  stream_id(S_SYSTEM, (uint64_t)(k % o->systems), 0), b->vocab);
         len[i] = 1 + (size_t)o->system_tokens;
     }
@@ -314,7 +318,7 @@ static void run_fewshot_unique(bench_client *cl)
     int32_t *p = xmalloc(n * sizeof(int32_t));
     p[0] = 1;
     if (cl->wl == W_FEWSHOT)
-        fill_ids(p + 1, (size_t)o->system_tokens, cl->seed, stream_id(S_PREAMBLE, 0, 0), b->vocab);
+        fill_ids(p + 1, (size_t)o->system_tokens, cl->pseed, stream_id(S_PREAMBLE, 0, 0), b->vocab);
     for (int q = cl->idx; q < o->requests && !atomic_load(&b->failed); q += o->clients) {
         if (cl->wl == W_FEWSHOT)
             fill_ids(p + 1 + o->system_tokens, (size_t)o->user_tokens, cl->seed,
@@ -367,18 +371,18 @@ static void *client_main(void *arg)
 }
 
 /* WARM of each shared prefix (system prompts, the preamble) over client 0, not timed. */
-static int warm_prefixes(bench *b, int wl, int run, uint64_t seed)
+static int warm_prefixes(bench *b, int wl, int run, uint64_t seed, uint64_t pseed)
 {
     const bench_opts *o = &b->o;
     int n = wl == W_CHAT ? o->systems : wl == W_FEWSHOT ? 1 : 0;
     if (n == 0 || o->system_tokens == 0)
         return 0;
-    bench_client cl = {.b = b, .idx = 0, .wl = wl, .run = run, .seed = seed};
+    bench_client cl = {.b = b, .idx = 0, .wl = wl, .run = run, .seed = seed, .pseed = pseed};
     int32_t *p = xmalloc((1 + (size_t)o->system_tokens) * sizeof(int32_t));
     int rc = 0;
     for (int s = 0; s < n && rc == 0; s++) {
         p[0] = 1;
-        fill_ids(p + 1, (size_t)o->system_tokens, seed,
+        fill_ids(p + 1, (size_t)o->system_tokens, pseed,
                  wl == W_CHAT ? stream_id(S_SYSTEM, (uint64_t)s, 0) : stream_id(S_PREAMBLE, 0, 0),
                  b->vocab);
         rc = bench_request(&cl, p, 1 + (size_t)o->system_tokens, s, -1, NULL);
@@ -406,7 +410,8 @@ static int run_phase(bench *b, int wl, int run, int tty)
 {
     const bench_opts *o = &b->o;
     uint64_t seed = o->seed + (uint64_t)run - 1;
-    if (o->warm && warm_prefixes(b, wl, run, seed) != 0)
+    uint64_t pseed = (o->prefix_seed ? o->prefix_seed : o->seed) + (uint64_t)run - 1;
+    if (o->warm && warm_prefixes(b, wl, run, seed, pseed) != 0)
         return -1;
     bench_client *cls = xmalloc((size_t)o->clients * sizeof *cls);
     pthread_t *th = xmalloc((size_t)o->clients * sizeof *th);
@@ -416,7 +421,8 @@ static int run_phase(bench *b, int wl, int run, int tty)
     double t0 = now_ms();
     int started = 0;
     for (int i = 0; i < o->clients; i++) {
-        cls[i] = (bench_client){.b = b, .idx = i, .wl = wl, .run = run, .seed = seed};
+        cls[i] =
+            (bench_client){.b = b, .idx = i, .wl = wl, .run = run, .seed = seed, .pseed = pseed};
         if (pthread_create(&th[i], NULL, client_main, &cls[i]) != 0) {
             fail(b, "cannot start client thread %d", i);
             atomic_fetch_sub(&b->running, o->clients - i);
@@ -565,6 +571,7 @@ static cJSON *workload_json(const bench *b, int wl)
     cJSON_AddNumberToObject(p, "reply_tokens", o->reply_tokens);
     cJSON_AddNumberToObject(p, "runs", o->runs);
     cJSON_AddNumberToObject(p, "seed", (double)o->seed);
+    cJSON_AddNumberToObject(p, "prefix_seed", (double)(o->prefix_seed ? o->prefix_seed : o->seed));
     cJSON_AddNumberToObject(p, "temp", o->temp);
     cJSON_AddBoolToObject(p, "warm", o->warm);
 
@@ -813,6 +820,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
         O_WARM,
         O_RUNS,
         O_SEED,
+        O_PSEED,
         O_TEMP,
         O_NS,
         O_LABEL,
@@ -835,6 +843,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
                                          {"warm", no_argument, 0, O_WARM},
                                          {"runs", required_argument, 0, O_RUNS},
                                          {"seed", required_argument, 0, O_SEED},
+                                         {"prefix-seed", required_argument, 0, O_PSEED},
                                          {"temp", required_argument, 0, O_TEMP},
                                          {"namespace", required_argument, 0, O_NS},
                                          {"label", required_argument, 0, O_LABEL},
@@ -898,13 +907,17 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
                 return 2;
             break;
         case O_SEED:
+        case O_PSEED: {
             errno = 0;
-            o->seed = strtoull(optarg, &end, 10);
-            if (errno || *end || end == optarg || optarg[0] == '-') {
-                fprintf(stderr, "prefixctl: bench: --seed '%s': expected a whole number\n", optarg);
+            uint64_t x = strtoull(optarg, &end, 10);
+            if (errno || *end || end == optarg || optarg[0] == '-' || x == 0) {
+                fprintf(stderr, "prefixctl: bench: %s '%s': expected a whole number >= 1\n",
+                        ch == O_SEED ? "--seed" : "--prefix-seed", optarg);
                 return 2;
             }
+            *(ch == O_SEED ? &o->seed : &o->prefix_seed) = x;
             break;
+        }
         case O_TEMP:
             o->temp = strtof(optarg, &end);
             if (*end || end == optarg || !(o->temp >= 0)) {

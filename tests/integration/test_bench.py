@@ -162,6 +162,12 @@ def case_chat_cached():
               == sorted((key(x), x["prompt_tokens"]) for x in rows), "same prompts, same seed")
         check(all(int(x["cached_tokens"]) >= int(x["prompt_tokens"]) - 16 for x in again),
               "same seed again: all cached: %r" % again)
+        # --prefix-seed: new turns on the system prompts of seed 7 hit those from turn 1 on,
+        # but not the old conversations (turn 1's prompt shares only the system prompt).
+        fresh = chat_rows(sock, tmp, "--seed", "8", "--prefix-seed", "7")
+        check(all(96 <= int(x["cached_tokens"]) for x in fresh), "--prefix-seed: hits")
+        check(all(int(x["cached_tokens"]) <= 97 for x in fresh if x["turn"] == "1"),
+              "--prefix-seed: new turns: %r" % fresh)
     with_daemon(body)
 
 
