@@ -207,8 +207,11 @@ static int meta_write(cache_disk *d, MDB_txn *txn)
     return L(mdb_put(txn, d->dbi_meta, &ku, &vu, 0));
 }
 
-/* Opens the databases, checks or writes the meta record, loads the counters. Returns 0, an
- * LMDB code, or CACHE_EVERSION (message in d->msg). */
+static int evict_oldest(cache_disk *d, MDB_txn *txn);
+static int meta_used_write(cache_disk *d, MDB_txn *txn);
+
+/* Opens the databases, checks or writes the meta record, loads the counters, evicts down to the
+ * budget. Returns 0, an LMDB code, or CACHE_EVERSION (message in d->msg). */
 static int disk_init_txn(cache_disk *d, int reset)
 {
     MDB_txn *txn;
@@ -265,6 +268,16 @@ static int disk_init_txn(cache_disk *d, int reset)
     if (rc && rc != MDB_NOTFOUND)
         goto fail;
     d->next_seq = rc == 0 && ck.mv_size == 8 ? seq_from_be(ck.mv_data) + 1 : 1;
+    /* A budget smaller than the last run's: evict down to it now, so that the store keeps the
+     * budget from the open on (not only after the next write of a new block). */
+    if (d->used > d->max_bytes) {
+        while (d->used > d->max_bytes && (rc = evict_oldest(d, txn)) == 0)
+            ;
+        if (rc && rc != MDB_NOTFOUND)
+            goto fail;
+        if ((rc = meta_used_write(d, txn)))
+            goto fail;
+    }
     rc = txn_commit(txn);
     return rc;
 fail:
@@ -621,10 +634,14 @@ fail:
 }
 
 /* Frees room after a full map or disk: evicts the oldest blocks until need bytes plus a quarter
- * of what is stored are gone, in a transaction of its own (LMDB reuses freed pages only once the
- * freeing transaction has committed). */
+ * of what is stored are gone, in a transaction of its own, then commits one more small write
+ * transaction. LMDB reuses the pages freed by transaction T only from transaction T + 2 on (the
+ * previous meta page may still point at them until T + 1 commits), so without that second commit
+ * the retry would find the map as full as before. */
 static int make_room(cache_disk *d, uint64_t need)
 {
+    disk_saved s;
+    disk_save(d, &s);
     MDB_txn *txn;
     int rc = L(mdb_txn_begin(d->env, NULL, 0, &txn));
     if (rc)
@@ -640,14 +657,26 @@ static int make_room(cache_disk *d, uint64_t need)
     }
     if ((rc = meta_used_write(d, txn)))
         goto fail;
+    if ((rc = txn_commit(txn))) {
+        disk_restore(d, &s);
+        return rc;
+    }
+    /* The evictions are committed: the counters stay. The second transaction rewrites "used"
+     * (unchanged), which is enough to make it a real commit. */
+    if ((rc = L(mdb_txn_begin(d->env, NULL, 0, &txn))))
+        return rc;
+    if ((rc = meta_used_write(d, txn))) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
     return txn_commit(txn);
 fail:
     mdb_txn_abort(txn);
+    disk_restore(d, &s);
     return rc;
 }
 
-int cache_disk_put_batch(cache_disk *d, const cache_disk_item *items, size_t n,
-                         size_t *n_written)
+int cache_disk_put_batch(cache_disk *d, const cache_disk_item *items, size_t n, size_t *n_written)
 {
     size_t written = 0;
     int over = 0, rc = 0;
@@ -664,10 +693,8 @@ int cache_disk_put_batch(cache_disk *d, const cache_disk_item *items, size_t n,
         written = 0;
         if (attempt > 0 || (rc != MDB_MAP_FULL && rc != ENOSPC && rc != EDQUOT))
             break;
-        disk_save(d, &s);
         int rc2 = make_room(d, (uint64_t)n * d->val_bytes);
         if (rc2) {
-            disk_restore(d, &s);
             rc = rc2;
             break;
         }
@@ -751,8 +778,7 @@ static int value_check(cache_disk *d, const MDB_val *v, cache_key key, cache_key
         why = "key mismatch";
     else if (get_u64(p + 40) != parent.lo || get_u64(p + 48) != parent.hi)
         why = "parent key mismatch";
-    else if (get_u32(p + 56) != (uint32_t)d->block_tokens ||
-             get_u64(p + 64) != d->payload_bytes)
+    else if (get_u32(p + 56) != (uint32_t)d->block_tokens || get_u64(p + 64) != d->payload_bytes)
         why = "wrong geometry";
     else if (memcmp(p + DISK_HDR_BYTES, tokens, (size_t)d->block_tokens * 4) != 0)
         why = "token ids mismatch";

@@ -71,8 +71,7 @@ void cache_disk_close(cache_disk *d);
  * Returns 0; CACHE_EFULL if not every block could be stored (the budget or the disk is full even
  * after eviction: the caller logs once and keeps serving from RAM; the blocks that fit are
  * stored); CACHE_EIO on another LMDB failure (nothing stored; message in cache_disk_errmsg()). */
-int cache_disk_put_batch(cache_disk *d, const cache_disk_item *items, size_t n,
-                         size_t *n_written);
+int cache_disk_put_batch(cache_disk *d, const cache_disk_item *items, size_t n, size_t *n_written);
 
 /* Loads the block key, confirming its parent key, token ids (block_tokens) and the header
  * (magic, version, fingerprint, payload length, checksum), and copies the payload into
