@@ -171,8 +171,8 @@ int srv_cmd_serve(int argc, char **argv)
             disk_dir = optarg;
             break;
         case O_DISKMAX:
-            if (srv_parse_size(optarg, &sz) != 0 || sz < (1u << 20))
-                return bad("--disk-max", optarg, "a size of at least 1M, like 4G");
+            if (srv_parse_size(optarg, &sz) != 0 || sz < 4096)
+                return bad("--disk-max", optarg, "a size of at least 4K, like 4G");
             o.disk_max = (size_t)sz;
             break;
         case O_DISKRESET:

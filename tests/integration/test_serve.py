@@ -30,7 +30,13 @@ class Daemon:
         self.tmp = tmp or tempfile.mkdtemp(prefix="prefixd-it-")
         self.sock = sock or os.path.join(self.tmp, "p.sock")
         self.log = open(os.path.join(self.tmp, "daemon.log"), "w+")
-        args = [PREFIXD, "serve", "--model", MODEL, "--tokenizer", TOK, "--socket", self.sock,
+        model = MODEL
+        if "--model" in extra:
+            i = extra.index("--model")
+            model, extra = extra[i + 1], extra[:i] + extra[i + 2:]
+        if "--disk-dir" not in extra:
+            extra = ("--disk-dir", os.path.join(self.tmp, "disk")) + tuple(extra)
+        args = [PREFIXD, "serve", "--model", model, "--tokenizer", TOK, "--socket", self.sock,
                 "--cache-mem", "64M", "--threads", "2", "--log-level", "debug"] + list(extra)
         self.p = subprocess.Popen(args, stderr=self.log, stdout=self.log)
         for _ in range(400):
@@ -471,6 +477,209 @@ def case_prefixctl():
         check(p.returncode == 1 and "cannot connect" in p.stderr, "no daemon: %s" % p.stderr)
     finally:
         d.stop()
+
+
+STORY = ["Once upon a time, there was a little girl named Lily. She loved to play outside in the",
+         "Tom had a big red ball. He liked to throw it high in the sky and catch it with his",
+         "One day, a little bird sat on a tree. The bird was sad because it could not find its",
+         "The sun was shining and the grass was green. A small dog ran to the park to find his"]
+
+
+def serve_expect_fail(*args, env=None, user=None):
+    """Runs `prefixd serve` that must refuse to start; returns (exit code, stderr)."""
+    tmp = tempfile.mkdtemp(prefix="prefixd-it-")
+    argv = [PREFIXD, "serve", "--model", MODEL, "--tokenizer", TOK, "--socket",
+            os.path.join(tmp, "p.sock"), "--cache-mem", "4M"] + list(args)
+    kw = {}
+    if user is not None:
+        os.chmod(tmp, 0o777)
+        kw["preexec_fn"] = lambda: (os.setgid(user), os.setuid(user))
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, **kw)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return p.returncode, p.stderr
+
+
+def case_disk_restart():
+    """Blocks survive a restart: every full block of every prompt comes back from disk, with the
+    same tokens; another model (same shape, other weights) on the same dir never hits."""
+    d = Daemon("--cache-mem", "8M")
+    want = {}
+    try:
+        with d.client() as c:
+            for p in STORY:
+                want[p] = c.generate(p, max_new=24)["tokens"]
+    finally:
+        check(d.stop() == 0, "exit")
+    check("disk tier: wrote" in d.logtext(), "no flush at exit: %s" % d.logtext()[-800:])
+    d2 = Daemon("--cache-mem", "8M", tmp=d.tmp)
+    try:
+        with d2.client() as c:
+            for p in STORY:
+                r = c.generate(p, max_new=24)
+                check(r["tokens"] == want[p], "tokens differ after restart for %r" % p)
+                n = len(c.tokenize(p))
+                full = (n - 1) // 16 * 16
+                check(r["cached_tokens_disk"] == full and r["cached_tokens"] == full,
+                      "after restart: cached %d, from disk %d, expected %d" %
+                      (r["cached_tokens"], r["cached_tokens_disk"], full))
+            st = c.stats()
+            check(st["disk_hit_blocks"] > 0 and st["cached_tokens_disk"] > 0, "stats: %s" % st)
+    finally:
+        check(d2.stop() == 0, "exit 2")
+    other = os.path.join(d.tmp, "other.bin")
+    subprocess.run([PREFIXD, "synth", "--shape", "stories260K", "-o", other, "--seed", "9",
+                    "--no-tokenizer"], check=True, capture_output=True, timeout=60)
+    d3 = Daemon("--model", other, tmp=d.tmp)
+    try:
+        with d3.client() as c:
+            for p in STORY:
+                r = c.generate(p, max_new=4)
+                check(r["cached_tokens"] == 0, "another model hit %d tokens" % r["cached_tokens"])
+    finally:
+        d3.stop()
+
+
+def case_disk_kill9():
+    """kill -9 while blocks spill constantly, three times: the store opens, nothing wrong is
+    served (every output equals the first run's), and hits come from disk."""
+    tmp = tempfile.mkdtemp(prefix="prefixd-it-")
+    prompts = [STORY[i % 4] + " " + " and".join(["x"] * (i % 5)) for i in range(12)]
+    want = {}
+    d = Daemon("--no-cache", "--disk-dir", "none", tmp=tmp)
+    try:
+        with d.client() as c:
+            for p in prompts:
+                want[p] = c.generate(p, max_new=40)["tokens"]
+    finally:
+        d.stop()
+    disk_hits = 0
+    for rnd in range(3):
+        # 400K of RAM is 20 blocks: every request evicts, and evicted blocks spill.
+        d = Daemon("--cache-mem", "400K", tmp=tmp)
+        stop = threading.Event()
+        errors = []
+
+        def load(k):
+            try:
+                with d.client() as c:
+                    i = k
+                    while not stop.is_set():
+                        p = prompts[i % len(prompts)]
+                        r = c.generate(p, max_new=40)
+                        if r["tokens"] != want[p]:
+                            errors.append("wrong tokens for %r" % p)
+                        i += 3
+            except (OSError, ConnectionError, AssertionError, KeyError):
+                pass  # the daemon was killed under us
+
+        ts = [threading.Thread(target=load, args=(k,)) for k in range(3)]
+        for t in ts:
+            t.start()
+        time.sleep(1.0 + 0.4 * rnd)
+        d.p.kill()
+        d.p.wait(10)
+        stop.set()
+        for t in ts:
+            t.join(30)
+        check(not errors, "round %d: %s" % (rnd, errors[:3]))
+        d2 = Daemon("--cache-mem", "64M", tmp=tmp)
+        try:
+            with d2.client() as c:
+                for p in prompts:
+                    r = c.generate(p, max_new=40)
+                    check(r["tokens"] == want[p], "after kill -9: wrong tokens for %r" % p)
+                    disk_hits += r["cached_tokens_disk"] > 0
+        finally:
+            check(d2.stop() == 0, "exit after restart: %s" % d2.logtext()[-500:])
+    check(disk_hits > 0, "no hit from disk after three kill -9 restarts")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def case_disk_faults():
+    """A full tier keeps serving from RAM and says so once; a corrupted value is a miss (and
+    deleted), never served; unusable directories are refused at start with a clear message."""
+    # Budget smaller than one block: no spill can be stored.
+    d = Daemon("--cache-mem", "400K", "--disk-max", "16K")
+    try:
+        with d.client() as c:
+            for i in range(12):
+                r = c.generate(STORY[i % 4] + " so" * i, max_new=30)
+                check(len(r["tokens"]) == 30, "serving with a full disk tier")
+            st = c.stats()
+        check(st["disk_bytes"] <= st["disk_bytes_max"], "over budget: %s" % st)
+        check(st["disk_spills_failed"] > 0, "nothing refused? %s" % st)
+        log = d.logtext()
+        check(log.count("budget of") == 1, "a full tier must be logged once:\n%s" % log[-1500:])
+    finally:
+        d.stop()
+    # Flipped bytes inside stored values.
+    d = Daemon("--cache-mem", "8M")
+    want = {}
+    try:
+        with d.client() as c:
+            for p in STORY:
+                want[p] = c.generate(p, max_new=16)["tokens"]
+    finally:
+        d.stop()
+    path = os.path.join(d.tmp, "disk", "data.mdb")
+    data = bytearray(open(path, "rb").read())
+    flipped, at = 0, 0
+    while True:
+        at = data.find(b"PFXB", at)
+        if at < 0:
+            break
+        data[at + 300] ^= 0xFF  # inside the token ids or the payload
+        flipped += 1
+        at += 4
+    check(flipped > 0, "no stored value found in data.mdb")
+    open(path, "wb").write(data)
+    d = Daemon("--cache-mem", "8M", tmp=d.tmp)
+    try:
+        with d.client() as c:
+            for p in STORY:
+                r = c.generate(p, max_new=16)
+                check(r["tokens"] == want[p], "wrong tokens after corruption for %r" % p)
+                check(r["cached_tokens_disk"] == 0, "a corrupted block was served")
+            st = c.stats()
+        check(st["disk_corrupt_deleted"] > 0, "corrupt values not deleted: %s" % st)
+        check("failed verification" in d.logtext(), "corruption not logged")
+    finally:
+        d.stop()
+    # Directories that cannot be used: exit 2, the directory named.
+    tmp = tempfile.mkdtemp(prefix="prefixd-it-")
+    missing = os.path.join(tmp, "no", "such", "dir")
+    rc, err = serve_expect_fail("--disk-dir", missing)
+    check(rc == 2 and missing in err, "missing dir: %d %s" % (rc, err))
+    afile = os.path.join(tmp, "afile")
+    open(afile, "w").close()
+    rc, err = serve_expect_fail("--disk-dir", afile)
+    check(rc == 2 and afile in err and "not a directory" in err, "file as dir: %s" % err)
+    ro = os.path.join(tmp, "ro")
+    os.mkdir(ro, 0o555)
+    if os.getuid() == 0:
+        os.chmod(tmp, 0o755)
+        rc, err = serve_expect_fail("--disk-dir", ro, user=65534)  # root ignores modes
+    else:
+        rc, err = serve_expect_fail("--disk-dir", ro)
+    check(rc == 2 and ro in err and "not writable" in err, "read-only dir: %d %s" % (rc, err))
+    # Another block geometry: refused, unless --disk-reset.
+    geo = os.path.join(tmp, "geo")
+    d = Daemon("--disk-dir", geo, "--block-tokens", "32")
+    d.stop()
+    rc, err = serve_expect_fail("--disk-dir", geo)
+    check(rc == 2 and "incompatible" in err and geo in err, "geometry: %d %s" % (rc, err))
+    d = Daemon("--disk-dir", geo, "--disk-reset")
+    try:
+        with d.client() as c:
+            check(len(c.generate("Lily", max_new=3)["tokens"]) == 3, "after --disk-reset")
+        # One daemon per directory.
+        rc, err = serve_expect_fail("--disk-dir", geo)
+        check(rc == 2 and "in use" in err, "busy dir: %d %s" % (rc, err))
+    finally:
+        d.stop()
+    rc, err = serve_expect_fail("--disk-max", "12")
+    check(rc == 2 and "--disk-max" in err, "bad --disk-max: %s" % err)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
