@@ -36,9 +36,11 @@ class Daemon:
     def __init__(self, tmp, *extra):
         self.sock = os.path.join(tmp, "p.sock")
         self.log = open(os.path.join(tmp, "daemon.log"), "w+")
+        # RAM only unless a case names a disk dir (the default dir is shared and locked).
+        disk = [] if "--disk-dir" in extra else ["--disk-dir", "none"]
         self.p = subprocess.Popen([PREFIXD, "serve", "--model", MODEL, "--tokenizer", TOK,
                                    "--socket", self.sock, "--cache-mem", "64M", "--threads", "2",
-                                   "--log-level", "warn"] + list(extra),
+                                   "--log-level", "warn"] + disk + list(extra),
                                   stdout=self.log, stderr=self.log)
         for _ in range(400):
             if self.p.poll() is not None or self.accepting():
@@ -195,6 +197,36 @@ def case_unique():
         check(all(x["cached_tokens"] == "0" for x in rows), "unique: no hits: %r"
               % [x for x in rows if x["cached_tokens"] != "0"])
     with_daemon(body)
+
+
+def case_disk_restart():
+    """The disk tier: a RAM budget for a few blocks spills to disk, turns still hit; after a
+    restart on the same dir, new conversations on the same system prompts hit from disk."""
+    tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
+    disk = os.path.join(tmp, "disk")
+    os.mkdir(disk)
+    # 20 blocks of 16 tokens (1,280 K/V bytes a token): the 2 system prompts and the 4
+    # conversations' histories take 32.
+    opts = ("--cache-mem", str(20 * 16 * 1280), "--disk-dir", disk)
+    try:
+        d = Daemon(tmp, *opts)
+        try:
+            rows = chat_rows(d.sock, tmp, "--warm", "--clients", "1")
+        finally:
+            d.stop()
+        check(all(int(x["cached_tokens"]) >= 96 for x in rows), "spilling: every turn hits")
+        check(any(int(x["cached_tokens_disk"]) > 0 for x in rows), "spilling: some from disk")
+        d = Daemon(tmp, *opts)
+        try:
+            rows = chat_rows(d.sock, tmp, "--seed", "1001", "--prefix-seed", "1")
+        finally:
+            d.stop()
+        t1 = [x for x in rows if x["turn"] == "1"]
+        check(all(int(x["cached_tokens"]) >= 96 for x in rows), "restart: every turn hits")
+        check(any(int(x["cached_tokens_disk"]) >= 96 for x in t1),
+              "restart: system prompts from disk: %r" % t1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def case_bad_params():
