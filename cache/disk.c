@@ -56,6 +56,7 @@ struct cache_disk {
     size_t val_bytes;     /* header + tokens + payload */
     size_t max_bytes;
     size_t map_bytes;
+    int nosync;        /* test hook: MDB_NOSYNC */
     uint64_t used;     /* value bytes stored (mirrors meta "used") */
     uint64_t entries;  /* values stored */
     uint64_t next_seq; /* next access sequence number */
@@ -294,7 +295,8 @@ static int disk_env_open(cache_disk *d)
     }
     if ((rc = L(mdb_env_set_maxdbs(d->env, 4))) ||
         (rc = L(mdb_env_set_mapsize(d->env, d->map_bytes))) ||
-        (rc = L(mdb_env_open(d->env, d->dir, MDB_NOMETASYNC | MDB_NOTLS, 0600)))) {
+        (rc = L(mdb_env_open(d->env, d->dir,
+                             MDB_NOMETASYNC | MDB_NOTLS | (d->nosync ? MDB_NOSYNC : 0), 0600)))) {
         mdb_env_close(d->env);
         d->env = NULL;
         return rc;
@@ -354,6 +356,7 @@ int cache_disk_open(const cache_disk_opts *o, cache_disk **out, char *msg, size_
     d->val_bytes = DISK_HDR_BYTES + d->tok_bytes + d->payload_bytes;
     d->max_bytes = o->max_bytes ? o->max_bytes : CACHE_DISK_DEFAULT_MAX;
     d->st.max_bytes = d->max_bytes;
+    d->nosync = o->test_nosync != 0;
     d->map_bytes = o->test_map_bytes ? o->test_map_bytes : d->max_bytes * 2 + ((size_t)64 << 20);
     d->map_bytes = (d->map_bytes + 65535) & ~(size_t)65535;
 
@@ -398,7 +401,7 @@ void cache_disk_close(cache_disk *d)
     if (d->env) {
         if (d->n_touch)
             cache_disk_sync(d);
-        mdb_env_sync(d->env, 1);
+        mdb_env_sync(d->env, !d->nosync);
         mdb_env_close(d->env);
     }
     free(d->touch);
@@ -734,7 +737,7 @@ int cache_disk_sync(cache_disk *d)
             return disk_fail(d, rc, "recording recent use");
         }
     }
-    rc = L(mdb_env_sync(d->env, 1));
+    rc = L(mdb_env_sync(d->env, !d->nosync));
     return rc ? disk_fail(d, rc, "syncing") : 0;
 }
 

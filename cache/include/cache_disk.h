@@ -43,6 +43,8 @@ typedef struct cache_disk_opts {
     size_t block_floats;     /* floats per block payload */
     int reset_incompatible;  /* 1: wipe a store of another format version / geometry */
     size_t test_map_bytes;   /* test hook: 0 normally; else the LMDB map size to use */
+    int test_nosync;         /* test hook: 0 normally; 1: never fsync (for tests that do not
+                                crash the process or the machine, to spare the disk) */
 } cache_disk_opts;
 
 /* One block to store: borrowed for the duration of cache_disk_put_batch(). */
@@ -57,28 +59,41 @@ typedef struct cache_disk_item {
  * cache_disk_close(). Returns 0, or with a message in msg naming the directory and the problem:
  * CACHE_EINVAL (bad options), CACHE_EIO (directory missing, not creatable or not writable, LMDB
  * cannot open it; the errno / LMDB text is in the message), CACHE_EVERSION (another format
- * version or geometry, and reset_incompatible is 0), CACHE_ENOMEM. Any thread; the handle then
- * belongs to the thread that uses it. */
+ * version or geometry, or a data.mdb that is not an LMDB file of a version this build reads,
+ * and reset_incompatible is 0: nothing is changed), CACHE_ENOMEM. With
+ * reset_incompatible, such a store is wiped (its files replaced) and opened empty. If the store
+ * holds more than max_bytes (a smaller budget than its last run's), the least recently used
+ * blocks are evicted during the open. One handle per directory at a time, across processes:
+ * the handle caches the store's counters (the daemon holds a lock on the directory). Any thread;
+ * the handle then belongs to the thread that uses it. */
 int cache_disk_open(const cache_disk_opts *o, cache_disk **out, char *msg, size_t msglen);
 
 /* Applies queued LRU touches, syncs to disk and frees everything. Accepts NULL. */
 void cache_disk_close(cache_disk *d);
 
 /* Writes items[0..n) in ONE write transaction (plus queued LRU touches). Blocks already stored
- * are only touched. Before each new block, the least recently used blocks are evicted until it
- * fits the budget. If LMDB's map or the file system is full, evicts more and retries the
- * transaction once. *n_written (optional) receives the number of new blocks stored.
- * Returns 0; CACHE_EFULL if not every block could be stored (the budget or the disk is full even
- * after eviction: the caller logs once and keeps serving from RAM; the blocks that fit are
- * stored); CACHE_EIO on another LMDB failure (nothing stored; message in cache_disk_errmsg()). */
+ * (by any model) are only touched. Before each new block, the least recently used blocks are
+ * evicted until it fits the budget; in a batch larger than the budget, its own first blocks are
+ * evicted again by its last ones. If LMDB's map or the file system is full, evicts more (in
+ * transactions of their own, which stay committed) and retries the transaction once.
+ * *n_written (optional) receives the number of new blocks written by the transaction that
+ * committed (0 if none did). Returns 0; CACHE_EFULL if not every block could be stored: a block
+ * larger than the whole budget (the blocks before it are stored), or the map or the disk still
+ * full after the retry (nothing of this batch stored); the caller logs once and keeps serving
+ * from RAM. CACHE_EIO (or CACHE_ENOMEM) on another LMDB failure: nothing of this batch stored.
+ * The message is in cache_disk_errmsg(). */
 int cache_disk_put_batch(cache_disk *d, const cache_disk_item *items, size_t n, size_t *n_written);
 
 /* Loads the block key, confirming its parent key, token ids (block_tokens) and the header
  * (magic, version, fingerprint, payload length, checksum), and copies the payload into
  * payload_out (block_floats floats, caller's memory) before the read transaction ends. Marks the
  * block recently used (queued; applied by the next write transaction or cache_disk_sync()).
- * Returns 0; CACHE_ENOTFOUND (absent, or stored by another model); CACHE_ECORRUPT (a check
- * failed: payload_out is undefined and the value has been deleted); CACHE_EIO. */
+ * Returns 0; CACHE_ENOTFOUND (absent, or stored under another fingerprint: kept, never served);
+ * CACHE_ECORRUPT (a check failed, the reason in cache_disk_errmsg(): payload_out is undefined
+ * and the value has been deleted, unless that write failed too, when the next get fails the same
+ * way). A parent key or token ids that differ from the stored ones are such a failure: the
+ * token ids are not covered by the checksum, so a flipped id and a hash collision look alike,
+ * and either way the block is not served. CACHE_EIO. */
 int cache_disk_get(cache_disk *d, cache_key key, cache_key parent, const int32_t *tokens,
                    float *payload_out);
 
@@ -96,13 +111,15 @@ const char *cache_disk_errmsg(const cache_disk *d);
 typedef struct cache_disk_stats {
     uint64_t puts;            /* blocks written (spills) */
     uint64_t bytes_written;   /* value bytes written */
-    uint64_t gets;            /* cache_disk_get() calls (loads) */
+    uint64_t gets;            /* cache_disk_get() calls (loads): hits + misses + those that
+                                 returned CACHE_ECORRUPT or CACHE_EIO */
     uint64_t hits;            /* gets that returned a verified block */
-    uint64_t misses;          /* gets that found nothing (or another model's block) */
+    uint64_t misses;          /* gets that returned CACHE_ENOTFOUND */
     uint64_t corrupt_deleted; /* values that failed verification and were deleted */
     uint64_t evictions;       /* blocks evicted to keep the budget or make room */
     uint64_t full;            /* put_batch calls that returned CACHE_EFULL */
-    uint64_t bytes_on_disk;   /* value bytes stored now (<= max_bytes) */
+    uint64_t bytes_on_disk;   /* value bytes stored now (<= max_bytes); data.mdb is larger:
+                                 LMDB's pages, its free pages (the file never shrinks) */
     uint64_t entries;         /* blocks stored now */
     uint64_t max_bytes;       /* the budget */
     double load_ms_total;     /* time spent in gets that hit */
