@@ -1,0 +1,447 @@
+/* kernels.c — matrix products, attention, normalisation and activation for the forward pass.
+ *
+ * Shaped for a CPU with a few cores and wide FMA units (AVX-512 on this project's machine):
+ * products read weights pre-packed into panels of 32 output columns, so a 12-row x 32-column
+ * tile of outputs stays in 24 vector registers while the inner index runs, each weight element
+ * is loaded once per tile and each input element broadcast once per tile. Attention works on
+ * a tile of up to 16 queries with the queries in the vector lanes: scores for 16 keys at a time,
+ * then the weighted values 16 dimensions at a time, both as register-held outer products.
+ *
+ * Determinism (see kernels.h) comes from the shape of the loops, not from luck: an output's
+ * operations are the same whatever tile, edge path or batch computes it, and every fused
+ * multiply-add is spelled out (the file is compiled as ISO C, where the compiler fuses nothing
+ * on its own).
+ */
+#include "kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#elif defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+typedef int v16i __attribute__((vector_size(64), aligned(4)));
+
+#define NR MODEL__NR
+#define MR MODEL__MR
+#define QT MODEL__QT
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+ALWAYS_INLINE v16 ld16(const float *p)
+{
+    v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+ALWAYS_INLINE void st16(float *p, v16 v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+ALWAYS_INLINE v16 bc16(float x)
+{
+    return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+}
+
+/* a * b + c in each lane, rounded once. */
+ALWAYS_INLINE v16 fma16(v16 a, v16 b, v16 c)
+{
+#ifdef __AVX512F__
+    return (v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#else
+    v16 r;
+    for (int i = 0; i < 16; i++)
+        r[i] = fmaf(a[i], b[i], c[i]);
+    return r;
+#endif
+}
+
+ALWAYS_INLINE v16 max16(v16 a, v16 b)
+{
+#ifdef __AVX512F__
+    return (v16)_mm512_max_ps((__m512)a, (__m512)b);
+#else
+    v16 r;
+    for (int i = 0; i < 16; i++)
+        r[i] = a[i] > b[i] ? a[i] : b[i];
+    return r;
+#endif
+}
+
+ALWAYS_INLINE v16 min16(v16 a, v16 b)
+{
+#ifdef __AVX512F__
+    return (v16)_mm512_min_ps((__m512)a, (__m512)b);
+#else
+    v16 r;
+    for (int i = 0; i < 16; i++)
+        r[i] = a[i] < b[i] ? a[i] : b[i];
+    return r;
+#endif
+}
+
+/* Lanes i < first take `fill`, the others keep a. */
+ALWAYS_INLINE v16 fill_below(v16 a, int first, float fill)
+{
+#ifdef __AVX512F__
+    __mmask16 m = (__mmask16)(first >= 16 ? 0xffffu : (1u << first) - 1u);
+    return (v16)_mm512_mask_mov_ps((__m512)a, m, _mm512_set1_ps(fill));
+#else
+    for (int i = 0; i < first && i < 16; i++)
+        a[i] = fill;
+    return a;
+#endif
+}
+
+/* e^x per lane: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-7 polynomial (Cephes's expf
+ * coefficients), then 2^n put into the exponent. Inputs are clamped to where 2^n stays a normal
+ * float, so the result is never inf or NaN for finite x (e^-87.3 ~ 1e-38 stands for 0). */
+ALWAYS_INLINE v16 exp16(v16 x)
+{
+    x = max16(x, bc16(-87.3f));
+    x = min16(x, bc16(88.3f));
+    v16 magic = bc16(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
+    v16 t = fma16(x, bc16(1.44269504088896341f), magic);
+    v16 n = t - magic;
+    v16 r = fma16(n, bc16(-0.693359375f), x);
+    r = fma16(n, bc16(2.12194440e-4f), r);
+    v16 p = bc16(1.9875691500e-4f);
+    p = fma16(p, r, bc16(1.3981999507e-3f));
+    p = fma16(p, r, bc16(8.3334519073e-3f));
+    p = fma16(p, r, bc16(4.1665795894e-2f));
+    p = fma16(p, r, bc16(1.6666665459e-1f));
+    p = fma16(p, r, bc16(5.0000001201e-1f));
+    v16 y = fma16(p, r * r, r) + bc16(1.0f);
+    v16i e = ((v16i)t - (v16i)magic + 127) << 23;
+    return y * (v16)e;
+}
+
+/* Horizontal sum in a fixed order. */
+ALWAYS_INLINE float hsum16(v16 a)
+{
+    float s8[8], s4[4];
+    for (int i = 0; i < 8; i++)
+        s8[i] = a[i] + a[i + 8];
+    for (int i = 0; i < 4; i++)
+        s4[i] = s8[i] + s8[i + 4];
+    return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+/* Up to 16 floats of p (n of them) as a vector, zero past n. */
+ALWAYS_INLINE v16 ld16_part(const float *p, int n)
+{
+    if (n >= 16)
+        return ld16(p);
+    float tmp[16] = {0};
+    memcpy(tmp, p, (size_t)n * sizeof(float));
+    return ld16(tmp);
+}
+
+ALWAYS_INLINE void st16_part(float *p, v16 v, int n)
+{
+    if (n >= 16) {
+        st16(p, v);
+        return;
+    }
+    float tmp[16];
+    st16(tmp, v);
+    memcpy(p, tmp, (size_t)n * sizeof(float));
+}
+
+/* ---- Products ------------------------------------------------------------------------------- */
+
+size_t model__pack_floats(int d, int n)
+{
+    return (size_t)(d + NR - 1) / NR * NR * (size_t)n;
+}
+
+void model__pack(float *dst, const float *w, int d, int n)
+{
+    int panels = (d + NR - 1) / NR;
+    for (int p = 0; p < panels; p++) {
+        float *pd = dst + (size_t)p * n * NR;
+        for (int j = 0; j < NR; j++) {
+            int row = p * NR + j;
+            if (row >= d) {
+                for (int k = 0; k < n; k++)
+                    pd[(size_t)k * NR + j] = 0.0f;
+                continue;
+            }
+            const float *src = w + (size_t)row * n;
+            for (int k = 0; k < n; k++)
+                pd[(size_t)k * NR + j] = src[k];
+        }
+    }
+}
+
+/* Y (mr, cols <= 32) = X (mr, kn) @ panel (kn, 32), continuing the chains already in Y unless
+ * first: two 16-column accumulators per row, one fused multiply-add per k in order. Y holds a
+ * partial chain between calls exactly (a float store and load round nothing), so a product cut
+ * into k blocks computes every output as one unbroken chain. mr is a constant in each
+ * instantiation below, so the accumulators live in registers. */
+ALWAYS_INLINE void gemm_tile(int mr, float *y, size_t ldy, const float *x, size_t ldx,
+                             const float *b, int kn, int cols, int first)
+{
+    v16 c0[MR], c1[MR];
+#pragma GCC unroll 12
+    for (int i = 0; i < mr; i++) {
+        if (first) {
+            c0[i] = c1[i] = bc16(0.0f);
+        } else if (cols == NR) {
+            c0[i] = ld16(y + (size_t)i * ldy);
+            c1[i] = ld16(y + (size_t)i * ldy + 16);
+        } else {
+            float tmp[NR] = {0};
+            memcpy(tmp, y + (size_t)i * ldy, (size_t)cols * sizeof(float));
+            c0[i] = ld16(tmp);
+            c1[i] = ld16(tmp + 16);
+        }
+    }
+    for (int k = 0; k < kn; k++) {
+        v16 b0 = ld16(b + (size_t)k * NR), b1 = ld16(b + (size_t)k * NR + 16);
+#pragma GCC unroll 12
+        for (int i = 0; i < mr; i++) {
+            v16 a = bc16(x[(size_t)i * ldx + k]);
+            c0[i] = fma16(a, b0, c0[i]);
+            c1[i] = fma16(a, b1, c1[i]);
+        }
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < mr; i++) {
+        float *yr = y + (size_t)i * ldy;
+        if (cols == NR) {
+            st16(yr, c0[i]);
+            st16(yr + 16, c1[i]);
+        } else {
+            float tmp[NR];
+            st16(tmp, c0[i]);
+            st16(tmp + 16, c1[i]);
+            memcpy(yr, tmp, (size_t)cols * sizeof(float));
+        }
+    }
+}
+
+#define GEMM_TILE_N(N)                                                                             \
+    static void gemm_tile_##N(float *y, size_t ldy, const float *x, size_t ldx, const float *b,    \
+                              int kn, int cols, int first)                                         \
+    {                                                                                              \
+        gemm_tile(N, y, ldy, x, ldx, b, kn, cols, first);                                          \
+    }
+GEMM_TILE_N(1)
+GEMM_TILE_N(2)
+GEMM_TILE_N(3)
+GEMM_TILE_N(4)
+GEMM_TILE_N(5)
+GEMM_TILE_N(6)
+GEMM_TILE_N(7)
+GEMM_TILE_N(8)
+GEMM_TILE_N(9)
+GEMM_TILE_N(10)
+GEMM_TILE_N(11)
+GEMM_TILE_N(12)
+
+typedef void (*gemm_tile_fn)(float *, size_t, const float *, size_t, const float *, int, int, int);
+static const gemm_tile_fn gemm_tiles[MR + 1] = {
+    NULL,        gemm_tile_1, gemm_tile_2, gemm_tile_3,  gemm_tile_4,  gemm_tile_5, gemm_tile_6,
+    gemm_tile_7, gemm_tile_8, gemm_tile_9, gemm_tile_10, gemm_tile_11, gemm_tile_12};
+
+/* Inner-index block: a panel's KC x 32 weights (32 KiB) stay in L1 while every row tile passes
+ * over them, and the rows' KC-wide slice of X stays in L2 for all the panels. */
+#define KC 256
+
+void model__gemm(float *y, size_t ldy, const float *x, size_t ldx, const float *wp, int m, int n,
+                 int d, int p0, int p1)
+{
+    /* Tiles of near-equal height (52 rows: 11, 11, 10, 10, 10), so no tile runs nearly empty. */
+    int tiles = (m + MR - 1) / MR, base = m / tiles, extra = m % tiles;
+    for (int k0 = 0; k0 < n; k0 += KC) {
+        int kn = n - k0 < KC ? n - k0 : KC;
+        for (int p = p0; p < p1; p++) {
+            const float *b = wp + ((size_t)p * n + k0) * NR;
+            int col = p * NR, cols = d - col < NR ? d - col : NR;
+            int r = 0;
+            for (int t = 0; t < tiles; t++) {
+                int mr = base + (t < extra);
+                gemm_tiles[mr](y + (size_t)r * ldy + col, ldy, x + (size_t)r * ldx + k0, ldx, b, kn,
+                               cols, k0 == 0);
+                r += mr;
+            }
+        }
+    }
+}
+
+/* ---- Attention ------------------------------------------------------------------------------ */
+
+size_t model__attend_scratch(int hs, int keys)
+{
+    return (size_t)QT * ((size_t)hs + (size_t)keys);
+}
+
+/* Scores of g keys (rows of k, hs floats each) against the 16 query lanes of qt (hs x 16):
+ * sc[j * 16 + i] = scale * (chain over d of k[j][d] * q_i[d]). */
+ALWAYS_INLINE void scores_keys(int g, float *sc, const float *k, int hs, const float *qt,
+                               float scale)
+{
+    v16 acc[QT];
+#pragma GCC unroll 16
+    for (int j = 0; j < g; j++)
+        acc[j] = bc16(0.0f);
+    for (int d = 0; d < hs; d++) {
+        v16 qd = ld16(qt + (size_t)d * QT);
+#pragma GCC unroll 16
+        for (int j = 0; j < g; j++)
+            acc[j] = fma16(bc16(k[(size_t)j * hs + d]), qd, acc[j]);
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < g; j++)
+        st16(sc + (size_t)j * QT, acc[j] * bc16(scale));
+}
+
+static void scores_16(float *sc, const float *k, int hs, const float *qt, float scale)
+{
+    scores_keys(16, sc, k, hs, qt, scale);
+}
+
+/* The same operations for fewer keys (a block's or the context's end); not unrolled. */
+static void scores_few(int g, float *sc, const float *k, int hs, const float *qt, float scale)
+{
+    for (int j = 0; j < g; j++) {
+        v16 acc = bc16(0.0f);
+        for (int d = 0; d < hs; d++)
+            acc = fma16(bc16(k[(size_t)j * hs + d]), ld16(qt + (size_t)d * QT), acc);
+        st16(sc + (size_t)j * QT, acc * bc16(scale));
+    }
+}
+
+/* acc[dd] (16 query lanes) += v[t][dd] * p_t over the n keys of one run of v (rows of hs
+ * floats, from column d0), dn <= 16 dimensions. */
+ALWAYS_INLINE void values_run(int dn, v16 *acc, const float *v, int hs, const float *p, int n)
+{
+    for (int t = 0; t < n; t++) {
+        v16 pt = ld16(p + (size_t)t * QT);
+        const float *vr = v + (size_t)t * hs;
+#pragma GCC unroll 16
+        for (int dd = 0; dd < dn; dd++)
+            acc[dd] = fma16(bc16(vr[dd]), pt, acc[dd]);
+    }
+}
+
+static void values_16(v16 *acc, const float *v, int hs, const float *p, int n)
+{
+    v16 a[16];
+    memcpy(a, acc, sizeof a);
+    values_run(16, a, v, hs, p, n);
+    memcpy(acc, a, sizeof a);
+}
+
+static void values_few(int dn, v16 *acc, const float *v, int hs, const float *p, int n)
+{
+    for (int t = 0; t < n; t++) {
+        v16 pt = ld16(p + (size_t)t * QT);
+        for (int dd = 0; dd < dn; dd++)
+            acc[dd] = fma16(bc16(v[(size_t)t * hs + dd]), pt, acc[dd]);
+    }
+}
+
+void model__attend(float *out, size_t ldo, const float *q, size_t ldq, int nq, int pos0,
+                   float *const *blocks, size_t koff, size_t voff, int B, int hs, float scale,
+                   float *scratch)
+{
+    int tmax = pos0 + nq - 1; /* the last key any query of the tile sees */
+    float *qt = scratch, *sc = scratch + (size_t)QT * hs;
+    /* Queries transposed: qt[d][i], zero in the lanes past nq. */
+    for (int d = 0; d < hs; d++)
+        for (int i = 0; i < QT; i++)
+            qt[(size_t)d * QT + i] = i < nq ? q[(size_t)i * ldq + d] : 0.0f;
+    /* Scores, 16 keys at a time within each block: sc[t][i]. */
+    for (int t0 = 0; t0 <= tmax;) {
+        int r = t0 % B, g = B - r;
+        if (g > 16)
+            g = 16;
+        if (g > tmax + 1 - t0)
+            g = tmax + 1 - t0;
+        const float *k = blocks[t0 / B] + koff + (size_t)r * hs;
+        if (g == 16)
+            scores_16(sc + (size_t)t0 * QT, k, hs, qt, scale);
+        else
+            scores_few(g, sc + (size_t)t0 * QT, k, hs, qt, scale);
+        t0 += g;
+    }
+    /* Softmax per lane; query i sees keys t <= pos0 + i, so at key t > pos0 the lanes
+     * i < t - pos0 are masked (their weight is exactly 0, which adds nothing below). */
+    v16 mx = bc16(-INFINITY);
+    for (int t = 0; t <= tmax; t++) {
+        v16 s = ld16(sc + (size_t)t * QT);
+        if (t > pos0)
+            s = fill_below(s, t - pos0, -INFINITY);
+        mx = max16(mx, s);
+    }
+    v16 sum = bc16(0.0f);
+    for (int t = 0; t <= tmax; t++) {
+        v16 e = exp16(ld16(sc + (size_t)t * QT) - mx);
+        if (t > pos0)
+            e = fill_below(e, t - pos0, 0.0f);
+        st16(sc + (size_t)t * QT, e);
+        sum = sum + e;
+    }
+    v16 inv = bc16(1.0f) / sum;
+    /* Values, 16 dimensions at a time: acc[dd][i] = chain over t of p_t[i] * v_t[d0 + dd]. */
+    for (int d0 = 0; d0 < hs; d0 += 16) {
+        int dn = hs - d0 < 16 ? hs - d0 : 16;
+        v16 acc[16];
+        for (int dd = 0; dd < 16; dd++)
+            acc[dd] = bc16(0.0f);
+        for (int t0 = 0; t0 <= tmax;) {
+            int r = t0 % B, n = B - r;
+            if (n > tmax + 1 - t0)
+                n = tmax + 1 - t0;
+            const float *v = blocks[t0 / B] + voff + (size_t)r * hs + d0;
+            if (dn == 16)
+                values_16(acc, v, hs, sc + (size_t)t0 * QT, n);
+            else
+                values_few(dn, acc, v, hs, sc + (size_t)t0 * QT, n);
+            t0 += n;
+        }
+        for (int dd = 0; dd < dn; dd++) {
+            v16 o = acc[dd] * inv;
+            for (int i = 0; i < nq; i++)
+                out[(size_t)i * ldo + d0 + dd] = o[i];
+        }
+    }
+}
+
+/* ---- Element-wise --------------------------------------------------------------------------- */
+
+void model__rmsnorm(float *o, const float *x, const float *w, int n)
+{
+    v16 acc = bc16(0.0f);
+    for (int i = 0; i < n; i += 16) {
+        v16 v = ld16_part(x + i, n - i);
+        acc = fma16(v, v, acc);
+    }
+    float ss = hsum16(acc) / (float)n + 1e-5f;
+    v16 r = bc16(1.0f / sqrtf(ss));
+    for (int i = 0; i < n; i += 16)
+        st16_part(o + i, ld16_part(w + i, n - i) * (r * ld16_part(x + i, n - i)), n - i);
+}
+
+void model__silu_mul(float *o, const float *a, const float *b, int n)
+{
+    for (int i = 0; i < n; i += 16) {
+        v16 v = ld16_part(a + i, n - i);
+        v16 s = v / (bc16(1.0f) + exp16(bc16(0.0f) - v));
+        st16_part(o + i, s * ld16_part(b + i, n - i), n - i);
+    }
+}
+
+void model__exp(float *o, const float *x, int n)
+{
+    for (int i = 0; i < n; i += 16)
+        st16_part(o + i, exp16(ld16_part(x + i, n - i)), n - i);
+}

@@ -1,0 +1,60 @@
+/* kernels.h — the forward pass's compute kernels, private to model/ (the tests include it too,
+ * to check each kernel against a plain loop).
+ *
+ * Every kernel here computes each of its outputs with one fixed sequence of float operations
+ * that depends only on that output's own inputs: never on how many rows a call has, where a
+ * row sits in a tile, which thread runs it, or which path (full tile or edge) computed it. So a
+ * row's result is bitwise the same in a prefill of 1 or 512 tokens, in a split or a whole
+ * prefill, and in a decode batch of 1 or 32. Concretely:
+ *   - a product output is one fused multiply-add chain over the inner index in order, starting
+ *     from zero (then, for the accumulating form, added to the destination once);
+ *   - an attention score is one such chain over the head's dimensions, times the scale; the
+ *     softmax takes the maximum, then exponentials (exp16, below), summed in key order; the
+ *     output is the chain over keys of p_t * v_t, times 1 / sum.
+ * Vectors are 16 floats (one AVX-512 register; two AVX2 registers or scalars elsewhere).
+ */
+#ifndef PREFIXD_MODEL_KERNELS_H
+#define PREFIXD_MODEL_KERNELS_H
+
+#include <stddef.h>
+
+/* Output columns per packed weight panel. */
+#define MODEL__NR 32
+/* Most rows per product tile. */
+#define MODEL__MR 12
+/* Most queries per attention tile. */
+#define MODEL__QT 16
+
+/* Floats a packed copy of a (d, n) weight takes: d rounded up to whole panels, times n. */
+size_t model__pack_floats(int d, int n);
+
+/* Packs W (d, n), row-major (y = W x), into panels of MODEL__NR output columns, each stored
+ * inner-index-major: dst[(p * n + k) * NR + j] = W[p * NR + j][k], zero past d. */
+void model__pack(float *dst, const float *w, int d, int n);
+
+/* Y (m, d) = X (m, n) @ W (d, n)^T for the output columns of panels [p0, p1) only. wp: W packed
+ * by model__pack(). Rows are cut into tiles of at most MODEL__MR; each output is the chain
+ * described above (Y also holds partial chains while the call runs). */
+void model__gemm(float *y, size_t ldy, const float *x, size_t ldx, const float *wp, int m, int n,
+                 int d, int p0, int p1);
+
+/* Causal attention of one head for nq <= MODEL__QT queries at consecutive positions pos0 ..
+ * pos0 + nq - 1: query i attends over keys 0 .. pos0 + i. q: query i at q + i * ldq (head_size
+ * floats, RoPE applied). Keys and values come from blocks of B positions: key t is at
+ * blocks[t / B] + koff + (t % B) * hs, its value at ... + voff + ... . out: query i's result at
+ * out + i * ldo (hs floats). scratch: model__attend_scratch(hs, pos0 + nq) floats. */
+void model__attend(float *out, size_t ldo, const float *q, size_t ldq, int nq, int pos0,
+                   float *const *blocks, size_t koff, size_t voff, int B, int hs, float scale,
+                   float *scratch);
+size_t model__attend_scratch(int hs, int keys);
+
+/* o (n) = w (n) * (x (n) / rms(x)), as in llama2.c (eps 1e-5). */
+void model__rmsnorm(float *o, const float *x, const float *w, int n);
+
+/* o (n) = silu(a (n)) * b (n), silu(v) = v / (1 + exp(-v)). */
+void model__silu_mul(float *o, const float *a, const float *b, int n);
+
+/* e^x of n floats, with the kernels' own exponential (relative error ~1e-7). For the tests. */
+void model__exp(float *o, const float *x, int n);
+
+#endif
