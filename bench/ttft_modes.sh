@@ -2,10 +2,11 @@
 # The published TTFT numbers: one build, one model, the same `prefixctl bench` workloads against
 # `prefixd serve` in each mode, on a temporary socket:
 #   no-cache  --no-cache (sharing off)
-#   ram       the RAM cache (default --cache-mem)
+#   ram       the RAM cache alone (default --cache-mem, --disk-dir none)
 #   disk      the disk tier with a RAM budget for 4 of the chat's 6 system prompts, so the
 #             working set lives on disk (--cache-mem small, --disk-dir DIR --disk-max SIZE)
-#   restart   the disk daemon stopped and started again on the same --disk-dir (disk warm)
+#   restart   the disk daemon stopped (it flushes its RAM blocks to disk) and started again on
+#             the same --disk-dir: RAM empty, disk warm
 # The modes alternate run by run (run r: every mode with seed r), so a slow minute on this shared
 # machine does not fall on one mode only. Then bench/plots.sh makes the table and the plots.
 #
@@ -136,7 +137,7 @@ for r in $(seq 1 "$runs"); do
   stop
 
   echo "== run $r/$runs: ram" >&2
-  start
+  start --disk-dir none
   if [ -z "$budget" ]; then
     # RAM for 4 system prompts (whole blocks of 16 tokens) and not more.
     kv=$(sed -n 's/.* \([0-9][0-9]*\) K\/V bytes per token.*/\1/p' "$work/daemon.log" | head -1)
