@@ -1,0 +1,328 @@
+/* bench_disk.c — the disk tier on a stories110M-shaped model, in-process (the engine, no socket).
+ *
+ *   bench_disk [--model PATH] [--prefix 1500] [--suffix 40] [--runs 5] [--threads 2]
+ *              [--dir DIR] [--decode 128]
+ *
+ * Per run, with a fresh random prefix:
+ *   uncached   an engine with an empty disk tier: the whole prompt is computed (its blocks are
+ *              written to disk when the engine closes, as at a daemon's shutdown);
+ *   disk warm  a new engine on the same directory (a restart: RAM empty), the same prefix with
+ *              another suffix: the prefix's blocks come from disk, page cache warm;
+ *   disk cold  the same after the store's file was dropped from the page cache
+ *              (posix_fadvise DONTNEED; the pages are clean after the close's sync);
+ *   RAM        that engine again with a third suffix: the prefix is in RAM now.
+ * Then the disk thread's write throughput (spills of the blocks written at close), and decode
+ * tokens/s at batch 1 with and without the disk thread writing continuously beside it (a second
+ * store fed by a thread as fast as it takes blocks: the worst case of spilling).
+ * Medians over the runs.
+ */
+#include "diskw.h"
+#include "engine.h"
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static proto_done last;
+
+static void emit_cb(void *arg, const srv_event *ev)
+{
+    (void)arg;
+    if (ev->type == SRV_EV_DONE)
+        last = ev->done;
+    else if (ev->type == SRV_EV_ERROR)
+        fprintf(stderr, "error: %s\n", ev->msg);
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    double *c = malloc((size_t)n * sizeof *c);
+    memcpy(c, v, (size_t)n * sizeof *c);
+    qsort(c, (size_t)n, sizeof *c, cmp_d);
+    double m = n % 2 ? c[n / 2] : (c[n / 2 - 1] + c[n / 2]) / 2;
+    free(c);
+    return m;
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static int32_t rand_tok(int vocab)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return 3 + (int32_t)(rng % (uint64_t)(vocab - 3));
+}
+
+static proto_done run_one(srv_engine *e, const int32_t *ids, size_t n, uint32_t max_new)
+{
+    srv_request q = {0};
+    q.handle = 1;
+    q.kind = SRV_REQ_GENERATE;
+    q.tokens = ids;
+    q.n_tokens = n;
+    q.max_new = max_new;
+    q.t_received_ms = srv_now_ms();
+    srv_engine_submit(e, &q);
+    while (srv_engine_step(e) > 0)
+        ;
+    return last;
+}
+
+static srv_engine *open_engine(const model *m, const char *dir, int threads)
+{
+    char msg[512];
+    srv_engine_opts o = {0};
+    o.threads = threads;
+    o.max_batch = 1;
+    o.max_queue = 1;
+    o.emit = emit_cb;
+    o.cache_mem = (size_t)256 << 20;
+    o.disk_dir = dir;
+    srv_engine *e;
+    if (srv_engine_new(m, NULL, &o, &e, msg, sizeof msg) != 0) {
+        fprintf(stderr, "%s\n", msg);
+        exit(1);
+    }
+    return e;
+}
+
+static int rm_cb(const char *p, const struct stat *sb, int f, struct FTW *w)
+{
+    (void)sb;
+    (void)f;
+    (void)w;
+    return remove(p);
+}
+
+static void drop_page_cache(const char *dir)
+{
+    char p[1024];
+    snprintf(p, sizeof p, "%s/data.mdb", dir);
+    int fd = open(p, O_RDONLY);
+    if (fd >= 0) {
+        fdatasync(fd);
+        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        close(fd);
+    }
+}
+
+/* ---- continuous spilling beside decode ---- */
+
+typedef struct spiller {
+    srv_diskw *w;
+    size_t floats;
+    int B;
+    volatile int stop;
+    uint64_t blocks;
+} spiller;
+
+static void *spill_main(void *arg)
+{
+    spiller *s = arg;
+    float *data = malloc(s->floats * sizeof(float));
+    int32_t tok[4096];
+    for (size_t i = 0; i < s->floats; i++)
+        data[i] = (float)i;
+    for (int i = 0; i < s->B; i++)
+        tok[i] = i;
+    while (!s->stop) {
+        cache_evicted ev = {{s->blocks + 1, 7}, {s->blocks, 7}, tok, data, 0};
+        srv_diskw_spill_wait(s->w, &ev);
+        s->blocks++;
+    }
+    free(data);
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    const char *model_path = NULL, *dir_arg = NULL;
+    int P = 1500, S = 40, runs = 5, threads = 2, ndec = 128;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--model"))
+            model_path = argv[i + 1];
+        else if (!strcmp(argv[i], "--prefix"))
+            P = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--suffix"))
+            S = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--runs"))
+            runs = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--threads"))
+            threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--dir"))
+            dir_arg = argv[i + 1];
+        else if (!strcmp(argv[i], "--decode"))
+            ndec = atoi(argv[i + 1]);
+        else {
+            fprintf(stderr, "unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (runs < 1 || runs > 100 || P < 16 || S < 1 || ndec < 2) {
+        fprintf(stderr, "bad arguments\n");
+        return 2;
+    }
+    char msg[512];
+    if (!model_path) {
+        model_path = "/tmp/prefixd-bench-110M.bin";
+        if (access(model_path, R_OK) != 0) {
+            model_config c;
+            model_shape_parse("768,2048,12,12,12,32000,2048", &c, msg, sizeof msg);
+            fprintf(stderr, "writing %s (stories110M shape, seq_len 2048)...\n", model_path);
+            if (model_synth_write(model_path, &c, 1, msg, sizeof msg) != 0) {
+                fprintf(stderr, "%s\n", msg);
+                return 1;
+            }
+        }
+    }
+    char base[512], dir[600], dir2[600];
+    snprintf(base, sizeof base, "%s/prefixd-bench-disk-XXXXXX", dir_arg ? dir_arg : "/tmp");
+    if (!mkdtemp(base)) {
+        perror(base);
+        return 1;
+    }
+    snprintf(dir, sizeof dir, "%s/tier", base);
+    snprintf(dir2, sizeof dir2, "%s/spill", base);
+    model *m;
+    if (model_load(model_path, &m, msg, sizeof msg) != 0) {
+        fprintf(stderr, "%s\n", msg);
+        return 1;
+    }
+    const model_config *c = model_get_config(m);
+    if (P + 3 * S > c->seq_len) {
+        fprintf(stderr, "prefix + suffixes longer than the context (%d)\n", c->seq_len);
+        return 2;
+    }
+    int32_t *ids = malloc((size_t)(P + S) * sizeof(int32_t));
+    double *unc = calloc((size_t)runs, sizeof(double)),
+           *warm = calloc((size_t)runs, sizeof(double));
+    double *cold = calloc((size_t)runs, sizeof(double)),
+           *ram = calloc((size_t)runs, sizeof(double));
+    double *wmbs = calloc((size_t)runs, sizeof(double));
+    unsigned disk_tokens = 0;
+    for (int r = 0; r < runs; r++) {
+        nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+        for (int i = 0; i < P + S; i++)
+            ids[i] = rand_tok(c->vocab_size);
+        ids[0] = MODEL_TOK_BOS;
+        srv_engine *e = open_engine(m, dir, threads);
+        if (r == 0) /* warm-up: first touch of the weights */
+            run_one(e, ids, (size_t)(P + S), 1);
+        for (int i = 1; i < P + S; i++)
+            ids[i] = rand_tok(c->vocab_size);
+        unc[r] = run_one(e, ids, (size_t)(P + S), 1).ttft_ms;
+        /* Close = shutdown: the RAM blocks are written to disk; that is the write throughput. */
+        srv_engine_flush_disk(e);
+        srv_diskw_stats ds;
+        srv_engine_disk_stats(e, &ds);
+        wmbs[r] = ds.spill_ms > 0 ? ds.spill_bytes_written / 1e3 / ds.spill_ms : 0;
+        srv_engine_free(e);
+
+        e = open_engine(m, dir, threads);
+        for (int i = P; i < P + S; i++)
+            ids[i] = rand_tok(c->vocab_size);
+        proto_done d = run_one(e, ids, (size_t)(P + S), 1);
+        warm[r] = d.ttft_ms;
+        disk_tokens = d.cached_tokens_disk;
+        for (int i = P; i < P + S; i++)
+            ids[i] = rand_tok(c->vocab_size);
+        ram[r] = run_one(e, ids, (size_t)(P + S), 1).ttft_ms;
+        srv_engine_free(e);
+
+        drop_page_cache(dir);
+        e = open_engine(m, dir, threads);
+        for (int i = P; i < P + S; i++)
+            ids[i] = rand_tok(c->vocab_size);
+        cold[r] = run_one(e, ids, (size_t)(P + S), 1).ttft_ms;
+        srv_engine_free(e);
+        fprintf(stderr,
+                "run %d: uncached %.1f ms, disk warm %.1f ms (%u tokens from disk), disk cold "
+                "%.1f ms, RAM %.1f ms; writes %.0f MB/s\n",
+                r + 1, unc[r], warm[r], disk_tokens, cold[r], ram[r], wmbs[r]);
+    }
+
+    /* Decode beside continuous spilling (alternating, so neither gets the quieter machine). */
+    double *dq = calloc((size_t)runs, sizeof(double)), *ds_ = calloc((size_t)runs, sizeof(double));
+    double *smbs = calloc((size_t)runs, sizeof(double));
+    srv_diskw_opts wo = {0};
+    wo.disk.dir = dir2;
+    wo.disk.max_bytes = (size_t)2 << 30;
+    memcpy(wo.disk.fingerprint, model_fingerprint(m), 16);
+    wo.disk.block_tokens = 16;
+    wo.disk.block_floats = model_kv_block_floats(c, 16);
+    wo.spill_bytes = (size_t)64 << 20;
+    srv_diskw *w;
+    if (srv_diskw_open(&wo, &w, msg, sizeof msg) != 0) {
+        fprintf(stderr, "%s\n", msg);
+        return 1;
+    }
+    srv_engine *e = open_engine(m, NULL, threads);
+    for (int r = 0; r < 2 * runs; r++) {
+        int with = (r % 2) == (r / 2 % 2);
+        spiller sp = {w, wo.disk.block_floats, 16, 0, 0};
+        pthread_t t;
+        srv_diskw_stats a, b;
+        srv_diskw_get_stats(w, &a);
+        double t0 = srv_now_ms();
+        if (with)
+            pthread_create(&t, NULL, spill_main, &sp);
+        for (int i = 1; i < 16; i++)
+            ids[i] = rand_tok(c->vocab_size);
+        proto_done d = run_one(e, ids, 16, (uint32_t)ndec);
+        if (with) {
+            sp.stop = 1;
+            pthread_join(t, NULL);
+            srv_diskw_get_stats(w, &b);
+            smbs[r / 2] =
+                (b.spill_bytes_written - a.spill_bytes_written) / 1e3 / (srv_now_ms() - t0);
+            ds_[r / 2] = d.decode_tokens_per_s;
+        } else {
+            dq[r / 2] = d.decode_tokens_per_s;
+        }
+    }
+    srv_diskw_flush(w);
+    srv_engine_free(e);
+    srv_diskw_close(w);
+
+    double mu = median(unc, runs), mw = median(warm, runs), mc = median(cold, runs),
+           mr = median(ram, runs);
+    printf("model %s: dim %d, %d layers, vocab %d; prompt = %d-token prefix + %d-token suffix; "
+           "%d threads; medians of %d runs\n",
+           model_path, c->dim, c->n_layers, c->vocab_size, P, S, threads, runs);
+    printf("| measure | TTFT (ms) | share of uncached |\n|---|---|---|\n");
+    printf("| uncached | %.1f | 100%% |\n", mu);
+    printf("| prefix on disk only, page cache warm (%u tokens from disk) | %.1f | %.1f%% |\n",
+           disk_tokens, mw, 100 * mw / mu);
+    printf("| prefix on disk only, page cache dropped | %.1f | %.1f%% |\n", mc, 100 * mc / mu);
+    printf("| prefix in RAM | %.1f | %.1f%% |\n", mr, 100 * mr / mu);
+    printf("disk writes (spill transactions of up to 32 MiB, data synced at each commit): %.0f "
+           "MB/s\n",
+           median(wmbs, runs));
+    printf("decode batch 1: %.1f tokens/s alone, %.1f tokens/s while the disk thread writes "
+           "continuously (%.0f MB/s): %+.1f%%\n",
+           median(dq, runs), median(ds_, runs), median(smbs, runs),
+           100 * (median(ds_, runs) - median(dq, runs)) / median(dq, runs));
+    nftw(base, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    free(ids);
+    free(unc);
+    free(warm);
+    free(cold);
+    free(ram);
+    free(wmbs);
+    free(dq);
+    free(ds_);
+    free(smbs);
+    model_free(m);
+    return 0;
+}
