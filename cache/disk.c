@@ -32,7 +32,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -151,6 +153,34 @@ static double now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+/* A full map, disk, quota or file size limit: evicting can make room. */
+static int rc_is_full(int rc)
+{
+    return rc == MDB_MAP_FULL || rc == ENOSPC || rc == EDQUOT || rc == EFBIG;
+}
+
+/* LMDB reports a short write as EIO (mdb_page_flush), so a full file system or a file size limit
+ * often shows up as EIO rather than ENOSPC / EFBIG: a write that crosses the limit is cut short.
+ * Tells them apart by looking: ENOSPC or EFBIG if the disk or the limit leaves less than need
+ * bytes (plus 1 MiB of slack), else rc unchanged. */
+static int full_errno(const cache_disk *d, int rc, uint64_t need)
+{
+    if (rc != EIO)
+        return rc;
+    uint64_t want = need + ((uint64_t)1 << 20);
+    struct statvfs vs;
+    if (statvfs(d->dir, &vs) == 0 && (uint64_t)vs.f_bavail * vs.f_frsize < want)
+        return ENOSPC;
+    struct rlimit rl;
+    struct stat sb;
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/data.mdb", d->dir);
+    if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && stat(p, &sb) == 0 &&
+        (uint64_t)sb.st_size + want > (uint64_t)rl.rlim_cur)
+        return EFBIG;
+    return rc;
+}
+
 /* Translates an LMDB (or errno) code at the boundary, keeping its text in d->msg. */
 static int disk_fail(cache_disk *d, int rc, const char *what)
 {
@@ -159,6 +189,7 @@ static int disk_fail(cache_disk *d, int rc, const char *what)
     case MDB_MAP_FULL:
     case ENOSPC:
     case EDQUOT:
+    case EFBIG: /* the file size limit (RLIMIT_FSIZE, or the file system's) */
         return CACHE_EFULL;
     case ENOMEM:
         return CACHE_ENOMEM;
@@ -683,6 +714,7 @@ int cache_disk_put_batch(cache_disk *d, const cache_disk_item *items, size_t n, 
 {
     size_t written = 0;
     int over = 0, rc = 0;
+    uint64_t need = (uint64_t)n * d->val_bytes;
     if (n_written)
         *n_written = 0;
     d->msg[0] = 0;
@@ -694,11 +726,12 @@ int cache_disk_put_batch(cache_disk *d, const cache_disk_item *items, size_t n, 
             break;
         disk_restore(d, &s);
         written = 0;
-        if (attempt > 0 || (rc != MDB_MAP_FULL && rc != ENOSPC && rc != EDQUOT))
+        rc = full_errno(d, rc, need);
+        if (attempt > 0 || !rc_is_full(rc))
             break;
-        int rc2 = make_room(d, (uint64_t)n * d->val_bytes);
+        int rc2 = make_room(d, need);
         if (rc2) {
-            rc = rc2;
+            rc = full_errno(d, rc2, need);
             break;
         }
     }

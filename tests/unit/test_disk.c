@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -930,6 +931,72 @@ static void test_bad_dir(void)
     tmpdirs_remove();
 }
 
+/* The file system full, as a file size limit makes it (RLIMIT_FSIZE: writes past it fail with
+ * EFBIG; SIGXFSZ ignored): put_batch evicts, retries, or returns CACHE_EFULL, and the store
+ * stays usable. */
+static void test_file_limit(void)
+{
+    const char *dir = tmpdir_new();
+    char p[256];
+    snprintf(p, sizeof p, "%s/data.mdb", dir);
+    cache_disk_opts o = opts_for(dir, 4096); /* the 1 MiB file limit binds, not the budget */
+    cache_disk *d = open_opts(&o);
+    struct rlimit old, lim;
+    CHECK(getrlimit(RLIMIT_FSIZE, &old) == 0);
+    void (*old_sig)(int) = signal(SIGXFSZ, SIG_IGN);
+    lim = old;
+    lim.rlim_cur = 1 << 20;
+    CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+    int full = 0, ok = 0;
+    uint64_t next = 0;
+    for (int round = 0; round < 40; round++, next += 8) {
+        size_t w = 99;
+        int rc = put_range(d, next, 8, &w);
+        if (rc == 0)
+            ok++;
+        else
+            full++;
+        if (rc != 0 && rc != CACHE_EFULL) {
+            setrlimit(RLIMIT_FSIZE, &old);
+            CHECK_MSG(0, "round %d: put: %d (%s) %s", round, rc, cache_strerror(rc),
+                      cache_disk_errmsg(d));
+        }
+        check_stats_sane(d);
+        for (uint64_t id = 0; id < next + 8; id++) {
+            int g = get_id(d, id);
+            if (g != 0 && g != CACHE_ENOTFOUND)
+                rc = g;
+            if (rc == 0 && id >= next && g != 0)
+                rc = -100;
+        }
+        if (rc != 0 && rc != CACHE_EFULL) {
+            setrlimit(RLIMIT_FSIZE, &old);
+            CHECK_MSG(0, "round %d: %d (%s) %s", round, rc, cache_strerror(rc),
+                      cache_disk_errmsg(d));
+        }
+    }
+    struct stat sb;
+    CHECK(stat(p, &sb) == 0);
+    CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
+    signal(SIGXFSZ, old_sig);
+    cache_disk_stats st = stats(d);
+    fprintf(stderr,
+            "   40 batches of 8 under a 1 MiB file limit: %d stored, %d full, %llu evictions, "
+            "%llu blocks kept, data.mdb %lld bytes\n",
+            ok, full, (unsigned long long)st.evictions, (unsigned long long)st.entries,
+            (long long)sb.st_size);
+    CHECK(sb.st_size <= 1 << 20);
+    CHECK_EQ_INT(ok, 40);
+    CHECK(st.evictions > 0);
+    cache_disk_close(d);
+    CHECK_EQ_INT(check_store(dir), st.entries);
+    d = open_opts(&o);
+    for (uint64_t id = next - 8; id < next; id++)
+        get_ok(d, id);
+    cache_disk_close(d);
+    tmpdirs_remove();
+}
+
 /* ---- fault injection ---- */
 
 /* Opens dir, writes 8 new blocks (8..15; the template holds 0..7 under a budget of 12, so 4 are
@@ -1282,6 +1349,7 @@ static const harness_case cases[] = {
     {"budget_lru", test_budget_lru},
     {"map_full", test_map_full},
     {"corruption", test_corruption},
+    {"file_limit", test_file_limit},
     {"bad_dir", test_bad_dir},
     {"faults", test_faults},
     {"faults_map_full", test_faults_map_full},
