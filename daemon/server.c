@@ -372,6 +372,8 @@ static void handle_frame(conn *c, const proto_msg *m)
         r.id = m->id;
         r.u.hello_ok.version = PROTO_VERSION;
         r.u.hello_ok.caps = PROTO_CAP_TOKEN_PROMPT | PROTO_CAP_WARM | PROTO_CAP_PIN;
+        if (c->srv->o.disk_dir)
+            r.u.hello_ok.caps |= PROTO_CAP_DISK;
         r.u.hello_ok.vocab_size = (uint32_t)mc->vocab_size;
         r.u.hello_ok.seq_len = (uint32_t)mc->seq_len;
         r.u.hello_ok.block_tokens = (uint32_t)s->o.block_tokens;
@@ -986,6 +988,7 @@ int srv_run(const srv_opts *o, const model *m, const model_tokenizer *tok)
         eo.disk_dir = NULL;
         erc = srv_engine_new(m, tok, &eo, &s->engine, msg, sizeof msg);
     }
+    s->o.disk_dir = eo.disk_dir; /* what is in force (HELLO_OK's capabilities) */
     if (erc != 0) {
         srv_log(SRV_LOG_ERROR, "%s", msg);
         free(s);
