@@ -1034,10 +1034,12 @@ static int fault_scenario(const char *dir, const cache_disk_opts *base, long *en
                       (rc == CACHE_ECORRUPT && id == 7),
                   "get %llu: %d", (unsigned long long)id, rc);
         errs += rc == CACHE_EIO;
-        rc = contains_id(d, id);
-        CHECK_MSG(rc == 0 || rc == 1 || rc == CACHE_EIO, "contains %llu: %d",
-                  (unsigned long long)id, rc);
-        errs += rc == CACHE_EIO;
+        if (id % 4 == 0) {
+            rc = contains_id(d, id);
+            CHECK_MSG(rc == 0 || rc == 1 || rc == CACHE_EIO, "contains %llu: %d",
+                      (unsigned long long)id, rc);
+            errs += rc == CACHE_EIO;
+        }
     }
     rc = cache_disk_sync(d);
     CHECK_MSG(rc == 0 || rc == CACHE_EIO || rc == CACHE_EFULL, "sync: %d", rc);
@@ -1048,18 +1050,20 @@ static int fault_scenario(const char *dir, const cache_disk_opts *base, long *en
     return errs;
 }
 
-/* After a faulty run: a fresh open (no faults) works, its counters agree with the files and
- * with what the faulty handle believed, and every block it serves is exact. */
+/* After a faulty run: a fresh open (no faults) works, its counters agree with the files (checked
+ * with LMDB itself for every third k: an open is slow under ASan) and with what the faulty handle
+ * believed, and every block it serves is exact. */
 static void fault_verify(const char *dir, const cache_disk_opts *base, long entries, long k,
                          int sticky)
 {
     CHECK_EQ_INT(cache_disk_test_fail_at(0, 0) >= 0, 1);
-    size_t n = check_store(dir);
+    long n = k % 3 == 0 ? (long)check_store(dir) : -1;
     cache_disk_opts o = *base;
     o.dir = dir;
     cache_disk *d = open_opts(&o);
     cache_disk_stats st = stats(d);
-    CHECK_EQ_U64(st.entries, n);
+    if (n >= 0)
+        CHECK_EQ_U64(st.entries, n);
     check_stats_sane(d);
     if (entries >= 0)
         CHECK_MSG((long)st.entries == entries,
