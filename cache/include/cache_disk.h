@@ -74,9 +74,9 @@ void cache_disk_close(cache_disk *d);
 /* Writes items[0..n) in ONE write transaction (plus queued LRU touches). Blocks already stored
  * (by any model) are only touched. Before each new block, the least recently used blocks are
  * evicted until it fits the budget; in a batch larger than the budget, its own first blocks are
- * evicted again by its last ones. If LMDB's map or the file system is full, evicts more (in
- * transactions of their own, which stay committed) and retries the transaction once.
- * *n_written (optional) receives the number of new blocks written by the transaction that
+ * evicted again by its last ones. If LMDB's map, the file system or the file size limit is full,
+ * evicts more (in transactions of their own, which stay committed) and retries the transaction
+ * once. *n_written (optional) receives the number of new blocks written by the transaction that
  * committed (0 if none did). Returns 0; CACHE_EFULL if not every block could be stored: a block
  * larger than the whole budget (the blocks before it are stored), or the map or the disk still
  * full after the retry (nothing of this batch stored); the caller logs once and keeps serving
