@@ -226,10 +226,14 @@ static void att_task(void *arg, int task, int worker)
     int kvh = h / (heads / c->n_kv_heads);
     size_t koff = ((size_t)(rj->layer * 2) * c->n_kv_heads + kvh) * s->kv_stride;
     size_t voff = ((size_t)(rj->layer * 2 + 1) * c->n_kv_heads + kvh) * s->kv_stride;
-    model__attend(s->att + (size_t)r0 * c->dim + (size_t)h * hs, (size_t)c->dim,
-                  s->qkv + (size_t)r0 * s->qkv_dim + (size_t)h * hs, (size_t)s->qkv_dim, nq, pos0,
-                  kv->blocks, koff, voff, s->o.block_tokens, hs, 1.0f / sqrtf((float)hs),
-                  s->scratch + (size_t)worker * s->att_scratch);
+    float *out = s->att + (size_t)r0 * c->dim + (size_t)h * hs;
+    const float *q = s->qkv + (size_t)r0 * s->qkv_dim + (size_t)h * hs;
+    float scale = 1.0f / sqrtf((float)hs), *scratch = s->scratch + (size_t)worker * s->att_scratch;
+    if (rj->kv_per_row && hs <= 256)
+        model__attend1(out, q, pos0, kv->blocks, koff, voff, s->o.block_tokens, hs, scale, scratch);
+    else
+        model__attend(out, (size_t)c->dim, q, (size_t)s->qkv_dim, nq, pos0, kv->blocks, koff, voff,
+                      s->o.block_tokens, hs, scale, scratch);
 }
 
 /* ---- The layers ----------------------------------------------------------------------------- */

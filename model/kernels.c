@@ -99,6 +99,19 @@ ALWAYS_INLINE v16 fill_below(v16 a, int first, float fill)
 #endif
 }
 
+/* Lanes i >= first take `fill`, the others keep a. */
+ALWAYS_INLINE v16 fill_above(v16 a, int first, float fill)
+{
+#ifdef __AVX512F__
+    __mmask16 m = (__mmask16)(first >= 16 ? 0u : 0xffffu << first);
+    return (v16)_mm512_mask_mov_ps((__m512)a, m, _mm512_set1_ps(fill));
+#else
+    for (int i = first; i < 16; i++)
+        a[i] = fill;
+    return a;
+#endif
+}
+
 /* e^x per lane: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-7 polynomial (Cephes's expf
  * coefficients), then 2^n put into the exponent. Inputs are clamped to where 2^n stays a normal
  * float, so the result is never inf or NaN for finite x (e^-87.3 ~ 1e-38 stands for 0). */
@@ -122,15 +135,19 @@ ALWAYS_INLINE v16 exp16(v16 x)
     return y * (v16)e;
 }
 
-/* Horizontal sum in a fixed order. */
+/* Horizontal sum in a fixed order (halves added, then quarters, ...). */
 ALWAYS_INLINE float hsum16(v16 a)
 {
+#ifdef __AVX512F__
+    return _mm512_reduce_add_ps((__m512)a);
+#else
     float s8[8], s4[4];
     for (int i = 0; i < 8; i++)
         s8[i] = a[i] + a[i + 8];
     for (int i = 0; i < 4; i++)
         s4[i] = s8[i] + s8[i + 4];
     return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+#endif
 }
 
 /* Up to 16 floats of p (n of them) as a vector, zero past n. */
@@ -260,8 +277,10 @@ void model__gemm(float *y, size_t ldy, const float *x, size_t ldx, const float *
 {
     /* Tiles of near-equal height (52 rows: 11, 11, 10, 10, 10), so no tile runs nearly empty. */
     int tiles = (m + MR - 1) / MR, base = m / tiles, extra = m % tiles;
-    for (int k0 = 0; k0 < n; k0 += KC) {
-        int kn = n - k0 < KC ? n - k0 : KC;
+    /* One tile (decode): each panel is read once anyway, so read it as one sequential stream. */
+    int kc = tiles == 1 ? n : KC;
+    for (int k0 = 0; k0 < n; k0 += kc) {
+        int kn = n - k0 < kc ? n - k0 : kc;
         for (int p = p0; p < p1; p++) {
             const float *b = wp + ((size_t)p * n + k0) * NR;
             int col = p * NR, cols = d - col < NR ? d - col : NR;
@@ -414,6 +433,97 @@ void model__attend(float *out, size_t ldo, const float *q, size_t ldq, int nq, i
                 out[(size_t)i * ldo + d0 + dd] = o[i];
         }
     }
+}
+
+/* One query (decode): the same softmax attention with the keys in the lanes instead. A score is
+ * the query's dot product with the key: 16-float chunks multiplied and chained over the chunks,
+ * then summed across lanes in a fixed order (hsum16); the softmax runs over 16 keys per vector
+ * with per-lane sums (lane j sums keys t = j mod 16 in order) added up by hsum16; the output is
+ * the sum over keys of p_t * v_t, 16 dimensions per vector (for head_size 64, even and odd keys
+ * in two chains added at the end), times 1 / sum. */
+void model__attend1(float *out, const float *q, int pos, float *const *blocks, size_t koff,
+                    size_t voff, int B, int hs, float scale, float *scratch)
+{
+    int chunks = (hs + 15) / 16;
+    float *sc = scratch;
+    v16 qv[16]; /* head_size <= 256 (checked by the caller) */
+    for (int c = 0; c < chunks; c++)
+        qv[c] = ld16_part(q + c * 16, hs - c * 16);
+    for (int t0 = 0; t0 <= pos;) {
+        int r = t0 % B, n = B - r;
+        if (n > pos + 1 - t0)
+            n = pos + 1 - t0;
+        const float *k = blocks[t0 / B] + koff + (size_t)r * hs;
+        for (int t = 0; t < n; t++) {
+            const float *kt = k + (size_t)t * hs;
+            v16 acc = ld16_part(kt, hs) * qv[0];
+            for (int c = 1; c < chunks; c++)
+                acc = fma16(ld16_part(kt + c * 16, hs - c * 16), qv[c], acc);
+            sc[t0 + t] = hsum16(acc) * scale;
+        }
+        t0 += n;
+    }
+    int nk = pos + 1;
+    v16 mx = bc16(-INFINITY);
+    for (int t = 0; t < nk; t += 16)
+        mx = max16(mx, t + 16 <= nk ? ld16(sc + t)
+                                    : fill_above(ld16_part(sc + t, nk - t), nk - t, -INFINITY));
+    float m = mx[0];
+    for (int i = 1; i < 16; i++)
+        m = mx[i] > m ? mx[i] : m;
+    v16 sum = bc16(0.0f);
+    for (int t = 0; t < nk; t += 16) {
+        v16 e = exp16(ld16_part(sc + t, nk - t) - bc16(m));
+        if (t + 16 > nk)
+            e = fill_above(e, nk - t, 0.0f);
+        st16_part(sc + t, e, nk - t);
+        sum = sum + e;
+    }
+    float inv = 1.0f / hsum16(sum);
+    v16 acc[16];
+    for (int c = 0; c < 16; c++)
+        acc[c] = bc16(0.0f);
+    for (int t0 = 0; t0 <= pos;) {
+        int r = t0 % B, n = B - r;
+        if (n > pos + 1 - t0)
+            n = pos + 1 - t0;
+        const float *v = blocks[t0 / B] + voff + (size_t)r * hs;
+        if (hs == 64) {
+            /* Even and odd keys in two chains, added at the end: eight independent chains keep
+             * both FMA units busy where four would wait on latency. */
+            v16 a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+            v16 b0 = acc[4], b1 = acc[5], b2 = acc[6], b3 = acc[7];
+            for (int t = 0; t < n; t++) {
+                v16 p = bc16(sc[t0 + t]);
+                const float *vt = v + (size_t)t * 64;
+                if ((t0 + t) & 1) {
+                    b0 = fma16(p, ld16(vt), b0);
+                    b1 = fma16(p, ld16(vt + 16), b1);
+                    b2 = fma16(p, ld16(vt + 32), b2);
+                    b3 = fma16(p, ld16(vt + 48), b3);
+                } else {
+                    a0 = fma16(p, ld16(vt), a0);
+                    a1 = fma16(p, ld16(vt + 16), a1);
+                    a2 = fma16(p, ld16(vt + 32), a2);
+                    a3 = fma16(p, ld16(vt + 48), a3);
+                }
+            }
+            acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+            acc[4] = b0, acc[5] = b1, acc[6] = b2, acc[7] = b3;
+        } else {
+            for (int t = 0; t < n; t++) {
+                v16 p = bc16(sc[t0 + t]);
+                for (int c = 0; c < chunks; c++)
+                    acc[c] = fma16(p, ld16_part(v + (size_t)t * hs + c * 16, hs - c * 16), acc[c]);
+            }
+        }
+        t0 += n;
+    }
+    if (hs == 64)
+        for (int c = 0; c < 4; c++)
+            acc[c] = acc[c] + acc[c + 4];
+    for (int c = 0; c < chunks; c++)
+        st16_part(out + c * 16, acc[c] * bc16(inv), hs - c * 16);
 }
 
 /* ---- Element-wise --------------------------------------------------------------------------- */
