@@ -338,33 +338,52 @@ static void scores_few(int g, float *sc, const float *k, int hs, const float *qt
     }
 }
 
-/* acc[dd] (16 query lanes) += v[t][dd] * p_t over the n keys of one run of v (rows of hs
- * floats, from column d0), dn <= 16 dimensions. */
-ALWAYS_INLINE void values_run(int dn, v16 *acc, const float *v, int hs, const float *p, int n)
-{
-    for (int t = 0; t < n; t++) {
-        v16 pt = ld16(p + (size_t)t * QT);
-        const float *vr = v + (size_t)t * hs;
-#pragma GCC unroll 16
-        for (int dd = 0; dd < dn; dd++)
-            acc[dd] = fma16(bc16(vr[dd]), pt, acc[dd]);
-    }
-}
-
-static void values_16(v16 *acc, const float *v, int hs, const float *p, int n)
+/* acc[dd] (16 query lanes) = chain over keys t <= tmax of v_t[d0 + dd] * p_t (p: sc[t][16]),
+ * dn <= 16 dimensions, walking the blocks with the accumulators held in registers. */
+ALWAYS_INLINE void values_chunk(int dn, v16 *acc, float *const *blocks, size_t voff, int B, int hs,
+                                int d0, const float *sc, int tmax)
 {
     v16 a[16];
-    memcpy(a, acc, sizeof a);
-    values_run(16, a, v, hs, p, n);
-    memcpy(acc, a, sizeof a);
+#pragma GCC unroll 16
+    for (int dd = 0; dd < dn; dd++)
+        a[dd] = bc16(0.0f);
+    for (int t0 = 0; t0 <= tmax;) {
+        int r = t0 % B, n = B - r;
+        if (n > tmax + 1 - t0)
+            n = tmax + 1 - t0;
+        const float *v = blocks[t0 / B] + voff + (size_t)r * hs + d0;
+        const float *p = sc + (size_t)t0 * QT;
+        for (int t = 0; t < n; t++) {
+            v16 pt = ld16(p + (size_t)t * QT);
+            const float *vr = v + (size_t)t * hs;
+#pragma GCC unroll 16
+            for (int dd = 0; dd < dn; dd++)
+                a[dd] = fma16(bc16(vr[dd]), pt, a[dd]);
+        }
+        t0 += n;
+    }
+#pragma GCC unroll 16
+    for (int dd = 0; dd < dn; dd++)
+        acc[dd] = a[dd];
 }
 
-static void values_few(int dn, v16 *acc, const float *v, int hs, const float *p, int n)
+static void values_16(v16 *acc, float *const *blocks, size_t voff, int B, int hs, int d0,
+                      const float *sc, int tmax)
 {
-    for (int t = 0; t < n; t++) {
-        v16 pt = ld16(p + (size_t)t * QT);
+    values_chunk(16, acc, blocks, voff, B, hs, d0, sc, tmax);
+}
+
+/* The same operations for a last chunk of fewer dimensions; not unrolled. */
+static void values_few(int dn, v16 *acc, float *const *blocks, size_t voff, int B, int hs, int d0,
+                       const float *sc, int tmax)
+{
+    for (int dd = 0; dd < dn; dd++)
+        acc[dd] = bc16(0.0f);
+    for (int t = 0; t <= tmax; t++) {
+        const float *vr = blocks[t / B] + voff + (size_t)(t % B) * hs + d0;
+        v16 pt = ld16(sc + (size_t)t * QT);
         for (int dd = 0; dd < dn; dd++)
-            acc[dd] = fma16(bc16(v[(size_t)t * hs + dd]), pt, acc[dd]);
+            acc[dd] = fma16(bc16(vr[dd]), pt, acc[dd]);
     }
 }
 
@@ -414,19 +433,10 @@ void model__attend(float *out, size_t ldo, const float *q, size_t ldq, int nq, i
     for (int d0 = 0; d0 < hs; d0 += 16) {
         int dn = hs - d0 < 16 ? hs - d0 : 16;
         v16 acc[16];
-        for (int dd = 0; dd < 16; dd++)
-            acc[dd] = bc16(0.0f);
-        for (int t0 = 0; t0 <= tmax;) {
-            int r = t0 % B, n = B - r;
-            if (n > tmax + 1 - t0)
-                n = tmax + 1 - t0;
-            const float *v = blocks[t0 / B] + voff + (size_t)r * hs + d0;
-            if (dn == 16)
-                values_16(acc, v, hs, sc + (size_t)t0 * QT, n);
-            else
-                values_few(dn, acc, v, hs, sc + (size_t)t0 * QT, n);
-            t0 += n;
-        }
+        if (dn == 16)
+            values_16(acc, blocks, voff, B, hs, d0, sc, tmax);
+        else
+            values_few(dn, acc, blocks, voff, B, hs, d0, sc, tmax);
         for (int dd = 0; dd < dn; dd++) {
             v16 o = acc[dd] * inv;
             for (int i = 0; i < nq; i++)

@@ -9,10 +9,21 @@
 #include "pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
 #define SPIN_ROUNDS 20000
+/* Spins of the caller waiting for the last tasks before it yields its core on each further
+ * spin: on a shared machine the worker it waits for may be queued behind it on the same core. */
+#define WAIT_SPINS 4000
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
 
 struct model__pool {
     int threads;
@@ -55,6 +66,7 @@ static void *worker_main(void *a)
         int spins = 0;
         while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
                !atomic_load(&p->stop)) {
+            cpu_relax();
             if (++spins > SPIN_ROUNDS) {
                 pthread_mutex_lock(&p->mu);
                 while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop))
@@ -140,6 +152,10 @@ void model__pool_run(model__pool *p, model__task_fn fn, void *arg, int n_tasks)
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     run_tasks(p, 0);
-    while (atomic_load_explicit(&p->active, memory_order_acquire) > 0)
-        ;
+    for (int spins = 0; atomic_load_explicit(&p->active, memory_order_acquire) > 0; spins++) {
+        if (spins < WAIT_SPINS)
+            cpu_relax();
+        else
+            sched_yield();
+    }
 }
