@@ -470,6 +470,11 @@ static void test_kernel_elementwise(void)
         for (int i = 0; i < n; i++)
             r[i] = (float)((double)x[i] / (1.0 + exp(-(double)x[i])) * g[i]);
         CHECK_MSG(max_abs_diff(o, r, n) <= 1e-5f, "silu_mul n %d: %g", n, max_abs_diff(o, r, n));
+        free(x);
+        free(w);
+        free(g);
+        free(o);
+        free(r);
     }
     /* exp: relative error over the softmax's range and beyond, and no inf or NaN. */
     int n = 4001;
