@@ -135,9 +135,10 @@ typedef struct model_state_opts {
 
 typedef struct model_state model_state; /* opaque: activations and scratch, sized at creation */
 
-/* Makes the activation buffers for m (allocated once: the forward pass never allocates), starts
- * threads - 1 worker threads for the kernels that are not BLAS calls, and sets OpenBLAS's thread
- * count to threads. Zero fields of opts take their defaults. out: owned by the caller, freed with
+/* Makes the activation buffers for m (allocated once: the forward pass never allocates) and a
+ * packed copy of the weights (about model_weight_bytes(); the kernels read only that copy),
+ * starts threads - 1 worker threads (the forward pass's only threads), and sets OpenBLAS's
+ * thread count to 1. Zero fields of opts take their defaults. out: owned by the caller, freed with
  * model_state_free(). Returns 0, MODEL_EINVAL or MODEL_ENOMEM. */
 int model_state_new(const model *m, const model_state_opts *opts, model_state **out);
 
@@ -148,13 +149,13 @@ void model_state_free(model_state *s);
 const model_state_opts *model_state_get_opts(const model_state *s);
 
 /* Prefill: computes tokens[0..n) of one sequence at positions pos .. pos+n-1, as matrix products
- * over all n tokens at once (cblas_sgemm), attending over the positions < pos already in kv and
- * over the new ones. Writes the K/V of the new positions into kv. When logits is not NULL, writes
- * the vocab_size logits of the last position there (the others are not computed).
- * Each output row's arithmetic does not depend on n or pos's split: prefilling k tokens and then
- * the rest gives bitwise the same K/V and logits as prefilling all at once.
- * Returns 0, or MODEL_ERANGE (n < 1, n > max_prefill, pos + n > seq_len, a token id outside
- * [0, vocab), or kv too short), writing nothing then. */
+ * over all n tokens at once (packed kernels of our own, model/kernels.c), attending over the
+ * positions < pos already in kv and over the new ones. Writes the K/V of the new positions into kv.
+ * When logits is not NULL, writes the vocab_size logits of the last position there (the others are
+ * not computed). Each output row's arithmetic does not depend on n or pos's split: prefilling k
+ * tokens and then the rest gives bitwise the same K/V and logits as prefilling all at once. Returns
+ * 0, or MODEL_ERANGE (n < 1, n > max_prefill, pos + n > seq_len, a token id outside [0, vocab), or
+ * kv too short), writing nothing then. */
 int model_prefill(model_state *s, const model_kv *kv, int pos, const int32_t *tokens, int n,
                   float *logits);
 
