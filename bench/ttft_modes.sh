@@ -129,6 +129,10 @@ if "$prefixd" serve --help 2>&1 | grep -q "not in this build"; then
 fi
 
 echo "== model $model; $runs run(s); system prompts of $P tokens; work folder $work" >&2
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || cat "$root/COMMIT" 2>/dev/null || echo unknown)
+[ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit+dirty"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+date_start=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 budget=""
 for r in $(seq 1 "$runs"); do
   echo "== run $r/$runs: no-cache" >&2
@@ -163,5 +167,11 @@ done
 
 mkdir -p "$out"
 cp "$csv" "$out/ttft.csv"
+# What was measured, and how busy the machine was (the load average counts other users too).
+cat >"$out/meta.json" <<EOF
+{"commit": "$commit", "started": "$date_start", "model": "$(basename "$model")",
+ "runs": $runs, "system_tokens": $P, "cpus": $(nproc),
+ "load_average_start": "$load_start", "load_average_end": "$(cut -d' ' -f1-3 /proc/loadavg)"}
+EOF
 echo "== wrote $out/ttft.csv ($(($(wc -l <"$csv") - 1)) requests)" >&2
 "$root/bench/plots.sh" "$out"
