@@ -1060,7 +1060,10 @@ int srv_run(const srv_opts *o, const model *m, const model_tokenizer *tok)
         q = n;
     }
     if (srv_engine_disk_stats(s->engine, &ds) == 0) {
-        /* What is only in RAM goes to disk, so a restart finds it. */
+        /* What is only in RAM goes to disk, so a restart finds it. The loop is closed, so a
+         * further SIGINT/SIGTERM ends the process at once: the store stays consistent (what
+         * a kill -9 leaves), only the blocks not written yet are lost. */
+        srv_log(SRV_LOG_INFO, "disk tier: writing the blocks only in RAM (signal again to skip)");
         double t0 = srv_now_ms();
         size_t n = srv_engine_flush_disk(s->engine);
         srv_engine_disk_stats(s->engine, &ds);
