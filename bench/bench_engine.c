@@ -1,6 +1,6 @@
 /* bench_engine.c — the forward pass against the machine's own limits, in one run.
  *
- *   bench_engine [--model PATH] [--threads 2] [--runs 5]
+ *   bench_engine [--model PATH] [--threads 2] [--runs 5] [--decode-only 1|8]
  *
  * On a stories110M-shaped model (768, 2048, 12 layers, 12 heads, vocab 32000, seq_len 2048,
  * written to /tmp on first use): prefill tokens/s at 512 and 2048 tokens, decode tokens/s at
@@ -8,7 +8,7 @@
  * and 256 new tokens with the K/V cache against recomputing the whole sequence at every step.
  * The forward pass no longer calls sgemm: its own packed kernel (model/kernels.c) is measured at
  * the same shapes beside it, so the prefill's share can be read against both. Medians of --runs
- * runs.
+ * runs. --decode-only 1 measures decode alone; 8, batch 8 alone (for a profiler).
  */
 #include "../model/kernels.h"
 #include "model.h"
@@ -194,7 +194,7 @@ static double bandwidth_gbs(int threads, int runs)
 int main(int argc, char **argv)
 {
     const char *path = "/tmp/prefixd-bench-110M.bin";
-    int threads = 2, runs = 5;
+    int threads = 2, runs = 5, decode_only = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--model"))
             path = argv[i + 1];
@@ -202,6 +202,8 @@ int main(int argc, char **argv)
             threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--runs"))
             runs = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--decode-only"))
+            decode_only = atoi(argv[i + 1]);
     }
     if (runs < 1)
         runs = 1;
@@ -235,13 +237,15 @@ int main(int argc, char **argv)
     seqkv s = seq_new(c);
     prefill_ms(st, &s, t, 64, logits); /* warm-up */
 
-    double v[16];
-    for (int r = 0; r < runs; r++)
-        v[r] = prefill_ms(st, &s, t, 512, logits);
-    double p512 = 512 / (median(v, runs) / 1e3);
-    for (int r = 0; r < runs; r++)
-        v[r] = prefill_ms(st, &s, t, 2048, logits);
-    double p2048 = 2048 / (median(v, runs) / 1e3);
+    double v[16], p512 = 0, p2048 = 0;
+    if (!decode_only) {
+        for (int r = 0; r < runs; r++)
+            v[r] = prefill_ms(st, &s, t, 512, logits);
+        p512 = 512 / (median(v, runs) / 1e3);
+        for (int r = 0; r < runs; r++)
+            v[r] = prefill_ms(st, &s, t, 2048, logits);
+        p2048 = 2048 / (median(v, runs) / 1e3);
+    }
 
     /* Decode at batch 1 and 8, at position ~512 (after a 512-token prefill). */
     seqkv sb[8];
@@ -252,7 +256,7 @@ int main(int argc, char **argv)
     double d1, d8;
     {
         int steps = 32;
-        for (int r = 0; r < runs; r++) {
+        for (int r = 0; r < runs && decode_only != 8; r++) {
             double t0 = now_ms();
             for (int k = 0; k < steps; k++) {
                 int pos = 512 + k;
@@ -260,7 +264,7 @@ int main(int argc, char **argv)
             }
             v[r] = steps / ((now_ms() - t0) / 1e3);
         }
-        d1 = median(v, runs);
+        d1 = decode_only == 8 ? 1 : median(v, runs);
         for (int r = 0; r < runs; r++) {
             model_kv kv[8];
             int pos[8];
@@ -277,6 +281,18 @@ int main(int argc, char **argv)
             v[r] = 8 * steps / ((now_ms() - t0) / 1e3);
         }
         d8 = median(v, runs);
+    }
+    if (decode_only) {
+        /* For profiling the decode step alone: no prefill, sgemm or bandwidth runs. */
+        printf("decode batch 1: %.1f tokens/s; batch 8: %.1f tokens/s (%.2fx)\n", d1, d8, d8 / d1);
+        for (int i = 0; i < 8; i++)
+            seq_free(&sb[i]);
+        seq_free(&s);
+        free(t);
+        free(logits);
+        model_state_free(st);
+        model_free(m);
+        return 0;
     }
 
     /* KV cache vs recomputing: 256 new tokens after a 16-token prompt. With the cache: 256
