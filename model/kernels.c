@@ -15,6 +15,7 @@
 #include "kernels.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #ifdef __AVX512F__
@@ -197,6 +198,9 @@ void model__pack(float *dst, const float *w, int d, int n)
     }
 }
 
+/* Weight rows (128 bytes each) prefetched ahead of the product's loads: 4 KiB. */
+#define PF_AHEAD 32
+
 /* Y (mr, cols <= 32) = X (mr, kn) @ panel (kn, 32), continuing the chains already in Y unless
  * first: two 16-column accumulators per row, one fused multiply-add per k in order. Y holds a
  * partial chain between calls exactly (a float store and load round nothing), so a product cut
@@ -221,6 +225,12 @@ ALWAYS_INLINE void gemm_tile(int mr, float *y, size_t ldy, const float *x, size_
         }
     }
     for (int k = 0; k < kn; k++) {
+        /* The hardware prefetcher alone does not run far enough ahead once the FMAs of a few
+         * rows sit between the loads (8 rows streamed at ~60% of 1 row's rate): ask for the
+         * panel PF_AHEAD k-steps ahead (past the panel's end that is the next panel, which the
+         * decode walk reads next; a prefetch never faults). */
+        __builtin_prefetch(b + (size_t)(k + PF_AHEAD) * NR, 0, 0);
+        __builtin_prefetch(b + (size_t)(k + PF_AHEAD) * NR + 16, 0, 0);
         v16 b0 = ld16(b + (size_t)k * NR), b1 = ld16(b + (size_t)k * NR + 16);
 #pragma GCC unroll 12
         for (int i = 0; i < mr; i++) {
@@ -445,12 +455,108 @@ void model__attend(float *out, size_t ldo, const float *q, size_t ldq, int nq, i
     }
 }
 
+/* Keys (or values) prefetched ahead of the decode attention's loops. A head's rows are runs of
+ * B x head_size floats (4 KiB at B 16, head_size 64) scattered over the blocks, each too short
+ * for the hardware prefetcher to get going, so the loops ask for the rows ATT_AHEAD keys ahead
+ * themselves (8 KiB at head_size 64). */
+#ifndef ATT_AHEAD
+#define ATT_AHEAD 32
+#endif
+#ifndef ATT_HINT
+#define ATT_HINT 3
+#endif
+
+/* Prefetches the rows of keys [t, t + n) that exist (t <= last) at blocks[.] + off. */
+static inline void prefetch_keys(float *const *blocks, size_t off, int B, int hs, int t, int n,
+                                 int last)
+{
+    int end = t + n - 1 < last ? t + n - 1 : last; /* inclusive */
+    while (t <= end) {
+        int r = t % B, m = B - r;
+        if (m > end + 1 - t)
+            m = end + 1 - t;
+        const char *p = (const char *)(blocks[t / B] + off + (size_t)r * hs);
+        const char *e = p + (size_t)m * hs * sizeof(float);
+        for (p = (const char *)((uintptr_t)p & ~(uintptr_t)63); p < e; p += 64)
+            __builtin_prefetch(p, 0, ATT_HINT);
+        t += m;
+    }
+}
+
+/* s[j] = hsum16(a[j]) for 16 vectors at once, bitwise: the same additions in the same order
+ * (lane i + lane i+8, then i + i+4, i + i+2, i + i+1), done as a transposing tree of shuffles,
+ * two per vector where hsum16 alone takes four in a serial chain. */
+ALWAYS_INLINE v16 hsum16x16(const v16 *a)
+{
+#ifdef __AVX512F__
+    /* The tree leaves vector j's sum in lane f(j) (f below, its own inverse): feed it a[f(j)]. */
+    static const int f[16] = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15};
+    __m512 b[8], c[4], d[2];
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) {
+        __m512 x = (__m512)a[f[j]], y = (__m512)a[f[j + 8]];
+        b[j] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x44), _mm512_shuffle_f32x4(x, y, 0xee));
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+        c[j] = _mm512_add_ps(_mm512_shuffle_f32x4(b[j], b[j + 4], 0x88),
+                             _mm512_shuffle_f32x4(b[j], b[j + 4], 0xdd));
+#pragma GCC unroll 2
+    for (int j = 0; j < 2; j++) {
+        __m512d x = _mm512_castps_pd(c[j]), y = _mm512_castps_pd(c[j + 2]);
+        d[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    return (v16)_mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], 0x88),
+                              _mm512_shuffle_ps(d[0], d[1], 0xdd));
+#else
+    v16 s;
+    for (int j = 0; j < 16; j++)
+        s[j] = hsum16(a[j]);
+    return s;
+#endif
+}
+
+/* Scores of g <= 16 consecutive keys k (rows of hs floats) against one query (chunks vectors
+ * qv): sc[j] = hsum16(chain over chunks of k_j * q) * scale. A full group takes the tree above,
+ * a short one hsum16 per key: bitwise the same. */
+ALWAYS_INLINE void scores1(int chunks, int g, float *sc, const float *k, int hs, const v16 *qv,
+                           float scale)
+{
+    v16 acc[16];
+    if (g == 16) {
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) {
+            const float *kt = k + (size_t)j * hs;
+            acc[j] = ld16_part(kt, hs) * qv[0];
+            for (int c = 1; c < chunks; c++)
+                acc[j] = fma16(ld16_part(kt + c * 16, hs - c * 16), qv[c], acc[j]);
+        }
+        st16(sc, hsum16x16(acc) * bc16(scale));
+        return;
+    }
+    for (int j = 0; j < g; j++) {
+        const float *kt = k + (size_t)j * hs;
+        v16 a = ld16_part(kt, hs) * qv[0];
+        for (int c = 1; c < chunks; c++)
+            a = fma16(ld16_part(kt + c * 16, hs - c * 16), qv[c], a);
+        sc[j] = hsum16(a) * scale;
+    }
+}
+
+/* Head size 64, the common case, with its loops' bounds known to the compiler. */
+static void scores1_64(int g, float *sc, const float *k, const v16 *qv, float scale)
+{
+    scores1(4, g, sc, k, 64, qv, scale);
+}
+
 /* One query (decode): the same softmax attention with the keys in the lanes instead. A score is
  * the query's dot product with the key: 16-float chunks multiplied and chained over the chunks,
  * then summed across lanes in a fixed order (hsum16); the softmax runs over 16 keys per vector
  * with per-lane sums (lane j sums keys t = j mod 16 in order) added up by hsum16; the output is
  * the sum over keys of p_t * v_t, 16 dimensions per vector (for head_size 64, even and odd keys
- * in two chains added at the end), times 1 / sum. */
+ * in two chains added at the end), times 1 / sum. The operations depend on pos, B and the
+ * inputs only. */
 void model__attend1(float *out, const float *q, int pos, float *const *blocks, size_t koff,
                     size_t voff, int B, int hs, float scale, float *scratch)
 {
@@ -459,20 +565,24 @@ void model__attend1(float *out, const float *q, int pos, float *const *blocks, s
     v16 qv[16]; /* head_size <= 256 (checked by the caller) */
     for (int c = 0; c < chunks; c++)
         qv[c] = ld16_part(q + c * 16, hs - c * 16);
+    prefetch_keys(blocks, koff, B, hs, 0, ATT_AHEAD, pos);
     for (int t0 = 0; t0 <= pos;) {
         int r = t0 % B, n = B - r;
         if (n > pos + 1 - t0)
             n = pos + 1 - t0;
         const float *k = blocks[t0 / B] + koff + (size_t)r * hs;
-        for (int t = 0; t < n; t++) {
-            const float *kt = k + (size_t)t * hs;
-            v16 acc = ld16_part(kt, hs) * qv[0];
-            for (int c = 1; c < chunks; c++)
-                acc = fma16(ld16_part(kt + c * 16, hs - c * 16), qv[c], acc);
-            sc[t0 + t] = hsum16(acc) * scale;
+        for (int t = 0; t < n; t += 16) {
+            int g = n - t < 16 ? n - t : 16;
+            prefetch_keys(blocks, koff, B, hs, t0 + t + ATT_AHEAD, g, pos);
+            if (hs == 64)
+                scores1_64(g, sc + t0 + t, k + (size_t)t * 64, qv, scale);
+            else
+                scores1(chunks, g, sc + t0 + t, k + (size_t)t * hs, hs, qv, scale);
         }
         t0 += n;
     }
+    /* The first values while the softmax runs. */
+    prefetch_keys(blocks, voff, B, hs, 0, ATT_AHEAD, pos);
     int nk = pos + 1;
     v16 mx = bc16(-INFINITY);
     for (int t = 0; t < nk; t += 16)
@@ -498,25 +608,38 @@ void model__attend1(float *out, const float *q, int pos, float *const *blocks, s
         if (n > pos + 1 - t0)
             n = pos + 1 - t0;
         const float *v = blocks[t0 / B] + voff + (size_t)r * hs;
+        for (int t = 0; t < n; t += 16)
+            prefetch_keys(blocks, voff, B, hs, t0 + t + ATT_AHEAD, n - t < 16 ? n - t : 16, pos);
         if (hs == 64) {
             /* Even and odd keys in two chains, added at the end: eight independent chains keep
              * both FMA units busy where four would wait on latency. */
             v16 a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
             v16 b0 = acc[4], b1 = acc[5], b2 = acc[6], b3 = acc[7];
-            for (int t = 0; t < n; t++) {
-                v16 p = bc16(sc[t0 + t]);
-                const float *vt = v + (size_t)t * 64;
-                if ((t0 + t) & 1) {
-                    b0 = fma16(p, ld16(vt), b0);
-                    b1 = fma16(p, ld16(vt + 16), b1);
-                    b2 = fma16(p, ld16(vt + 32), b2);
-                    b3 = fma16(p, ld16(vt + 48), b3);
-                } else {
-                    a0 = fma16(p, ld16(vt), a0);
-                    a1 = fma16(p, ld16(vt + 16), a1);
-                    a2 = fma16(p, ld16(vt + 32), a2);
-                    a3 = fma16(p, ld16(vt + 48), a3);
-                }
+            const float *p = sc + t0;
+            int t = 0;
+            if (t0 & 1) { /* an odd first key: the odd chain */
+                v16 pt = bc16(p[0]);
+                b0 = fma16(pt, ld16(v), b0);
+                b1 = fma16(pt, ld16(v + 16), b1);
+                b2 = fma16(pt, ld16(v + 32), b2);
+                b3 = fma16(pt, ld16(v + 48), b3);
+                t = 1;
+            }
+            for (; t < n; t += 2) { /* key t is even */
+                v16 pe = bc16(p[t]);
+                const float *ve = v + (size_t)t * 64;
+                a0 = fma16(pe, ld16(ve), a0);
+                a1 = fma16(pe, ld16(ve + 16), a1);
+                a2 = fma16(pe, ld16(ve + 32), a2);
+                a3 = fma16(pe, ld16(ve + 48), a3);
+                if (t + 1 == n)
+                    break;
+                v16 po = bc16(p[t + 1]);
+                const float *vo = ve + 64;
+                b0 = fma16(po, ld16(vo), b0);
+                b1 = fma16(po, ld16(vo + 16), b1);
+                b2 = fma16(po, ld16(vo + 32), b2);
+                b3 = fma16(po, ld16(vo + 48), b3);
             }
             acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
             acc[4] = b0, acc[5] = b1, acc[6] = b2, acc[7] = b3;
