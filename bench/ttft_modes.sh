@@ -11,12 +11,13 @@
 # machine does not fall on one mode only. Then bench/plots.sh makes the table and the plots.
 #
 # Workloads (P = --system-tokens, 1,500 by default):
+#   unique   6 prompts of P + 40 tokens sharing nothing, 1 client (the control), run first
 #   chat     6 system prompts of P tokens, 6 conversations of 4 turns (40 user tokens, 16 reply
-#            tokens each) interleaved over 2 clients; system prompts warmed first (not timed).
+#            tokens each), one client taking them in turn, so the system prompts interleave
+#            (single-stream TTFT); system prompts warmed first (not timed).
 #            After the restart: new conversations (new user turns) on the same system prompts,
 #            not warmed, so they must come from disk
-#   fewshot  one P-token preamble (warmed), 8 questions of 40 tokens, 2 clients
-#   unique   6 prompts of P + 40 tokens sharing nothing, 1 client (the control)
+#   fewshot  one P-token preamble (warmed), 8 questions of 40 tokens, 2 concurrent clients
 #   sweep    ram mode only: prompt lengths 128..2000, each uncached then with a cached prefix
 #
 # usage: bench/ttft_modes.sh [--model PATH [--tokenizer PATH]] [--runs N] [--build DIR]
@@ -115,10 +116,11 @@ workloads() {
   local label=$1 pseed=$2 seed=$3 warm=${4:-}
   local common=(--seed "$seed" --prefix-seed "$pseed" --system-tokens "$P" --user-tokens 40
                 --reply-tokens 16)
-  bench "$label" "${common[@]}" $warm --workload chat --clients 2 --systems 6 \
+  # The control first, on a daemon that has evicted nothing yet.
+  bench "$label" "${common[@]}" --workload unique --clients 1 --requests 6
+  bench "$label" "${common[@]}" $warm --workload chat --clients 1 --systems 6 \
     --conversations 6 --turns "$turns"
   bench "$label" "${common[@]}" $warm --workload fewshot --clients 2 --requests 8
-  bench "$label" "${common[@]}" --workload unique --clients 1 --requests 6
 }
 
 disk=1
