@@ -459,12 +459,7 @@ void model__attend(float *out, size_t ldo, const float *q, size_t ldq, int nq, i
  * B x head_size floats (4 KiB at B 16, head_size 64) scattered over the blocks, each too short
  * for the hardware prefetcher to get going, so the loops ask for the rows ATT_AHEAD keys ahead
  * themselves (8 KiB at head_size 64). */
-#ifndef ATT_AHEAD
 #define ATT_AHEAD 32
-#endif
-#ifndef ATT_HINT
-#define ATT_HINT 3
-#endif
 
 /* Prefetches the rows of keys [t, t + n) that exist (t <= last) at blocks[.] + off. */
 static inline void prefetch_keys(float *const *blocks, size_t off, int B, int hs, int t, int n,
@@ -478,7 +473,7 @@ static inline void prefetch_keys(float *const *blocks, size_t off, int B, int hs
         const char *p = (const char *)(blocks[t / B] + off + (size_t)r * hs);
         const char *e = p + (size_t)m * hs * sizeof(float);
         for (p = (const char *)((uintptr_t)p & ~(uintptr_t)63); p < e; p += 64)
-            __builtin_prefetch(p, 0, ATT_HINT);
+            __builtin_prefetch(p, 0, 3);
         t += m;
     }
 }
