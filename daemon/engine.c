@@ -748,9 +748,18 @@ int srv_engine_new(const model *m, const model_tokenizer *tok, const srv_engine_
         dw.disk.block_tokens = co.block_tokens;
         dw.disk.block_floats = co.block_floats;
         dw.disk.reset_incompatible = o.disk_reset;
+        /* The spill buffer takes a burst of evictions while the disk thread writes: one
+         * admission may evict as many blocks as a whole context holds, and a burst bigger than
+         * the buffer drops spills (later misses). So at least two contexts' worth, and a quarter
+         * of the pool up to 256 MiB. The arena is only reserved: pages are touched when used. */
         size_t spill = o.disk_spill;
-        if (!spill)
+        if (!spill) {
+            size_t burst =
+                2 * (size_t)blocks_for(e, e->c.seq_len) * co.block_floats * sizeof(float);
             spill = o.cache_mem / 4 < ((size_t)256 << 20) ? o.cache_mem / 4 : (size_t)256 << 20;
+            if (spill < burst)
+                spill = burst;
+        }
         dw.spill_bytes = spill;
         dw.wake = o.wake;
         dw.wake_arg = o.wake_arg;

@@ -56,7 +56,8 @@ typedef struct srv_engine_opts {
     const char *disk_dir; /* the disk tier's directory; NULL: no disk tier */
     size_t disk_max;      /* its budget in bytes (0: 4 GiB) */
     int disk_reset;       /* 1: wipe a store of another format version or geometry */
-    size_t disk_spill;    /* spill buffer bytes (0: min(256 MiB, cache_mem / 4)) */
+    size_t disk_spill;    /* spill buffer bytes (0: min(256 MiB, cache_mem / 4), at least two
+                           * contexts' worth of blocks) */
     /* Optional: called on the disk thread when a load from disk has finished, so a caller that
      * sleeps while srv_engine_runnable() is 0 can wake. Without it, srv_engine_step() itself
      * waits for the disk when nothing else can run (tests, in-process use). */

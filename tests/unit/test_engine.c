@@ -583,6 +583,44 @@ static void test_disk_cancel_loading(void)
     remove_tmpdir();
 }
 
+/* A working set larger than RAM: six system prompts, RAM for four. After each prompt's first
+ * turn, every turn finds its whole system prompt cached, in RAM or on disk (nothing dropped),
+ * with the uncached tokens. */
+static void test_disk_working_set(void)
+{
+    setup();
+    make_tmpdir();
+    srv_engine *ref = engine(1, 64 << 20, 0, 4, 4);
+    srv_engine *e = engine_disk_ok(tmpdir, block_bytes() * (4 * 10 + 12), 1);
+    static int32_t sys[6][200];
+    for (int k = 0; k < 6; k++)
+        prompt_ids(sys[k], 180, 4000 + (unsigned)k);
+    int from_disk = 0;
+    for (int round = 0; round < 4; round++)
+        for (int k = 0; k < 6; k++) {
+            /* 160 system ids (10 blocks), then this turn's 20 user ids. */
+            prompt_ids(sys[k] + 160, 20, (unsigned)(round * 6 + k));
+            sys[k][160] = 13;
+            submit_ids(ref, 1, sys[k], 180, 8);
+            run_all(ref);
+            submit_ids(e, 2, sys[k], 180, 8);
+            run_all(e);
+            check_same(&res[1], &res[2], "working set > RAM", round * 6 + k);
+            if (round > 0)
+                CHECK_MSG(res[2].d.cached_tokens >= 160,
+                          "round %d, prompt %d: only %u tokens cached (%u from disk)", round, k,
+                          res[2].d.cached_tokens, res[2].d.cached_tokens_disk);
+            from_disk += res[2].d.cached_tokens_disk >= 160;
+        }
+    srv_diskw_stats ds;
+    srv_engine_disk_stats(e, &ds);
+    CHECK_MSG(from_disk >= 6, "only %d turns came from disk", from_disk);
+    CHECK_EQ_U64(ds.spills_dropped, 0);
+    srv_engine_free(e);
+    srv_engine_free(ref);
+    remove_tmpdir();
+}
+
 /* Directories that cannot be used: errors that name the directory and the problem. */
 static void test_disk_errors(void)
 {
@@ -639,6 +677,7 @@ static const harness_case cases[] = {
     {"disk_pressure", test_disk_pressure},
     {"disk_model_isolation", test_disk_model_isolation},
     {"disk_cancel_loading", test_disk_cancel_loading},
+    {"disk_working_set", test_disk_working_set},
     {"disk_errors", test_disk_errors},
 };
 
