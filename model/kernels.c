@@ -157,7 +157,8 @@ ALWAYS_INLINE v16 ld16_part(const float *p, int n)
     if (n >= 16)
         return ld16(p);
     float tmp[16] = {0};
-    memcpy(tmp, p, (size_t)n * sizeof(float));
+    /* 0 <= n < 16 here; the mask says so to compilers that cannot see it (debug builds). */
+    memcpy(tmp, p, (size_t)(n & 15) * sizeof(float));
     return ld16(tmp);
 }
 
@@ -169,7 +170,7 @@ ALWAYS_INLINE void st16_part(float *p, v16 v, int n)
     }
     float tmp[16];
     st16(tmp, v);
-    memcpy(p, tmp, (size_t)n * sizeof(float));
+    memcpy(p, tmp, (size_t)(n & 15) * sizeof(float));
 }
 
 /* ---- Products ------------------------------------------------------------------------------- */
