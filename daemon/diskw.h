@@ -94,6 +94,7 @@ typedef struct srv_diskw_stats {
     uint64_t load_pending_hits;   /* of those, served from the spill buffer */
     double load_ms;               /* time in load jobs on the disk thread */
     uint64_t spill_pending;       /* blocks in the spill buffer now */
+    double spill_copy_ms;         /* the engine thread's time copying blocks into the buffer */
 } srv_diskw_stats;
 
 void srv_diskw_get_stats(srv_diskw *w, srv_diskw_stats *out);

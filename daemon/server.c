@@ -696,6 +696,7 @@ static char *stats_json(server *s)
         cJSON_AddNumberToObject(j, "disk_spills_failed", (double)ds.spills_failed);
         cJSON_AddNumberToObject(j, "disk_spill_bytes", (double)ds.spill_bytes_written);
         cJSON_AddNumberToObject(j, "disk_spill_ms", ds.spill_ms);
+        cJSON_AddNumberToObject(j, "disk_spill_copy_ms", ds.spill_copy_ms);
         cJSON_AddNumberToObject(j, "disk_evictions", (double)ds.disk.evictions);
         cJSON_AddNumberToObject(j, "disk_corrupt_deleted", (double)ds.disk.corrupt_deleted);
         cJSON_AddNumberToObject(j, "disk_blocks", (double)ds.disk.entries);
