@@ -235,9 +235,12 @@ ALWAYS_INLINE void gemm_tile(int mr, float *y, size_t ldy, const float *x, size_
         /* The hardware prefetcher alone does not run far enough ahead once the FMAs of a few
          * rows sit between the loads (8 rows streamed at ~60% of 1 row's rate): ask for the
          * panel PF_AHEAD k-steps ahead (past the panel's end that is the next panel, which the
-         * decode walk reads next; a prefetch never faults). */
-        __builtin_prefetch(b + (size_t)(k + PF_AHEAD) * NR, 0, 0);
-        __builtin_prefetch(b + (size_t)(k + PF_AHEAD) * NR + 16, 0, 0);
+         * decode walk reads next; a prefetch never faults). One row keeps up without it, and
+         * its loop is left as it was. */
+        if (mr > 1) {
+            __builtin_prefetch(b + (size_t)(k + PF_AHEAD) * NR, 0, 3);
+            __builtin_prefetch(b + (size_t)(k + PF_AHEAD) * NR + 16, 0, 3);
+        }
         v16 b0 = ld16(b + (size_t)k * NR), b1 = ld16(b + (size_t)k * NR + 16);
 #pragma GCC unroll 12
         for (int i = 0; i < mr; i++) {
