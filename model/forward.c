@@ -185,9 +185,19 @@ static void rows_task(void *arg, int task, int worker)
     }
 }
 
+/* Rows up to which a row step runs on the caller alone: a decode batch's few rows take a few
+ * microseconds, about what handing them to the pool and waiting at its barrier costs on a quiet
+ * machine, and far less than that wait when another process holds the other core. */
+#define ROWS_INLINE 8
+
 static void rows_run(model_state *s, rows_job *j, enum row_step step)
 {
     j->step = step;
+    if (j->rows <= ROWS_INLINE) {
+        j->per_task = j->rows;
+        rows_task(j, 0, 0);
+        return;
+    }
     int tasks = model__pool_threads(s->pool) * 2;
     if (tasks > j->rows)
         tasks = j->rows;
