@@ -6,6 +6,9 @@
  * is loaded once per tile and each input element broadcast once per tile. Attention works on
  * a tile of up to 16 queries with the queries in the vector lanes: scores for 16 keys at a time,
  * then the weighted values 16 dimensions at a time, both as register-held outer products.
+ * Decode (a few rows against every weight and each row's own K/V) is bound by memory instead,
+ * so its loops prefetch ahead of themselves: the hardware prefetcher falls behind once a few
+ * rows' FMAs sit between the weight loads, and cannot follow K/V scattered in 4 KiB runs.
  *
  * Determinism (see kernels.h) comes from the shape of the loops, not from luck: an output's
  * operations are the same whatever tile, edge path or batch computes it, and every fused
