@@ -453,6 +453,55 @@ static void test_kernel_attend(void)
         }
 }
 
+/* model__attend1 gives bitwise the same output whatever the block size: a full run of 16 keys
+ * takes the transposing shuffle tree and a short one hsum16 per key, and the two must add in
+ * the same order (the block size decides which keys take which path). Head sizes 24 and 64
+ * (64 has its own paths), blocks of 16, 7, 32 and 5 positions, the same keys and values laid
+ * out in each. */
+static void test_kernel_attend1_blocks(void)
+{
+    int hss[] = {24, 64}, Bs[] = {16, 7, 32, 5}, T = 150;
+    for (size_t a = 0; a < 2; a++) {
+        int hs = hss[a];
+        float *k = rand_floats((size_t)T * hs), *v = rand_floats((size_t)T * hs);
+        float *q = rand_floats((size_t)hs);
+        float *scratch = malloc(((size_t)T + 16) * sizeof(float));
+        float *first = malloc((size_t)T * hs * sizeof(float));
+        for (size_t b = 0; b < 4; b++) {
+            int B = Bs[b], nb = (T + B - 1) / B;
+            float **blocks = malloc((size_t)nb * sizeof *blocks);
+            for (int i = 0; i < nb; i++) {
+                blocks[i] = calloc((size_t)2 * B * hs, sizeof(float));
+                for (int r = 0; r < B && i * B + r < T; r++) {
+                    memcpy(blocks[i] + (size_t)r * hs, k + (size_t)(i * B + r) * hs,
+                           (size_t)hs * sizeof(float));
+                    memcpy(blocks[i] + (size_t)(B + r) * hs, v + (size_t)(i * B + r) * hs,
+                           (size_t)hs * sizeof(float));
+                }
+            }
+            for (int p = 0; p < T; p++) {
+                float out[64];
+                model__attend1(out, q, p, blocks, 0, (size_t)B * hs, B, hs, 1.0f / sqrtf((float)hs),
+                               scratch);
+                if (b == 0)
+                    memcpy(first + (size_t)p * hs, out, (size_t)hs * sizeof(float));
+                else
+                    CHECK_MSG(memcmp(out, first + (size_t)p * hs, (size_t)hs * sizeof(float)) == 0,
+                              "attend1 hs %d pos %d: blocks of %d differ from blocks of 16", hs, p,
+                              B);
+            }
+            for (int i = 0; i < nb; i++)
+                free(blocks[i]);
+            free(blocks);
+        }
+        free(k);
+        free(v);
+        free(q);
+        free(scratch);
+        free(first);
+    }
+}
+
 /* rmsnorm, SiLU x gate and exp against libm, at lengths with and without a partial vector. */
 static void test_kernel_elementwise(void)
 {
@@ -616,6 +665,7 @@ static const harness_case cases[] = {
     {"shapes_and_sizes", test_shapes_and_sizes},
     {"kernel_gemm", test_kernel_gemm},
     {"kernel_attend", test_kernel_attend},
+    {"kernel_attend1_blocks", test_kernel_attend1_blocks},
     {"kernel_elementwise", test_kernel_elementwise},
 };
 
