@@ -49,8 +49,8 @@ void model__attend(float *out, size_t ldo, const float *q, size_t ldq, int nq, i
 size_t model__attend_scratch(int hs, int keys);
 
 /* The same for one query at position pos (decode), with the keys in the vector lanes: cheaper
- * for a single query, and not bitwise equal to model__attend() (its sums run in another order).
- * hs <= 256. out: hs floats. scratch: pos + 1 + 16 floats. */
+ * for a single query, and not bitwise equal to model__attend() (its sums run in another order),
+ * but bitwise the same whatever B is. hs <= 256. out: hs floats. scratch: pos + 1 + 16 floats. */
 void model__attend1(float *out, const float *q, int pos, float *const *blocks, size_t koff,
                     size_t voff, int B, int hs, float scale, float *scratch);
 
