@@ -283,7 +283,8 @@ static int cmd_stats(pfx_conn *c, gen_args *a)
             printf("# TYPE prefixd_%s %s\nprefixd_%s %.17g\n", it->string,
                    strstr(it->string, "running") || strstr(it->string, "waiting") ||
                            strstr(it->string, "blocks_") || strstr(it->string, "bytes_") ||
-                           !strcmp(it->string, "block_tokens")
+                           !strcmp(it->string, "block_tokens") ||
+                           !strcmp(it->string, "disk_blocks") || !strcmp(it->string, "disk_bytes")
                        ? "gauge"
                        : "counter",
                    it->string, it->valuedouble);
