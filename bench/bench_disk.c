@@ -324,7 +324,7 @@ int main(int argc, char **argv)
            disk_tokens, disk_tokens / 16.0 * wo.disk.block_floats * 4 / 1e6, median(lms, runs));
     printf("| prefix on disk only, page cache dropped | %.1f | %.1f%% |\n", mc, 100 * mc / mu);
     printf("| prefix in RAM | %.1f | %.1f%% |\n", mr, 100 * mr / mu);
-    printf("disk writes (spill transactions of up to 32 MiB, data synced at each commit): %.0f "
+    printf("disk writes (spill transactions of up to 8 MiB, data synced at each commit): %.0f "
            "MB/s\n",
            median(wmbs, runs));
     double d0 = median(dec[0], runs), d1 = median(dec[1], runs), d2 = median(dec[2], runs);
