@@ -16,6 +16,7 @@
  * what eight decoding streams of this model produce in K/V) and beside spills as fast as the disk
  * thread takes them (a second store fed by a thread: the worst case). Medians over the runs.
  */
+#include "bench_util.h"
 #include "diskw.h"
 #include "engine.h"
 
@@ -39,30 +40,7 @@ static void emit_cb(void *arg, const srv_event *ev)
         fprintf(stderr, "error: %s\n", ev->msg);
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    double *c = malloc((size_t)n * sizeof *c);
-    memcpy(c, v, (size_t)n * sizeof *c);
-    qsort(c, (size_t)n, sizeof *c, cmp_d);
-    double m = n % 2 ? c[n / 2] : (c[n / 2 - 1] + c[n / 2]) / 2;
-    free(c);
-    return m;
-}
-
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static int32_t rand_tok(int vocab)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return 3 + (int32_t)(rng % (uint64_t)(vocab - 3));
-}
 
 static proto_done run_one(srv_engine *e, const int32_t *ids, size_t n, uint32_t max_new)
 {
@@ -184,18 +162,8 @@ int main(int argc, char **argv)
         return 2;
     }
     char msg[512];
-    if (!model_path) {
-        model_path = "/tmp/prefixd-bench-110M.bin";
-        if (access(model_path, R_OK) != 0) {
-            model_config c;
-            model_shape_parse("768,2048,12,12,12,32000,2048", &c, msg, sizeof msg);
-            fprintf(stderr, "writing %s (stories110M shape, seq_len 2048)...\n", model_path);
-            if (model_synth_write(model_path, &c, 1, msg, sizeof msg) != 0) {
-                fprintf(stderr, "%s\n", msg);
-                return 1;
-            }
-        }
-    }
+    if (!(model_path = bench_model_path(model_path)))
+        return 1;
     char base[512], dir[600], dir2[600];
     snprintf(base, sizeof base, "%s/prefixd-bench-disk-XXXXXX", dir_arg ? dir_arg : "/tmp");
     if (!mkdtemp(base)) {
@@ -225,13 +193,13 @@ int main(int argc, char **argv)
     for (int r = 0; r < runs; r++) {
         nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
         for (int i = 0; i < P + S; i++)
-            ids[i] = rand_tok(c->vocab_size);
+            ids[i] = bench_rand_tok(&rng, c->vocab_size);
         ids[0] = MODEL_TOK_BOS;
         srv_engine *e = open_engine(m, dir, threads);
         if (r == 0) /* warm-up: first touch of the weights */
             run_one(e, ids, (size_t)(P + S), 1);
         for (int i = 1; i < P + S; i++)
-            ids[i] = rand_tok(c->vocab_size);
+            ids[i] = bench_rand_tok(&rng, c->vocab_size);
         unc[r] = run_one(e, ids, (size_t)(P + S), 1).ttft_ms;
         /* Close = shutdown: the RAM blocks are written to disk; that is the write throughput. */
         srv_engine_flush_disk(e);
@@ -242,21 +210,21 @@ int main(int argc, char **argv)
 
         e = open_engine(m, dir, threads);
         for (int i = P; i < P + S; i++)
-            ids[i] = rand_tok(c->vocab_size);
+            ids[i] = bench_rand_tok(&rng, c->vocab_size);
         proto_done d = run_one(e, ids, (size_t)(P + S), 1);
         warm[r] = d.ttft_ms;
         disk_tokens = d.cached_tokens_disk;
         srv_engine_disk_stats(e, &ds);
         lms[r] = ds.load_ms;
         for (int i = P; i < P + S; i++)
-            ids[i] = rand_tok(c->vocab_size);
+            ids[i] = bench_rand_tok(&rng, c->vocab_size);
         ram[r] = run_one(e, ids, (size_t)(P + S), 1).ttft_ms;
         srv_engine_free(e);
 
         drop_page_cache(dir);
         e = open_engine(m, dir, threads);
         for (int i = P; i < P + S; i++)
-            ids[i] = rand_tok(c->vocab_size);
+            ids[i] = bench_rand_tok(&rng, c->vocab_size);
         cold[r] = run_one(e, ids, (size_t)(P + S), 1).ttft_ms;
         srv_engine_free(e);
         fprintf(stderr,
@@ -296,7 +264,7 @@ int main(int argc, char **argv)
         if (k)
             pthread_create(&t, NULL, spill_main, &sp);
         for (int i = 1; i < 16; i++)
-            ids[i] = rand_tok(c->vocab_size);
+            ids[i] = bench_rand_tok(&rng, c->vocab_size);
         proto_done d = run_one(e, ids, 16, (uint32_t)ndec);
         if (k) {
             sp.stop = 1;
@@ -311,8 +279,8 @@ int main(int argc, char **argv)
     srv_engine_free(e);
     srv_diskw_close(w);
 
-    double mu = median(unc, runs), mw = median(warm, runs), mc = median(cold, runs),
-           mr = median(ram, runs);
+    double mu = bench_median(unc, runs), mw = bench_median(warm, runs),
+           mc = bench_median(cold, runs), mr = bench_median(ram, runs);
     printf("model %s: dim %d, %d layers, vocab %d; prompt = %d-token prefix + %d-token suffix; "
            "%d threads; medians of %d runs\n",
            model_path, c->dim, c->n_layers, c->vocab_size, P, S, threads, runs);
@@ -321,17 +289,19 @@ int main(int argc, char **argv)
     printf("| prefix on disk only, page cache warm (%u tokens from disk) | %.1f | %.1f%% |\n",
            disk_tokens, mw, 100 * mw / mu);
     printf("| of which the disk thread's load of the %u tokens' blocks (%.0f MB) | %.1f | |\n",
-           disk_tokens, disk_tokens / 16.0 * wo.disk.block_floats * 4 / 1e6, median(lms, runs));
+           disk_tokens, disk_tokens / 16.0 * wo.disk.block_floats * 4 / 1e6,
+           bench_median(lms, runs));
     printf("| prefix on disk only, page cache dropped | %.1f | %.1f%% |\n", mc, 100 * mc / mu);
     printf("| prefix in RAM | %.1f | %.1f%% |\n", mr, 100 * mr / mu);
     printf("disk writes (spill transactions of up to 8 MiB, data synced at each commit): %.0f "
            "MB/s\n",
-           median(wmbs, runs));
-    double d0 = median(dec[0], runs), d1 = median(dec[1], runs), d2 = median(dec[2], runs);
+           bench_median(wmbs, runs));
+    double d0 = bench_median(dec[0], runs), d1 = bench_median(dec[1], runs),
+           d2 = bench_median(dec[2], runs);
     printf("decode batch 1 (%d tokens): %.1f tokens/s alone; %.1f beside spills at %.0f MB/s "
            "(%+.1f%%); %.1f beside spills as fast as they go, %.0f MB/s (%+.1f%%)\n",
-           ndec, d0, d1, median(smbs[1], runs), 100 * (d1 - d0) / d0, d2, median(smbs[2], runs),
-           100 * (d2 - d0) / d0);
+           ndec, d0, d1, bench_median(smbs[1], runs), 100 * (d1 - d0) / d0, d2,
+           bench_median(smbs[2], runs), 100 * (d2 - d0) / d0);
     nftw(base, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
     free(ids);
     free(unc);

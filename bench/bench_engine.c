@@ -11,6 +11,7 @@
  * runs. --decode-only 1 measures decode alone; 8, batch 8 alone (for a profiler).
  */
 #include "../model/kernels.h"
+#include "bench_util.h"
 #include "model.h"
 
 #include <cblas.h>
@@ -28,18 +29,6 @@ static double now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 typedef struct seqkv {
@@ -108,7 +97,7 @@ static double sgemm_gflops(int threads, int m, int k, int n, int runs)
     free(w);
     free(y);
     openblas_set_num_threads(1);
-    return median(best, runs < 16 ? runs : 16);
+    return bench_median(best, runs < 16 ? runs : 16);
 }
 
 /* The forward pass's own product kernel at X (m, k) @ W (n, k)^T, the output panels split
@@ -157,7 +146,7 @@ static double kernel_gflops(int threads, int m, int k, int n, int runs)
     free(w);
     free(y);
     free(wp);
-    return median(v, runs < 16 ? runs : 16);
+    return bench_median(v, runs < 16 ? runs : 16);
 }
 
 /* Read bandwidth in GB/s: summing a 1 GiB array with `threads` threads (as decode streams its
@@ -200,12 +189,12 @@ static double bandwidth_gbs(int threads, int runs)
         v[r] = n * sizeof(float) / ((now_ms() - t0) / 1e3) / 1e9;
     }
     free(p);
-    return median(v, runs < 16 ? runs : 16);
+    return bench_median(v, runs < 16 ? runs : 16);
 }
 
 int main(int argc, char **argv)
 {
-    const char *path = "/tmp/prefixd-bench-110M.bin";
+    const char *path = NULL;
     int threads = 2, runs = 5, decode_only = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--model"))
@@ -222,15 +211,8 @@ int main(int argc, char **argv)
     if (runs > 16)
         runs = 16;
     char msg[512];
-    if (access(path, R_OK) != 0) {
-        model_config c;
-        model_shape_parse("768,2048,12,12,12,32000,2048", &c, msg, sizeof msg);
-        fprintf(stderr, "writing %s (stories110M shape, seq_len 2048)...\n", path);
-        if (model_synth_write(path, &c, 1, msg, sizeof msg) != 0) {
-            fprintf(stderr, "%s\n", msg);
-            return 1;
-        }
-    }
+    if (!(path = bench_model_path(path)))
+        return 1;
     model *m;
     if (model_load(path, &m, msg, sizeof msg) != 0) {
         fprintf(stderr, "%s\n", msg);
@@ -253,10 +235,10 @@ int main(int argc, char **argv)
     if (!decode_only) {
         for (int r = 0; r < runs; r++)
             v[r] = prefill_ms(st, &s, t, 512, logits);
-        p512 = 512 / (median(v, runs) / 1e3);
+        p512 = 512 / (bench_median(v, runs) / 1e3);
         for (int r = 0; r < runs; r++)
             v[r] = prefill_ms(st, &s, t, 2048, logits);
-        p2048 = 2048 / (median(v, runs) / 1e3);
+        p2048 = 2048 / (bench_median(v, runs) / 1e3);
     }
 
     /* Decode at batch 1 and 8, at position ~512 (after a 512-token prefill). */
@@ -276,7 +258,7 @@ int main(int argc, char **argv)
             }
             v[r] = steps / ((now_ms() - t0) / 1e3);
         }
-        d1 = decode_only == 8 ? 1 : median(v, runs);
+        d1 = decode_only == 8 ? 1 : bench_median(v, runs);
         for (int r = 0; r < runs; r++) {
             model_kv kv[8];
             int pos[8];
@@ -292,7 +274,7 @@ int main(int argc, char **argv)
             }
             v[r] = 8 * steps / ((now_ms() - t0) / 1e3);
         }
-        d8 = median(v, runs);
+        d8 = bench_median(v, runs);
     }
     if (decode_only) {
         /* For profiling the decode step alone: no prefill, sgemm or bandwidth runs. */

@@ -8,6 +8,7 @@
  * same uncached prompt also goes to an engine with --no-cache, and the floor is model_prefill of
  * the S new tokens alone against the cached P. Medians over the runs.
  */
+#include "bench_util.h"
 #include "engine.h"
 
 #include <stdio.h>
@@ -27,26 +28,7 @@ static void emit_cb(void *arg, const srv_event *ev)
         fprintf(stderr, "error: %s\n", ev->msg);
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 static uint64_t rng = 88172645463325252ull;
-static int32_t rand_tok(int vocab)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return 3 + (int32_t)(rng % (uint64_t)(vocab - 3));
-}
 
 static double ttft(srv_engine *e, const int32_t *ids, size_t n)
 {
@@ -87,22 +69,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "bad arguments\n");
         return 2;
     }
-    char msg[512], defpath[512];
-    if (!model_path) {
-        const char *home = getenv("HOME");
-        snprintf(defpath, sizeof defpath, "/tmp/prefixd-bench-110M.bin");
-        (void)home;
-        model_path = defpath;
-        if (access(model_path, R_OK) != 0) {
-            model_config c;
-            model_shape_parse("768,2048,12,12,12,32000,2048", &c, msg, sizeof msg);
-            fprintf(stderr, "writing %s (stories110M shape, seq_len 2048)...\n", model_path);
-            if (model_synth_write(model_path, &c, 1, msg, sizeof msg) != 0) {
-                fprintf(stderr, "%s\n", msg);
-                return 1;
-            }
-        }
-    }
+    char msg[512];
+    if (!(model_path = bench_model_path(model_path)))
+        return 1;
     model *m;
     if (model_load(model_path, &m, msg, sizeof msg) != 0) {
         fprintf(stderr, "%s\n", msg);
@@ -148,12 +117,12 @@ int main(int argc, char **argv)
     unsigned cached_tokens = 0;
     /* One warm-up request so page faults and first-touch are not measured. */
     for (int i = 0; i < P + S; i++)
-        ids[i] = rand_tok(c->vocab_size);
+        ids[i] = bench_rand_tok(&rng, c->vocab_size);
     ids[0] = MODEL_TOK_BOS;
     ttft(nc, ids, (size_t)(P + S));
     for (int r = 0; r < runs; r++) {
         for (int i = 1; i < P + S; i++)
-            ids[i] = rand_tok(c->vocab_size);
+            ids[i] = bench_rand_tok(&rng, c->vocab_size);
         /* Alternate the order, so neither engine always runs on a warmer machine. */
         if (r % 2) {
             noc[r] = ttft(nc, ids, (size_t)(P + S));
@@ -163,7 +132,7 @@ int main(int argc, char **argv)
             noc[r] = ttft(nc, ids, (size_t)(P + S));
         }
         for (int i = P; i < P + S; i++)
-            ids[i] = rand_tok(c->vocab_size);
+            ids[i] = bench_rand_tok(&rng, c->vocab_size);
         cac[r] = ttft(e, ids, (size_t)(P + S));
         cached_tokens = last.cached_tokens;
         for (int done = 0; done < P; done += 512)
@@ -175,8 +144,8 @@ int main(int argc, char **argv)
                 "run %d: no-cache %.1f ms, uncached %.1f ms, cached %.1f ms, floor %.1f ms\n",
                 r + 1, noc[r], unc[r], cac[r], flo[r]);
     }
-    double mn = median(noc, runs), mu = median(unc, runs), mc = median(cac, runs),
-           mf = median(flo, runs);
+    double mn = bench_median(noc, runs), mu = bench_median(unc, runs), mc = bench_median(cac, runs),
+           mf = bench_median(flo, runs);
     printf("model %s: dim %d, %d layers, vocab %d; prompt = %d-token prefix + %d-token suffix; "
            "%d threads; medians of %d runs\n",
            model_path, c->dim, c->n_layers, c->vocab_size, P, S, threads, runs);
