@@ -29,33 +29,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static proto_done last;
-
-static void emit_cb(void *arg, const srv_event *ev)
-{
-    (void)arg;
-    if (ev->type == SRV_EV_DONE)
-        last = ev->done;
-    else if (ev->type == SRV_EV_ERROR)
-        fprintf(stderr, "error: %s\n", ev->msg);
-}
-
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
-
-static proto_done run_one(srv_engine *e, const int32_t *ids, size_t n, uint32_t max_new)
-{
-    srv_request q = {0};
-    q.handle = 1;
-    q.kind = SRV_REQ_GENERATE;
-    q.tokens = ids;
-    q.n_tokens = n;
-    q.max_new = max_new;
-    q.t_received_ms = srv_now_ms();
-    srv_engine_submit(e, &q);
-    while (srv_engine_step(e) > 0)
-        ;
-    return last;
-}
 
 static srv_engine *open_engine(const model *m, const char *dir, int threads)
 {
@@ -64,7 +38,7 @@ static srv_engine *open_engine(const model *m, const char *dir, int threads)
     o.threads = threads;
     o.max_batch = 1;
     o.max_queue = 1;
-    o.emit = emit_cb;
+    o.emit = bench_emit_cb;
     o.cache_mem = (size_t)256 << 20;
     o.disk_dir = dir;
     srv_engine *e;
@@ -197,10 +171,10 @@ int main(int argc, char **argv)
         ids[0] = MODEL_TOK_BOS;
         srv_engine *e = open_engine(m, dir, threads);
         if (r == 0) /* warm-up: first touch of the weights */
-            run_one(e, ids, (size_t)(P + S), 1);
+            bench_run(e, ids, (size_t)(P + S), 1);
         for (int i = 1; i < P + S; i++)
             ids[i] = bench_rand_tok(&rng, c->vocab_size);
-        unc[r] = run_one(e, ids, (size_t)(P + S), 1).ttft_ms;
+        unc[r] = bench_run(e, ids, (size_t)(P + S), 1).ttft_ms;
         /* Close = shutdown: the RAM blocks are written to disk; that is the write throughput. */
         srv_engine_flush_disk(e);
         srv_diskw_stats ds;
@@ -211,21 +185,21 @@ int main(int argc, char **argv)
         e = open_engine(m, dir, threads);
         for (int i = P; i < P + S; i++)
             ids[i] = bench_rand_tok(&rng, c->vocab_size);
-        proto_done d = run_one(e, ids, (size_t)(P + S), 1);
+        proto_done d = bench_run(e, ids, (size_t)(P + S), 1);
         warm[r] = d.ttft_ms;
         disk_tokens = d.cached_tokens_disk;
         srv_engine_disk_stats(e, &ds);
         lms[r] = ds.load_ms;
         for (int i = P; i < P + S; i++)
             ids[i] = bench_rand_tok(&rng, c->vocab_size);
-        ram[r] = run_one(e, ids, (size_t)(P + S), 1).ttft_ms;
+        ram[r] = bench_run(e, ids, (size_t)(P + S), 1).ttft_ms;
         srv_engine_free(e);
 
         drop_page_cache(dir);
         e = open_engine(m, dir, threads);
         for (int i = P; i < P + S; i++)
             ids[i] = bench_rand_tok(&rng, c->vocab_size);
-        cold[r] = run_one(e, ids, (size_t)(P + S), 1).ttft_ms;
+        cold[r] = bench_run(e, ids, (size_t)(P + S), 1).ttft_ms;
         srv_engine_free(e);
         fprintf(stderr,
                 "run %d: uncached %.1f ms, disk warm %.1f ms (%u tokens from disk, loaded in %.1f "
@@ -265,7 +239,7 @@ int main(int argc, char **argv)
             pthread_create(&t, NULL, spill_main, &sp);
         for (int i = 1; i < 16; i++)
             ids[i] = bench_rand_tok(&rng, c->vocab_size);
-        proto_done d = run_one(e, ids, 16, (uint32_t)ndec);
+        proto_done d = bench_run(e, ids, 16, (uint32_t)ndec);
         if (k) {
             sp.stop = 1;
             pthread_join(t, NULL);

@@ -279,14 +279,7 @@ int main(int argc, char **argv)
     if (decode_only) {
         /* For profiling the decode step alone: no prefill, sgemm or bandwidth runs. */
         printf("decode batch 1: %.1f tokens/s; batch 8: %.1f tokens/s (%.2fx)\n", d1, d8, d8 / d1);
-        for (int i = 0; i < 8; i++)
-            seq_free(&sb[i]);
-        seq_free(&s);
-        free(t);
-        free(logits);
-        model_state_free(st);
-        model_free(m);
-        return 0;
+        goto out;
     }
 
     /* KV cache vs recomputing: 256 new tokens after a 16-token prompt. With the cache: 256
@@ -345,6 +338,7 @@ int main(int argc, char **argv)
     printf("| 256 new tokens, K/V cache | %.0f ms | recompute every step: %.0f ms | %.1fx faster "
            "|\n",
            with_cache, without, without / with_cache);
+out:
     for (int i = 0; i < 8; i++)
         seq_free(&sb[i]);
     seq_free(&s);

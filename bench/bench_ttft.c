@@ -17,33 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static proto_done last;
-
-static void emit_cb(void *arg, const srv_event *ev)
-{
-    (void)arg;
-    if (ev->type == SRV_EV_DONE)
-        last = ev->done;
-    else if (ev->type == SRV_EV_ERROR)
-        fprintf(stderr, "error: %s\n", ev->msg);
-}
-
 static uint64_t rng = 88172645463325252ull;
-
-static double ttft(srv_engine *e, const int32_t *ids, size_t n)
-{
-    srv_request q = {0};
-    q.handle = 1;
-    q.kind = SRV_REQ_GENERATE;
-    q.tokens = ids;
-    q.n_tokens = n;
-    q.max_new = 1;
-    q.t_received_ms = srv_now_ms();
-    srv_engine_submit(e, &q);
-    while (srv_engine_step(e) > 0)
-        ;
-    return last.ttft_ms;
-}
 
 int main(int argc, char **argv)
 {
@@ -86,7 +60,7 @@ int main(int argc, char **argv)
     o.threads = threads;
     o.max_batch = 1;
     o.max_queue = 1;
-    o.emit = emit_cb;
+    o.emit = bench_emit_cb;
     o.cache_mem = (size_t)1 << 30;
     srv_engine *e, *nc;
     if (srv_engine_new(m, NULL, &o, &e, msg, sizeof msg) != 0) {
@@ -119,22 +93,22 @@ int main(int argc, char **argv)
     for (int i = 0; i < P + S; i++)
         ids[i] = bench_rand_tok(&rng, c->vocab_size);
     ids[0] = MODEL_TOK_BOS;
-    ttft(nc, ids, (size_t)(P + S));
+    bench_run(nc, ids, (size_t)(P + S), 1);
     for (int r = 0; r < runs; r++) {
         for (int i = 1; i < P + S; i++)
             ids[i] = bench_rand_tok(&rng, c->vocab_size);
         /* Alternate the order, so neither engine always runs on a warmer machine. */
         if (r % 2) {
-            noc[r] = ttft(nc, ids, (size_t)(P + S));
-            unc[r] = ttft(e, ids, (size_t)(P + S));
+            noc[r] = bench_run(nc, ids, (size_t)(P + S), 1).ttft_ms;
+            unc[r] = bench_run(e, ids, (size_t)(P + S), 1).ttft_ms;
         } else {
-            unc[r] = ttft(e, ids, (size_t)(P + S));
-            noc[r] = ttft(nc, ids, (size_t)(P + S));
+            unc[r] = bench_run(e, ids, (size_t)(P + S), 1).ttft_ms;
+            noc[r] = bench_run(nc, ids, (size_t)(P + S), 1).ttft_ms;
         }
         for (int i = P; i < P + S; i++)
             ids[i] = bench_rand_tok(&rng, c->vocab_size);
-        cac[r] = ttft(e, ids, (size_t)(P + S));
-        cached_tokens = last.cached_tokens;
+        cac[r] = bench_run(e, ids, (size_t)(P + S), 1).ttft_ms;
+        cached_tokens = bench_last.cached_tokens;
         for (int done = 0; done < P; done += 512)
             model_prefill(ms, &kv, done, ids + done, P - done < 512 ? P - done : 512, NULL);
         double t0 = srv_now_ms();

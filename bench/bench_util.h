@@ -1,9 +1,10 @@
-/* bench_util.h — what the in-process benchmarks share: medians, random token ids, and the default
- * model (a stories110M-shaped checkpoint with random weights, written once). Header-only: each
- * benchmark is one executable of one file. */
+/* bench_util.h — what the in-process benchmarks share: medians, random token ids, the default
+ * model (a stories110M-shaped checkpoint with random weights, written once), and one request
+ * run to its end on an engine. Header-only: each benchmark is one executable of one file. */
 #ifndef PREFIXD_BENCH_UTIL_H
 #define PREFIXD_BENCH_UTIL_H
 
+#include "engine.h"
 #include "model.h"
 
 #include <stdint.h>
@@ -59,6 +60,35 @@ static inline const char *bench_model_path(const char *path)
         return NULL;
     }
     return BENCH_DEFAULT_MODEL;
+}
+
+/* The last request's DONE statistics (bench_emit_cb, set as the engine's emit callback). */
+static proto_done bench_last;
+
+static inline void bench_emit_cb(void *arg, const srv_event *ev)
+{
+    (void)arg;
+    if (ev->type == SRV_EV_DONE)
+        bench_last = ev->done;
+    else if (ev->type == SRV_EV_ERROR)
+        fprintf(stderr, "error: %s\n", ev->msg);
+}
+
+/* Runs one GENERATE of ids[0..n) (max_new new tokens) to its end, alone on e; returns its DONE
+ * statistics. */
+static inline proto_done bench_run(srv_engine *e, const int32_t *ids, size_t n, uint32_t max_new)
+{
+    srv_request q = {0};
+    q.handle = 1;
+    q.kind = SRV_REQ_GENERATE;
+    q.tokens = ids;
+    q.n_tokens = n;
+    q.max_new = max_new;
+    q.t_received_ms = srv_now_ms();
+    srv_engine_submit(e, &q);
+    while (srv_engine_step(e) > 0)
+        ;
+    return bench_last;
 }
 
 #endif
