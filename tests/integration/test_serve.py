@@ -499,17 +499,24 @@ def serve_expect_fail(*args, env=None, user=None):
     return p.returncode, p.stderr
 
 
-def case_disk_restart():
-    """Blocks survive a restart: every full block of every prompt comes back from disk, with the
-    same tokens; another model (same shape, other weights) on the same dir never hits."""
-    d = Daemon("--cache-mem", "8M")
+def first_life(d, max_new):
+    """Each STORY prompt's tokens from daemon d (which is then stopped, writing its RAM blocks to
+    its disk tier), for a later daemon on the same disk dir to be compared against."""
     want = {}
     try:
         with d.client() as c:
             for p in STORY:
-                want[p] = c.generate(p, max_new=24)["tokens"]
+                want[p] = c.generate(p, max_new=max_new)["tokens"]
     finally:
-        check(d.stop() == 0, "exit")
+        check(d.stop() == 0, "exit: %s" % d.logtext()[-500:])
+    return want
+
+
+def case_disk_restart():
+    """Blocks survive a restart: every full block of every prompt comes back from disk, with the
+    same tokens; another model (same shape, other weights) on the same dir never hits."""
+    d = Daemon("--cache-mem", "8M")
+    want = first_life(d, 24)
     check("disk tier: wrote" in d.logtext(), "no flush at exit: %s" % d.logtext()[-800:])
     d2 = Daemon("--cache-mem", "8M", tmp=d.tmp)
     try:
@@ -614,13 +621,7 @@ def case_disk_faults():
         d.stop()
     # Flipped bytes inside stored values.
     d = Daemon("--cache-mem", "8M")
-    want = {}
-    try:
-        with d.client() as c:
-            for p in STORY:
-                want[p] = c.generate(p, max_new=16)["tokens"]
-    finally:
-        d.stop()
+    want = first_life(d, 16)
     path = os.path.join(d.tmp, "disk", "data.mdb")
     data = bytearray(open(path, "rb").read())
     flipped, at = 0, 0

@@ -425,6 +425,16 @@ static size_t block_bytes(void)
     return model_kv_block_floats(model_get_config(M), 16) * sizeof(float);
 }
 
+/* One engine life on dir: runs ids[0..n) (4 new tokens, as handle h) and closes, which writes its
+ * blocks to the disk tier. */
+static void disk_life(const char *dir, const int32_t *ids, size_t n, uint64_t h)
+{
+    srv_engine *e = engine_disk_ok(dir, 64 << 20, 2);
+    submit_ids(e, h, ids, n, 4);
+    run_all(e);
+    srv_engine_free(e);
+}
+
 /* A daemon's life, then a restart on the same directory: every full block of every prompt comes
  * back from disk (RAM is empty), and the tokens are exactly the uncached ones. */
 static void test_disk_restart(void)
@@ -519,10 +529,7 @@ static void test_disk_model_isolation(void)
     snprintf(dir, sizeof dir, "%s/disk", tmpdir);
     static int32_t ids[120];
     prompt_ids(ids, 120, 5);
-    srv_engine *e = engine_disk_ok(dir, 64 << 20, 2);
-    submit_ids(e, 1, ids, 120, 4);
-    run_all(e);
-    srv_engine_free(e);
+    disk_life(dir, ids, 120, 1);
     srv_engine *o = NULL;
     CHECK_MSG(engine_disk(other, dir, 64 << 20, 2, 0, 0, &o, msg, sizeof msg) == 0, "%s", msg);
     submit_ids(o, 2, ids, 120, 4);
@@ -531,7 +538,7 @@ static void test_disk_model_isolation(void)
     CHECK_EQ_INT(res[2].d.cached_tokens, 0);
     srv_engine_free(o);
     /* ...while the first model, back on it, does hit. */
-    e = engine_disk_ok(dir, 64 << 20, 2);
+    srv_engine *e = engine_disk_ok(dir, 64 << 20, 2);
     submit_ids(e, 3, ids, 120, 4);
     run_all(e);
     CHECK_EQ_INT(res[3].d.cached_tokens_disk, 112);
@@ -549,10 +556,8 @@ static void test_disk_cancel_loading(void)
     make_tmpdir();
     static int32_t ids[300];
     prompt_ids(ids, 300, 8);
-    srv_engine *e = engine_disk_ok(tmpdir, 64 << 20, 2);
-    submit_ids(e, 1, ids, 300, 4);
-    run_all(e);
-    srv_engine_free(e);
+    disk_life(tmpdir, ids, 300, 1);
+    srv_engine *e;
     char msg[512];
     for (int k = 0; k < 20; k++) {
         CHECK_MSG(engine_disk(M, tmpdir, 64 << 20, 2, 0, 1, &e, msg, sizeof msg) == 0, "%s", msg);
