@@ -9,13 +9,13 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 PREFIXD, PREFIXCTL, MODELS, CASE = sys.argv[1:5]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemon  # noqa: E402
 MODEL = os.path.join(MODELS, "stories260K.bin")
 TOK = os.path.join(MODELS, "tok512.bin")
 COLUMNS = ["workload", "label", "run", "seed", "client", "conversation", "turn", "prompt_tokens",
@@ -32,36 +32,12 @@ def check(cond, what):
         raise AssertionError(what)
 
 
-class Daemon:
+class Daemon(daemon.Daemon):
+    """stories260K, RAM only unless a case names a disk dir (the default dir is shared)."""
+
     def __init__(self, tmp, *extra):
-        self.sock = os.path.join(tmp, "p.sock")
-        self.log = open(os.path.join(tmp, "daemon.log"), "w+")
-        # RAM only unless a case names a disk dir (the default dir is shared and locked).
-        disk = [] if "--disk-dir" in extra else ["--disk-dir", "none"]
-        self.p = subprocess.Popen([PREFIXD, "serve", "--model", MODEL, "--tokenizer", TOK,
-                                   "--socket", self.sock, "--cache-mem", "64M", "--threads", "2",
-                                   "--log-level", "warn"] + disk + list(extra),
-                                  stdout=self.log, stderr=self.log)
-        for _ in range(400):
-            if self.p.poll() is not None or self.accepting():
-                break
-            time.sleep(0.05)
-        check(self.p.poll() is None, "daemon exited at start")
-
-    def accepting(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(self.sock)
-            return True
-        except OSError:
-            return False
-        finally:
-            s.close()
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-            self.p.wait(20)
+        disk = () if "--disk-dir" in extra else ("--disk-dir", "none")
+        super().__init__(PREFIXD, MODEL, TOK, *(disk + extra), tmp=tmp, log_level="warn")
 
 
 def bench(sock, *args, expect=0):

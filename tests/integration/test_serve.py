@@ -18,6 +18,8 @@ import time
 
 PREFIXD, MODELS, CLIENT_DIR, CASE = sys.argv[1:5]
 sys.path.insert(0, CLIENT_DIR)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemon  # noqa: E402
 import prefixd  # noqa: E402
 
 MODEL = os.path.join(MODELS, "stories260K.bin")
@@ -25,53 +27,17 @@ TOK = os.path.join(MODELS, "tok512.bin")
 GOLDEN = os.path.join(MODELS, "golden", "stories260K-greedy-bos.txt")
 
 
-class Daemon:
+class Daemon(daemon.Daemon):
+    """stories260K with its own disk tier in its folder, unless the test names a --disk-dir."""
+
     def __init__(self, *extra, sock=None, tmp=None):
-        self.tmp = tmp or tempfile.mkdtemp(prefix="prefixd-it-")
-        self.sock = sock or os.path.join(self.tmp, "p.sock")
-        self.log = open(os.path.join(self.tmp, "daemon.log"), "w+")
-        model = MODEL
-        if "--model" in extra:
-            i = extra.index("--model")
-            model, extra = extra[i + 1], extra[:i] + extra[i + 2:]
+        tmp = tmp or tempfile.mkdtemp(prefix="prefixd-it-")
         if "--disk-dir" not in extra:
-            extra = ("--disk-dir", os.path.join(self.tmp, "disk")) + tuple(extra)
-        args = [PREFIXD, "serve", "--model", model, "--tokenizer", TOK, "--socket", self.sock,
-                "--cache-mem", "64M", "--threads", "2", "--log-level", "debug"] + list(extra)
-        self.p = subprocess.Popen(args, stderr=self.log, stdout=self.log)
-        for _ in range(400):
-            if self.p.poll() is not None or self.accepting():
-                break
-            time.sleep(0.05)
-        check(self.p.poll() is None, "daemon exited at start: %s" % self.logtext())
-
-    def accepting(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(self.sock)
-            return True
-        except OSError:
-            return False
-        finally:
-            s.close()
-
-    def logtext(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+            extra = ("--disk-dir", os.path.join(tmp, "disk")) + tuple(extra)
+        super().__init__(PREFIXD, MODEL, TOK, *extra, sock=sock, tmp=tmp)
 
     def client(self, **kw):
         return prefixd.Client(self.sock, **kw)
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.p.poll() is None:
-            self.p.send_signal(sig)
-            try:
-                self.p.wait(20)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                raise AssertionError("daemon did not exit on signal")
-        return self.p.returncode
 
 
 def check(cond, what):
