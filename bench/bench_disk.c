@@ -16,8 +16,9 @@
  * what eight decoding streams of this model produce in K/V) and beside spills as fast as the disk
  * thread takes them (a second store fed by a thread: the worst case). Medians over the runs.
  */
+#include "base.h"
 #include "bench_util.h"
-#include "diskw.h"
+#include "disk_thread.h"
 #include "engine.h"
 
 #include <fcntl.h>
@@ -31,18 +32,18 @@
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 
-static srv_engine *open_engine(const model *m, const char *dir, int threads)
+static engine *open_engine(const model *m, const char *dir, int threads)
 {
     char msg[512];
-    srv_engine_opts o = {0};
+    engine_opts o = {0};
     o.threads = threads;
     o.max_batch = 1;
     o.max_queue = 1;
     o.emit = bench_emit_cb;
     o.cache_mem = (size_t)256 << 20;
     o.disk_dir = dir;
-    srv_engine *e;
-    if (srv_engine_new(m, NULL, &o, &e, msg, sizeof msg) != 0) {
+    engine *e;
+    if (engine_new(m, NULL, &o, &e, msg, sizeof msg) != 0) {
         fprintf(stderr, "%s\n", msg);
         exit(1);
     }
@@ -72,7 +73,7 @@ static void drop_page_cache(const char *dir)
 /* ---- continuous spilling beside decode ---- */
 
 typedef struct spiller {
-    srv_diskw *w;
+    disk_thread *w;
     size_t floats;
     int B;
     double mbs; /* 0: as fast as the disk thread takes them */
@@ -89,15 +90,15 @@ static void *spill_main(void *arg)
         data[i] = (float)i;
     for (int i = 0; i < s->B; i++)
         tok[i] = i;
-    double t0 = srv_now_ms(), block_mb = s->floats * 4 / 1e6;
+    double t0 = base_now_ms(), block_mb = s->floats * 4 / 1e6;
     while (!s->stop) {
         if (s->mbs > 0) {
-            double due = t0 + (double)s->blocks * block_mb / s->mbs * 1e3 - srv_now_ms();
+            double due = t0 + (double)s->blocks * block_mb / s->mbs * 1e3 - base_now_ms();
             if (due > 0)
                 usleep((useconds_t)(due * 1e3));
         }
         cache_evicted ev = {{s->blocks + 1, 7}, {s->blocks, 7}, tok, data, 0};
-        srv_diskw_spill_wait(s->w, &ev);
+        disk_thread_spill_wait(s->w, &ev);
         s->blocks++;
     }
     free(data);
@@ -169,38 +170,38 @@ int main(int argc, char **argv)
         for (int i = 0; i < P + S; i++)
             ids[i] = bench_rand_tok(&rng, c->vocab_size);
         ids[0] = MODEL_TOK_BOS;
-        srv_engine *e = open_engine(m, dir, threads);
+        engine *e = open_engine(m, dir, threads);
         if (r == 0) /* warm-up: first touch of the weights */
             bench_run(e, ids, (size_t)(P + S), 1);
         for (int i = 1; i < P + S; i++)
             ids[i] = bench_rand_tok(&rng, c->vocab_size);
         unc[r] = bench_run(e, ids, (size_t)(P + S), 1).ttft_ms;
         /* Close = shutdown: the RAM blocks are written to disk; that is the write throughput. */
-        srv_engine_flush_disk(e);
-        srv_diskw_stats ds;
-        srv_engine_disk_stats(e, &ds);
+        engine_flush_disk(e);
+        disk_thread_stats ds;
+        engine_disk_stats(e, &ds);
         wmbs[r] = ds.spill_ms > 0 ? ds.spill_bytes_written / 1e3 / ds.spill_ms : 0;
-        srv_engine_free(e);
+        engine_free(e);
 
         e = open_engine(m, dir, threads);
         for (int i = P; i < P + S; i++)
             ids[i] = bench_rand_tok(&rng, c->vocab_size);
-        proto_done d = bench_run(e, ids, (size_t)(P + S), 1);
+        engine_done d = bench_run(e, ids, (size_t)(P + S), 1);
         warm[r] = d.ttft_ms;
         disk_tokens = d.cached_tokens_disk;
-        srv_engine_disk_stats(e, &ds);
+        engine_disk_stats(e, &ds);
         lms[r] = ds.load_ms;
         for (int i = P; i < P + S; i++)
             ids[i] = bench_rand_tok(&rng, c->vocab_size);
         ram[r] = bench_run(e, ids, (size_t)(P + S), 1).ttft_ms;
-        srv_engine_free(e);
+        engine_free(e);
 
         drop_page_cache(dir);
         e = open_engine(m, dir, threads);
         for (int i = P; i < P + S; i++)
             ids[i] = bench_rand_tok(&rng, c->vocab_size);
         cold[r] = bench_run(e, ids, (size_t)(P + S), 1).ttft_ms;
-        srv_engine_free(e);
+        engine_free(e);
         fprintf(stderr,
                 "run %d: uncached %.1f ms, disk warm %.1f ms (%u tokens from disk, loaded in %.1f "
                 "ms), disk cold %.1f ms, RAM %.1f ms; writes %.0f MB/s\n",
@@ -215,43 +216,43 @@ int main(int argc, char **argv)
         dec[k] = calloc((size_t)runs, sizeof(double));
         smbs[k] = calloc((size_t)runs, sizeof(double));
     }
-    srv_diskw_opts wo = {0};
+    disk_thread_opts wo = {0};
     wo.disk.dir = dir2;
     wo.disk.max_bytes = (size_t)2 << 30;
     memcpy(wo.disk.fingerprint, model_fingerprint(m), 16);
     wo.disk.block_tokens = 16;
     wo.disk.block_floats = model_kv_block_floats(c, 16);
     wo.spill_bytes = (size_t)64 << 20;
-    srv_diskw *w;
-    if (srv_diskw_open(&wo, &w, msg, sizeof msg) != 0) {
+    disk_thread *w;
+    if (disk_thread_open(&wo, &w, msg, sizeof msg) != 0) {
         fprintf(stderr, "%s\n", msg);
         return 1;
     }
-    srv_engine *e = open_engine(m, NULL, threads);
+    engine *e = open_engine(m, NULL, threads);
     for (int r = 0; r < 3 * runs; r++) {
         int k = (r + r / 3) % 3; /* 0 alone, 1 steady rate, 2 unthrottled */
         spiller sp = {w, wo.disk.block_floats, 16, k == 1 ? spill_mbs : 0, 0, 0};
         pthread_t t;
-        srv_diskw_stats a, b;
-        srv_diskw_get_stats(w, &a);
-        double t0 = srv_now_ms();
+        disk_thread_stats a, b;
+        disk_thread_get_stats(w, &a);
+        double t0 = base_now_ms();
         if (k)
             pthread_create(&t, NULL, spill_main, &sp);
         for (int i = 1; i < 16; i++)
             ids[i] = bench_rand_tok(&rng, c->vocab_size);
-        proto_done d = bench_run(e, ids, 16, (uint32_t)ndec);
+        engine_done d = bench_run(e, ids, 16, (uint32_t)ndec);
         if (k) {
             sp.stop = 1;
             pthread_join(t, NULL);
         }
-        srv_diskw_get_stats(w, &b);
+        disk_thread_get_stats(w, &b);
         smbs[k][r / 3] =
-            (b.spill_bytes_written - a.spill_bytes_written) / 1e3 / (srv_now_ms() - t0);
+            (b.spill_bytes_written - a.spill_bytes_written) / 1e3 / (base_now_ms() - t0);
         dec[k][r / 3] = d.decode_tokens_per_s;
     }
-    srv_diskw_flush(w);
-    srv_engine_free(e);
-    srv_diskw_close(w);
+    disk_thread_flush(w);
+    engine_free(e);
+    disk_thread_close(w);
 
     double mu = bench_median(unc, runs), mw = bench_median(warm, runs),
            mc = bench_median(cold, runs), mr = bench_median(ram, runs);

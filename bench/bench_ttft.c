@@ -8,6 +8,7 @@
  * same uncached prompt also goes to an engine with --no-cache, and the floor is model_prefill of
  * the S new tokens alone against the cached P. Medians over the runs.
  */
+#include "base.h"
 #include "bench_util.h"
 #include "engine.h"
 
@@ -56,20 +57,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "prefix + suffix longer than the context (%d)\n", c->seq_len);
         return 2;
     }
-    srv_engine_opts o = {0};
+    engine_opts o = {0};
     o.threads = threads;
     o.max_batch = 1;
     o.max_queue = 1;
     o.emit = bench_emit_cb;
     o.cache_mem = (size_t)1 << 30;
-    srv_engine *e, *nc;
-    if (srv_engine_new(m, NULL, &o, &e, msg, sizeof msg) != 0) {
+    engine *e, *nc;
+    if (engine_new(m, NULL, &o, &e, msg, sizeof msg) != 0) {
         fprintf(stderr, "%s\n", msg);
         return 1;
     }
     o.no_cache = 1;
     o.cache_mem = (size_t)1 << 30;
-    if (srv_engine_new(m, NULL, &o, &nc, msg, sizeof msg) != 0) {
+    if (engine_new(m, NULL, &o, &nc, msg, sizeof msg) != 0) {
         fprintf(stderr, "%s\n", msg);
         return 1;
     }
@@ -111,9 +112,9 @@ int main(int argc, char **argv)
         cached_tokens = bench_last.cached_tokens;
         for (int done = 0; done < P; done += 512)
             model_prefill(ms, &kv, done, ids + done, P - done < 512 ? P - done : 512, NULL);
-        double t0 = srv_now_ms();
+        double t0 = base_now_ms();
         model_prefill(ms, &kv, P, ids + P, S, logits);
-        flo[r] = srv_now_ms() - t0;
+        flo[r] = base_now_ms() - t0;
         fprintf(stderr,
                 "run %d: no-cache %.1f ms, uncached %.1f ms, cached %.1f ms, floor %.1f ms\n",
                 r + 1, noc[r], unc[r], cac[r], flo[r]);
@@ -132,8 +133,8 @@ int main(int argc, char **argv)
     printf("cached / uncached = %.2f%%; cached / floor = %.2fx; cache overhead when nothing is "
            "cached = %+.2f%% of TTFT\n",
            100 * mc / mu, mc / mf, 100 * (mu - mn) / mn);
-    srv_engine_free(e);
-    srv_engine_free(nc);
+    engine_free(e);
+    engine_free(nc);
     model_state_free(ms);
     for (int i = 0; i < nb; i++)
         free(blocks[i]);

@@ -4,6 +4,7 @@
 #ifndef PREFIXD_BENCH_UTIL_H
 #define PREFIXD_BENCH_UTIL_H
 
+#include "base.h"
 #include "engine.h"
 #include "model.h"
 
@@ -63,30 +64,30 @@ static inline const char *bench_model_path(const char *path)
 }
 
 /* The last request's DONE statistics (bench_emit_cb, set as the engine's emit callback). */
-static proto_done bench_last;
+static engine_done bench_last;
 
-static inline void bench_emit_cb(void *arg, const srv_event *ev)
+static inline void bench_emit_cb(void *arg, const engine_event *ev)
 {
     (void)arg;
-    if (ev->type == SRV_EV_DONE)
+    if (ev->type == ENGINE_EV_DONE)
         bench_last = ev->done;
-    else if (ev->type == SRV_EV_ERROR)
+    else if (ev->type == ENGINE_EV_ERROR)
         fprintf(stderr, "error: %s\n", ev->msg);
 }
 
 /* Runs one GENERATE of ids[0..n) (max_new new tokens) to its end, alone on e; returns its DONE
  * statistics. */
-static inline proto_done bench_run(srv_engine *e, const int32_t *ids, size_t n, uint32_t max_new)
+static inline engine_done bench_run(engine *e, const int32_t *ids, size_t n, uint32_t max_new)
 {
-    srv_request q = {0};
+    engine_request q = {0};
     q.handle = 1;
-    q.kind = SRV_REQ_GENERATE;
+    q.kind = ENGINE_REQ_GENERATE;
     q.tokens = ids;
     q.n_tokens = n;
     q.max_new = max_new;
-    q.t_received_ms = srv_now_ms();
-    srv_engine_submit(e, &q);
-    while (srv_engine_step(e) > 0)
+    q.t_received_ms = base_now_ms();
+    engine_submit(e, &q);
+    while (engine_step(e) > 0)
         ;
     return bench_last;
 }

@@ -2,7 +2,7 @@
  * environment, verified on every load, kept under a byte budget by an LRU of its own.
  *
  * Synchronous and single-threaded: one handle is used by one thread (the daemon's disk thread,
- * daemon/diskw.h); nothing here locks. The handle is opaque, so this header never includes
+ * daemon/disk_thread.h); nothing here locks. The handle is opaque, so this header never includes
  * lmdb.h; LMDB's errors are translated into CACHE_E* codes here, and LMDB's own text
  * (mdb_strerror) is kept in cache_disk_errmsg() for the caller to log.
  *

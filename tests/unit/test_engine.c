@@ -1,7 +1,7 @@
 /* test_engine.c — the engine in-process on stories260K: cached runs give exactly the uncached
  * greedy tokens, chats reuse their history, batches do not change a request's tokens, collisions
  * are refused, bad input is reported. */
-#include "diskw.h"
+#include "disk_thread.h"
 #include "engine.h"
 #include "harness.h"
 
@@ -25,7 +25,7 @@ typedef struct result {
     int32_t toks[MAX_OUT];
     int n;
     int done, error, code;
-    proto_done d;
+    engine_done d;
     char msg[256];
 } result;
 
@@ -33,20 +33,20 @@ static result res[MAX_REQ];
 static model *M;
 static model_tokenizer *T;
 
-static void emit_cb(void *arg, const srv_event *ev)
+static void emit_cb(void *arg, const engine_event *ev)
 {
     (void)arg;
     result *r = &res[ev->handle];
     switch (ev->type) {
-    case SRV_EV_TOKEN:
+    case ENGINE_EV_TOKEN:
         if (r->n < MAX_OUT)
             r->toks[r->n++] = ev->token;
         break;
-    case SRV_EV_DONE:
+    case ENGINE_EV_DONE:
         r->done = 1;
         r->d = ev->done;
         break;
-    case SRV_EV_ERROR:
+    case ENGINE_EV_ERROR:
         r->error = 1;
         r->code = ev->code;
         snprintf(r->msg, sizeof r->msg, "%s", ev->msg);
@@ -64,10 +64,10 @@ static void setup(void)
     memset(res, 0, sizeof res);
 }
 
-static srv_engine *engine(int no_cache, size_t mem, int key_bits, int max_batch, int max_queue)
+static engine *new_engine(int no_cache, size_t mem, int key_bits, int max_batch, int max_queue)
 {
     char msg[512];
-    srv_engine_opts o = {0};
+    engine_opts o = {0};
     o.no_cache = no_cache;
     o.cache_mem = mem;
     o.test_key_bits = key_bits;
@@ -75,30 +75,30 @@ static srv_engine *engine(int no_cache, size_t mem, int key_bits, int max_batch,
     o.max_queue = max_queue;
     o.threads = 2;
     o.emit = emit_cb;
-    srv_engine *e = NULL;
-    CHECK_MSG(srv_engine_new(M, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
+    engine *e = NULL;
+    CHECK_MSG(engine_new(M, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
     return e;
 }
 
-static void run_all(srv_engine *e)
+static void run_all(engine *e)
 {
-    for (int i = 0; i < 100000 && srv_engine_step(e) > 0; i++)
+    for (int i = 0; i < 100000 && engine_step(e) > 0; i++)
         ;
-    CHECK_EQ_INT(srv_engine_live(e), 0);
+    CHECK_EQ_INT(engine_live(e), 0);
 }
 
-static void submit_ids(srv_engine *e, uint64_t h, const int32_t *ids, size_t n, uint32_t max_new)
+static void submit_ids(engine *e, uint64_t h, const int32_t *ids, size_t n, uint32_t max_new)
 {
     memset(&res[h], 0, sizeof res[h]);
-    srv_request q = {0};
+    engine_request q = {0};
     q.handle = h;
-    q.kind = SRV_REQ_GENERATE;
+    q.kind = ENGINE_REQ_GENERATE;
     q.tokens = ids;
     q.n_tokens = n;
     q.max_new = max_new;
     q.ns = "test";
     q.ns_len = 4;
-    srv_engine_submit(e, &q);
+    engine_submit(e, &q);
 }
 
 /* A prompt of n ids: BOS then a deterministic pseudo-random walk over the vocabulary. */
@@ -126,8 +126,8 @@ static void check_same(const result *a, const result *b, const char *what, int l
 static void test_cached_equals_uncached(void)
 {
     setup();
-    srv_engine *ref = engine(1, 64 << 20, 0, 4, 4);
-    srv_engine *e = engine(0, 64 << 20, 0, 4, 4);
+    engine *ref = new_engine(1, 64 << 20, 0, 4, 4);
+    engine *e = new_engine(0, 64 << 20, 0, 4, 4);
     static int32_t ids[310];
     int lens[80], nl = 0;
     for (int n = 1; n <= 300; n += 11)
@@ -165,16 +165,16 @@ static void test_cached_equals_uncached(void)
         check_same(&res[1], &res[4], "fully cached vs uncached", n);
         CHECK_EQ_INT(res[4].d.cached_tokens, cap);
     }
-    srv_engine_free(ref);
-    srv_engine_free(e);
+    engine_free(ref);
+    engine_free(e);
 }
 
 /* Turn 2 = turn 1's prompt + its reply + new ids: the whole history's full blocks are cached. */
 static void test_chat_history_cached(void)
 {
     setup();
-    srv_engine *ref = engine(1, 64 << 20, 0, 4, 4);
-    srv_engine *e = engine(0, 64 << 20, 0, 4, 4);
+    engine *ref = new_engine(1, 64 << 20, 0, 4, 4);
+    engine *e = new_engine(0, 64 << 20, 0, 4, 4);
     static int32_t conv[600];
     int n = 40;
     prompt_ids(conv, n, 99);
@@ -196,15 +196,15 @@ static void test_chat_history_cached(void)
         memcpy(conv + n, user + 1, 11 * sizeof(int32_t));
         n += 11;
     }
-    srv_engine_free(ref);
-    srv_engine_free(e);
+    engine_free(ref);
+    engine_free(e);
 }
 
 /* Eight requests at once give each exactly its tokens when run alone. */
 static void test_batch_independent(void)
 {
     setup();
-    srv_engine *e = engine(0, 64 << 20, 0, 8, 8);
+    engine *e = new_engine(0, 64 << 20, 0, 8, 8);
     static int32_t ids[8][100];
     result alone[8];
     for (int i = 0; i < 8; i++) {
@@ -213,14 +213,14 @@ static void test_batch_independent(void)
         run_all(e);
         alone[i] = res[10];
     }
-    srv_engine_free(e);
-    e = engine(1, 64 << 20, 0, 8, 8);
+    engine_free(e);
+    e = new_engine(1, 64 << 20, 0, 8, 8);
     for (int i = 0; i < 8; i++)
         submit_ids(e, (uint64_t)i + 1, ids[i], (size_t)(20 + 9 * i), 40);
     run_all(e);
     for (int i = 0; i < 8; i++)
         check_same(&alone[i], &res[i + 1], "batched vs alone", i);
-    srv_engine_free(e);
+    engine_free(e);
 }
 
 /* Keys cut to 3 bits: nearly every block collides; the token and parent checks refuse the wrong
@@ -228,8 +228,8 @@ static void test_batch_independent(void)
 static void test_collisions(void)
 {
     setup();
-    srv_engine *ref = engine(1, 64 << 20, 0, 4, 4);
-    srv_engine *e = engine(0, 64 << 20, 3, 4, 4);
+    engine *ref = new_engine(1, 64 << 20, 0, 4, 4);
+    engine *e = new_engine(0, 64 << 20, 3, 4, 4);
     static int32_t ids[200];
     for (int r = 0; r < 12; r++) {
         int n = 40 + 13 * r;
@@ -241,10 +241,10 @@ static void test_collisions(void)
         check_same(&res[1], &res[2], "collision run", n);
     }
     cache_stats st;
-    cache_get_stats(srv_engine_cache(e), &st);
+    cache_get_stats(engine_cache(e), &st);
     CHECK_MSG(st.collisions > 0, "no collision happened (%llu)", (unsigned long long)st.collisions);
-    srv_engine_free(ref);
-    srv_engine_free(e);
+    engine_free(ref);
+    engine_free(e);
 }
 
 /* A cache of a few blocks: constant eviction, outputs unchanged. */
@@ -253,8 +253,8 @@ static void test_eviction_pressure(void)
     setup();
     const model_config *c = model_get_config(M);
     size_t block = model_kv_block_floats(c, 16) * sizeof(float);
-    srv_engine *ref = engine(1, 64 << 20, 0, 4, 4);
-    srv_engine *e = engine(0, block * 40, 0, 2, 8);
+    engine *ref = new_engine(1, 64 << 20, 0, 4, 4);
+    engine *e = new_engine(0, block * 40, 0, 2, 8);
     static int32_t ids[4][300];
     for (int i = 0; i < 4; i++)
         prompt_ids(ids[i], 200, 77 + (unsigned)i);
@@ -268,50 +268,50 @@ static void test_eviction_pressure(void)
             check_same(&res[1], &res[2], "under eviction", n);
         }
     cache_stats st;
-    cache_get_stats(srv_engine_cache(e), &st);
+    cache_get_stats(engine_cache(e), &st);
     CHECK(st.evictions > 0);
     CHECK_EQ_U64(st.slots_used, st.slots_cached); /* no private block left behind */
-    srv_engine_free(ref);
-    srv_engine_free(e);
+    engine_free(ref);
+    engine_free(e);
 }
 
 static void test_bad_input(void)
 {
     setup();
-    srv_engine *e = engine(0, 64 << 20, 0, 1, 1);
+    engine *e = new_engine(0, 64 << 20, 0, 1, 1);
     int32_t ids[600];
     prompt_ids(ids, 600, 1);
     submit_ids(e, 1, ids, 513, 5);
-    CHECK(res[1].error && res[1].code == PROTO_ERR_PROMPT_TOO_LONG);
+    CHECK(res[1].error && res[1].code == ENGINE_ETOOLONG);
     CHECK_STR_CONTAINS(res[1].msg, "513");
     ids[5] = 512;
     submit_ids(e, 2, ids, 10, 5);
-    CHECK(res[2].error && res[2].code == PROTO_ERR_BAD_TOKEN);
+    CHECK(res[2].error && res[2].code == ENGINE_EBADTOKEN);
     CHECK_STR_CONTAINS(res[2].msg, "512");
     submit_ids(e, 3, ids, 0, 5);
-    CHECK(res[3].error && res[3].code == PROTO_ERR_BAD_REQUEST);
+    CHECK(res[3].error && res[3].code == ENGINE_EINVAL);
     ids[5] = 7;
     /* One running + one queued fill the engine; the third is BUSY. */
     submit_ids(e, 4, ids, 10, 50);
     submit_ids(e, 5, ids, 10, 50);
     submit_ids(e, 6, ids, 10, 50);
     CHECK(!res[4].error && !res[5].error);
-    CHECK(res[6].error && res[6].code == PROTO_ERR_BUSY);
+    CHECK(res[6].error && res[6].code == ENGINE_EBUSY);
     /* Cancel mid-generation: DONE with CANCELLED. */
     for (int i = 0; i < 5; i++)
-        srv_engine_step(e);
+        engine_step(e);
     CHECK(res[4].n > 0 && !res[4].done);
-    CHECK_EQ_INT(srv_engine_cancel(e, 4), 0);
-    CHECK(res[4].done && res[4].d.finish == PROTO_FINISH_CANCELLED);
-    CHECK_EQ_INT(srv_engine_cancel(e, 4), -1);
+    CHECK_EQ_INT(engine_cancel(e, 4), 0);
+    CHECK(res[4].done && res[4].d.finish == ENGINE_FINISH_CANCELLED);
+    CHECK_EQ_INT(engine_cancel(e, 4), ENGINE_ENOTFOUND);
     run_all(e);
-    CHECK(res[5].done && res[5].d.finish == PROTO_FINISH_LENGTH && res[5].n == 50);
+    CHECK(res[5].done && res[5].d.finish == ENGINE_FINISH_LENGTH && res[5].n == 50);
     /* A prompt that fills the context: one token, then finish LENGTH. */
     submit_ids(e, 7, ids, 512, 10);
     run_all(e);
-    CHECK(res[7].done && res[7].d.finish == PROTO_FINISH_LENGTH);
+    CHECK(res[7].done && res[7].d.finish == ENGINE_FINISH_LENGTH);
     CHECK_EQ_INT(res[7].n, 1);
-    srv_engine_free(e);
+    engine_free(e);
 }
 
 static void test_warm_and_pin(void)
@@ -320,37 +320,37 @@ static void test_warm_and_pin(void)
     const model_config *c = model_get_config(M);
     size_t block = model_kv_block_floats(c, 16) * sizeof(float);
     char msg[256];
-    srv_engine_opts o = {0};
+    engine_opts o = {0};
     o.cache_mem = block * 64;
     o.pin_max = block * 10;
     o.emit = emit_cb;
     o.threads = 1;
-    srv_engine *e = NULL;
-    CHECK_MSG(srv_engine_new(M, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
+    engine *e = NULL;
+    CHECK_MSG(engine_new(M, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
     int32_t ids[400];
     prompt_ids(ids, 400, 3);
-    srv_request q = {0};
-    q.kind = SRV_REQ_WARM;
+    engine_request q = {0};
+    q.kind = ENGINE_REQ_WARM;
     q.tokens = ids;
     q.n_tokens = 160; /* 10 blocks: exactly the budget */
     q.pin = 1;
     q.handle = 1;
     q.ns = "test";
     q.ns_len = 4;
-    srv_engine_submit(e, &q);
+    engine_submit(e, &q);
     run_all(e);
     CHECK_MSG(res[1].done && !res[1].error, "warm+pin failed: %s", res[1].msg);
     CHECK_EQ_INT(res[1].n, 0);
     cache_stats st;
-    cache_get_stats(srv_engine_cache(e), &st);
+    cache_get_stats(engine_cache(e), &st);
     CHECK_EQ_U64(st.slots_pinned, 10);
     /* Another pinned prefix is beyond the budget: refused, nothing pinned. */
     q.handle = 2;
     q.tokens = ids + 200;
     q.n_tokens = 32;
-    srv_engine_submit(e, &q);
+    engine_submit(e, &q);
     run_all(e);
-    CHECK(res[2].error && res[2].code == PROTO_ERR_PIN_BUDGET);
+    CHECK(res[2].error && res[2].code == ENGINE_EPINMAX);
     /* Heavy traffic evicts everything but the pinned blocks: the warm prefix still hits. */
     for (int i = 0; i < 6; i++) {
         int32_t other[300];
@@ -361,7 +361,7 @@ static void test_warm_and_pin(void)
     submit_ids(e, 4, ids, 170, 4);
     run_all(e);
     CHECK_EQ_INT(res[4].d.cached_tokens, 160);
-    srv_engine_free(e);
+    engine_free(e);
 }
 
 /* ---- The disk tier ------------------------------------------------------------------------ */
@@ -394,11 +394,11 @@ static void nop_wake(void *arg)
     (void)arg;
 }
 
-/* An engine with a disk tier in dir; returns the srv_engine_new() code, message in msg. */
-static int engine_disk(const model *m, const char *dir, size_t mem, int max_batch, int reset,
-                       int with_wake, srv_engine **e, char *msg, size_t msglen)
+/* An engine with a disk tier in dir; returns the engine_new() code, message in msg. */
+static int new_engine_disk(const model *m, const char *dir, size_t mem, int max_batch, int reset,
+                           int with_wake, engine **e, char *msg, size_t msglen)
 {
-    srv_engine_opts o = {0};
+    engine_opts o = {0};
     o.cache_mem = mem;
     o.max_batch = max_batch;
     o.max_queue = 16;
@@ -409,14 +409,14 @@ static int engine_disk(const model *m, const char *dir, size_t mem, int max_batc
     if (with_wake)
         o.wake = nop_wake;
     *e = NULL;
-    return srv_engine_new(m, m == M ? T : NULL, &o, e, msg, msglen);
+    return engine_new(m, m == M ? T : NULL, &o, e, msg, msglen);
 }
 
-static srv_engine *engine_disk_ok(const char *dir, size_t mem, int max_batch)
+static engine *new_engine_disk_ok(const char *dir, size_t mem, int max_batch)
 {
     char msg[512];
-    srv_engine *e;
-    CHECK_MSG(engine_disk(M, dir, mem, max_batch, 0, 0, &e, msg, sizeof msg) == 0, "%s", msg);
+    engine *e;
+    CHECK_MSG(new_engine_disk(M, dir, mem, max_batch, 0, 0, &e, msg, sizeof msg) == 0, "%s", msg);
     return e;
 }
 
@@ -429,10 +429,10 @@ static size_t block_bytes(void)
  * blocks to the disk tier. */
 static void disk_life(const char *dir, const int32_t *ids, size_t n, uint64_t h)
 {
-    srv_engine *e = engine_disk_ok(dir, 64 << 20, 2);
+    engine *e = new_engine_disk_ok(dir, 64 << 20, 2);
     submit_ids(e, h, ids, n, 4);
     run_all(e);
-    srv_engine_free(e);
+    engine_free(e);
 }
 
 /* A daemon's life, then a restart on the same directory: every full block of every prompt comes
@@ -441,8 +441,8 @@ static void test_disk_restart(void)
 {
     setup();
     make_tmpdir();
-    srv_engine *ref = engine(1, 64 << 20, 0, 4, 4);
-    srv_engine *e = engine_disk_ok(tmpdir, 64 << 20, 4);
+    engine *ref = new_engine(1, 64 << 20, 0, 4, 4);
+    engine *e = new_engine_disk_ok(tmpdir, 64 << 20, 4);
     static int32_t ids[6][200];
     static result want[6];
     for (int i = 0; i < 6; i++) {
@@ -456,8 +456,8 @@ static void test_disk_restart(void)
         check_same(&want[i], &res[2], "first life", n);
         CHECK_EQ_INT(res[2].d.cached_tokens_disk, 0);
     }
-    srv_engine_free(e); /* writes what is only in RAM to disk */
-    e = engine_disk_ok(tmpdir, 64 << 20, 4);
+    engine_free(e); /* writes what is only in RAM to disk */
+    e = new_engine_disk_ok(tmpdir, 64 << 20, 4);
     for (int i = 0; i < 6; i++) {
         int n = 40 + 29 * i;
         submit_ids(e, 3, ids[i], (size_t)n, 12);
@@ -466,11 +466,11 @@ static void test_disk_restart(void)
         CHECK_EQ_INT(res[3].d.cached_tokens_disk, ((n - 1) / 16) * 16);
         CHECK_EQ_INT(res[3].d.cached_tokens, ((n - 1) / 16) * 16);
     }
-    srv_diskw_stats ds;
-    CHECK_EQ_INT(srv_engine_disk_stats(e, &ds), 0);
+    disk_thread_stats ds;
+    CHECK_EQ_INT(engine_disk_stats(e, &ds), 0);
     CHECK(ds.load_blocks > 0 && ds.loads >= 6);
-    srv_engine_free(e);
-    srv_engine_free(ref);
+    engine_free(e);
+    engine_free(ref);
     remove_tmpdir();
 }
 
@@ -480,8 +480,8 @@ static void test_disk_pressure(void)
 {
     setup();
     make_tmpdir();
-    srv_engine *ref = engine(1, 64 << 20, 0, 4, 4);
-    srv_engine *e = engine_disk_ok(tmpdir, block_bytes() * 24, 2);
+    engine *ref = new_engine(1, 64 << 20, 0, 4, 4);
+    engine *e = new_engine_disk_ok(tmpdir, block_bytes() * 24, 2);
     static int32_t fam[5][200], ids[200];
     for (int f = 0; f < 5; f++)
         prompt_ids(fam[f], 200, 900 + (unsigned)f);
@@ -502,16 +502,16 @@ static void test_disk_pressure(void)
         check_same(&res[1], &res[2], "under spilling", n);
         disk_hits += res[2].d.cached_tokens_disk > 0;
     }
-    srv_diskw_stats ds;
-    srv_engine_disk_stats(e, &ds);
+    disk_thread_stats ds;
+    engine_disk_stats(e, &ds);
     CHECK_MSG(disk_hits > 5 && ds.disk.puts > 20 && ds.load_blocks > 20,
               "no real spilling: %d requests hit disk, %llu spills, %llu blocks loaded", disk_hits,
               (unsigned long long)ds.disk.puts, (unsigned long long)ds.load_blocks);
     cache_stats st;
-    cache_get_stats(srv_engine_cache(e), &st);
+    cache_get_stats(engine_cache(e), &st);
     CHECK_EQ_U64(st.slots_used, st.slots_cached); /* no private block left behind */
-    srv_engine_free(e);
-    srv_engine_free(ref);
+    engine_free(e);
+    engine_free(ref);
     remove_tmpdir();
 }
 
@@ -530,20 +530,20 @@ static void test_disk_model_isolation(void)
     static int32_t ids[120];
     prompt_ids(ids, 120, 5);
     disk_life(dir, ids, 120, 1);
-    srv_engine *o = NULL;
-    CHECK_MSG(engine_disk(other, dir, 64 << 20, 2, 0, 0, &o, msg, sizeof msg) == 0, "%s", msg);
+    engine *o = NULL;
+    CHECK_MSG(new_engine_disk(other, dir, 64 << 20, 2, 0, 0, &o, msg, sizeof msg) == 0, "%s", msg);
     submit_ids(o, 2, ids, 120, 4);
     run_all(o);
     CHECK(res[2].done);
     CHECK_EQ_INT(res[2].d.cached_tokens, 0);
-    srv_engine_free(o);
+    engine_free(o);
     /* ...while the first model, back on it, does hit. */
-    srv_engine *e = engine_disk_ok(dir, 64 << 20, 2);
+    engine *e = new_engine_disk_ok(dir, 64 << 20, 2);
     submit_ids(e, 3, ids, 120, 4);
     run_all(e);
     CHECK_EQ_INT(res[3].d.cached_tokens_disk, 112);
     check_same(&res[1], &res[3], "back on disk", 120);
-    srv_engine_free(e);
+    engine_free(e);
     model_free(other);
     remove_tmpdir();
 }
@@ -557,33 +557,34 @@ static void test_disk_cancel_loading(void)
     static int32_t ids[300];
     prompt_ids(ids, 300, 8);
     disk_life(tmpdir, ids, 300, 1);
-    srv_engine *e;
+    engine *e;
     char msg[512];
     for (int k = 0; k < 20; k++) {
-        CHECK_MSG(engine_disk(M, tmpdir, 64 << 20, 2, 0, 1, &e, msg, sizeof msg) == 0, "%s", msg);
+        CHECK_MSG(new_engine_disk(M, tmpdir, 64 << 20, 2, 0, 1, &e, msg, sizeof msg) == 0, "%s",
+                  msg);
         submit_ids(e, 2, ids, 300, 4);
-        srv_engine_step(e); /* admitted: its load is out */
+        engine_step(e); /* admitted: its load is out */
         if (k % 2 == 0)
-            CHECK_EQ_INT(srv_engine_cancel(e, 2), 0);
+            CHECK_EQ_INT(engine_cancel(e, 2), 0);
         else
-            CHECK_EQ_INT(srv_engine_cancel_matching(e, 0, 0), 1);
-        CHECK(res[2].done && res[2].d.finish == PROTO_FINISH_CANCELLED);
-        CHECK_EQ_INT(srv_engine_live(e), 0);
+            CHECK_EQ_INT(engine_cancel_matching(e, 0, 0), 1);
+        CHECK(res[2].done && res[2].d.finish == ENGINE_FINISH_CANCELLED);
+        CHECK_EQ_INT(engine_live(e), 0);
         if (k % 4 == 0) {
             /* Still usable: the same prompt again, all from disk or RAM. */
             submit_ids(e, 3, ids, 300, 4);
             /* As the daemon's engine thread does: sleep while nothing is runnable. */
-            for (int i = 0; i < 20000 && srv_engine_live(e) > 0; i++) {
-                if (!srv_engine_runnable(e))
+            for (int i = 0; i < 20000 && engine_live(e) > 0; i++) {
+                if (!engine_runnable(e))
                     usleep(1000);
-                srv_engine_step(e);
+                engine_step(e);
             }
             CHECK_MSG(res[3].done && res[3].d.cached_tokens == 288,
                       "done %d cached %u disk %u err %s", res[3].done, res[3].d.cached_tokens,
                       res[3].d.cached_tokens_disk, res[3].msg);
             check_same(&res[1], &res[3], "after a cancelled load", 300);
         }
-        srv_engine_free(e); /* waits for the load still out */
+        engine_free(e); /* waits for the load still out */
     }
     remove_tmpdir();
 }
@@ -595,8 +596,8 @@ static void test_disk_working_set(void)
 {
     setup();
     make_tmpdir();
-    srv_engine *ref = engine(1, 64 << 20, 0, 4, 4);
-    srv_engine *e = engine_disk_ok(tmpdir, block_bytes() * (4 * 10 + 12), 1);
+    engine *ref = new_engine(1, 64 << 20, 0, 4, 4);
+    engine *e = new_engine_disk_ok(tmpdir, block_bytes() * (4 * 10 + 12), 1);
     static int32_t sys[6][200];
     for (int k = 0; k < 6; k++)
         prompt_ids(sys[k], 180, 4000 + (unsigned)k);
@@ -617,12 +618,12 @@ static void test_disk_working_set(void)
                           res[2].d.cached_tokens, res[2].d.cached_tokens_disk);
             from_disk += res[2].d.cached_tokens_disk >= 160;
         }
-    srv_diskw_stats ds;
-    srv_engine_disk_stats(e, &ds);
+    disk_thread_stats ds;
+    engine_disk_stats(e, &ds);
     CHECK_MSG(from_disk >= 6, "only %d turns came from disk", from_disk);
     CHECK_EQ_U64(ds.spills_dropped, 0);
-    srv_engine_free(e);
-    srv_engine_free(ref);
+    engine_free(e);
+    engine_free(ref);
     remove_tmpdir();
 }
 
@@ -632,35 +633,35 @@ static void test_disk_errors(void)
     setup();
     make_tmpdir();
     char dir[400], msg[512];
-    srv_engine *e = NULL;
+    engine *e = NULL;
     snprintf(dir, sizeof dir, "%s/missing/disk", tmpdir);
-    CHECK(engine_disk(M, dir, 1 << 20, 2, 0, 0, &e, msg, sizeof msg) != 0 && !e);
+    CHECK(new_engine_disk(M, dir, 1 << 20, 2, 0, 0, &e, msg, sizeof msg) != 0 && !e);
     CHECK_STR_CONTAINS(msg, dir);
     snprintf(dir, sizeof dir, "%s/file", tmpdir);
     int fd = open(dir, O_CREAT | O_WRONLY, 0600);
     CHECK(fd >= 0);
     close(fd);
-    CHECK(engine_disk(M, dir, 1 << 20, 2, 0, 0, &e, msg, sizeof msg) != 0 && !e);
+    CHECK(new_engine_disk(M, dir, 1 << 20, 2, 0, 0, &e, msg, sizeof msg) != 0 && !e);
     CHECK_STR_CONTAINS(msg, dir);
     /* One daemon per directory. */
     snprintf(dir, sizeof dir, "%s/disk", tmpdir);
-    srv_engine *first = engine_disk_ok(dir, 1 << 20, 2);
-    CHECK_EQ_INT(engine_disk(M, dir, 1 << 20, 2, 0, 0, &e, msg, sizeof msg), CACHE_EBUSY);
+    engine *first = new_engine_disk_ok(dir, 1 << 20, 2);
+    CHECK_EQ_INT(new_engine_disk(M, dir, 1 << 20, 2, 0, 0, &e, msg, sizeof msg), ENGINE_EDISKBUSY);
     CHECK_STR_CONTAINS(msg, "in use");
-    srv_engine_free(first);
+    engine_free(first);
     /* Another block geometry: refused unless a reset is asked for. */
-    srv_engine_opts o = {0};
+    engine_opts o = {0};
     o.cache_mem = 1 << 20;
     o.block_tokens = 32;
     o.emit = emit_cb;
     o.threads = 1;
     o.disk_dir = dir;
-    CHECK_EQ_INT(srv_engine_new(M, T, &o, &e, msg, sizeof msg), CACHE_EVERSION);
+    CHECK_EQ_INT(engine_new(M, T, &o, &e, msg, sizeof msg), ENGINE_EDISK);
     CHECK_STR_CONTAINS(msg, "incompatible");
     CHECK_STR_CONTAINS(msg, dir);
     o.disk_reset = 1;
-    CHECK_MSG(srv_engine_new(M, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
-    srv_engine_free(e);
+    CHECK_MSG(engine_new(M, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
+    engine_free(e);
     remove_tmpdir();
 }
 

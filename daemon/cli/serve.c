@@ -1,4 +1,5 @@
 /* serve.c — `prefixd serve`: options, model loading, then the daemon (server.c). */
+#include "base.h"
 #include "cmd.h"
 #include "proto.h"
 #include "server.h"
@@ -7,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 
 static void usage(FILE *f)
@@ -87,7 +87,7 @@ int srv_cmd_serve(int argc, char **argv)
     o.max_frame = 16u << 20;
     o.max_output = 8u << 20;
     o.grace_ms = 10000;
-    o.log_level = SRV_LOG_INFO;
+    o.log_level = BASE_LOG_INFO;
     const char *tok_path = NULL, *disk_dir = NULL;
     char sockbuf[4096], diskbuf[4096];
     enum {
@@ -158,12 +158,12 @@ int srv_cmd_serve(int argc, char **argv)
         case O_MEM:
             if (srv_parse_size(optarg, &sz) != 0 || sz == 0)
                 return bad("--cache-mem", optarg, "a size like 1G");
-            o.cache_mem = (size_t)sz;
+            o.engine.cache_mem = (size_t)sz;
             break;
         case O_PIN:
             if (srv_parse_size(optarg, &sz) != 0)
                 return bad("--pin-max", optarg, "a size like 256M");
-            o.pin_max = (size_t)sz;
+            o.engine.pin_max = (size_t)sz;
             break;
         case O_DISK:
             if (!optarg[0])
@@ -173,33 +173,33 @@ int srv_cmd_serve(int argc, char **argv)
         case O_DISKMAX:
             if (srv_parse_size(optarg, &sz) != 0 || sz < 4096)
                 return bad("--disk-max", optarg, "a size of at least 4K, like 4G");
-            o.disk_max = (size_t)sz;
+            o.engine.disk_max = (size_t)sz;
             break;
         case O_DISKRESET:
-            o.disk_reset = 1;
+            o.engine.disk_reset = 1;
             break;
         case O_BLOCK:
             if (srv_parse_int(optarg, 1, 4096, &v) != 0)
                 return bad("--block-tokens", optarg, "1..4096");
-            o.block_tokens = (int)v;
+            o.engine.block_tokens = (int)v;
             break;
         case O_THREADS:
             if (srv_parse_int(optarg, 1, 256, &v) != 0)
                 return bad("--threads", optarg, "1..256");
-            o.threads = (int)v;
+            o.engine.threads = (int)v;
             break;
         case O_BATCH:
             if (srv_parse_int(optarg, 1, 1024, &v) != 0)
                 return bad("--max-batch", optarg, "1..1024");
-            o.max_batch = (int)v;
+            o.engine.max_batch = (int)v;
             break;
         case O_QUEUE:
             if (srv_parse_int(optarg, 1, 1 << 20, &v) != 0)
                 return bad("--max-queue", optarg, "1..1048576");
-            o.max_queue = (int)v;
+            o.engine.max_queue = (int)v;
             break;
         case O_NOCACHE:
-            o.no_cache = 1;
+            o.engine.no_cache = 1;
             break;
         case O_SHARE:
             o.share_across_users = 1;
@@ -220,15 +220,7 @@ int srv_cmd_serve(int argc, char **argv)
                 return bad("--grace", optarg, "seconds >= 0");
             break;
         case O_LOG:
-            if (!strcasecmp(optarg, "error"))
-                o.log_level = SRV_LOG_ERROR;
-            else if (!strcasecmp(optarg, "warn"))
-                o.log_level = SRV_LOG_WARN;
-            else if (!strcasecmp(optarg, "info"))
-                o.log_level = SRV_LOG_INFO;
-            else if (!strcasecmp(optarg, "debug"))
-                o.log_level = SRV_LOG_DEBUG;
-            else
+            if ((o.log_level = base_log_parse_level(optarg)) < 0)
                 return bad("--log-level", optarg, "error, warn, info or debug");
             break;
         case 'h':
@@ -256,31 +248,31 @@ int srv_cmd_serve(int argc, char **argv)
         }
         o.socket_path = sockbuf;
     }
-    srv_log_set_level(o.log_level);
+    base_log_set_level(o.log_level);
     model *m;
     model_tokenizer *tok;
     if (srv_load(o.model_path, tok_path, &m, &tok) != 0)
         return 2;
     const model_config *c = model_get_config(m);
-    srv_log(SRV_LOG_INFO,
-            "model %s: dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, context %d; "
-            "%.2fM params, %.1f MB weights, %llu K/V bytes per token",
-            o.model_path, c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
-            c->vocab_size, c->seq_len, (double)model_param_count(c) / 1e6,
-            (double)model_weight_bytes(c) / 1e6, (unsigned long long)model_kv_bytes_per_token(c));
+    base_log(BASE_LOG_INFO,
+             "model %s: dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, context %d; "
+             "%.2fM params, %.1f MB weights, %llu K/V bytes per token",
+             o.model_path, c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
+             c->vocab_size, c->seq_len, (double)model_param_count(c) / 1e6,
+             (double)model_weight_bytes(c) / 1e6, (unsigned long long)model_kv_bytes_per_token(c));
     if (disk_dir && strcmp(disk_dir, "none") == 0) {
-        o.disk_dir = NULL;
+        o.engine.disk_dir = NULL;
     } else if (disk_dir) {
-        o.disk_dir = disk_dir;
-    } else if (!o.no_cache) {
+        o.engine.disk_dir = disk_dir;
+    } else if (!o.engine.no_cache) {
         /* The default is shared by every model: one subdirectory per block geometry, since a
          * store holds blocks of one size (a model of another shape would be refused there). */
-        int bt = o.block_tokens ? o.block_tokens : 16;
+        int bt = o.engine.block_tokens ? o.engine.block_tokens : 16;
         if (default_disk_dir(diskbuf, sizeof diskbuf, bt, model_kv_block_floats(c, bt)) == 0) {
-            o.disk_dir = diskbuf;
+            o.engine.disk_dir = diskbuf;
             o.disk_is_default = 1;
         } else {
-            srv_log(SRV_LOG_WARN, "disk tier off: %s", diskbuf);
+            base_log(BASE_LOG_WARN, "disk tier off: %s", diskbuf);
         }
     }
     int rc = srv_run(&o, m, tok);

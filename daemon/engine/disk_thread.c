@@ -1,4 +1,5 @@
-/* diskw.c — the disk thread (diskw.h): spills in batched write transactions, loads first.
+/* disk_thread.c — the disk thread (disk_thread.h): spills in batched write transactions, loads
+ * first.
  *
  * The spill buffer is one arena of fixed slots (key, parent, token ids, payload), allocated at
  * open. A slot moves free -> filled by the engine thread (outside the lock: the slot is the
@@ -7,11 +8,11 @@
  * and frees them, so it may read a queued slot's contents without the lock.
  *
  * Each turn of the disk thread serves every queued load, then writes one batch of spills (at most
- * DISKW_BATCH_BYTES), then looks again: a load waits for at most one batch's transaction.
+ * DISK_THREAD_BATCH_BYTES), then looks again: a load waits for at most one batch's transaction.
  */
-#include "diskw.h"
+#include "disk_thread.h"
 
-#include "server.h"
+#include "base.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,18 +21,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "engine.h" /* srv_now_ms() */
-
 /* A load waits for at most one write transaction: with synced commits at ~100 MB/s on this
  * machine's disk, 8 MiB is ~80 ms; smaller batches cost a commit (a few ms) each. */
-#define DISKW_BATCH_BYTES ((size_t)8 << 20)
-#define DISKW_BATCH_MAX 256
-#define DISKW_DEFAULT_SPILL ((size_t)256 << 20)
+#define DISK_THREAD_BATCH_BYTES ((size_t)8 << 20)
+#define DISK_THREAD_BATCH_MAX 256
+#define DISK_THREAD_DEFAULT_SPILL ((size_t)256 << 20)
 
 typedef struct spill_slot {
     int32_t next; /* free list or queue link, -1 at the end */
@@ -41,8 +39,8 @@ typedef struct spill_slot {
     float *data;
 } spill_slot;
 
-struct srv_diskw {
-    srv_diskw_opts o;
+struct disk_thread {
+    disk_thread_opts o;
     cache_disk *d;
     int lock_fd;   /* DIR/prefixd.lock, flock()ed while open: one daemon per directory */
     size_t B;      /* tokens per block */
@@ -61,15 +59,15 @@ struct srv_diskw {
     int32_t q_head, q_tail;
     uint64_t spills_in, spills_out; /* queued so far, written or failed so far (flush) */
     /* loads */
-    srv_diskw_load *load_head, *load_tail;
-    srv_diskw_load *done_head, *done_tail;
+    disk_thread_load *load_head, *load_tail;
+    disk_thread_load *done_head, *done_tail;
     int stop;
-    srv_diskw_stats st;
+    disk_thread_stats st;
     /* the disk thread's own */
     int logged_full, logged_io;
 };
 
-static void slots_push_free_locked(srv_diskw *w, int32_t s)
+static void slots_push_free_locked(disk_thread *w, int32_t s)
 {
     w->slots[s].next = w->free_head;
     w->free_head = s;
@@ -77,7 +75,7 @@ static void slots_push_free_locked(srv_diskw *w, int32_t s)
 
 /* ---- The engine thread's side --------------------------------------------------------------- */
 
-static void slot_fill(srv_diskw *w, int32_t s, const cache_evicted *ev)
+static void slot_fill(disk_thread *w, int32_t s, const cache_evicted *ev)
 {
     spill_slot *sl = &w->slots[s];
     sl->key = ev->key;
@@ -86,7 +84,7 @@ static void slot_fill(srv_diskw *w, int32_t s, const cache_evicted *ev)
     memcpy(sl->data, ev->data, w->floats * sizeof(float));
 }
 
-static void slot_queue(srv_diskw *w, int32_t s, double copy_ms)
+static void slot_queue(disk_thread *w, int32_t s, double copy_ms)
 {
     pthread_mutex_lock(&w->mu);
     w->st.spill_copy_ms += copy_ms;
@@ -103,7 +101,7 @@ static void slot_queue(srv_diskw *w, int32_t s, double copy_ms)
     pthread_mutex_unlock(&w->mu);
 }
 
-int srv_diskw_spill(srv_diskw *w, const cache_evicted *ev)
+int disk_thread_spill(disk_thread *w, const cache_evicted *ev)
 {
     pthread_mutex_lock(&w->mu);
     int32_t s = w->free_head;
@@ -114,13 +112,13 @@ int srv_diskw_spill(srv_diskw *w, const cache_evicted *ev)
     }
     w->free_head = w->slots[s].next;
     pthread_mutex_unlock(&w->mu);
-    double t0 = srv_now_ms();
+    double t0 = base_now_ms();
     slot_fill(w, s, ev); /* the slot is ours until queued: copy without the lock */
-    slot_queue(w, s, srv_now_ms() - t0);
+    slot_queue(w, s, base_now_ms() - t0);
     return 0;
 }
 
-void srv_diskw_spill_wait(srv_diskw *w, const cache_evicted *ev)
+void disk_thread_spill_wait(disk_thread *w, const cache_evicted *ev)
 {
     pthread_mutex_lock(&w->mu);
     while (w->free_head < 0)
@@ -128,16 +126,16 @@ void srv_diskw_spill_wait(srv_diskw *w, const cache_evicted *ev)
     int32_t s = w->free_head;
     w->free_head = w->slots[s].next;
     pthread_mutex_unlock(&w->mu);
-    double t0 = srv_now_ms();
+    double t0 = base_now_ms();
     slot_fill(w, s, ev);
-    slot_queue(w, s, srv_now_ms() - t0);
+    slot_queue(w, s, base_now_ms() - t0);
 }
 
-void srv_diskw_load_async(srv_diskw *w, srv_diskw_load *job)
+void disk_thread_load_async(disk_thread *w, disk_thread_load *job)
 {
     job->next = NULL;
     job->n_loaded = 0;
-    job->t_queued = srv_now_ms();
+    job->t_queued = base_now_ms();
     pthread_mutex_lock(&w->mu);
     if (w->load_tail)
         w->load_tail->next = job;
@@ -148,16 +146,16 @@ void srv_diskw_load_async(srv_diskw *w, srv_diskw_load *job)
     pthread_mutex_unlock(&w->mu);
 }
 
-srv_diskw_load *srv_diskw_poll(srv_diskw *w)
+disk_thread_load *disk_thread_poll(disk_thread *w)
 {
     pthread_mutex_lock(&w->mu);
-    srv_diskw_load *l = w->done_head;
+    disk_thread_load *l = w->done_head;
     w->done_head = w->done_tail = NULL;
     pthread_mutex_unlock(&w->mu);
     return l;
 }
 
-int srv_diskw_has_done(srv_diskw *w)
+int disk_thread_has_done(disk_thread *w)
 {
     pthread_mutex_lock(&w->mu);
     int r = w->done_head != NULL;
@@ -165,7 +163,7 @@ int srv_diskw_has_done(srv_diskw *w)
     return r;
 }
 
-void srv_diskw_wait(srv_diskw *w, double timeout_ms)
+void disk_thread_wait(disk_thread *w, double timeout_ms)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -180,7 +178,7 @@ void srv_diskw_wait(srv_diskw *w, double timeout_ms)
     pthread_mutex_unlock(&w->mu);
 }
 
-void srv_diskw_flush(srv_diskw *w)
+void disk_thread_flush(disk_thread *w)
 {
     pthread_mutex_lock(&w->mu);
     uint64_t target = w->spills_in;
@@ -189,7 +187,7 @@ void srv_diskw_flush(srv_diskw *w)
     pthread_mutex_unlock(&w->mu);
 }
 
-void srv_diskw_get_stats(srv_diskw *w, srv_diskw_stats *out)
+void disk_thread_get_stats(disk_thread *w, disk_thread_stats *out)
 {
     pthread_mutex_lock(&w->mu);
     *out = w->st;
@@ -199,7 +197,7 @@ void srv_diskw_get_stats(srv_diskw *w, srv_diskw_stats *out)
 /* ---- The disk thread ------------------------------------------------------------------------ */
 
 /* A spilled block still in the buffer (queued, or in this turn's batch), or -1. */
-static int32_t pending_find(srv_diskw *w, cache_key key, const int32_t *batch, size_t n_batch)
+static int32_t pending_find(disk_thread *w, cache_key key, const int32_t *batch, size_t n_batch)
 {
     for (size_t i = 0; i < n_batch; i++)
         if (cache_key_eq(w->slots[batch[i]].key, key))
@@ -212,7 +210,7 @@ static int32_t pending_find(srv_diskw *w, cache_key key, const int32_t *batch, s
     return s;
 }
 
-static void serve_load(srv_diskw *w, srv_diskw_load *job, const int32_t *batch, size_t n_batch,
+static void serve_load(disk_thread *w, disk_thread_load *job, const int32_t *batch, size_t n_batch,
                        uint64_t *pending_hits)
 {
     cache_key parent = job->parent;
@@ -231,13 +229,13 @@ static void serve_load(srv_diskw *w, srv_diskw_load *job, const int32_t *batch, 
         } else {
             int rc = cache_disk_get(w->d, job->keys[i], parent, tok, job->dst[i]);
             if (rc == CACHE_ECORRUPT) {
-                srv_log(SRV_LOG_WARN, "%s", cache_disk_errmsg(w->d));
+                base_log(BASE_LOG_WARN, "%s", cache_disk_errmsg(w->d));
                 break;
             }
             if (rc == CACHE_EIO && !w->logged_io) {
                 w->logged_io = 1;
-                srv_log(SRV_LOG_ERROR, "disk tier: %s (serving from RAM only until it recovers)",
-                        cache_disk_errmsg(w->d));
+                base_log(BASE_LOG_ERROR, "disk tier: %s (serving from RAM only until it recovers)",
+                         cache_disk_errmsg(w->d));
             }
             if (rc != 0)
                 break;
@@ -247,10 +245,10 @@ static void serve_load(srv_diskw *w, srv_diskw_load *job, const int32_t *batch, 
     }
 }
 
-static void write_batch(srv_diskw *w, const int32_t *batch, size_t n, uint64_t *written_bytes,
+static void write_batch(disk_thread *w, const int32_t *batch, size_t n, uint64_t *written_bytes,
                         uint64_t *failed)
 {
-    cache_disk_item items[DISKW_BATCH_MAX];
+    cache_disk_item items[DISK_THREAD_BATCH_MAX];
     for (size_t i = 0; i < n; i++) {
         const spill_slot *sl = &w->slots[batch[i]];
         items[i] = (cache_disk_item){sl->key, sl->parent, sl->tok, sl->data};
@@ -263,7 +261,7 @@ static void write_batch(srv_diskw *w, const int32_t *batch, size_t n, uint64_t *
     *failed = rc == 0 ? 0 : n - done;
     if (rc == 0) {
         if (w->logged_full || w->logged_io)
-            srv_log(SRV_LOG_INFO, "disk tier: writing again");
+            base_log(BASE_LOG_INFO, "disk tier: writing again");
         w->logged_full = w->logged_io = 0;
         return;
     }
@@ -271,16 +269,16 @@ static void write_batch(srv_diskw *w, const int32_t *batch, size_t n, uint64_t *
     int *logged = rc == CACHE_EFULL ? &w->logged_full : &w->logged_io;
     if (!*logged) {
         *logged = 1;
-        srv_log(rc == CACHE_EFULL ? SRV_LOG_WARN : SRV_LOG_ERROR,
-                "disk tier: %s (blocks that do not fit are not spilled; serving continues)",
-                cache_disk_errmsg(w->d));
+        base_log(rc == CACHE_EFULL ? BASE_LOG_WARN : BASE_LOG_ERROR,
+                 "disk tier: %s (blocks that do not fit are not spilled; serving continues)",
+                 cache_disk_errmsg(w->d));
     }
 }
 
 static void *diskw_main(void *arg)
 {
-    srv_diskw *w = arg;
-    int32_t batch[DISKW_BATCH_MAX];
+    disk_thread *w = arg;
+    int32_t batch[DISK_THREAD_BATCH_MAX];
     size_t block_bytes = w->floats * sizeof(float);
     pthread_mutex_lock(&w->mu);
     for (;;) {
@@ -288,10 +286,11 @@ static void *diskw_main(void *arg)
             pthread_cond_wait(&w->work_cv, &w->mu);
         if (w->stop && !w->load_head && w->q_head < 0)
             break;
-        srv_diskw_load *loads = w->load_head;
+        disk_thread_load *loads = w->load_head;
         w->load_head = w->load_tail = NULL;
         size_t n = 0, bytes = 0;
-        while (w->q_head >= 0 && n < DISKW_BATCH_MAX && (n == 0 || bytes < DISKW_BATCH_BYTES)) {
+        while (w->q_head >= 0 && n < DISK_THREAD_BATCH_MAX &&
+               (n == 0 || bytes < DISK_THREAD_BATCH_BYTES)) {
             int32_t s = w->q_head;
             w->q_head = w->slots[s].next;
             if (w->q_head < 0)
@@ -303,19 +302,19 @@ static void *diskw_main(void *arg)
 
         /* Loads first: requests are waiting for them. */
         uint64_t pending_hits = 0, blocks = 0, n_loads = 0;
-        double t0 = srv_now_ms();
-        for (srv_diskw_load *l = loads; l; l = l->next) {
+        double t0 = base_now_ms();
+        for (disk_thread_load *l = loads; l; l = l->next) {
             serve_load(w, l, batch, n, &pending_hits);
             blocks += l->n_loaded;
             n_loads++;
         }
-        double t1 = srv_now_ms();
-        for (srv_diskw_load *l = loads; l; l = l->next)
+        double t1 = base_now_ms();
+        for (disk_thread_load *l = loads; l; l = l->next)
             l->ms = t1 - l->t_queued;
         uint64_t written = 0, failed = 0;
         if (n)
             write_batch(w, batch, n, &written, &failed);
-        double t2 = srv_now_ms();
+        double t2 = base_now_ms();
 
         pthread_mutex_lock(&w->mu);
         for (size_t i = 0; i < n; i++)
@@ -332,7 +331,7 @@ static void *diskw_main(void *arg)
         w->st.load_ms += t1 - t0;
         cache_disk_get_stats(w->d, &w->st.disk);
         if (loads) {
-            srv_diskw_load *tail = loads;
+            disk_thread_load *tail = loads;
             while (tail->next)
                 tail = tail->next;
             if (w->done_tail)
@@ -358,7 +357,7 @@ static void *diskw_main(void *arg)
  * process that writes it. The lock is an flock() on DIR/prefixd.lock, so it goes with the process
  * (kill -9 included) and a stale file never blocks a restart. Problems creating the directory or
  * the file are left to cache_disk_open(), which names them. */
-static int dir_lock(srv_diskw *w, const char *dir, char *msg, size_t msglen)
+static int dir_lock(disk_thread *w, const char *dir, char *msg, size_t msglen)
 {
     char path[4096];
     if (snprintf(path, sizeof path, "%s/prefixd.lock", dir) >= (int)sizeof path)
@@ -386,10 +385,10 @@ static int dir_lock(srv_diskw *w, const char *dir, char *msg, size_t msglen)
     return 0;
 }
 
-int srv_diskw_open(const srv_diskw_opts *o, srv_diskw **out, char *msg, size_t msglen)
+int disk_thread_open(const disk_thread_opts *o, disk_thread **out, char *msg, size_t msglen)
 {
     *out = NULL;
-    srv_diskw *w = calloc(1, sizeof *w);
+    disk_thread *w = calloc(1, sizeof *w);
     if (!w) {
         snprintf(msg, msglen, "disk tier: out of memory");
         return CACHE_ENOMEM;
@@ -406,10 +405,10 @@ int srv_diskw_open(const srv_diskw_opts *o, srv_diskw **out, char *msg, size_t m
     if (rc == 0)
         rc = cache_disk_open(&o->disk, &w->d, msg, msglen);
     if (rc != 0) {
-        srv_diskw_close(w);
+        disk_thread_close(w);
         return rc;
     }
-    size_t spill = o->spill_bytes ? o->spill_bytes : DISKW_DEFAULT_SPILL;
+    size_t spill = o->spill_bytes ? o->spill_bytes : DISK_THREAD_DEFAULT_SPILL;
     size_t block_bytes = w->floats * sizeof(float);
     w->n_slots = spill / block_bytes;
     if (w->n_slots < 4)
@@ -419,17 +418,12 @@ int srv_diskw_open(const srv_diskw_opts *o, srv_diskw **out, char *msg, size_t m
      * blocks in here on a request's admission, where a page fault per 4 KiB would add to that
      * request's time to first token (measured: 100-800 ms for a 1,500-token prefix's blocks on
      * a busy machine, against ~25 ms for the copy itself). */
-    size_t arena_bytes = (w->n_slots * block_bytes + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
-    w->arena = aligned_alloc(2u << 20, arena_bytes);
-    if (w->arena) {
-        madvise(w->arena, arena_bytes, MADV_HUGEPAGE);
-        memset(w->arena, 0, arena_bytes);
-    }
+    w->arena = base_huge_alloc(w->n_slots * block_bytes, 1);
     w->tok_arena = malloc(w->n_slots * w->B * sizeof(int32_t));
     if (!w->slots || !w->arena || !w->tok_arena) {
         snprintf(msg, msglen, "disk tier: cannot allocate a spill buffer of %zu blocks (%zu MB)",
                  w->n_slots, w->n_slots * block_bytes >> 20);
-        srv_diskw_close(w);
+        disk_thread_close(w);
         return CACHE_ENOMEM;
     }
     for (size_t i = w->n_slots; i-- > 0;) {
@@ -440,7 +434,7 @@ int srv_diskw_open(const srv_diskw_opts *o, srv_diskw **out, char *msg, size_t m
     cache_disk_get_stats(w->d, &w->st.disk);
     if (pthread_create(&w->thread, NULL, diskw_main, w) != 0) {
         snprintf(msg, msglen, "disk tier: cannot start the disk thread");
-        srv_diskw_close(w);
+        disk_thread_close(w);
         return CACHE_ENOMEM;
     }
     w->started = 1;
@@ -448,7 +442,7 @@ int srv_diskw_open(const srv_diskw_opts *o, srv_diskw **out, char *msg, size_t m
     return 0;
 }
 
-void srv_diskw_close(srv_diskw *w)
+void disk_thread_close(disk_thread *w)
 {
     if (!w)
         return;
@@ -466,7 +460,7 @@ void srv_diskw_close(srv_diskw *w)
     pthread_cond_destroy(&w->work_cv);
     pthread_cond_destroy(&w->done_cv);
     free(w->slots);
-    free(w->arena);
+    base_huge_free(w->arena);
     free(w->tok_arena);
     free(w);
 }

@@ -15,13 +15,13 @@
  */
 #include "engine.h"
 
-#include "diskw.h"
+#include "base.h"
+#include "disk_thread.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* LOADING: the disk thread is copying the blocks after the RAM hits into the request's own
  * private slots; nothing else touches them until the load comes back. */
@@ -29,7 +29,7 @@ typedef enum rq_state { RQ_WAITING, RQ_LOADING, RQ_PREFILL, RQ_DECODE } rq_state
 
 typedef struct request {
     uint64_t handle;
-    srv_request_kind kind;
+    engine_request_kind kind;
     rq_state state;
     int32_t *tok; /* prompt, then sampled tokens; capacity tok_cap */
     int tok_cap;
@@ -43,7 +43,7 @@ typedef struct request {
     int cached;        /* prompt tokens taken from the cache (RAM and disk) */
     int cached_disk;   /* of those, loaded from the disk tier */
     cache_key *keys;   /* the prompt's block keys (with a disk tier) */
-    srv_diskw_load load;
+    disk_thread_load load;
     int zombie; /* ended while LOADING: freed when the load comes back */
     struct request *zombie_next;
     uint32_t max_new;
@@ -56,14 +56,14 @@ typedef struct request {
     double prefill_ms;
 } request;
 
-struct srv_engine {
-    srv_engine_opts o;
+struct engine {
+    engine_opts o;
     const model *m;
     const model_tokenizer *tok;
     model_config c;
     model_state *ms;
     cache *cache;
-    srv_diskw *disk;   /* NULL: no disk tier */
+    disk_thread *disk; /* NULL: no disk tier */
     int n_loading;     /* requests (live or zombie) whose load is out */
     request *zombies;  /* ended while LOADING */
     int admit_blocked; /* the first waiting request did not fit; cleared when blocks free */
@@ -76,46 +76,51 @@ struct srv_engine {
     int *pos;       /* (max_batch) */
     int32_t *toks;  /* (max_batch) */
     request **rows; /* (max_batch) */
-    srv_engine_stats st;
+    engine_stats st;
 };
 
-double srv_now_ms(void)
+const char *engine_strerror(int err)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+    switch (err) {
+#define X(name, code, msg)                                                                         \
+    case code:                                                                                     \
+        return msg;
+        ENGINE_ERRNO_MAP(X)
+#undef X
+    }
+    return "unknown error";
 }
 
 /* ---- Events ------------------------------------------------------------------------------- */
 
-static void emit_error(srv_engine *e, uint64_t handle, int code, const char *fmt, ...)
+static void emit_error(engine *e, uint64_t handle, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-static void emit_error(srv_engine *e, uint64_t handle, int code, const char *fmt, ...)
+static void emit_error(engine *e, uint64_t handle, int code, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    srv_event ev = {.type = SRV_EV_ERROR, .handle = handle, .code = code, .msg = msg};
+    engine_event ev = {.type = ENGINE_EV_ERROR, .handle = handle, .code = code, .msg = msg};
     e->st.requests_failed++;
     e->o.emit(e->o.emit_arg, &ev);
 }
 
-static void emit_token(srv_engine *e, request *r, int32_t t)
+static void emit_token(engine *e, request *r, int32_t t)
 {
     size_t len = 0;
     int32_t prev = r->n_tok >= 2 ? r->tok[r->n_tok - 2] : MODEL_TOK_BOS;
     const char *piece = e->tok ? model_decode_piece(e->tok, prev, t, &len) : "";
-    srv_event ev = {
-        .type = SRV_EV_TOKEN, .handle = r->handle, .token = t, .piece = piece, .piece_len = len};
+    engine_event ev = {
+        .type = ENGINE_EV_TOKEN, .handle = r->handle, .token = t, .piece = piece, .piece_len = len};
     e->o.emit(e->o.emit_arg, &ev);
 }
 
 /* ---- Blocks --------------------------------------------------------------------------------- */
 
-static int blocks_for(const srv_engine *e, int positions)
+static int blocks_for(const engine *e, int positions)
 {
     int B = e->o.block_tokens;
     return (positions + B - 1) / B;
@@ -124,7 +129,7 @@ static int blocks_for(const srv_engine *e, int positions)
 /* Publishes the full blocks whose K/V are all computed, from n_pub on. A block that cannot be
  * published (its key collides, or its parent stayed private) ends the chain: the rest stay
  * private, which is correct, just not shared. */
-static void publish_ready(srv_engine *e, request *r)
+static void publish_ready(engine *e, request *r)
 {
     if (e->o.no_cache)
         return;
@@ -149,7 +154,7 @@ static void publish_ready(srv_engine *e, request *r)
     }
 }
 
-static void release_blocks(srv_engine *e, request *r)
+static void release_blocks(engine *e, request *r)
 {
     if (r->n_blk > 0)
         e->admit_blocked = 0;
@@ -172,7 +177,7 @@ static void request_free(request *r)
     free(r);
 }
 
-static void remove_live(srv_engine *e, request *r)
+static void remove_live(engine *e, request *r)
 {
     for (int i = 0; i < e->n_live; i++)
         if (e->live[i] == r) {
@@ -185,19 +190,19 @@ static void remove_live(srv_engine *e, request *r)
 }
 
 /* Ends a request: publishes what it computed, releases its blocks, emits DONE, frees it. */
-static void finish(srv_engine *e, request *r, int reason)
+static void finish(engine *e, request *r, engine_finish reason)
 {
-    r->t_end = srv_now_ms();
+    r->t_end = base_now_ms();
     /* A request cancelled while the disk thread writes into its slots keeps them (and itself)
      * until the load comes back (collect_loads()). */
     int loading = r->state == RQ_LOADING;
-    if (reason != PROTO_FINISH_CANCELLED)
+    if (reason != ENGINE_FINISH_CANCELLED)
         publish_ready(e, r);
     if (!loading)
         release_blocks(e, r);
-    srv_event ev = {.type = SRV_EV_DONE, .handle = r->handle};
-    proto_done *d = &ev.done;
-    d->finish = (uint8_t)reason;
+    engine_event ev = {.type = ENGINE_EV_DONE, .handle = r->handle};
+    engine_done *d = &ev.done;
+    d->finish = reason;
     d->prompt_tokens = (uint32_t)r->n_prompt;
     d->cached_tokens = (uint32_t)r->cached;
     d->cached_tokens_disk = (uint32_t)r->cached_disk;
@@ -207,7 +212,7 @@ static void finish(srv_engine *e, request *r, int reason)
     double dt = r->t_first > 0 ? r->t_end - r->t_first : 0;
     d->decode_tokens_per_s = r->n_new > 1 && dt > 0 ? (r->n_new - 1) / (dt / 1e3) : 0;
     d->total_ms = r->t_end - r->t_recv;
-    if (reason == PROTO_FINISH_CANCELLED)
+    if (reason == ENGINE_FINISH_CANCELLED)
         e->st.requests_cancelled++;
     else
         e->st.requests_done++;
@@ -222,7 +227,7 @@ static void finish(srv_engine *e, request *r, int reason)
     request_free(r);
 }
 
-static void fail_request(srv_engine *e, request *r, int code, const char *what)
+static void fail_request(engine *e, request *r, int code, const char *what)
 {
     release_blocks(e, r);
     remove_live(e, r);
@@ -232,18 +237,19 @@ static void fail_request(srv_engine *e, request *r, int code, const char *what)
 
 /* Looks up the cached prefix and allocates blocks for every position the request may write.
  * Returns 0, or CACHE_ENOSPC with nothing held. */
-static int admit(srv_engine *e, request *r)
+static int admit(engine *e, request *r)
 {
     int B = e->o.block_tokens;
     int last_pos = r->n_prompt; /* positions that may get K/V: [0, last_pos) */
-    if (r->kind == SRV_REQ_GENERATE && r->max_new > 1)
+    if (r->kind == ENGINE_REQ_GENERATE && r->max_new > 1)
         last_pos = r->n_prompt + (int)r->max_new - 1;
     if (last_pos > e->c.seq_len)
         last_pos = e->c.seq_len;
     int need = blocks_for(e, last_pos);
     /* Never the whole prompt: the last prompt token is prefilled for its logits (WARM only needs
      * full blocks, so it may take them all). */
-    size_t cap = r->kind == SRV_REQ_WARM ? (size_t)r->n_prompt / B : (size_t)(r->n_prompt - 1) / B;
+    size_t cap =
+        r->kind == ENGINE_REQ_WARM ? (size_t)r->n_prompt / B : (size_t)(r->n_prompt - 1) / B;
     size_t hit = 0;
     if (!e->o.no_cache)
         cache_lookup(e->cache, r->root, r->tok, (size_t)r->n_prompt, r->blk, r->keys, cap, &hit);
@@ -266,7 +272,7 @@ static int admit(srv_engine *e, request *r)
     if (e->disk && hit < cap) {
         /* The chain goes on past the RAM hits: ask the disk tier for the next blocks, straight
          * into this request's private slots. */
-        srv_diskw_load *l = &r->load;
+        disk_thread_load *l = &r->load;
         l->owner = r;
         l->parent = hit ? r->keys[hit - 1] : r->root;
         l->keys = r->keys + hit;
@@ -275,19 +281,19 @@ static int admit(srv_engine *e, request *r)
         l->n = cap - hit;
         r->state = RQ_LOADING;
         e->n_loading++;
-        srv_diskw_load_async(e->disk, l);
+        disk_thread_load_async(e->disk, l);
     }
     return 0;
 }
 
 /* Takes the loads the disk thread has finished: the blocks found count as cached, are published
  * (so other requests share them) and marked as on disk (evicting them spills nothing). */
-static void collect_loads(srv_engine *e)
+static void collect_loads(engine *e)
 {
     if (!e->disk || e->n_loading == 0)
         return;
     int B = e->o.block_tokens;
-    for (srv_diskw_load *l = srv_diskw_poll(e->disk), *next; l; l = next) {
+    for (disk_thread_load *l = disk_thread_poll(e->disk), *next; l; l = next) {
         next = l->next;
         request *r = l->owner;
         e->n_loading--;
@@ -314,93 +320,86 @@ static void collect_loads(srv_engine *e)
     }
 }
 
-int srv_engine_submit(srv_engine *e, const srv_request *q)
+int engine_submit(engine *e, const engine_request *q)
 {
     int seq = e->c.seq_len, vocab = e->c.vocab_size;
+    request *r = NULL;
+    int32_t *text_ids = NULL; /* the tokenized text prompt */
+    const int32_t *ids = q->tokens;
+    size_t n = q->n_tokens;
+    char what[256];
+    int rc = 0;
+    /* Checks first, on the request as given; nothing is allocated for a request refused here
+     * but the tokenizer's output (needed to know a text prompt's length). */
     if (e->n_live >= e->cap_live) {
-        emit_error(e, q->handle, PROTO_ERR_BUSY,
-                   "too many requests: %d running or queued (--max-batch %d, --max-queue %d)",
-                   e->n_live, e->o.max_batch, e->o.max_queue);
-        return PROTO_ERR_BUSY;
+        rc = base_fail(what, sizeof what, ENGINE_EBUSY,
+                       "too many requests: %d running or queued (--max-batch %d, --max-queue %d)",
+                       e->n_live, e->o.max_batch, e->o.max_queue);
+        goto out;
     }
-    request *r = calloc(1, sizeof *r);
-    if (!r) {
-        emit_error(e, q->handle, PROTO_ERR_INTERNAL, "out of memory");
-        return PROTO_ERR_INTERNAL;
+    if (!ids) {
+        if (!e->tok) {
+            rc = base_fail(what, sizeof what, ENGINE_EINVAL, "no tokenizer: send token ids");
+            goto out;
+        }
+        /* At most one id per byte plus BOS and the dummy prefix. */
+        if (q->text_len > SIZE_MAX / sizeof(int32_t) - 2 ||
+            !(text_ids = malloc((q->text_len + 2) * sizeof(int32_t)))) {
+            rc = base_fail(what, sizeof what, ENGINE_ENOMEM,
+                           "out of memory tokenizing a prompt of %zu bytes", q->text_len);
+            goto out;
+        }
+        if (model_encode(e->tok, q->text ? q->text : "", q->text_len, 1, text_ids, q->text_len + 2,
+                         &n) != 0) {
+            rc = base_fail(what, sizeof what, ENGINE_EINVAL, "cannot tokenize the prompt");
+            goto out;
+        }
+        ids = text_ids;
+    }
+    if (n == 0) {
+        rc = base_fail(what, sizeof what, ENGINE_EINVAL, "empty prompt: give at least one id");
+        goto out;
+    }
+    if (n > (size_t)seq) {
+        rc = base_fail(what, sizeof what, ENGINE_ETOOLONG,
+                       "prompt is %zu tokens, the model's context is %d", n, seq);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= vocab) {
+            rc = base_fail(what, sizeof what, ENGINE_EBADTOKEN,
+                           "token id %d at index %zu is out of range [0, %d)", ids[i], i, vocab);
+            goto out;
+        }
+    /* The request: room for the whole context (prompt and every token it may sample). */
+    int nb = blocks_for(e, seq) + 1;
+    r = calloc(1, sizeof *r);
+    if (r) {
+        r->tok_cap = seq + 1;
+        r->tok = malloc((size_t)r->tok_cap * sizeof(int32_t));
+        r->blk = calloc((size_t)nb, sizeof *r->blk);
+        r->ptr = calloc((size_t)nb, sizeof *r->ptr);
+        if (e->disk)
+            r->keys = calloc((size_t)nb, sizeof *r->keys);
+    }
+    if (!r || !r->tok || !r->blk || !r->ptr || (e->disk && !r->keys)) {
+        rc = base_fail(what, sizeof what, ENGINE_ENOMEM, "out of memory");
+        goto out;
     }
     r->handle = q->handle;
     r->kind = q->kind;
-    r->max_new = q->kind == SRV_REQ_WARM ? 0 : q->max_new;
+    /* A request can sample at most seq + 1 - n tokens: the last one needs no K/V. Clamping
+     * here keeps every later size computation (the block reservation) inside the context,
+     * whatever max_new the client sent (2^32 - 1 is "as many as fit"). */
+    uint32_t room = (uint32_t)(seq + 1 - (int)n);
+    r->max_new = q->kind == ENGINE_REQ_WARM ? 0 : q->max_new < room ? q->max_new : room;
     r->temp = q->temp;
     r->top_p = q->top_p;
     r->rng = model_rng_seed(q->seed);
     r->pin = q->pin;
-    r->t_recv = q->t_received_ms > 0 ? q->t_received_ms : srv_now_ms();
-    size_t n_in = q->tokens ? q->n_tokens : q->text_len + 2;
-    if (n_in > (size_t)seq + 1)
-        n_in = (size_t)seq + 1; /* enough to tell "too long" */
-    r->tok_cap = (int)(q->tokens ? n_in : q->text_len + 2);
-    if (r->tok_cap < seq + 1)
-        r->tok_cap = seq + 1;
-    r->tok = malloc((size_t)r->tok_cap * sizeof(int32_t));
-    int nb = blocks_for(e, seq) + 1;
-    r->blk = calloc((size_t)nb, sizeof *r->blk);
-    r->ptr = calloc((size_t)nb, sizeof *r->ptr);
-    if (e->disk)
-        r->keys = calloc((size_t)nb, sizeof *r->keys);
-    if (!r->tok || !r->blk || !r->ptr || (e->disk && !r->keys)) {
-        request_free(r);
-        emit_error(e, q->handle, PROTO_ERR_INTERNAL, "out of memory");
-        return PROTO_ERR_INTERNAL;
-    }
-    if (q->tokens) {
-        if (q->n_tokens == 0) {
-            request_free(r);
-            emit_error(e, q->handle, PROTO_ERR_BAD_REQUEST, "empty prompt: give at least one id");
-            return PROTO_ERR_BAD_REQUEST;
-        }
-        if (q->n_tokens > (size_t)seq) {
-            request_free(r);
-            emit_error(e, q->handle, PROTO_ERR_PROMPT_TOO_LONG,
-                       "prompt is %zu tokens, the model's context is %d", q->n_tokens, seq);
-            return PROTO_ERR_PROMPT_TOO_LONG;
-        }
-        for (size_t i = 0; i < q->n_tokens; i++)
-            if (q->tokens[i] < 0 || q->tokens[i] >= vocab) {
-                request_free(r);
-                emit_error(e, q->handle, PROTO_ERR_BAD_TOKEN,
-                           "token id %d at index %zu is out of range [0, %d)", q->tokens[i], i,
-                           vocab);
-                return PROTO_ERR_BAD_TOKEN;
-            }
-        memcpy(r->tok, q->tokens, q->n_tokens * sizeof(int32_t));
-        r->n_prompt = (int)q->n_tokens;
-    } else {
-        size_t n = 0;
-        if (!e->tok) {
-            request_free(r);
-            emit_error(e, q->handle, PROTO_ERR_BAD_REQUEST, "no tokenizer: send token ids");
-            return PROTO_ERR_BAD_REQUEST;
-        }
-        if (r->tok_cap < (int)(q->text_len + 2)) {
-            free(r->tok);
-            r->tok_cap = (int)(q->text_len + 2);
-            r->tok = malloc((size_t)r->tok_cap * sizeof(int32_t));
-        }
-        if (!r->tok || model_encode(e->tok, q->text ? q->text : "", q->text_len, 1, r->tok,
-                                    (size_t)r->tok_cap, &n) != 0) {
-            request_free(r);
-            emit_error(e, q->handle, PROTO_ERR_INTERNAL, "cannot tokenize the prompt");
-            return PROTO_ERR_INTERNAL;
-        }
-        if (n > (size_t)seq) {
-            request_free(r);
-            emit_error(e, q->handle, PROTO_ERR_PROMPT_TOO_LONG,
-                       "prompt is %zu tokens, the model's context is %d", n, seq);
-            return PROTO_ERR_PROMPT_TOO_LONG;
-        }
-        r->n_prompt = (int)n;
-    }
+    r->t_recv = q->t_received_ms > 0 ? q->t_received_ms : base_now_ms();
+    memcpy(r->tok, ids, n * sizeof(int32_t));
+    r->n_prompt = (int)n;
     r->n_tok = r->n_prompt;
     if (!e->o.no_cache)
         r->root = cache_root(e->cache, q->ns, q->ns ? q->ns_len : 0);
@@ -408,25 +407,31 @@ int srv_engine_submit(srv_engine *e, const srv_request *q)
     e->live[e->n_live++] = r;
     e->st.requests++;
     e->st.prompt_tokens += (uint64_t)r->n_prompt;
-    return 0;
+out:
+    free(text_ids);
+    if (rc != 0) {
+        request_free(r);
+        emit_error(e, q->handle, rc, "%s", what);
+    }
+    return rc;
 }
 
-int srv_engine_cancel(srv_engine *e, uint64_t handle)
+int engine_cancel(engine *e, uint64_t handle)
 {
     for (int i = 0; i < e->n_live; i++)
         if (e->live[i]->handle == handle) {
-            finish(e, e->live[i], PROTO_FINISH_CANCELLED);
+            finish(e, e->live[i], ENGINE_FINISH_CANCELLED);
             return 0;
         }
-    return -1;
+    return ENGINE_ENOTFOUND;
 }
 
-int srv_engine_cancel_matching(srv_engine *e, uint64_t value, uint64_t mask)
+int engine_cancel_matching(engine *e, uint64_t value, uint64_t mask)
 {
     int n = 0;
     for (int i = e->n_live - 1; i >= 0; i--)
         if ((e->live[i]->handle & mask) == value) {
-            finish(e, e->live[i], PROTO_FINISH_CANCELLED);
+            finish(e, e->live[i], ENGINE_FINISH_CANCELLED);
             n++;
         }
     return n;
@@ -434,7 +439,7 @@ int srv_engine_cancel_matching(srv_engine *e, uint64_t value, uint64_t mask)
 
 /* ---- The step ----------------------------------------------------------------------------- */
 
-static int running(const srv_engine *e)
+static int running(const engine *e)
 {
     int n = 0;
     for (int i = 0; i < e->n_live; i++)
@@ -442,7 +447,7 @@ static int running(const srv_engine *e)
     return n;
 }
 
-static void admit_waiting(srv_engine *e)
+static void admit_waiting(engine *e)
 {
     int run = running(e);
     for (int i = 0; i < e->n_live && run < e->o.max_batch; i++) {
@@ -456,7 +461,7 @@ static void admit_waiting(srv_engine *e)
                          "K/V cache full: the request needs %d blocks of %d tokens, the cache "
                          "holds fewer free ones (raise --cache-mem)",
                          blocks_for(e, r->n_prompt + (int)r->max_new), e->o.block_tokens);
-                fail_request(e, r, PROTO_ERR_NO_SPACE, what);
+                fail_request(e, r, ENGINE_ENOSPC, what);
                 i--;
                 continue;
             }
@@ -468,13 +473,13 @@ static void admit_waiting(srv_engine *e)
 }
 
 /* Samples from logits (modified), appends, emits; returns 1 if the request goes on. */
-static int take_token(srv_engine *e, request *r, float *logits)
+static int take_token(engine *e, request *r, float *logits)
 {
     int32_t t = model_sample(e->sampler, logits, r->temp, r->top_p, &r->rng);
     if (r->t_first == 0)
-        r->t_first = srv_now_ms();
+        r->t_first = base_now_ms();
     if (t == MODEL_TOK_BOS || t == MODEL_TOK_EOS) {
-        finish(e, r, PROTO_FINISH_STOP);
+        finish(e, r, ENGINE_FINISH_STOP);
         return 0;
     }
     r->tok[r->n_tok++] = t;
@@ -483,13 +488,13 @@ static int take_token(srv_engine *e, request *r, float *logits)
     emit_token(e, r, t);
     /* Another token needs this one's K/V at position n_tok - 1, inside the context. */
     if ((uint32_t)r->n_new >= r->max_new || r->n_tok > e->c.seq_len) {
-        finish(e, r, PROTO_FINISH_LENGTH);
+        finish(e, r, ENGINE_FINISH_LENGTH);
         return 0;
     }
     return 1;
 }
 
-static void prefill_one(srv_engine *e)
+static void prefill_one(engine *e)
 {
     request *r = NULL;
     for (int k = 0; k < e->n_live; k++) {
@@ -507,14 +512,14 @@ static void prefill_one(srv_engine *e)
         int n = todo < e->o.prefill_chunk ? todo : e->o.prefill_chunk;
         int last = r->kv_done + n == r->n_prompt;
         model_kv kv = {r->ptr, r->n_blk};
-        double t0 = srv_now_ms();
+        double t0 = base_now_ms();
         int rc = model_prefill(e->ms, &kv, r->kv_done, r->tok + r->kv_done, n,
-                               last && r->kind == SRV_REQ_GENERATE ? e->logits : NULL);
-        double dt = srv_now_ms() - t0;
+                               last && r->kind == ENGINE_REQ_GENERATE ? e->logits : NULL);
+        double dt = base_now_ms() - t0;
         r->prefill_ms += dt;
         e->st.prefill_ms += dt;
         if (rc != 0) {
-            fail_request(e, r, PROTO_ERR_INTERNAL, "prefill failed");
+            fail_request(e, r, ENGINE_EMODEL, "prefill failed");
             return;
         }
         r->kv_done += n;
@@ -524,12 +529,12 @@ static void prefill_one(srv_engine *e)
     }
     /* The prompt is in: share its blocks, then the first token (or, for WARM, the pins). */
     publish_ready(e, r);
-    if (r->kind == SRV_REQ_WARM) {
+    if (r->kind == ENGINE_REQ_WARM) {
         if (r->pin && !e->o.no_cache) {
             int B = e->o.block_tokens;
             int full = r->n_prompt / B;
             if (r->n_pub < full) {
-                fail_request(e, r, PROTO_ERR_INTERNAL,
+                fail_request(e, r, ENGINE_EPINMAX,
                              "cannot pin: some of the prompt's blocks could not be published");
                 return;
             }
@@ -543,24 +548,24 @@ static void prefill_one(srv_engine *e)
                          full,
                          (unsigned long long)(cs.slots_pinned * (cs.bytes_total / cs.slots_total)),
                          (unsigned long long)cs.pin_bytes_max);
-                fail_request(e, r, PROTO_ERR_PIN_BUDGET, what);
+                fail_request(e, r, ENGINE_EPINMAX, what);
                 return;
             }
         }
-        r->t_first = srv_now_ms();
-        finish(e, r, PROTO_FINISH_STOP);
+        r->t_first = base_now_ms();
+        finish(e, r, ENGINE_FINISH_STOP);
         return;
     }
     r->state = RQ_DECODE;
     if (r->max_new == 0) {
-        r->t_first = srv_now_ms();
-        finish(e, r, PROTO_FINISH_LENGTH);
+        r->t_first = base_now_ms();
+        finish(e, r, ENGINE_FINISH_LENGTH);
         return;
     }
     take_token(e, r, e->logits);
 }
 
-static void decode_all(srv_engine *e)
+static void decode_all(engine *e)
 {
     int b = 0;
     for (int i = 0; i < e->n_live && b < e->o.max_batch; i++) {
@@ -575,13 +580,13 @@ static void decode_all(srv_engine *e)
     }
     if (b == 0)
         return;
-    double t0 = srv_now_ms();
+    double t0 = base_now_ms();
     int rc = model_decode(e->ms, e->kv, e->pos, e->toks, b, e->logits);
-    e->st.decode_ms += srv_now_ms() - t0;
+    e->st.decode_ms += base_now_ms() - t0;
     for (int i = 0; i < b; i++) {
         request *r = e->rows[i];
         if (rc != 0) {
-            fail_request(e, r, PROTO_ERR_INTERNAL, "decode failed");
+            fail_request(e, r, ENGINE_EMODEL, "decode failed");
             continue;
         }
         r->kv_done = r->n_tok;
@@ -589,7 +594,7 @@ static void decode_all(srv_engine *e)
     }
 }
 
-static int computing(const srv_engine *e)
+static int computing(const engine *e)
 {
     for (int i = 0; i < e->n_live; i++)
         if (e->live[i]->state == RQ_PREFILL || e->live[i]->state == RQ_DECODE)
@@ -597,7 +602,7 @@ static int computing(const srv_engine *e)
     return 0;
 }
 
-static int admissible(const srv_engine *e)
+static int admissible(const engine *e)
 {
     if (e->admit_blocked)
         return 0;
@@ -607,20 +612,20 @@ static int admissible(const srv_engine *e)
     return 0;
 }
 
-int srv_engine_runnable(srv_engine *e)
+int engine_runnable(engine *e)
 {
     if (computing(e) || admissible(e))
         return 1;
-    return e->disk && e->n_loading > 0 && srv_diskw_has_done(e->disk);
+    return e->disk && e->n_loading > 0 && disk_thread_has_done(e->disk);
 }
 
-int srv_engine_step(srv_engine *e)
+int engine_step(engine *e)
 {
     collect_loads(e);
     admit_waiting(e);
     if (!e->o.wake && e->n_loading > 0 && !computing(e)) {
         /* In-process use: nothing to compute until the disk answers, so wait for it here. */
-        srv_diskw_wait(e->disk, 100);
+        disk_thread_wait(e->disk, 100);
         collect_loads(e);
     }
     prefill_one(e);
@@ -628,33 +633,33 @@ int srv_engine_step(srv_engine *e)
     return e->n_live;
 }
 
-int srv_engine_live(const srv_engine *e)
+int engine_live(const engine *e)
 {
     return e->n_live;
 }
 
-cache *srv_engine_cache(srv_engine *e)
+cache *engine_cache(engine *e)
 {
     return e->o.no_cache ? NULL : e->cache;
 }
 
-int srv_engine_disk_stats(srv_engine *e, struct srv_diskw_stats *out)
+int engine_disk_stats(engine *e, struct disk_thread_stats *out)
 {
     if (!e->disk)
-        return -1;
-    srv_diskw_get_stats(e->disk, out);
+        return ENGINE_ENOTFOUND;
+    disk_thread_get_stats(e->disk, out);
     return 0;
 }
 
 static void evict_cb(void *arg, const cache_evicted *ev)
 {
-    srv_engine *e = arg;
+    engine *e = arg;
     if (!ev->on_disk)
-        srv_diskw_spill(e->disk, ev); /* never waits: a full spill buffer drops the block */
+        disk_thread_spill(e->disk, ev); /* never waits: a full spill buffer drops the block */
 }
 
 typedef struct flush_ctx {
-    srv_diskw *disk;
+    disk_thread *disk;
     size_t n;
 } flush_ctx;
 
@@ -663,22 +668,22 @@ static int flush_cb(void *arg, const cache_evicted *ev)
     flush_ctx *f = arg;
     if (ev->on_disk)
         return 0;
-    srv_diskw_spill_wait(f->disk, ev);
+    disk_thread_spill_wait(f->disk, ev);
     f->n++;
     return 1;
 }
 
-size_t srv_engine_flush_disk(srv_engine *e)
+size_t engine_flush_disk(engine *e)
 {
     if (!e->disk)
         return 0;
     flush_ctx f = {e->disk, 0};
     cache_visit(e->cache, flush_cb, &f);
-    srv_diskw_flush(e->disk);
+    disk_thread_flush(e->disk);
     return f.n;
 }
 
-void srv_engine_get_stats(const srv_engine *e, srv_engine_stats *out)
+void engine_get_stats(const engine *e, engine_stats *out)
 {
     *out = e->st;
     out->running = running(e);
@@ -687,15 +692,13 @@ void srv_engine_get_stats(const srv_engine *e, srv_engine_stats *out)
 
 /* ---- Creation ----------------------------------------------------------------------------- */
 
-int srv_engine_new(const model *m, const model_tokenizer *tok, const srv_engine_opts *opts,
-                   srv_engine **out, char *msg, size_t msglen)
+int engine_new(const model *m, const model_tokenizer *tok, const engine_opts *opts, engine **out,
+               char *msg, size_t msglen)
 {
     *out = NULL;
-    srv_engine_opts o = *opts;
-    if (!o.emit) {
-        snprintf(msg, msglen, "engine: no event callback");
-        return -1;
-    }
+    engine_opts o = *opts;
+    if (!o.emit)
+        return base_fail(msg, msglen, ENGINE_ECONFIG, "engine: no event callback");
     if (o.block_tokens == 0)
         o.block_tokens = 16;
     if (o.cache_mem == 0)
@@ -706,11 +709,9 @@ int srv_engine_new(const model *m, const model_tokenizer *tok, const srv_engine_
         o.max_queue = 256;
     if (o.prefill_chunk == 0)
         o.prefill_chunk = 512;
-    srv_engine *e = calloc(1, sizeof *e);
-    if (!e) {
-        snprintf(msg, msglen, "engine: out of memory");
-        return -1;
-    }
+    engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return base_fail(msg, msglen, ENGINE_ENOMEM, "engine: out of memory");
     e->o = o;
     e->m = m;
     e->tok = tok;
@@ -718,9 +719,9 @@ int srv_engine_new(const model *m, const model_tokenizer *tok, const srv_engine_
     model_state_opts so = {o.block_tokens, o.prefill_chunk, o.max_batch, o.threads};
     int rc = model_state_new(m, &so, &e->ms);
     if (rc != 0) {
-        snprintf(msg, msglen, "engine: cannot make the model state: %s", model_strerror(rc));
-        srv_engine_free(e);
-        return -1;
+        engine_free(e);
+        return base_fail(msg, msglen, rc == MODEL_ENOMEM ? ENGINE_ENOMEM : ENGINE_ECONFIG,
+                         "engine: cannot make the model state: %s", model_strerror(rc));
     }
     cache_opts co = {0};
     co.mem_bytes = o.cache_mem;
@@ -737,11 +738,11 @@ int srv_engine_new(const model *m, const model_tokenizer *tok, const srv_engine_
         co.on_evict_arg = e;
     }
     if ((rc = cache_open(&co, &e->cache, msg, msglen)) != 0) {
-        srv_engine_free(e);
-        return -1;
+        engine_free(e);
+        return rc == CACHE_ENOMEM ? ENGINE_ENOMEM : ENGINE_ECONFIG;
     }
     if (o.disk_dir && !o.no_cache) {
-        srv_diskw_opts dw = {0};
+        disk_thread_opts dw = {0};
         dw.disk.dir = o.disk_dir;
         dw.disk.max_bytes = o.disk_max;
         memcpy(dw.disk.fingerprint, co.fingerprint, 16);
@@ -763,9 +764,12 @@ int srv_engine_new(const model *m, const model_tokenizer *tok, const srv_engine_
         dw.spill_bytes = spill;
         dw.wake = o.wake;
         dw.wake_arg = o.wake_arg;
-        if ((rc = srv_diskw_open(&dw, &e->disk, msg, msglen)) != 0) {
-            srv_engine_free(e);
-            return rc;
+        if ((rc = disk_thread_open(&dw, &e->disk, msg, msglen)) != 0) {
+            engine_free(e);
+            /* The cache's code, translated once here; msg names the directory. */
+            return rc == CACHE_EBUSY    ? ENGINE_EDISKBUSY
+                   : rc == CACHE_ENOMEM ? ENGINE_ENOMEM
+                                        : ENGINE_EDISK;
         }
     }
     e->cap_live = o.max_batch + o.max_queue;
@@ -778,21 +782,20 @@ int srv_engine_new(const model *m, const model_tokenizer *tok, const srv_engine_
     e->rows = calloc(B, sizeof *e->rows);
     e->sampler = model_sampler_new(e->c.vocab_size);
     if (!e->live || !e->logits || !e->kv || !e->pos || !e->toks || !e->rows || !e->sampler) {
-        snprintf(msg, msglen, "engine: out of memory");
-        srv_engine_free(e);
-        return -1;
+        engine_free(e);
+        return base_fail(msg, msglen, ENGINE_ENOMEM, "engine: out of memory");
     }
     *out = e;
     return 0;
 }
 
-void srv_engine_free(srv_engine *e)
+void engine_free(engine *e)
 {
     if (!e)
         return;
     /* Loads still out write into requests' slots: let them come back first. */
     while (e->disk && e->n_loading > 0) {
-        srv_diskw_wait(e->disk, 100);
+        disk_thread_wait(e->disk, 100);
         collect_loads(e);
     }
     while (e->n_live > 0) {
@@ -802,8 +805,8 @@ void srv_engine_free(srv_engine *e)
         request_free(r);
     }
     if (e->disk) {
-        srv_engine_flush_disk(e);
-        srv_diskw_close(e->disk);
+        engine_flush_disk(e);
+        disk_thread_close(e->disk);
     }
     free(e->live);
     free(e->logits);
@@ -817,7 +820,7 @@ void srv_engine_free(srv_engine *e)
     free(e);
 }
 
-const srv_engine_opts *srv_engine_get_opts(const srv_engine *e)
+const engine_opts *engine_get_opts(const engine *e)
 {
     return &e->o;
 }

@@ -6,6 +6,7 @@
  * then a newline. Statistics go to stderr.
  */
 #include "cmd.h"
+#include "base.h"
 #include "engine.h"
 
 #include <ctype.h>
@@ -38,7 +39,7 @@ static void usage(FILE *f)
 typedef struct run_ctx {
     int32_t prev;
     int failed;
-    proto_done done;
+    engine_done done;
 } run_ctx;
 
 /* Prints a piece as llama2.c does: a lone byte that is neither printable nor white space is a
@@ -52,18 +53,18 @@ static void print_piece(const char *p, size_t len)
     fwrite(p, 1, len, stdout);
 }
 
-static void run_emit_cb(void *arg, const srv_event *ev)
+static void run_emit_cb(void *arg, const engine_event *ev)
 {
     run_ctx *ctx = arg;
     switch (ev->type) {
-    case SRV_EV_TOKEN:
+    case ENGINE_EV_TOKEN:
         print_piece(ev->piece, ev->piece_len);
         fflush(stdout);
         break;
-    case SRV_EV_DONE:
+    case ENGINE_EV_DONE:
         ctx->done = ev->done;
         break;
-    case SRV_EV_ERROR:
+    case ENGINE_EV_ERROR:
         fprintf(stderr, "prefixd: %s\n", ev->msg);
         ctx->failed = 1;
         break;
@@ -220,7 +221,7 @@ int srv_cmd_run(int argc, char **argv)
                 n_ids, n_new, c->seq_len);
 
     run_ctx ctx = {0};
-    srv_engine_opts eo = {0};
+    engine_opts eo = {0};
     eo.block_tokens = (int)block;
     eo.cache_mem = (size_t)mem;
     eo.no_cache = no_cache;
@@ -229,8 +230,8 @@ int srv_cmd_run(int argc, char **argv)
     eo.threads = (int)threads;
     eo.emit = run_emit_cb;
     eo.emit_arg = &ctx;
-    srv_engine *e = NULL;
-    if (srv_engine_new(m, tok, &eo, &e, msg, sizeof msg) != 0) {
+    engine *e = NULL;
+    if (engine_new(m, tok, &eo, &e, msg, sizeof msg) != 0) {
         fprintf(stderr, "prefixd: %s\n", msg);
         free(ids);
         model_tokenizer_free(tok);
@@ -244,18 +245,18 @@ int srv_cmd_run(int argc, char **argv)
         print_piece(p, len);
     }
     fflush(stdout);
-    srv_request q = {0};
+    engine_request q = {0};
     q.handle = 1;
-    q.kind = SRV_REQ_GENERATE;
+    q.kind = ENGINE_REQ_GENERATE;
     q.tokens = ids;
     q.n_tokens = n_ids;
     q.max_new = (uint32_t)n_new;
     q.temp = temp;
     q.top_p = top_p;
     q.seed = seed;
-    q.t_received_ms = srv_now_ms();
-    if (srv_engine_submit(e, &q) == 0)
-        while (srv_engine_step(e) > 0)
+    q.t_received_ms = base_now_ms();
+    if (engine_submit(e, &q) == 0)
+        while (engine_step(e) > 0)
             ;
     printf("\n");
     fflush(stdout);
@@ -265,10 +266,10 @@ int srv_cmd_run(int argc, char **argv)
                 "decode %.1f tokens/s, finish: %s\n",
                 ctx.done.prompt_tokens, ctx.done.cached_tokens, ctx.done.new_tokens,
                 ctx.done.ttft_ms, ctx.done.prefill_ms, ctx.done.decode_tokens_per_s,
-                ctx.done.finish == PROTO_FINISH_STOP     ? "stop"
-                : ctx.done.finish == PROTO_FINISH_LENGTH ? "length"
-                                                         : "cancelled");
-    srv_engine_free(e);
+                ctx.done.finish == ENGINE_FINISH_STOP     ? "stop"
+                : ctx.done.finish == ENGINE_FINISH_LENGTH ? "length"
+                                                          : "cancelled");
+    engine_free(e);
     free(ids);
     model_tokenizer_free(tok);
     model_free(m);

@@ -1,0 +1,208 @@
+/* engine.h — the scheduler and the glue between the cache and the model.
+ *
+ * The engine turns requests (prompt, sampling parameters) into token events. It owns the K/V
+ * cache handle and one model_state; each call to engine_step() is one scheduler step: admit
+ * waiting requests (look up their cached prefix), prefill at most one chunk of new prompt tokens
+ * (<= prefill_chunk), then decode one token for every running request in one batched
+ * model_decode(). Requests that share a prefix share its blocks; a request's prompt blocks are
+ * published as soon as its prefill completes, its generated blocks when it ends.
+ *
+ * Threads: every engine_* call on one engine comes from one thread, the caller's (the daemon's
+ * engine thread; `prefixd run` and the tests call it inline). The engine starts threads of its
+ * own below that API: the model's compute pool, and with a disk tier the disk thread
+ * (disk_thread.h), which loads blocks into requests' slots and writes spilled blocks while the
+ * caller's thread computes. The optional wake callback is the only thing that runs on the disk
+ * thread. The engine knows nothing of sockets, event loops or wire formats: it reports results
+ * in its own types (engine_event, engine_done, ENGINE_E* codes), which the native protocol and
+ * the HTTP API each translate.
+ *
+ * Events are delivered through the emit callback, during engine_step() (or engine_submit()/
+ * engine_cancel() for immediate errors and cancellations), in order per request.
+ */
+#ifndef PREFIXD_ENGINE_H
+#define PREFIXD_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cache.h"
+#include "model.h"
+
+/* Error codes: 0 is success, these are negative. */
+#define ENGINE_ERRNO_MAP(X)                                                                        \
+    X(EINVAL, -1, "invalid request")                                                               \
+    X(ETOOLONG, -2, "prompt longer than the model's context")                                      \
+    X(EBADTOKEN, -3, "token id out of range")                                                      \
+    X(EBUSY, -4, "too many requests")                                                              \
+    X(ENOSPC, -5, "K/V cache full")                                                                \
+    X(EPINMAX, -6, "pin budget exceeded")                                                          \
+    X(ENOMEM, -7, "out of memory")                                                                 \
+    X(EMODEL, -8, "the forward pass failed")                                                       \
+    X(ENOTFOUND, -9, "no live request has that handle")                                            \
+    X(EDISK, -10, "the disk tier cannot be used")                                                  \
+    X(EDISKBUSY, -11, "the disk directory is in use by another process")                           \
+    X(ETHREAD, -12, "cannot start a thread")                                                       \
+    X(ECONFIG, -13, "invalid engine option")
+
+enum {
+#define X(name, code, msg) ENGINE_##name = code,
+    ENGINE_ERRNO_MAP(X)
+#undef X
+};
+
+/* Static text of an ENGINE_* code, or "unknown error". */
+const char *engine_strerror(int err);
+
+typedef struct engine engine;
+
+/* Why a request ended. */
+typedef enum engine_finish {
+    ENGINE_FINISH_STOP,     /* the model ended the text (BOS or EOS sampled), or WARM done */
+    ENGINE_FINISH_LENGTH,   /* max_new reached, or the model's context */
+    ENGINE_FINISH_CANCELLED /* engine_cancel() */
+} engine_finish;
+
+/* A finished request's figures. */
+typedef struct engine_done {
+    engine_finish finish;
+    uint32_t prompt_tokens;
+    uint32_t cached_tokens;      /* prompt tokens from the cache (RAM and disk) */
+    uint32_t cached_tokens_disk; /* of those, loaded from the disk tier */
+    uint32_t new_tokens;
+    double ttft_ms;    /* request received -> first token ready */
+    double prefill_ms; /* engine time spent prefilling this request */
+    double decode_tokens_per_s;
+    double total_ms;
+} engine_done;
+
+typedef enum engine_event_type {
+    ENGINE_EV_TOKEN, /* one new token: token, piece */
+    ENGINE_EV_DONE,  /* the request ended: done; no more events for this handle */
+    ENGINE_EV_ERROR  /* the request failed: code, msg; no more events for this handle */
+} engine_event_type;
+
+typedef struct engine_event {
+    engine_event_type type;
+    uint64_t handle; /* the caller's handle from engine_request */
+    int32_t token;
+    const char *piece; /* TOKEN: decoded text, valid during the callback */
+    size_t piece_len;
+    engine_done done; /* DONE: finish reason and figures */
+    int code;         /* ERROR: an ENGINE_E* code */
+    const char *msg;  /* ERROR: names the problem, valid during the callback */
+} engine_event;
+
+typedef void (*engine_emit_fn)(void *arg, const engine_event *ev);
+
+typedef struct engine_opts {
+    int block_tokens;     /* B (default 16) */
+    size_t cache_mem;     /* bytes of K/V blocks (default 1 GiB) */
+    size_t pin_max;       /* pin budget (default cache_mem / 4) */
+    int no_cache;         /* 1: never share blocks between requests */
+    int max_batch;        /* running requests decoded per step (default 32) */
+    int max_queue;        /* requests waiting beyond max_batch before BUSY (default 256) */
+    int prefill_chunk;    /* prompt tokens prefilled per step (default 512) */
+    int threads;          /* compute threads (0: all cores) */
+    int test_key_bits;    /* cache test hook (cache_opts.test_key_bits) */
+    const char *disk_dir; /* the disk tier's directory; NULL: no disk tier */
+    size_t disk_max;      /* its budget in bytes (0: 4 GiB) */
+    int disk_reset;       /* 1: wipe a store of another format version or geometry */
+    size_t disk_spill;    /* spill buffer bytes (0: min(256 MiB, cache_mem / 4), at least two
+                           * contexts' worth of blocks) */
+    /* Optional: called on the disk thread when a load from disk has finished, so a caller that
+     * sleeps while engine_runnable() is 0 can wake. Without it, engine_step() itself
+     * waits for the disk when nothing else can run (tests, in-process use). */
+    void (*wake)(void *arg);
+    void *wake_arg;
+    engine_emit_fn emit; /* required */
+    void *emit_arg;
+} engine_opts;
+
+typedef enum engine_request_kind { ENGINE_REQ_GENERATE, ENGINE_REQ_WARM } engine_request_kind;
+
+typedef struct engine_request {
+    uint64_t handle; /* caller's id for events; unique among live requests */
+    engine_request_kind kind;
+    const char *text; /* prompt as UTF-8 text (tokenized by the engine, BOS first) ... */
+    size_t text_len;
+    const int32_t *tokens; /* ... or as ids (used when tokens != NULL); the engine copies */
+    size_t n_tokens;
+    uint32_t max_new; /* new tokens at most */
+    float temp;       /* 0: greedy */
+    float top_p;
+    uint64_t seed;
+    int pin;        /* WARM: pin the prompt's full blocks */
+    const void *ns; /* namespace bytes (the daemon folds the uid in); copied */
+    size_t ns_len;
+    double t_received_ms; /* base_now_ms() when the request arrived, for TTFT */
+} engine_request;
+
+/* Makes an engine over a loaded model and tokenizer (borrowed: they must outlive the engine;
+ * tok may be NULL, then only id prompts are accepted and pieces are empty). Starts the disk
+ * thread when o->disk_dir is set. Returns 0, or an ENGINE_E* code with a message in msg:
+ * ECONFIG (an impossible option, e.g. a cache too small for one block), ENOMEM, EDISK (the
+ * disk dir cannot be used: see cache_disk_open()), EDISKBUSY (another process holds it),
+ * ETHREAD. */
+int engine_new(const model *m, const model_tokenizer *tok, const engine_opts *o, engine **out,
+               char *msg, size_t msglen);
+void engine_free(engine *e);
+
+/* Queues a request. Everything is checked before anything is allocated: bad input (prompt past
+ * the context, ids out of range, empty prompt) and a full queue are reported as an ERROR event
+ * for r->handle before this returns. max_new is clamped to what the context leaves. Returns 0
+ * if queued, else the ENGINE_E* code that was emitted. */
+int engine_submit(engine *e, const engine_request *r);
+
+/* Cancels a live request: it ends with a DONE event (finish CANCELLED) at once, its blocks are
+ * released. Returns 0, or ENGINE_ENOTFOUND if no live request has that handle. */
+int engine_cancel(engine *e, uint64_t handle);
+
+/* Cancels every live request whose handle & mask == value (mask 0: all), as
+ * engine_cancel() does. Returns how many. */
+int engine_cancel_matching(engine *e, uint64_t value, uint64_t mask);
+
+/* One scheduler step (see above): takes the loads the disk thread has finished, admits,
+ * prefills one chunk, decodes. Returns the number of live requests afterwards (0: idle). */
+int engine_step(engine *e);
+
+/* 1 if engine_step() has work now; 0 if every live request waits for the disk tier (the
+ * wake callback says when that changes) or none is live. */
+int engine_runnable(engine *e);
+
+/* Writes every block in RAM that is not on disk yet to the disk tier and waits until it is
+ * written (shutdown; engine_free() does it too). Returns the number of blocks queued. */
+size_t engine_flush_disk(engine *e);
+
+/* Live requests (waiting or running). */
+int engine_live(const engine *e);
+
+typedef struct engine_stats {
+    uint64_t requests;           /* submitted and accepted */
+    uint64_t requests_done;      /* ended normally (stop or length) */
+    uint64_t requests_cancelled; /* ended by cancel */
+    uint64_t requests_failed;    /* ended or refused with an ERROR event */
+    uint64_t prompt_tokens;      /* over all requests */
+    uint64_t cached_tokens;      /* prompt tokens taken from the cache (RAM and disk) */
+    uint64_t cached_tokens_disk; /* of those, loaded from disk */
+    uint64_t prefill_tokens;     /* prompt tokens computed */
+    uint64_t generated_tokens;
+    double prefill_ms; /* engine time in model_prefill */
+    double decode_ms;  /* engine time in model_decode */
+    int running;       /* requests prefilling or decoding now */
+    int waiting;       /* requests queued */
+} engine_stats;
+
+void engine_get_stats(const engine *e, engine_stats *out);
+
+/* The cache (NULL with no_cache), for stats and tests. */
+cache *engine_cache(engine *e);
+
+struct disk_thread_stats;
+/* The disk tier's counters. Returns 0, or ENGINE_ENOTFOUND (out untouched) if there is no disk
+ * tier. */
+int engine_disk_stats(engine *e, struct disk_thread_stats *out);
+
+/* The options in force, defaults filled in. */
+const engine_opts *engine_get_opts(const engine *e);
+
+#endif

@@ -1,0 +1,474 @@
+/* conn.c — connections on the loop thread: accept, read and frame, answer what is cheap to
+ * answer, hand requests to the engine thread, write the frames it makes.
+ *
+ * The loop thread only moves bytes: it decodes frames, checks what is cheap to check (namespace
+ * names, UTF-8, ids, sampling values) and hands requests to the engine thread as tasks; the
+ * engine thread encodes every outgoing frame itself and queues the bytes back (srv_frame), which
+ * srv__deliver_cb() writes. A connection changes state only through conn_set_state(), which
+ * asserts the legal transitions, and is freed only in its close callback.
+ */
+#include "server_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+static void conn_set_state(conn *c, conn_state s)
+{
+    /* Legal: AWAIT_HELLO -> READY, and anything -> CLOSING (once). */
+    if (!((c->state == CONN_AWAIT_HELLO && s == CONN_READY) ||
+          (c->state != CONN_CLOSING && s == CONN_CLOSING))) {
+        base_log(BASE_LOG_ERROR, "connection %u: illegal state change %d -> %d", c->id, c->state,
+                 s);
+        abort();
+    }
+    c->state = s;
+}
+
+static conn *conn_find(server *s, uint32_t id)
+{
+    conn *c = s->conns[id % SRV_MAX_CONNS];
+    return c && c->id == id ? c : NULL;
+}
+
+/* Hands a task to the engine thread; when it cannot be allocated, the request gets an error
+ * and the daemon keeps serving. Returns 0, or -1 (answered). */
+static void conn_send_error(conn *c, uint32_t req, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int conn_push_task(conn *c, srv_task_type type, uint32_t req, const void *data, size_t len)
+{
+    srv_task *t = srv__task_new(type, c->id, req, len);
+    if (!t) {
+        conn_send_error(c, req, PROTO_ERR_INTERNAL, "out of memory for a request of %zu bytes",
+                        len);
+        return -1;
+    }
+    if (data && len)
+        memcpy(t->data, data, len);
+    srv__task_push(c->srv, t);
+    return 0;
+}
+
+/* Cancels every request of a connection. Should the small task not be allocated, the requests
+ * run to their end and their frames are dropped (they name a connection that is gone). */
+static void cancel_conn(server *s, uint32_t conn_id)
+{
+    srv_task *t = srv__task_new(SRV_TASK_CANCEL_CONN, conn_id, 0, 0);
+    if (t)
+        srv__task_push(s, t);
+    else
+        base_log(BASE_LOG_ERROR, "connection %u: out of memory cancelling its requests", conn_id);
+}
+
+static void write_cb(uv_write_t *w, int status)
+{
+    (void)status; /* a failed write shows up as a read error or EOF on that connection */
+    free(w->data);
+    free(w);
+}
+
+/* Queues bytes (copied) on a connection. */
+static void conn_write(conn *c, const uint8_t *bytes, size_t len)
+{
+    if (c->state == CONN_CLOSING)
+        return;
+    uv_write_t *w = malloc(sizeof *w);
+    uint8_t *copy = malloc(len);
+    if (!w || !copy) {
+        /* The stream would lose a frame: the client could never tell. Close it instead. */
+        free(w);
+        free(copy);
+        base_log(BASE_LOG_ERROR, "connection %u: out of memory writing %zu bytes: closing", c->id,
+                 len);
+        srv__conn_close(c);
+        return;
+    }
+    memcpy(copy, bytes, len);
+    w->data = copy;
+    uv_buf_t b = uv_buf_init((char *)copy, (unsigned)len);
+    if (uv_write(w, (uv_stream_t *)&c->pipe, &b, 1, write_cb) != 0) {
+        free(copy);
+        free(w);
+    }
+    c->srv->frames_out++;
+}
+
+static void conn_send_error(conn *c, uint32_t req, int code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    proto_msg m = {0};
+    m.type = PROTO_ERROR;
+    m.id = req;
+    m.u.error.code = (uint32_t)code;
+    m.u.error.msg = (proto_str){msg, (uint32_t)strlen(msg)};
+    uint8_t buf[1024];
+    size_t n = proto_encode(&m, buf, sizeof buf);
+    conn_write(c, buf, n);
+}
+
+static int conn_has_req(const conn *c, uint32_t req)
+{
+    for (int i = 0; i < c->n_reqs; i++)
+        if (c->reqs[i] == req)
+            return 1;
+    return 0;
+}
+
+static void conn_drop_req(conn *c, uint32_t req)
+{
+    for (int i = 0; i < c->n_reqs; i++)
+        if (c->reqs[i] == req) {
+            c->reqs[i] = c->reqs[--c->n_reqs];
+            return;
+        }
+}
+
+static void conn_close_cb(uv_handle_t *h)
+{
+    conn *c = container_of((uv_pipe_t *)h, conn, pipe);
+    free(c->buf);
+    free(c);
+}
+
+void srv__conn_close(conn *c)
+{
+    if (c->state == CONN_CLOSING)
+        return;
+    server *s = c->srv;
+    if (c->n_reqs > 0)
+        cancel_conn(s, c->id);
+    conn_set_state(c, CONN_CLOSING);
+    s->conns[c->id % SRV_MAX_CONNS] = NULL;
+    base_log(BASE_LOG_DEBUG, "connection %u closed", c->id);
+    uv_close((uv_handle_t *)&c->pipe, conn_close_cb);
+}
+
+/* ---- Frames from clients -------------------------------------------------------------------- */
+
+static void handle_generate(conn *c, const proto_msg *m)
+{
+    server *s = c->srv;
+    const proto_generate *g = &m->u.gen;
+    if (s->draining) {
+        conn_send_error(c, m->id, PROTO_ERR_SHUTTING_DOWN, "daemon is shutting down");
+        return;
+    }
+    if (m->id == 0) {
+        conn_send_error(c, 0, PROTO_ERR_BAD_REQUEST, "request id 0 is reserved");
+        return;
+    }
+    if (conn_has_req(c, m->id)) {
+        conn_send_error(c, m->id, PROTO_ERR_DUPLICATE_ID,
+                        "request id %u is already in use on this connection", m->id);
+        return;
+    }
+    if (c->n_reqs >= SRV_MAX_REQS_PER_CONN) {
+        conn_send_error(c, m->id, PROTO_ERR_BUSY, "too many requests on one connection (%d)",
+                        SRV_MAX_REQS_PER_CONN);
+        return;
+    }
+    if (!proto_namespace_valid(g->ns)) {
+        conn_send_error(c, m->id, PROTO_ERR_BAD_NAMESPACE,
+                        "namespace '%.*s': at most %d bytes of letters, digits, '.', '_', '-'",
+                        (int)(g->ns.len > 80 ? 80 : g->ns.len), g->ns.p, PROTO_MAX_NAMESPACE);
+        return;
+    }
+    int by_ids = (m->flags & PROTO_GEN_TOKENS) != 0;
+    if (!by_ids) {
+        size_t bad = proto_utf8_check(g->text.p, g->text.len);
+        if (bad != g->text.len) {
+            conn_send_error(c, m->id, PROTO_ERR_BAD_UTF8,
+                            "prompt is not valid UTF-8: bad byte 0x%02x at offset %zu",
+                            (unsigned char)g->text.p[bad], bad);
+            return;
+        }
+    }
+    if (!(g->temp >= 0.0f) || !(g->top_p >= 0.0f)) {
+        conn_send_error(c, m->id, PROTO_ERR_BAD_REQUEST,
+                        "temperature and top-p must be >= 0 (got %g and %g)", g->temp, g->top_p);
+        return;
+    }
+    char nsbuf[128];
+    int nslen = s->o.share_across_users
+                    ? snprintf(nsbuf, sizeof nsbuf, "shared/%.*s", (int)g->ns.len, g->ns.p)
+                    : snprintf(nsbuf, sizeof nsbuf, "uid:%u/%.*s", (unsigned)c->uid, (int)g->ns.len,
+                               g->ns.p);
+    /* One allocation: the namespace, then the ids (4-byte aligned) or the text. */
+    size_t off = ((size_t)nslen + 3) / 4 * 4;
+    size_t payload = by_ids ? (size_t)g->ids.n * sizeof(int32_t) : g->text.len;
+    srv_task *k = srv__task_new(SRV_TASK_SUBMIT, c->id, m->id, off + payload + 1);
+    if (!k) {
+        conn_send_error(c, m->id, PROTO_ERR_INTERNAL, "out of memory for a prompt of %zu bytes",
+                        payload);
+        return;
+    }
+    memcpy(k->data, nsbuf, (size_t)nslen);
+    engine_request *r = &k->r;
+    r->handle = (uint64_t)c->id << 32 | m->id;
+    r->kind = m->type == PROTO_WARM ? ENGINE_REQ_WARM : ENGINE_REQ_GENERATE;
+    if (by_ids) {
+        int32_t *ids = (int32_t *)(void *)(k->data + off);
+        for (uint32_t i = 0; i < g->ids.n; i++)
+            ids[i] = proto_ids_get(g->ids, i);
+        r->tokens = ids;
+        r->n_tokens = g->ids.n;
+    } else {
+        memcpy(k->data + off, g->text.p, g->text.len);
+        r->text = k->data + off;
+        r->text_len = g->text.len;
+    }
+    r->ns = k->data;
+    r->ns_len = (size_t)nslen;
+    r->max_new = g->max_new;
+    r->temp = g->temp;
+    r->top_p = g->top_p;
+    r->seed = g->seed;
+    r->pin = (m->flags & PROTO_GEN_PIN) != 0;
+    r->t_received_ms = base_now_ms();
+    c->reqs[c->n_reqs++] = m->id;
+    srv__task_push(s, k);
+}
+
+static void handle_frame(conn *c, const proto_msg *m)
+{
+    server *s = c->srv;
+    s->frames_in++;
+    if (m->type == PROTO_TYPE_INVALID) {
+        s->bad_frames++;
+        conn_send_error(c, m->id, (int)m->u.error.code, "%.*s", (int)m->u.error.msg.len,
+                        m->u.error.msg.p);
+        return;
+    }
+    if (c->state == CONN_AWAIT_HELLO) {
+        if (m->type != PROTO_HELLO) {
+            conn_send_error(c, m->id, PROTO_ERR_NO_HELLO, "HELLO must come first");
+            srv__conn_close(c);
+            return;
+        }
+        if (m->u.hello.version != PROTO_VERSION) {
+            conn_send_error(c, m->id, PROTO_ERR_BAD_VERSION,
+                            "protocol version %u is not supported (this daemon speaks %d)",
+                            m->u.hello.version, PROTO_VERSION);
+            srv__conn_close(c);
+            return;
+        }
+        const model_config *mc = model_get_config(s->m);
+        proto_msg r = {0};
+        r.type = PROTO_HELLO_OK;
+        r.id = m->id;
+        r.u.hello_ok.version = PROTO_VERSION;
+        r.u.hello_ok.caps = PROTO_CAP_TOKEN_PROMPT | PROTO_CAP_WARM | PROTO_CAP_PIN;
+        if (c->srv->o.engine.disk_dir)
+            r.u.hello_ok.caps |= PROTO_CAP_DISK;
+        r.u.hello_ok.vocab_size = (uint32_t)mc->vocab_size;
+        r.u.hello_ok.seq_len = (uint32_t)mc->seq_len;
+        r.u.hello_ok.block_tokens = (uint32_t)s->o.engine.block_tokens;
+        r.u.hello_ok.max_frame = (uint32_t)s->o.max_frame;
+        const char *base = strrchr(s->o.model_path, '/');
+        base = base ? base + 1 : s->o.model_path;
+        r.u.hello_ok.model = (proto_str){base, (uint32_t)strlen(base)};
+        uint8_t buf[512];
+        size_t n = proto_encode(&r, buf, sizeof buf);
+        conn_set_state(c, CONN_READY);
+        conn_write(c, buf, n);
+        return;
+    }
+    switch (m->type) {
+    case PROTO_GENERATE:
+    case PROTO_WARM:
+        handle_generate(c, m);
+        break;
+    case PROTO_CANCEL:
+        if (conn_has_req(c, m->id))
+            conn_push_task(c, SRV_TASK_CANCEL, m->id, NULL, 0);
+        break;
+    case PROTO_STATS:
+        conn_push_task(c, SRV_TASK_STATS, m->id, NULL, 0);
+        break;
+    case PROTO_TOKENIZE: {
+        size_t bad = proto_utf8_check(m->u.text.p, m->u.text.len);
+        if (bad != m->u.text.len) {
+            conn_send_error(c, m->id, PROTO_ERR_BAD_UTF8,
+                            "text is not valid UTF-8: bad byte at offset %zu", bad);
+            break;
+        }
+        conn_push_task(c, SRV_TASK_TOKENIZE, m->id, m->u.text.p, m->u.text.len);
+        break;
+    }
+    case PROTO_DETOKENIZE: {
+        /* The ids as they came: little-endian int32, read by the engine thread. */
+        conn_push_task(c, SRV_TASK_DETOKENIZE, m->id, m->u.ids.le, (size_t)m->u.ids.n * 4);
+        break;
+    }
+    case PROTO_HELLO:
+        conn_send_error(c, m->id, PROTO_ERR_BAD_REQUEST, "HELLO was already received");
+        break;
+    default:
+        conn_send_error(c, m->id, PROTO_ERR_BAD_REQUEST,
+                        "message type %u is not a request a client may send", m->type);
+        break;
+    }
+}
+
+static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    conn *c = container_of((uv_pipe_t *)h, conn, pipe);
+    size_t want = c->len + 65536;
+    size_t limit = c->srv->o.max_frame + 65536;
+    if (want > limit)
+        want = limit;
+    if (c->cap < want) {
+        uint8_t *nb = realloc(c->buf, want);
+        if (!nb) {
+            *buf = uv_buf_init(NULL, 0);
+            return;
+        }
+        c->buf = nb;
+        c->cap = want;
+    }
+    *buf = uv_buf_init((char *)c->buf + c->len, (unsigned)(c->cap - c->len));
+}
+
+static void conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    (void)buf;
+    conn *c = container_of((uv_pipe_t *)st, conn, pipe);
+    if (nread < 0) {
+        if (nread != UV_EOF)
+            base_log(BASE_LOG_DEBUG, "connection %u: read: %s", c->id, uv_strerror((int)nread));
+        srv__conn_close(c);
+        return;
+    }
+    c->len += (size_t)nread;
+    size_t off = 0;
+    for (int frames = 0; frames < SRV_FRAMES_PER_READ && c->state != CONN_CLOSING; frames++) {
+        proto_msg m;
+        long r = proto_decode(c->buf + off, c->len - off, c->srv->o.max_frame, &m);
+        if (r == PROTO_NEED_MORE)
+            break;
+        if (r < 0) {
+            c->srv->bad_frames++;
+            conn_send_error(c, 0, (int)-r, "%s: the connection cannot continue",
+                            r == -PROTO_ERR_TOO_BIG ? "frame larger than the maximum"
+                                                    : "malformed frame header");
+            srv__conn_close(c);
+            return;
+        }
+        handle_frame(c, &m);
+        off += (size_t)r;
+    }
+    if (c->state == CONN_CLOSING)
+        return;
+    memmove(c->buf, c->buf + off, c->len - off);
+    c->len -= off;
+    if (c->len >= c->cap) {
+        /* A full buffer with no complete frame can only be a frame past the maximum. */
+        conn_send_error(c, 0, PROTO_ERR_TOO_BIG, "frame larger than the maximum");
+        srv__conn_close(c);
+    }
+}
+
+static uid_t peer_uid(uv_pipe_t *p)
+{
+    uv_os_fd_t fd;
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (uv_fileno((uv_handle_t *)p, &fd) != 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+        return (uid_t)-1;
+    return cred.uid;
+}
+
+void srv__accept_cb(uv_stream_t *ls, int status)
+{
+    server *s = container_of((uv_pipe_t *)ls, server, listener);
+    if (status < 0) {
+        base_log(BASE_LOG_WARN, "accept: %s", uv_strerror(status));
+        return;
+    }
+    conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        base_log(BASE_LOG_ERROR, "accept: out of memory");
+        return;
+    }
+    c->srv = s;
+    int rc = uv_pipe_init(s->loop, &c->pipe, 0);
+    if (rc != 0) {
+        base_log(BASE_LOG_ERROR, "accept: uv_pipe_init: %s", uv_strerror(rc));
+        free(c);
+        return;
+    }
+    if (uv_accept(ls, (uv_stream_t *)&c->pipe) != 0) {
+        uv_close((uv_handle_t *)&c->pipe, conn_close_cb);
+        return;
+    }
+    /* Ids are unique among live connections: skip slots still taken. */
+    for (int tries = 0; tries < SRV_MAX_CONNS; tries++) {
+        uint32_t id = ++s->next_id;
+        if (id == 0)
+            continue;
+        if (!s->conns[id % SRV_MAX_CONNS]) {
+            c->id = id;
+            break;
+        }
+    }
+    if (c->id == 0) {
+        base_log(BASE_LOG_WARN, "too many connections (%d)", SRV_MAX_CONNS);
+        uv_close((uv_handle_t *)&c->pipe, conn_close_cb);
+        return;
+    }
+    c->uid = peer_uid(&c->pipe);
+    s->conns[c->id % SRV_MAX_CONNS] = c;
+    s->connections++;
+    base_log(BASE_LOG_DEBUG, "connection %u from uid %u", c->id, (unsigned)c->uid);
+    if ((rc = uv_read_start((uv_stream_t *)&c->pipe, conn_alloc_cb, conn_read_cb)) != 0) {
+        base_log(BASE_LOG_WARN, "connection %u: read: %s", c->id, uv_strerror(rc));
+        srv__conn_close(c);
+    }
+}
+
+/* ---- Frames to clients ---------------------------------------------------------------------- */
+
+void srv__deliver_cb(uv_async_t *a)
+{
+    server *s = container_of(a, server, wake);
+    pthread_mutex_lock(&s->mu);
+    base_qnode *n = base_queue_take_all(&s->frames);
+    pthread_mutex_unlock(&s->mu);
+    while (n) {
+        srv_frame *o = container_of(n, srv_frame, node);
+        n = n->next;
+        conn *c = conn_find(s, o->conn);
+        if (c) {
+            if (o->req == 0 || conn_has_req(c, o->req))
+                conn_write(c, o->bytes, o->len);
+            if (o->ends && o->req)
+                conn_drop_req(c, o->req);
+            /* A client that does not read: past the bound, its requests are cancelled. */
+            size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
+            if (c->slow && queued < s->o.max_output / 2)
+                c->slow = 0;
+            if (!c->slow && queued > s->o.max_output && c->n_reqs > 0) {
+                c->slow = 1;
+                base_log(BASE_LOG_WARN,
+                         "connection %u: %zu bytes unread (--max-output %zu): cancelling its "
+                         "%d requests",
+                         c->id, queued, s->o.max_output, c->n_reqs);
+                for (int i = 0; i < c->n_reqs; i++)
+                    conn_send_error(c, c->reqs[i], PROTO_ERR_SLOW_READER,
+                                    "client not reading: %zu bytes of output pending", queued);
+                c->n_reqs = 0;
+                cancel_conn(s, c->id);
+            }
+        }
+        free(o);
+    }
+}

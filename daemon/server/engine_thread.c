@@ -1,0 +1,354 @@
+/* engine_thread.c — the engine thread: it takes tasks from the loop thread, runs the engine
+ * (engine.h) step by step, and turns the engine's events into encoded frames for the loop.
+ *
+ * This is where the engine's own results (engine_event, engine_done, ENGINE_E* codes) become
+ * the native protocol's (proto_done, PROTO_ERR_*): the engine knows no wire format. Frames are
+ * encoded here, off the loop thread, and queued whole; the loop only writes them.
+ *
+ * The thread sleeps on a condition variable while there is no task and the engine has nothing
+ * runnable (requests waiting for the disk tier wake it through srv__engine_wake_cb()).
+ */
+#include "server_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- Tasks (loop -> engine) ----------------------------------------------------------------- */
+
+srv_task *srv__task_new(srv_task_type type, uint32_t conn_id, uint32_t req, size_t data_len)
+{
+    srv_task *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->type = type;
+    t->conn = conn_id;
+    t->req = req;
+    t->len = data_len;
+    /* Never a zero-byte buffer: text of length 0 is still a valid pointer. */
+    t->data = malloc(data_len ? data_len : 1);
+    if (!t->data) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+static void task_free(srv_task *t)
+{
+    free(t->data);
+    free(t);
+}
+
+void srv__task_push(server *s, srv_task *t)
+{
+    pthread_mutex_lock(&s->mu);
+    base_queue_push(&s->tasks, &t->node);
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void srv__queues_free(server *s)
+{
+    for (base_qnode *n = base_queue_take_all(&s->tasks); n;) {
+        srv_task *t = container_of(n, srv_task, node);
+        n = n->next;
+        task_free(t);
+    }
+    for (base_qnode *n = base_queue_take_all(&s->frames); n;) {
+        srv_frame *f = container_of(n, srv_frame, node);
+        n = n->next;
+        free(f);
+    }
+}
+
+/* ---- Frames (engine -> loop) ---------------------------------------------------------------- */
+
+/* Encodes m and queues it for connection conn_id. A frame is small (a token, a DONE, an error)
+ * or bounded by what the client sent (TOKENS, TEXT); when it cannot be allocated the request
+ * gets an ERROR frame of fixed size instead, and the daemon keeps serving. */
+static void push_frame(server *s, uint32_t conn_id, uint32_t req, int ends, const proto_msg *m)
+{
+    uint8_t small[1024];
+    size_t n = proto_encode(m, small, sizeof small);
+    srv_frame *f = malloc(sizeof *f + n);
+    if (!f) {
+        static const char oom[] = "out of memory encoding the reply";
+        proto_msg e = {.type = PROTO_ERROR, .id = m->id};
+        e.u.error.code = PROTO_ERR_INTERNAL;
+        e.u.error.msg = (proto_str){oom, sizeof oom - 1};
+        n = proto_encode(&e, small, sizeof small);
+        if (!(f = malloc(sizeof *f + n))) {
+            base_log(BASE_LOG_ERROR, "connection %u: out of memory: a frame is lost", conn_id);
+            return;
+        }
+        ends = 1;
+        memcpy(f->bytes, small, n);
+    } else if (n <= sizeof small) {
+        memcpy(f->bytes, small, n);
+    } else {
+        proto_encode(m, f->bytes, n);
+    }
+    f->conn = conn_id;
+    f->req = req;
+    f->ends = ends;
+    f->len = n;
+    pthread_mutex_lock(&s->mu);
+    base_queue_push(&s->frames, &f->node);
+    pthread_mutex_unlock(&s->mu);
+    uv_async_send(&s->wake);
+}
+
+/* An ERROR frame for request id `id`. route is the id the loop tracks the request by (it drops
+ * frames of requests it no longer tracks), or 0 for replies to untracked frames (TOKENIZE,
+ * DETOKENIZE, STATS), which are always written. */
+static void push_error(server *s, uint32_t conn_id, uint32_t route, uint32_t id, int code,
+                       const char *msg)
+{
+    proto_msg m = {.type = PROTO_ERROR, .id = id};
+    m.u.error.code = (uint32_t)code;
+    m.u.error.msg = (proto_str){msg, (uint32_t)strlen(msg)};
+    push_frame(s, conn_id, route, 1, &m);
+}
+
+/* The engine's codes in the native protocol. */
+static int proto_code(int engine_code)
+{
+    switch (engine_code) {
+    case ENGINE_EINVAL:
+        return PROTO_ERR_BAD_REQUEST;
+    case ENGINE_ETOOLONG:
+        return PROTO_ERR_PROMPT_TOO_LONG;
+    case ENGINE_EBADTOKEN:
+        return PROTO_ERR_BAD_TOKEN;
+    case ENGINE_EBUSY:
+        return PROTO_ERR_BUSY;
+    case ENGINE_ENOSPC:
+        return PROTO_ERR_NO_SPACE;
+    case ENGINE_EPINMAX:
+        return PROTO_ERR_PIN_BUDGET;
+    default:
+        return PROTO_ERR_INTERNAL;
+    }
+}
+
+static const char *finish_name(engine_finish f)
+{
+    return f == ENGINE_FINISH_STOP ? "stop" : f == ENGINE_FINISH_LENGTH ? "length" : "cancelled";
+}
+
+static uint8_t proto_finish_of(engine_finish f)
+{
+    return f == ENGINE_FINISH_STOP     ? PROTO_FINISH_STOP
+           : f == ENGINE_FINISH_LENGTH ? PROTO_FINISH_LENGTH
+                                       : PROTO_FINISH_CANCELLED;
+}
+
+void srv__engine_emit_cb(void *arg, const engine_event *ev)
+{
+    server *s = arg;
+    uint32_t conn_id = (uint32_t)(ev->handle >> 32), req = (uint32_t)ev->handle;
+    proto_msg m = {0};
+    m.id = req;
+    switch (ev->type) {
+    case ENGINE_EV_TOKEN:
+        m.type = PROTO_TOKEN;
+        m.u.token.id = ev->token;
+        m.u.token.piece = (proto_str){ev->piece, (uint32_t)ev->piece_len};
+        push_frame(s, conn_id, req, 0, &m);
+        break;
+    case ENGINE_EV_DONE: {
+        const engine_done *d = &ev->done;
+        m.type = PROTO_DONE;
+        m.u.done = (proto_done){.finish = proto_finish_of(d->finish),
+                                .prompt_tokens = d->prompt_tokens,
+                                .cached_tokens = d->cached_tokens,
+                                .cached_tokens_disk = d->cached_tokens_disk,
+                                .new_tokens = d->new_tokens,
+                                .ttft_ms = d->ttft_ms,
+                                .prefill_ms = d->prefill_ms,
+                                .decode_tokens_per_s = d->decode_tokens_per_s,
+                                .total_ms = d->total_ms};
+        base_log(BASE_LOG_INFO,
+                 "request %u:%u: prompt %u tokens, cached %u (disk %u), TTFT %.1f ms, %u new "
+                 "tokens, %.1f ms, finish %s",
+                 conn_id, req, d->prompt_tokens, d->cached_tokens, d->cached_tokens_disk,
+                 d->ttft_ms, d->new_tokens, d->total_ms, finish_name(d->finish));
+        push_frame(s, conn_id, req, 1, &m);
+        break;
+    }
+    case ENGINE_EV_ERROR:
+        base_log(BASE_LOG_INFO, "request %u:%u: error: %s", conn_id, req, ev->msg);
+        push_error(s, conn_id, req, req, proto_code(ev->code), ev->msg);
+        break;
+    }
+}
+
+/* ---- Tasks the engine thread runs ----------------------------------------------------------- */
+
+static void run_tokenize(server *s, const srv_task *t)
+{
+    /* At most one id per byte, plus BOS and the dummy prefix. */
+    int32_t *ids = malloc((t->len + 2) * sizeof(int32_t));
+    uint8_t *le = malloc((t->len + 2) * 4);
+    size_t n = 0;
+    if (!ids || !le || model_encode(s->tok, t->data, t->len, 1, ids, t->len + 2, &n) != 0) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "cannot tokenize a text of %zu bytes: out of memory", t->len);
+        push_error(s, t->conn, 0, t->req, PROTO_ERR_INTERNAL, msg);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            for (int b = 0; b < 4; b++)
+                le[4 * i + (size_t)b] = (uint8_t)((uint32_t)ids[i] >> (8 * b));
+        proto_msg m = {.type = PROTO_TOKENS, .id = t->req};
+        m.u.ids = (proto_ids){le, (uint32_t)n};
+        push_frame(s, t->conn, 0, 0, &m);
+    }
+    free(ids);
+    free(le);
+}
+
+static void run_detokenize(server *s, const srv_task *t)
+{
+    proto_ids in = {(const uint8_t *)t->data, (uint32_t)(t->len / 4)};
+    int vocab = model_get_config(s->m)->vocab_size;
+    size_t cap = 64, len = 0;
+    char *text = malloc(cap);
+    char msg[160] = "";
+    for (uint32_t i = 0; i < in.n && text && !msg[0]; i++) {
+        int32_t id = proto_ids_get(in, i), prev = i ? proto_ids_get(in, i - 1) : MODEL_TOK_BOS;
+        if (id < 0 || id >= vocab) {
+            snprintf(msg, sizeof msg, "token id %d at index %u is out of range [0, %d)", id, i,
+                     vocab);
+            break;
+        }
+        size_t pl;
+        const char *p = model_decode_piece(s->tok, prev, id, &pl);
+        if (len + pl > cap) {
+            cap = (len + pl) * 2;
+            char *grown = realloc(text, cap);
+            if (!grown) {
+                free(text);
+                text = NULL;
+                break;
+            }
+            text = grown;
+        }
+        memcpy(text + len, p, pl);
+        len += pl;
+    }
+    if (msg[0]) {
+        push_error(s, t->conn, 0, t->req, PROTO_ERR_BAD_TOKEN, msg);
+    } else if (!text) {
+        push_error(s, t->conn, 0, t->req, PROTO_ERR_INTERNAL, "out of memory detokenizing");
+    } else {
+        proto_msg m = {.type = PROTO_TEXT, .id = t->req};
+        m.u.text = (proto_str){text, (uint32_t)len};
+        push_frame(s, t->conn, 0, 0, &m);
+    }
+    free(text);
+}
+
+static void run_task(server *s, srv_task *t)
+{
+    switch (t->type) {
+    case SRV_TASK_SUBMIT:
+        engine_submit(s->engine, &t->r);
+        break;
+    case SRV_TASK_CANCEL:
+        engine_cancel(s->engine, (uint64_t)t->conn << 32 | t->req);
+        break;
+    case SRV_TASK_CANCEL_CONN:
+        engine_cancel_matching(s->engine, (uint64_t)t->conn << 32, 0xffffffff00000000ull);
+        break;
+    case SRV_TASK_STATS: {
+        char *text = srv__stats_json(s);
+        if (!text) {
+            push_error(s, t->conn, 0, t->req, PROTO_ERR_INTERNAL, "out of memory rendering stats");
+            break;
+        }
+        proto_msg m = {.type = PROTO_STATS_REPLY, .id = t->req};
+        m.u.json = (proto_str){text, (uint32_t)strlen(text)};
+        push_frame(s, t->conn, 0, 0, &m);
+        free(text);
+        break;
+    }
+    case SRV_TASK_TOKENIZE:
+        run_tokenize(s, t);
+        break;
+    case SRV_TASK_DETOKENIZE:
+        run_detokenize(s, t);
+        break;
+    case SRV_TASK_STOP: /* handled by the thread's loop */
+        break;
+    }
+}
+
+/* ---- The thread ----------------------------------------------------------------------------- */
+
+/* The disk thread finished a load: the engine thread may have work again. */
+void srv__engine_wake_cb(void *arg)
+{
+    server *s = arg;
+    pthread_mutex_lock(&s->mu);
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void *engine_thread_main(void *arg)
+{
+    server *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        /* Sleep while there is nothing to compute: no task, and no live request that can run
+         * (requests waiting for the disk tier wake us through srv__engine_wake_cb). */
+        while (base_queue_empty(&s->tasks) && !engine_runnable(s->engine))
+            pthread_cond_wait(&s->cv, &s->mu);
+        base_qnode *n = base_queue_take_all(&s->tasks);
+        pthread_mutex_unlock(&s->mu);
+        int stop = 0;
+        while (n) {
+            srv_task *t = container_of(n, srv_task, node);
+            n = n->next;
+            if (t->type == SRV_TASK_STOP) {
+                stop = 1; /* the stopper's own node: not ours to free */
+                continue;
+            }
+            run_task(s, t);
+            task_free(t);
+        }
+        if (stop) {
+            engine_cancel_matching(s->engine, 0, 0);
+            break;
+        }
+        if (engine_live(s->engine) > 0)
+            engine_step(s->engine);
+        pthread_mutex_lock(&s->mu);
+        s->live = engine_live(s->engine);
+        pthread_mutex_unlock(&s->mu);
+    }
+    return NULL;
+}
+
+int srv__engine_thread_start(server *s)
+{
+    if (pthread_create(&s->thread, NULL, engine_thread_main, s) != 0)
+        return ENGINE_ETHREAD;
+    s->thread_started = 1;
+    return 0;
+}
+
+void srv__engine_thread_stop(server *s)
+{
+    if (!s->thread_started)
+        return;
+    /* The stop task lives on this stack: the engine thread only reads its type and never frees
+     * it, and this thread waits for the join below (so stopping needs no allocation). */
+    srv_task stop = {.type = SRV_TASK_STOP};
+    pthread_mutex_lock(&s->mu);
+    base_queue_push(&s->tasks, &stop.node);
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+    s->thread_started = 0;
+}

@@ -1,0 +1,38 @@
+/* server.h — the daemon: the libuv loop that serves the native protocol on a Unix socket, and
+ * the engine thread that runs the engine (engine.h) behind it. Its options are filled by
+ * `prefixd serve` (daemon/cli/serve.c).
+ *
+ * Files: conn.c (connections and framing, on the loop thread), engine_thread.c (the engine
+ * thread, its queues and the emit path), stats.c (the STATS reply), server.c (binding the
+ * socket, signals, start and shutdown: srv_run()).
+ */
+#ifndef PREFIXD_SERVER_H
+#define PREFIXD_SERVER_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "engine.h"
+#include "model.h"
+
+typedef struct srv_opts {
+    engine_opts engine; /* the engine's options (emit and wake are the server's own) */
+    const char *model_path;
+    const char *socket_path;
+    mode_t socket_mode; /* default 0600 */
+    int share_across_users;
+    int disk_is_default; /* engine.disk_dir is the default: if another daemon holds it, run
+                          * without a disk tier */
+    size_t max_frame;    /* bytes */
+    size_t max_output;   /* per-connection unread output before its requests are cancelled */
+    double grace_ms;     /* on SIGINT/SIGTERM, how long running requests may finish */
+    int log_level;       /* BASE_LOG_* */
+} srv_opts;
+
+/* Runs the daemon until SIGINT/SIGTERM: binds the socket, starts the engine thread, serves.
+ * m and tok are borrowed. Returns the exit code: 0 after a clean shutdown, 2 when the socket
+ * or the configuration cannot be used (a live daemon on the socket, a path too long, a disk dir
+ * that cannot be used), 1 on other failures. Call from the main thread, once. */
+int srv_run(const srv_opts *o, const model *m, const model_tokenizer *tok);
+
+#endif

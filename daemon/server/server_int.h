@@ -1,0 +1,142 @@
+/* server_int.h — what the server's files share: the server and connection structs, the two
+ * queues between the loop thread and the engine thread, and the functions each file offers the
+ * others (double underscore: private to the server).
+ *
+ * Threads: the loop thread owns connections (conn.c) and the listener, signals and timers
+ * (server.c); the engine thread (engine_thread.c) owns the engine. They meet only in the two
+ * queues below, under `mu`: tasks go loop -> engine, encoded frames go engine -> loop (woken
+ * with uv_async_send). Connections are known to the engine thread only by their 32-bit id.
+ */
+#ifndef PREFIXD_SERVER_INT_H
+#define PREFIXD_SERVER_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "base.h"
+#include "engine.h"
+#include "proto.h"
+#include "server.h"
+
+#define SRV_MAX_CONNS 4096
+#define SRV_MAX_REQS_PER_CONN 64
+#define SRV_FRAMES_PER_READ 64
+
+/* ---- Queues between the threads ---- */
+
+/* A task for the engine thread. */
+typedef enum srv_task_type {
+    SRV_TASK_SUBMIT,
+    SRV_TASK_CANCEL,
+    SRV_TASK_CANCEL_CONN, /* every request of a connection (it closed, or reads too slowly) */
+    SRV_TASK_STATS,
+    SRV_TASK_TOKENIZE,
+    SRV_TASK_DETOKENIZE,
+    SRV_TASK_STOP /* end the engine thread (after the loop saw no live request, or gave up) */
+} srv_task_type;
+
+typedef struct srv_task {
+    base_qnode node;
+    srv_task_type type;
+    uint32_t conn;
+    uint32_t req;
+    engine_request r; /* SUBMIT: pointers into data */
+    char *data;       /* owned: text / ids / namespace bytes */
+    size_t len;
+} srv_task;
+
+/* One encoded frame for a connection, made on the engine thread. */
+typedef struct srv_frame {
+    base_qnode node;
+    uint32_t conn;
+    uint32_t req;
+    int ends; /* the request's last frame */
+    size_t len;
+    uint8_t bytes[]; /* one encoded frame */
+} srv_frame;
+
+/* ---- Connections ---- */
+
+typedef enum conn_state { CONN_AWAIT_HELLO, CONN_READY, CONN_CLOSING } conn_state;
+
+typedef struct conn {
+    uv_pipe_t pipe;
+    struct server *srv;
+    uint32_t id;
+    uid_t uid;
+    conn_state state;
+    uint8_t *buf;
+    size_t len, cap;
+    uint32_t reqs[SRV_MAX_REQS_PER_CONN]; /* live request ids */
+    int n_reqs;
+    int slow; /* output bound hit: its requests were cancelled */
+} conn;
+
+typedef struct server {
+    srv_opts o;
+    uv_loop_t *loop;
+    uv_pipe_t listener;
+    uv_async_t wake;
+    uv_signal_t sigint, sigterm, sighup;
+    uv_timer_t drain_timer;
+    conn *conns[SRV_MAX_CONNS];
+    uint32_t next_id;
+    int draining;
+    double drain_start;
+    int listener_open;
+    /* the engine thread */
+    const model *m;
+    const model_tokenizer *tok;
+    engine *engine;
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    base_queue tasks;  /* loop -> engine, under mu */
+    base_queue frames; /* engine -> loop, under mu */
+    int live;          /* the engine's live requests, read by the loop under mu */
+    int engine_stopped;
+    /* counters (written by the loop thread, read by the engine thread for STATS) */
+    _Atomic uint64_t connections, frames_in, frames_out, bad_frames;
+} server;
+
+/* ---- conn.c (loop thread) ---- */
+
+/* The listener's connection callback: accepts, assigns an id, starts reading. */
+void srv__accept_cb(uv_stream_t *listener, int status);
+
+/* Closes a connection (its requests are cancelled); freed in its close callback. */
+void srv__conn_close(conn *c);
+
+/* Writes the frames the engine thread queued to their connections (uv_async callback). */
+void srv__deliver_cb(uv_async_t *a);
+
+/* ---- engine_thread.c ---- */
+
+/* A task with data_len bytes of owned data. Returns NULL when out of memory. */
+srv_task *srv__task_new(srv_task_type type, uint32_t conn_id, uint32_t req, size_t data_len);
+
+/* Hands a task to the engine thread (it then belongs to the engine thread). Loop thread. */
+void srv__task_push(server *s, srv_task *t);
+
+/* Frees every task and frame still queued (after the engine thread stopped). */
+void srv__queues_free(server *s);
+
+/* Starts the engine thread. Returns 0 or ENGINE_ETHREAD. */
+int srv__engine_thread_start(server *s);
+
+/* Stops the engine thread: cancels what is live, joins it. Loop thread. */
+void srv__engine_thread_stop(server *s);
+
+/* The engine's emit and wake callbacks (engine_opts). */
+void srv__engine_emit_cb(void *arg, const engine_event *ev);
+void srv__engine_wake_cb(void *arg);
+
+/* ---- stats.c (engine thread) ---- */
+
+/* The counters as one JSON object (malloc'ed text), or NULL when out of memory. */
+char *srv__stats_json(server *s);
+
+#endif
