@@ -113,6 +113,13 @@ static void invalid(proto_msg *out, uint32_t code, const char *msg)
     out->u.error.msg.len = (uint32_t)strlen(msg);
 }
 
+long proto_frame_size(const uint8_t *buf, size_t len)
+{
+    if (len < 4)
+        return PROTO_NEED_MORE;
+    return (long)get_le(buf, 4) + 4;
+}
+
 long proto_decode(const uint8_t *buf, size_t len, size_t max_frame, proto_msg *out)
 {
     if (len < 4)

@@ -42,6 +42,11 @@ static void usage(FILE *f)
         "  --max-output SIZE       unread output per connection before its requests are\n"
         "                          cancelled (default 8M)\n"
         "  --grace SECONDS         on SIGINT/SIGTERM, time for running requests (default 10)\n"
+        "  --hello-timeout SEC     close connections that send no HELLO (default 10; 0 never)\n"
+        "  --idle-timeout SEC      close connections idle this long (default 600; 0 never)\n"
+        "  --max-conns-per-user N  connections one Unix user may hold (default 256; 0 no limit)\n"
+        "  --max-input-mem SIZE    unprocessed input of all connections together (default 256M)\n"
+        "  --max-text SIZE         largest text to tokenize, prompt or TOKENIZE (default 4M)\n"
         "  --log-level LEVEL       error, warn, info or debug (default info)\n");
 }
 
@@ -87,6 +92,11 @@ int srv_cmd_serve(int argc, char **argv)
     o.max_frame = 16u << 20;
     o.max_output = 8u << 20;
     o.grace_ms = 10000;
+    o.hello_timeout_ms = 10000;
+    o.idle_timeout_ms = 600000;
+    o.max_conns_per_user = 256;
+    o.max_input_mem = (size_t)256 << 20;
+    o.max_text = (size_t)4 << 20;
     o.log_level = BASE_LOG_INFO;
     const char *tok_path = NULL, *disk_dir = NULL;
     char sockbuf[4096], diskbuf[4096];
@@ -110,6 +120,11 @@ int srv_cmd_serve(int argc, char **argv)
         O_OUTPUT,
         O_GRACE,
         O_LOG,
+        O_HELLO_TO,
+        O_IDLE_TO,
+        O_CONNS_USER,
+        O_INPUT_MEM,
+        O_MAX_TEXT,
         O_HELP
     };
     static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
@@ -131,6 +146,11 @@ int srv_cmd_serve(int argc, char **argv)
                                          {"max-output", required_argument, 0, O_OUTPUT},
                                          {"grace", required_argument, 0, O_GRACE},
                                          {"log-level", required_argument, 0, O_LOG},
+                                         {"hello-timeout", required_argument, 0, O_HELLO_TO},
+                                         {"idle-timeout", required_argument, 0, O_IDLE_TO},
+                                         {"max-conns-per-user", required_argument, 0, O_CONNS_USER},
+                                         {"max-input-mem", required_argument, 0, O_INPUT_MEM},
+                                         {"max-text", required_argument, 0, O_MAX_TEXT},
                                          {"help", no_argument, 0, O_HELP},
                                          {0, 0, 0, 0}};
     optind = 1;
@@ -218,6 +238,30 @@ int srv_cmd_serve(int argc, char **argv)
             o.grace_ms = strtod(optarg, &end) * 1000;
             if (*end || end == optarg || o.grace_ms < 0)
                 return bad("--grace", optarg, "seconds >= 0");
+            break;
+        case O_HELLO_TO:
+        case O_IDLE_TO: {
+            double sec = strtod(optarg, &end);
+            if (*end || end == optarg || !(sec >= 0 && sec <= 1e6))
+                return bad(ch == O_HELLO_TO ? "--hello-timeout" : "--idle-timeout", optarg,
+                           "seconds >= 0 (0: never)");
+            *(ch == O_HELLO_TO ? &o.hello_timeout_ms : &o.idle_timeout_ms) = sec * 1000;
+            break;
+        }
+        case O_CONNS_USER:
+            if (srv_parse_int(optarg, 0, 4096, &v) != 0)
+                return bad("--max-conns-per-user", optarg, "0..4096 (0: no limit)");
+            o.max_conns_per_user = (int)v;
+            break;
+        case O_INPUT_MEM:
+            if (srv_parse_size(optarg, &sz) != 0 || sz < (1u << 20))
+                return bad("--max-input-mem", optarg, "a size of at least 1M");
+            o.max_input_mem = (size_t)sz;
+            break;
+        case O_MAX_TEXT:
+            if (srv_parse_size(optarg, &sz) != 0 || sz < 1024 || sz > (1u << 30))
+                return bad("--max-text", optarg, "a size from 1K to 1G");
+            o.max_text = (size_t)sz;
             break;
         case O_LOG:
             if ((o.log_level = base_log_parse_level(optarg)) < 0)

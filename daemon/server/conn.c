@@ -27,7 +27,7 @@ static void conn_set_state(conn *c, conn_state s)
     c->state = s;
 }
 
-static conn *conn_find(server *s, uint32_t id)
+conn *srv__conn_find(server *s, uint32_t id)
 {
     conn *c = s->conns[id % SRV_MAX_CONNS];
     return c && c->id == id ? c : NULL;
@@ -71,7 +71,7 @@ static void write_cb(uv_write_t *w, int status)
 }
 
 /* Queues bytes (copied) on a connection. */
-static void conn_write(conn *c, const uint8_t *bytes, size_t len)
+void srv__conn_write(conn *c, const uint8_t *bytes, size_t len)
 {
     if (c->state == CONN_CLOSING)
         return;
@@ -110,7 +110,7 @@ static void conn_send_error(conn *c, uint32_t req, int code, const char *fmt, ..
     m.u.error.msg = (proto_str){msg, (uint32_t)strlen(msg)};
     uint8_t buf[1024];
     size_t n = proto_encode(&m, buf, sizeof buf);
-    conn_write(c, buf, n);
+    srv__conn_write(c, buf, n);
 }
 
 static int conn_has_req(const conn *c, uint32_t req)
@@ -133,6 +133,8 @@ static void conn_drop_req(conn *c, uint32_t req)
 static void conn_close_cb(uv_handle_t *h)
 {
     conn *c = container_of((uv_pipe_t *)h, conn, pipe);
+    if (c->srv)
+        c->srv->input_bytes -= c->cap;
     free(c->buf);
     free(c);
 }
@@ -148,6 +150,27 @@ void srv__conn_close(conn *c)
     s->conns[c->id % SRV_MAX_CONNS] = NULL;
     base_log(BASE_LOG_DEBUG, "connection %u closed", c->id);
     uv_close((uv_handle_t *)&c->pipe, conn_close_cb);
+}
+
+void srv__conn_reply_error(conn *c, uint32_t req, int code, const char *msg)
+{
+    conn_send_error(c, req, code, "%s", msg);
+}
+
+void srv__conn_end_request(conn *c, uint32_t req, int code, const char *msg)
+{
+    conn_send_error(c, req, code, "%s", msg);
+    conn_drop_req(c, req);
+}
+
+void srv__conn_send_done_cancelled(conn *c, uint32_t req)
+{
+    proto_msg m = {.type = PROTO_DONE, .id = req};
+    m.u.done.finish = PROTO_FINISH_CANCELLED;
+    uint8_t buf[128];
+    size_t n = proto_encode(&m, buf, sizeof buf);
+    srv__conn_write(c, buf, n);
+    conn_drop_req(c, req);
 }
 
 /* ---- Frames from clients -------------------------------------------------------------------- */
@@ -189,6 +212,13 @@ static void handle_generate(conn *c, const proto_msg *m)
                             (unsigned char)g->text.p[bad], bad);
             return;
         }
+    }
+    if (!by_ids && g->text.len > s->o.max_text) {
+        conn_send_error(c, m->id, PROTO_ERR_BAD_REQUEST,
+                        "prompt text of %u bytes is larger than the daemon's maximum (%zu, "
+                        "--max-text)",
+                        g->text.len, s->o.max_text);
+        return;
     }
     if (!(g->temp >= 0.0f) || !(g->top_p >= 0.0f)) {
         conn_send_error(c, m->id, PROTO_ERR_BAD_REQUEST,
@@ -232,8 +262,18 @@ static void handle_generate(conn *c, const proto_msg *m)
     r->seed = g->seed;
     r->pin = (m->flags & PROTO_GEN_PIN) != 0;
     r->t_received_ms = base_now_ms();
+    if (!by_ids && s->tok) {
+        /* The text is tokenized on a worker, then submitted as ids (tokenize.c). */
+        if (srv__tokenize_prompt(c, k, (size_t)nslen) != 0) {
+            free(k->data);
+            free(k);
+            conn_send_error(c, m->id, PROTO_ERR_INTERNAL, "out of memory queueing a prompt");
+            return;
+        }
+    } else {
+        srv__task_push(s, k);
+    }
     c->reqs[c->n_reqs++] = m->id;
-    srv__task_push(s, k);
 }
 
 static void handle_frame(conn *c, const proto_msg *m)
@@ -277,7 +317,7 @@ static void handle_frame(conn *c, const proto_msg *m)
         uint8_t buf[512];
         size_t n = proto_encode(&r, buf, sizeof buf);
         conn_set_state(c, CONN_READY);
-        conn_write(c, buf, n);
+        srv__conn_write(c, buf, n);
         return;
     }
     switch (m->type) {
@@ -286,7 +326,9 @@ static void handle_frame(conn *c, const proto_msg *m)
         handle_generate(c, m);
         break;
     case PROTO_CANCEL:
-        if (conn_has_req(c, m->id))
+        /* A prompt still being tokenized ends when its worker is done; else the engine
+         * cancels it. */
+        if (conn_has_req(c, m->id) && !srv__tokenize_cancel(s, c->id, m->id))
             conn_push_task(c, SRV_TASK_CANCEL, m->id, NULL, 0);
         break;
     case PROTO_STATS:
@@ -299,14 +341,22 @@ static void handle_frame(conn *c, const proto_msg *m)
                             "text is not valid UTF-8: bad byte at offset %zu", bad);
             break;
         }
-        conn_push_task(c, SRV_TASK_TOKENIZE, m->id, m->u.text.p, m->u.text.len);
+        if (m->u.text.len > s->o.max_text) {
+            conn_send_error(c, m->id, PROTO_ERR_BAD_REQUEST,
+                            "text of %u bytes is larger than the daemon's maximum (%zu, "
+                            "--max-text)",
+                            m->u.text.len, s->o.max_text);
+            break;
+        }
+        if (srv__tokenize_reply(c, m->id, 0, m->u.text.p, m->u.text.len) != 0)
+            conn_send_error(c, m->id, PROTO_ERR_INTERNAL, "out of memory queueing a text");
         break;
     }
-    case PROTO_DETOKENIZE: {
-        /* The ids as they came: little-endian int32, read by the engine thread. */
-        conn_push_task(c, SRV_TASK_DETOKENIZE, m->id, m->u.ids.le, (size_t)m->u.ids.n * 4);
+    case PROTO_DETOKENIZE:
+        /* The ids as they came: little-endian int32, read by the worker. */
+        if (srv__tokenize_reply(c, m->id, 1, m->u.ids.le, (size_t)m->u.ids.n * 4) != 0)
+            conn_send_error(c, m->id, PROTO_ERR_INTERNAL, "out of memory queueing ids");
         break;
-    }
     case PROTO_HELLO:
         conn_send_error(c, m->id, PROTO_ERR_BAD_REQUEST, "HELLO was already received");
         break;
@@ -317,30 +367,163 @@ static void handle_frame(conn *c, const proto_msg *m)
     }
 }
 
+/* ---- Reading -------------------------------------------------------------------------------
+ * A connection's input buffer holds at most one frame being received plus what follows it in
+ * the same reads: it is sized to the frame's announced length (up to --max-frame) as soon as
+ * its 4-byte length field is in, so a large frame sent in one write is read whole. All input
+ * buffers together stay under --max-input-mem; a connection whose frame would pass that budget
+ * gets an error and is closed. A buffer is freed when it holds nothing, so an idle connection
+ * costs no input memory.
+ *
+ * At most SRV_FRAMES_PER_READ frames are handled per connection and loop turn. A connection
+ * with more complete frames buffered stops reading and is put on the resume list; an idle
+ * handle handles the next frames on the next loop turn, fairly with every other connection,
+ * and reading starts again when its buffered frames are done. */
+
+#define SRV_READ_CHUNK ((size_t)64 << 10)
+
+static void input_resize(conn *c, uint8_t *nb, size_t cap)
+{
+    server *s = c->srv;
+    s->input_bytes = s->input_bytes - c->cap + cap;
+    c->buf = nb;
+    c->cap = cap;
+}
+
 static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
     conn *c = container_of((uv_pipe_t *)h, conn, pipe);
-    size_t want = c->len + 65536;
-    size_t limit = c->srv->o.max_frame + 65536;
+    server *s = c->srv;
+    /* Room for the frame being received (its announced size, when known) and a chunk more. */
+    long fsize = proto_frame_size(c->buf, c->len);
+    size_t want = (fsize > 0 && (size_t)fsize > c->len ? (size_t)fsize : c->len) + SRV_READ_CHUNK;
+    size_t limit = s->o.max_frame + SRV_READ_CHUNK;
     if (want > limit)
         want = limit;
-    if (c->cap < want) {
-        uint8_t *nb = realloc(c->buf, want);
-        if (!nb) {
-            *buf = uv_buf_init(NULL, 0);
-            return;
-        }
-        c->buf = nb;
-        c->cap = want;
+    *buf = uv_buf_init(NULL, 0);
+    if (c->cap >= want) {
+        *buf = uv_buf_init((char *)c->buf + c->len, (unsigned)(c->cap - c->len));
+        return;
     }
+    if (s->input_bytes - c->cap + want > s->o.max_input_mem && want > SRV_READ_CHUNK) {
+        c->over_budget = 1; /* read_cb sees UV_ENOBUFS and says why */
+        return;
+    }
+    uint8_t *nb = realloc(c->buf, want);
+    if (!nb)
+        return; /* UV_ENOBUFS */
+    input_resize(c, nb, want);
     *buf = uv_buf_init((char *)c->buf + c->len, (unsigned)(c->cap - c->len));
+}
+
+static void resume_idle_cb(uv_idle_t *h);
+
+/* Handles up to SRV_FRAMES_PER_READ buffered frames. Returns 1 if complete frames may remain
+ * (the caller parks the connection on the resume list), 0 if the buffer holds no complete
+ * frame, -1 if the connection was closed. */
+static int conn_process(conn *c)
+{
+    server *s = c->srv;
+    size_t off = 0;
+    int more = 0;
+    for (int frames = 0; c->state != CONN_CLOSING; frames++) {
+        if (frames == SRV_FRAMES_PER_READ) {
+            more = 1;
+            break;
+        }
+        proto_msg m;
+        long r = proto_decode(c->buf + off, c->len - off, s->o.max_frame, &m);
+        if (r == PROTO_NEED_MORE)
+            break;
+        if (r < 0) {
+            s->bad_frames++;
+            if (r == -PROTO_ERR_TOO_BIG)
+                conn_send_error(c, 0, (int)-r,
+                                "frame of %ld bytes is larger than the maximum (%zu, --max-frame): "
+                                "the connection cannot continue",
+                                proto_frame_size(c->buf + off, c->len - off), s->o.max_frame);
+            else
+                conn_send_error(c, 0, (int)-r,
+                                "malformed frame header: the connection cannot continue");
+            srv__conn_close(c);
+            return -1;
+        }
+        c->t_last = base_now_ms();
+        handle_frame(c, &m);
+        off += (size_t)r;
+    }
+    if (c->state == CONN_CLOSING)
+        return -1;
+    memmove(c->buf, c->buf + off, c->len - off);
+    c->len -= off;
+    if (c->len == 0 && c->cap > 0) {
+        free(c->buf);
+        input_resize(c, NULL, 0);
+    }
+    return more;
+}
+
+/* After conn_process(): park the connection (stop reading) while frames remain, or read on. */
+static void conn_after_process(conn *c, int more)
+{
+    server *s = c->srv;
+    if (more > 0) {
+        if (!c->paused) {
+            uv_read_stop((uv_stream_t *)&c->pipe);
+            c->paused = 1;
+        }
+        if (!c->resume_queued) {
+            c->resume_queued = 1;
+            s->resume[s->n_resume++] = c->id;
+            uv_idle_start(&s->resume_idle, resume_idle_cb);
+        }
+    } else if (more == 0 && c->paused) {
+        c->paused = 0;
+        srv__conn_read_start(c);
+    }
+}
+
+static void resume_idle_cb(uv_idle_t *h)
+{
+    server *s = container_of(h, server, resume_idle);
+    /* This turn's list: connections parked now go on the next turn's. */
+    uint32_t ids[SRV_MAX_CONNS];
+    int n = s->n_resume;
+    memcpy(ids, s->resume, (size_t)n * sizeof *ids);
+    s->n_resume = 0;
+    for (int i = 0; i < n; i++) {
+        conn *c = srv__conn_find(s, ids[i]);
+        if (!c)
+            continue;
+        c->resume_queued = 0;
+        conn_after_process(c, conn_process(c));
+    }
+    if (s->n_resume == 0)
+        uv_idle_stop(&s->resume_idle);
 }
 
 static void conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     (void)buf;
     conn *c = container_of((uv_pipe_t *)st, conn, pipe);
+    if (nread == UV_ENOBUFS) {
+        server *s = c->srv;
+        long fsize = proto_frame_size(c->buf, c->len);
+        if (c->over_budget)
+            conn_send_error(c, 0, PROTO_ERR_BUSY,
+                            "daemon input memory budget exceeded: a frame of %ld bytes does not "
+                            "fit beside the %zu bytes buffered for all connections "
+                            "(--max-input-mem %zu)",
+                            fsize, s->input_bytes, s->o.max_input_mem);
+        else
+            conn_send_error(c, 0, PROTO_ERR_INTERNAL, "out of memory for a frame of %ld bytes",
+                            fsize);
+        base_log(BASE_LOG_WARN, "connection %u: input of %ld bytes refused: %s", c->id, fsize,
+                 c->over_budget ? "over --max-input-mem" : "out of memory");
+        srv__conn_close(c);
+        return;
+    }
     if (nread < 0) {
         if (nread != UV_EOF)
             base_log(BASE_LOG_DEBUG, "connection %u: read: %s", c->id, uv_strerror((int)nread));
@@ -348,31 +531,40 @@ static void conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     c->len += (size_t)nread;
-    size_t off = 0;
-    for (int frames = 0; frames < SRV_FRAMES_PER_READ && c->state != CONN_CLOSING; frames++) {
-        proto_msg m;
-        long r = proto_decode(c->buf + off, c->len - off, c->srv->o.max_frame, &m);
-        if (r == PROTO_NEED_MORE)
-            break;
-        if (r < 0) {
-            c->srv->bad_frames++;
-            conn_send_error(c, 0, (int)-r, "%s: the connection cannot continue",
-                            r == -PROTO_ERR_TOO_BIG ? "frame larger than the maximum"
-                                                    : "malformed frame header");
-            srv__conn_close(c);
-            return;
-        }
-        handle_frame(c, &m);
-        off += (size_t)r;
-    }
-    if (c->state == CONN_CLOSING)
-        return;
-    memmove(c->buf, c->buf + off, c->len - off);
-    c->len -= off;
-    if (c->len >= c->cap) {
-        /* A full buffer with no complete frame can only be a frame past the maximum. */
-        conn_send_error(c, 0, PROTO_ERR_TOO_BIG, "frame larger than the maximum");
+    conn_after_process(c, conn_process(c));
+}
+
+void srv__conn_read_start(conn *c)
+{
+    int rc = uv_read_start((uv_stream_t *)&c->pipe, conn_alloc_cb, conn_read_cb);
+    if (rc != 0) {
+        base_log(BASE_LOG_WARN, "connection %u: read: %s", c->id, uv_strerror(rc));
         srv__conn_close(c);
+    }
+}
+
+/* Closes connections that never said HELLO within --hello-timeout, and connections with no
+ * live request and no complete frame for --idle-timeout (0: never). Runs every second. */
+void srv__sweep_cb(uv_timer_t *t)
+{
+    server *s = container_of(t, server, sweep_timer);
+    double now = base_now_ms();
+    for (int i = 0; i < SRV_MAX_CONNS; i++) {
+        conn *c = s->conns[i];
+        if (!c || c->state == CONN_CLOSING)
+            continue;
+        if (c->state == CONN_AWAIT_HELLO && s->o.hello_timeout_ms > 0 &&
+            now - c->t_last > s->o.hello_timeout_ms) {
+            conn_send_error(c, 0, PROTO_ERR_NO_HELLO,
+                            "no HELLO within %.0f s (--hello-timeout): closing",
+                            s->o.hello_timeout_ms / 1e3);
+            srv__conn_close(c);
+        } else if (c->state == CONN_READY && c->n_reqs == 0 && s->o.idle_timeout_ms > 0 &&
+                   now - c->t_last > s->o.idle_timeout_ms) {
+            base_log(BASE_LOG_DEBUG, "connection %u: idle for %.0f s: closing", c->id,
+                     (now - c->t_last) / 1e3);
+            srv__conn_close(c);
+        }
     }
 }
 
@@ -426,13 +618,27 @@ void srv__accept_cb(uv_stream_t *ls, int status)
         return;
     }
     c->uid = peer_uid(&c->pipe);
+    c->t_last = base_now_ms();
+    if (s->o.max_conns_per_user > 0) {
+        int mine = 0;
+        for (int i = 0; i < SRV_MAX_CONNS; i++)
+            mine += s->conns[i] && s->conns[i]->uid == c->uid;
+        if (mine >= s->o.max_conns_per_user) {
+            /* Answer, so the client can tell why; the id stays free. */
+            base_log(BASE_LOG_WARN, "uid %u: %d connections (--max-conns-per-user): refusing one",
+                     (unsigned)c->uid, mine);
+            s->conns[c->id % SRV_MAX_CONNS] = c;
+            conn_send_error(c, 0, PROTO_ERR_BUSY,
+                            "too many connections from uid %u (%d, --max-conns-per-user)",
+                            (unsigned)c->uid, mine);
+            srv__conn_close(c);
+            return;
+        }
+    }
     s->conns[c->id % SRV_MAX_CONNS] = c;
     s->connections++;
     base_log(BASE_LOG_DEBUG, "connection %u from uid %u", c->id, (unsigned)c->uid);
-    if ((rc = uv_read_start((uv_stream_t *)&c->pipe, conn_alloc_cb, conn_read_cb)) != 0) {
-        base_log(BASE_LOG_WARN, "connection %u: read: %s", c->id, uv_strerror(rc));
-        srv__conn_close(c);
-    }
+    srv__conn_read_start(c);
 }
 
 /* ---- Frames to clients ---------------------------------------------------------------------- */
@@ -446,10 +652,10 @@ void srv__deliver_cb(uv_async_t *a)
     while (n) {
         srv_frame *o = container_of(n, srv_frame, node);
         n = n->next;
-        conn *c = conn_find(s, o->conn);
+        conn *c = srv__conn_find(s, o->conn);
         if (c) {
             if (o->req == 0 || conn_has_req(c, o->req))
-                conn_write(c, o->bytes, o->len);
+                srv__conn_write(c, o->bytes, o->len);
             if (o->ends && o->req)
                 conn_drop_req(c, o->req);
             /* A client that does not read: past the bound, its requests are cancelled. */

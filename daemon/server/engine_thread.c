@@ -186,69 +186,6 @@ void srv__engine_emit_cb(void *arg, const engine_event *ev)
 
 /* ---- Tasks the engine thread runs ----------------------------------------------------------- */
 
-static void run_tokenize(server *s, const srv_task *t)
-{
-    /* At most one id per byte, plus BOS and the dummy prefix. */
-    int32_t *ids = malloc((t->len + 2) * sizeof(int32_t));
-    uint8_t *le = malloc((t->len + 2) * 4);
-    size_t n = 0;
-    if (!ids || !le || model_encode(s->tok, t->data, t->len, 1, ids, t->len + 2, &n) != 0) {
-        char msg[128];
-        snprintf(msg, sizeof msg, "cannot tokenize a text of %zu bytes: out of memory", t->len);
-        push_error(s, t->conn, 0, t->req, PROTO_ERR_INTERNAL, msg);
-    } else {
-        for (size_t i = 0; i < n; i++)
-            for (int b = 0; b < 4; b++)
-                le[4 * i + (size_t)b] = (uint8_t)((uint32_t)ids[i] >> (8 * b));
-        proto_msg m = {.type = PROTO_TOKENS, .id = t->req};
-        m.u.ids = (proto_ids){le, (uint32_t)n};
-        push_frame(s, t->conn, 0, 0, &m);
-    }
-    free(ids);
-    free(le);
-}
-
-static void run_detokenize(server *s, const srv_task *t)
-{
-    proto_ids in = {(const uint8_t *)t->data, (uint32_t)(t->len / 4)};
-    int vocab = model_get_config(s->m)->vocab_size;
-    size_t cap = 64, len = 0;
-    char *text = malloc(cap);
-    char msg[160] = "";
-    for (uint32_t i = 0; i < in.n && text && !msg[0]; i++) {
-        int32_t id = proto_ids_get(in, i), prev = i ? proto_ids_get(in, i - 1) : MODEL_TOK_BOS;
-        if (id < 0 || id >= vocab) {
-            snprintf(msg, sizeof msg, "token id %d at index %u is out of range [0, %d)", id, i,
-                     vocab);
-            break;
-        }
-        size_t pl;
-        const char *p = model_decode_piece(s->tok, prev, id, &pl);
-        if (len + pl > cap) {
-            cap = (len + pl) * 2;
-            char *grown = realloc(text, cap);
-            if (!grown) {
-                free(text);
-                text = NULL;
-                break;
-            }
-            text = grown;
-        }
-        memcpy(text + len, p, pl);
-        len += pl;
-    }
-    if (msg[0]) {
-        push_error(s, t->conn, 0, t->req, PROTO_ERR_BAD_TOKEN, msg);
-    } else if (!text) {
-        push_error(s, t->conn, 0, t->req, PROTO_ERR_INTERNAL, "out of memory detokenizing");
-    } else {
-        proto_msg m = {.type = PROTO_TEXT, .id = t->req};
-        m.u.text = (proto_str){text, (uint32_t)len};
-        push_frame(s, t->conn, 0, 0, &m);
-    }
-    free(text);
-}
-
 static void run_task(server *s, srv_task *t)
 {
     switch (t->type) {
@@ -273,12 +210,6 @@ static void run_task(server *s, srv_task *t)
         free(text);
         break;
     }
-    case SRV_TASK_TOKENIZE:
-        run_tokenize(s, t);
-        break;
-    case SRV_TASK_DETOKENIZE:
-        run_detokenize(s, t);
-        break;
     case SRV_TASK_STOP: /* handled by the thread's loop */
         break;
     }

@@ -201,7 +201,13 @@ static int init_handles(server *s)
     if ((rc = uv_timer_init(s->loop, &s->drain_timer)) != 0)
         return rc;
     s->drain_timer.data = s;
-    return 0;
+    if ((rc = uv_idle_init(s->loop, &s->resume_idle)) != 0)
+        return rc;
+    s->resume_idle.data = s;
+    if ((rc = uv_timer_init(s->loop, &s->sweep_timer)) != 0)
+        return rc;
+    s->sweep_timer.data = s;
+    return uv_timer_start(&s->sweep_timer, srv__sweep_cb, 1000, 1000);
 }
 
 static void log_start(server *s)

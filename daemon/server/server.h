@@ -21,12 +21,17 @@ typedef struct srv_opts {
     const char *socket_path;
     mode_t socket_mode; /* default 0600 */
     int share_across_users;
-    int disk_is_default; /* engine.disk_dir is the default: if another daemon holds it, run
-                          * without a disk tier */
-    size_t max_frame;    /* bytes */
-    size_t max_output;   /* per-connection unread output before its requests are cancelled */
-    double grace_ms;     /* on SIGINT/SIGTERM, how long running requests may finish */
-    int log_level;       /* BASE_LOG_* */
+    int disk_is_default;     /* engine.disk_dir is the default: if another daemon holds it, run
+                              * without a disk tier */
+    size_t max_frame;        /* bytes */
+    size_t max_output;       /* per-connection unread output before its requests are cancelled */
+    double grace_ms;         /* on SIGINT/SIGTERM, how long running requests may finish */
+    double hello_timeout_ms; /* a connection must say HELLO within this (0: never closed) */
+    double idle_timeout_ms;  /* a connection with no request and no frame is closed (0: never) */
+    int max_conns_per_user;  /* connections one uid may hold (0: no limit) */
+    size_t max_input_mem;    /* all connections' unprocessed input together */
+    size_t max_text;         /* largest text to tokenize (a prompt or TOKENIZE) */
+    int log_level;           /* BASE_LOG_* */
 } srv_opts;
 
 /* Runs the daemon until SIGINT/SIGTERM: binds the socket, starts the engine thread, serves.

@@ -32,8 +32,6 @@ typedef enum srv_task_type {
     SRV_TASK_CANCEL,
     SRV_TASK_CANCEL_CONN, /* every request of a connection (it closed, or reads too slowly) */
     SRV_TASK_STATS,
-    SRV_TASK_TOKENIZE,
-    SRV_TASK_DETOKENIZE,
     SRV_TASK_STOP /* end the engine thread (after the loop saw no live request, or gave up) */
 } srv_task_type;
 
@@ -71,7 +69,11 @@ typedef struct conn {
     size_t len, cap;
     uint32_t reqs[SRV_MAX_REQS_PER_CONN]; /* live request ids */
     int n_reqs;
-    int slow; /* output bound hit: its requests were cancelled */
+    int slow;          /* output bound hit: its requests were cancelled */
+    double t_last;     /* accept, or the last complete frame (timeouts) */
+    int paused;        /* reading stopped: complete frames wait on the resume list */
+    int resume_queued; /* on the server's resume list */
+    int over_budget;   /* the last allocation was refused by --max-input-mem */
 } conn;
 
 typedef struct server {
@@ -81,7 +83,13 @@ typedef struct server {
     uv_async_t wake;
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t drain_timer;
+    uv_timer_t sweep_timer; /* hello and idle timeouts */
+    uv_idle_t resume_idle;  /* runs while connections have buffered frames left */
     conn *conns[SRV_MAX_CONNS];
+    uint32_t resume[SRV_MAX_CONNS]; /* ids of connections with frames left */
+    int n_resume;
+    size_t input_bytes;       /* all connections' input buffers (--max-input-mem) */
+    struct tok_job *tok_jobs; /* tokenizing on workers now (tokenize.c) */
     uint32_t next_id;
     int draining;
     double drain_start;
@@ -110,6 +118,25 @@ void srv__accept_cb(uv_stream_t *listener, int status);
 /* Closes a connection (its requests are cancelled); freed in its close callback. */
 void srv__conn_close(conn *c);
 
+/* The live connection with that id, or NULL. */
+conn *srv__conn_find(server *s, uint32_t id);
+
+/* Queues bytes (copied) on a connection. */
+void srv__conn_write(conn *c, const uint8_t *bytes, size_t len);
+
+/* An ERROR reply to a frame that is not a tracked request (TOKENIZE, DETOKENIZE). */
+void srv__conn_reply_error(conn *c, uint32_t req, int code, const char *msg);
+
+/* Ends a tracked request from the loop thread: with an ERROR, or with DONE (cancelled). */
+void srv__conn_end_request(conn *c, uint32_t req, int code, const char *msg);
+void srv__conn_send_done_cancelled(conn *c, uint32_t req);
+
+/* Starts (or resumes) reading a connection; closes it if that fails. */
+void srv__conn_read_start(conn *c);
+
+/* The once-a-second timer: hello and idle timeouts. */
+void srv__sweep_cb(uv_timer_t *t);
+
 /* Writes the frames the engine thread queued to their connections (uv_async callback). */
 void srv__deliver_cb(uv_async_t *a);
 
@@ -133,6 +160,20 @@ void srv__engine_thread_stop(server *s);
 /* The engine's emit and wake callbacks (engine_opts). */
 void srv__engine_emit_cb(void *arg, const engine_event *ev);
 void srv__engine_wake_cb(void *arg);
+
+/* ---- tokenize.c (loop thread; the work runs on libuv's worker pool) ---- */
+
+/* Tokenizes a SUBMIT task's text prompt (namespace in its first ns_len data bytes) on a worker,
+ * then submits it as ids. Returns 0 (the task belongs to the job now), or -1 when out of
+ * memory (the caller still owns the task). */
+int srv__tokenize_prompt(conn *c, srv_task *t, size_t ns_len);
+
+/* Answers TOKENIZE (in: text) or DETOKENIZE (in: little-endian ids) from a worker. Returns 0,
+ * or -1 when out of memory. in is copied. */
+int srv__tokenize_reply(conn *c, uint32_t req, int detokenize, const void *in, size_t len);
+
+/* Marks a prompt still being tokenized as cancelled. Returns 1 if there was one. */
+int srv__tokenize_cancel(server *s, uint32_t conn_id, uint32_t req);
 
 /* ---- stats.c (engine thread) ---- */
 

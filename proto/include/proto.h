@@ -191,6 +191,12 @@ typedef struct proto_msg {
  * Never reads outside buf[0..len). max_frame: the largest frame accepted, header included. */
 long proto_decode(const uint8_t *buf, size_t len, size_t max_frame, proto_msg *out);
 
+/* The size of the frame that starts at buf (header included), read from its length field, as
+ * soon as 4 bytes are there: so a reader can make room for the whole frame before it arrives.
+ * Returns the size (>= 4; it may exceed any maximum: proto_decode() judges that), or
+ * PROTO_NEED_MORE when len < 4. */
+long proto_frame_size(const uint8_t *buf, size_t len);
+
 /* Encodes m into buf[0..cap). Returns the frame's size in bytes; if that exceeds cap, nothing
  * useful is written and the caller retries with a buffer of the returned size. */
 size_t proto_encode(const proto_msg *m, uint8_t *buf, size_t cap);

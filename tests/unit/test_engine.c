@@ -671,6 +671,64 @@ static void teardown(void)
     model_free(M);
 }
 
+/* Issue 10 F1: a max_new of 2^32 - 1 (or 2^31 - 1) is "as many as fit", clamped to the
+ * context: it must not shrink the block reservation (it once wrapped to -1 and failed the whole
+ * decode batch) nor disturb the requests beside it, which finish with exactly their lone
+ * outputs. */
+static void test_huge_max_new(void)
+{
+    setup();
+    engine *ref = new_engine(1, 64 << 20, 0, 4, 4);
+    engine *e = new_engine(0, 64 << 20, 0, 4, 4);
+    static int32_t ids[3][40];
+    static result want[3];
+    int seq = model_get_config(M)->seq_len;
+    for (int i = 0; i < 3; i++) {
+        prompt_ids(ids[i], 20 + 7 * i, 31u + (unsigned)i);
+        submit_ids(ref, 1, ids[i], (size_t)(20 + 7 * i), 40);
+        run_all(ref);
+        want[i] = res[1];
+    }
+    uint32_t huge[] = {0xffffffffu, 0x7fffffffu, (uint32_t)seq + 5};
+    for (size_t k = 0; k < sizeof huge / sizeof *huge; k++) {
+        static int32_t big[30];
+        prompt_ids(big, 30, 977u + (unsigned)k);
+        for (int i = 0; i < 3; i++)
+            submit_ids(e, (uint64_t)(1 + i), ids[i], (size_t)(20 + 7 * i), 40);
+        submit_ids(e, 4, big, 30, huge[k]);
+        run_all(e);
+        for (int i = 0; i < 3; i++)
+            check_same(&want[i], &res[1 + i], "beside a huge max_new", 20 + 7 * i);
+        CHECK_MSG(res[4].done && !res[4].error, "max_new %u: %s", huge[k], res[4].msg);
+        /* At most what the context leaves: seq + 1 - prompt (the last token needs no K/V). */
+        CHECK_MSG((int)res[4].d.new_tokens <= seq + 1 - 30, "max_new %u: %u new tokens",
+                  huge[k], res[4].d.new_tokens);
+        CHECK(res[4].d.finish == ENGINE_FINISH_LENGTH || res[4].d.finish == ENGINE_FINISH_STOP);
+    }
+    engine_free(e);
+    engine_free(ref);
+}
+
+/* engine_new() returns the real cause, never a bare -1. */
+static void test_new_errors(void)
+{
+    setup();
+    char msg[512];
+    engine *e = NULL;
+    engine_opts o = {0};
+    o.threads = 1;
+    CHECK_EQ_INT(engine_new(M, T, &o, &e, msg, sizeof msg), ENGINE_ECONFIG); /* no emit */
+    CHECK(!e);
+    o.emit = emit_cb;
+    o.cache_mem = 1024; /* less than one block */
+    CHECK_EQ_INT(engine_new(M, T, &o, &e, msg, sizeof msg), ENGINE_ECONFIG);
+    CHECK_STR_CONTAINS(msg, "cache");
+    CHECK(!e);
+    CHECK_STR_EQ(engine_strerror(ENGINE_EDISKBUSY),
+                 "the disk directory is in use by another process");
+    CHECK_STR_EQ(engine_strerror(12345), "unknown error");
+}
+
 static const harness_case cases[] = {
     {"cached_equals_uncached", test_cached_equals_uncached},
     {"chat_history_cached", test_chat_history_cached},
@@ -678,6 +736,8 @@ static const harness_case cases[] = {
     {"collisions", test_collisions},
     {"eviction_pressure", test_eviction_pressure},
     {"bad_input", test_bad_input},
+    {"huge_max_new", test_huge_max_new},
+    {"new_errors", test_new_errors},
     {"warm_and_pin", test_warm_and_pin},
     {"disk_restart", test_disk_restart},
     {"disk_pressure", test_disk_pressure},
