@@ -6,15 +6,15 @@
 execute_process(COMMAND ${PREFIXD_CASES_COMMAND} --list
                 OUTPUT_VARIABLE prefixd_out ERROR_VARIABLE prefixd_err
                 RESULT_VARIABLE prefixd_rc TIMEOUT 60)
-set(prefixd_props LABELS "${PREFIXD_CASES_LABELS}" TIMEOUT "${PREFIXD_CASES_TIMEOUT}"
-    WORKING_DIRECTORY "${PREFIXD_CASES_WORKDIR}")
+set(prefixd_props TIMEOUT "${PREFIXD_CASES_TIMEOUT}" WORKING_DIRECTORY "${PREFIXD_CASES_WORKDIR}")
 if(NOT "${PREFIXD_CASES_ENVIRONMENT}" STREQUAL "")
   list(APPEND prefixd_props ENVIRONMENT "${PREFIXD_CASES_ENVIRONMENT}")
 endif()
 if(NOT "${prefixd_rc}" STREQUAL "0" OR "${prefixd_out}" STREQUAL "")
   # Not built, or it cannot list its cases: one test that fails the same way, so a run shows it.
   add_test(${PREFIXD_CASES_PREFIX}.list ${PREFIXD_CASES_COMMAND} --list)
-  set_tests_properties(${PREFIXD_CASES_PREFIX}.list PROPERTIES ${prefixd_props})
+  set_tests_properties(${PREFIXD_CASES_PREFIX}.list PROPERTIES ${prefixd_props}
+                       LABELS "${PREFIXD_CASES_LABELS}")
   if("${prefixd_rc}" STREQUAL "0")
     set_tests_properties(${PREFIXD_CASES_PREFIX}.list PROPERTIES WILL_FAIL TRUE)
   endif()
@@ -30,8 +30,7 @@ foreach(prefixd_line IN LISTS prefixd_lines)
   list(POP_FRONT prefixd_words prefixd_case)
   set(prefixd_test "${PREFIXD_CASES_PREFIX}.${prefixd_case}")
   add_test(${prefixd_test} ${PREFIXD_CASES_COMMAND} ${prefixd_case})
-  set_tests_properties(${prefixd_test} PROPERTIES ${prefixd_props})
-  if(prefixd_words)
-    set_property(TEST ${prefixd_test} APPEND PROPERTY LABELS ${prefixd_words})
-  endif()
+  # The program's labels, then the case's own (ctest's script mode has no set_property(TEST)).
+  set(prefixd_labels ${PREFIXD_CASES_LABELS} ${prefixd_words})
+  set_tests_properties(${prefixd_test} PROPERTIES ${prefixd_props} LABELS "${prefixd_labels}")
 endforeach()
