@@ -1,12 +1,44 @@
 """A real `prefixd serve` for integration tests: started on a temporary socket, waited for until
-it accepts, its log kept in its folder, stopped by a signal."""
+it accepts, its log kept in its folder, stopped by a signal. scratch() is a case's temporary
+folder and its cleanup: nothing a case starts or writes outlives it, passed or failed."""
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+
+_running = []  # every Daemon started and not stopped yet
+
+
+@contextlib.contextmanager
+def scratch(prefix):
+    """Runs a case inside a scratch folder: every tempfile.mkdtemp() of the case lands in it
+    (tempfile.tempdir). On the way out, passed or failed, the daemons still running are killed
+    and the folder is removed with all it holds, made writable first (cases take permissions
+    away). It is searchable by all (0755): cases hand folders inside it to another uid."""
+    root = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(root, 0o755)
+    saved, tempfile.tempdir = tempfile.tempdir, root
+    try:
+        yield root
+    finally:
+        tempfile.tempdir = saved
+        for d in list(_running):
+            d.kill()
+        for path, dirs, _ in os.walk(root):
+            for name in dirs:
+                p = os.path.join(path, name)
+                if not os.path.islink(p):
+                    os.chmod(p, 0o700)
+        try:
+            shutil.rmtree(root)
+        except OSError as e:
+            print("cannot remove %s: %s" % (root, e), file=sys.stderr)
 
 
 class Daemon:
@@ -22,6 +54,7 @@ class Daemon:
         args = [prefixd, "serve", "--model", model, "--tokenizer", tok, "--socket", self.sock,
                 "--cache-mem", "64M", "--threads", "2", "--log-level", log_level] + extra
         self.p = subprocess.Popen(args, stderr=self.log, stdout=self.log)
+        _running.append(self)
         for _ in range(400):
             if self.p.poll() is not None or self.accepting():
                 break
@@ -51,6 +84,16 @@ class Daemon:
             try:
                 self.p.wait(20)
             except subprocess.TimeoutExpired:
-                self.p.kill()
+                self.kill()
                 raise AssertionError("daemon did not exit on signal")
+        if self in _running:
+            _running.remove(self)
         return self.p.returncode
+
+    def kill(self):
+        """Kills the daemon (SIGKILL) if it still runs and waits for it."""
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+        if self in _running:
+            _running.remove(self)

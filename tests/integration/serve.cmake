@@ -1,8 +1,7 @@
+# A real `prefixd serve` on a temporary socket. One test per case_* function of test_serve.py
+# (its --list).
 find_program(PYTHON3 python3 REQUIRED)
-foreach(c golden concurrent multiplex cancel bad_input busy slow_reader users socket sigterm
-          prefixctl disk_restart disk_kill9 disk_faults)
-  add_test(NAME serve.${c} COMMAND ${PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/integration/test_serve.py
-           $<TARGET_FILE:prefixd> ${PREFIXD_MODELS_DIR} ${CMAKE_SOURCE_DIR}/clients/python ${c})
-  set_tests_properties(serve.${c} PROPERTIES LABELS integration TIMEOUT 240
-                       ENVIRONMENT "PREFIXCTL=$<TARGET_FILE:prefixctl>")
-endforeach()
+prefixd_test_cases(PREFIX serve LABELS integration TIMEOUT 240
+  COMMAND ${PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/integration/test_serve.py
+          $<TARGET_FILE:prefixd> ${PREFIXD_MODELS_DIR} ${CMAKE_SOURCE_DIR}/clients/python
+  ENVIRONMENT PREFIXCTL=$<TARGET_FILE:prefixctl>)

@@ -2,6 +2,7 @@
 """Integration tests of `prefixctl bench` against a real daemon (stories260K, temporary socket).
 
 usage: test_bench.py PREFIXD PREFIXCTL MODELS_DIR CASE
+       test_bench.py PREFIXD PREFIXCTL MODELS_DIR --list   (the cases: the case_* functions)
 Each case starts its own daemon(s); exit 0 and "1 passed, 0 failed" on success.
 """
 
@@ -237,12 +238,16 @@ def case_bad_params():
 
 
 def main():
+    if CASE == "--list":  # ctest's list of cases (tests/CMakeLists.txt, prefixd_test_cases)
+        print("\n".join(k[5:] for k in globals() if k.startswith("case_")))
+        return 0
     fn = globals().get("case_" + CASE)
     if not fn:
         print("unknown case %r" % CASE)
         return 2
     try:
-        fn()
+        with daemon.scratch("prefixd-bench-%s-" % CASE):
+            fn()
     except AssertionError as e:
         print("FAIL %s: %s" % (CASE, e))
         print("0 passed, 1 failed")

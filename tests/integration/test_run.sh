@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # prefixd run and synth end to end: the golden story, prompt echo, bad input and exit codes.
 # usage: test_run.sh PREFIXD MODELS_DIR CASE
+#        test_run.sh PREFIXD MODELS_DIR --list   (the cases: the labels of the case statement
+#                                                 below, each alone on a line at its start)
 set -u
 prefixd=$1 models=$2 case=$3
-tmp=$(mktemp -d)
+if [ "$case" = --list ]; then
+  sed -n 's/^\([a-z0-9_]*\))$/\1/p' "$0"
+  exit 0
+fi
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/prefixd-run-$case-XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 m=$models/stories260K.bin t=$models/tok512.bin g=$models/golden/stories260K-greedy-bos.txt

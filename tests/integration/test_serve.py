@@ -2,6 +2,7 @@
 """Integration tests: a real `prefixd serve` with stories260K on a temporary socket.
 
 usage: test_serve.py PREFIXD MODELS_DIR CLIENT_DIR CASE
+       test_serve.py PREFIXD MODELS_DIR CLIENT_DIR --list   (the cases: the case_* functions)
 Each case starts its own daemon(s) and stops them; exit 0 and "1 passed, 0 failed" on success.
 """
 
@@ -652,12 +653,16 @@ def case_disk_faults():
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
 
 if __name__ == "__main__":
+    if CASE == "--list":  # ctest's list of cases (tests/CMakeLists.txt, prefixd_test_cases)
+        print("\n".join(CASES))
+        sys.exit(0)
     fn = CASES.get(CASE)
     if not fn:
         print("unknown case %s" % CASE, file=sys.stderr)
         sys.exit(2)
     try:
-        fn()
+        with daemon.scratch("prefixd-it-%s-" % CASE):
+            fn()
     except AssertionError as e:
         print("FAIL: %s" % e, file=sys.stderr)
         print("0 passed, 1 failed")

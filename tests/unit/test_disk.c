@@ -3,18 +3,17 @@
  * directories, fault injection at every LMDB call (SQLite's manner), kill -9 in the middle of
  * heavy writing, and a randomized run against an exact model of the LRU.
  *
- * Every case works in temporary directories of its own under /tmp, removed at its end (and at
- * exit when a check failed half-way). A block's key, parent, token ids and payload are all
- * derived from a small integer id, so any block served is checked byte for byte. The store's
- * internals (its four LMDB databases) are checked with LMDB itself, only while no cache_disk
- * handle is open: LMDB forbids one process opening an environment twice.
+ * Every case works in temporary directories of its own inside the case's scratch directory
+ * (harness.h), removed at its end, passed or failed. A block's key, parent, token ids and payload
+ * are all derived from a small integer id, so any block served is checked byte for byte. The
+ * store's internals (its four LMDB databases) are checked with LMDB itself, only while no
+ * cache_disk handle is open: LMDB forbids one process opening an environment twice.
  */
 #include "cache_disk.h"
 #include "harness.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <lmdb.h>
 #include <signal.h>
 #include <stdint.h>
@@ -32,36 +31,24 @@ enum { B = 16, FLOATS = 2560, BATCH_MAX = 128 };
 
 /* ---- temporary directories ---- */
 
-static char tmp_dirs[8][64];
+static char tmp_dirs[8][PATH_MAX + 16];
 static int n_tmp_dirs;
 
-static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    remove(path);
-    return 0;
-}
-
+/* Removes the case's directories now (the harness does at its end in any case). */
 static void tmpdirs_remove(void)
 {
-    for (int i = 0; i < n_tmp_dirs; i++) {
-        chmod(tmp_dirs[i], 0700);
-        nftw(tmp_dirs[i], rm_cb, 8, FTW_DEPTH | FTW_PHYS);
-    }
+    harness_tmpdir_remove();
     n_tmp_dirs = 0;
 }
 
-/* A fresh empty directory, removed by tmpdirs_remove() (at the end of the case, or at exit). */
+/* A fresh empty directory inside the case's scratch directory, removed by tmpdirs_remove() or
+ * at the end of the case. */
 static const char *tmpdir_new(void)
 {
-    static int registered;
-    if (!registered) {
-        atexit(tmpdirs_remove);
-        registered = 1;
-    }
     CHECK(n_tmp_dirs < 8);
     char *p = tmp_dirs[n_tmp_dirs];
-    snprintf(p, sizeof tmp_dirs[0], "/tmp/prefixd-disk-XXXXXX");
-    CHECK_MSG(mkdtemp(p) != NULL, "mkdtemp: %s", strerror(errno));
+    snprintf(p, sizeof tmp_dirs[0], "%s/d%d", harness_tmpdir(), n_tmp_dirs);
+    CHECK_MSG(mkdir(p, 0700) == 0, "mkdir %s: %s", p, strerror(errno));
     n_tmp_dirs++;
     return p;
 }

@@ -7,7 +7,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -366,26 +365,17 @@ static void test_warm_and_pin(void)
 
 /* ---- The disk tier ------------------------------------------------------------------------ */
 
+/* The case's scratch directory (harness.h: removed when the case ends, passed or failed). */
 static char tmpdir[256];
 
 static void make_tmpdir(void)
 {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/prefixd-engine-XXXXXX");
-    CHECK(mkdtemp(tmpdir) != NULL);
-}
-
-static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
+    CHECK(snprintf(tmpdir, sizeof tmpdir, "%s", harness_tmpdir()) < (int)sizeof tmpdir);
 }
 
 static void remove_tmpdir(void)
 {
-    if (tmpdir[0])
-        nftw(tmpdir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    harness_tmpdir_remove();
     tmpdir[0] = 0;
 }
 

@@ -14,22 +14,11 @@
 
 #define MODEL_260K PREFIXD_MODELS_DIR "/stories260K.bin"
 
-static char tmpdir[256];
-
-static void make_tmpdir(void)
-{
-    if (tmpdir[0])
-        return;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/prefixd-test-model-XXXXXX");
-    if (!mkdtemp(tmpdir))
-        abort();
-}
-
+/* A file in the case's scratch directory (harness.h: removed when the case ends). */
 static const char *tmp_path(const char *name)
 {
-    static char buf[512];
-    make_tmpdir();
-    snprintf(buf, sizeof buf, "%s/%s", tmpdir, name);
+    static char buf[PATH_MAX + 64];
+    snprintf(buf, sizeof buf, "%s/%s", harness_tmpdir(), name);
     return buf;
 }
 
@@ -575,8 +564,7 @@ static void header_file(const char *name, const int32_t h[7], size_t extra_float
 static void test_bad_files(void)
 {
     expect_load_error(tmp_path("missing.bin"), MODEL_EIO, "No such file");
-    make_tmpdir();
-    expect_load_error(tmpdir, MODEL_EIO, "directory");
+    expect_load_error(harness_tmpdir(), MODEL_EIO, "directory");
     write_file(tmp_path("empty.bin"), "", 0);
     expect_load_error(tmp_path("empty.bin"), MODEL_ETRUNC, "empty");
     write_file(tmp_path("short.bin"), "abc", 3);
@@ -643,16 +631,6 @@ static void test_shapes_and_sizes(void)
     model_free(m);
 }
 
-static void cleanup(void)
-{
-    if (tmpdir[0]) {
-        char cmd[300];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", tmpdir);
-    }
-}
-
 static const harness_case cases[] = {
     {"reference_260k", test_reference_260k},
     {"reference_synth_gqa", test_reference_synth_gqa},
@@ -669,9 +647,4 @@ static const harness_case cases[] = {
     {"kernel_elementwise", test_kernel_elementwise},
 };
 
-int main(int argc, char **argv)
-{
-    int rc = harness_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
-    cleanup();
-    return rc;
-}
+HARNESS_MAIN(cases)
