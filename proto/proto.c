@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 const char *proto_strerror(int code)
@@ -397,6 +399,22 @@ size_t proto_utf8_check(const char *s, size_t len)
         i += n;
     }
     return len;
+}
+
+/* ---- Sampling ------------------------------------------------------------------------------- */
+
+uint64_t proto_random_seed(void)
+{
+    uint64_t seed;
+    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) == (ssize_t)sizeof seed)
+        return seed;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    seed = (uint64_t)ts.tv_sec * 1000000007u ^ (uint64_t)ts.tv_nsec ^ (uint64_t)getpid() << 40;
+    /* splitmix64's finaliser, so that nearby times give unrelated seeds. */
+    seed = (seed ^ seed >> 30) * 0xbf58476d1ce4e5b9ull;
+    seed = (seed ^ seed >> 27) * 0x94d049bb133111ebull;
+    return seed ^ seed >> 31;
 }
 
 /* ---- The default socket ---------------------------------------------------------------------- */

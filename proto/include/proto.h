@@ -203,6 +203,16 @@ int proto_namespace_valid(proto_str ns);
  * offset of the first bad byte, or len if all is valid. */
 size_t proto_utf8_check(const char *s, size_t len);
 
+/* Sampling when the user names none, the same in `prefixd run`, prefixctl and the Python client
+ * (README: "Sampling defaults"). The wire always carries explicit values; the daemon applies no
+ * defaults of its own. Temperature 0 is greedy and needs no seed. */
+#define PROTO_DEFAULT_TEMP 0.8f
+#define PROTO_DEFAULT_TOP_P 0.95f
+
+/* A seed for a sampled request whose user gave none, so that two such requests differ: 64 bits
+ * from getrandom(), or, should that fail, the clock mixed with the pid. Any thread. */
+uint64_t proto_random_seed(void);
+
 /* The socket path clients and the daemon use by default: $PREFIXD_SOCKET if set, else
  * $XDG_RUNTIME_DIR/prefixd.sock, else /tmp/prefixd-$UID/prefixd.sock (a private directory, see
  * proto_socket_dir_check()). Returns 0, or -1 if it does not fit in cap bytes. */
