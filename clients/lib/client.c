@@ -1,4 +1,9 @@
-/* client.c — libprefixd: blocking socket I/O around proto/'s encoder and decoder. */
+/* client.c — libprefixd: blocking socket I/O around proto/'s encoder and decoder.
+ *
+ * Before it sends a byte, pfx_connect() asks the kernel who serves the socket (SO_PEERCRED: the
+ * uid of the process that called listen()) and talks only to its own uid or root: a socket path
+ * in a shared directory can be bound by another user first, and that user would read our prompts.
+ */
 #include "prefixd_client.h"
 
 #include <errno.h>
@@ -13,6 +18,7 @@
 
 struct pfx_conn {
     int fd;
+    int server_code; /* PROTO_ERR_* of the last ERROR frame answering this connection's call */
     uint8_t *buf;
     size_t len, cap, consumed; /* consumed: bytes of the frame last returned by pfx_next */
     uint32_t next_id;
@@ -33,6 +39,11 @@ static int seterr(pfx_conn *c, int code, const char *fmt, ...)
 const char *pfx_errmsg(const pfx_conn *c)
 {
     return c->err;
+}
+
+int pfx_server_error(const pfx_conn *c)
+{
+    return c->server_code;
 }
 
 const proto_hello_ok *pfx_server(const pfx_conn *c)
@@ -134,6 +145,23 @@ int pfx_connect(const char *path, pfx_conn **out, char *err, size_t errlen)
             close(fd);
         return PFX_ECONNECT;
     }
+    struct ucred cred;
+    socklen_t credlen = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) != 0) {
+        snprintf(err, errlen, "socket '%s': cannot read the server's credentials: %s", path,
+                 strerror(errno));
+        close(fd);
+        return PFX_ECONNECT;
+    }
+    if (cred.uid != getuid() && cred.uid != 0) {
+        snprintf(err, errlen,
+                 "refusing the socket '%s': it is served by uid %u, neither this user (uid %u) "
+                 "nor root; another user may have bound it first (check who owns it and its "
+                 "directory)",
+                 path, (unsigned)cred.uid, (unsigned)getuid());
+        close(fd);
+        return PFX_ECONNECT;
+    }
     pfx_conn *c = calloc(1, sizeof *c);
     if (!c) {
         close(fd);
@@ -149,10 +177,11 @@ int pfx_connect(const char *path, pfx_conn **out, char *err, size_t errlen)
     int rc = send_msg(c, &m);
     if (rc == 0)
         rc = pfx_next(c, &m);
-    if (rc == 0 && m.type == PROTO_ERROR)
+    if (rc == 0 && m.type == PROTO_ERROR) {
+        c->server_code = (int)m.u.error.code;
         rc = seterr(c, PFX_ESERVER, "daemon refused the handshake: %.*s", (int)m.u.error.msg.len,
                     m.u.error.msg.p);
-    else if (rc == 0 && m.type != PROTO_HELLO_OK)
+    } else if (rc == 0 && m.type != PROTO_HELLO_OK)
         rc = seterr(c, PFX_EPROTO, "unexpected reply to HELLO (type %u)", m.type);
     if (rc != 0) {
         snprintf(err, errlen, "%s", c->err);
@@ -217,6 +246,7 @@ int pfx_cancel(pfx_conn *c, uint32_t id)
 int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg, pfx_result *out)
 {
     memset(out, 0, sizeof *out);
+    c->server_code = 0;
     uint32_t id;
     double t0 = now_ms();
     int rc = pfx_send(c, g, &id);
@@ -244,7 +274,7 @@ int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg
                 out->ttft_ms = now_ms() - t0;
             return 0;
         } else if (m.type == PROTO_ERROR) {
-            out->server_code = (int)m.u.error.code;
+            out->server_code = c->server_code = (int)m.u.error.code;
             snprintf(out->server_msg, sizeof out->server_msg, "%.*s", (int)m.u.error.msg.len,
                      m.u.error.msg.p);
             return seterr(c, PFX_ESERVER, "%s", out->server_msg);
@@ -256,15 +286,18 @@ int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg
 static int roundtrip(pfx_conn *c, proto_msg *m, proto_msg *reply)
 {
     m->id = c->next_id++;
+    c->server_code = 0;
     int rc = send_msg(c, m);
     while (rc == 0) {
         if ((rc = pfx_next(c, reply)) != 0)
             break;
         if (reply->id != m->id)
             continue;
-        if (reply->type == PROTO_ERROR)
+        if (reply->type == PROTO_ERROR) {
+            c->server_code = (int)reply->u.error.code;
             return seterr(c, PFX_ESERVER, "%.*s", (int)reply->u.error.msg.len,
                           reply->u.error.msg.p);
+        }
         return 0;
     }
     return rc;
