@@ -58,6 +58,15 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+/* A frame's counts are u32 and its whole length fits a u32: refuse what would wrap. */
+static int check_count(pfx_conn *c, const char *what, size_t n, size_t unit)
+{
+    if (n > (UINT32_MAX - 64) / unit)
+        return seterr(c, PFX_EPROTO, "%s of %zu is too large for one frame (at most %u)", what, n,
+                      (unsigned)((UINT32_MAX - 64) / unit));
+    return 0;
+}
+
 static int send_msg(pfx_conn *c, const proto_msg *m)
 {
     uint8_t small[4096];
@@ -215,6 +224,10 @@ int pfx_send(pfx_conn *c, const pfx_gen *g, uint32_t *id)
     m.u.gen.seed = g->seed;
     m.u.gen.ns = (proto_str){g->ns ? g->ns : "", g->ns ? (uint32_t)strlen(g->ns) : 0};
     uint8_t *le = NULL;
+    int rc = g->ids ? check_count(c, "a prompt of token ids: count", g->n_ids, 4)
+                    : check_count(c, "a prompt: length", g->text_len, 1);
+    if (rc != 0)
+        return rc;
     if (g->ids) {
         m.flags |= PROTO_GEN_TOKENS;
         le = malloc(g->n_ids * 4 + 1);
@@ -229,7 +242,7 @@ int pfx_send(pfx_conn *c, const pfx_gen *g, uint32_t *id)
     }
     if (g->pin)
         m.flags |= PROTO_GEN_PIN;
-    int rc = send_msg(c, &m);
+    rc = send_msg(c, &m);
     free(le);
     *id = m.id;
     return rc;
@@ -320,10 +333,13 @@ int pfx_stats(pfx_conn *c, char **json)
 
 int pfx_tokenize(pfx_conn *c, const char *text, size_t len, int32_t **ids, size_t *n)
 {
+    int rc = check_count(c, "a text to tokenize: length", len, 1);
+    if (rc != 0)
+        return rc;
     proto_msg m = {0}, r;
     m.type = PROTO_TOKENIZE;
     m.u.text = (proto_str){text, (uint32_t)len};
-    int rc = roundtrip(c, &m, &r);
+    rc = roundtrip(c, &m, &r);
     if (rc)
         return rc;
     *ids = malloc(((size_t)r.u.ids.n + 1) * sizeof(int32_t));
@@ -337,6 +353,8 @@ int pfx_tokenize(pfx_conn *c, const char *text, size_t len, int32_t **ids, size_
 
 int pfx_detokenize(pfx_conn *c, const int32_t *ids, size_t n, char **text, size_t *len)
 {
+    if (check_count(c, "ids to detokenize: count", n, 4) != 0)
+        return PFX_EPROTO;
     uint8_t *le = malloc(n * 4 + 1);
     if (!le)
         return seterr(c, PFX_ENOMEM, "out of memory");
