@@ -39,10 +39,10 @@ for _ in range(600):
 try:
     c = prefixd.Client(sock)
     ids = [1] + list(range(100, 164))
-    c.generate(ids=ids, max_new=1)
+    c.generate(ids=ids, max_new=1, temp=0)
     over = []
     for i in range(runs):
-        r = c.generate(ids=ids + [200 + i], max_new=1)
+        r = c.generate(ids=ids + [200 + i], max_new=1, temp=0)
         over.append(r["ttft_ms"] - r["prefill_ms"])
     print("socket path: client TTFT - daemon prefill = %.3f ms (median of %d; p90 %.3f ms)"
           % (statistics.median(over), runs, sorted(over)[int(0.9 * runs) - 1]))
@@ -55,7 +55,7 @@ try:
                 now = time.monotonic()
                 t[0] = t[0] or now
                 t[1] = now
-            r = cc.generate(ids=[1, 300 + k, 400 + k], max_new=128, on_token=on_tok)
+            r = cc.generate(ids=[1, 300 + k, 400 + k], max_new=128, temp=0, on_token=on_tok)
             out.append((len(r["tokens"]), t[0], t[1]))
 
     one = []

@@ -379,7 +379,9 @@ int model_encode(const model_tokenizer *t, const char *text, size_t len, int bos
 
 const char *model_decode_piece(const model_tokenizer *t, int32_t prev, int32_t tok, size_t *len)
 {
-    if (tok < 0 || tok >= t->vocab) {
+    /* BOS and EOS mark where a text begins and ends; they are no part of it (llama2.c's files
+     * spell them "\n<s>\n" and "\n</s>\n"). */
+    if (tok < 0 || tok >= t->vocab || tok == MODEL_TOK_BOS || tok == MODEL_TOK_EOS) {
         *len = 0;
         return "";
     }

@@ -7,9 +7,13 @@
  */
 #include "proto.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 const char *proto_strerror(int code)
@@ -404,15 +408,93 @@ size_t proto_utf8_check(const char *s, size_t len)
     return len;
 }
 
+/* ---- Sampling ------------------------------------------------------------------------------- */
+
+uint64_t proto_random_seed(void)
+{
+    uint64_t seed;
+    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) == (ssize_t)sizeof seed)
+        return seed;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    seed = (uint64_t)ts.tv_sec * 1000000007u ^ (uint64_t)ts.tv_nsec ^ (uint64_t)getpid() << 40;
+    /* splitmix64's finaliser, so that nearby times give unrelated seeds. */
+    seed = (seed ^ seed >> 30) * 0xbf58476d1ce4e5b9ull;
+    seed = (seed ^ seed >> 27) * 0x94d049bb133111ebull;
+    return seed ^ seed >> 31;
+}
+
+/* ---- The default socket ---------------------------------------------------------------------- */
+
+/* Without $PREFIXD_SOCKET or $XDG_RUNTIME_DIR the socket lives in a directory of its own under
+ * /tmp rather than in /tmp itself: any user can create /tmp/anything first, but a directory that
+ * the daemon owns with mode 0700 is one nobody else can plant a socket in (and /tmp's sticky bit
+ * keeps others from renaming it away). */
+static int private_dir(char *buf, size_t cap)
+{
+    int n = snprintf(buf, cap, "/tmp/prefixd-%u", (unsigned)getuid());
+    return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+static int env_set(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v;
+}
+
 int proto_default_socket_path(char *buf, size_t cap)
 {
-    const char *env = getenv("PREFIXD_SOCKET");
     int n;
-    if (env && *env)
-        n = snprintf(buf, cap, "%s", env);
-    else if ((env = getenv("XDG_RUNTIME_DIR")) && *env)
-        n = snprintf(buf, cap, "%s/prefixd.sock", env);
+    if (env_set("PREFIXD_SOCKET"))
+        n = snprintf(buf, cap, "%s", getenv("PREFIXD_SOCKET"));
+    else if (env_set("XDG_RUNTIME_DIR"))
+        n = snprintf(buf, cap, "%s/prefixd.sock", getenv("XDG_RUNTIME_DIR"));
+    else if (private_dir(buf, cap) != 0)
+        return -1;
     else
-        n = snprintf(buf, cap, "/tmp/prefixd-%u.sock", (unsigned)getuid());
+        n = snprintf(buf + strlen(buf), cap - strlen(buf), "/prefixd.sock");
     return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+int proto_default_socket_dir(char *buf, size_t cap)
+{
+    if (env_set("PREFIXD_SOCKET") || env_set("XDG_RUNTIME_DIR"))
+        return 0;
+    return private_dir(buf, cap) != 0 ? -1 : 1;
+}
+
+int proto_socket_dir_check(const char *dir, char *err, size_t errlen)
+{
+    struct stat st;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        int e = errno;
+        snprintf(err, errlen, "socket directory '%s': cannot create it: %s", dir, strerror(e));
+        return -e;
+    }
+    /* lstat: a symlink planted under the name is refused, never followed. */
+    if (lstat(dir, &st) != 0) {
+        int e = errno;
+        snprintf(err, errlen, "socket directory '%s': %s", dir, strerror(e));
+        return -e;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "socket directory '%s' is not a directory (%s): refusing it", dir,
+                 S_ISLNK(st.st_mode) ? "a symlink" : "another kind of file");
+        return -ENOTDIR;
+    }
+    if (st.st_uid != geteuid()) {
+        snprintf(err, errlen,
+                 "socket directory '%s' is owned by uid %u, not by this user (uid %u): refusing "
+                 "it (another user may have created it; remove it or set $PREFIXD_SOCKET)",
+                 dir, (unsigned)st.st_uid, (unsigned)geteuid());
+        return -EPERM;
+    }
+    if (st.st_mode & 077) {
+        snprintf(err, errlen,
+                 "socket directory '%s' has mode %04o: refusing it, it must be private to its "
+                 "owner (chmod 700 it)",
+                 dir, (unsigned)(st.st_mode & 07777));
+        return -EPERM;
+    }
+    return 0;
 }

@@ -18,21 +18,26 @@ enum { PFX_ECONNECT = -1, PFX_EIO = -2, PFX_EPROTO = -3, PFX_ESERVER = -4, PFX_E
 
 typedef struct pfx_conn pfx_conn;
 
-/* Connects to path (NULL: proto_default_socket_path()) and does the HELLO handshake.
- * On failure *out is NULL and err (errlen bytes) says why, naming the path. */
+/* Connects to path (NULL: proto_default_socket_path()) and does the HELLO handshake. Before
+ * sending anything it checks who serves the socket (SO_PEERCRED) and refuses (PFX_ECONNECT) a
+ * server whose uid is neither the caller's nor root. On failure *out is NULL and err (errlen
+ * bytes) says why, naming the path (and the server's uid when that was the reason). */
 int pfx_connect(const char *path, pfx_conn **out, char *err, size_t errlen);
 void pfx_close(pfx_conn *c); /* accepts NULL */
 
 /* The daemon's HELLO_OK facts. Valid as long as c. */
 const proto_hello_ok *pfx_server(const pfx_conn *c);
 const char *pfx_errmsg(const pfx_conn *c);
+/* The PROTO_ERR_* code of the ERROR frame that failed the last call (PFX_ESERVER), else 0. */
+int pfx_server_error(const pfx_conn *c);
 
 typedef struct pfx_gen {
     const char *text; /* prompt as text, or ... */
     size_t text_len;
     const int32_t *ids; /* ... as ids (when not NULL) */
     size_t n_ids;
-    uint32_t max_new;
+    uint32_t max_new; /* u32 on the wire: callers holding a wider or signed count check its
+                         range before they store it here (prefixctl refuses -1 and >= 2^32) */
     float temp, top_p;
     uint64_t seed;
     const char *ns; /* namespace or NULL */

@@ -1,4 +1,9 @@
-/* client.c — libprefixd: blocking socket I/O around proto/'s encoder and decoder. */
+/* client.c — libprefixd: blocking socket I/O around proto/'s encoder and decoder.
+ *
+ * Before it sends a byte, pfx_connect() asks the kernel who serves the socket (SO_PEERCRED: the
+ * uid of the process that called listen()) and talks only to its own uid or root: a socket path
+ * in a shared directory can be bound by another user first, and that user would read our prompts.
+ */
 #include "prefixd_client.h"
 
 #include <errno.h>
@@ -13,6 +18,7 @@
 
 struct pfx_conn {
     int fd;
+    int server_code; /* PROTO_ERR_* of the last ERROR frame answering this connection's call */
     uint8_t *buf;
     size_t len, cap, consumed; /* consumed: bytes of the frame last returned by pfx_next */
     uint32_t next_id;
@@ -35,6 +41,11 @@ const char *pfx_errmsg(const pfx_conn *c)
     return c->err;
 }
 
+int pfx_server_error(const pfx_conn *c)
+{
+    return c->server_code;
+}
+
 const proto_hello_ok *pfx_server(const pfx_conn *c)
 {
     return &c->hello;
@@ -45,6 +56,15 @@ static double now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* A frame's counts are u32 and its whole length fits a u32: refuse what would wrap. */
+static int check_count(pfx_conn *c, const char *what, size_t n, size_t unit)
+{
+    if (n > (UINT32_MAX - 64) / unit)
+        return seterr(c, PFX_EPROTO, "%s of %zu is too large for one frame (at most %u)", what, n,
+                      (unsigned)((UINT32_MAX - 64) / unit));
+    return 0;
 }
 
 static int send_msg(pfx_conn *c, const proto_msg *m)
@@ -134,6 +154,23 @@ int pfx_connect(const char *path, pfx_conn **out, char *err, size_t errlen)
             close(fd);
         return PFX_ECONNECT;
     }
+    struct ucred cred;
+    socklen_t credlen = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) != 0) {
+        snprintf(err, errlen, "socket '%s': cannot read the server's credentials: %s", path,
+                 strerror(errno));
+        close(fd);
+        return PFX_ECONNECT;
+    }
+    if (cred.uid != getuid() && cred.uid != 0) {
+        snprintf(err, errlen,
+                 "refusing the socket '%s': it is served by uid %u, neither this user (uid %u) "
+                 "nor root; another user may have bound it first (check who owns it and its "
+                 "directory)",
+                 path, (unsigned)cred.uid, (unsigned)getuid());
+        close(fd);
+        return PFX_ECONNECT;
+    }
     pfx_conn *c = calloc(1, sizeof *c);
     if (!c) {
         close(fd);
@@ -149,10 +186,11 @@ int pfx_connect(const char *path, pfx_conn **out, char *err, size_t errlen)
     int rc = send_msg(c, &m);
     if (rc == 0)
         rc = pfx_next(c, &m);
-    if (rc == 0 && m.type == PROTO_ERROR)
+    if (rc == 0 && m.type == PROTO_ERROR) {
+        c->server_code = (int)m.u.error.code;
         rc = seterr(c, PFX_ESERVER, "daemon refused the handshake: %.*s", (int)m.u.error.msg.len,
                     m.u.error.msg.p);
-    else if (rc == 0 && m.type != PROTO_HELLO_OK)
+    } else if (rc == 0 && m.type != PROTO_HELLO_OK)
         rc = seterr(c, PFX_EPROTO, "unexpected reply to HELLO (type %u)", m.type);
     if (rc != 0) {
         snprintf(err, errlen, "%s", c->err);
@@ -186,6 +224,10 @@ int pfx_send(pfx_conn *c, const pfx_gen *g, uint32_t *id)
     m.u.gen.seed = g->seed;
     m.u.gen.ns = (proto_str){g->ns ? g->ns : "", g->ns ? (uint32_t)strlen(g->ns) : 0};
     uint8_t *le = NULL;
+    int rc = g->ids ? check_count(c, "a prompt of token ids: count", g->n_ids, 4)
+                    : check_count(c, "a prompt: length", g->text_len, 1);
+    if (rc != 0)
+        return rc;
     if (g->ids) {
         m.flags |= PROTO_GEN_TOKENS;
         le = malloc(g->n_ids * 4 + 1);
@@ -200,7 +242,7 @@ int pfx_send(pfx_conn *c, const pfx_gen *g, uint32_t *id)
     }
     if (g->pin)
         m.flags |= PROTO_GEN_PIN;
-    int rc = send_msg(c, &m);
+    rc = send_msg(c, &m);
     free(le);
     *id = m.id;
     return rc;
@@ -217,6 +259,7 @@ int pfx_cancel(pfx_conn *c, uint32_t id)
 int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg, pfx_result *out)
 {
     memset(out, 0, sizeof *out);
+    c->server_code = 0;
     uint32_t id;
     double t0 = now_ms();
     int rc = pfx_send(c, g, &id);
@@ -244,7 +287,7 @@ int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg
                 out->ttft_ms = now_ms() - t0;
             return 0;
         } else if (m.type == PROTO_ERROR) {
-            out->server_code = (int)m.u.error.code;
+            out->server_code = c->server_code = (int)m.u.error.code;
             snprintf(out->server_msg, sizeof out->server_msg, "%.*s", (int)m.u.error.msg.len,
                      m.u.error.msg.p);
             return seterr(c, PFX_ESERVER, "%s", out->server_msg);
@@ -256,15 +299,18 @@ int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg
 static int roundtrip(pfx_conn *c, proto_msg *m, proto_msg *reply)
 {
     m->id = c->next_id++;
+    c->server_code = 0;
     int rc = send_msg(c, m);
     while (rc == 0) {
         if ((rc = pfx_next(c, reply)) != 0)
             break;
         if (reply->id != m->id)
             continue;
-        if (reply->type == PROTO_ERROR)
+        if (reply->type == PROTO_ERROR) {
+            c->server_code = (int)reply->u.error.code;
             return seterr(c, PFX_ESERVER, "%.*s", (int)reply->u.error.msg.len,
                           reply->u.error.msg.p);
+        }
         return 0;
     }
     return rc;
@@ -287,10 +333,13 @@ int pfx_stats(pfx_conn *c, char **json)
 
 int pfx_tokenize(pfx_conn *c, const char *text, size_t len, int32_t **ids, size_t *n)
 {
+    int rc = check_count(c, "a text to tokenize: length", len, 1);
+    if (rc != 0)
+        return rc;
     proto_msg m = {0}, r;
     m.type = PROTO_TOKENIZE;
     m.u.text = (proto_str){text, (uint32_t)len};
-    int rc = roundtrip(c, &m, &r);
+    rc = roundtrip(c, &m, &r);
     if (rc)
         return rc;
     *ids = malloc(((size_t)r.u.ids.n + 1) * sizeof(int32_t));
@@ -304,6 +353,8 @@ int pfx_tokenize(pfx_conn *c, const char *text, size_t len, int32_t **ids, size_
 
 int pfx_detokenize(pfx_conn *c, const int32_t *ids, size_t n, char **text, size_t *len)
 {
+    if (check_count(c, "ids to detokenize: count", n, 4) != 0)
+        return PFX_EPROTO;
     uint8_t *le = malloc(n * 4 + 1);
     if (!le)
         return seterr(c, PFX_ENOMEM, "out of memory");

@@ -59,6 +59,7 @@ typedef struct bench_opts {
     uint64_t seed, prefix_seed; /* prefix_seed 0: the same as seed */
     float temp;
     const char *label, *ns, *csv, *json;
+    const char *socket; /* --socket after the command; NULL: the one main() was given */
     int append, warm, quiet;
 } bench_opts;
 
@@ -828,7 +829,8 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
         O_APPEND,
         O_JSON,
         O_QUIET,
-        O_HELP
+        O_HELP,
+        O_SOCK
     };
     static const struct option opts[] = {{"workload", required_argument, 0, O_WL},
                                          {"clients", required_argument, 0, O_CLIENTS},
@@ -852,6 +854,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
                                          {"json", required_argument, 0, O_JSON},
                                          {"quiet", no_argument, 0, O_QUIET},
                                          {"help", no_argument, 0, O_HELP},
+                                         {"socket", required_argument, 0, O_SOCK},
                                          {0, 0, 0, 0}};
     optind = 1;
     int ch;
@@ -949,6 +952,9 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
             break;
         case O_QUIET:
             o->quiet = 1;
+            break;
+        case O_SOCK:
+            o->socket = optarg;
             break;
         case 'h':
         case O_HELP:
@@ -1061,7 +1067,7 @@ int bench_main(const char *sock, int argc, char **argv)
     rc = b->conns ? 0 : 1;
     for (int i = 0; i < o->clients && rc == 0; i++) {
         char err[1024];
-        if (pfx_connect(sock, &b->conns[i], err, sizeof err) != 0) {
+        if (pfx_connect(o->socket ? o->socket : sock, &b->conns[i], err, sizeof err) != 0) {
             fprintf(stderr, "prefixctl: bench: client %d: %s\n", i, err);
             rc = 1;
         }

@@ -1,38 +1,104 @@
 /* prefixctl — the command-line client: generate, chat, warm, stats, tokenize, detokenize, and
- * bench (bench.c). */
+ * bench (bench.c).
+ *
+ * Every command takes the global options (--socket PATH) before or after its name and --help;
+ * its arguments are checked before the daemon is reached, so a usage error exits 2 without a
+ * connection. Exit codes: 0 ok, 1 daemon or connection error, 2 usage (including input the daemon
+ * refuses as invalid: a bad namespace, a prompt longer than the context, an unknown token id).
+ */
 #include "bench.h"
 #include "prefixd_client.h"
+#include "prefixd_version.h"
 
 #include <cJSON.h>
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+/* The options each command takes (besides --socket and --help), one bit per option. */
+enum {
+    A_PROMPT = 1 << 0, /* --prompt and --prompt-file */
+    A_N = 1 << 1,
+    A_SAMPLE = 1 << 2, /* --temp, --top-p, --seed */
+    A_NS = 1 << 3,
+    A_JSON = 1 << 4,
+    A_PIN = 1 << 5,
+    A_PROM = 1 << 6,
+    A_SYS = 1 << 7,
+};
+
+typedef struct command {
+    const char *name;
+    int opts;
+    const char *synopsis; /* after "prefixctl NAME " */
+    const char *help;     /* what it does and its options */
+} command;
+
+#define SAMPLING_HELP                                                                              \
+    "  --temp T         temperature, 0 = greedy (default 0.8)\n"                                   \
+    "  --top-p P        nucleus sampling threshold, 0 or 1 = off (default 0.95)\n"                 \
+    "  --seed S         random seed (default: a random one, so each sampled run differs;\n"        \
+    "                   greedy runs need none)\n"
+
+static const command commands[] = {
+    {"generate", A_PROMPT | A_N | A_SAMPLE | A_NS | A_JSON,
+     "(--prompt TEXT | --prompt-file F) [-n N]\n"
+     "       [--temp T] [--top-p P] [--seed S] [--namespace NS] [--json]",
+     "Streams a continuation of the prompt to stdout.\n"
+     "\n"
+     "  --prompt TEXT    the prompt\n"
+     "  --prompt-file F  the prompt, read from a file\n"
+     "  -n N             new tokens at most (default 256)\n" SAMPLING_HELP
+     "  --namespace NS   cache namespace: up to 64 bytes of A-Z a-z 0-9 . _ -\n"
+     "  --json           print one JSON object at the end instead (text, tokens,\n"
+     "                   prompt_tokens, cached_tokens, cached_tokens_disk, ttft_ms, ...)\n"},
+    {"chat", A_N | A_SAMPLE | A_NS | A_SYS,
+     "[-n N] [--temp T] [--top-p P] [--seed S] [--namespace NS] [--system TEXT]",
+     "Interactive: one line of stdin per turn. The conversation is resent as token ids\n"
+     "each turn, so its whole history stays cached.\n"
+     "\n"
+     "  -n N             new tokens per reply at most (default 256)\n" SAMPLING_HELP
+     "  --namespace NS   cache namespace\n"
+     "  --system TEXT    text that opens the conversation\n"},
+    {"warm", A_PROMPT | A_NS | A_PIN, "(--prompt TEXT | --prompt-file F) [--pin] [--namespace NS]",
+     "Prefills a prompt into the cache without generating.\n"
+     "\n"
+     "  --pin            keep its blocks in RAM (within the daemon's --pin-max)\n"
+     "  --namespace NS   cache namespace\n"},
+    {"stats", A_JSON | A_PROM, "[--json | --prometheus]",
+     "Prints the daemon's counters: one per line, as the daemon's JSON (--json), or in\n"
+     "Prometheus' text format (--prometheus).\n"},
+    {"tokenize", 0, "TEXT",
+     "Prints the token ids of TEXT (BOS first). A text that starts with '-' goes after '--':\n"
+     "prefixctl tokenize -- '-x'.\n"},
+    {"detokenize", 0, "ID...", "Prints the text of the token ids (BOS and EOS print nothing).\n"},
+    {"bench", 0, "[options]", NULL}, /* bench.c prints its own */
+};
+
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
 static void usage(FILE *f)
 {
-    fprintf(
-        f,
-        "usage: prefixctl [--socket PATH] <command> [options]\n"
-        "\n"
-        "  generate (--prompt TEXT | --prompt-file F) [-n N] [--temp T] [--top-p P]\n"
-        "           [--seed S] [--namespace NS] [--json]\n"
-        "                 stream a continuation to stdout; --json prints one object at the\n"
-        "                 end (text, tokens, prompt_tokens, cached_tokens, ttft_ms, ...)\n"
-        "  chat [-n N] [--temp T] [--namespace NS] [--system TEXT]\n"
-        "                 interactive: one line per turn; the conversation is resent as\n"
-        "                 token ids each turn, so its whole history stays cached\n"
-        "  warm (--prompt TEXT | --prompt-file F) [--pin] [--namespace NS]\n"
-        "                 prefill a prompt into the cache without generating\n"
-        "  stats [--json | --prometheus]\n"
-        "  tokenize TEXT | detokenize ID...\n"
-        "  bench [--workload chat,fewshot,unique,sweep] [--clients C] [--runs N] ...\n"
-        "                 client-side TTFT benchmark; CSV and JSON out (bench --help)\n"
-        "\n"
-        "The socket is --socket, else $PREFIXD_SOCKET, else $XDG_RUNTIME_DIR/prefixd.sock,\n"
-        "else /tmp/prefixd-$UID.sock. Exit codes: 0 ok, 1 daemon or connection error, 2 usage.\n");
+    fprintf(f, "usage: prefixctl [--socket PATH] <command> [options]\n"
+               "       prefixctl --version\n"
+               "\n");
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        fprintf(f, "  %s %s\n", commands[i].name, commands[i].synopsis);
+    fprintf(f, "\n"
+               "'prefixctl <command> --help' explains a command. --socket PATH may come before or\n"
+               "after the command; the socket is --socket, else $PREFIXD_SOCKET, else\n"
+               "$XDG_RUNTIME_DIR/prefixd.sock, else /tmp/prefixd-$UID/prefixd.sock. prefixctl\n"
+               "talks only to a daemon of its own user or root. Exit codes: 0 ok, 1 daemon or\n"
+               "connection error, 2 usage or input the daemon refuses as invalid.\n");
+}
+
+static void command_usage(const command *cmd, FILE *f)
+{
+    fprintf(f, "usage: prefixctl %s [--socket PATH] %s\n\n%s", cmd->name, cmd->synopsis, cmd->help);
 }
 
 static char *read_file(const char *path, size_t *len)
@@ -102,115 +168,197 @@ static int gen_token_cb(void *arg, int32_t id, const char *piece, size_t len)
 }
 
 typedef struct gen_args {
+    const command *cmd;
+    const char *socket;
     const char *prompt, *prompt_file, *ns, *system;
-    long n;
+    char *file_text; /* --prompt-file's contents (malloc'd), read before connecting */
+    size_t file_len;
+    uint32_t n;
     float temp, top_p;
     uint64_t seed;
-    int json, pin, prometheus;
+    int seed_given, json, pin, prometheus, help;
+    char **rest; /* positional arguments (tokenize's text, detokenize's ids) */
+    int n_rest;
 } gen_args;
 
-/* Parses the options shared by generate, chat, warm and stats. Returns 0 or 2. */
+/* Parses an unsigned whole number in [0, max]; refuses signs, blanks and overflow. */
+static int parse_u64(const char *s, uint64_t max, uint64_t *out)
+{
+    if (*s < '0' || *s > '9')
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || errno == ERANGE || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int bad_value(const gen_args *a, const char *opt, const char *val, const char *want)
+{
+    fprintf(stderr, "prefixctl %s: %s '%s': expected %s\n", a->cmd->name, opt, val, want);
+    return 2;
+}
+
+static int set_option(gen_args *a, int ch, const char *arg)
+{
+    char *end;
+    uint64_t v;
+    switch (ch) {
+    case 'p':
+        a->prompt = arg;
+        return 0;
+    case 'f':
+        a->prompt_file = arg;
+        return 0;
+    case 'n':
+        if (parse_u64(arg, UINT32_MAX, &v) != 0)
+            return bad_value(a, "-n", arg, "a whole number from 0 to 4294967295");
+        a->n = (uint32_t)v;
+        return 0;
+    case 't':
+        a->temp = strtof(arg, &end);
+        if (*end || end == arg || !(a->temp >= 0 && a->temp <= 1e6f))
+            return bad_value(a, "--temp", arg, "a number >= 0");
+        return 0;
+    case 'P':
+        a->top_p = strtof(arg, &end);
+        if (*end || end == arg || !(a->top_p >= 0 && a->top_p <= 1))
+            return bad_value(a, "--top-p", arg, "a number from 0 to 1");
+        return 0;
+    case 's':
+        if (parse_u64(arg, UINT64_MAX, &a->seed) != 0)
+            return bad_value(a, "--seed", arg, "a whole number from 0 to 2^64-1");
+        a->seed_given = 1;
+        return 0;
+    case 'N':
+        if (!proto_namespace_valid((proto_str){arg, (uint32_t)strnlen(arg, 1000)}))
+            return bad_value(a, "--namespace", arg, "up to 64 bytes of A-Z a-z 0-9 . _ -");
+        a->ns = arg;
+        return 0;
+    case 'j':
+        a->json = 1;
+        return 0;
+    case 'i':
+        a->pin = 1;
+        return 0;
+    case 'm':
+        a->prometheus = 1;
+        return 0;
+    case 'y':
+        a->system = arg;
+        return 0;
+    case 'S':
+        a->socket = arg;
+        return 0;
+    case 'h':
+        a->help = 1;
+        return 0;
+    }
+    return 2;
+}
+
+/* Parses a command's options (argv[0] is its name) into a, accepting only those the command
+ * takes. Returns 0, or 2 after a message on a usage error. */
 static int parse(int argc, char **argv, gen_args *a)
 {
-    enum { O_PROMPT = 256, O_FILE, O_TEMP, O_TOPP, O_SEED, O_NS, O_JSON, O_PIN, O_PROM, O_SYS };
-    static const struct option opts[] = {{"prompt", required_argument, 0, O_PROMPT},
-                                         {"prompt-file", required_argument, 0, O_FILE},
-                                         {"temp", required_argument, 0, O_TEMP},
-                                         {"top-p", required_argument, 0, O_TOPP},
-                                         {"seed", required_argument, 0, O_SEED},
-                                         {"namespace", required_argument, 0, O_NS},
-                                         {"json", no_argument, 0, O_JSON},
-                                         {"pin", no_argument, 0, O_PIN},
-                                         {"prometheus", no_argument, 0, O_PROM},
-                                         {"system", required_argument, 0, O_SYS},
-                                         {0, 0, 0, 0}};
+    static const struct {
+        int bit;
+        struct option o;
+    } all[] = {{A_PROMPT, {"prompt", required_argument, 0, 'p'}},
+               {A_PROMPT, {"prompt-file", required_argument, 0, 'f'}},
+               {A_SAMPLE, {"temp", required_argument, 0, 't'}},
+               {A_SAMPLE, {"top-p", required_argument, 0, 'P'}},
+               {A_SAMPLE, {"seed", required_argument, 0, 's'}},
+               {A_NS, {"namespace", required_argument, 0, 'N'}},
+               {A_JSON, {"json", no_argument, 0, 'j'}},
+               {A_PIN, {"pin", no_argument, 0, 'i'}},
+               {A_PROM, {"prometheus", no_argument, 0, 'm'}},
+               {A_SYS, {"system", required_argument, 0, 'y'}},
+               {0, {"socket", required_argument, 0, 'S'}},
+               {0, {"help", no_argument, 0, 'h'}}};
+    struct option opts[sizeof all / sizeof all[0] + 1];
+    size_t k = 0;
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i].bit == 0 || (a->cmd->opts & all[i].bit))
+            opts[k++] = all[i].o;
+    opts[k] = (struct option){0, 0, 0, 0};
+    const char *shorts = a->cmd->opts & A_N ? ":hn:" : ":h";
     optind = 1;
+    opterr = 0;
     int ch;
-    while ((ch = getopt_long(argc, argv, "n:", opts, NULL)) != -1) {
-        char *end;
-        switch (ch) {
-        case O_PROMPT:
-            a->prompt = optarg;
-            break;
-        case O_FILE:
-            a->prompt_file = optarg;
-            break;
-        case 'n':
-            a->n = strtol(optarg, &end, 10);
-            if (*end || end == optarg || a->n < 0 || a->n > 1 << 30) {
-                fprintf(stderr, "prefixctl: -n '%s': expected a whole number >= 0\n", optarg);
-                return 2;
-            }
-            break;
-        case O_TEMP:
-            a->temp = strtof(optarg, &end);
-            if (*end || end == optarg || !(a->temp >= 0)) {
-                fprintf(stderr, "prefixctl: --temp '%s': expected a number >= 0\n", optarg);
-                return 2;
-            }
-            break;
-        case O_TOPP:
-            a->top_p = strtof(optarg, &end);
-            if (*end || end == optarg || !(a->top_p >= 0 && a->top_p <= 1)) {
-                fprintf(stderr, "prefixctl: --top-p '%s': expected 0..1\n", optarg);
-                return 2;
-            }
-            break;
-        case O_SEED:
-            a->seed = strtoull(optarg, &end, 10);
-            if (*end || end == optarg) {
-                fprintf(stderr, "prefixctl: --seed '%s': expected a whole number\n", optarg);
-                return 2;
-            }
-            break;
-        case O_NS:
-            a->ns = optarg;
-            break;
-        case O_JSON:
-            a->json = 1;
-            break;
-        case O_PIN:
-            a->pin = 1;
-            break;
-        case O_PROM:
-            a->prometheus = 1;
-            break;
-        case O_SYS:
-            a->system = optarg;
-            break;
-        default:
-            usage(stderr);
+    while ((ch = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
+        if (ch == '?' || ch == ':') {
+            const char *what = argv[optind - 1];
+            if (ch == '?' && optopt && optopt != 'n')
+                fprintf(stderr, "prefixctl %s: unknown option '-%c'\n", a->cmd->name, optopt);
+            else
+                fprintf(stderr, "prefixctl %s: %s option '%s'\n", a->cmd->name,
+                        ch == ':' ? "a value is missing after" : "unknown", what);
+            fprintf(stderr, "'prefixctl %s --help' lists its options.\n", a->cmd->name);
             return 2;
         }
+        if (set_option(a, ch, optarg) != 0)
+            return 2;
     }
-    if (optind < argc) {
-        fprintf(stderr, "prefixctl: unexpected argument '%s'\n", argv[optind]);
+    a->rest = argv + optind;
+    a->n_rest = argc - optind;
+    return 0;
+}
+
+/* The checks that need no daemon: the prompt options and the positional arguments. Reads
+ * --prompt-file. Returns 0 or 2. */
+static int check_args(gen_args *a)
+{
+    const char *name = a->cmd->name;
+    if (a->cmd->opts & A_PROMPT) {
+        if (!!a->prompt == !!a->prompt_file) {
+            fprintf(stderr, "prefixctl %s: give exactly one of --prompt and --prompt-file\n", name);
+            return 2;
+        }
+        if (a->prompt_file && !(a->file_text = read_file(a->prompt_file, &a->file_len)))
+            return 2;
+    }
+    if (!strcmp(name, "tokenize") && a->n_rest != 1) {
+        fprintf(stderr,
+                "prefixctl tokenize: expected one TEXT argument, got %d (quote the text; "
+                "one starting with '-' goes after '--')\n",
+                a->n_rest);
+        return 2;
+    }
+    if (!strcmp(name, "detokenize") && a->n_rest < 1) {
+        fprintf(stderr, "prefixctl detokenize: expected one or more token ids\n");
+        return 2;
+    }
+    if (strcmp(name, "tokenize") != 0 && strcmp(name, "detokenize") != 0 && a->n_rest > 0) {
+        fprintf(stderr, "prefixctl %s: unexpected argument '%s'\n", name, a->rest[0]);
         return 2;
     }
     return 0;
 }
 
-static int cmd_generate(pfx_conn *c, gen_args *a, int warm)
+/* Reports a failed call on c; returns the exit code: 2 when the daemon refused the input as
+ * invalid (the user's to fix), 1 for every other daemon or connection error. */
+static int call_failed(pfx_conn *c)
 {
-    size_t len = 0;
-    char *file = NULL;
-    const char *text = a->prompt;
-    if (!!a->prompt == !!a->prompt_file) {
-        fprintf(stderr, "prefixctl: give exactly one of --prompt and --prompt-file\n");
+    fprintf(stderr, "prefixctl: %s\n", pfx_errmsg(c));
+    switch (pfx_server_error(c)) {
+    case PROTO_ERR_PROMPT_TOO_LONG:
+    case PROTO_ERR_BAD_UTF8:
+    case PROTO_ERR_BAD_TOKEN:
+    case PROTO_ERR_BAD_NAMESPACE:
         return 2;
     }
-    if (a->prompt_file) {
-        file = read_file(a->prompt_file, &len);
-        if (!file)
-            return 2;
-        text = file;
-    } else {
-        len = strlen(text);
-    }
+    return 1;
+}
+
+static int cmd_generate(pfx_conn *c, gen_args *a, int warm)
+{
     pfx_gen g = {0};
-    g.text = text;
-    g.text_len = len;
-    g.max_new = warm ? 0 : (uint32_t)a->n;
+    g.text = a->prompt_file ? a->file_text : a->prompt;
+    g.text_len = a->prompt_file ? a->file_len : strlen(a->prompt);
+    g.max_new = warm ? 0 : a->n;
     g.temp = a->temp;
     g.top_p = a->top_p;
     g.seed = a->seed;
@@ -219,13 +367,12 @@ static int cmd_generate(pfx_conn *c, gen_args *a, int warm)
     g.pin = a->pin;
     gen_ctx ctx = {.print = !a->json && !warm};
     pfx_result r;
-    int rc = pfx_generate(c, &g, gen_token_cb, &ctx, &r);
-    free(file);
-    if (rc != 0) {
-        fprintf(stderr, "prefixctl: %s\n", pfx_errmsg(c));
+    if (pfx_generate(c, &g, gen_token_cb, &ctx, &r) != 0) {
+        if (ctx.print && ctx.len > 0)
+            printf("\n");
         free(ctx.text);
         free(ctx.ids);
-        return 1;
+        return call_failed(c);
     }
     if (warm) {
         printf("warmed: %u prompt tokens, %u already cached%s, %.1f ms\n", r.done.prompt_tokens,
@@ -261,10 +408,8 @@ static int cmd_generate(pfx_conn *c, gen_args *a, int warm)
 static int cmd_stats(pfx_conn *c, gen_args *a)
 {
     char *json;
-    if (pfx_stats(c, &json) != 0) {
-        fprintf(stderr, "prefixctl: %s\n", pfx_errmsg(c));
-        return 1;
-    }
+    if (pfx_stats(c, &json) != 0)
+        return call_failed(c);
     if (a->json) {
         printf("%s\n", json);
         free(json);
@@ -338,11 +483,17 @@ static int cmd_chat(pfx_conn *c, gen_args *a)
     if (a->system) {
         int32_t *ids;
         size_t k;
-        if (tokenize_tail(c, a->system, &ids, &k) != 0 || conv_add(&conv, &n, &cap, ids, k)) {
-            fprintf(stderr, "prefixctl: %s\n", pfx_errmsg(c));
+        if (tokenize_tail(c, a->system, &ids, &k) != 0) {
+            free(conv);
+            return call_failed(c);
+        }
+        int rc = conv_add(&conv, &n, &cap, ids, k);
+        free(ids);
+        if (rc != 0) {
+            fprintf(stderr, "prefixctl: out of memory\n");
+            free(conv);
             return 1;
         }
-        free(ids);
     }
     char line[8192];
     int tty = isatty(0);
@@ -357,9 +508,8 @@ static int cmd_chat(pfx_conn *c, gen_args *a)
         int32_t *ids;
         size_t k;
         if (tokenize_tail(c, line, &ids, &k) != 0) {
-            fprintf(stderr, "prefixctl: %s\n", pfx_errmsg(c));
             free(conv);
-            return 1;
+            return call_failed(c);
         }
         int rc = conv_add(&conv, &n, &cap, ids, k);
         free(ids);
@@ -368,7 +518,7 @@ static int cmd_chat(pfx_conn *c, gen_args *a)
         pfx_gen g = {0};
         g.ids = conv;
         g.n_ids = n;
-        g.max_new = (uint32_t)a->n;
+        g.max_new = a->n;
         g.temp = a->temp;
         g.top_p = a->top_p;
         g.seed = a->seed + (uint64_t)turn;
@@ -376,9 +526,10 @@ static int cmd_chat(pfx_conn *c, gen_args *a)
         gen_ctx ctx = {.print = 1};
         pfx_result r;
         if (pfx_generate(c, &g, gen_token_cb, &ctx, &r) != 0) {
-            fprintf(stderr, "prefixctl: %s\n", pfx_errmsg(c));
             free(conv);
-            return 1;
+            free(ctx.text);
+            free(ctx.ids);
+            return call_failed(c);
         }
         printf("\n");
         fflush(stdout);
@@ -394,100 +545,144 @@ static int cmd_chat(pfx_conn *c, gen_args *a)
     return 0;
 }
 
+static int cmd_tokenize(pfx_conn *c, gen_args *a)
+{
+    int32_t *ids;
+    size_t n;
+    if (pfx_tokenize(c, a->rest[0], strlen(a->rest[0]), &ids, &n) != 0)
+        return call_failed(c);
+    for (size_t k = 0; k < n; k++)
+        printf("%s%d", k ? " " : "", ids[k]);
+    printf("\n");
+    free(ids);
+    return 0;
+}
+
+/* Parses detokenize's ids (before connecting). Returns 0 or 2. */
+static int parse_ids(gen_args *a, int32_t **ids)
+{
+    *ids = malloc((size_t)a->n_rest * sizeof(int32_t));
+    if (!*ids) {
+        fprintf(stderr, "prefixctl: out of memory\n");
+        return 2;
+    }
+    for (int k = 0; k < a->n_rest; k++) {
+        uint64_t v;
+        if (parse_u64(a->rest[k], INT32_MAX, &v) != 0) {
+            fprintf(stderr, "prefixctl detokenize: '%s' is not a token id (0 to 2147483647)\n",
+                    a->rest[k]);
+            free(*ids);
+            return 2;
+        }
+        (*ids)[k] = (int32_t)v;
+    }
+    return 0;
+}
+
+static int cmd_detokenize(pfx_conn *c, const int32_t *ids, size_t n)
+{
+    char *text;
+    size_t len;
+    if (pfx_detokenize(c, ids, n, &text, &len) != 0)
+        return call_failed(c);
+    fwrite(text, 1, len, stdout);
+    printf("\n");
+    free(text);
+    return 0;
+}
+
+/* Takes the global options before the command: --socket PATH (or --socket=PATH), --help,
+ * --version. Returns the index of the command, or -1 with *rc the exit code. */
+static int parse_globals(int argc, char **argv, const char **sock, int *rc)
+{
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (!strcmp(argv[i], "--socket")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "prefixctl: a value is missing after option '--socket'\n");
+                return *rc = 2, -1;
+            }
+            *sock = argv[++i];
+        } else if (!strncmp(argv[i], "--socket=", 9)) {
+            *sock = argv[i] + 9;
+        } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return *rc = 0, -1;
+        } else if (!strcmp(argv[i], "--version")) {
+            printf("prefixctl %s (git %s)\n", PREFIXD_VERSION, PREFIXD_GIT);
+            return *rc = 0, -1;
+        } else {
+            fprintf(stderr, "prefixctl: unknown option '%s' (before the command)\n", argv[i]);
+            usage(stderr);
+            return *rc = 2, -1;
+        }
+    }
+    if (i >= argc) {
+        fprintf(stderr, "prefixctl: no command given\n");
+        usage(stderr);
+        return *rc = 2, -1;
+    }
+    return i;
+}
+
 int main(int argc, char **argv)
 {
     const char *sock = NULL;
-    int i = 1;
-    for (; i < argc; i++) {
-        if (!strcmp(argv[i], "--socket") && i + 1 < argc)
-            sock = argv[++i];
-        else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            usage(stdout);
-            return 0;
-        } else
-            break;
-    }
-    if (i >= argc) {
+    int rc = 0;
+    int i = parse_globals(argc, argv, &sock, &rc);
+    if (i < 0)
+        return rc;
+    const command *cmd = NULL;
+    for (size_t k = 0; k < N_COMMANDS; k++)
+        if (!strcmp(argv[i], commands[k].name))
+            cmd = &commands[k];
+    if (!cmd) {
+        fprintf(stderr, "prefixctl: unknown command '%s'\n", argv[i]);
         usage(stderr);
         return 2;
     }
-    const char *cmd = argv[i];
-    int sub_argc = argc - i;
-    char **sub_argv = argv + i;
-    if (!strcmp(cmd, "bench"))
-        return bench_main(sock, sub_argc, sub_argv);
-    static const char *known[] = {"generate", "chat", "warm", "stats", "tokenize", "detokenize"};
-    int ok = 0;
-    for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
-        ok |= !strcmp(cmd, known[k]);
-    if (!ok) {
-        fprintf(stderr, "prefixctl: unknown command '%s'\n", cmd);
-        usage(stderr);
+    if (!strcmp(cmd->name, "bench"))
+        return bench_main(sock, argc - i, argv + i);
+    gen_args a = {.cmd = cmd,
+                  .socket = sock,
+                  .n = 256,
+                  .temp = PROTO_DEFAULT_TEMP,
+                  .top_p = PROTO_DEFAULT_TOP_P};
+    if (parse(argc - i, argv + i, &a) != 0)
+        return 2;
+    if (a.help) {
+        command_usage(cmd, stdout);
+        return 0;
+    }
+    int32_t *ids = NULL;
+    if (check_args(&a) != 0 || (!strcmp(cmd->name, "detokenize") && parse_ids(&a, &ids) != 0)) {
+        free(a.file_text);
         return 2;
     }
-    gen_args a = {.n = 256};
-    if (strcmp(cmd, "tokenize") != 0 && strcmp(cmd, "detokenize") != 0 &&
-        parse(sub_argc, sub_argv, &a) != 0)
-        return 2;
+    if (!a.seed_given)
+        a.seed = proto_random_seed();
     char err[1024];
     pfx_conn *c;
-    if (pfx_connect(sock, &c, err, sizeof err) != 0) {
+    if (pfx_connect(a.socket, &c, err, sizeof err) != 0) {
         fprintf(stderr, "prefixctl: %s\n", err);
+        free(a.file_text);
+        free(ids);
         return 1;
     }
-    int rc = 0;
-    if (!strcmp(cmd, "generate"))
+    if (!strcmp(cmd->name, "generate"))
         rc = cmd_generate(c, &a, 0);
-    else if (!strcmp(cmd, "warm"))
+    else if (!strcmp(cmd->name, "warm"))
         rc = cmd_generate(c, &a, 1);
-    else if (!strcmp(cmd, "stats"))
+    else if (!strcmp(cmd->name, "stats"))
         rc = cmd_stats(c, &a);
-    else if (!strcmp(cmd, "chat"))
+    else if (!strcmp(cmd->name, "chat"))
         rc = cmd_chat(c, &a);
-    else if (!strcmp(cmd, "tokenize")) {
-        if (sub_argc != 2) {
-            fprintf(stderr, "usage: prefixctl tokenize TEXT\n");
-            rc = 2;
-        } else {
-            int32_t *ids;
-            size_t n;
-            if (pfx_tokenize(c, sub_argv[1], strlen(sub_argv[1]), &ids, &n) != 0) {
-                fprintf(stderr, "prefixctl: %s\n", pfx_errmsg(c));
-                rc = 1;
-            } else {
-                for (size_t k = 0; k < n; k++)
-                    printf("%s%d", k ? " " : "", ids[k]);
-                printf("\n");
-                free(ids);
-            }
-        }
-    } else {
-        size_t n = (size_t)(sub_argc - 1);
-        int32_t *ids = malloc((n + 1) * sizeof(int32_t));
-        for (size_t k = 0; ids && k < n; k++) {
-            char *end;
-            long v = strtol(sub_argv[k + 1], &end, 10);
-            if (*end || end == sub_argv[k + 1]) {
-                fprintf(stderr, "prefixctl: detokenize: '%s' is not an id\n", sub_argv[k + 1]);
-                rc = 2;
-                break;
-            }
-            ids[k] = (int32_t)v;
-        }
-        char *text;
-        size_t len;
-        if (rc == 0 && ids) {
-            if (pfx_detokenize(c, ids, n, &text, &len) != 0) {
-                fprintf(stderr, "prefixctl: %s\n", pfx_errmsg(c));
-                rc = 1;
-            } else {
-                fwrite(text, 1, len, stdout);
-                printf("\n");
-                free(text);
-            }
-        }
-        free(ids);
-    }
+    else if (!strcmp(cmd->name, "tokenize"))
+        rc = cmd_tokenize(c, &a);
+    else
+        rc = cmd_detokenize(c, ids, (size_t)a.n_rest);
     pfx_close(c);
+    free(a.file_text);
+    free(ids);
     return rc;
 }

@@ -8,6 +8,12 @@ HELLO handshake, request ids so one connection carries several requests at once.
         r = c.generate("Once upon a time", max_new=50)
         print(r["text"], r["cached_tokens"], r["ttft_ms"])
 
+Sampling defaults are prefixctl's and `prefixd run`'s: temperature 0.8, top-p 0.95 and a random
+seed, so two calls without a seed differ; temp=0 is greedy (deterministic).
+
+The client talks only to a daemon of its own uid or root (the socket's peer credentials), so a
+socket bound first by another user is refused before a prompt is sent.
+
 Also a small command line: python3 prefixd.py generate --prompt TEXT [-n N] [--json]
 """
 
@@ -24,6 +30,7 @@ VERSION = 1
 HELLO, HELLO_OK, GENERATE, WARM, CANCEL, TOKEN, DONE, ERROR = 1, 2, 3, 4, 5, 6, 7, 8
 STATS, STATS_REPLY, TOKENIZE, TOKENS, DETOKENIZE, TEXT = 9, 10, 11, 12, 13, 14
 GEN_TOKENS, GEN_PIN = 1, 2
+DEFAULT_TEMP, DEFAULT_TOP_P = 0.8, 0.95  # as PROTO_DEFAULT_TEMP / _TOP_P in proto.h
 FINISH = {0: "stop", 1: "length", 2: "cancelled"}
 ERRORS = {1: "BAD_FRAME", 2: "TOO_BIG", 3: "UNKNOWN_TYPE", 4: "BAD_VERSION", 5: "BAD_REQUEST",
           6: "PROMPT_TOO_LONG", 7: "BAD_UTF8", 8: "BAD_TOKEN", 9: "BAD_NAMESPACE", 10: "BUSY",
@@ -46,7 +53,12 @@ def default_socket_path():
         return os.environ["PREFIXD_SOCKET"]
     if os.environ.get("XDG_RUNTIME_DIR"):
         return os.path.join(os.environ["XDG_RUNTIME_DIR"], "prefixd.sock")
-    return "/tmp/prefixd-%d.sock" % os.getuid()
+    return "/tmp/prefixd-%d/prefixd.sock" % os.getuid()
+
+
+def random_seed():
+    """A seed for a sampled request whose caller gave none."""
+    return int.from_bytes(os.urandom(8), "little")
 
 
 def _s(b):
@@ -63,6 +75,10 @@ def encode_hello():
 
 def encode_generate(rid, prompt=None, ids=None, max_new=64, temp=0.0, top_p=0.0, seed=0,
                     namespace="", warm=False, pin=False):
+    """The frame's bytes, exactly as given (no sampling defaults are applied here)."""
+    if isinstance(max_new, bool) or not isinstance(max_new, int) or not 0 <= max_new < 2 ** 32:
+        raise ValueError("max_new %r: expected a whole number from 0 to 4294967295 (a u32 on the "
+                         "wire)" % (max_new,))
     body = struct.pack("<IffQ", max_new, temp, top_p, seed) + _s(namespace.encode())
     flags = 0
     if ids is not None:
@@ -126,14 +142,27 @@ class Client:
             self.sock.close()
             raise ConnectionError("cannot connect to prefixd at '%s': %s (is `prefixd serve` "
                                   "running?)" % (self.path, e.strerror or e)) from None
+        self._check_peer()
         self.buf = bytearray()
         self.next_id = 1
-        self.pending = []
+        self.pending = []  # frames read while waiting for another request's, in arrival order
         self.sock.sendall(encode_hello())
         f = self.read_frame()
         if f["type"] == ERROR:
             raise PrefixdError(f["code"], f["message"])
         self.server = f
+
+    def _check_peer(self):
+        """Refuses a socket served by a uid other than ours or root (it may have been bound first
+        by another user, who would read our prompts)."""
+        so_peercred = getattr(socket, "SO_PEERCRED", 17)
+        cred = self.sock.getsockopt(socket.SOL_SOCKET, so_peercred, struct.calcsize("3i"))
+        _, uid, _ = struct.unpack("3i", cred)
+        if uid not in (os.getuid(), 0):
+            self.sock.close()
+            raise ConnectionError("refusing the socket '%s': it is served by uid %d, neither this "
+                                  "user (uid %d) nor root; another user may have bound it first"
+                                  % (self.path, uid, os.getuid()))
 
     def close(self):
         self.sock.close()
@@ -145,6 +174,13 @@ class Client:
         self.close()
 
     def read_frame(self):
+        """The next frame of any request: first those queued while a blocking call waited for
+        its own, then from the socket."""
+        if self.pending:
+            return self.pending.pop(0)
+        return self._read_socket()
+
+    def _read_socket(self):
         while True:
             f, n = decode_frame(self.buf)
             if f is not None:
@@ -160,29 +196,46 @@ class Client:
         self.next_id += 1
         return rid
 
-    def send_generate(self, prompt=None, ids=None, **kw):
+    def send_generate(self, prompt=None, ids=None, max_new=64, temp=DEFAULT_TEMP,
+                      top_p=DEFAULT_TOP_P, seed=None, **kw):
+        """Sends a GENERATE (or with warm=True a WARM) without waiting; returns its id. Read its
+        frames with read_frame() or wait for them all with result(). seed None: a random one."""
         rid = self._new_id()
-        self.sock.sendall(encode_generate(rid, prompt, ids, **kw))
+        self.sock.sendall(encode_generate(rid, prompt, ids, max_new=max_new, temp=temp,
+                                          top_p=top_p,
+                                          seed=random_seed() if seed is None else seed, **kw))
         return rid
 
     def cancel(self, rid):
         self.sock.sendall(encode_frame(CANCEL, rid))
 
     def _reply(self, rid):
+        """The next frame of request rid; frames of other requests read meanwhile stay queued
+        for them (read_frame(), result() or their own blocking call)."""
+        for i, f in enumerate(self.pending):
+            if f["id"] == rid:
+                return self.pending.pop(i)
         while True:
-            f = self.read_frame()
+            f = self._read_socket()
             if f["id"] == rid:
                 return f
+            self.pending.append(f)
 
-    def generate(self, prompt=None, ids=None, max_new=64, temp=0.0, top_p=0.0, seed=0,
-                 namespace="", on_token=None):
+    def generate(self, prompt=None, ids=None, max_new=64, temp=DEFAULT_TEMP, top_p=DEFAULT_TOP_P,
+                 seed=None, namespace="", on_token=None):
         """Streams one generation; returns a dict with text, tokens, prompt_tokens,
         cached_tokens, cached_tokens_disk, ttft_ms (client side), server_ttft_ms, prefill_ms,
         decode_tokens_per_s, total_ms, finish_reason. on_token(id, piece) may return True to
-        cancel."""
+        cancel. temp=0 is greedy; seed None draws a random one (sampled calls then differ)."""
         t0 = time.monotonic()
         rid = self.send_generate(prompt, ids, max_new=max_new, temp=temp, top_p=top_p,
                                  seed=seed, namespace=namespace)
+        return self.result(rid, on_token, t0)
+
+    def result(self, rid, on_token=None, t0=None):
+        """Waits for the rest of request rid (sent with send_generate()) and returns its dict as
+        generate() does; ttft_ms counts from t0 (default: now)."""
+        t0 = time.monotonic() if t0 is None else t0
         toks, text, ttft = [], bytearray(), None
         while True:
             f = self._reply(rid)
@@ -244,8 +297,9 @@ def main(argv):
     g = sub.add_parser("generate")
     g.add_argument("--prompt", required=True)
     g.add_argument("-n", type=int, default=64)
-    g.add_argument("--temp", type=float, default=0.0)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--temp", type=float, default=DEFAULT_TEMP)
+    g.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
+    g.add_argument("--seed", type=int, default=None)
     g.add_argument("--namespace", default="")
     g.add_argument("--json", action="store_true")
     sub.add_parser("stats")
@@ -255,11 +309,14 @@ def main(argv):
             if a.cmd == "stats":
                 print(json.dumps(c.stats(), indent=2))
                 return 0
-            r = c.generate(a.prompt, max_new=a.n, temp=a.temp, seed=a.seed,
+            r = c.generate(a.prompt, max_new=a.n, temp=a.temp, top_p=a.top_p, seed=a.seed,
                            namespace=a.namespace,
                            on_token=None if a.json else
                            lambda i, p: sys.stdout.write(p.decode("utf-8", "replace")) and None)
             print(json.dumps(r) if a.json else "")
+    except ValueError as e:
+        print("prefixd.py: %s" % e, file=sys.stderr)
+        return 2
     except (ConnectionError, PrefixdError) as e:
         print("prefixd.py: %s" % e, file=sys.stderr)
         return 1

@@ -1,5 +1,6 @@
 /* main.c — the prefixd command: dispatches to a subcommand (serve, run, synth). */
 #include "cmd.h"
+#include "prefixd_version.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -13,7 +14,8 @@ static void usage(FILE *f)
                "  run     one generation in-process: prints the prompt and its continuation\n"
                "  synth   write a model with random weights of a given shape\n"
                "\n"
-               "'prefixd <command> --help' lists a command's options.\n");
+               "'prefixd <command> --help' lists a command's options; 'prefixd --version' prints\n"
+               "the version.\n");
 }
 
 int main(int argc, char **argv)
@@ -29,6 +31,10 @@ int main(int argc, char **argv)
         return srv_cmd_run(argc - 1, argv + 1);
     if (strcmp(cmd, "synth") == 0)
         return srv_cmd_synth(argc - 1, argv + 1);
+    if (strcmp(cmd, "--version") == 0) {
+        printf("prefixd %s (git %s)\n", PREFIXD_VERSION, PREFIXD_GIT);
+        return 0;
+    }
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         usage(stdout);
         return 0;

@@ -8,13 +8,13 @@
 #include "cmd.h"
 #include "base.h"
 #include "engine.h"
+#include "proto.h"
 
 #include <ctype.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 static void usage(FILE *f)
 {
@@ -27,9 +27,9 @@ static void usage(FILE *f)
             "  --tokenizer PATH    tokenizer (default: MODEL.tok, else tokenizer.bin beside it)\n"
             "  --prompt TEXT       prompt (default: empty, the story starts from BOS)\n"
             "  -n N                new tokens at most (default 256)\n"
-            "  --temp T            temperature, 0 = greedy (default 1.0)\n"
-            "  --top-p P           nucleus sampling threshold (default 0.9)\n"
-            "  --seed S            random seed (default: the time)\n"
+            "  --temp T            temperature, 0 = greedy (default 0.8)\n"
+            "  --top-p P           nucleus sampling threshold (default 0.95)\n"
+            "  --seed S            random seed (default: a random one, so each run differs)\n"
             "  --threads N         compute threads (default: all cores)\n"
             "  --block-tokens N    tokens per K/V block (default 16)\n"
             "  --cache-mem SIZE    K/V memory (default 1G)\n"
@@ -75,8 +75,8 @@ int srv_cmd_run(int argc, char **argv)
 {
     const char *model_path = NULL, *tok_path = NULL, *prompt = "";
     long n_new = 256, threads = 0, block = 16;
-    float temp = 1.0f, top_p = 0.9f;
-    uint64_t seed = (uint64_t)time(NULL), mem = 0;
+    float temp = PROTO_DEFAULT_TEMP, top_p = PROTO_DEFAULT_TOP_P;
+    uint64_t seed = proto_random_seed(), mem = 0;
     int no_cache = 0;
     enum {
         O_MODEL = 256,

@@ -22,7 +22,9 @@ static void usage(FILE *f)
         "  --model PATH            llama2.c checkpoint (required)\n"
         "  --tokenizer PATH        tokenizer (default: MODEL.tok, else tokenizer.bin beside it)\n"
         "  --socket PATH           socket (default: $PREFIXD_SOCKET, else\n"
-        "                          $XDG_RUNTIME_DIR/prefixd.sock, else /tmp/prefixd-$UID.sock)\n"
+        "                          $XDG_RUNTIME_DIR/prefixd.sock, else\n"
+        "                          /tmp/prefixd-$UID/prefixd.sock in a directory created 0700\n"
+        "                          and refused if another user owns it or can enter it)\n"
         "  --socket-mode MODE      permissions of the socket, octal (default 0600)\n"
         "  --cache-mem SIZE        memory for K/V blocks (default 1G)\n"
         "  --pin-max SIZE          budget for pinned prefixes (default cache-mem / 4)\n"
@@ -291,6 +293,12 @@ int srv_cmd_serve(int argc, char **argv)
             return 2;
         }
         o.socket_path = sockbuf;
+        char dir[256], err[512];
+        if (proto_default_socket_dir(dir, sizeof dir) == 1 &&
+            proto_socket_dir_check(dir, err, sizeof err) != 0) {
+            fprintf(stderr, "prefixd serve: %s\n", err);
+            return 2;
+        }
     }
     base_log_set_level(o.log_level);
     model *m;

@@ -198,7 +198,7 @@ int model_encode(const model_tokenizer *t, const char *text, size_t len, int bos
 
 /* The text of token tok when it follows prev (a piece right after BOS loses its leading space;
  * "<0xHH>" pieces are that one raw byte). *len receives the byte length. The pointer is valid as
- * long as t. Returns "" (len 0) for an id out of range. */
+ * long as t. Returns "" (len 0) for BOS, EOS and an id out of range. */
 const char *model_decode_piece(const model_tokenizer *t, int32_t prev, int32_t tok, size_t *len);
 
 /* ---- Sampler ------------------------------------------------------------------------------ */

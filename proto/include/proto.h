@@ -209,9 +209,31 @@ int proto_namespace_valid(proto_str ns);
  * offset of the first bad byte, or len if all is valid. */
 size_t proto_utf8_check(const char *s, size_t len);
 
+/* Sampling when the user names none, the same in `prefixd run`, prefixctl and the Python client
+ * (README: "Sampling defaults"). The wire always carries explicit values; the daemon applies no
+ * defaults of its own. Temperature 0 is greedy and needs no seed. */
+#define PROTO_DEFAULT_TEMP 0.8f
+#define PROTO_DEFAULT_TOP_P 0.95f
+
+/* A seed for a sampled request whose user gave none, so that two such requests differ: 64 bits
+ * from getrandom(), or, should that fail, the clock mixed with the pid. Any thread. */
+uint64_t proto_random_seed(void);
+
 /* The socket path clients and the daemon use by default: $PREFIXD_SOCKET if set, else
- * $XDG_RUNTIME_DIR/prefixd.sock, else /tmp/prefixd-$UID.sock. Returns 0, or -1 if it does not fit
- * in cap bytes. */
+ * $XDG_RUNTIME_DIR/prefixd.sock, else /tmp/prefixd-$UID/prefixd.sock (a private directory, see
+ * proto_socket_dir_check()). Returns 0, or -1 if it does not fit in cap bytes. */
 int proto_default_socket_path(char *buf, size_t cap);
+
+/* The private directory the default socket lives in when neither $PREFIXD_SOCKET nor
+ * $XDG_RUNTIME_DIR is set: writes /tmp/prefixd-$UID to buf and returns 1. Returns 0 (buf
+ * untouched) when the default path lives elsewhere, -1 if the name does not fit in cap bytes. */
+int proto_default_socket_dir(char *buf, size_t cap);
+
+/* For the daemon, before it binds the default socket: creates dir with mode 0700 if it is
+ * missing, then refuses it unless it is a real directory (not a symlink) owned by the effective
+ * uid with no group or other permission bits. Returns 0, or a negative errno value with err
+ * (errlen bytes) naming the directory and the problem. Does I/O (mkdir, lstat): the one
+ * exception in proto/, kept beside the path it guards so daemon and clients agree on both. */
+int proto_socket_dir_check(const char *dir, char *err, size_t errlen);
 
 #endif

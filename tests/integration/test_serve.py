@@ -83,7 +83,7 @@ def case_golden():
     d = Daemon()
     try:
         with d.client() as c:
-            r = c.generate("", max_new=255)
+            r = c.generate("", max_new=255, temp=0)
         golden = open(GOLDEN, "rb").read()
         out = (r["text"] + "\n").encode()
         check(out[:len(golden) - 1] == golden[:-1],
@@ -97,7 +97,7 @@ def expected_outputs(ps, max_new=24):
     d = Daemon("--no-cache")
     try:
         with d.client() as c:
-            return [c.generate(p, max_new=max_new)["tokens"] for p in ps]
+            return [c.generate(p, max_new=max_new, temp=0)["tokens"] for p in ps]
     finally:
         d.stop()
 
@@ -111,7 +111,7 @@ def case_concurrent():
     def worker(i):
         try:
             with d.client() as c:
-                got[i] = c.generate(ps[i], max_new=24)["tokens"]
+                got[i] = c.generate(ps[i], max_new=24, temp=0)["tokens"]
         except Exception as e:  # noqa: BLE001
             errors.append("%d: %s" % (i, e))
 
@@ -138,7 +138,7 @@ def case_multiplex():
     d = Daemon()
     try:
         with d.client() as c:
-            ids = [c.send_generate(p, max_new=20) for p in ps]
+            ids = [c.send_generate(p, max_new=20, temp=0) for p in ps]
             toks = {i: [] for i in ids}
             done = set()
             while len(done) < len(ids):
@@ -165,18 +165,18 @@ def case_cancel():
                 n[0] += 1
                 return n[0] == 5
 
-            r = c.generate("Once upon a time", max_new=400, on_token=on_token)
+            r = c.generate("Once upon a time", max_new=400, temp=0, on_token=on_token)
             check(r["finish_reason"] == "cancelled", "finish %s" % r["finish_reason"])
             check(len(r["tokens"]) < 400, "cancel did not stop generation")
-            r2 = c.generate("Once upon a time", max_new=5)  # the connection lives on
+            r2 = c.generate("Once upon a time", max_new=5, temp=0)  # the connection lives on
             check(len(r2["tokens"]) == 5, "connection unusable after cancel")
         # Disconnect mid-stream: the daemon cancels the request and keeps serving.
         c = d.client()
-        c.send_generate("Once upon a time", max_new=400)
+        c.send_generate("Once upon a time", max_new=400, temp=0)
         c.read_frame()
         c.close()
         with d.client() as c2:
-            check(len(c2.generate("Lily", max_new=5)["tokens"]) == 5, "serving after disconnect")
+            check(len(c2.generate("Lily", max_new=5, temp=0)["tokens"]) == 5, "serving after disconnect")
             for _ in range(100):  # the disconnect reaches the engine asynchronously
                 st = c2.stats()
                 if st["requests_cancelled"] >= 2:
@@ -187,13 +187,13 @@ def case_cancel():
         # (EPIPE) and must only close those connections, never end the daemon.
         for i in range(40):
             c = d.client()
-            c.send_generate("Once upon a time", max_new=300)
+            c.send_generate("Once upon a time", max_new=300, temp=0)
             c.read_frame()
             c.sock.shutdown(socket.SHUT_RDWR)
             c.close()
         check(d.p.poll() is None, "daemon died after disconnects:\n%s" % d.logtext()[-2000:])
         with d.client() as c2:
-            check(len(c2.generate("Lily", max_new=5)["tokens"]) == 5, "serving after disconnects")
+            check(len(c2.generate("Lily", max_new=5, temp=0)["tokens"]) == 5, "serving after disconnects")
     finally:
         d.stop()
 
@@ -246,10 +246,10 @@ def case_bad_input():
                 if f["type"] == prefixd.DONE:
                     break
             check(seen_dup, "duplicate id not refused")
-            check(len(c.generate("Lily", max_new=4)["tokens"]) == 4, "client still served")
+            check(len(c.generate("Lily", max_new=4, temp=0)["tokens"]) == 4, "client still served")
         # Another client never noticed.
         with d.client() as c:
-            check(len(c.generate("Tom", max_new=4)["tokens"]) == 4, "second client")
+            check(len(c.generate("Tom", max_new=4, temp=0)["tokens"]) == 4, "second client")
         check(d.p.poll() is None, "daemon died")
     finally:
         d.stop()
@@ -259,7 +259,7 @@ def case_busy():
     d = Daemon("--max-batch", "1", "--max-queue", "1")
     try:
         with d.client() as c:
-            ids = [c.send_generate("Once upon a time", max_new=100) for _ in range(4)]
+            ids = [c.send_generate("Once upon a time", max_new=100, temp=0) for _ in range(4)]
             busy, done = 0, 0
             while busy + done < 4:
                 f = c.read_frame()
@@ -280,10 +280,10 @@ def case_slow_reader():
         slow = d.client()
         slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         for _ in range(8):
-            slow.send_generate("Once upon a time", max_new=500)
+            slow.send_generate("Once upon a time", max_new=500, temp=0)
         time.sleep(3)  # never reads meanwhile
         with d.client() as c:
-            check(len(c.generate("Lily", max_new=5)["tokens"]) == 5, "others still served")
+            check(len(c.generate("Lily", max_new=5, temp=0)["tokens"]) == 5, "others still served")
         slow.sock.settimeout(10)
         errs = 0
         try:
@@ -311,7 +311,7 @@ def run_as(uid, sock, prompt):
             os.setgid(65534)
             os.setuid(uid)
             with prefixd.Client(sock) as c:
-                res = c.generate(prompt, max_new=2)
+                res = c.generate(prompt, max_new=2, temp=0)
             os.write(w, str(res["cached_tokens"]).encode())
         except Exception as e:  # noqa: BLE001
             os.write(w, ("ERR " + str(e)).encode())
@@ -334,8 +334,8 @@ def case_users():
         d = Daemon(*extra, tmp=tmp)
         try:
             with d.client() as c:
-                c.generate(prompt, max_new=2)
-                again = c.generate(prompt, max_new=2)["cached_tokens"]
+                c.generate(prompt, max_new=2, temp=0)
+                again = c.generate(prompt, max_new=2, temp=0)["cached_tokens"]
             check(again > 0, "same user does not hit")
             other = run_as(65534, d.sock, prompt)
             check(not other.startswith("ERR"), "other user: %s" % other)
@@ -359,14 +359,14 @@ def case_socket():
                            timeout=30)
         check(p.returncode == 2 and "another daemon" in p.stderr, "live socket: %s" % p.stderr)
         with d.client() as c:
-            check(len(c.generate("Lily", max_new=3)["tokens"]) == 3, "first daemon hurt")
+            check(len(c.generate("Lily", max_new=3, temp=0)["tokens"]) == 3, "first daemon hurt")
     finally:
         d.stop(signal.SIGKILL)  # leaves a stale socket file behind
     check(os.path.exists(d.sock), "kill -9 should leave the socket file")
     d2 = Daemon(sock=d.sock, tmp=d.tmp)
     try:
         with d2.client() as c:
-            check(len(c.generate("Lily", max_new=3)["tokens"]) == 3, "stale socket not replaced")
+            check(len(c.generate("Lily", max_new=3, temp=0)["tokens"]) == 3, "stale socket not replaced")
     finally:
         rc = d2.stop()
         check(rc == 0, "exit code %s: %s" % (rc, d2.logtext()[-600:]))
@@ -383,7 +383,7 @@ def case_sigterm():
     d = Daemon()
     try:
         c = d.client()
-        rid = c.send_generate("Once upon a time", max_new=300)
+        rid = c.send_generate("Once upon a time", max_new=300, temp=0)
         c.read_frame()
         d.p.send_signal(signal.SIGTERM)
         n, fin = 0, None
@@ -400,7 +400,7 @@ def case_sigterm():
         # Restart on the same socket works.
         d2 = Daemon(sock=d.sock, tmp=d.tmp)
         with d2.client() as c2:
-            check(len(c2.generate("Lily", max_new=3)["tokens"]) == 3, "restart")
+            check(len(c2.generate("Lily", max_new=3, temp=0)["tokens"]) == 3, "restart")
         check(d2.stop() == 0, "restart exit")
     finally:
         d.stop()
@@ -414,8 +414,8 @@ def case_prefixctl():
             return subprocess.run([ctl, "--socket", d.sock] + list(args), input=stdin,
                                   capture_output=True, text=True, timeout=60)
         long = "Once upon a time, there was a little girl named Lily. She loved to play outside."
-        run("generate", "--prompt", long, "-n", "5")
-        p = run("generate", "--prompt", long, "-n", "5", "--json")
+        run("generate", "--prompt", long, "-n", "5", "--temp", "0")
+        p = run("generate", "--prompt", long, "-n", "5", "--temp", "0", "--json")
         import json
         j = json.loads(p.stdout)
         for k in ("text", "tokens", "prompt_tokens", "cached_tokens", "cached_tokens_disk",
@@ -425,7 +425,7 @@ def case_prefixctl():
         p = run("generate", "--prompt", "", "-n", "255", "--temp", "0")
         golden = open(GOLDEN).read()
         check(p.stdout.startswith(golden[:-1]), "prefixctl generate: golden text")
-        p = run("chat", "-n", "20", stdin="Lily went to the park\nShe saw a dog\nThe dog ran\n")
+        p = run("chat", "-n", "20", "--temp", "0", stdin="Lily went to the park\nShe saw a dog\nThe dog ran\n")
         cached = [int(x.split("cached ")[1].split(",")[0]) for x in p.stderr.splitlines()
                   if x.startswith("[turn")]
         check(len(cached) == 3 and cached[1] > 0 and cached[2] > cached[1],
@@ -436,7 +436,7 @@ def case_prefixctl():
         p = run("warm", "--prompt", long, "--pin")
         check(p.returncode == 0 and "pinned" in p.stdout, "warm --pin: %s %s" % (p.stdout, p.stderr))
         p = run("generate", "--prompt", "x", "--namespace", "no/slash")
-        check(p.returncode == 1 and "namespace" in p.stderr, "bad namespace: %s" % p.stderr)
+        check(p.returncode == 2 and "namespace" in p.stderr, "bad namespace: %s" % p.stderr)
         p = run("frobnicate")
         check(p.returncode == 2, "unknown command exit %d" % p.returncode)
         p = subprocess.run([ctl, "--socket", d.sock + ".nope", "stats"], capture_output=True,
@@ -473,7 +473,7 @@ def first_life(d, max_new):
     try:
         with d.client() as c:
             for p in STORY:
-                want[p] = c.generate(p, max_new=max_new)["tokens"]
+                want[p] = c.generate(p, max_new=max_new, temp=0)["tokens"]
     finally:
         check(d.stop() == 0, "exit: %s" % d.logtext()[-500:])
     return want
@@ -489,7 +489,7 @@ def case_disk_restart():
     try:
         with d2.client() as c:
             for p in STORY:
-                r = c.generate(p, max_new=24)
+                r = c.generate(p, max_new=24, temp=0)
                 check(r["tokens"] == want[p], "tokens differ after restart for %r" % p)
                 n = len(c.tokenize(p))
                 full = (n - 1) // 16 * 16
@@ -507,7 +507,7 @@ def case_disk_restart():
     try:
         with d3.client() as c:
             for p in STORY:
-                r = c.generate(p, max_new=4)
+                r = c.generate(p, max_new=4, temp=0)
                 check(r["cached_tokens"] == 0, "another model hit %d tokens" % r["cached_tokens"])
     finally:
         d3.stop()
@@ -523,7 +523,7 @@ def case_disk_kill9():
     try:
         with d.client() as c:
             for p in prompts:
-                want[p] = c.generate(p, max_new=40)["tokens"]
+                want[p] = c.generate(p, max_new=40, temp=0)["tokens"]
     finally:
         d.stop()
     disk_hits = 0
@@ -539,7 +539,7 @@ def case_disk_kill9():
                     i = k
                     while not stop.is_set():
                         p = prompts[i % len(prompts)]
-                        r = c.generate(p, max_new=40)
+                        r = c.generate(p, max_new=40, temp=0)
                         if r["tokens"] != want[p]:
                             errors.append("wrong tokens for %r" % p)
                         i += 3
@@ -560,7 +560,7 @@ def case_disk_kill9():
         try:
             with d2.client() as c:
                 for p in prompts:
-                    r = c.generate(p, max_new=40)
+                    r = c.generate(p, max_new=40, temp=0)
                     check(r["tokens"] == want[p], "after kill -9: wrong tokens for %r" % p)
                     disk_hits += r["cached_tokens_disk"] > 0
         finally:
@@ -577,7 +577,7 @@ def case_disk_faults():
     try:
         with d.client() as c:
             for i in range(12):
-                r = c.generate(STORY[i % 4] + " so" * i, max_new=30)
+                r = c.generate(STORY[i % 4] + " so" * i, max_new=30, temp=0)
                 check(len(r["tokens"]) == 30, "serving with a full disk tier")
             st = c.stats()
         check(st["disk_bytes"] <= st["disk_bytes_max"], "over budget: %s" % st)
@@ -605,7 +605,7 @@ def case_disk_faults():
     try:
         with d.client() as c:
             for p in STORY:
-                r = c.generate(p, max_new=16)
+                r = c.generate(p, max_new=16, temp=0)
                 check(r["tokens"] == want[p], "wrong tokens after corruption for %r" % p)
                 check(r["cached_tokens_disk"] == 0, "a corrupted block was served")
             st = c.stats()
@@ -639,7 +639,7 @@ def case_disk_faults():
     d = Daemon("--disk-dir", geo, "--disk-reset")
     try:
         with d.client() as c:
-            check(len(c.generate("Lily", max_new=3)["tokens"]) == 3, "after --disk-reset")
+            check(len(c.generate("Lily", max_new=3, temp=0)["tokens"]) == 3, "after --disk-reset")
         # One daemon per directory.
         rc, err = serve_expect_fail("--disk-dir", geo)
         check(rc == 2 and "in use" in err, "busy dir: %d %s" % (rc, err))

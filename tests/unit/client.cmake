@@ -1,0 +1,2 @@
+prefixd_test(NAME test_client SOURCES unit/test_client.c LIBS prefixd_client Threads::Threads
+  LABELS unit TIMEOUT 30)
