@@ -1,4 +1,5 @@
 /* serve.c — `prefixd serve`: options, model loading, then the daemon (server.c). */
+#include "activation.h"
 #include "base.h"
 #include "cmd.h"
 #include "proto.h"
@@ -301,6 +302,16 @@ int srv_cmd_serve(int argc, char **argv)
         }
     }
     base_log_set_level(o.log_level);
+    /* Socket activation (systemd's LISTEN_FDS): read before any thread starts. */
+    char amsg[512];
+    int afd = srv_activation_fd(amsg, sizeof amsg);
+    if (afd < 0) {
+        base_log(BASE_LOG_ERROR, "%s", amsg);
+        return 2;
+    }
+    if (amsg[0])
+        base_log(afd > 0 ? BASE_LOG_INFO : BASE_LOG_DEBUG, "%s", amsg);
+    o.listen_fd = afd;
     model *m;
     model_tokenizer *tok;
     if (srv_load(o.model_path, tok_path, &m, &tok) != 0)

@@ -41,7 +41,8 @@ static void stop_listening(server *s)
     if (s->listener_open) {
         uv_close((uv_handle_t *)&s->listener, NULL);
         s->listener_open = 0;
-        unlink(s->o.socket_path);
+        if (s->o.listen_fd <= 0) /* an activated socket's file belongs to its unit */
+            unlink(s->o.socket_path);
     }
 }
 
@@ -98,6 +99,22 @@ static int bind_socket(server *s)
 {
     const char *path = s->o.socket_path;
     struct sockaddr_un sa;
+    if (s->o.listen_fd > 0) {
+        int rc = uv_pipe_init(s->loop, &s->listener, 0);
+        if (rc == 0)
+            rc = uv_pipe_open(&s->listener, s->o.listen_fd);
+        if (rc == 0)
+            rc = uv_listen((uv_stream_t *)&s->listener, 128, srv__accept_cb);
+        if (rc != 0) {
+            base_log(BASE_LOG_ERROR, "cannot serve the socket passed by socket activation: %s",
+                     uv_strerror(rc));
+            uv_close((uv_handle_t *)&s->listener, NULL);
+            return 2;
+        }
+        s->listener.data = s;
+        s->listener_open = 1;
+        return 0;
+    }
     if (strlen(path) >= sizeof sa.sun_path) {
         base_log(BASE_LOG_ERROR, "socket path '%s' is too long (%zu bytes, at most %zu)", path,
                  strlen(path), sizeof sa.sun_path - 1);
@@ -217,6 +234,9 @@ static void log_start(server *s)
     cache_stats cs = {0};
     if (engine_cache(s->engine))
         cache_get_stats(engine_cache(s->engine), &cs);
+    if (o->listen_fd > 0)
+        base_log(BASE_LOG_INFO, "serving on the socket passed by socket activation (fd %d)",
+                 o->listen_fd);
     base_log(BASE_LOG_INFO,
              "serving on %s (mode %04o): blocks of %d tokens, cache %llu blocks (%.0f MB)%s, "
              "max batch %d, queue %d",

@@ -20,6 +20,8 @@ typedef struct srv_opts {
     const char *model_path;
     const char *socket_path;
     mode_t socket_mode; /* default 0600 */
+    int listen_fd;      /* > 0: a listening socket passed by socket activation (activation.h),
+                         * served as it is: never bound, chmod'ed or unlinked by us */
     int share_across_users;
     int disk_is_default;     /* engine.disk_dir is the default: if another daemon holds it, run
                               * without a disk tier */
