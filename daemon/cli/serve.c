@@ -50,6 +50,8 @@ static void usage(FILE *f)
         "  --max-conns-per-user N  connections one Unix user may hold (default 256; 0 no limit)\n"
         "  --max-input-mem SIZE    unprocessed input of all connections together (default 256M)\n"
         "  --max-text SIZE         largest text to tokenize, prompt or TOKENIZE (default 4M)\n"
+        "  --stats-all-users       show every user the daemon-wide counters (default: only\n"
+        "                          the daemon's owner and root; others see their own)\n"
         "  --log-level LEVEL       error, warn, info or debug (default info)\n");
 }
 
@@ -128,6 +130,7 @@ int srv_cmd_serve(int argc, char **argv)
         O_CONNS_USER,
         O_INPUT_MEM,
         O_MAX_TEXT,
+        O_STATS_ALL,
         O_HELP
     };
     static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
@@ -154,6 +157,7 @@ int srv_cmd_serve(int argc, char **argv)
                                          {"max-conns-per-user", required_argument, 0, O_CONNS_USER},
                                          {"max-input-mem", required_argument, 0, O_INPUT_MEM},
                                          {"max-text", required_argument, 0, O_MAX_TEXT},
+                                         {"stats-all-users", no_argument, 0, O_STATS_ALL},
                                          {"help", no_argument, 0, O_HELP},
                                          {0, 0, 0, 0}};
     optind = 1;
@@ -265,6 +269,9 @@ int srv_cmd_serve(int argc, char **argv)
             if (srv_parse_size(optarg, &sz) != 0 || sz < 1024 || sz > (1u << 30))
                 return bad("--max-text", optarg, "a size from 1K to 1G");
             o.max_text = (size_t)sz;
+            break;
+        case O_STATS_ALL:
+            o.stats_all_users = 1;
             break;
         case O_LOG:
             if ((o.log_level = base_log_parse_level(optarg)) < 0)

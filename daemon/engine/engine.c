@@ -29,6 +29,7 @@ typedef enum rq_state { RQ_WAITING, RQ_LOADING, RQ_PREFILL, RQ_DECODE } rq_state
 
 typedef struct request {
     uint64_t handle;
+    uint32_t owner;
     engine_request_kind kind;
     rq_state state;
     int32_t *tok; /* prompt, then sampled tokens; capacity tok_cap */
@@ -93,17 +94,18 @@ const char *engine_strerror(int err)
 
 /* ---- Events ------------------------------------------------------------------------------- */
 
-static void emit_error(engine *e, uint64_t handle, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+static void emit_error(engine *e, uint64_t handle, uint32_t owner, int code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 
-static void emit_error(engine *e, uint64_t handle, int code, const char *fmt, ...)
+static void emit_error(engine *e, uint64_t handle, uint32_t owner, int code, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    engine_event ev = {.type = ENGINE_EV_ERROR, .handle = handle, .code = code, .msg = msg};
+    engine_event ev = {
+        .type = ENGINE_EV_ERROR, .handle = handle, .owner = owner, .code = code, .msg = msg};
     e->st.requests_failed++;
     e->o.emit(e->o.emit_arg, &ev);
 }
@@ -113,8 +115,12 @@ static void emit_token(engine *e, request *r, int32_t t)
     size_t len = 0;
     int32_t prev = r->n_tok >= 2 ? r->tok[r->n_tok - 2] : MODEL_TOK_BOS;
     const char *piece = e->tok ? model_decode_piece(e->tok, prev, t, &len) : "";
-    engine_event ev = {
-        .type = ENGINE_EV_TOKEN, .handle = r->handle, .token = t, .piece = piece, .piece_len = len};
+    engine_event ev = {.type = ENGINE_EV_TOKEN,
+                       .handle = r->handle,
+                       .owner = r->owner,
+                       .token = t,
+                       .piece = piece,
+                       .piece_len = len};
     e->o.emit(e->o.emit_arg, &ev);
 }
 
@@ -200,7 +206,7 @@ static void finish(engine *e, request *r, engine_finish reason)
         publish_ready(e, r);
     if (!loading)
         release_blocks(e, r);
-    engine_event ev = {.type = ENGINE_EV_DONE, .handle = r->handle};
+    engine_event ev = {.type = ENGINE_EV_DONE, .handle = r->handle, .owner = r->owner};
     engine_done *d = &ev.done;
     d->finish = reason;
     d->prompt_tokens = (uint32_t)r->n_prompt;
@@ -231,7 +237,7 @@ static void fail_request(engine *e, request *r, int code, const char *what)
 {
     release_blocks(e, r);
     remove_live(e, r);
-    emit_error(e, r->handle, code, "%s", what);
+    emit_error(e, r->handle, r->owner, code, "%s", what);
     request_free(r);
 }
 
@@ -387,6 +393,7 @@ int engine_submit(engine *e, const engine_request *q)
         goto out;
     }
     r->handle = q->handle;
+    r->owner = q->owner;
     r->kind = q->kind;
     /* A request can sample at most seq + 1 - n tokens: the last one needs no K/V. Clamping
      * here keeps every later size computation (the block reservation) inside the context,
@@ -411,7 +418,7 @@ out:
     free(text_ids);
     if (rc != 0) {
         request_free(r);
-        emit_error(e, q->handle, rc, "%s", what);
+        emit_error(e, q->handle, q->owner, rc, "%s", what);
     }
     return rc;
 }

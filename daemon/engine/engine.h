@@ -84,6 +84,7 @@ typedef enum engine_event_type {
 typedef struct engine_event {
     engine_event_type type;
     uint64_t handle; /* the caller's handle from engine_request */
+    uint32_t owner;  /* the caller's owner from engine_request */
     int32_t token;
     const char *piece; /* TOKEN: decoded text, valid during the callback */
     size_t piece_len;
@@ -135,6 +136,8 @@ typedef struct engine_request {
     const void *ns; /* namespace bytes (the daemon folds the uid in); copied */
     size_t ns_len;
     double t_received_ms; /* base_now_ms() when the request arrived, for TTFT */
+    uint32_t owner;       /* the caller's, echoed in every event of this request (the daemon
+                           * passes the client's uid, to count per user) */
 } engine_request;
 
 /* Makes an engine over a loaded model and tokenizer (borrowed: they must outlive the engine;

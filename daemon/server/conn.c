@@ -48,6 +48,7 @@ static int conn_push_task(conn *c, srv_task_type type, uint32_t req, const void 
     }
     if (data && len)
         memcpy(t->data, data, len);
+    t->uid = (uint32_t)c->uid;
     srv__task_push(c->srv, t);
     return 0;
 }
@@ -261,6 +262,7 @@ static void handle_generate(conn *c, const proto_msg *m)
     r->top_p = g->top_p;
     r->seed = g->seed;
     r->pin = (m->flags & PROTO_GEN_PIN) != 0;
+    r->owner = (uint32_t)c->uid;
     r->t_received_ms = base_now_ms();
     if (!by_ids && s->tok) {
         /* The text is tokenized on a worker, then submitted as ids (tokenize.c). */

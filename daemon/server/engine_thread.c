@@ -144,10 +144,50 @@ static uint8_t proto_finish_of(engine_finish f)
                                        : PROTO_FINISH_CANCELLED;
 }
 
+srv_user_stats *srv__user_stats(server *s, uint32_t uid)
+{
+    uint32_t h = uid * 2654435761u;
+    for (int i = 0; i < SRV_MAX_USERS - 1; i++) {
+        srv_user_stats *u = &s->users[(h + (uint32_t)i) % (SRV_MAX_USERS - 1)];
+        if (!u->used) {
+            u->used = 1;
+            u->uid = uid;
+        }
+        if (u->uid == uid)
+            return u;
+    }
+    srv_user_stats *rest = &s->users[SRV_MAX_USERS - 1];
+    rest->used = 1;
+    rest->uid = UINT32_MAX;
+    return rest;
+}
+
+static void count_event(server *s, const engine_event *ev)
+{
+    if (ev->type == ENGINE_EV_TOKEN)
+        return;
+    srv_user_stats *u = srv__user_stats(s, ev->owner);
+    u->requests++;
+    if (ev->type == ENGINE_EV_ERROR) {
+        u->requests_failed++;
+        return;
+    }
+    const engine_done *d = &ev->done;
+    if (d->finish == ENGINE_FINISH_CANCELLED)
+        u->requests_cancelled++;
+    else
+        u->requests_done++;
+    u->prompt_tokens += d->prompt_tokens;
+    u->cached_tokens += d->cached_tokens;
+    u->cached_tokens_disk += d->cached_tokens_disk;
+    u->generated_tokens += d->new_tokens;
+}
+
 void srv__engine_emit_cb(void *arg, const engine_event *ev)
 {
     server *s = arg;
     uint32_t conn_id = (uint32_t)(ev->handle >> 32), req = (uint32_t)ev->handle;
+    count_event(s, ev);
     proto_msg m = {0};
     m.id = req;
     switch (ev->type) {
@@ -199,7 +239,7 @@ static void run_task(server *s, srv_task *t)
         engine_cancel_matching(s->engine, (uint64_t)t->conn << 32, 0xffffffff00000000ull);
         break;
     case SRV_TASK_STATS: {
-        char *text = srv__stats_json(s);
+        char *text = srv__stats_json(s, t->uid);
         if (!text) {
             push_error(s, t->conn, 0, t->req, PROTO_ERR_INTERNAL, "out of memory rendering stats");
             break;

@@ -23,6 +23,7 @@ typedef struct srv_opts {
     int listen_fd;      /* > 0: a listening socket passed by socket activation (activation.h),
                          * served as it is: never bound, chmod'ed or unlinked by us */
     int share_across_users;
+    int stats_all_users;     /* STATS shows every user the daemon-wide counters */
     int disk_is_default;     /* engine.disk_dir is the default: if another daemon holds it, run
                               * without a disk tier */
     size_t max_frame;        /* bytes */

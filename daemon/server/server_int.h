@@ -40,6 +40,7 @@ typedef struct srv_task {
     srv_task_type type;
     uint32_t conn;
     uint32_t req;
+    uint32_t uid;     /* the client's (STATS shows a user their own counters) */
     engine_request r; /* SUBMIT: pointers into data */
     char *data;       /* owned: text / ids / namespace bytes */
     size_t len;
@@ -54,6 +55,19 @@ typedef struct srv_frame {
     size_t len;
     uint8_t bytes[]; /* one encoded frame */
 } srv_frame;
+
+/* ---- Per-user counters (engine thread) ----
+ * STATS shows each user their own requests; only the daemon's owner (or everyone, with
+ * --stats-all-users) sees the daemon-wide request and cache-hit counters, which would tell one
+ * user that another repeated a prompt. */
+#define SRV_MAX_USERS 1024
+
+typedef struct srv_user_stats {
+    uint32_t uid;
+    int used;
+    uint64_t requests, requests_done, requests_cancelled, requests_failed;
+    uint64_t prompt_tokens, cached_tokens, cached_tokens_disk, generated_tokens;
+} srv_user_stats;
 
 /* ---- Connections ---- */
 
@@ -102,9 +116,10 @@ typedef struct server {
     int thread_started;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    base_queue tasks;  /* loop -> engine, under mu */
-    base_queue frames; /* engine -> loop, under mu */
-    int live;          /* the engine's live requests, read by the loop under mu */
+    base_queue tasks;                    /* loop -> engine, under mu */
+    base_queue frames;                   /* engine -> loop, under mu */
+    int live;                            /* the engine's live requests, read by the loop under mu */
+    srv_user_stats users[SRV_MAX_USERS]; /* engine thread; open addressing on the uid */
     int engine_stopped;
     /* counters (written by the loop thread, read by the engine thread for STATS) */
     _Atomic uint64_t connections, frames_in, frames_out, bad_frames;
@@ -177,7 +192,12 @@ int srv__tokenize_cancel(server *s, uint32_t conn_id, uint32_t req);
 
 /* ---- stats.c (engine thread) ---- */
 
-/* The counters as one JSON object (malloc'ed text), or NULL when out of memory. */
-char *srv__stats_json(server *s);
+/* The counters as one JSON object (malloc'ed text) for a client of uid `uid`, or NULL when out
+ * of memory. */
+char *srv__stats_json(server *s, uint32_t uid);
+
+/* The row of counters of uid (made on first use; past SRV_MAX_USERS users, the last row is
+ * shared by the rest). */
+srv_user_stats *srv__user_stats(server *s, uint32_t uid);
 
 #endif

@@ -1,76 +1,135 @@
-/* stats.c — the STATS reply: the engine's, the cache's, the disk tier's and the connections'
- * counters as one JSON object (cJSON). Runs on the engine thread, which owns the engine. */
+/* stats.c — the STATS reply: counters as one JSON object (cJSON). Runs on the engine thread,
+ * which owns the engine and the per-user counters.
+ *
+ * Who sees what: the daemon's owner (its uid, or root) sees every counter, daemon-wide, with
+ * "scope": "daemon" (so does everyone with --stats-all-users). Any other user sees their own
+ * request and token counters in the same fields, with "scope": "user", and of the daemon only
+ * what tells nothing of other users' prompts: the sizes of the cache and the disk tier and the
+ * memory they use. Hit, lookup, request and connection counters are daemon-wide only: that
+ * another user's request hit the cache is exactly what must not leak. In both scopes "user"
+ * holds the caller's own counters.
+ */
 #include "server_int.h"
 
 #include <cJSON.h>
+#include <unistd.h>
 
 #include "disk_thread.h"
 
-/* The counters as one JSON object (cJSON), for STATS. */
-char *srv__stats_json(server *s)
+static void add(cJSON *j, const char *name, double v)
+{
+    cJSON_AddNumberToObject(j, name, v);
+}
+
+static void add_user(cJSON *j, const srv_user_stats *u)
+{
+    add(j, "requests", (double)u->requests);
+    add(j, "requests_done", (double)u->requests_done);
+    add(j, "requests_cancelled", (double)u->requests_cancelled);
+    add(j, "requests_failed", (double)u->requests_failed);
+    add(j, "prompt_tokens", (double)u->prompt_tokens);
+    add(j, "cached_tokens", (double)u->cached_tokens);
+    add(j, "cached_tokens_disk", (double)u->cached_tokens_disk);
+    add(j, "generated_tokens", (double)u->generated_tokens);
+}
+
+/* Everything, daemon-wide. */
+static void add_daemon(server *s, cJSON *j)
 {
     engine_stats es;
     engine_get_stats(s->engine, &es);
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddNumberToObject(j, "requests", (double)es.requests);
-    cJSON_AddNumberToObject(j, "requests_done", (double)es.requests_done);
-    cJSON_AddNumberToObject(j, "requests_cancelled", (double)es.requests_cancelled);
-    cJSON_AddNumberToObject(j, "requests_failed", (double)es.requests_failed);
-    cJSON_AddNumberToObject(j, "requests_running", es.running);
-    cJSON_AddNumberToObject(j, "requests_waiting", es.waiting);
-    cJSON_AddNumberToObject(j, "prompt_tokens", (double)es.prompt_tokens);
-    cJSON_AddNumberToObject(j, "cached_tokens", (double)es.cached_tokens);
-    cJSON_AddNumberToObject(j, "cached_tokens_disk", (double)es.cached_tokens_disk);
-    cJSON_AddNumberToObject(j, "prefill_tokens", (double)es.prefill_tokens);
-    cJSON_AddNumberToObject(j, "generated_tokens", (double)es.generated_tokens);
-    cJSON_AddNumberToObject(j, "prefill_ms", es.prefill_ms);
-    cJSON_AddNumberToObject(j, "decode_ms", es.decode_ms);
+    add(j, "requests", (double)es.requests);
+    add(j, "requests_done", (double)es.requests_done);
+    add(j, "requests_cancelled", (double)es.requests_cancelled);
+    add(j, "requests_failed", (double)es.requests_failed);
+    add(j, "requests_running", es.running);
+    add(j, "requests_waiting", es.waiting);
+    add(j, "prompt_tokens", (double)es.prompt_tokens);
+    add(j, "cached_tokens", (double)es.cached_tokens);
+    add(j, "cached_tokens_disk", (double)es.cached_tokens_disk);
+    add(j, "prefill_tokens", (double)es.prefill_tokens);
+    add(j, "generated_tokens", (double)es.generated_tokens);
+    add(j, "prefill_ms", es.prefill_ms);
+    add(j, "decode_ms", es.decode_ms);
     cache *c = engine_cache(s->engine);
     if (c) {
         cache_stats cs;
         cache_get_stats(c, &cs);
-        cJSON_AddNumberToObject(j, "cache_lookups", (double)cs.lookups);
-        cJSON_AddNumberToObject(j, "cache_hit_blocks", (double)cs.hit_blocks);
-        cJSON_AddNumberToObject(j, "cache_hit_tokens", (double)cs.hit_tokens);
-        cJSON_AddNumberToObject(j, "cache_miss_blocks", (double)cs.miss_blocks);
-        cJSON_AddNumberToObject(j, "cache_inserts", (double)cs.inserts);
-        cJSON_AddNumberToObject(j, "cache_dedups", (double)cs.dedups);
-        cJSON_AddNumberToObject(j, "cache_collisions", (double)cs.collisions);
-        cJSON_AddNumberToObject(j, "cache_evictions", (double)cs.evictions);
-        cJSON_AddNumberToObject(j, "cache_blocks_total", (double)cs.slots_total);
-        cJSON_AddNumberToObject(j, "cache_blocks_used", (double)cs.slots_used);
-        cJSON_AddNumberToObject(j, "cache_blocks_cached", (double)cs.slots_cached);
-        cJSON_AddNumberToObject(j, "cache_blocks_pinned", (double)cs.slots_pinned);
-        cJSON_AddNumberToObject(j, "cache_bytes_total", (double)cs.bytes_total);
-        cJSON_AddNumberToObject(j, "cache_bytes_in_use", (double)cs.bytes_in_use);
+        add(j, "cache_lookups", (double)cs.lookups);
+        add(j, "cache_hit_blocks", (double)cs.hit_blocks);
+        add(j, "cache_hit_tokens", (double)cs.hit_tokens);
+        add(j, "cache_miss_blocks", (double)cs.miss_blocks);
+        add(j, "cache_inserts", (double)cs.inserts);
+        add(j, "cache_dedups", (double)cs.dedups);
+        add(j, "cache_collisions", (double)cs.collisions);
+        add(j, "cache_evictions", (double)cs.evictions);
+        add(j, "cache_blocks_cached", (double)cs.slots_cached);
+        add(j, "cache_blocks_pinned", (double)cs.slots_pinned);
     }
     disk_thread_stats ds;
     if (engine_disk_stats(s->engine, &ds) == 0) {
-        cJSON_AddNumberToObject(j, "disk_hit_blocks", (double)ds.load_blocks);
-        cJSON_AddNumberToObject(j, "disk_hit_tokens",
-                                (double)ds.load_blocks * s->o.engine.block_tokens);
-        cJSON_AddNumberToObject(j, "disk_loads", (double)ds.loads);
-        cJSON_AddNumberToObject(j, "disk_load_ms", ds.load_ms);
-        cJSON_AddNumberToObject(j, "disk_load_pending_hits", (double)ds.load_pending_hits);
-        cJSON_AddNumberToObject(j, "disk_spills", (double)ds.disk.puts);
-        cJSON_AddNumberToObject(j, "disk_spills_queued", (double)ds.spills_queued);
-        cJSON_AddNumberToObject(j, "disk_spills_dropped", (double)ds.spills_dropped);
-        cJSON_AddNumberToObject(j, "disk_spills_failed", (double)ds.spills_failed);
-        cJSON_AddNumberToObject(j, "disk_spill_bytes", (double)ds.spill_bytes_written);
-        cJSON_AddNumberToObject(j, "disk_spill_ms", ds.spill_ms);
-        cJSON_AddNumberToObject(j, "disk_spill_copy_ms", ds.spill_copy_ms);
-        cJSON_AddNumberToObject(j, "disk_evictions", (double)ds.disk.evictions);
-        cJSON_AddNumberToObject(j, "disk_corrupt_deleted", (double)ds.disk.corrupt_deleted);
-        cJSON_AddNumberToObject(j, "disk_blocks", (double)ds.disk.entries);
-        cJSON_AddNumberToObject(j, "disk_bytes", (double)ds.disk.bytes_on_disk);
-        cJSON_AddNumberToObject(j, "disk_bytes_max", (double)ds.disk.max_bytes);
+        add(j, "disk_hit_blocks", (double)ds.load_blocks);
+        add(j, "disk_hit_tokens", (double)ds.load_blocks * s->o.engine.block_tokens);
+        add(j, "disk_loads", (double)ds.loads);
+        add(j, "disk_load_ms", ds.load_ms);
+        add(j, "disk_load_pending_hits", (double)ds.load_pending_hits);
+        add(j, "disk_spills", (double)ds.disk.puts);
+        add(j, "disk_spills_queued", (double)ds.spills_queued);
+        add(j, "disk_spills_dropped", (double)ds.spills_dropped);
+        add(j, "disk_spills_failed", (double)ds.spills_failed);
+        add(j, "disk_spill_bytes", (double)ds.spill_bytes_written);
+        add(j, "disk_spill_ms", ds.spill_ms);
+        add(j, "disk_spill_copy_ms", ds.spill_copy_ms);
+        add(j, "disk_evictions", (double)ds.disk.evictions);
+        add(j, "disk_corrupt_deleted", (double)ds.disk.corrupt_deleted);
     }
-    cJSON_AddNumberToObject(j, "connections", (double)s->connections);
-    cJSON_AddNumberToObject(j, "frames_in", (double)s->frames_in);
-    cJSON_AddNumberToObject(j, "frames_out", (double)s->frames_out);
-    cJSON_AddNumberToObject(j, "bad_frames", (double)s->bad_frames);
-    cJSON_AddNumberToObject(j, "block_tokens", s->o.engine.block_tokens);
-    char *text = j ? cJSON_PrintUnformatted(j) : NULL;
+    add(j, "connections", (double)s->connections);
+    add(j, "frames_in", (double)s->frames_in);
+    add(j, "frames_out", (double)s->frames_out);
+    add(j, "bad_frames", (double)s->bad_frames);
+}
+
+/* Sizes that say nothing about what anybody asked. */
+static void add_sizes(server *s, cJSON *j)
+{
+    add(j, "block_tokens", s->o.engine.block_tokens);
+    cache *c = engine_cache(s->engine);
+    if (c) {
+        cache_stats cs;
+        cache_get_stats(c, &cs);
+        add(j, "cache_blocks_total", (double)cs.slots_total);
+        add(j, "cache_blocks_used", (double)cs.slots_used);
+        add(j, "cache_bytes_total", (double)cs.bytes_total);
+        add(j, "cache_bytes_in_use", (double)cs.bytes_in_use);
+    }
+    disk_thread_stats ds;
+    if (engine_disk_stats(s->engine, &ds) == 0) {
+        add(j, "disk_blocks", (double)ds.disk.entries);
+        add(j, "disk_bytes", (double)ds.disk.bytes_on_disk);
+        add(j, "disk_bytes_max", (double)ds.disk.max_bytes);
+    }
+}
+
+char *srv__stats_json(server *s, uint32_t uid)
+{
+    int all = s->o.stats_all_users || uid == 0 || uid == (uint32_t)geteuid();
+    cJSON *j = cJSON_CreateObject(), *me = cJSON_CreateObject();
+    if (!j || !me) {
+        cJSON_Delete(j);
+        cJSON_Delete(me);
+        return NULL;
+    }
+    cJSON_AddStringToObject(j, "scope", all ? "daemon" : "user");
+    add(j, "uid", uid);
+    const srv_user_stats *u = srv__user_stats(s, uid);
+    if (all)
+        add_daemon(s, j);
+    else
+        add_user(j, u);
+    add_sizes(s, j);
+    add_user(me, u);
+    cJSON_AddItemToObject(j, "user", me);
+    char *text = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return text;
 }

@@ -6,6 +6,7 @@ usage: test_serve.py PREFIXD MODELS_DIR CLIENT_DIR CASE
 Each case starts its own daemon(s) and stops them; exit 0 and "1 passed, 0 failed" on success.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -321,6 +322,80 @@ def run_as(uid, sock, prompt):
     os.waitpid(pid, 0)
     os.close(r)
     return out
+
+
+def stats_as(uid, sock, prompt=None):
+    """STATS (after one generation of prompt, if given) as another uid; returns the JSON."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            os.setgid(65534)
+            os.setuid(uid)
+            with prefixd.Client(sock) as c:
+                if prompt:
+                    c.generate(prompt, max_new=2, temp=0)
+                os.write(w, json.dumps(c.stats()).encode())
+        except Exception as e:  # noqa: BLE001
+            os.write(w, ("ERR " + str(e)).encode())
+        os._exit(0)
+    os.close(w)
+    out = b""
+    while True:
+        b = os.read(r, 65536)
+        if not b:
+            break
+        out += b
+    os.waitpid(pid, 0)
+    os.close(r)
+    check(not out.startswith(b"ERR"), "stats as uid %d: %s" % (uid, out))
+    return json.loads(out)
+
+
+def case_stats_per_user():
+    """Issue 10 F10: STATS shows another user their own counters and the cache's size, never
+    the daemon-wide request or hit counters (which would say that someone repeated a prompt)."""
+    if os.getuid() != 0:
+        raise AssertionError("this case needs root to switch uid (CI runs as root)")
+    prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside."
+    tmp = tempfile.mkdtemp(prefix="prefixd-it-")
+    os.chmod(tmp, 0o755)
+    d = Daemon("--socket-mode", "0666", tmp=tmp)
+    try:
+        with d.client() as c:
+            c.generate(prompt, max_new=2, temp=0)
+            c.generate(prompt, max_new=2, temp=0)
+        other = stats_as(65534, d.sock)
+        check(other["scope"] == "user", "other user's scope: %s" % other)
+        check(other["requests"] == 0 and other["user"]["requests"] == 0,
+              "other user sees requests: %s" % other)
+        for leak in ("cache_hit_blocks", "cache_lookups", "connections", "requests_running",
+                     "prefill_tokens", "cached_tokens_disk_total"):
+            check(leak not in other, "other user sees %s: %s" % (leak, other))
+        check(other["cache_blocks_total"] > 0 and other["block_tokens"] == 16,
+              "sizes missing: %s" % other)
+        mine = stats_as(65534, d.sock, prompt)
+        check(mine["requests"] == 1 and mine["prompt_tokens"] > 0, "own counters: %s" % mine)
+        check(mine["cached_tokens"] == 0, "another user's blocks served: %s" % mine)
+        with d.client() as c:
+            owner = c.stats()
+        check(owner["scope"] == "daemon" and owner["requests"] == 3,
+              "owner's view: %s" % owner)
+        check(owner["user"]["requests"] == 2 and "cache_hit_blocks" in owner,
+              "owner's own counters: %s" % owner)
+    finally:
+        d.stop()
+    d = Daemon("--socket-mode", "0666", "--stats-all-users", tmp=tempfile.mkdtemp(prefix="prefixd-it-"))
+    try:
+        os.chmod(d.tmp, 0o755)
+        with d.client() as c:
+            c.generate(prompt, max_new=2, temp=0)
+        other = stats_as(65534, d.sock)
+        check(other["scope"] == "daemon" and other["requests"] == 1,
+              "--stats-all-users: %s" % other)
+    finally:
+        d.stop()
 
 
 def case_users():
