@@ -29,6 +29,7 @@
 #include <limits.h>
 #include <lmdb.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,10 +42,24 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
-#define DISK_META_MAGIC 0x44584650u  /* "PFXD" little-endian */
-#define DISK_BLOCK_MAGIC 0x42584650u /* "PFXB" */
-#define DISK_HDR_BYTES 88
+#define DISK_HDR_BYTES sizeof(cache_disk_value_hdr)
 #define DISK_TOUCH_MAX 65536 /* queued LRU touches; beyond that touches are dropped */
+
+/* The records of cache_disk.h are the file's bytes: no padding, every field where the format
+ * says, and a little-endian host (the only kind this reads and writes). */
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the disk tier's format is little-endian; this host is not"
+#endif
+_Static_assert(sizeof(cache_disk_format_rec) == 24, "format record size");
+_Static_assert(offsetof(cache_disk_format_rec, block_floats) == 16, "format record layout");
+_Static_assert(sizeof(cache_disk_value_hdr) == 88, "value header size");
+_Static_assert(offsetof(cache_disk_value_hdr, fingerprint) == 8 &&
+                   offsetof(cache_disk_value_hdr, key) == 24 &&
+                   offsetof(cache_disk_value_hdr, parent) == 40 &&
+                   offsetof(cache_disk_value_hdr, n_tokens) == 56 &&
+                   offsetof(cache_disk_value_hdr, payload_bytes) == 64 &&
+                   offsetof(cache_disk_value_hdr, checksum) == 72,
+               "value header layout");
 
 struct cache_disk {
     MDB_env *env;
@@ -105,19 +120,9 @@ static int txn_commit(MDB_txn *txn)
 
 /* ---- small helpers ---- */
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    memcpy(p, &v, 4);
-}
 static void put_u64(uint8_t *p, uint64_t v)
 {
     memcpy(p, &v, 8);
-}
-static uint32_t get_u32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
 }
 static uint64_t get_u64(const uint8_t *p)
 {
@@ -202,45 +207,45 @@ static int disk_fail(cache_disk *d, int rc, const char *what)
 
 static int meta_format_ok(const cache_disk *d, const MDB_val *v, char *why, size_t whylen)
 {
-    const uint8_t *p = v->mv_data;
-    if (v->mv_size != 24 || get_u32(p) != DISK_META_MAGIC) {
+    cache_disk_format_rec f;
+    if (v->mv_size != sizeof f) {
         snprintf(why, whylen, "its meta record is not prefixd's");
         return 0;
     }
-    if (get_u32(p + 4) != CACHE_DISK_FORMAT) {
-        snprintf(why, whylen, "format version %u, this build reads version %d", get_u32(p + 4),
+    memcpy(&f, v->mv_data, sizeof f);
+    if (f.magic != CACHE_DISK_META_MAGIC) {
+        snprintf(why, whylen, "its meta record is not prefixd's");
+        return 0;
+    }
+    if (f.version != CACHE_DISK_FORMAT) {
+        snprintf(why, whylen, "format version %u, this build reads version %d", f.version,
                  CACHE_DISK_FORMAT);
         return 0;
     }
-    if (get_u32(p + 8) != (uint32_t)d->block_tokens || get_u64(p + 16) != d->block_floats) {
+    if (f.block_tokens != (uint32_t)d->block_tokens || f.block_floats != d->block_floats) {
         snprintf(why, whylen,
                  "block geometry %u tokens x %llu floats, this daemon uses %d tokens x %zu floats",
-                 get_u32(p + 8), (unsigned long long)get_u64(p + 16), d->block_tokens,
+                 f.block_tokens, (unsigned long long)f.block_floats, d->block_tokens,
                  d->block_floats);
         return 0;
     }
     return 1;
 }
 
+static int meta_used_write(cache_disk *d, MDB_txn *txn);
+
 static int meta_write(cache_disk *d, MDB_txn *txn)
 {
-    uint8_t f[24] = {0};
-    put_u32(f, DISK_META_MAGIC);
-    put_u32(f + 4, CACHE_DISK_FORMAT);
-    put_u32(f + 8, (uint32_t)d->block_tokens);
-    put_u64(f + 16, d->block_floats);
-    MDB_val k = {6, "format"}, v = {sizeof f, f};
+    cache_disk_format_rec f = {.magic = CACHE_DISK_META_MAGIC,
+                               .version = CACHE_DISK_FORMAT,
+                               .block_tokens = (uint32_t)d->block_tokens,
+                               .block_floats = d->block_floats};
+    MDB_val k = {6, "format"}, v = {sizeof f, &f};
     int rc = L(mdb_put(txn, d->dbi_meta, &k, &v, 0));
-    if (rc)
-        return rc;
-    uint8_t u[8];
-    put_u64(u, d->used);
-    MDB_val ku = {4, "used"}, vu = {8, u};
-    return L(mdb_put(txn, d->dbi_meta, &ku, &vu, 0));
+    return rc ? rc : meta_used_write(d, txn);
 }
 
 static int evict_oldest(cache_disk *d, MDB_txn *txn);
-static int meta_used_write(cache_disk *d, MDB_txn *txn);
 
 /* Opens the databases, checks or writes the meta record, loads the counters, evicts down to the
  * budget. Returns 0, an LMDB code, or CACHE_EVERSION (message in d->msg). */
@@ -586,20 +591,19 @@ static int meta_used_write(cache_disk *d, MDB_txn *txn)
 
 static void value_fill(const cache_disk *d, uint8_t *p, const cache_disk_item *it)
 {
-    memset(p, 0, DISK_HDR_BYTES + d->tok_bytes);
-    put_u32(p, DISK_BLOCK_MAGIC);
-    put_u32(p + 4, CACHE_DISK_FORMAT);
-    memcpy(p + 8, d->fp, 16);
-    put_u64(p + 24, it->key.lo);
-    put_u64(p + 32, it->key.hi);
-    put_u64(p + 40, it->parent.lo);
-    put_u64(p + 48, it->parent.hi);
-    put_u32(p + 56, (uint32_t)d->block_tokens);
-    put_u64(p + 64, d->payload_bytes);
     XXH128_hash_t h = XXH3_128bits(it->data, d->payload_bytes);
-    put_u64(p + 72, h.low64);
-    put_u64(p + 80, h.high64);
-    memcpy(p + DISK_HDR_BYTES, it->tokens, (size_t)d->block_tokens * 4);
+    cache_disk_value_hdr hdr = {.magic = CACHE_DISK_VALUE_MAGIC,
+                                .version = CACHE_DISK_FORMAT,
+                                .key = it->key,
+                                .parent = it->parent,
+                                .n_tokens = (uint32_t)d->block_tokens,
+                                .payload_bytes = d->payload_bytes,
+                                .checksum = {h.low64, h.high64}};
+    memcpy(hdr.fingerprint, d->fp, 16);
+    memcpy(p, &hdr, sizeof hdr);
+    size_t tok = (size_t)d->block_tokens * 4;
+    memcpy(p + DISK_HDR_BYTES, it->tokens, tok);
+    memset(p + DISK_HDR_BYTES + tok, 0, d->tok_bytes - tok);
     memcpy(p + DISK_HDR_BYTES + d->tok_bytes, it->data, d->payload_bytes);
 }
 
@@ -794,6 +798,15 @@ int cache_disk_contains(cache_disk *d, cache_key key)
     return disk_fail(d, rc, "reading");
 }
 
+/* Records why block key failed verification; returns CACHE_ECORRUPT. */
+static int value_bad(cache_disk *d, cache_key key, const char *why)
+{
+    snprintf(d->msg, sizeof d->msg,
+             "disk dir '%s': block %016llx%016llx failed verification (%s): deleted", d->dir,
+             (unsigned long long)key.hi, (unsigned long long)key.lo, why);
+    return CACHE_ECORRUPT;
+}
+
 /* Checks a stored value against what the caller expects. Returns 0 (good: payload copied into
  * out and verified), CACHE_ENOTFOUND (another model's block) or CACHE_ECORRUPT, with the reason
  * in d->msg. */
@@ -802,35 +815,31 @@ static int value_check(cache_disk *d, const MDB_val *v, cache_key key, cache_key
 {
     const uint8_t *p = v->mv_data;
     const char *why = NULL;
+    cache_disk_value_hdr h;
     if (v->mv_size != d->val_bytes)
-        why = "wrong length";
-    else if (get_u32(p) != DISK_BLOCK_MAGIC)
+        return value_bad(d, key, "wrong length");
+    memcpy(&h, p, sizeof h);
+    if (h.magic != CACHE_DISK_VALUE_MAGIC)
         why = "bad magic";
-    else if (get_u32(p + 4) != CACHE_DISK_FORMAT)
+    else if (h.version != CACHE_DISK_FORMAT)
         why = "wrong format version";
-    else if (memcmp(p + 8, d->fp, 16) != 0)
+    else if (memcmp(h.fingerprint, d->fp, 16) != 0)
         return CACHE_ENOTFOUND;
-    else if (get_u64(p + 24) != key.lo || get_u64(p + 32) != key.hi)
+    else if (!cache_key_eq(h.key, key))
         why = "key mismatch";
-    else if (get_u64(p + 40) != parent.lo || get_u64(p + 48) != parent.hi)
+    else if (!cache_key_eq(h.parent, parent))
         why = "parent key mismatch";
-    else if (get_u32(p + 56) != (uint32_t)d->block_tokens || get_u64(p + 64) != d->payload_bytes)
+    else if (h.n_tokens != (uint32_t)d->block_tokens || h.payload_bytes != d->payload_bytes)
         why = "wrong geometry";
     else if (memcmp(p + DISK_HDR_BYTES, tokens, (size_t)d->block_tokens * 4) != 0)
         why = "token ids mismatch";
     if (!why) {
         memcpy(out, p + DISK_HDR_BYTES + d->tok_bytes, d->payload_bytes);
-        XXH128_hash_t h = XXH3_128bits(out, d->payload_bytes);
-        if (h.low64 != get_u64(p + 72) || h.high64 != get_u64(p + 80))
+        XXH128_hash_t sum = XXH3_128bits(out, d->payload_bytes);
+        if (sum.low64 != h.checksum[0] || sum.high64 != h.checksum[1])
             why = "payload checksum mismatch";
     }
-    if (why) {
-        snprintf(d->msg, sizeof d->msg,
-                 "disk dir '%s': block %016llx%016llx failed verification (%s): deleted", d->dir,
-                 (unsigned long long)key.hi, (unsigned long long)key.lo, why);
-        return CACHE_ECORRUPT;
-    }
-    return 0;
+    return why ? value_bad(d, key, why) : 0;
 }
 
 static void delete_corrupt(cache_disk *d, cache_key key)

@@ -7,13 +7,9 @@
  * (mdb_strerror) is kept in cache_disk_errmsg() for the caller to log.
  *
  * On-disk format (version CACHE_DISK_FORMAT), little-endian, in the directory given at open:
- *   database "meta":   "format" -> { u32 magic 'PFXD', u32 version, u32 block_tokens, u32 0,
- *                                    u64 block_floats }
+ *   database "meta":   "format" -> cache_disk_format_rec (below)
  *                      "used"   -> u64 bytes of block values stored (the budget's measure)
- *   database "blocks": key (16 bytes: lo, hi) -> value = header + token ids + payload:
- *                        u32 magic 'PFXB', u32 version, u8 fingerprint[16], u64 key lo, hi,
- *                        u64 parent lo, hi, u32 n_tokens, u32 0, u64 payload bytes,
- *                        u64 XXH3-128 of the payload (lo, hi)   (88 bytes)
+ *   database "blocks": key (16 bytes: lo, hi) -> value = cache_disk_value_hdr (88 bytes), then
  *                        i32 tokens[n_tokens], padded to 8 bytes, then the payload floats
  *   database "seq":    key -> u64 its access sequence number
  *   database "lru":    u64 sequence number, big-endian (so LMDB's order is access order) -> key
@@ -32,6 +28,37 @@
 
 #define CACHE_DISK_FORMAT 1
 #define CACHE_DISK_DEFAULT_MAX ((size_t)4 << 30)
+
+#define CACHE_DISK_META_MAGIC 0x44584650u  /* "PFXD" as little-endian bytes */
+#define CACHE_DISK_VALUE_MAGIC 0x42584650u /* "PFXB" */
+
+/* The records on disk, declared as LMDB declares its page and meta records: their bytes are the
+ * file's bytes (little-endian; every field naturally aligned, so there is no padding: disk.c
+ * asserts each offset). disk.c reads and writes them whole, with memcpy, and nothing else lays
+ * them out. */
+
+/* meta "format": what a store holds, checked at every open (24 bytes). */
+typedef struct cache_disk_format_rec {
+    uint32_t magic;        /* 0: CACHE_DISK_META_MAGIC */
+    uint32_t version;      /* 4: CACHE_DISK_FORMAT */
+    uint32_t block_tokens; /* 8: B */
+    uint32_t reserved;     /* 12: 0 */
+    uint64_t block_floats; /* 16: floats per block payload */
+} cache_disk_format_rec;
+
+/* The header that starts every value of "blocks" (88 bytes). The block's token ids follow it
+ * (block_tokens i32, padded with zeros to a multiple of 8 bytes), then its payload. */
+typedef struct cache_disk_value_hdr {
+    uint32_t magic;          /* 0: CACHE_DISK_VALUE_MAGIC */
+    uint32_t version;        /* 4: CACHE_DISK_FORMAT */
+    uint8_t fingerprint[16]; /* 8: the model's fingerprint */
+    cache_key key;           /* 24: the block's key (lo, hi), the same as its LMDB key */
+    cache_key parent;        /* 40: its parent's key */
+    uint32_t n_tokens;       /* 56: block_tokens */
+    uint32_t reserved;       /* 60: 0 */
+    uint64_t payload_bytes;  /* 64: block_floats * 4 */
+    uint64_t checksum[2];    /* 72: XXH3-128 of the payload: low 64 bits, high 64 bits */
+} cache_disk_value_hdr;
 
 typedef struct cache_disk cache_disk; /* opaque */
 

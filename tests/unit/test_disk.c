@@ -27,8 +27,11 @@
 
 enum { B = 16, FLOATS = 2560, BATCH_MAX = 128 };
 #define PAYLOAD_BYTES ((size_t)FLOATS * sizeof(float))
-#define VAL_BYTES (88 + (size_t)B * 4 + PAYLOAD_BYTES) /* header + token ids + payload */
-#define FP_BYTE 0x5a                                   /* the fingerprint of "our" model */
+#define HDR_BYTES sizeof(cache_disk_value_hdr)
+#define TOK_BYTES ((size_t)B * 4) /* B is even: no padding after the token ids */
+#define VAL_BYTES (HDR_BYTES + TOK_BYTES + PAYLOAD_BYTES) /* header + token ids + payload */
+#define FP_BYTE 0x5a                                      /* the fingerprint of "our" model */
+#define HDR_OFF(field) offsetof(cache_disk_value_hdr, field)
 
 /* ---- temporary directories ---- */
 
@@ -320,8 +323,8 @@ static void key_raw(uint8_t out[16], uint64_t id)
 }
 
 /* Flips one byte of block id's stored value inside data.mdb, as bit rot would (the store must
- * be closed). The value is found by its first 40 bytes (magic, version, fingerprint, key), which
- * no other value shares; off counts from the start of the value. */
+ * be closed). The value is found by its header's first 40 bytes (magic, version, fingerprint,
+ * key), which no other value shares; off counts from the start of the value. */
 static void flip_value_byte(const char *dir, uint64_t id, size_t off)
 {
     char p[256];
@@ -333,12 +336,11 @@ static void flip_value_byte(const char *dir, uint64_t id, size_t off)
     uint8_t *buf = malloc((size_t)sb.st_size);
     CHECK(buf);
     CHECK(pread(fd, buf, (size_t)sb.st_size, 0) == sb.st_size);
-    uint8_t hdr[40];
-    uint32_t magic = 0x42584650u, version = CACHE_DISK_FORMAT;
-    memcpy(hdr, &magic, 4);
-    memcpy(hdr + 4, &version, 4);
-    memset(hdr + 8, FP_BYTE, 16);
-    key_raw(hdr + 24, id);
+    cache_disk_value_hdr h = {
+        .magic = CACHE_DISK_VALUE_MAGIC, .version = CACHE_DISK_FORMAT, .key = key_of(id)};
+    memset(h.fingerprint, FP_BYTE, sizeof h.fingerprint);
+    uint8_t hdr[HDR_OFF(parent)];
+    memcpy(hdr, &h, sizeof hdr);
     const uint8_t *at = memmem(buf, (size_t)sb.st_size, hdr, sizeof hdr);
     CHECK_MSG(at != NULL, "block %llu not found in %s", (unsigned long long)id, p);
     size_t pos = (size_t)(at - buf);
@@ -812,28 +814,30 @@ static void test_corruption(void)
 {
     const char *dir = tmpdir_new();
     cache_disk *d = open_dir(dir, 64);
-    CHECK_EQ_INT(put_range(d, 0, 10, NULL), 0);
+    CHECK_EQ_INT(put_range(d, 0, 12, NULL), 0);
     cache_disk_close(d);
 
-    /* Byte offsets in a value: see the format in cache_disk.h. */
+    /* Bytes of a value: the header (cache_disk_value_hdr), the token ids, the payload. */
     struct {
         uint64_t id;
         size_t off;
         const char *why;
     } flips[] = {
-        {1, 88 + 64 + 5000, "checksum"},              /* payload */
-        {2, 88 + 64 + PAYLOAD_BYTES - 1, "checksum"}, /* payload, last byte */
-        {3, 0, "bad magic"},                          /* magic */
-        {4, 4, "wrong format version"},               /* version */
-        {5, 26, "key mismatch"},                      /* key */
-        {6, 44, "parent key mismatch"},               /* parent */
-        {7, 88 + 9, "token ids mismatch"},            /* a token id */
-        {8, 72, "checksum"},                          /* the checksum itself */
+        {1, HDR_BYTES + TOK_BYTES + 5000, "checksum"},              /* payload */
+        {2, HDR_BYTES + TOK_BYTES + PAYLOAD_BYTES - 1, "checksum"}, /* payload, last byte */
+        {3, HDR_OFF(magic), "bad magic"},
+        {4, HDR_OFF(version), "wrong format version"},
+        {5, HDR_OFF(key) + 2, "key mismatch"},
+        {6, HDR_OFF(parent) + 4, "parent key mismatch"},
+        {7, HDR_BYTES + 9, "token ids mismatch"}, /* a token id */
+        {8, HDR_OFF(checksum), "checksum"},       /* the checksum itself */
+        {10, HDR_OFF(n_tokens), "wrong geometry"},
+        {11, HDR_OFF(payload_bytes) + 1, "wrong geometry"},
     };
     size_t nf = sizeof flips / sizeof flips[0];
     for (size_t i = 0; i < nf; i++)
         flip_value_byte(dir, flips[i].id, flips[i].off);
-    flip_value_byte(dir, 9, 12); /* the fingerprint: another model's block, a plain miss */
+    flip_value_byte(dir, 9, HDR_OFF(fingerprint) + 4); /* another model's block: a plain miss */
 
     d = open_dir(dir, 64);
     for (size_t i = 0; i < nf; i++) {
@@ -849,11 +853,11 @@ static void test_corruption(void)
     get_ok(d, 0);
     cache_disk_stats st = stats(d);
     CHECK_EQ_U64(st.corrupt_deleted, nf);
-    CHECK_EQ_U64(st.entries, 10 - nf);
-    CHECK_EQ_U64(st.bytes_on_disk, (10 - nf) * VAL_BYTES);
+    CHECK_EQ_U64(st.entries, 12 - nf);
+    CHECK_EQ_U64(st.bytes_on_disk, (12 - nf) * VAL_BYTES);
     CHECK_EQ_U64(st.hits, 1);
     cache_disk_close(d);
-    CHECK_EQ_INT(check_store(dir), 10 - nf);
+    CHECK_EQ_INT(check_store(dir), 12 - nf);
 
     /* A value of the wrong length. */
     d = open_dir(dir, 64);
@@ -1094,7 +1098,7 @@ static void fault_run(const cache_disk_opts *base, const char *label, long expec
     cache_disk *d = open_opts(&o);
     CHECK_EQ_INT(put_range(d, 0, 8, NULL), 0);
     cache_disk_close(d);
-    flip_value_byte(tdir, 7, 88 + 64 + 100);
+    flip_value_byte(tdir, 7, HDR_BYTES + TOK_BYTES + 100);
     char p[256];
     snprintf(p, sizeof p, "%s/data.mdb", tdir);
     size_t tn;
