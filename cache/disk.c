@@ -25,17 +25,25 @@
  */
 #include "cache_disk.h"
 
+#include "disk_lmdb.h"
+
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <lmdb.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -81,6 +89,8 @@ struct cache_disk {
     size_t n_touch;
     cache_disk_stats st;
     char msg[512];
+    char notice[1024]; /* what the open did that the caller should log (cache_disk_notice()) */
+    int marked;        /* the run marker says "open" (written by this handle) */
 };
 
 /* ---- fault injection (tests) ---- */
@@ -201,6 +211,609 @@ static int disk_fail(cache_disk *d, int rc, const char *what)
     default:
         return CACHE_EIO;
     }
+}
+
+/* ---- the directory and its files: private to this uid ---- */
+
+int cache_disk_dir_check(const char *dir, char *msg, size_t msglen)
+{
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(msg, msglen, "disk dir '%s': cannot create: %s", dir, strerror(errno));
+        return CACHE_EIO;
+    }
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        snprintf(msg, msglen, "disk dir '%s': not a directory", dir);
+        return CACHE_EIO;
+    }
+    if (access(dir, W_OK | X_OK) != 0) {
+        snprintf(msg, msglen, "disk dir '%s': not writable: %s", dir, strerror(errno));
+        return CACHE_EIO;
+    }
+    /* Another user who owns the directory, or may write in it, can plant links or files for us
+     * to write through, or read the store (it holds the prompts' token ids). */
+    if (sb.st_uid != geteuid()) {
+        snprintf(msg, msglen,
+                 "disk dir '%s': owned by uid %lu, not by this process's uid %lu: refused "
+                 "(another user could read or replace the store; use a directory of your own)",
+                 dir, (unsigned long)sb.st_uid, (unsigned long)geteuid());
+        return CACHE_EIO;
+    }
+    if (sb.st_mode & (S_IWGRP | S_IWOTH)) {
+        snprintf(msg, msglen,
+                 "disk dir '%s': writable by its group or others (mode %04o): refused "
+                 "(other users could plant files in it; chmod go-w it, or use another)",
+                 dir, (unsigned)(sb.st_mode & 07777));
+        return CACHE_EIO;
+    }
+    return 0;
+}
+
+/* DIR/name, if it exists, must be a regular file of this uid that nobody else may read or
+ * write: refused otherwise, not repaired (someone else may already hold it open). Returns 0 or
+ * CACHE_EIO with the message in msg. */
+static int file_check_private(const char *dir, const char *name, char *msg, size_t msglen)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    struct stat sb;
+    const char *why = NULL;
+    char whybuf[96];
+    if (lstat(p, &sb) != 0) {
+        if (errno == ENOENT)
+            return 0;
+        why = strerror(errno);
+    } else if (S_ISLNK(sb.st_mode)) {
+        why = "a symbolic link";
+    } else if (!S_ISREG(sb.st_mode)) {
+        why = "not a regular file";
+    } else if (sb.st_uid != geteuid()) {
+        snprintf(whybuf, sizeof whybuf, "owned by uid %lu, not by this process's uid %lu",
+                 (unsigned long)sb.st_uid, (unsigned long)geteuid());
+        why = whybuf;
+    } else if (sb.st_mode & 077) {
+        snprintf(whybuf, sizeof whybuf, "mode %04o lets other users in (want 0600)",
+                 (unsigned)(sb.st_mode & 07777));
+        why = whybuf;
+    }
+    if (!why)
+        return 0;
+    snprintf(msg, msglen,
+             "disk dir '%s': file '%s': %s: refused (remove it if you trust nobody "
+             "holds it open)",
+             dir, name, why);
+    return CACHE_EIO;
+}
+
+int cache_disk_lock(const char *dir, int *fd_out, char *msg, size_t msglen)
+{
+    *fd_out = -1;
+    int rc = cache_disk_dir_check(dir, msg, msglen);
+    if (rc)
+        return rc;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/prefixd.lock", dir) >= (int)sizeof path) {
+        snprintf(msg, msglen, "disk dir '%.200s...': path too long", dir);
+        return CACHE_EINVAL;
+    }
+    /* O_NOFOLLOW: a symbolic link planted here is refused, never written through; O_NONBLOCK:
+     * nor does a FIFO make the open wait (it is refused below). */
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(msg, msglen, "disk dir '%s': lock file 'prefixd.lock': %s: refused", dir,
+                 errno == ELOOP ? "a symbolic link" : strerror(errno));
+        return CACHE_EIO;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_uid != geteuid()) {
+        snprintf(msg, msglen,
+                 "disk dir '%s': lock file 'prefixd.lock': not a regular file of uid %lu: refused",
+                 dir, (unsigned long)geteuid());
+        close(fd);
+        return CACHE_EIO;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char pid[32] = "";
+        ssize_t n = e == EWOULDBLOCK ? pread(fd, pid, sizeof pid - 1, 0) : 0;
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        close(fd);
+        if (e != EWOULDBLOCK) {
+            snprintf(msg, msglen, "disk dir '%s': cannot lock 'prefixd.lock': %s", dir,
+                     strerror(e));
+            return CACHE_EIO;
+        }
+        snprintf(msg, msglen, "disk dir '%s': in use by another prefixd%s%s%s", dir,
+                 pid[0] ? " (pid " : "", pid, pid[0] ? ")" : "");
+        return CACHE_EBUSY;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) == 0 && pwrite(fd, pid, (size_t)n, 0) < 0) {
+        /* only informative */
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+/* ---- LMDB's files before mapping: truncation and damage ----
+ *
+ * LMDB maps data.mdb and trusts it: it does not compare the file's size with the pages its meta
+ * record says are in use (a truncated file faults, SIGBUS, at the first read past its end), and
+ * its pages carry no checksum (a damaged branch or leaf page can make it read or copy out of
+ * bounds, or fail an assertion and abort). Neither can be caught in this process, and both would
+ * recur at every start. So before LMDB maps the file:
+ * - the two meta pages are read with pread() (disk_lmdb.h) and the file's size compared with
+ *   the current one's last page;
+ * - every tree (the free list, the main tree, our four databases) is walked in a child process,
+ *   which opens the store read-only and without the lock file, reads every key and value
+ *   through cursors and checks each leaf page's header, the bounds of every value, the order
+ *   and count of the keys; a child that fails, dies of a signal or a sanitizer, or overruns
+ *   DISK_WALK_TIMEOUT_MS means a damaged store.
+ * A damaged store is renamed to data.mdb.damaged-<time> (kept for a post-mortem; the notice
+ * says so) and the tier starts empty. Values are not read by the walk beyond their overflow
+ * page's header: every load verifies its value (checksum) anyway.
+ * Cost, measured on this machine kind: WALK_COST_NOTE. */
+
+#define DISK_WALK_TIMEOUT_MS 120000.0
+
+/* What the meta pages say of data.mdb, and its size. */
+typedef struct store_geom {
+    size_t psize;        /* the page size */
+    uint64_t npages;     /* pages allocated: the current meta's last_pg + 1 */
+    uint64_t file_pages; /* whole pages in the file: fewer than npages is legitimate when the
+                            last pages allocated were freed before they were ever written (LMDB
+                            does not write them), so only a page in use past it is damage */
+    int deep;            /* 1: also check the header of every value's overflow pages */
+} store_geom;
+
+/* What the walk knows of the mapped file. */
+typedef struct walk_ctx {
+    uintptr_t map; /* the map's address */
+    store_geom g;
+    char why[200];
+} walk_ctx;
+
+static int walk_fail(walk_ctx *w, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->why, sizeof w->why, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static lmdb_page_hdr walk_page_hdr(const walk_ctx *w, uint64_t pg)
+{
+    lmdb_page_hdr h;
+    memcpy(&h, (const void *)(w->map + pg * w->g.psize), sizeof h);
+    return h;
+}
+
+/* One record of a tree, as the cursor returned it: its key must lie in a sound leaf page, its
+ * value in that page or in overflow pages that say so, all inside the pages in use. */
+static int walk_record(walk_ctx *w, const char *db, const MDB_val *k, const MDB_val *v)
+{
+    size_t psize = w->g.psize;
+    uint64_t in_file = w->g.npages < w->g.file_pages ? w->g.npages : w->g.file_pages;
+    uintptr_t lo = w->map + LMDB_META_PAGES * psize, hi = w->map + in_file * psize;
+    uintptr_t kp = (uintptr_t)k->mv_data, vp = (uintptr_t)v->mv_data;
+    if (kp < lo || kp >= hi || k->mv_size > hi - kp)
+        return walk_fail(w, "tree '%s': a key outside the file's pages in use", db);
+    uint64_t pg = (kp - w->map) / w->g.psize;
+    uintptr_t page = w->map + pg * w->g.psize;
+    lmdb_page_hdr h = walk_page_hdr(w, pg);
+    if (h.pgno != pg || !(h.flags & LMDB_P_LEAF) ||
+        (h.flags & (LMDB_P_BRANCH | LMDB_P_OVERFLOW | LMDB_P_META | LMDB_P_LEAF2)) ||
+        h.u.span.lower < LMDB_PAGE_HDR || h.u.span.lower > h.u.span.upper ||
+        h.u.span.upper > w->g.psize || kp + k->mv_size > page + w->g.psize)
+        return walk_fail(w, "tree '%s': leaf page %llu has a bad header", db,
+                         (unsigned long long)pg);
+    if (v->mv_size == 0 ||
+        (vp >= page && vp < page + w->g.psize && v->mv_size <= page + w->g.psize - vp))
+        return 0; /* in the leaf page */
+    /* A value of its own overflow pages, whose header is just before it. */
+    if (vp < lo + LMDB_PAGE_HDR || vp >= hi || v->mv_size > hi - vp ||
+        (vp - LMDB_PAGE_HDR - w->map) % w->g.psize != 0)
+        return walk_fail(w, "tree '%s': a value of %zu bytes outside the file's pages in use", db,
+                         v->mv_size);
+    if (!w->g.deep)
+        return 0; /* its bounds are right; its header is read only by the deep walk */
+    uint64_t op = (vp - LMDB_PAGE_HDR - w->map) / w->g.psize;
+    uint64_t pages = (v->mv_size + LMDB_PAGE_HDR + w->g.psize - 1) / w->g.psize;
+    h = walk_page_hdr(w, op);
+    if (h.pgno != op || !(h.flags & LMDB_P_OVERFLOW) || h.u.overflow_pages != pages)
+        return walk_fail(w, "tree '%s': overflow page %llu has a bad header", db,
+                         (unsigned long long)op);
+    return 0;
+}
+
+/* The free list's values are page lists (a count, then that many page numbers in use). */
+static int walk_free_value(walk_ctx *w, const MDB_val *v)
+{
+    uint64_t n;
+    if (v->mv_size < 8 || v->mv_size % 8)
+        return walk_fail(w, "free list: a page list of %zu bytes", v->mv_size);
+    memcpy(&n, v->mv_data, 8);
+    if (n != v->mv_size / 8 - 1)
+        return walk_fail(w, "free list: a page list of %zu bytes says %llu pages", v->mv_size,
+                         (unsigned long long)n);
+    for (uint64_t i = 1; i <= n; i++) {
+        uint64_t pg;
+        memcpy(&pg, (const uint8_t *)v->mv_data + 8 * i, 8);
+        if (pg < LMDB_META_PAGES || pg >= w->g.npages)
+            return walk_fail(w, "free list: page %llu was never allocated", (unsigned long long)pg);
+    }
+    return 0;
+}
+
+/* LMDB's default key order (mdb_cmp_memn): bytes, then length; the free list's keys are
+ * native integers (MDB_INTEGERKEY). */
+static int walk_key_cmp(int integer, const MDB_val *a, const MDB_val *b)
+{
+    if (integer && a->mv_size == 8 && b->mv_size == 8) {
+        uint64_t x, y;
+        memcpy(&x, a->mv_data, 8);
+        memcpy(&y, b->mv_data, 8);
+        return x < y ? -1 : x > y;
+    }
+    size_t n = a->mv_size < b->mv_size ? a->mv_size : b->mv_size;
+    int c = memcmp(a->mv_data, b->mv_data, n);
+    return c ? c : (a->mv_size > b->mv_size) - (a->mv_size < b->mv_size);
+}
+
+/* Every record of one tree, in order, and as many as its record says. Returns 0 or -1
+ * (w->why). */
+static int walk_tree(walk_ctx *w, MDB_txn *txn, MDB_dbi dbi, const char *db)
+{
+    MDB_stat st;
+    MDB_cursor *cur;
+    int rc = mdb_stat(txn, dbi, &st);
+    if (rc || (rc = mdb_cursor_open(txn, dbi, &cur)))
+        return walk_fail(w, "tree '%s': %s", db, mdb_strerror(rc));
+    uint8_t prev[512];
+    MDB_val k, v, pk = {0, prev};
+    uint64_t count = 0;
+    for (int op = MDB_FIRST; (rc = mdb_cursor_get(cur, &k, &v, op)) == 0; op = MDB_NEXT) {
+        if (walk_record(w, db, &k, &v) != 0 || (dbi == 0 && walk_free_value(w, &v) != 0))
+            break;
+        if (count > 0 && walk_key_cmp(dbi == 0, &pk, &k) >= 0) {
+            walk_fail(w, "tree '%s': keys out of order", db);
+            break;
+        }
+        if (k.mv_size > sizeof prev) {
+            walk_fail(w, "tree '%s': a key of %zu bytes", db, k.mv_size);
+            break;
+        }
+        memcpy(prev, k.mv_data, k.mv_size);
+        pk.mv_size = k.mv_size;
+        count++;
+    }
+    mdb_cursor_close(cur);
+    if (w->why[0])
+        return -1;
+    if (rc != MDB_NOTFOUND)
+        return walk_fail(w, "tree '%s': %s", db, mdb_strerror(rc));
+    if (count != st.ms_entries)
+        return walk_fail(w, "tree '%s': %llu records, its header says %llu", db,
+                         (unsigned long long)count, (unsigned long long)st.ms_entries);
+    return 0;
+}
+
+/* The address at which this process maps dir/data.mdb (offset 0), from /proc/self/maps
+ * (mdb_env_info() reports only a fixed map's address), or 0. */
+static uintptr_t walk_map_address(const char *dir)
+{
+    char p[PATH_MAX], line[PATH_MAX + 128];
+    struct stat sb;
+    snprintf(p, sizeof p, "%s/data.mdb", dir);
+    FILE *f = stat(p, &sb) == 0 ? fopen("/proc/self/maps", "re") : NULL;
+    uintptr_t at = 0;
+    while (f && !at && fgets(line, sizeof line, f)) {
+        unsigned long start, end, off, ino;
+        unsigned maj, mnr;
+        if (sscanf(line, "%lx-%lx %*s %lx %x:%x %lu", &start, &end, &off, &maj, &mnr, &ino) == 6 &&
+            off == 0 && ino == (unsigned long)sb.st_ino && maj == major(sb.st_dev) &&
+            mnr == minor(sb.st_dev))
+            at = (uintptr_t)start;
+    }
+    if (f)
+        fclose(f);
+    return at;
+}
+
+/* The child: walks every tree and exits 0, or writes why to fd and exits 1. A crash is the
+ * parent's to see. Plain LMDB calls, not L(): injected faults are the parent's. */
+static void walk_child(const char *dir, size_t map_bytes, const store_geom *g, int fd)
+{
+    static const char *const names[] = {"meta", "blocks", "seq", "lru"};
+    walk_ctx w = {.g = *g};
+    MDB_env *env;
+    MDB_txn *txn;
+    int rc = mdb_env_create(&env);
+    if (rc == 0 && (rc = mdb_env_set_maxdbs(env, 4)) == 0 &&
+        (rc = mdb_env_set_mapsize(env, map_bytes)) == 0 &&
+        (rc = mdb_env_open(env, dir, MDB_RDONLY | MDB_NOLOCK | MDB_NOTLS, 0600)) == 0)
+        rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
+    if (rc) {
+        walk_fail(&w, "cannot open it read-only: %s", mdb_strerror(rc));
+    } else if (!(w.map = walk_map_address(dir))) {
+        walk_fail(&w, "cannot find its map in /proc/self/maps");
+    } else {
+        if (walk_tree(&w, txn, 0, "free list") == 0 && walk_tree(&w, txn, 1, "main") == 0) {
+            for (size_t i = 0; i < 4; i++) {
+                MDB_dbi dbi;
+                rc = mdb_dbi_open(txn, names[i], 0, &dbi);
+                if (rc == MDB_NOTFOUND)
+                    continue;
+                if (rc) {
+                    walk_fail(&w, "tree '%s': %s", names[i], mdb_strerror(rc));
+                    break;
+                }
+                if (walk_tree(&w, txn, dbi, names[i]) != 0)
+                    break;
+            }
+        }
+    }
+    if (w.why[0]) {
+        if (write(fd, w.why, strlen(w.why)) < 0) {
+            /* the parent still sees the exit status */
+        }
+        _exit(1);
+    }
+    _exit(0);
+}
+
+/* The first line of what the child said (its own reason, LMDB's assertion, a sanitizer's
+ * report), in out. */
+static void walk_said(const char *buf, char *out, size_t outlen)
+{
+    out[0] = 0;
+    for (const char *p = buf; *p;) {
+        size_t n = strcspn(p, "\n");
+        if (n && strspn(p, "=") < n) {
+            snprintf(out, outlen, "%.*s", (int)(n < 160 ? n : 160), p);
+            return;
+        }
+        p += n + (p[n] == '\n');
+    }
+}
+
+/* Runs the walk in a child and waits for it. Returns 1 (sound), 0 (damaged: why) or -1 (the
+ * walk could not run: why). */
+static int store_walk(const cache_disk *d, const store_geom *g, char *why, size_t whylen)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        snprintf(why, whylen, "pipe: %s", strerror(errno));
+        return -1;
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(why, whylen, "fork: %s", strerror(errno));
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], STDERR_FILENO); /* LMDB's assertion or a sanitizer's report, for the parent */
+        walk_child(d->dir, d->map_bytes, g, fds[1]);
+    }
+    close(fds[1]);
+    char buf[2048];
+    size_t got = 0;
+    int status = 0, eof = 0, timed_out = 0;
+    double deadline = now_ms() + DISK_WALK_TIMEOUT_MS;
+    /* Read what the child says until it closes the pipe (it has exited then), so that a long
+     * report never fills the pipe and blocks it; then reap it. */
+    while (!eof) {
+        struct pollfd pf = {fds[0], POLLIN, 0};
+        double left = deadline - now_ms();
+        if (left <= 0) {
+            kill(pid, SIGKILL);
+            timed_out = 1;
+            break;
+        }
+        int n = poll(&pf, 1, left > 1000 ? 1000 : (int)left + 1);
+        if (n < 0 && errno != EINTR)
+            break;
+        if (n <= 0)
+            continue;
+        char tmp[4096];
+        ssize_t r = read(fds[0], tmp, sizeof tmp);
+        if (r == 0 || (r < 0 && errno != EINTR && errno != EAGAIN))
+            eof = 1;
+        for (ssize_t i = 0; i < r && got + 1 < sizeof buf; i++)
+            buf[got++] = tmp[i];
+    }
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    buf[got] = 0;
+    close(fds[0]);
+    char said[200];
+    walk_said(buf, said, sizeof said);
+    if (timed_out) {
+        snprintf(why, whylen, "the integrity walk took longer than %.0f s",
+                 DISK_WALK_TIMEOUT_MS / 1e3);
+        return 0;
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return 1;
+    if (WIFSIGNALED(status))
+        snprintf(why, whylen, "the integrity walk died of signal %d (%s)%s%s", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)), said[0] ? ": " : "", said);
+    else
+        snprintf(why, whylen, "%s", said[0] ? said : "the integrity walk failed");
+    return 0;
+}
+
+/* Reads data.mdb's meta pages (without LMDB) into *g. Returns 1 (an LMDB file: *g set), 0
+ * (nothing to check: no file, an empty one, or not LMDB's format: mdb_env_open() names that),
+ * -1 (damaged: why), or CACHE_EIO (errno). */
+static int store_meta_check(const cache_disk *d, store_geom *g, char *why, size_t whylen)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/data.mdb", d->dir);
+    int fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : CACHE_EIO;
+    struct stat sb;
+    lmdb_meta m[2];
+    int res = 0;
+    if (fstat(fd, &sb) != 0 || pread(fd, &m[0], sizeof m[0], LMDB_PAGE_HDR) != sizeof m[0] ||
+        m[0].magic != LMDB_MAGIC || m[0].version != LMDB_DATA_VERSION)
+        goto out; /* empty, or not an LMDB file of this version: LMDB's open says so */
+    size_t ps = m[0].dbs[0].pad;
+    uint64_t size = (uint64_t)sb.st_size;
+    res = -1;
+    if (ps < 512 || ps > 65536 || (ps & (ps - 1))) {
+        snprintf(why, whylen, "meta page 0 names a page size of %zu bytes", ps);
+        goto out;
+    }
+    if (size < LMDB_META_PAGES * ps) {
+        snprintf(why, whylen, "truncated: %llu bytes, shorter than its two meta pages",
+                 (unsigned long long)size);
+        goto out;
+    }
+    if (pread(fd, &m[1], sizeof m[1], (off_t)(ps + LMDB_PAGE_HDR)) != sizeof m[1] ||
+        m[1].magic != LMDB_MAGIC || m[1].version != LMDB_DATA_VERSION) {
+        snprintf(why, whylen, "meta page 1 is damaged");
+        goto out;
+    }
+    const lmdb_meta *cur = m[1].txnid > m[0].txnid ? &m[1] : &m[0];
+    if (cur->last_pg < LMDB_META_PAGES - 1 || cur->last_pg >= (UINT64_MAX / ps) - 1) {
+        snprintf(why, whylen, "its meta page says the last page is %llu",
+                 (unsigned long long)cur->last_pg);
+        goto out;
+    }
+    g->psize = ps;
+    g->npages = cur->last_pg + 1;
+    g->file_pages = size / ps;
+    /* The roots are in use: one past the file's end is a truncation seen without mapping. */
+    for (int i = 0; i < 2; i++) {
+        uint64_t root = cur->dbs[i].root;
+        if (root == LMDB_P_INVALID)
+            continue;
+        if (root < LMDB_META_PAGES || root >= g->npages) {
+            snprintf(why, whylen, "its meta page says a tree's root is page %llu of %llu",
+                     (unsigned long long)root, (unsigned long long)g->npages);
+            goto out;
+        }
+        if (root >= g->file_pages) {
+            snprintf(why, whylen,
+                     "truncated: %llu bytes, and its meta page puts a tree's root at page %llu "
+                     "of %zu bytes",
+                     (unsigned long long)size, (unsigned long long)root, ps);
+            goto out;
+        }
+    }
+    res = 1;
+out:
+    close(fd);
+    return res;
+}
+
+/* Renames data.mdb to data.mdb.damaged-<local time> (with a suffix if taken) and removes
+ * lock.mdb (LMDB rebuilds it); the notice names both and why. Returns 0 or CACHE_EIO (msg). */
+static int store_move_aside(cache_disk *d, const char *why, char *msg, size_t msglen)
+{
+    char from[PATH_MAX], to[PATH_MAX], name[64], stamp[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", localtime_r(&t, &tm));
+    snprintf(from, sizeof from, "%s/data.mdb", d->dir);
+    struct stat sb;
+    for (int i = 0;; i++) {
+        if (i == 0)
+            snprintf(name, sizeof name, "data.mdb.damaged-%s", stamp);
+        else
+            snprintf(name, sizeof name, "data.mdb.damaged-%s.%d", stamp, i);
+        snprintf(to, sizeof to, "%s/%s", d->dir, name);
+        if (lstat(to, &sb) != 0 || i == 1000)
+            break;
+    }
+    if (rename(from, to) != 0) {
+        snprintf(msg, msglen, "disk dir '%s': data.mdb damaged (%s), and cannot move it aside: %s",
+                 d->dir, why, strerror(errno));
+        return CACHE_EIO;
+    }
+    snprintf(to, sizeof to, "%s/lock.mdb", d->dir);
+    unlink(to);
+    snprintf(d->notice, sizeof d->notice,
+             "disk dir '%s': data.mdb damaged (%s): moved aside to '%s/%s'; the disk tier starts "
+             "empty (remove that file once it is no longer wanted)",
+             d->dir, why, d->dir, name);
+    return 0;
+}
+
+/* The run marker, DIR/prefixd.run: "open" while a handle is open, "clean" once it closed. A
+ * store whose last run did not end cleanly (a crash, kill -9, a power loss, or a store written
+ * before the marker existed) gets the deep walk. */
+#define DISK_RUN_FILE "prefixd.run"
+
+static int run_marker_clean(const char *dir)
+{
+    char p[PATH_MAX], buf[16] = "";
+    snprintf(p, sizeof p, "%s/" DISK_RUN_FILE, dir);
+    int fd = open(p, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    return n >= 5 && memcmp(buf, "clean", 5) == 0;
+}
+
+/* Best effort: a marker that cannot be written costs a deep walk at the next start. */
+static void run_marker_set(const char *dir, const char *state)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/" DISK_RUN_FILE, dir);
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    if (write(fd, state, strlen(state)) < 0) {
+        /* see above */
+    }
+    close(fd);
+}
+
+/* Checks data.mdb before LMDB maps it and moves a damaged store aside. Returns 0 (sound, moved
+ * aside, absent, or not LMDB's: mdb_env_open() refuses that) or CACHE_EIO (msg). */
+static int store_check(cache_disk *d, char *msg, size_t msglen)
+{
+    char why[300] = "", walk_why[240] = "";
+    store_geom g = {0};
+    int rc = store_meta_check(d, &g, why, sizeof why);
+    g.deep = !run_marker_clean(d->dir);
+    if (rc == CACHE_EIO) {
+        snprintf(msg, msglen, "disk dir '%s': cannot read data.mdb: %s", d->dir, strerror(errno));
+        return rc;
+    }
+    if (rc == 0)
+        return 0;
+    if (rc == 1) {
+        rc = store_walk(d, &g, walk_why, sizeof walk_why);
+        if (rc < 0) {
+            snprintf(d->notice, sizeof d->notice,
+                     "disk dir '%s': the integrity walk could not run (%s): opening unchecked",
+                     d->dir, walk_why);
+            return 0;
+        }
+        if (rc == 1)
+            return 0;
+        if (g.file_pages < g.npages)
+            snprintf(why, sizeof why,
+                     "truncated: the file holds %llu of the %llu pages of %zu bytes its meta "
+                     "page counts, and pages in use are missing: %s",
+                     (unsigned long long)g.file_pages, (unsigned long long)g.npages, g.psize,
+                     walk_why);
+        else
+            snprintf(why, sizeof why, "%s", walk_why);
+    }
+    return store_move_aside(d, why, msg, msglen);
 }
 
 /* ---- open ---- */
@@ -362,19 +975,13 @@ int cache_disk_open(const cache_disk_opts *o, cache_disk **out, char *msg, size_
         snprintf(msg, msglen, "disk tier: invalid options (dir, block_tokens, block_floats)");
         return CACHE_EINVAL;
     }
-    if (mkdir(o->dir, 0700) != 0 && errno != EEXIST) {
-        snprintf(msg, msglen, "disk dir '%s': cannot create: %s", o->dir, strerror(errno));
-        return CACHE_EIO;
-    }
-    struct stat sb;
-    if (stat(o->dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
-        snprintf(msg, msglen, "disk dir '%s': not a directory", o->dir);
-        return CACHE_EIO;
-    }
-    if (access(o->dir, W_OK | X_OK) != 0) {
-        snprintf(msg, msglen, "disk dir '%s': not writable: %s", o->dir, strerror(errno));
-        return CACHE_EIO;
-    }
+    int rc = cache_disk_dir_check(o->dir, msg, msglen);
+    if (rc == 0)
+        rc = file_check_private(o->dir, "data.mdb", msg, msglen);
+    if (rc == 0)
+        rc = file_check_private(o->dir, "lock.mdb", msg, msglen);
+    if (rc)
+        return rc;
     cache_disk *d = calloc(1, sizeof *d);
     if (!d || !(d->dir = strdup(o->dir)) ||
         !(d->touch = malloc(DISK_TOUCH_MAX * sizeof *d->touch))) {
@@ -396,7 +1003,11 @@ int cache_disk_open(const cache_disk_opts *o, cache_disk **out, char *msg, size_
     d->map_bytes = o->test_map_bytes ? o->test_map_bytes : d->max_bytes * 2 + ((size_t)64 << 20);
     d->map_bytes = (d->map_bytes + 65535) & ~(size_t)65535;
 
-    int rc = disk_env_open(d);
+    if ((rc = store_check(d, msg, msglen)) != 0) {
+        cache_disk_close(d);
+        return rc;
+    }
+    rc = disk_env_open(d);
     if ((rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH) && o->reset_incompatible) {
         disk_remove_files(d->dir);
         rc = disk_env_open(d);
@@ -408,8 +1019,12 @@ int cache_disk_open(const cache_disk_opts *o, cache_disk **out, char *msg, size_
         cache_disk_close(d);
         return CACHE_EVERSION;
     }
-    if (rc == 0)
+    if (rc == 0) {
+        /* From here until cache_disk_close(), a crash leaves the marker at "open". */
+        run_marker_set(d->dir, "open\n");
+        d->marked = 1;
         rc = disk_init_txn(d, o->reset_incompatible);
+    }
     if (rc) {
         int err;
         if (rc == CACHE_EVERSION) {
@@ -439,6 +1054,8 @@ void cache_disk_close(cache_disk *d)
             cache_disk_sync(d);
         mdb_env_sync(d->env, !d->nosync);
         mdb_env_close(d->env);
+        if (d->marked)
+            run_marker_set(d->dir, "clean\n");
     }
     free(d->touch);
     free(d->dir);
@@ -908,4 +1525,9 @@ void cache_disk_get_stats(const cache_disk *d, cache_disk_stats *out)
     *out = d->st;
     out->entries = d->entries;
     out->bytes_on_disk = d->used;
+}
+
+const char *cache_disk_notice(const cache_disk *d)
+{
+    return d ? d->notice : "";
 }
