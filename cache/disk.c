@@ -91,6 +91,7 @@ struct cache_disk {
     char msg[512];
     char notice[1024]; /* what the open did that the caller should log (cache_disk_notice()) */
     int marked;        /* the run marker says "open" (written by this handle) */
+    int suspect;       /* LMDB reported a damaged tree: the marker stays "open" at close */
 };
 
 /* ---- fault injection (tests) ---- */
@@ -201,6 +202,10 @@ static int disk_fail(cache_disk *d, int rc, const char *what)
 {
     snprintf(d->msg, sizeof d->msg, "disk dir '%s': %s: %s", d->dir, what, mdb_strerror(rc));
     switch (rc) {
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND: /* a damaged tree: the next open walks it deeply */
+        d->suspect = 1;
+        return CACHE_EIO;
     case MDB_MAP_FULL:
     case ENOSPC:
     case EDQUOT:
@@ -344,17 +349,30 @@ int cache_disk_lock(const char *dir, int *fd_out, char *msg, size_t msglen)
  * its pages carry no checksum (a damaged branch or leaf page can make it read or copy out of
  * bounds, or fail an assertion and abort). Neither can be caught in this process, and both would
  * recur at every start. So before LMDB maps the file:
- * - the two meta pages are read with pread() (disk_lmdb.h) and the file's size compared with
- *   the current one's last page;
+ * - the two meta pages are read with pread() (disk_lmdb.h); a tree's root past the file's end
+ *   is a truncation seen without mapping. (The file may legitimately end before the meta's last
+ *   page: LMDB never writes pages that were freed in the transaction that allocated them, so
+ *   only a page in use past the end is damage, which the walk finds.)
  * - every tree (the free list, the main tree, our four databases) is walked in a child process,
- *   which opens the store read-only and without the lock file, reads every key and value
- *   through cursors and checks each leaf page's header, the bounds of every value, the order
- *   and count of the keys; a child that fails, dies of a signal or a sanitizer, or overruns
- *   DISK_WALK_TIMEOUT_MS means a damaged store.
+ *   which opens the store read-only and without the lock file, reads every record through
+ *   cursors and checks each leaf page's header, that every key and value lies in pages in the
+ *   file, the order and count of the keys, the free list's page numbers; a child that fails,
+ *   dies of a signal (SIGBUS past the end, SIGSEGV) or of LMDB's assertion or a sanitizer, or
+ *   overruns DISK_WALK_TIMEOUT_MS, means a damaged store.
+ * - when the last run did not end cleanly (the run marker below), the walk is deep: it also
+ *   reads the header of every value's first overflow page (whose page count LMDB trusts when it
+ *   frees a deleted value's pages). That costs one page read per value, so it is kept for the
+ *   starts after a crash: a store damaged while the daemon was stopped, in a way only the deep
+ *   walk sees, costs at most one crash before it is moved aside.
  * A damaged store is renamed to data.mdb.damaged-<time> (kept for a post-mortem; the notice
- * says so) and the tier starts empty. Values are not read by the walk beyond their overflow
- * page's header: every load verifies its value (checksum) anyway.
- * Cost, measured on this machine kind: WALK_COST_NOTE. */
+ * says so) and the tier starts empty. Value bytes are not read: every load verifies its value.
+ *
+ * Cost (measured on this 2-vCPU VM, busy with other builds, 128 MB store of 10,240 values of
+ * 10.3 KB; an open without any check: 0.06 ms): the walk adds ~5 ms to an open with the page
+ * cache warm and 0.1-0.3 s cold; the deep walk ~30 ms warm, ~0.15-0.2 s cold. The walk reads the
+ * tree pages only (~1% of the file here, less for larger blocks), so it runs at every open; the
+ * deep walk's page per value is what grows with the store (a 4 GB store of such small blocks
+ * holds 400,000 values). */
 
 #define DISK_WALK_TIMEOUT_MS 120000.0
 
@@ -784,7 +802,7 @@ static void run_marker_set(const char *dir, const char *state)
  * aside, absent, or not LMDB's: mdb_env_open() refuses that) or CACHE_EIO (msg). */
 static int store_check(cache_disk *d, char *msg, size_t msglen)
 {
-    char why[300] = "", walk_why[240] = "";
+    char why[512] = "", walk_why[240] = "";
     store_geom g = {0};
     int rc = store_meta_check(d, &g, why, sizeof why);
     g.deep = !run_marker_clean(d->dir);
@@ -1054,7 +1072,7 @@ void cache_disk_close(cache_disk *d)
             cache_disk_sync(d);
         mdb_env_sync(d->env, !d->nosync);
         mdb_env_close(d->env);
-        if (d->marked)
+        if (d->marked && !d->suspect)
             run_marker_set(d->dir, "clean\n");
     }
     free(d->touch);
