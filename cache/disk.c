@@ -583,17 +583,20 @@ static void walk_child(const char *dir, size_t map_bytes, const store_geom *g, i
     _exit(0);
 }
 
-/* The first line of what the child said (its own reason, LMDB's assertion, a sanitizer's
- * report), in out. */
+/* The line of what the child said that tells most, in out: a sanitizer's "ERROR:" line, else
+ * the first line that is not a rule of '=' (its own reason, LMDB's assertion). */
 static void walk_said(const char *buf, char *out, size_t outlen)
 {
     out[0] = 0;
     for (const char *p = buf; *p;) {
         size_t n = strcspn(p, "\n");
-        if (n && strspn(p, "=") < n) {
-            snprintf(out, outlen, "%.*s", (int)(n < 160 ? n : 160), p);
+        const char *err = strstr(p, "ERROR: ");
+        if (err && err < p + n) {
+            snprintf(out, outlen, "%.*s", (int)(p + n - err < 160 ? p + n - err : 160), err);
             return;
         }
+        if (n && strspn(p, "=") < n && !out[0])
+            snprintf(out, outlen, "%.*s", (int)(n < 160 ? n : 160), p);
         p += n + (p[n] == '\n');
     }
 }
