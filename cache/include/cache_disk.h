@@ -7,13 +7,9 @@
  * (mdb_strerror) is kept in cache_disk_errmsg() for the caller to log.
  *
  * On-disk format (version CACHE_DISK_FORMAT), little-endian, in the directory given at open:
- *   database "meta":   "format" -> { u32 magic 'PFXD', u32 version, u32 block_tokens, u32 0,
- *                                    u64 block_floats }
+ *   database "meta":   "format" -> cache_disk_format_rec (below)
  *                      "used"   -> u64 bytes of block values stored (the budget's measure)
- *   database "blocks": key (16 bytes: lo, hi) -> value = header + token ids + payload:
- *                        u32 magic 'PFXB', u32 version, u8 fingerprint[16], u64 key lo, hi,
- *                        u64 parent lo, hi, u32 n_tokens, u32 0, u64 payload bytes,
- *                        u64 XXH3-128 of the payload (lo, hi)   (88 bytes)
+ *   database "blocks": key (16 bytes: lo, hi) -> value = cache_disk_value_hdr (88 bytes), then
  *                        i32 tokens[n_tokens], padded to 8 bytes, then the payload floats
  *   database "seq":    key -> u64 its access sequence number
  *   database "lru":    u64 sequence number, big-endian (so LMDB's order is access order) -> key
@@ -21,6 +17,17 @@
  * different models share a directory without ever meeting; the header's fingerprint is checked
  * too. A different format version or block geometry is refused (CACHE_EVERSION) unless the
  * caller asks to wipe and recreate.
+ *
+ * The directory and its files are private: the directory must belong to the process's effective
+ * uid and be writable by nobody else, LMDB's files must be regular files of ours that nobody else
+ * may read (they hold the prompts' token ids). Anything else is refused, never repaired: another
+ * user may already hold a file open. LMDB's files are created 0600.
+ *
+ * LMDB does not checksum its own pages. Before LMDB maps data.mdb, the open checks the file's
+ * size against its meta pages (a truncated file would fault, SIGBUS, at the first page past its
+ * end) and walks every tree in a child process (a damaged page may make LMDB read out of bounds
+ * or abort): a store that fails is moved aside to data.mdb.damaged-<time> and the tier starts
+ * empty, saying so in cache_disk_notice().
  */
 #ifndef PREFIXD_CACHE_DISK_H
 #define PREFIXD_CACHE_DISK_H
@@ -32,6 +39,37 @@
 
 #define CACHE_DISK_FORMAT 1
 #define CACHE_DISK_DEFAULT_MAX ((size_t)4 << 30)
+
+#define CACHE_DISK_META_MAGIC 0x44584650u  /* "PFXD" as little-endian bytes */
+#define CACHE_DISK_VALUE_MAGIC 0x42584650u /* "PFXB" */
+
+/* The records on disk, declared as LMDB declares its page and meta records: their bytes are the
+ * file's bytes (little-endian; every field naturally aligned, so there is no padding: disk.c
+ * asserts each offset). disk.c reads and writes them whole, with memcpy, and nothing else lays
+ * them out. */
+
+/* meta "format": what a store holds, checked at every open (24 bytes). */
+typedef struct cache_disk_format_rec {
+    uint32_t magic;        /* 0: CACHE_DISK_META_MAGIC */
+    uint32_t version;      /* 4: CACHE_DISK_FORMAT */
+    uint32_t block_tokens; /* 8: B */
+    uint32_t reserved;     /* 12: 0 */
+    uint64_t block_floats; /* 16: floats per block payload */
+} cache_disk_format_rec;
+
+/* The header that starts every value of "blocks" (88 bytes). The block's token ids follow it
+ * (block_tokens i32, padded with zeros to a multiple of 8 bytes), then its payload. */
+typedef struct cache_disk_value_hdr {
+    uint32_t magic;          /* 0: CACHE_DISK_VALUE_MAGIC */
+    uint32_t version;        /* 4: CACHE_DISK_FORMAT */
+    uint8_t fingerprint[16]; /* 8: the model's fingerprint */
+    cache_key key;           /* 24: the block's key (lo, hi), the same as its LMDB key */
+    cache_key parent;        /* 40: its parent's key */
+    uint32_t n_tokens;       /* 56: block_tokens */
+    uint32_t reserved;       /* 60: 0 */
+    uint64_t payload_bytes;  /* 64: block_floats * 4 */
+    uint64_t checksum[2];    /* 72: XXH3-128 of the payload: low 64 bits, high 64 bits */
+} cache_disk_value_hdr;
 
 typedef struct cache_disk cache_disk; /* opaque */
 
@@ -55,17 +93,39 @@ typedef struct cache_disk_item {
     const float *data;     /* block_floats floats */
 } cache_disk_item;
 
+/* Makes sure dir can hold a store that nobody else reads or replaces: creates it (mode 0700) if
+ * it is missing (its parent must exist), then checks that it is a directory, writable, owned by
+ * this process's effective uid and not writable by its group or others (as ssh and gpg check
+ * their directories; a directory that fails is never repaired). Returns 0, or CACHE_EIO with a
+ * message in msg naming dir and the problem. Any thread. */
+int cache_disk_dir_check(const char *dir, char *msg, size_t msglen);
+
+/* Takes the lock that lets one process at a time use the store in dir: an flock() on
+ * DIR/prefixd.lock, which goes with the process (kill -9 included), so a stale file never blocks
+ * a restart; the file holds the owner's pid, for the message. Checks dir first
+ * (cache_disk_dir_check()); the lock file is opened without following a symbolic link and must
+ * be a regular file of this uid. *fd_out receives the lock's descriptor (release: close() it;
+ * -1 on failure). Returns 0; CACHE_EBUSY if another process holds the lock (msg: "disk dir '...':
+ * in use by another prefixd (pid N)"); CACHE_EIO (the dir, or a lock file that is a symbolic
+ * link, not a regular file or another user's: refused, nothing written), CACHE_EINVAL (path too
+ * long). Any thread. */
+int cache_disk_lock(const char *dir, int *fd_out, char *msg, size_t msglen);
+
 /* Opens (creating if needed) the store in o->dir. out: owned by the caller, freed with
  * cache_disk_close(). Returns 0, or with a message in msg naming the directory and the problem:
- * CACHE_EINVAL (bad options), CACHE_EIO (directory missing, not creatable or not writable, LMDB
- * cannot open it; the errno / LMDB text is in the message), CACHE_EVERSION (another format
- * version or geometry, or a data.mdb that is not an LMDB file of a version this build reads,
- * and reset_incompatible is 0: nothing is changed), CACHE_ENOMEM. With
- * reset_incompatible, such a store is wiped (its files replaced) and opened empty. If the store
- * holds more than max_bytes (a smaller budget than its last run's), the least recently used
- * blocks are evicted during the open. One handle per directory at a time, across processes:
- * the handle caches the store's counters (the daemon holds a lock on the directory). Any thread;
- * the handle then belongs to the thread that uses it. */
+ * CACHE_EINVAL (bad options), CACHE_EIO (directory missing, not creatable, not writable or not
+ * private (cache_disk_dir_check()); data.mdb or lock.mdb a symbolic link, not a regular file,
+ * another user's or readable by others; LMDB cannot open it; the errno / LMDB text is in the
+ * message), CACHE_EVERSION (another format version or geometry, or a data.mdb that is not an
+ * LMDB file of a version this build reads, and reset_incompatible is 0: nothing is changed),
+ * CACHE_ENOMEM. With reset_incompatible, such a store is wiped (its files replaced) and opened
+ * empty. A damaged store (an LMDB file cut short, or one whose pages fail the integrity walk)
+ * is not an error: it is moved aside, the open goes on with an empty store and
+ * cache_disk_notice() says so. If the store holds more than max_bytes (a smaller budget than its
+ * last run's), the least recently used blocks are evicted during the open. One handle per
+ * directory at a time, across processes: the handle caches the store's counters (the caller
+ * holds cache_disk_lock()). Any thread; the handle then belongs to the thread that uses it.
+ * Forks once (the integrity walk runs in a child process, which only reads). */
 int cache_disk_open(const cache_disk_opts *o, cache_disk **out, char *msg, size_t msglen);
 
 /* Applies queued LRU touches, syncs to disk and frees everything. Accepts NULL. */
@@ -103,6 +163,11 @@ int cache_disk_contains(cache_disk *d, cache_key key);
 /* Applies the queued LRU touches in a write transaction and flushes LMDB's buffers to disk.
  * Returns 0 or CACHE_EIO / CACHE_EFULL. */
 int cache_disk_sync(cache_disk *d);
+
+/* What the open did that the caller should log, else "": a damaged store moved aside ("disk dir
+ * '...': data.mdb damaged (why): moved aside to '...'; the disk tier starts empty"), or an
+ * integrity walk that could not run. Valid as long as the handle. */
+const char *cache_disk_notice(const cache_disk *d);
 
 /* The message of the last failure on this handle (LMDB's or the OS's text, with context);
  * "" if none. Valid until the next call on the handle. */

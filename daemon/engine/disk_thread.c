@@ -15,12 +15,10 @@
 #include "base.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -354,35 +352,12 @@ static void *diskw_main(void *arg)
 /* ---- Open and close ------------------------------------------------------------------------- */
 
 /* One daemon per directory: the store's counters (bytes used, the LRU's sequence) live in the
- * process that writes it. The lock is an flock() on DIR/prefixd.lock, so it goes with the process
- * (kill -9 included) and a stale file never blocks a restart. Problems creating the directory or
- * the file are left to cache_disk_open(), which names them. */
+ * process that writes it. cache_disk_lock() takes it (an flock() that goes with the process,
+ * kill -9 included) after checking that the directory is ours alone; its lock file is never
+ * opened through a symbolic link. */
 static int dir_lock(disk_thread *w, const char *dir, char *msg, size_t msglen)
 {
-    char path[4096];
-    if (snprintf(path, sizeof path, "%s/prefixd.lock", dir) >= (int)sizeof path)
-        return 0;
-    mkdir(dir, 0700);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return 0;
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        char pid[32] = "";
-        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
-        pid[n > 0 ? n : 0] = 0;
-        pid[strcspn(pid, "\n")] = 0;
-        snprintf(msg, msglen, "disk dir '%s': in use by another prefixd%s%s%s", dir,
-                 pid[0] ? " (pid " : "", pid, pid[0] ? ")" : "");
-        close(fd);
-        return CACHE_EBUSY;
-    }
-    char pid[32];
-    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-    if (ftruncate(fd, 0) == 0 && pwrite(fd, pid, (size_t)n, 0) < 0) {
-        /* only informative */
-    }
-    w->lock_fd = fd;
-    return 0;
+    return cache_disk_lock(dir, &w->lock_fd, msg, msglen);
 }
 
 int disk_thread_open(const disk_thread_opts *o, disk_thread **out, char *msg, size_t msglen)
@@ -404,6 +379,8 @@ int disk_thread_open(const disk_thread_opts *o, disk_thread **out, char *msg, si
     int rc = dir_lock(w, o->disk.dir, msg, msglen);
     if (rc == 0)
         rc = cache_disk_open(&o->disk, &w->d, msg, msglen);
+    if (rc == 0 && cache_disk_notice(w->d)[0]) /* a damaged store moved aside */
+        base_log(BASE_LOG_WARN, "%s", cache_disk_notice(w->d));
     if (rc != 0) {
         disk_thread_close(w);
         return rc;
