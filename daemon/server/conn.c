@@ -221,9 +221,11 @@ static void handle_generate(conn *c, const proto_msg *m)
                         g->text.len, s->o.max_text);
         return;
     }
-    if (!(g->temp >= 0.0f) || !(g->top_p >= 0.0f)) {
+    /* NaN fails every comparison; infinity is refused too (logits / inf is no distribution). */
+    if (!(g->temp >= 0.0f && g->temp <= 1e6f) || !(g->top_p >= 0.0f && g->top_p <= 1e6f)) {
         conn_send_error(c, m->id, PROTO_ERR_BAD_REQUEST,
-                        "temperature and top-p must be >= 0 (got %g and %g)", g->temp, g->top_p);
+                        "temperature and top-p must be finite numbers >= 0 (got %g and %g)",
+                        g->temp, g->top_p);
         return;
     }
     char nsbuf[128];

@@ -228,6 +228,10 @@ def case_bad_input():
                 (dict(ids=[1, 5, 9999]), "BAD_TOKEN", "9999"),
                 (dict(ids=[]), "BAD_REQUEST", "empty"),
                 (dict(prompt="hi", namespace="bad/name"), "BAD_NAMESPACE", "bad/name"),
+                (dict(prompt="hi", temp=float("nan")), "BAD_REQUEST", "temperature"),
+                (dict(prompt="hi", temp=float("inf")), "BAD_REQUEST", "finite"),
+                (dict(prompt="hi", top_p=float("inf")), "BAD_REQUEST", "finite"),
+                (dict(prompt="hi", temp=-1.0), "BAD_REQUEST", "temperature"),
             ]
             for kw, name, needle in cases:
                 try:
@@ -235,6 +239,14 @@ def case_bad_input():
                     raise AssertionError("%s: no error" % name)
                 except prefixd.PrefixdError as e:
                     check(e.name == name and needle in e.message, "%s: got %s" % (name, e))
+            # DETOKENIZE of an id out of range: an error naming it (issue 10 F2: its text once
+            # lived in a block-scoped buffer read after the block; ASan saw it).
+            try:
+                c.detokenize([1, 100, 70000])
+                raise AssertionError("detokenize out of range: no error")
+            except prefixd.PrefixdError as e:
+                check(e.name == "BAD_TOKEN" and "70000" in e.message and "index 2" in e.message,
+                      "detokenize out of range: %s" % e)
             # Duplicate id: two GENERATEs with the same id at once.
             c.sock.sendall(prefixd.encode_generate(50, "Once upon", max_new=200)
                            + prefixd.encode_generate(50, "Once upon", max_new=5))
