@@ -691,8 +691,8 @@ static void test_huge_max_new(void)
             check_same(&want[i], &res[1 + i], "beside a huge max_new", 20 + 7 * i);
         CHECK_MSG(res[4].done && !res[4].error, "max_new %u: %s", huge[k], res[4].msg);
         /* At most what the context leaves: seq + 1 - prompt (the last token needs no K/V). */
-        CHECK_MSG((int)res[4].d.new_tokens <= seq + 1 - 30, "max_new %u: %u new tokens",
-                  huge[k], res[4].d.new_tokens);
+        CHECK_MSG((int)res[4].d.new_tokens <= seq + 1 - 30, "max_new %u: %u new tokens", huge[k],
+                  res[4].d.new_tokens);
         CHECK(res[4].d.finish == ENGINE_FINISH_LENGTH || res[4].d.finish == ENGINE_FINISH_STOP);
     }
     engine_free(e);
