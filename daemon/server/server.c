@@ -101,8 +101,12 @@ static int bind_socket(server *s)
     struct sockaddr_un sa;
     if (s->o.listen_fd > 0) {
         int rc = uv_pipe_init(s->loop, &s->listener, 0);
-        if (rc == 0)
-            rc = uv_pipe_open(&s->listener, s->o.listen_fd);
+        if (rc != 0) {
+            base_log(BASE_LOG_ERROR, "cannot listen: uv_pipe_init: %s", uv_strerror(rc));
+            return 1;
+        }
+        s->listener.data = s;
+        rc = uv_pipe_open(&s->listener, s->o.listen_fd);
         if (rc == 0)
             rc = uv_listen((uv_stream_t *)&s->listener, 128, srv__accept_cb);
         if (rc != 0) {
