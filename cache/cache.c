@@ -37,8 +37,10 @@ struct cache_block {
     uint8_t in_lru;
     int32_t lru_prev, lru_next; /* slot indices, -1 at the ends */
     int32_t free_next;
-    int32_t bucket;      /* index in the table while published */
-    int32_t parent_slot; /* the cached parent block, -1 under a root key */
+    int32_t bucket;                     /* index in the table while published */
+    int32_t parent_slot;                /* the cached parent block, -1 under a root key */
+    int32_t first_child;                /* cached children of a published block: a list through */
+    int32_t next_sibling, prev_sibling; /* ... these (slot indices, -1 at the ends) */
 };
 
 struct cache {
@@ -391,6 +393,12 @@ static int evict_one(cache *c)
     table_remove(c, b);
     if (b->parent_slot >= 0) {
         cache_block *parent = &c->blocks[b->parent_slot];
+        if (b->prev_sibling >= 0)
+            c->blocks[b->prev_sibling].next_sibling = b->next_sibling;
+        else
+            parent->first_child = b->next_sibling;
+        if (b->next_sibling >= 0)
+            c->blocks[b->next_sibling].prev_sibling = b->prev_sibling;
         parent->children--;
         lru_update(c, parent, 1);
     }
@@ -417,6 +425,7 @@ int cache_alloc(cache *c, cache_block **out)
     b->on_disk = 0;
     b->in_lru = 0;
     b->lru_prev = b->lru_next = -1;
+    b->first_child = b->next_sibling = b->prev_sibling = -1;
     c->st.slots_used++;
     *out = b;
     return 0;
@@ -473,6 +482,30 @@ int cache_find(cache *c, const cache_block *parent, cache_key parent_key, const 
     return 0;
 }
 
+size_t cache_best_child(cache *c, const cache_block *parent, const int32_t *tokens, size_t n,
+                        const cache_block **out)
+{
+    *out = NULL;
+    size_t best = 0;
+    if (parent->state != SLOT_PUBLISHED)
+        return 0;
+    for (int32_t s = parent->first_child; s >= 0; s = c->blocks[s].next_sibling) {
+        const cache_block *b = &c->blocks[s];
+        size_t k = 0;
+        while (k < n && b->tok[k] == tokens[k])
+            k++;
+        if (k > best) {
+            best = k;
+            *out = b;
+        }
+    }
+    if (*out) { /* to the recently used end */
+        lru_unlink(c, (cache_block *)*out);
+        lru_update(c, (cache_block *)*out, 0);
+    }
+    return best;
+}
+
 int cache_publish(cache *c, cache_block *parent, cache_key parent_key, const int32_t *tokens,
                   cache_block *b, cache_block **out)
 {
@@ -504,6 +537,13 @@ int cache_publish(cache *c, cache_block *parent, cache_key parent_key, const int
     b->state = SLOT_PUBLISHED;
     table_insert(c, b);
     if (parent) {
+        /* First in the parent's list of children (cache_best_child() walks it). */
+        int32_t s = slot_of(c, b);
+        b->prev_sibling = -1;
+        b->next_sibling = parent->first_child;
+        if (parent->first_child >= 0)
+            c->blocks[parent->first_child].prev_sibling = s;
+        parent->first_child = s;
         parent->children++;
         lru_update(c, parent, 0);
     }

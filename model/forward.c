@@ -75,6 +75,16 @@ static inline float *kv_row(const model_state *s, float *block, int layer, int k
            (size_t)row * s->c.head_size;
 }
 
+void model_kv_copy_rows(const model_config *c, int block_tokens, float *dst, const float *src,
+                        int rows)
+{
+    /* A block is (layer, K|V, kv head) runs of block_tokens rows of head_size floats (kv_row). */
+    size_t run = (size_t)block_tokens * c->head_size, n = (size_t)rows * c->head_size;
+    size_t runs = (size_t)c->n_layers * 2 * c->n_kv_heads;
+    for (size_t i = 0; i < runs; i++)
+        memcpy(dst + i * run, src + i * run, n * sizeof(float));
+}
+
 /* ---- Products: X (rows, n) @ W (d, n)^T -> Y (rows, d), output panels split across the pool */
 
 typedef struct gemm_job {

@@ -116,6 +116,15 @@ int cache_lookup(cache *c, cache_key root, const int32_t *tokens, size_t n, cach
 int cache_find(cache *c, const cache_block *parent, cache_key parent_key, const int32_t *tokens,
                cache_block **out);
 
+/* The cached child of parent (a published block) whose token ids begin with the longest run of
+ * tokens[0..n) (n < block_tokens): what a request can copy instead of computing when its prompt
+ * goes on past its cached full blocks into a block that another request filled (a system prompt
+ * that ends mid-block, a turn that diverges mid-block). Marks it recently used. Returns how many
+ * leading ids it shares (0: no child shares even one; *out is then NULL). *out is borrowed: valid
+ * until the next cache_* call on this handle (copy what you need at once). */
+size_t cache_best_child(cache *c, const cache_block *parent, const int32_t *tokens, size_t n,
+                        const cache_block **out);
+
 /* A private slot, reference count 1, contents undefined, for the caller to fill. Evicts the
  * least recently used evictable block if no slot is free (calling on_evict first).
  * Returns 0 or CACHE_ENOSPC. */

@@ -241,6 +241,34 @@ static void fail_request(engine *e, request *r, int code, const char *what)
     request_free(r);
 }
 
+/* When the cached run ends on a block boundary and the prompt goes on into a block another
+ * request has filled (a system prompt that ends mid-block, a turn that diverges mid-block), copy
+ * the rows they share from that cached child into the request's own next block instead of
+ * computing them: the copy is the bits a prefill writes, so nothing downstream can tell. Never
+ * the last prompt token, whose logits are needed. */
+static void reuse_partial(engine *e, request *r)
+{
+    int B = e->o.block_tokens;
+    int full = r->kv_done / B;
+    if (e->o.no_cache || r->kv_done % B != 0 || full < 1 || full >= r->n_blk ||
+        !cache_block_published(r->blk[full - 1]))
+        return;
+    int rem = r->n_prompt - 1 - r->kv_done;
+    if (rem <= 0)
+        return;
+    if (rem > B - 1)
+        rem = B - 1;
+    const cache_block *child;
+    size_t k =
+        cache_best_child(e->cache, r->blk[full - 1], r->tok + r->kv_done, (size_t)rem, &child);
+    if (k == 0)
+        return;
+    model_kv_copy_rows(&e->c, B, r->ptr[full], cache_block_data(child), (int)k);
+    r->kv_done += (int)k;
+    r->cached += (int)k;
+    e->st.cached_tokens += k;
+}
+
 /* Looks up the cached prefix and allocates blocks for every position the request may write.
  * Returns 0, or CACHE_ENOSPC with nothing held. */
 static int admit(engine *e, request *r)
@@ -288,7 +316,9 @@ static int admit(engine *e, request *r)
         r->state = RQ_LOADING;
         e->n_loading++;
         disk_thread_load_async(e->disk, l);
+        return 0;
     }
+    reuse_partial(e, r);
     return 0;
 }
 
@@ -323,6 +353,7 @@ static void collect_loads(engine *e)
         publish_ready(e, r);
         for (int i = first; i < first + n && i < r->n_pub; i++)
             cache_block_set_on_disk(r->blk[i]);
+        reuse_partial(e, r);
     }
 }
 

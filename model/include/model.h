@@ -104,6 +104,13 @@ uint64_t model_kv_bytes_per_token(const model_config *c);
 /* Floats in one K/V block of block_tokens positions: n_layers x 2 x block_tokens x kv_dim. */
 size_t model_kv_block_floats(const model_config *c, int block_tokens);
 
+/* Copies positions [0, rows) of one K/V block (block_tokens positions) into another, for every
+ * layer, K and V, and kv head: the rows a request shares with a cached block it does not share
+ * whole. The bits are those the block's writer computed, so a request that copies them reads
+ * exactly what its own prefill would have written (prefill rows do not depend on the split). */
+void model_kv_copy_rows(const model_config *c, int block_tokens, float *dst, const float *src,
+                        int rows);
+
 /* Fills *out with a named shape: "stories260K", "stories15M", "stories42M", "stories110M"
  * (llama2.c's TinyStories shapes; 15M/42M/110M use the 32000-token vocabulary), or parses
  * "dim,hidden,layers,heads,kv_heads,vocab,seq_len". Validates as model_load() does.

@@ -185,6 +185,46 @@ static void test_eviction_order(void)
     cache_close(c);
 }
 
+/* cache_best_child(): the child sharing the longest run of leading ids, found through the
+ * parent's list of children, which eviction keeps right (no stale child is ever returned). */
+static void test_best_child(void)
+{
+    cache *c = open_cache(8, 1, 0);
+    cache_key root = cache_root(c, "", 0);
+    int32_t a[8] = {1, 1, 1, 1, 5, 6, 7, 8}, b[8] = {1, 1, 1, 1, 5, 6, 9, 9},
+            d[8] = {1, 1, 1, 1, 4, 4, 4, 4};
+    insert_chain(c, root, a, 8);
+    insert_chain(c, root, b, 8);
+    insert_chain(c, root, d, 8);
+    cache_block *p[1];
+    size_t nh;
+    cache_lookup(c, root, a, 4, p, NULL, 1, &nh);
+    CHECK_EQ_INT(nh, 1);
+    const cache_block *ch;
+    int32_t want[3] = {5, 6, 7};
+    CHECK_EQ_INT(cache_best_child(c, p[0], want, 3, &ch), 3);
+    CHECK(ch && memcmp(cache_block_tokens(ch), a + 4, 4 * sizeof(int32_t)) == 0);
+    CHECK(cache_block_data(ch)[0] == pattern(a, 8, 0)); /* a's payload, not b's */
+    int32_t two[3] = {5, 6, 1};
+    CHECK_EQ_INT(cache_best_child(c, p[0], two, 3, &ch), 2);
+    int32_t none[3] = {9, 9, 9};
+    CHECK_EQ_INT(cache_best_child(c, p[0], none, 3, &ch), 0);
+    CHECK(ch == NULL);
+    /* Evict every child (the parent stays: it is referenced): the list empties. */
+    cache_block *x[8];
+    int nx = 0;
+    while (nx < 8 && cache_alloc(c, &x[nx]) == 0)
+        nx++;
+    cache_stats st;
+    cache_get_stats(c, &st);
+    CHECK_EQ_U64(st.evictions, 3);
+    CHECK_EQ_INT(cache_best_child(c, p[0], want, 3, &ch), 0);
+    for (int i = 0; i < nx; i++)
+        cache_unref(c, x[i]);
+    cache_unref(c, p[0]);
+    cache_close(c);
+}
+
 static void test_pins(void)
 {
     cache *c = open_cache(4, 2, 0);
@@ -319,6 +359,7 @@ static const harness_case cases[] = {
     {"lookup_publish_refs", test_lookup_publish_refs},
     {"eviction_order", test_eviction_order},
     {"pins", test_pins},
+    {"best_child", test_best_child},
     {"randomized", test_randomized},
     {"randomized_collisions", test_randomized_collisions},
 };
