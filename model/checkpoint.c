@@ -27,6 +27,9 @@ struct model {
     model_config cfg;
     model_weights w;
     model_layer *layers; /* (n_layers), what w.layers points to */
+    model__gguf gguf;    /* the parsed header of a GGUF file (zeroed for llama2.c) */
+    int is_gguf;
+    char *path;
     void *map;
     size_t map_len;
     uint8_t fingerprint[16];
@@ -248,13 +251,11 @@ static int load_legacy(model *m, const char *path, char *msg, size_t msglen)
 
 static int load_gguf(model *m, const char *path, char *msg, size_t msglen)
 {
-    model__gguf g;
-    int rc = model__gguf_parse(m->map, m->map_len, path, &g, msg, msglen);
+    int rc = model__gguf_parse(m->map, m->map_len, path, &m->gguf, msg, msglen);
     if (rc)
         return rc;
-    rc = model__gguf_llama(&g, path, &m->cfg, &m->w, &m->layers, msg, msglen);
-    model__gguf_free(&g);
-    return rc;
+    m->is_gguf = 1;
+    return model__gguf_llama(&m->gguf, path, &m->cfg, &m->w, &m->layers, msg, msglen);
 }
 
 int model_load(const char *path, model **out, char *msg, size_t msglen)
@@ -294,10 +295,10 @@ int model_load(const char *path, model **out, char *msg, size_t msglen)
         rc = load_gguf(m, path, msg, msglen);
     else
         rc = load_legacy(m, path, msg, msglen);
+    if (!rc && !(m->path = strdup(path)))
+        rc = fail(msg, msglen, MODEL_ENOMEM, "model file '%s': out of memory", path);
     if (rc) {
-        munmap(m->map, m->map_len);
-        free(m->layers);
-        free(m);
+        model_free(m);
         return rc;
     }
     madvise(m->map, m->map_len, MADV_WILLNEED);
@@ -315,7 +316,19 @@ void model_free(model *m)
         return;
     munmap(m->map, m->map_len);
     free(m->layers);
+    model__gguf_free(&m->gguf);
+    free(m->path);
     free(m);
+}
+
+const model__gguf *model__get_gguf(const model *m)
+{
+    return m->is_gguf ? &m->gguf : NULL;
+}
+
+const char *model__get_path(const model *m)
+{
+    return m->path;
 }
 
 int model_set_context(model *m, int seq_len)

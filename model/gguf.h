@@ -132,6 +132,25 @@ typedef struct model_layer model_layer;
 int model__gguf_llama(const model__gguf *g, const char *path, model_config *c, model_weights *w,
                       model_layer **layers, char *msg, size_t msglen);
 
+/* Writes the vocabulary of a GGUF file whose tokenizer.ggml.model is "llama" (SentencePiece:
+ * tokenizer.ggml.tokens and .scores, vocab entries) as a llama2.c tokenizer file image, as
+ * llama2.c's exporter writes one (U+2581 as a space, BOS and EOS as "\n<s>\n" and "\n</s>\n"),
+ * into *buf (malloc'd, the caller frees) of *len bytes. The ids of <unk>, <s>, </s> must be 0, 1,
+ * 2 (what the tokenizer assumes). Returns 0 or a MODEL_* code with msg. */
+int model__gguf_vocab_llama2c(const model__gguf *g, const char *path, int vocab,
+                              unsigned char **buf, size_t *len, char *msg, size_t msglen);
+
+/* tokenizer.c: parses a llama2.c tokenizer image (len bytes); name starts every message. */
+typedef struct model_tokenizer model_tokenizer;
+int model__tokenizer_parse(const unsigned char *buf, size_t len, const char *name, int vocab_size,
+                           model_tokenizer **out, char *msg, size_t msglen);
+
+/* checkpoint.c: the parsed GGUF of a model loaded from one (NULL for a llama2.c checkpoint), and
+ * the path it was loaded from; both valid as long as m. */
+typedef struct model model;
+const model__gguf *model__get_gguf(const model *m);
+const char *model__get_path(const model *m);
+
 /* checkpoint.c: the hyper-parameter checks every loader shares (why: a reason, len bytes), and the
  * derived sizes (head_size, kv_dim). */
 int model__config_check(const model_config *c, char *why, size_t len);

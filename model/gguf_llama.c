@@ -271,3 +271,118 @@ out:
     free(ly);
     return rc;
 }
+
+/* ---- The vocabulary, as a llama2.c tokenizer image ------------------------------------------ */
+
+/* Bytes of piece s as llama2.c's exporter writes it: each U+2581 (E2 96 81) becomes a space. */
+static size_t piece_put(unsigned char *dst, const char *s, size_t n)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i + 2 < n && (unsigned char)s[i] == 0xE2 && (unsigned char)s[i + 1] == 0x96 &&
+            (unsigned char)s[i + 2] == 0x81) {
+            if (dst)
+                dst[o] = ' ';
+            i += 2;
+        } else if (dst) {
+            dst[o] = (unsigned char)s[i];
+        }
+        o++;
+    }
+    return o;
+}
+
+static void put_i32(unsigned char *p, int32_t v)
+{
+    memcpy(p, &v, 4); /* little-endian hosts only, as the rest of the loader */
+}
+
+/* Checks that a special token id key, when present, holds the id the tokenizer assumes. */
+static int special_id(loader *ld, const char *key, int want)
+{
+    const model__gguf_kv *kv = model__gguf_find(ld->g, key);
+    int64_t v;
+    if (!kv)
+        return 0;
+    if (model__gguf_int(kv, INT64_MIN, INT64_MAX, &v) != 0 || v != want)
+        return fail(ld, MODEL_ENOTSUP,
+                    "metadata key '%s' is not %d: other special token ids are not supported yet",
+                    key, want);
+    return 0;
+}
+
+int model__gguf_vocab_llama2c(const model__gguf *g, const char *path, int vocab,
+                              unsigned char **buf, size_t *len, char *msg, size_t msglen)
+{
+    loader ld = {g, path, msg, msglen, NULL};
+    *buf = NULL;
+    const model__gguf_kv *kind = model__gguf_find(g, "tokenizer.ggml.model");
+    const model__gguf_kv *tok = model__gguf_find(g, "tokenizer.ggml.tokens");
+    const model__gguf_kv *sc = model__gguf_find(g, "tokenizer.ggml.scores");
+    if (!kind || !tok)
+        return fail(&ld, MODEL_EFORMAT,
+                    "no vocabulary (tokenizer.ggml.model and .tokens) in the "
+                    "file: give a tokenizer");
+    if (str_is(kind, "llama") != 1)
+        return fail(
+            &ld, MODEL_ENOTSUP,
+            "vocabulary kind '%.*s' (tokenizer.ggml.model) is not "
+            "supported yet (only llama, SentencePiece)",
+            kind->type == MODEL__GGUF_STRING ? (int)(kind->v.s.len > 32 ? 32 : kind->v.s.len) : 1,
+            kind->type == MODEL__GGUF_STRING ? kind->v.s.p : "?");
+    if (tok->type != MODEL__GGUF_ARRAY || tok->arr_type != MODEL__GGUF_STRING)
+        return fail(&ld, MODEL_EFORMAT, "tokenizer.ggml.tokens is not an array of strings");
+    if (tok->arr_n != (uint64_t)vocab)
+        return fail(&ld, MODEL_EVOCAB,
+                    "tokenizer.ggml.tokens holds %llu tokens, the model has a "
+                    "vocabulary of %d",
+                    (unsigned long long)tok->arr_n, vocab);
+    if (!sc || sc->type != MODEL__GGUF_ARRAY || sc->arr_type != MODEL__GGUF_FLOAT32 ||
+        sc->arr_n != tok->arr_n)
+        return fail(&ld, MODEL_EFORMAT, "tokenizer.ggml.scores is missing or not %d float32 values",
+                    vocab);
+    int rc;
+    if ((rc = special_id(&ld, "tokenizer.ggml.unknown_token_id", MODEL_TOK_UNK)) ||
+        (rc = special_id(&ld, "tokenizer.ggml.bos_token_id", MODEL_TOK_BOS)) ||
+        (rc = special_id(&ld, "tokenizer.ggml.eos_token_id", MODEL_TOK_EOS)))
+        return rc;
+    static const char bos[] = "\n<s>\n", eos[] = "\n</s>\n";
+    /* Sizes: every piece came from the file, so the image is at most 4 + 8 per token + the
+     * array's bytes, which fit in memory already. */
+    uint64_t pos = 0;
+    size_t total = 4, max_len = 1;
+    for (int i = 0; i < vocab; i++) {
+        model__gguf_str s = model__gguf_arr_str(tok, &pos);
+        size_t n = i == MODEL_TOK_BOS   ? sizeof bos - 1
+                   : i == MODEL_TOK_EOS ? sizeof eos - 1
+                                        : piece_put(NULL, s.p, (size_t)s.len);
+        if (n > 65536)
+            return fail(&ld, MODEL_EFORMAT, "token %d is %zu bytes long", i, n);
+        max_len = n > max_len ? n : max_len;
+        total += 8 + n;
+    }
+    unsigned char *b = malloc(total), *p = b + 4;
+    if (!b)
+        return fail(&ld, MODEL_ENOMEM, "out of memory");
+    put_i32(b, (int32_t)max_len);
+    pos = 0;
+    for (int i = 0; i < vocab; i++) {
+        model__gguf_str s = model__gguf_arr_str(tok, &pos);
+        float score;
+        memcpy(&score, sc->arr + (size_t)i * 4, 4);
+        memcpy(p, &score, 4);
+        size_t n;
+        if (i == MODEL_TOK_BOS || i == MODEL_TOK_EOS) {
+            const char *sp = i == MODEL_TOK_BOS ? bos : eos;
+            n = strlen(sp);
+            memcpy(p + 8, sp, n);
+        } else {
+            n = piece_put(p + 8, s.p, (size_t)s.len);
+        }
+        put_i32(p + 4, (int32_t)n);
+        p += 8 + n;
+    }
+    *buf = b;
+    *len = total;
+    return 0;
+}

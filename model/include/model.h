@@ -229,6 +229,14 @@ typedef struct model_tokenizer model_tokenizer; /* opaque */
 int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out, char *msg,
                          size_t msglen);
 
+/* Makes the tokenizer of a model file that carries its vocabulary: a GGUF file with a
+ * SentencePiece vocabulary (tokenizer.ggml.model "llama", tokens and scores for each id, <unk>,
+ * <s>, </s> at ids 0, 1, 2), turned into the llama2.c tokenizer it is equivalent to. out: owned
+ * by the caller, freed with model_tokenizer_free(). Returns 0, MODEL_EINVAL (a llama2.c
+ * checkpoint: no vocabulary in it), MODEL_ENOTSUP (another vocabulary kind: a later step),
+ * MODEL_EVOCAB, MODEL_EFORMAT or MODEL_ENOMEM, with msg. */
+int model_tokenizer_from_model(const model *m, model_tokenizer **out, char *msg, size_t msglen);
+
 /* Writes a byte-level tokenizer of vocab_size tokens (<unk>, <s>, </s>, the 256 byte tokens, then
  * filler pieces) that any synthetic model of that vocabulary can use. Returns 0 or MODEL_EIO. */
 int model_tokenizer_synth_write(const char *path, int vocab_size, char *msg, size_t msglen);
