@@ -408,11 +408,11 @@ static int parse_header(reader *r, model__gguf *g)
      * tensor description 8 + 1 + 4 + 8 + 4 + 8 (name, dims, one dimension, type, offset). */
     size_t left = r->len - r->off;
     if (g->n_kv > left / 14)
-        return fail(r, MODEL_ERANGE,
+        return fail(r, MODEL_ETRUNC,
                     "header: metadata count %llu cannot fit in a file of %zu bytes",
                     (unsigned long long)g->n_kv, r->len);
     if (g->n_tensors > left / 33)
-        return fail(r, MODEL_ERANGE, "header: tensor count %llu cannot fit in a file of %zu bytes",
+        return fail(r, MODEL_ETRUNC, "header: tensor count %llu cannot fit in a file of %zu bytes",
                     (unsigned long long)g->n_tensors, r->len);
     return 0;
 }
