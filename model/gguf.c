@@ -320,7 +320,12 @@ static int read_tensor_info(reader *r, model__gguf_tensor *t, model__gguf_str *n
 {
     int rc = rd_str(r, "the name", name);
     if (!rc)
-        rc = rd_u32(r, "the dimension count", &t->n_dims);
+        rc = name_check(r, name);
+    if (rc)
+        return rc;
+    snprintf(r->where, sizeof r->where, "tensor '%.*s'", name->len > 100 ? 100 : (int)name->len,
+             name->p);
+    rc = rd_u32(r, "the dimension count", &t->n_dims);
     if (rc)
         return rc;
     if (t->n_dims < 1 || t->n_dims > MODEL__GGUF_MAX_DIMS)
@@ -444,13 +449,7 @@ static int parse_tensor_infos(reader *r, model__gguf *g, model__gguf_str *names)
         model__gguf_tensor *t = &g->tensors[i];
         snprintf(r->where, sizeof r->where, "tensor #%llu", (unsigned long long)i);
         int rc = read_tensor_info(r, t, &names[i]);
-        if (!rc)
-            rc = name_check(r, &names[i]);
-        if (rc)
-            return rc;
-        snprintf(r->where, sizeof r->where, "tensor '%.*s'",
-                 names[i].len > 100 ? 100 : (int)names[i].len, names[i].p);
-        if ((rc = tensor_size(r, t)) != 0)
+        if (rc || (rc = tensor_size(r, t)) != 0)
             return rc;
     }
     return 0;

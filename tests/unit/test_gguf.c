@@ -385,7 +385,8 @@ static void test_truncated_everywhere(void)
     expect_parse(g.b, 20, MODEL_ETRUNC, "header: the metadata count runs past the end");
     expect_parse(g.b, 30, MODEL_ETRUNC, "cannot fit");
     expect_parse(g.b, 3500, MODEL_ETRUNC, "metadata key 'tokenizer.ggml.tokens': string #");
-    expect_parse(g.b, hdr - 10, MODEL_ETRUNC, "tensor '");
+    expect_parse(g.b, hdr - 40, MODEL_ETRUNC,
+                 "tensor 'blk.1.ffn_up.weight': a dimension runs past the end");
     free(g.b);
 }
 
@@ -483,8 +484,8 @@ static void test_malformed_headers(void)
         const char *needle;
         int code;
     } tb[] = {
-        {5, 0, {1, 1, 1, 1}, "tensor #0: 5 dimensions", MODEL_EFORMAT},
-        {0, 0, {1, 1, 1, 1}, "tensor #0: 0 dimensions", MODEL_EFORMAT},
+        {5, 0, {1, 1, 1, 1}, "tensor 't': 5 dimensions", MODEL_EFORMAT},
+        {0, 0, {1, 1, 1, 1}, "tensor 't': 0 dimensions", MODEL_EFORMAT},
         {3,
          0,
          {1ull << 32, 1ull << 32, 1ull << 32, 1},
