@@ -357,8 +357,13 @@ int model_encode(const model_tokenizer *t, const char *text, size_t len, int bos
         if (id >= 0) {
             s[ns++] = (sym){id, -1, -1, 0, 0};
         } else {
-            for (size_t k = i; k < j; k++)
-                s[ns++] = (sym){(int)u[k] + 3, -1, -1, 0, 0};
+            /* Byte fallback: "<0xHH>" is id HH + 3 in every llama2.c vocabulary, where the
+             * reference assumes it; a vocabulary without it (a GGUF's may be anything) gets
+             * <unk> rather than an id past its end. */
+            for (size_t k = i; k < j; k++) {
+                int b = t->byte_id[u[k]];
+                s[ns++] = (sym){b >= 0 ? b : MODEL_TOK_UNK, -1, -1, 0, 0};
+            }
         }
         i = j;
     }

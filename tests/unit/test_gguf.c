@@ -603,6 +603,33 @@ static void test_llama_refusals(void)
     model_free(m);
 }
 
+/* A GGUF vocabulary may lack the byte tokens that llama2.c's encoder assumes at ids 3..258:
+ * byte fallback then gives <unk>, never an id past the vocabulary (found by fuzz_gguf). */
+static void test_small_vocab_encode(void)
+{
+    spec s = tiny;
+    s.vocab = 8;
+    s.with_vocab = 1;
+    gb g = {0};
+    build(&g, &s);
+    write_file(tmp_path("small.gguf"), g.b, g.n);
+    free(g.b);
+    char msg[512];
+    model *m = NULL;
+    CHECK_MSG(model_load(tmp_path("small.gguf"), &m, msg, sizeof msg) == 0, "%s", msg);
+    model_tokenizer *tok = NULL;
+    CHECK_MSG(model_tokenizer_from_model(m, &tok, msg, sizeof msg) == 0, "%s", msg);
+    int32_t ids[64];
+    size_t n;
+    CHECK(model_encode(tok, "Once \x01", 6, 1, ids, 64, &n) == 0);
+    CHECK_EQ_INT(n, 7); /* BOS, then six bytes (no " " token: no dummy prefix) */
+    CHECK_EQ_INT(ids[0], MODEL_TOK_BOS);
+    for (size_t i = 1; i < n; i++)
+        CHECK_EQ_INT(ids[i], i == n - 1 ? 4 : MODEL_TOK_UNK); /* <0x01> is id 4 here */
+    model_tokenizer_free(tok);
+    model_free(m);
+}
+
 /* The real vocabulary-only GGUF files of llama.cpp's tests parse (32000 to 100000 tokens, BPE
  * merges), and are refused as models by name. */
 static void test_real_vocab_files(void)
@@ -781,6 +808,7 @@ static const harness_case cases[] = {
     {"malformed_tensors", test_malformed_tensors},
     {"llama_refusals", test_llama_refusals},
     {"real_vocab_files", test_real_vocab_files},
+    {"small_vocab_encode", test_small_vocab_encode},
     {"golden_260k", test_golden_260k},
     {"same_as_bin", test_same_as_bin},
 };
