@@ -93,7 +93,7 @@ typedef struct reader {
     char where[160]; /* the field being read, for messages: "metadata key #3 ('x')" */
 } reader;
 
-static int fail(reader *r, int code, const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static int fail(reader *r, int code, const char *fmt, ...)
 {
     if (r->msg && r->msglen) {
         int n = snprintf(r->msg, r->msglen, "model file '%s': ", r->path);

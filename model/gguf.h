@@ -89,8 +89,7 @@ typedef struct model__gguf {
  * model__gguf_free()); on failure leaves nothing to free. Returns 0, MODEL_EFORMAT (not GGUF, a
  * bad version, value or type, duplicates, misalignment), MODEL_ETRUNC (something runs past the
  * end of the file, or a count the file is too short to hold), MODEL_ERANGE (dimensions that
- * overflow) or MODEL_ENOMEM, with a message in
- * msg naming the file and the field. */
+ * overflow) or MODEL_ENOMEM, with a message in msg naming the file and the field. */
 int model__gguf_parse(const void *buf, size_t len, const char *path, model__gguf *out, char *msg,
                       size_t msglen);
 

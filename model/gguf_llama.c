@@ -32,7 +32,7 @@ typedef struct loader {
     unsigned char *used; /* (n_tensors) 1 once a tensor is mapped */
 } loader;
 
-static int fail(loader *ld, int code, const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static int fail(loader *ld, int code, const char *fmt, ...)
 {
     if (ld->msg && ld->msglen) {
         int n = snprintf(ld->msg, ld->msglen, "model file '%s': ", ld->path);
