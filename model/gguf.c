@@ -361,7 +361,7 @@ static int tensor_size(reader *r, model__gguf_tensor *t)
                     "%s: row length %llu is not a multiple of the %s block size %u", r->where,
                     (unsigned long long)t->ne[0], ggml_types[t->type].name, block);
     t->n_elems = n;
-    /* n / block * bytes <= n * 4.5 / 1 at most for these types, but check anyway. */
+    /* Bytes per element are at most 8 (f64, i64): this cannot overflow, but check anyway. */
     uint64_t blocks = n / block;
     if (blocks > (uint64_t)INT64_MAX / bytes)
         return fail(r, MODEL_ERANGE, "%s: size overflows", r->where);
