@@ -188,7 +188,8 @@ typedef struct model_state model_state; /* opaque: activations and scratch, size
  * packed copy of the weights (about model_weight_bytes(); the kernels read only that copy),
  * starts threads - 1 worker threads (the forward pass's only threads), and sets OpenBLAS's
  * thread count to 1. Zero fields of opts take their defaults. out: owned by the caller, freed with
- * model_state_free(). Returns 0, MODEL_EINVAL or MODEL_ENOMEM. */
+ * model_state_free(). Returns 0, MODEL_EINVAL, MODEL_ENOTSUP (weights of a type the kernels do
+ * not take yet) or MODEL_ENOMEM. */
 int model_state_new(const model *m, const model_state_opts *opts, model_state **out);
 
 /* Stops the workers and frees. Accepts NULL. */
