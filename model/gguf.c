@@ -93,17 +93,27 @@ typedef struct reader {
     char where[160]; /* the field being read, for messages: "metadata key #3 ('x')" */
 } reader;
 
+int model__gguf_vfail(char *msg, size_t msglen, const char *path, int code, const char *fmt,
+                      va_list ap)
+{
+    if (!msg || !msglen)
+        return code;
+    int n = snprintf(msg, msglen, "model file '%s': ", path);
+    if (n >= 0 && (size_t)n < msglen)
+        vsnprintf(msg + n, msglen - (size_t)n, fmt, ap);
+    /* Names come from the file: no control bytes reach a terminal or a log line. */
+    for (char *p = msg; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+    return code;
+}
+
 __attribute__((format(printf, 3, 4))) static int fail(reader *r, int code, const char *fmt, ...)
 {
-    if (r->msg && r->msglen) {
-        int n = snprintf(r->msg, r->msglen, "model file '%s': ", r->path);
-        if (n >= 0 && (size_t)n < r->msglen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(r->msg + n, r->msglen - (size_t)n, fmt, ap);
-            va_end(ap);
-        }
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    model__gguf_vfail(r->msg, r->msglen, r->path, code, fmt, ap);
+    va_end(ap);
     return code;
 }
 

@@ -16,6 +16,7 @@
 #ifndef PREFIXD_MODEL_GGUF_H
 #define PREFIXD_MODEL_GGUF_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -112,6 +113,11 @@ int model__gguf_float(const model__gguf_kv *kv, double *out);
 /* Walks a string array: *pos starts at 0 (offset into kv->arr); each call returns the next
  * string. Only for a parsed kv with arr_type STRING, at most arr_n calls. */
 model__gguf_str model__gguf_arr_str(const model__gguf_kv *kv, uint64_t *pos);
+
+/* Writes "model file 'path': " and the formatted message into msg (control bytes, which a name
+ * read from the file may hold, become '?'); returns code. Shared by gguf.c and gguf_llama.c. */
+int model__gguf_vfail(char *msg, size_t msglen, const char *path, int code, const char *fmt,
+                      va_list ap);
 
 /* ggml's tensor types: the name ("q4_K"; NULL for an unknown id) and the block geometry
  * (elements per block, bytes per block). Returns 0, or -1 for an unknown or removed id. */

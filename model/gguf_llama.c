@@ -34,15 +34,10 @@ typedef struct loader {
 
 __attribute__((format(printf, 3, 4))) static int fail(loader *ld, int code, const char *fmt, ...)
 {
-    if (ld->msg && ld->msglen) {
-        int n = snprintf(ld->msg, ld->msglen, "model file '%s': ", ld->path);
-        if (n >= 0 && (size_t)n < ld->msglen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(ld->msg + n, ld->msglen - (size_t)n, fmt, ap);
-            va_end(ap);
-        }
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    model__gguf_vfail(ld->msg, ld->msglen, ld->path, code, fmt, ap);
+    va_end(ap);
     return code;
 }
 

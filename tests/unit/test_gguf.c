@@ -476,6 +476,15 @@ static void test_malformed_headers(void)
     kv_u32(&g, "a.b", 1);
     kv_str(&g, "a.b", "x");
     expect_parse(g.b, g.n, MODEL_EFORMAT, "metadata key 'a.b' appears twice");
+    /* A name's control bytes do not reach the message. */
+    g.n = 0;
+    put(&g, "GGUF", 4);
+    u32(&g, 3);
+    u64(&g, 0);
+    u64(&g, 2);
+    kv_u32(&g, "a\x1b[2Jb", 1);
+    kv_u32(&g, "a\x1b[2Jb", 1);
+    expect_parse(g.b, g.n, MODEL_EFORMAT, "metadata key 'a?[2Jb' appears twice");
     /* Tensors: too many dimensions, overflowing dimensions, unknown types, a row length that is
      * not a whole number of blocks. */
     struct {
