@@ -1,10 +1,12 @@
 /* checkpoint.c — loading model files: dispatch on content, llama2.c legacy version 0, validation.
+ * (GGUF files are read by gguf.c and mapped onto the model by gguf_llama.c.)
  *
  * The checkpoint is memory-mapped read-only and the weight pointers point into the mapping, so a
  * 440 MB model loads in the time it takes to hash it (the fingerprint, XXH3-128 of every byte).
  * Every size is validated before any pointer is formed: a truncated or impossible file gets an
  * error naming the file and the problem, never a crash.
  */
+#include "gguf.h"
 #include "model.h"
 
 #include <errno.h>
@@ -24,6 +26,10 @@
 struct model {
     model_config cfg;
     model_weights w;
+    model_layer *layers; /* (n_layers), what w.layers points to */
+    model__gguf gguf;    /* the parsed header of a GGUF file (zeroed for llama2.c) */
+    int is_gguf;
+    char *path;
     void *map;
     size_t map_len;
     uint8_t fingerprint[16];
@@ -99,6 +105,24 @@ static void config_derive(model_config *c)
     c->kv_dim = c->head_size * c->n_kv_heads;
 }
 
+int model__config_check(const model_config *c, char *why, size_t len)
+{
+    int rc = config_check(c, why, len);
+    if (rc)
+        return rc;
+    if (!(c->rope_theta > 0.0f) || !(c->norm_eps >= 0.0f) || c->norm_eps > 1.0f) {
+        snprintf(why, len, "rope base %g must be positive, rms epsilon %g in [0, 1]",
+                 (double)c->rope_theta, (double)c->norm_eps);
+        return MODEL_ESHAPE;
+    }
+    return 0;
+}
+
+void model__config_derive(model_config *c)
+{
+    config_derive(c);
+}
+
 /* Floats of the llama2.c legacy layout, classifier excluded. */
 static uint64_t legacy_floats(const model_config *c)
 {
@@ -139,36 +163,42 @@ size_t model_kv_block_floats(const model_config *c, int block_tokens)
     return (size_t)c->n_layers * 2 * (size_t)block_tokens * (size_t)c->kv_dim;
 }
 
+static model_tensor f32_tensor(const float *p, int rows, int cols)
+{
+    model_tensor t = {p, MODEL_TYPE_F32, rows, cols};
+    return t;
+}
+
+/* Points the weights into the legacy layout at p: each weight is one array over all layers. */
 static void weights_map(model *m, const float *p)
 {
     const model_config *c = &m->cfg;
-    size_t d = (size_t)c->dim, h = (size_t)c->hidden_dim, L = (size_t)c->n_layers;
-    size_t kv = (size_t)c->kv_dim;
+    int d = c->dim, h = c->hidden_dim, kv = c->kv_dim;
+    size_t L = (size_t)c->n_layers, dd = (size_t)d * d, kd = (size_t)kv * d, hd = (size_t)h * d;
     model_weights *w = &m->w;
-    w->token_embedding = p;
+    w->token_embedding = f32_tensor(p, c->vocab_size, d);
     p += (size_t)c->vocab_size * d;
-    w->rms_att = p;
-    p += L * d;
-    w->wq = p;
-    p += L * d * d;
-    w->wk = p;
-    p += L * kv * d;
-    w->wv = p;
-    p += L * kv * d;
-    w->wo = p;
-    p += L * d * d;
-    w->rms_ffn = p;
-    p += L * d;
-    w->w1 = p;
-    p += L * h * d;
-    w->w2 = p;
-    p += L * d * h;
-    w->w3 = p;
-    p += L * h * d;
-    w->rms_final = p;
+    const float *rms_att = p, *wq = rms_att + L * d, *wk = wq + L * dd, *wv = wk + L * kd;
+    const float *wo = wv + L * kd, *rms_ffn = wo + L * dd, *w1 = rms_ffn + L * d;
+    const float *w2 = w1 + L * hd, *w3 = w2 + L * hd;
+    for (size_t l = 0; l < L; l++) {
+        model_layer *y = &m->layers[l];
+        y->rms_att = f32_tensor(rms_att + l * d, 1, d);
+        y->wq = f32_tensor(wq + l * dd, d, d);
+        y->wk = f32_tensor(wk + l * kd, kv, d);
+        y->wv = f32_tensor(wv + l * kd, kv, d);
+        y->wo = f32_tensor(wo + l * dd, d, d);
+        y->rms_ffn = f32_tensor(rms_ffn + l * d, 1, d);
+        y->w1 = f32_tensor(w1 + l * hd, h, d);
+        y->w2 = f32_tensor(w2 + l * hd, d, h);
+        y->w3 = f32_tensor(w3 + l * hd, h, d);
+    }
+    w->layers = m->layers;
+    p = w3 + L * hd;
+    w->rms_final = f32_tensor(p, 1, d);
     p += d;
     p += 2 * (size_t)c->seq_len * (size_t)(c->head_size / 2);
-    w->wcls = c->shared_class ? w->token_embedding : p;
+    w->wcls = c->shared_class ? w->token_embedding : f32_tensor(p, c->vocab_size, d);
 }
 
 static int load_legacy(model *m, const char *path, char *msg, size_t msglen)
@@ -189,6 +219,8 @@ static int load_legacy(model *m, const char *path, char *msg, size_t msglen)
     c->vocab_size = hdr[5] < 0 && hdr[5] != INT32_MIN ? -hdr[5] : hdr[5];
     c->shared_class = hdr[5] > 0;
     c->seq_len = hdr[6];
+    c->rope_theta = 10000.0f;
+    c->norm_eps = 1e-5f;
     char why[200];
     int rc = config_check(c, why, sizeof why);
     if (rc)
@@ -210,8 +242,20 @@ static int load_legacy(model *m, const char *path, char *msg, size_t msglen)
                     "shape",
                     path, m->map_len, c->dim, c->n_layers, c->vocab_size,
                     c->shared_class ? "shared" : "separate", (unsigned long long)need);
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers)
+        return fail(msg, msglen, MODEL_ENOMEM, "model file '%s': out of memory", path);
     weights_map(m, (const float *)(b + sizeof hdr));
     return 0;
+}
+
+static int load_gguf(model *m, const char *path, char *msg, size_t msglen)
+{
+    int rc = model__gguf_parse(m->map, m->map_len, path, &m->gguf, msg, msglen);
+    if (rc)
+        return rc;
+    m->is_gguf = 1;
+    return model__gguf_llama(&m->gguf, path, &m->cfg, &m->w, &m->layers, msg, msglen);
 }
 
 int model_load(const char *path, model **out, char *msg, size_t msglen)
@@ -248,15 +292,13 @@ int model_load(const char *path, model **out, char *msg, size_t msglen)
     }
     int rc;
     if (m->map_len >= 4 && memcmp(m->map, "GGUF", 4) == 0)
-        rc = fail(msg, msglen, MODEL_EFORMAT,
-                  "model file '%s': GGUF models are not supported yet (only llama2.c "
-                  "checkpoints)",
-                  path);
+        rc = load_gguf(m, path, msg, msglen);
     else
         rc = load_legacy(m, path, msg, msglen);
+    if (!rc && !(m->path = strdup(path)))
+        rc = fail(msg, msglen, MODEL_ENOMEM, "model file '%s': out of memory", path);
     if (rc) {
-        munmap(m->map, m->map_len);
-        free(m);
+        model_free(m);
         return rc;
     }
     madvise(m->map, m->map_len, MADV_WILLNEED);
@@ -273,7 +315,34 @@ void model_free(model *m)
     if (!m)
         return;
     munmap(m->map, m->map_len);
+    free(m->layers);
+    model__gguf_free(&m->gguf);
+    free(m->path);
     free(m);
+}
+
+const model__gguf *model__get_gguf(const model *m)
+{
+    return m->is_gguf ? &m->gguf : NULL;
+}
+
+const char *model__get_path(const model *m)
+{
+    return m->path;
+}
+
+int model_set_context(model *m, int seq_len)
+{
+    if (seq_len < 1 || seq_len > 1048576)
+        return MODEL_EINVAL;
+    m->cfg.seq_len = seq_len;
+    return 0;
+}
+
+const char *model_type_name(int type)
+{
+    const char *n = type >= 0 ? model__ggml_type_name((uint32_t)type) : NULL;
+    return n ? n : "unknown";
 }
 
 const model_config *model_get_config(const model *m)
@@ -328,6 +397,8 @@ int model_shape_parse(const char *spec, model_config *out, char *msg, size_t msg
     out->vocab_size = v[5];
     out->seq_len = v[6];
     out->shared_class = 1;
+    out->rope_theta = 10000.0f;
+    out->norm_eps = 1e-5f;
     char why[200];
     int rc = config_check(out, why, sizeof why);
     if (rc)

@@ -167,7 +167,7 @@ static void rows_task(void *arg, int task, int worker)
         float *x = s->x + (size_t)r * dim, *xb = s->xb + (size_t)r * dim;
         switch (j->step) {
         case STEP_NORM_ATT:
-            model__rmsnorm(xb, x, s->w.rms_att + (size_t)l * dim, dim);
+            model__rmsnorm(xb, x, model_tensor_f32(&s->w.layers[l].rms_att), dim, s->c.norm_eps);
             break;
         case STEP_ROPE:
             rope_and_store(j, r);
@@ -175,7 +175,7 @@ static void rows_task(void *arg, int task, int worker)
         case STEP_RESID_FFN:
             for (int i = 0; i < dim; i++)
                 x[i] += xb[i];
-            model__rmsnorm(xb, x, s->w.rms_ffn + (size_t)l * dim, dim);
+            model__rmsnorm(xb, x, model_tensor_f32(&s->w.layers[l].rms_ffn), dim, s->c.norm_eps);
             break;
         case STEP_SILU: {
             const float *a = s->h13 + (size_t)r * 2 * hid;
@@ -185,7 +185,7 @@ static void rows_task(void *arg, int task, int worker)
         case STEP_RESID_ATT:
             for (int i = 0; i < dim; i++)
                 x[i] += xb[i];
-            model__rmsnorm(xb, x, s->w.rms_att + (size_t)l * dim, dim);
+            model__rmsnorm(xb, x, model_tensor_f32(&s->w.layers[l].rms_att), dim, s->c.norm_eps);
             break;
         case STEP_RESID:
             for (int i = 0; i < dim; i++)
@@ -294,7 +294,8 @@ static void layers(model_state *s, int rows, const model_kv *kv, int kv_per_row,
 
 static void embed(model_state *s, int row, int32_t tok)
 {
-    memcpy(s->x + (size_t)row * s->c.dim, s->w.token_embedding + (size_t)tok * s->c.dim,
+    memcpy(s->x + (size_t)row * s->c.dim,
+           model_tensor_f32(&s->w.token_embedding) + (size_t)tok * s->c.dim,
            (size_t)s->c.dim * sizeof(float));
 }
 
@@ -309,6 +310,21 @@ static void *big_alloc(size_t bytes)
     if (p)
         madvise(p, n, MADV_HUGEPAGE);
     return p;
+}
+
+/* Whether every weight is F32, the only type the kernels take yet (the loader refuses others). */
+static int weights_f32(const model_config *c, const model_weights *w)
+{
+    int ok = w->token_embedding.type == MODEL_TYPE_F32 && w->rms_final.type == MODEL_TYPE_F32 &&
+             w->wcls.type == MODEL_TYPE_F32;
+    for (int l = 0; l < c->n_layers; l++) {
+        const model_layer *y = &w->layers[l];
+        const model_tensor *t[] = {&y->rms_att, &y->wq, &y->wk, &y->wv, &y->wo,
+                                   &y->rms_ffn, &y->w1, &y->w2, &y->w3};
+        for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+            ok = ok && t[i]->type == MODEL_TYPE_F32;
+    }
+    return ok;
 }
 
 int model_state_new(const model *m, const model_state_opts *opts, model_state **out)
@@ -328,6 +344,8 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
     if (o.block_tokens < 1 || o.block_tokens > 4096 || o.max_prefill < 1 || o.max_batch < 1 ||
         o.threads < 1 || o.threads > 256)
         return MODEL_EINVAL;
+    if (!weights_f32(model_get_config(m), model_get_weights(m)))
+        return MODEL_ENOTSUP;
     model_state *s = calloc(1, sizeof *s);
     if (!s)
         return MODEL_ENOMEM;
@@ -379,22 +397,24 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
     const model_weights *w = &s->w;
     size_t dd = (size_t)dim * dim, kd = (size_t)kvd * dim, hd = (size_t)hid * dim;
     for (size_t l = 0; l < L; l++) {
-        memcpy(tmp, w->wq + l * dd, dd * sizeof(float));
-        memcpy(tmp + dd, w->wk + l * kd, kd * sizeof(float));
-        memcpy(tmp + dd + kd, w->wv + l * kd, kd * sizeof(float));
+        const model_layer *y = &w->layers[l];
+        memcpy(tmp, model_tensor_f32(&y->wq), dd * sizeof(float));
+        memcpy(tmp + dd, model_tensor_f32(&y->wk), kd * sizeof(float));
+        memcpy(tmp + dd + kd, model_tensor_f32(&y->wv), kd * sizeof(float));
         model__pack(s->wqkv + l * s->wqkv_n, tmp, s->qkv_dim, dim);
-        model__pack(s->wo + l * s->wo_n, w->wo + l * dd, dim, dim);
-        memcpy(tmp, w->w1 + l * hd, hd * sizeof(float));
-        memcpy(tmp + hd, w->w3 + l * hd, hd * sizeof(float));
+        model__pack(s->wo + l * s->wo_n, model_tensor_f32(&y->wo), dim, dim);
+        memcpy(tmp, model_tensor_f32(&y->w1), hd * sizeof(float));
+        memcpy(tmp + hd, model_tensor_f32(&y->w3), hd * sizeof(float));
         model__pack(s->w13 + l * s->w13_n, tmp, 2 * hid, dim);
-        model__pack(s->w2 + l * s->w2_n, w->w2 + l * hd, dim, hid);
+        model__pack(s->w2 + l * s->w2_n, model_tensor_f32(&y->w2), dim, hid);
     }
     free(tmp);
-    model__pack(s->wcls, w->wcls, c->vocab_size, dim);
-    /* RoPE: angle = pos / 10000^(i / head_size) for even i, computed once as llama2.c does. */
+    model__pack(s->wcls, model_tensor_f32(&w->wcls), c->vocab_size, dim);
+    /* RoPE: angle = pos / theta^(i / head_size) for even i, computed once as llama2.c does
+     * (theta 10000 for Llama 2). */
     for (int p = 0; p < c->seq_len; p++)
         for (size_t j = 0; j < half; j++) {
-            float freq = 1.0f / powf(10000.0f, (float)(2 * j) / (float)c->head_size);
+            float freq = 1.0f / powf(c->rope_theta, (float)(2 * j) / (float)c->head_size);
             float val = (float)p * freq;
             s->rope_cos[(size_t)p * half + j] = cosf(val);
             s->rope_sin[(size_t)p * half + j] = sinf(val);
@@ -447,8 +467,8 @@ static void classify(model_state *s, float *logits, int rows)
 {
     const model_config *c = &s->c;
     for (int r = 0; r < rows; r++)
-        model__rmsnorm(s->xb + (size_t)r * c->dim, s->x + (size_t)r * c->dim, s->w.rms_final,
-                       c->dim);
+        model__rmsnorm(s->xb + (size_t)r * c->dim, s->x + (size_t)r * c->dim,
+                       model_tensor_f32(&s->w.rms_final), c->dim, c->norm_eps);
     gemm(s, logits, s->xb, s->wcls, rows, c->dim, c->vocab_size);
 }
 

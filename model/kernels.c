@@ -669,14 +669,14 @@ void model__attend1(float *out, const float *q, int pos, float *const *blocks, s
 
 /* ---- Element-wise --------------------------------------------------------------------------- */
 
-void model__rmsnorm(float *o, const float *x, const float *w, int n)
+void model__rmsnorm(float *o, const float *x, const float *w, int n, float eps)
 {
     v16 acc = bc16(0.0f);
     for (int i = 0; i < n; i += 16) {
         v16 v = ld16_part(x + i, n - i);
         acc = fma16(v, v, acc);
     }
-    float ss = hsum16(acc) / (float)n + 1e-5f;
+    float ss = hsum16(acc) / (float)n + eps;
     v16 r = bc16(1.0f / sqrtf(ss));
     for (int i = 0; i < n; i += 16)
         st16_part(o + i, ld16_part(w + i, n - i) * (r * ld16_part(x + i, n - i)), n - i);

@@ -54,8 +54,8 @@ size_t model__attend_scratch(int hs, int keys);
 void model__attend1(float *out, const float *q, int pos, float *const *blocks, size_t koff,
                     size_t voff, int B, int hs, float scale, float *scratch);
 
-/* o (n) = w (n) * (x (n) / rms(x)), as in llama2.c (eps 1e-5). */
-void model__rmsnorm(float *o, const float *x, const float *w, int n);
+/* o (n) = w (n) * (x (n) / sqrt(mean(x^2) + eps)), as in llama2.c (where eps is 1e-5). */
+void model__rmsnorm(float *o, const float *x, const float *w, int n, float eps);
 
 /* o (n) = silu(a (n)) * b (n), silu(v) = v / (1 + exp(-v)). */
 void model__silu_mul(float *o, const float *a, const float *b, int n);

@@ -6,6 +6,7 @@
  * ascending), which is the reference's choice at every step (the best score, leftmost on ties).
  * A candidate made stale by an earlier merge is recognised by its symbols' versions and skipped.
  */
+#include "gguf.h"
 #include "model.h"
 
 #include <errno.h>
@@ -111,23 +112,57 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
         return fail(msg, msglen, MODEL_EIO, "tokenizer '%s': cannot read", path);
     }
     fclose(f);
+    char name[1100];
+    snprintf(name, sizeof name, "tokenizer '%s'", path);
+    int rc = model__tokenizer_parse(buf, (size_t)size, name, vocab_size, out, msg, msglen);
+    free(buf);
+    return rc;
+}
+
+int model_tokenizer_from_model(const model *m, model_tokenizer **out, char *msg, size_t msglen)
+{
+    *out = NULL;
+    const model__gguf *g = model__get_gguf(m);
+    if (!g)
+        return fail(msg, msglen, MODEL_EINVAL,
+                    "model file '%s': a llama2.c checkpoint holds no vocabulary (give a tokenizer)",
+                    model__get_path(m));
+    unsigned char *buf;
+    size_t len;
+    int rc = model__gguf_vocab_llama2c(g, model__get_path(m), model_get_config(m)->vocab_size, &buf,
+                                       &len, msg, msglen);
+    if (rc)
+        return rc;
+    char name[1100];
+    snprintf(name, sizeof name, "model file '%s': vocabulary", model__get_path(m));
+    rc = model__tokenizer_parse(buf, len, name, model_get_config(m)->vocab_size, out, msg, msglen);
+    free(buf);
+    return rc;
+}
+
+/* Parses a llama2.c tokenizer held in buf; name ("tokenizer 'x.bin'") starts every message. */
+int model__tokenizer_parse(const unsigned char *buf, size_t buf_len, const char *name,
+                           int vocab_size, model_tokenizer **out, char *msg, size_t msglen)
+{
+    long size = (long)buf_len;
     int rc = 0;
     model_tokenizer *t = calloc(1, sizeof *t);
     size_t off = 4;
     int n = 0;
+    *out = NULL;
     if (!t) {
-        rc = fail(msg, msglen, MODEL_ENOMEM, "tokenizer '%s': out of memory", path);
+        rc = fail(msg, msglen, MODEL_ENOMEM, "%s: out of memory", name);
         goto out;
     }
     if (size < 4) {
-        rc = fail(msg, msglen, MODEL_ETRUNC, "tokenizer '%s': truncated: %ld bytes", path, size);
+        rc = fail(msg, msglen, MODEL_ETRUNC, "%s: truncated: %ld bytes", name, size);
         goto out;
     }
     int32_t max_len;
     memcpy(&max_len, buf, 4);
     if (max_len <= 0 || max_len > 65536) {
-        rc = fail(msg, msglen, MODEL_EFORMAT, "tokenizer '%s': max_token_length %d is impossible",
-                  path, max_len);
+        rc = fail(msg, msglen, MODEL_EFORMAT, "%s: max_token_length %d is impossible", name,
+                  max_len);
         goto out;
     }
     /* First pass: count tokens and validate every length. */
@@ -135,21 +170,18 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
     while (off < (size_t)size) {
         int32_t len;
         if ((size_t)size - off < 8) {
-            rc = fail(msg, msglen, MODEL_ETRUNC,
-                      "tokenizer '%s': truncated inside token %d's header", path, n);
+            rc = fail(msg, msglen, MODEL_ETRUNC, "%s: truncated inside token %d's header", name, n);
             goto out;
         }
         memcpy(&len, buf + off + 4, 4);
         if (len < 0 || len > max_len) {
             rc = fail(msg, msglen, MODEL_EFORMAT,
-                      "tokenizer '%s': token %d has length %d (max_token_length %d)", path, n, len,
-                      max_len);
+                      "%s: token %d has length %d (max_token_length %d)", name, n, len, max_len);
             goto out;
         }
         if ((size_t)size - off - 8 < (size_t)len) {
             rc = fail(msg, msglen, MODEL_ETRUNC,
-                      "tokenizer '%s': truncated inside token %d (%d bytes announced)", path, n,
-                      len);
+                      "%s: truncated inside token %d (%d bytes announced)", name, n, len);
             goto out;
         }
         off += 8 + (size_t)len;
@@ -158,13 +190,12 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
     }
     if (n < 3) {
         rc = fail(msg, msglen, MODEL_EFORMAT,
-                  "tokenizer '%s': holds %d tokens, needs at least <unk>, <s>, </s>", path, n);
+                  "%s: holds %d tokens, needs at least <unk>, <s>, </s>", name, n);
         goto out;
     }
     if (vocab_size > 0 && n != vocab_size) {
         rc = fail(msg, msglen, MODEL_EVOCAB,
-                  "tokenizer '%s': holds %d tokens, the model has a vocabulary of %d", path, n,
-                  vocab_size);
+                  "%s: holds %d tokens, the model has a vocabulary of %d", name, n, vocab_size);
         goto out;
     }
     t->vocab = n;
@@ -174,7 +205,7 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
     t->lens = malloc((size_t)n * sizeof(int));
     t->blob = malloc(text);
     if (!t->scores || !t->pieces || !t->lens || !t->blob) {
-        rc = fail(msg, msglen, MODEL_ENOMEM, "tokenizer '%s': out of memory", path);
+        rc = fail(msg, msglen, MODEL_ENOMEM, "%s: out of memory", name);
         goto out;
     }
     off = 4;
@@ -191,9 +222,8 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
         off += 8 + (size_t)len;
     }
     if (build_map(t) != 0)
-        rc = fail(msg, msglen, MODEL_ENOMEM, "tokenizer '%s': out of memory", path);
+        rc = fail(msg, msglen, MODEL_ENOMEM, "%s: out of memory", name);
 out:
-    free(buf);
     if (rc) {
         model_tokenizer_free(t);
         return rc;
@@ -327,8 +357,13 @@ int model_encode(const model_tokenizer *t, const char *text, size_t len, int bos
         if (id >= 0) {
             s[ns++] = (sym){id, -1, -1, 0, 0};
         } else {
-            for (size_t k = i; k < j; k++)
-                s[ns++] = (sym){(int)u[k] + 3, -1, -1, 0, 0};
+            /* Byte fallback: "<0xHH>" is id HH + 3 in every llama2.c vocabulary, where the
+             * reference assumes it; a vocabulary without it (a GGUF's may be anything) gets
+             * <unk> rather than an id past its end. */
+            for (size_t k = i; k < j; k++) {
+                int b = t->byte_id[u[k]];
+                s[ns++] = (sym){b >= 0 ? b : MODEL_TOK_UNK, -1, -1, 0, 0};
+            }
         }
         i = j;
     }

@@ -27,7 +27,8 @@ int srv_default_tokenizer(const char *model_path, char *buf, size_t cap);
 typedef struct model model;
 typedef struct model_tokenizer model_tokenizer;
 
-/* Loads the model and its tokenizer (tok_path NULL: srv_default_tokenizer()), printing the
+/* Loads the model and its tokenizer (tok_path NULL: the model file's own vocabulary if it has
+ * one, a GGUF's, else srv_default_tokenizer()), printing the
  * loader's message to stderr on failure. Returns 0, or 2 (the exit code for bad input) with
  * nothing loaded. Free with model_tokenizer_free() and model_free(). */
 int srv_load(const char *model_path, const char *tok_path, model **m, model_tokenizer **tok);

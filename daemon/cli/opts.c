@@ -95,6 +95,16 @@ int srv_load(const char *model_path, const char *tok_path, model **m, model_toke
         return 2;
     }
     if (!tok_path) {
+        /* A GGUF file carries its vocabulary; a llama2.c checkpoint (MODEL_EINVAL) does not. */
+        int rc = model_tokenizer_from_model(*m, tok, msg, sizeof msg);
+        if (rc == 0)
+            return 0;
+        if (rc != MODEL_EINVAL) {
+            fprintf(stderr, "prefixd: %s\n", msg);
+            model_free(*m);
+            *m = NULL;
+            return 2;
+        }
         if (srv_default_tokenizer(model_path, buf, sizeof buf) != 0) {
             fprintf(stderr, "prefixd: %s\n", buf);
             model_free(*m);

@@ -23,10 +23,11 @@ static void usage(FILE *f)
             "\n"
             "Generates one continuation in-process and prints the prompt and the continuation.\n"
             "\n"
-            "  --model PATH        llama2.c checkpoint (required)\n"
+            "  --model PATH        llama2.c checkpoint or GGUF file (required)\n"
             "  --tokenizer PATH    tokenizer (default: MODEL.tok, else tokenizer.bin beside it)\n"
             "  --prompt TEXT       prompt (default: empty, the story starts from BOS)\n"
             "  -n N                new tokens at most (default 256)\n"
+            "  --ctx N             context length, overriding the model file's\n"
             "  --temp T            temperature, 0 = greedy (default 0.8)\n"
             "  --top-p P           nucleus sampling threshold (default 0.95)\n"
             "  --seed S            random seed (default: a random one, so each run differs)\n"
@@ -74,7 +75,7 @@ static void run_emit_cb(void *arg, const engine_event *ev)
 int srv_cmd_run(int argc, char **argv)
 {
     const char *model_path = NULL, *tok_path = NULL, *prompt = "";
-    long n_new = 256, threads = 0, block = 16;
+    long n_new = 256, threads = 0, block = 16, ctx_len = 0;
     float temp = PROTO_DEFAULT_TEMP, top_p = PROTO_DEFAULT_TOP_P;
     uint64_t seed = proto_random_seed(), mem = 0;
     int no_cache = 0;
@@ -89,6 +90,7 @@ int srv_cmd_run(int argc, char **argv)
         O_BLOCK,
         O_MEM,
         O_NOCACHE,
+        O_CTX,
         O_HELP
     };
     static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
@@ -101,6 +103,7 @@ int srv_cmd_run(int argc, char **argv)
                                          {"block-tokens", required_argument, 0, O_BLOCK},
                                          {"cache-mem", required_argument, 0, O_MEM},
                                          {"no-cache", no_argument, 0, O_NOCACHE},
+                                         {"ctx", required_argument, 0, O_CTX},
                                          {"help", no_argument, 0, O_HELP},
                                          {0, 0, 0, 0}};
     optind = 1;
@@ -166,6 +169,12 @@ int srv_cmd_run(int argc, char **argv)
         case O_NOCACHE:
             no_cache = 1;
             break;
+        case O_CTX:
+            if (srv_parse_int(optarg, 1, 1048576, &ctx_len) != 0) {
+                fprintf(stderr, "prefixd run: --ctx '%s': expected 1..1048576\n", optarg);
+                return 2;
+            }
+            break;
         case 'h':
         case O_HELP:
             usage(stdout);
@@ -189,6 +198,8 @@ int srv_cmd_run(int argc, char **argv)
     model_tokenizer *tok;
     if (srv_load(model_path, tok_path, &m, &tok) != 0)
         return 2;
+    if (ctx_len)
+        model_set_context(m, (int)ctx_len); /* in range: parsed above */
     const model_config *c = model_get_config(m);
     fprintf(stderr,
             "model: dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, context %d; "

@@ -20,7 +20,7 @@ static void usage(FILE *f)
         "Serves generation on a Unix socket with a shared prefix cache (logs to stderr;\n"
         "SIGINT/SIGTERM finish running requests and exit).\n"
         "\n"
-        "  --model PATH            llama2.c checkpoint (required)\n"
+        "  --model PATH            llama2.c checkpoint or GGUF file (required)\n"
         "  --tokenizer PATH        tokenizer (default: MODEL.tok, else tokenizer.bin beside it)\n"
         "  --socket PATH           socket (default: $PREFIXD_SOCKET, else\n"
         "                          $XDG_RUNTIME_DIR/prefixd.sock, else\n"
@@ -36,6 +36,7 @@ static void usage(FILE *f)
         "  --disk-reset            wipe a disk dir written by another format version or\n"
         "                          block geometry instead of refusing it\n"
         "  --block-tokens N        tokens per K/V block (default 16)\n"
+        "  --ctx N                 context length, overriding the model file's\n"
         "  --threads N             compute threads (default: all cores)\n"
         "  --max-batch N           requests decoded together (default 32)\n"
         "  --max-queue N           requests waiting beyond those before 'busy' (default 256)\n"
@@ -104,6 +105,7 @@ int srv_cmd_serve(int argc, char **argv)
     o.max_text = (size_t)4 << 20;
     o.log_level = BASE_LOG_INFO;
     const char *tok_path = NULL, *disk_dir = NULL;
+    long ctx = 0;
     char sockbuf[4096], diskbuf[4096];
     enum {
         O_MODEL = 256,
@@ -131,11 +133,13 @@ int srv_cmd_serve(int argc, char **argv)
         O_INPUT_MEM,
         O_MAX_TEXT,
         O_STATS_ALL,
+        O_CTX,
         O_HELP
     };
     static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
                                          {"tokenizer", required_argument, 0, O_TOK},
                                          {"socket", required_argument, 0, O_SOCK},
+                                         {"ctx", required_argument, 0, O_CTX},
                                          {"socket-mode", required_argument, 0, O_MODE},
                                          {"cache-mem", required_argument, 0, O_MEM},
                                          {"pin-max", required_argument, 0, O_PIN},
@@ -204,6 +208,10 @@ int srv_cmd_serve(int argc, char **argv)
             break;
         case O_DISKRESET:
             o.engine.disk_reset = 1;
+            break;
+        case O_CTX:
+            if (srv_parse_int(optarg, 1, 1048576, &ctx) != 0)
+                return bad("--ctx", optarg, "1..1048576");
             break;
         case O_BLOCK:
             if (srv_parse_int(optarg, 1, 4096, &v) != 0)
@@ -323,6 +331,8 @@ int srv_cmd_serve(int argc, char **argv)
     model_tokenizer *tok;
     if (srv_load(o.model_path, tok_path, &m, &tok) != 0)
         return 2;
+    if (ctx)
+        model_set_context(m, (int)ctx); /* in range: parsed above */
     const model_config *c = model_get_config(m);
     base_log(BASE_LOG_INFO,
              "model %s: dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, context %d; "

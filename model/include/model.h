@@ -27,7 +27,8 @@
     X(EVOCAB, -5, "tokenizer does not match the model")                                            \
     X(ENOMEM, -6, "out of memory")                                                                 \
     X(ERANGE, -7, "value out of range")                                                            \
-    X(EINVAL, -8, "invalid argument")
+    X(EINVAL, -8, "invalid argument")                                                              \
+    X(ENOTSUP, -9, "not supported yet")
 
 enum {
 #define X(name, code, msg) MODEL_##name = code,
@@ -47,41 +48,87 @@ typedef struct model_config {
     int n_heads;
     int n_kv_heads;   /* < n_heads means grouped-query attention */
     int vocab_size;   /* always positive here */
-    int seq_len;      /* maximum context, in tokens */
+    int seq_len;      /* maximum context, in tokens (model_set_context() overrides the file's) */
     int head_size;    /* dim / n_heads */
     int kv_dim;       /* head_size * n_kv_heads */
     int shared_class; /* 1: the classifier is the token embedding */
+    float rope_theta; /* rotary base: angle = pos / rope_theta^(i / head_size); 10000 in Llama 2 */
+    float norm_eps;   /* RMS norm epsilon: x / sqrt(mean(x^2) + norm_eps); 1e-5 in Llama 2 */
 } model_config;
 
-/* The weights, mapped read-only from the checkpoint (llama2.c's names and layout). Each matrix is
- * row-major [out][in], y = W x. Valid as long as the model is. */
+/* Weight types: ggml's type ids, as GGUF files store them. Only F32 runs today; the others are
+ * named so that a file using them is refused by name. */
+enum {
+    MODEL_TYPE_F32 = 0,
+    MODEL_TYPE_F16 = 1,
+    MODEL_TYPE_Q4_0 = 2,
+    MODEL_TYPE_Q8_0 = 8,
+    MODEL_TYPE_Q4_K = 12,
+    MODEL_TYPE_Q5_K = 13,
+    MODEL_TYPE_Q6_K = 14,
+    MODEL_TYPE_BF16 = 30,
+};
+
+/* ggml's name of a type id ("f32", "q4_K"), or "unknown". */
+const char *model_type_name(int type);
+
+/* One weight matrix or vector as stored in the file (mapped, read-only): rows of cols elements,
+ * row-major (y = W x for a matrix of (out, in)); a vector has one row. The data is in the type's
+ * own encoding; for MODEL_TYPE_F32 it is rows x cols floats. */
+typedef struct model_tensor {
+    const void *data;
+    int type; /* MODEL_TYPE_* */
+    int rows, cols;
+} model_tensor;
+
+/* The float data of an F32 tensor. */
+static inline const float *model_tensor_f32(const model_tensor *t)
+{
+    return (const float *)t->data;
+}
+
+/* One layer's weights (llama2.c's names). */
+typedef struct model_layer {
+    model_tensor rms_att; /* (dim) */
+    model_tensor wq;      /* (dim, dim) */
+    model_tensor wk;      /* (kv_dim, dim) */
+    model_tensor wv;      /* (kv_dim, dim) */
+    model_tensor wo;      /* (dim, dim) */
+    model_tensor rms_ffn; /* (dim) */
+    model_tensor w1;      /* (hidden, dim), the gate */
+    model_tensor w2;      /* (dim, hidden), the down projection */
+    model_tensor w3;      /* (hidden, dim), the up projection */
+} model_layer;
+
+/* The weights, pointing into the mapped model file. Valid as long as the model is. */
 typedef struct model_weights {
-    const float *token_embedding; /* (vocab, dim) */
-    const float *rms_att;         /* (layer, dim) */
-    const float *wq;              /* (layer, dim, dim) */
-    const float *wk;              /* (layer, kv_dim, dim) */
-    const float *wv;              /* (layer, kv_dim, dim) */
-    const float *wo;              /* (layer, dim, dim) */
-    const float *rms_ffn;         /* (layer, dim) */
-    const float *w1;              /* (layer, hidden, dim) */
-    const float *w2;              /* (layer, dim, hidden) */
-    const float *w3;              /* (layer, hidden, dim) */
-    const float *rms_final;       /* (dim) */
-    const float *wcls;            /* (vocab, dim); == token_embedding when shared */
+    model_tensor token_embedding; /* (vocab, dim) */
+    const model_layer *layers;    /* (n_layers) */
+    model_tensor rms_final;       /* (dim) */
+    model_tensor wcls;            /* (vocab, dim); the token embedding's when shared */
 } model_weights;
 
 typedef struct model model; /* opaque: a loaded checkpoint */
 
-/* Loads a checkpoint, memory-mapped, dispatching on the file's content (llama2.c legacy version
- * 0 today; GGUF's magic is recognised and refused with a clear message until it is supported).
- * Validates the header (positive sizes, dim divisible by n_heads, n_heads divisible by
- * n_kv_heads, even head_size, sizes that do not overflow) and that the file holds every tensor.
- * Also hashes the whole file (XXH3-128) into the model fingerprint.
+/* Loads a model file, memory-mapped, dispatching on the file's content: a GGUF file (versions 2
+ * and 3, architecture `llama`; model/gguf.h says what is validated) or else a llama2.c legacy
+ * version 0 checkpoint. Validates the hyper-parameters (positive sizes, dim divisible by n_heads,
+ * n_heads divisible by n_kv_heads, even head_size, sizes that do not overflow) and that the file
+ * holds every tensor with the shape they imply. Weights stay in the mapping, in their stored
+ * type; only F32 weights are supported yet (another type is refused by name: "tensor
+ * 'blk.0.attn_q.weight' has type q4_K, not supported yet"). Also hashes the whole file
+ * (XXH3-128) into the model fingerprint, which so covers the weights as stored.
  * path: in. out: receives the model, owned by the caller, freed with model_free().
  * msg/msglen: on failure receives a message naming the file and the problem, e.g.
  *   "model file 'x.bin': truncated: header needs 1056540 bytes, file holds 4096".
- * Returns 0, MODEL_EIO, MODEL_EFORMAT, MODEL_ETRUNC, MODEL_ESHAPE or MODEL_ENOMEM. */
+ * Returns 0, MODEL_EIO, MODEL_EFORMAT, MODEL_ETRUNC, MODEL_ESHAPE, MODEL_ERANGE, MODEL_ENOTSUP
+ * or MODEL_ENOMEM. */
 int model_load(const char *path, model **out, char *msg, size_t msglen);
+
+/* Overrides the context length the file gives (a GGUF's `llama.context_length` may be wrong:
+ * the stories260K conversion says 128 for a model trained at 512). Call it before making a state
+ * from m. seq_len: 1 .. 1048576. Returns 0 or MODEL_EINVAL. */
+int model_set_context(model *m, int seq_len);
 
 /* Unmaps and frees. Accepts NULL. No state made from this model may be used afterwards. */
 void model_free(model *m);
@@ -90,7 +137,9 @@ void model_free(model *m);
 const model_config *model_get_config(const model *m);
 const model_weights *model_get_weights(const model *m);
 
-/* The 16-byte fingerprint: XXH3-128 of the checkpoint file's bytes. Valid as long as m. */
+/* The 16-byte fingerprint: XXH3-128 of the model file's bytes (weights as stored, and for GGUF
+ * the metadata too). The context length does not enter it: it does not change any K/V. Valid as
+ * long as m. */
 const uint8_t *model_fingerprint(const model *m);
 
 /* Parameter count (every weight, the classifier counted once when shared), and the bytes the
@@ -146,7 +195,8 @@ typedef struct model_state model_state; /* opaque: activations and scratch, size
  * packed copy of the weights (about model_weight_bytes(); the kernels read only that copy),
  * starts threads - 1 worker threads (the forward pass's only threads), and sets OpenBLAS's
  * thread count to 1. Zero fields of opts take their defaults. out: owned by the caller, freed with
- * model_state_free(). Returns 0, MODEL_EINVAL or MODEL_ENOMEM. */
+ * model_state_free(). Returns 0, MODEL_EINVAL, MODEL_ENOTSUP (weights of a type the kernels do
+ * not take yet) or MODEL_ENOMEM. */
 int model_state_new(const model *m, const model_state_opts *opts, model_state **out);
 
 /* Stops the workers and frees. Accepts NULL. */
@@ -186,6 +236,14 @@ typedef struct model_tokenizer model_tokenizer; /* opaque */
  * caller, freed with model_tokenizer_free(). Returns 0 or a MODEL_* code with msg. */
 int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out, char *msg,
                          size_t msglen);
+
+/* Makes the tokenizer of a model file that carries its vocabulary: a GGUF file with a
+ * SentencePiece vocabulary (tokenizer.ggml.model "llama", tokens and scores for each id, <unk>,
+ * <s>, </s> at ids 0, 1, 2), turned into the llama2.c tokenizer it is equivalent to. out: owned
+ * by the caller, freed with model_tokenizer_free(). Returns 0, MODEL_EINVAL (a llama2.c
+ * checkpoint: no vocabulary in it), MODEL_ENOTSUP (another vocabulary kind: a later step),
+ * MODEL_EVOCAB, MODEL_EFORMAT or MODEL_ENOMEM, with msg. */
+int model_tokenizer_from_model(const model *m, model_tokenizer **out, char *msg, size_t msglen);
 
 /* Writes a byte-level tokenizer of vocab_size tokens (<unk>, <s>, </s>, the 256 byte tokens, then
  * filler pieces) that any synthetic model of that vocabulary can use. Returns 0 or MODEL_EIO. */

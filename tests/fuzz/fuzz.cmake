@@ -1,11 +1,17 @@
-# The seed corpus always runs as a unit test; the libFuzzer target needs clang:
+# The seed corpora always run as unit tests; the libFuzzer targets need clang:
 #   CC=clang cmake -S . -B build-fuzz -DPREFIXD_FUZZ=ON && cmake --build build-fuzz --target fuzz_proto
 #   build-fuzz/tests/fuzz_proto -max_total_time=60 NEW_DIR tests/fuzz/corpus/proto
+# (and the same with fuzz_gguf and tests/fuzz/corpus/gguf).
 add_executable(fuzz_proto_corpus fuzz/fuzz_proto.c fuzz/corpus_main.c)
 target_link_libraries(fuzz_proto_corpus PRIVATE proto prefixd_warnings)
 add_test(NAME fuzz_proto_corpus COMMAND fuzz_proto_corpus
          ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/proto)
 set_tests_properties(fuzz_proto_corpus PROPERTIES LABELS unit TIMEOUT 120)
+add_executable(fuzz_gguf_corpus fuzz/fuzz_gguf.c fuzz/corpus_main.c)
+target_link_libraries(fuzz_gguf_corpus PRIVATE model prefixd_warnings)
+add_test(NAME fuzz_gguf_corpus COMMAND fuzz_gguf_corpus
+         ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/gguf)
+set_tests_properties(fuzz_gguf_corpus PROPERTIES LABELS unit TIMEOUT 120)
 if(PREFIXD_FUZZ)
   if(NOT CMAKE_C_COMPILER_ID MATCHES "Clang")
     message(FATAL_ERROR "PREFIXD_FUZZ needs clang: CC=clang cmake -DPREFIXD_FUZZ=ON ...")
@@ -15,4 +21,9 @@ if(PREFIXD_FUZZ)
   target_link_options(fuzz_proto PRIVATE -fsanitize=fuzzer,address,undefined)
   target_link_libraries(fuzz_proto PRIVATE proto)
   target_compile_options(proto PRIVATE -fsanitize=fuzzer-no-link,address,undefined)
+  add_executable(fuzz_gguf fuzz/fuzz_gguf.c)
+  target_compile_options(fuzz_gguf PRIVATE -fsanitize=fuzzer,address,undefined)
+  target_link_options(fuzz_gguf PRIVATE -fsanitize=fuzzer,address,undefined)
+  target_link_libraries(fuzz_gguf PRIVATE model)
+  target_compile_options(model PRIVATE -fsanitize=fuzzer-no-link,address,undefined)
 endif()

@@ -26,6 +26,26 @@ golden)
   [ "$(tail -c 1 "$tmp/out" | od -An -c | tr -d ' ')" = '\n' ] || fail "no final newline"
   grep -q "255 new tokens" "$tmp/err" || fail "expected 255 new tokens: $(cat "$tmp/err")"
   ;;
+gguf)
+  # The stories260K GGUF (llama.cpp's converter) with its own vocabulary: the golden story too,
+  # once its context (128 in the file) is set to 512 with --ctx.
+  gg=$models/stories260K-f32.gguf
+  "$prefixd" run --model "$gg" --ctx 512 --temp 0 -n 255 >"$tmp/out" 2>"$tmp/err" \
+    || fail "exit $?: $(cat "$tmp/err")"
+  n=$(( $(wc -c <"$g") - 1 ))
+  head -c "$n" "$tmp/out" | cmp - <(head -c "$n" "$g") || fail "GGUF output differs from the golden text"
+  grep -q "context 512" "$tmp/err" || fail "--ctx not in force: $(cat "$tmp/err")"
+  # Without --ctx the file's 128 holds: generation stops there.
+  "$prefixd" run --model "$gg" --temp 0 -n 255 >"$tmp/out" 2>"$tmp/err" || fail "exit $?"
+  grep -q "finish: length" "$tmp/err" && grep -q "context of 128" "$tmp/err" \
+    || fail "expected a stop at the file's context: $(cat "$tmp/err")"
+  "$prefixd" run --model "$gg" --ctx 0 >/dev/null 2>"$tmp/err"
+  [ $? -eq 2 ] || fail "--ctx 0: expected exit 2"
+  # A GGUF of another architecture is refused by name.
+  "$prefixd" run --model "$models/vocab/ggml-vocab-gpt-2.gguf" >/dev/null 2>"$tmp/err"
+  [ $? -eq 2 ] || fail "gpt2 GGUF: expected exit 2"
+  grep -q "architecture 'gpt2' is not supported" "$tmp/err" || fail "gpt2 message: $(cat "$tmp/err")"
+  ;;
 prompt)
   "$prefixd" run --model "$m" --tokenizer "$t" --temp 0 -n 20 --prompt "Once upon a time, Lily" \
     >"$tmp/out" 2>"$tmp/err" || fail "exit $?"

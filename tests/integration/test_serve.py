@@ -94,6 +94,26 @@ def case_golden():
         d.stop()
 
 
+def case_gguf():
+    """The stories260K GGUF (llama.cpp's converter) served with --ctx 512: the golden text, and a
+    repeated prompt served from the cache."""
+    d = Daemon("--model", os.path.join(MODELS, "stories260K-f32.gguf"), "--ctx", "512")
+    try:
+        with d.client() as c:
+            r = c.generate("", max_new=255, temp=0)
+            golden = open(GOLDEN, "rb").read()
+            out = (r["text"] + "\n").encode()
+            check(out[:len(golden) - 1] == golden[:-1],
+                  "GGUF socket output differs from the golden text:\n%r" % out[:200])
+            p = "Once upon a time, there was a little girl named Lily. She loved to play outside."
+            a = c.generate(p, max_new=20, temp=0)
+            b = c.generate(p, max_new=20, temp=0)
+            check(a["tokens"] == b["tokens"], "repeated prompt: same tokens")
+            check(b["cached_tokens"] >= 16, "repeated prompt cached: %r" % b["cached_tokens"])
+    finally:
+        d.stop()
+
+
 def expected_outputs(ps, max_new=24):
     d = Daemon("--no-cache")
     try:

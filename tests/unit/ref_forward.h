@@ -27,12 +27,12 @@ static void ref_matvec(float *y, const float *w, const float *x, int n, int d)
     }
 }
 
-static void ref_rmsnorm(float *o, const float *x, const float *w, int n)
+static void ref_rmsnorm(float *o, const float *x, const float *w, int n, double eps)
 {
     double ss = 0;
     for (int i = 0; i < n; i++)
         ss += (double)x[i] * x[i];
-    float r = (float)(1.0 / sqrt(ss / n + 1e-5));
+    float r = (float)(1.0 / sqrt(ss / n + eps));
     for (int i = 0; i < n; i++)
         o[i] = w[i] * (r * x[i]);
 }
@@ -78,11 +78,11 @@ static void ref_free(ref_state *r)
     free(r);
 }
 
-static void ref_rope(float *v, int n, int head_size, int pos)
+static void ref_rope(float *v, int n, int head_size, int pos, double theta)
 {
     for (int i = 0; i < n; i += 2) {
         int hi = i % head_size;
-        double ang = pos / pow(10000.0, (double)hi / head_size);
+        double ang = pos / pow(theta, (double)hi / head_size);
         float c = (float)cos(ang), s = (float)sin(ang);
         float a = v[i], b = v[i + 1];
         v[i] = a * c - b * s;
@@ -96,14 +96,17 @@ static const float *ref_step(ref_state *r, int token, int pos)
     const model_config *c = r->c;
     const model_weights *w = r->w;
     int dim = c->dim, kvd = c->kv_dim, hs = c->head_size, hid = c->hidden_dim;
-    memcpy(r->x, w->token_embedding + (size_t)token * dim, (size_t)dim * sizeof(float));
+    memcpy(r->x, model_tensor_f32(&w->token_embedding) + (size_t)token * dim,
+           (size_t)dim * sizeof(float));
+    double eps = c->norm_eps, theta = c->rope_theta;
     for (int l = 0; l < c->n_layers; l++) {
-        ref_rmsnorm(r->xb, r->x, w->rms_att + (size_t)l * dim, dim);
-        ref_matvec(r->q, w->wq + (size_t)l * dim * dim, r->xb, dim, dim);
-        ref_matvec(r->k, w->wk + (size_t)l * kvd * dim, r->xb, dim, kvd);
-        ref_matvec(r->v, w->wv + (size_t)l * kvd * dim, r->xb, dim, kvd);
-        ref_rope(r->q, dim, hs, pos);
-        ref_rope(r->k, kvd, hs, pos);
+        const model_layer *y = &w->layers[l];
+        ref_rmsnorm(r->xb, r->x, model_tensor_f32(&y->rms_att), dim, eps);
+        ref_matvec(r->q, model_tensor_f32(&y->wq), r->xb, dim, dim);
+        ref_matvec(r->k, model_tensor_f32(&y->wk), r->xb, dim, kvd);
+        ref_matvec(r->v, model_tensor_f32(&y->wv), r->xb, dim, kvd);
+        ref_rope(r->q, dim, hs, pos, theta);
+        ref_rope(r->k, kvd, hs, pos, theta);
         float *kc = r->kcache + ((size_t)l * c->seq_len) * kvd;
         float *vc = r->vcache + ((size_t)l * c->seq_len) * kvd;
         memcpy(kc + (size_t)pos * kvd, r->k, (size_t)kvd * sizeof(float));
@@ -132,22 +135,22 @@ static const float *ref_step(ref_state *r, int token, int pos)
                 r->xb[h * hs + i] = (float)o;
             }
         }
-        ref_matvec(r->xb2, w->wo + (size_t)l * dim * dim, r->xb, dim, dim);
+        ref_matvec(r->xb2, model_tensor_f32(&y->wo), r->xb, dim, dim);
         for (int i = 0; i < dim; i++)
             r->x[i] += r->xb2[i];
-        ref_rmsnorm(r->xb, r->x, w->rms_ffn + (size_t)l * dim, dim);
-        ref_matvec(r->hb, w->w1 + (size_t)l * hid * dim, r->xb, dim, hid);
-        ref_matvec(r->hb2, w->w3 + (size_t)l * hid * dim, r->xb, dim, hid);
+        ref_rmsnorm(r->xb, r->x, model_tensor_f32(&y->rms_ffn), dim, eps);
+        ref_matvec(r->hb, model_tensor_f32(&y->w1), r->xb, dim, hid);
+        ref_matvec(r->hb2, model_tensor_f32(&y->w3), r->xb, dim, hid);
         for (int i = 0; i < hid; i++) {
             float a = r->hb[i];
             r->hb[i] = (float)(a / (1.0 + exp(-a))) * r->hb2[i];
         }
-        ref_matvec(r->xb2, w->w2 + (size_t)l * dim * hid, r->hb, hid, dim);
+        ref_matvec(r->xb2, model_tensor_f32(&y->w2), r->hb, hid, dim);
         for (int i = 0; i < dim; i++)
             r->x[i] += r->xb2[i];
     }
-    ref_rmsnorm(r->xb, r->x, w->rms_final, dim);
-    ref_matvec(r->logits, w->wcls, r->xb, dim, c->vocab_size);
+    ref_rmsnorm(r->xb, r->x, model_tensor_f32(&w->rms_final), dim, eps);
+    ref_matvec(r->logits, model_tensor_f32(&w->wcls), r->xb, dim, c->vocab_size);
     return r->logits;
 }
 
