@@ -87,7 +87,7 @@ static inline engine_done bench_run(engine *e, const int32_t *ids, size_t n, uin
     q.max_new = max_new;
     q.t_received_ms = base_now_ms();
     engine_submit(e, &q);
-    while (engine_step(e) > 0)
+    while (engine_live(e) > 0 && engine_step(e) > 0)
         ;
     return bench_last;
 }

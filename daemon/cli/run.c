@@ -267,7 +267,7 @@ int srv_cmd_run(int argc, char **argv)
     q.seed = seed;
     q.t_received_ms = base_now_ms();
     if (engine_submit(e, &q) == 0)
-        while (engine_step(e) > 0)
+        while (engine_live(e) > 0 && engine_step(e) > 0)
             ;
     printf("\n");
     fflush(stdout);

@@ -51,6 +51,9 @@ static void usage(FILE *f)
         "  --max-conns-per-user N  connections one Unix user may hold (default 256; 0 no limit)\n"
         "  --max-input-mem SIZE    unprocessed input of all connections together (default 256M)\n"
         "  --max-text SIZE         largest text to tokenize, prompt or TOKENIZE (default 4M)\n"
+        "  --decode-history        publish a reply's K/V as decode wrote it, at once, instead\n"
+        "                          of recomputing it by prefill in the background (exact\n"
+        "                          history: a chat's cache is bitwise an uncached run's)\n"
         "  --stats-all-users       show every user the daemon-wide counters (default: only\n"
         "                          the daemon's owner and root; others see their own)\n"
         "  --log-level LEVEL       error, warn, info or debug (default info)\n");
@@ -133,6 +136,7 @@ int srv_cmd_serve(int argc, char **argv)
         O_INPUT_MEM,
         O_MAX_TEXT,
         O_STATS_ALL,
+        O_DECODE_HISTORY,
         O_CTX,
         O_HELP
     };
@@ -162,6 +166,7 @@ int srv_cmd_serve(int argc, char **argv)
                                          {"max-input-mem", required_argument, 0, O_INPUT_MEM},
                                          {"max-text", required_argument, 0, O_MAX_TEXT},
                                          {"stats-all-users", no_argument, 0, O_STATS_ALL},
+                                         {"decode-history", no_argument, 0, O_DECODE_HISTORY},
                                          {"help", no_argument, 0, O_HELP},
                                          {0, 0, 0, 0}};
     optind = 1;
@@ -277,6 +282,9 @@ int srv_cmd_serve(int argc, char **argv)
             if (srv_parse_size(optarg, &sz) != 0 || sz < 1024 || sz > (1u << 30))
                 return bad("--max-text", optarg, "a size from 1K to 1G");
             o.max_text = (size_t)sz;
+            break;
+        case O_DECODE_HISTORY:
+            o.engine.decode_history = 1;
             break;
         case O_STATS_ALL:
             o.stats_all_users = 1;

@@ -53,6 +53,8 @@ typedef struct request {
     uint64_t rng;
     int pin;
     cache_key root;
+    int history_pos; /* background: positions [history_pos, kv_done) still to recompute */
+    struct request *bg_next;
     double t_recv, t_first, t_end;
     double prefill_ms;
 } request;
@@ -71,12 +73,14 @@ struct engine {
     model_sampler *sampler;
     request **live; /* waiting and running, in arrival order */
     int n_live, cap_live;
-    int rr;         /* round robin among prefilling requests */
-    float *logits;  /* (max_batch, vocab) */
-    model_kv *kv;   /* (max_batch) */
-    int *pos;       /* (max_batch) */
-    int32_t *toks;  /* (max_batch) */
-    request **rows; /* (max_batch) */
+    int rr;                     /* round robin among prefilling requests */
+    float *logits;              /* (max_batch, vocab) */
+    model_kv *kv;               /* (max_batch) */
+    int *pos;                   /* (max_batch) */
+    int32_t *toks;              /* (max_batch) */
+    request **rows;             /* (max_batch) */
+    request *bg_head, *bg_tail; /* ended requests whose history is recomputed (FIFO) */
+    int n_bg;
     engine_stats st;
 };
 
@@ -135,12 +139,12 @@ static int blocks_for(const engine *e, int positions)
 /* Publishes the full blocks whose K/V are all computed, from n_pub on. A block that cannot be
  * published (its key collides, or its parent stayed private) ends the chain: the rest stay
  * private, which is correct, just not shared. */
-static void publish_ready(engine *e, request *r)
+static void publish_upto(engine *e, request *r, int positions)
 {
     if (e->o.no_cache)
         return;
     int B = e->o.block_tokens;
-    int full = r->kv_done / B;
+    int full = positions / B;
     if (full > r->n_tok / B)
         full = r->n_tok / B;
     while (r->n_pub < full) {
@@ -158,6 +162,11 @@ static void publish_ready(engine *e, request *r)
         r->ptr[i] = cache_block_data(out);
         r->n_pub++;
     }
+}
+
+static void publish_ready(engine *e, request *r)
+{
+    publish_upto(e, r, r->kv_done);
 }
 
 static void release_blocks(engine *e, request *r)
@@ -202,9 +211,16 @@ static void finish(engine *e, request *r, engine_finish reason)
     /* A request cancelled while the disk thread writes into its slots keeps them (and itself)
      * until the load comes back (collect_loads()). */
     int loading = r->state == RQ_LOADING;
-    if (reason != ENGINE_FINISH_CANCELLED)
+    /* Exact history: the positions decode wrote (from the first sampled token on) are
+     * recomputed by prefill before their blocks are published; until then only the prompt's. */
+    int background = reason != ENGINE_FINISH_CANCELLED && !loading && !e->o.no_cache &&
+                     !e->o.decode_history && r->kv_done > r->n_prompt &&
+                     r->kv_done / e->o.block_tokens > r->n_pub;
+    if (background)
+        publish_upto(e, r, r->n_prompt);
+    else if (reason != ENGINE_FINISH_CANCELLED)
         publish_ready(e, r);
-    if (!loading)
+    if (!loading && !background)
         release_blocks(e, r);
     engine_event ev = {.type = ENGINE_EV_DONE, .handle = r->handle, .owner = r->owner};
     engine_done *d = &ev.done;
@@ -230,7 +246,75 @@ static void finish(engine *e, request *r, engine_finish reason)
         e->zombies = r;
         return;
     }
+    if (background) {
+        r->history_pos = r->n_prompt;
+        r->bg_next = NULL;
+        if (e->bg_tail)
+            e->bg_tail->bg_next = r;
+        else
+            e->bg_head = r;
+        e->bg_tail = r;
+        e->n_bg++;
+        return;
+    }
     request_free(r);
+}
+
+/* ---- Exact history (background) ------------------------------------------------------------ */
+
+static request *bg_pop(engine *e)
+{
+    request *r = e->bg_head;
+    e->bg_head = r->bg_next;
+    if (!e->bg_head)
+        e->bg_tail = NULL;
+    e->n_bg--;
+    return r;
+}
+
+/* Recomputes one chunk of the oldest ended request's generated positions with prefill (the
+ * same kernel and order as an uncached prompt's, so the K/V are its bits) over the slots that
+ * decode wrote; when all are done, publishes its blocks and lets it go. */
+static void history_step(engine *e)
+{
+    request *r = e->bg_head;
+    int n = r->kv_done - r->history_pos;
+    if (n > e->o.prefill_chunk)
+        n = e->o.prefill_chunk;
+    model_kv kv = {r->ptr, r->n_blk};
+    double t0 = base_now_ms();
+    int rc = model_prefill(e->ms, &kv, r->history_pos, r->tok + r->history_pos, n, NULL);
+    e->st.history_ms += base_now_ms() - t0;
+    if (rc == 0) {
+        r->history_pos += n;
+        e->st.history_tokens += (uint64_t)n;
+    }
+    if (rc != 0 || r->history_pos == r->kv_done) {
+        bg_pop(e);
+        if (rc == 0)
+            publish_ready(e, r);
+        release_blocks(e, r);
+        request_free(r);
+    }
+}
+
+/* Gives up the oldest pending recompute (its generated blocks are not published; a later
+ * request that needs them computes them itself). Returns 1 if there was one. */
+static int history_drop(engine *e)
+{
+    if (!e->bg_head)
+        return 0;
+    request *r = bg_pop(e);
+    e->st.history_dropped++;
+    release_blocks(e, r);
+    request_free(r);
+    return 1;
+}
+
+static void history_finish_all(engine *e)
+{
+    while (e->bg_head)
+        history_step(e);
 }
 
 static void fail_request(engine *e, request *r, int code, const char *what)
@@ -492,7 +576,11 @@ static void admit_waiting(engine *e)
         request *r = e->live[i];
         if (r->state != RQ_WAITING)
             continue;
-        if (admit(e, r) != 0) {
+        if (admit(e, r) != 0 && history_drop(e)) {
+            i--; /* its blocks are free now: try this request again */
+            continue;
+        }
+        if (r->state == RQ_WAITING) {
             if (run == 0) {
                 char what[200];
                 snprintf(what, sizeof what,
@@ -652,7 +740,7 @@ static int admissible(const engine *e)
 
 int engine_runnable(engine *e)
 {
-    if (computing(e) || admissible(e))
+    if (computing(e) || admissible(e) || e->n_bg > 0)
         return 1;
     return e->disk && e->n_loading > 0 && disk_thread_has_done(e->disk);
 }
@@ -668,7 +756,11 @@ int engine_step(engine *e)
     }
     prefill_one(e);
     decode_all(e);
-    return e->n_live;
+    /* Background work only while no live request computes: it never delays a first token or
+     * a decode step (a chat's reply is recomputed while its user reads it). */
+    if (e->bg_head && !computing(e) && !admissible(e))
+        history_step(e);
+    return e->n_live + e->n_bg;
 }
 
 int engine_live(const engine *e)
@@ -715,6 +807,7 @@ size_t engine_flush_disk(engine *e)
 {
     if (!e->disk)
         return 0;
+    history_finish_all(e); /* what ended last is published, so it is written too */
     flush_ctx f = {e->disk, 0};
     cache_visit(e->cache, flush_cb, &f);
     disk_thread_flush(e->disk);
@@ -724,6 +817,7 @@ size_t engine_flush_disk(engine *e)
 void engine_get_stats(const engine *e, engine_stats *out)
 {
     *out = e->st;
+    out->background = e->n_bg;
     out->running = running(e);
     out->waiting = e->n_live - out->running;
 }
@@ -842,6 +936,10 @@ void engine_free(engine *e)
         e->n_live--;
         request_free(r);
     }
+    if (e->disk)
+        history_finish_all(e); /* published, then written by the flush below */
+    while (history_drop(e))
+        ;
     if (e->disk) {
         engine_flush_disk(e);
         disk_thread_close(e->disk);

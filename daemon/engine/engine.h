@@ -105,6 +105,13 @@ typedef struct engine_opts {
     int prefill_chunk;    /* prompt tokens prefilled per step (default 512) */
     int threads;          /* compute threads (0: all cores) */
     int test_key_bits;    /* cache test hook (cache_opts.test_key_bits) */
+    int decode_history;   /* 1: publish a reply's blocks as decode wrote them, at once (before
+                           * exact history; faster, but the next turn reads K/V that differs
+                           * from an uncached prefill's in the last bits). 0 (default): when a
+                           * request ends, its generated positions are recomputed by prefill in
+                           * the background (while nothing else runs) and those blocks are
+                           * published, so a chat's cached history is bitwise what an uncached
+                           * run computes. */
     const char *disk_dir; /* the disk tier's directory; NULL: no disk tier */
     size_t disk_max;      /* its budget in bytes (0: 4 GiB) */
     int disk_reset;       /* 1: wipe a store of another format version or geometry */
@@ -165,7 +172,9 @@ int engine_cancel(engine *e, uint64_t handle);
 int engine_cancel_matching(engine *e, uint64_t value, uint64_t mask);
 
 /* One scheduler step (see above): takes the loads the disk thread has finished, admits,
- * prefills one chunk, decodes. Returns the number of live requests afterwards (0: idle). */
+ * prefills one chunk, decodes; when no live request computes, recomputes one chunk of an ended
+ * request's history (decode_history). Returns the live requests plus the ended ones whose
+ * history is still pending afterwards (0: nothing left to do). */
 int engine_step(engine *e);
 
 /* 1 if engine_step() has work now; 0 if every live request waits for the disk tier (the
@@ -189,10 +198,14 @@ typedef struct engine_stats {
     uint64_t cached_tokens_disk; /* of those, loaded from disk */
     uint64_t prefill_tokens;     /* prompt tokens computed */
     uint64_t generated_tokens;
-    double prefill_ms; /* engine time in model_prefill */
-    double decode_ms;  /* engine time in model_decode */
-    int running;       /* requests prefilling or decoding now */
-    int waiting;       /* requests queued */
+    double prefill_ms;        /* engine time in model_prefill */
+    uint64_t history_tokens;  /* generated positions recomputed by prefill (exact history) */
+    uint64_t history_dropped; /* ... requests whose recompute was dropped for memory */
+    double history_ms;        /* engine time recomputing them */
+    int background;           /* ended requests whose history is still being recomputed */
+    double decode_ms;         /* engine time in model_decode */
+    int running;              /* requests prefilling or decoding now */
+    int waiting;              /* requests queued */
 } engine_stats;
 
 void engine_get_stats(const engine *e, engine_stats *out);

@@ -51,6 +51,10 @@ static void add_daemon(server *s, cJSON *j)
     add(j, "generated_tokens", (double)es.generated_tokens);
     add(j, "prefill_ms", es.prefill_ms);
     add(j, "decode_ms", es.decode_ms);
+    add(j, "history_tokens", (double)es.history_tokens);
+    add(j, "history_ms", es.history_ms);
+    add(j, "history_dropped", (double)es.history_dropped);
+    add(j, "history_pending", es.background);
     cache *c = engine_cache(s->engine);
     if (c) {
         cache_stats cs;

@@ -783,6 +783,82 @@ static void test_new_errors(void)
     CHECK_STR_EQ(engine_strerror(12345), "unknown error");
 }
 
+/* Issue 18: a 5-turn chat whose every turn reads its history from the cache (its replies too):
+ * after each turn, every full block of the conversation so far is bitwise the block an uncached
+ * prefill of the same ids writes, and each turn's tokens are the uncached ones; with decode_history
+ * (blocks published as decode wrote them) the reply's blocks differ, which shows the test sees
+ * the difference. With a disk tier, each turn runs on a new engine over the same store (a restart),
+ * so the history comes back from disk. */
+static void exact_history_run(int with_disk, int decode_history)
+{
+    static int32_t conv[700];
+    int n = 40, B = 16, differ = 0;
+    size_t floats = model_kv_block_floats(model_get_config(M), B);
+    prompt_ids(conv, n, 77);
+    engine *e = NULL;
+    char msg[512];
+    if (!with_disk) {
+        e = new_engine(0, 64 << 20, 0, 4, 4);
+        engine_opts o = *engine_get_opts(e);
+        engine_free(e);
+        o.decode_history = decode_history;
+        CHECK_MSG(engine_new(M, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
+    }
+    for (int turn = 0; turn < 5; turn++) {
+        if (with_disk)
+            CHECK_MSG(
+                new_engine_disk(M, harness_tmpdir(), 64 << 20, 4, 0, 0, &e, msg, sizeof msg) == 0,
+                "%s", msg);
+        submit_ids(e, 1, conv, (size_t)n, 24);
+        run_all(e);
+        CHECK_MSG(res[1].done && !res[1].error, "turn %d: %s", turn, res[1].msg);
+        if (turn > 0)
+            CHECK_MSG((int)res[1].d.cached_tokens >= n - 12 - B, "turn %d: cached %u of %d", turn,
+                      res[1].d.cached_tokens, n);
+        if (with_disk && turn > 0)
+            CHECK_MSG(res[1].d.cached_tokens_disk > 0, "turn %d: nothing from disk", turn);
+        memcpy(conv + n, res[1].toks, (size_t)res[1].n * sizeof(int32_t));
+        int total = n + res[1].n;
+        /* The reference: the whole conversation so far as one uncached prompt. */
+        engine *ref = new_engine(0, 64 << 20, 0, 4, 4);
+        submit_ids(ref, 2, conv, (size_t)total, 1);
+        run_all(ref);
+        const float *want[64], *got[64];
+        size_t nw = cached_blocks(ref, conv, (size_t)total, want);
+        size_t ng = cached_blocks(e, conv, (size_t)total, got);
+        CHECK_EQ_INT((int)nw, total / B);
+        CHECK_MSG((int)ng >= (total - 1) / B, "turn %d: %zu blocks cached of %d", turn, ng,
+                  (total - 1) / B);
+        for (size_t i = 0; i < ng && i < nw; i++)
+            if (memcmp(want[i], got[i], floats * sizeof(float)) != 0) {
+                CHECK_MSG(decode_history, "turn %d: block %zu differs from an uncached prefill",
+                          turn, i);
+                differ = 1;
+            }
+        engine_free(ref);
+        n = total;
+        int32_t user[12];
+        prompt_ids(user, 12, (unsigned)turn + 15);
+        memcpy(conv + n, user + 1, 11 * sizeof(int32_t));
+        n += 11;
+        if (with_disk) {
+            engine_free(e);
+            e = NULL;
+        }
+    }
+    if (decode_history)
+        CHECK_MSG(differ, "decode-written history never differed: the test cannot tell");
+    engine_free(e);
+}
+
+static void test_exact_history(void)
+{
+    setup();
+    exact_history_run(0, 0);
+    exact_history_run(1, 0);
+    exact_history_run(0, 1);
+}
+
 static const harness_case cases[] = {
     {"cached_equals_uncached", test_cached_equals_uncached},
     {"chat_history_cached", test_chat_history_cached},
@@ -792,6 +868,7 @@ static const harness_case cases[] = {
     {"bad_input", test_bad_input},
     {"huge_max_new", test_huge_max_new},
     {"partial_block_reuse", test_partial_block_reuse},
+    {"exact_history", test_exact_history},
     {"new_errors", test_new_errors},
     {"warm_and_pin", test_warm_and_pin},
     {"disk_restart", test_disk_restart},
