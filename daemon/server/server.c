@@ -54,6 +54,7 @@ static void finish_shutdown(server *s)
     srv__engine_thread_stop(s);
     s->engine_stopped = 1;
     srv__deliver_cb(&s->wake); /* deliver the last frames */
+    srv__tokenize_end_all(s);
     uv_walk(s->loop, close_walk_cb, NULL);
 }
 
