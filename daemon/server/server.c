@@ -54,6 +54,7 @@ static void finish_shutdown(server *s)
     srv__engine_thread_stop(s);
     s->engine_stopped = 1;
     srv__deliver_cb(&s->wake); /* deliver the last frames */
+    srv__tokenize_end_all(s);
     uv_walk(s->loop, close_walk_cb, NULL);
 }
 
@@ -63,6 +64,9 @@ static void drain_timer_cb(uv_timer_t *t)
     pthread_mutex_lock(&s->mu);
     int live = s->live || !base_queue_empty(&s->tasks);
     pthread_mutex_unlock(&s->mu);
+    /* A prompt still being tokenized on a worker is a running request too (it reaches the
+     * engine when its worker is done), and a TOKENIZE or DETOKENIZE is owed its reply. */
+    live |= s->tok_jobs != NULL;
     if (!live) {
         base_log(BASE_LOG_INFO, "no request left running: exiting");
         finish_shutdown(s);

@@ -187,6 +187,10 @@ int srv__tokenize_prompt(conn *c, srv_task *t, size_t ns_len);
  * or -1 when out of memory. in is copied. */
 int srv__tokenize_reply(conn *c, uint32_t req, int detokenize, const void *in, size_t len);
 
+/* The daemon stops now: every job in flight is answered on its connection (a prompt: DONE
+ * cancelled; TOKENIZE/DETOKENIZE: ERROR SHUTTING_DOWN); the workers' results are dropped. */
+void srv__tokenize_end_all(server *s);
+
 /* Marks a prompt still being tokenized as cancelled. Returns 1 if there was one. */
 int srv__tokenize_cancel(server *s, uint32_t conn_id, uint32_t req);
 

@@ -8,7 +8,9 @@
  * and safe to use from several threads at once. Texts are capped at --max-text bytes.
  *
  * A request cancelled while its prompt is being tokenized is marked; when the worker is done it
- * ends with DONE (cancelled) without reaching the engine.
+ * ends with DONE (cancelled) without reaching the engine. A stop waits for the jobs in flight as
+ * for running requests; when its grace runs out first, each is answered at once (a prompt with
+ * DONE cancelled, as the engine's requests are; a TOKENIZE or DETOKENIZE with SHUTTING_DOWN).
  */
 #include "server_int.h"
 
@@ -25,6 +27,7 @@ typedef struct tok_job {
     tok_kind kind;
     uint32_t conn, req;
     int cancelled;  /* TOK_PROMPT: the client cancelled meanwhile */
+    int answered;   /* the daemon stopped and answered for the job (srv__tokenize_end_all) */
     srv_task *task; /* TOK_PROMPT: the SUBMIT task; its text becomes ids in the worker */
     size_t ns_len;  /* TOK_PROMPT: namespace bytes at the start of task->data */
     uint8_t *in;    /* TOKENIZE: text; DETOKENIZE: little-endian ids */
@@ -179,7 +182,7 @@ static void tok_after_cb(uv_work_t *w, int status)
             break;
         }
     conn *c = srv__conn_find(s, j->conn);
-    if (!c || status != 0) {
+    if (!c || status != 0 || j->answered) {
         job_free(j);
         return;
     }
@@ -246,6 +249,21 @@ int srv__tokenize_reply(conn *c, uint32_t req, int detokenize, const void *in, s
         return -1;
     }
     return 0;
+}
+
+void srv__tokenize_end_all(server *s)
+{
+    for (tok_job *j = s->tok_jobs; j; j = j->next) {
+        conn *c = srv__conn_find(s, j->conn);
+        if (!c || j->answered)
+            continue;
+        if (j->kind == TOK_PROMPT)
+            srv__conn_send_done_cancelled(c, j->req);
+        else
+            srv__conn_reply_error(c, j->req, PROTO_ERR_SHUTTING_DOWN,
+                                  "daemon is shutting down: text not tokenized");
+        j->answered = 1;
+    }
 }
 
 int srv__tokenize_cancel(server *s, uint32_t conn_id, uint32_t req)
