@@ -64,11 +64,16 @@ static void cancel_conn(server *s, uint32_t conn_id)
         base_log(BASE_LOG_ERROR, "connection %u: out of memory cancelling its requests", conn_id);
 }
 
+static void conn_unhold(conn *c);
+
 static void write_cb(uv_write_t *w, int status)
 {
-    (void)status; /* a failed write shows up as a read error or EOF on that connection */
+    /* A failed write shows up as a read error or EOF on that connection. */
+    conn *c = status == 0 ? container_of((uv_pipe_t *)w->handle, conn, pipe) : NULL;
     free(w->data);
     free(w);
+    if (c && c->held && c->state != CONN_CLOSING)
+        conn_unhold(c);
 }
 
 /* Queues bytes (copied) on a connection. */
@@ -336,7 +341,8 @@ static void handle_frame(conn *c, const proto_msg *m)
             conn_push_task(c, SRV_TASK_CANCEL, m->id, NULL, 0);
         break;
     case PROTO_STATS:
-        conn_push_task(c, SRV_TASK_STATS, m->id, NULL, 0);
+        if (conn_push_task(c, SRV_TASK_STATS, m->id, NULL, 0) == 0)
+            c->owed++;
         break;
     case PROTO_TOKENIZE: {
         size_t bad = proto_utf8_check(m->u.text.p, m->u.text.len);
@@ -354,12 +360,16 @@ static void handle_frame(conn *c, const proto_msg *m)
         }
         if (srv__tokenize_reply(c, m->id, 0, m->u.text.p, m->u.text.len) != 0)
             conn_send_error(c, m->id, PROTO_ERR_INTERNAL, "out of memory queueing a text");
+        else
+            c->owed++;
         break;
     }
     case PROTO_DETOKENIZE:
         /* The ids as they came: little-endian int32, read by the worker. */
         if (srv__tokenize_reply(c, m->id, 1, m->u.ids.le, (size_t)m->u.ids.n * 4) != 0)
             conn_send_error(c, m->id, PROTO_ERR_INTERNAL, "out of memory queueing ids");
+        else
+            c->owed++;
         break;
     case PROTO_HELLO:
         conn_send_error(c, m->id, PROTO_ERR_BAD_REQUEST, "HELLO was already received");
@@ -426,6 +436,15 @@ static void resume_idle_cb(uv_idle_t *h);
 /* Handles up to SRV_FRAMES_PER_READ buffered frames. Returns 1 if complete frames may remain
  * (the caller parks the connection on the resume list), 0 if the buffer holds no complete
  * frame, -1 if the connection was closed. */
+/* 1 while the connection owes reading: too many replies still owed to it, or more unread
+ * output than --max-output queued. Its frames then wait (backpressure), so a client that never
+ * reads makes the daemon hold a bounded amount of memory. */
+static int conn_must_hold(const conn *c)
+{
+    return c->owed >= SRV_MAX_OWED ||
+           uv_stream_get_write_queue_size((const uv_stream_t *)&c->pipe) > c->srv->o.max_output;
+}
+
 static int conn_process(conn *c)
 {
     server *s = c->srv;
@@ -434,6 +453,10 @@ static int conn_process(conn *c)
     for (int frames = 0; c->state != CONN_CLOSING; frames++) {
         if (frames == SRV_FRAMES_PER_READ) {
             more = 1;
+            break;
+        }
+        if (conn_must_hold(c)) {
+            more = 2;
             break;
         }
         proto_msg m;
@@ -472,7 +495,13 @@ static int conn_process(conn *c)
 static void conn_after_process(conn *c, int more)
 {
     server *s = c->srv;
-    if (more > 0) {
+    if (more == 2) { /* held: resumed by conn_unhold() once it has read its replies */
+        if (!c->paused) {
+            uv_read_stop((uv_stream_t *)&c->pipe);
+            c->paused = 1;
+        }
+        c->held = 1;
+    } else if (more > 0) {
         if (!c->paused) {
             uv_read_stop((uv_stream_t *)&c->pipe);
             c->paused = 1;
@@ -486,6 +515,27 @@ static void conn_after_process(conn *c, int more)
         c->paused = 0;
         srv__conn_read_start(c);
     }
+}
+
+/* A held connection whose replies were read (or queued) goes back on the resume list. */
+static void conn_unhold(conn *c)
+{
+    if (!c->held || conn_must_hold(c))
+        return;
+    c->held = 0;
+    if (!c->resume_queued) {
+        server *s = c->srv;
+        c->resume_queued = 1;
+        s->resume[s->n_resume++] = c->id;
+        uv_idle_start(&s->resume_idle, resume_idle_cb);
+    }
+}
+
+void srv__conn_owed_done(conn *c)
+{
+    if (c->owed > 0)
+        c->owed--;
+    conn_unhold(c);
 }
 
 static void resume_idle_cb(uv_idle_t *h)
@@ -660,6 +710,8 @@ void srv__deliver_cb(uv_async_t *a)
         if (c) {
             if (o->req == 0 || conn_has_req(c, o->req))
                 srv__conn_write(c, o->bytes, o->len);
+            if (o->req == 0) /* a STATS reply */
+                srv__conn_owed_done(c);
             if (o->ends && o->req)
                 conn_drop_req(c, o->req);
             /* A client that does not read: past the bound, its requests are cancelled. */

@@ -23,6 +23,10 @@
 #define SRV_MAX_CONNS 4096
 #define SRV_MAX_REQS_PER_CONN 64
 #define SRV_FRAMES_PER_READ 64
+/* Replies a connection may be owed (STATS, TOKENIZE, DETOKENIZE in flight) before its next
+ * frames wait: with the write queue's bound (--max-output), what a client that never reads can
+ * make the daemon hold is bounded. */
+#define SRV_MAX_OWED 256
 
 /* ---- Queues between the threads ---- */
 
@@ -88,6 +92,8 @@ typedef struct conn {
     int paused;        /* reading stopped: complete frames wait on the resume list */
     int resume_queued; /* on the server's resume list */
     int over_budget;   /* the last allocation was refused by --max-input-mem */
+    int owed;          /* replies to STATS, TOKENIZE, DETOKENIZE not yet queued for writing */
+    int held;          /* reading stopped until it reads its replies (owed, write queue) */
 } conn;
 
 typedef struct server {
@@ -145,6 +151,9 @@ void srv__conn_reply_error(conn *c, uint32_t req, int code, const char *msg);
 /* Ends a tracked request from the loop thread: with an ERROR, or with DONE (cancelled). */
 void srv__conn_end_request(conn *c, uint32_t req, int code, const char *msg);
 void srv__conn_send_done_cancelled(conn *c, uint32_t req);
+
+/* A reply owed to the connection was queued for writing (or cannot be anymore): it may go on. */
+void srv__conn_owed_done(conn *c);
 
 /* Starts (or resumes) reading a connection; closes it if that fails. */
 void srv__conn_read_start(conn *c);

@@ -195,10 +195,12 @@ static void tok_after_cb(uv_work_t *w, int status)
             srv__task_push(s, j->task);
             j->task = NULL;
         }
-    } else if (j->err) {
-        srv__conn_reply_error(c, j->req, j->err, j->msg);
     } else {
-        srv__conn_write(c, j->frame, j->frame_len);
+        if (j->err)
+            srv__conn_reply_error(c, j->req, j->err, j->msg);
+        else
+            srv__conn_write(c, j->frame, j->frame_len);
+        srv__conn_owed_done(c);
     }
     job_free(j);
 }
@@ -259,9 +261,11 @@ void srv__tokenize_end_all(server *s)
             continue;
         if (j->kind == TOK_PROMPT)
             srv__conn_send_done_cancelled(c, j->req);
-        else
+        else {
             srv__conn_reply_error(c, j->req, PROTO_ERR_SHUTTING_DOWN,
                                   "daemon is shutting down: text not tokenized");
+            srv__conn_owed_done(c);
+        }
         j->answered = 1;
     }
 }

@@ -160,6 +160,42 @@ class Raw:
         self.sock.close()
 
 
+# ---- Replies a client never reads -------------------------------------------------------------
+
+def case_unread_replies():
+    """A client that pipelines 100,000 STATS and TOKENIZE frames and never reads: the daemon stops
+    reading from it once it owes SRV_MAX_OWED replies or holds --max-output of unread output, so
+    its memory stays bounded; when the client reads, every request is answered (STATS on the
+    engine thread and TOKENIZE on the workers: in no fixed order between them)."""
+    d = Daemon("--max-output", "1M")
+    try:
+        r = Raw(d.sock)
+        n = 100000
+        frames = b"".join(prefixd.encode_frame(prefixd.STATS, i + 1) if i % 2 == 0
+                          else tokenize_frame(i + 1, "Once upon a time") for i in range(n))
+        base = d.status("VmRSS")
+        sender = threading.Thread(target=r.sock.sendall, args=(frames,), daemon=True)
+        sender.start()
+        time.sleep(3)  # the client reads nothing meanwhile
+        grown = d.status("VmRSS") - base
+        check(grown < 40 << 20, "unread replies grew the daemon by %d MB" % (grown >> 20))
+        with d.client() as c:  # others are still served
+            check(len(c.generate("Lily", max_new=4, temp=0)["tokens"]) == 4, "other client")
+        seen = set()
+        while len(seen) < n:
+            f = r.frame(timeout=60)
+            check(f is not None, "connection closed after %d replies" % len(seen))
+            want = prefixd.STATS_REPLY if f["id"] % 2 == 1 else prefixd.TOKENS
+            check(f["type"] == want and f["id"] not in seen and 1 <= f["id"] <= n,
+                  "reply %d: %s" % (len(seen), f))
+            seen.add(f["id"])
+        sender.join(10)
+        r.close()
+        check(d.p.poll() is None, "daemon died")
+    finally:
+        d.stop()
+
+
 # ---- F2 -----------------------------------------------------------------------------------------
 
 def case_f2_detokenize_range():
