@@ -278,30 +278,40 @@ static int reply_token_cb(void *arg, int32_t id, const char *piece, size_t len)
     return 0;
 }
 
-/* Drops the oldest turns (a user line and its reply) until a prompt of the conversation and k
- * more ids leaves room for a whole reply in the context, telling the user. Returns 0, or -1 when
- * even the system prompt and the new line alone do not fit (nothing is dropped then). */
+/* Makes room for a turn of k more ids when the prompt would leave no room for a whole reply
+ * (-n, at most half the context): drops the oldest turns (a user line with its reply) until the
+ * turns hold at most half of the room that the system prompt, the new line and the reply leave,
+ * telling the user. Half, not just enough for this turn (llama.cpp's context shift discards half
+ * too): the turns that follow then extend a prefix the daemon has cached, where dropping one
+ * turn each time would shift the conversation, and miss the cache after the system prompt, at
+ * every turn. Returns 0, or -1 when the system prompt and the new line alone do not fit (nothing
+ * is dropped then). */
 static int fit_context(chat *ch, size_t k)
 {
     size_t seq = pfx_server(ch->c)->seq_len;
     size_t reserve = ch->o->max_new < seq / 2 ? ch->o->max_new : seq / 2;
-    if (1 + ch->sys.n + k + 1 > seq) {
+    size_t fixed = 1 + ch->sys.n + k; /* BOS, the system prompt, the new line */
+    if (fixed + 1 > seq) {
         fprintf(stderr,
                 "[this line is %zu tokens; with the system prompt (%zu) it does not fit the "
                 "model's context of %zu tokens: not sent]\n",
                 k, ch->sys.n, seq);
         return -1;
     }
-    size_t total = conv_tokens(ch) + k, drop = 0, dropped_tokens = 0, turns = 0;
-    while (drop < ch->n_msgs && total + reserve > seq) {
+    size_t turns_n = conv_tokens(ch) - 1 - ch->sys.n;
+    if (fixed + turns_n + reserve <= seq)
+        return 0;
+    size_t keep = seq > fixed + reserve ? (seq - fixed - reserve) / 2 : 0;
+    size_t drop = 0, dropped_tokens = 0, turns = 0;
+    while (drop < ch->n_msgs && turns_n > keep) {
         if (ch->msgs[drop].role == ROLE_USER)
             turns++;
-        total -= ch->msgs[drop].n;
+        turns_n -= ch->msgs[drop].n;
         dropped_tokens += ch->msgs[drop].n;
         drop++;
         /* A reply goes with its line. */
         if (drop < ch->n_msgs && ch->msgs[drop].role == ROLE_ASSISTANT) {
-            total -= ch->msgs[drop].n;
+            turns_n -= ch->msgs[drop].n;
             dropped_tokens += ch->msgs[drop].n;
             drop++;
         }
@@ -405,8 +415,7 @@ static int chat_turn(chat *ch, const char *line)
     if (rc != 0) {
         fprintf(stderr, "prefixctl: %s\n", pfx_errmsg(ch->c));
         if (pfx_server_error(ch->c) == PROTO_ERR_PROMPT_TOO_LONG && ch->o->context_stop)
-            fprintf(stderr, "[the conversation is full (--context-policy stop); /save keeps "
-                            "it, /clear starts again]\n");
+            fprintf(stderr, "[the conversation is full (--context-policy stop): the chat ends]\n");
         free(ids);
         free(rep.text);
         free(rep.ids);
