@@ -137,20 +137,24 @@ static size_t conv_tokens(const chat *ch)
     return n;
 }
 
+/* Appends n ids at *at (memcpy must not see the NULL of an empty message). */
+static void put_ids(int32_t *dst, size_t *at, const int32_t *ids, size_t n)
+{
+    if (n)
+        memcpy(dst + *at, ids, n * sizeof *ids);
+    *at += n;
+}
+
 /* The conversation's ids followed by extra (k ids): malloc'd, *n set. */
 static int32_t *conv_ids(const chat *ch, const int32_t *extra, size_t k, size_t *n)
 {
     size_t total = conv_tokens(ch) + k, at = 0;
     int32_t *ids = xrealloc(NULL, total * sizeof *ids);
     ids[at++] = 1; /* BOS */
-    memcpy(ids + at, ch->sys.ids, ch->sys.n * sizeof *ids);
-    at += ch->sys.n;
-    for (size_t i = 0; i < ch->n_msgs; i++) {
-        memcpy(ids + at, ch->msgs[i].ids, ch->msgs[i].n * sizeof *ids);
-        at += ch->msgs[i].n;
-    }
-    if (k)
-        memcpy(ids + at, extra, k * sizeof *ids);
+    put_ids(ids, &at, ch->sys.ids, ch->sys.n);
+    for (size_t i = 0; i < ch->n_msgs; i++)
+        put_ids(ids, &at, ch->msgs[i].ids, ch->msgs[i].n);
+    put_ids(ids, &at, extra, k);
     *n = total;
     return ids;
 }
@@ -394,7 +398,7 @@ static int chat_turn(chat *ch, const char *line)
     g.ns = ch->o->ns;
     reply rep = {0};
     pfx_result r;
-    interrupted = 0;
+    /* A Ctrl-C since the line was read (while tokenizing) cancels the reply at once. */
     int rc = pfx_generate(ch->c, &g, reply_token_cb, &rep, &r);
     if (rc == PFX_EIO && !interrupted) {
         if (rep.n > 0)

@@ -106,7 +106,7 @@ def chat(d, home, *args):
 def saved(term, path, after=0):
     """Runs /save path and returns the file's JSON."""
     term.line("/save " + path)
-    term.wait(r"\[saved \d+ messages", after=after)
+    term.wait(r"\[saved \d+ messages \(\d+ tokens\) to '%s'\]" % re.escape(path), after=after)
     with open(path) as f:
         return json.load(f)
 
@@ -155,6 +155,9 @@ def case_editing():
     for m in conv["messages"]:
         check("\x1b" not in m["content"] and "[D" not in m["content"],
               "an escape code reached the conversation: %r" % m["content"])
+    t.line("/nope")
+    t.wait(r"\[unknown command '/nope': /help lists them")
+    check("[reply cut at -n 8 tokens]" in t.text(), "no notice of the cut at -n:\n%s" % t.text())
     t.keys("C-d")
     t.wait(r"\nEXIT=0")
     check(not re.search(r"> *EXIT=", t.text()), "Ctrl-D left no newline:\n%s" % t.text())
@@ -347,7 +350,7 @@ def case_reconnect():
     m = t.wait(r"\[reconnected\]")
     m = turn_done(t, 2, after=m.end())
     check(int(m.group(2)) >= 32, "the resent conversation missed the cache: %s" % m.group(0))
-    t.line("/exit")
+    t.line("/bye")
     t.wait(r"\nEXIT=0")
     t.close()
     d2.stop()
@@ -358,7 +361,7 @@ def case_reconnect():
     d3.stop()
     t.line("Lily")
     t.wait(r"\[cannot reconnect: cannot connect to prefixd at", timeout=30)
-    t.line("/exit")
+    t.line("  exit ")  # alone on a line at a terminal: leaves (it is text from a pipe)
     t.wait(r"\nEXIT=0")
     t.close()
 
