@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Integration tests of `prefixctl chat` in a real terminal: a tmux pane of fixed size on a
-private tmux server (-L), driven with send-keys and read with capture-pane, against a real
+private tmux server (-S, its socket in the case's folder), driven with send-keys and read with capture-pane, against a real
 `prefixd serve` with stories260K (context 512, so the context fills in a few turns).
 
 usage: test_chat.py PREFIXD MODELS_DIR CASE   (PREFIXCTL in the environment)
@@ -49,13 +49,15 @@ _terms = []  # every Term not closed yet
 
 
 class Term:
-    """One tmux server of our own (a private socket name) with one 120x50 pane running cmd.
+    """One tmux server of our own (a private socket) with one 120x50 pane running cmd.
     When cmd ends the pane prints EXIT=<code> and stays, so its last words can be read."""
 
     def __init__(self, cmd, home):
         if not shutil.which("tmux"):
             raise AssertionError("tmux is not installed (scripts/deps --test installs it)")
-        self.name = "prefixd-chat-%d-%d" % (os.getpid(), len(_terms))
+        # The server's socket lives in the case's scratch folder (tempfile.tempdir), private
+        # to this case and removed with it; tmux -L would leave a file in /tmp/tmux-UID.
+        self.sock = os.path.join(tempfile.mkdtemp(), "tmux.sock")
         shell = "env HOME=%s %s; echo EXIT=$?; sleep 600" % (
             shlex.quote(home), " ".join(shlex.quote(a) for a in cmd))
         _terms.append(self)
@@ -63,7 +65,7 @@ class Term:
         self.tmux("set-option", "-g", "history-limit", "20000")
 
     def tmux(self, *args):
-        p = subprocess.run(["tmux", "-f", "/dev/null", "-L", self.name] + list(args),
+        p = subprocess.run(["tmux", "-f", "/dev/null", "-S", self.sock] + list(args),
                            capture_output=True, text=True, timeout=20)
         check(p.returncode == 0, "tmux %s: %s" % (" ".join(args), p.stderr))
         return p.stdout
@@ -94,7 +96,7 @@ class Term:
             time.sleep(0.05)
 
     def close(self):
-        subprocess.run(["tmux", "-L", self.name, "kill-server"], capture_output=True, timeout=20)
+        subprocess.run(["tmux", "-S", self.sock, "kill-server"], capture_output=True, timeout=20)
         if self in _terms:
             _terms.remove(self)
 
