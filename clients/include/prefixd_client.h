@@ -9,6 +9,7 @@
 #ifndef PREFIXD_CLIENT_H
 #define PREFIXD_CLIENT_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,6 +25,24 @@ typedef struct pfx_conn pfx_conn;
  * bytes) says why, naming the path (and the server's uid when that was the reason). */
 int pfx_connect(const char *path, pfx_conn **out, char *err, size_t errlen);
 void pfx_close(pfx_conn *c); /* accepts NULL */
+
+/* Closes c's socket and connects again to the same path (the one pfx_connect() resolved), with
+ * the same checks and a new HELLO; for a client whose daemon went away (a call failed with
+ * PFX_EIO) and may be back. Requests that were running on the old socket are gone, and their
+ * frames with them; request ids go on counting. pfx_server() then holds the new daemon's facts,
+ * which may differ (another model). On failure (PFX_ECONNECT, or the handshake's codes) the
+ * reason is in pfx_errmsg(), every other call fails with PFX_EIO until a pfx_reconnect()
+ * succeeds, and c must still be closed with pfx_close(). */
+int pfx_reconnect(pfx_conn *c);
+
+/* Lets a signal handler cancel pfx_generate(): while flag is not NULL, pfx_generate() watches
+ * *flag, and once it is non-zero it sends CANCEL for its request, drops the tokens still on their
+ * way, and returns 0 when the daemon's DONE arrives (finish PROTO_FINISH_CANCELLED, unless the
+ * request had already ended otherwise); a daemon that does not answer within 5 s fails the call
+ * with PFX_EIO. Waiting, it looks at *flag at least every 50 ms, so a handler need not interrupt
+ * a system call (SA_RESTART is fine). The caller clears *flag; the library only reads it. flag
+ * must live as long as it is set on c; NULL stops the watch. */
+void pfx_set_cancel_flag(pfx_conn *c, volatile sig_atomic_t *flag);
 
 /* The daemon's HELLO_OK facts. Valid as long as c. */
 const proto_hello_ok *pfx_server(const pfx_conn *c);
@@ -52,7 +71,8 @@ typedef struct pfx_result {
     char server_msg[512];
 } pfx_result;
 
-/* Called for each token; return non-zero to cancel the request. */
+/* Called for each token; return non-zero to cancel the request (the tokens that still arrive
+ * before the daemon's DONE are dropped, not passed on). */
 typedef int (*pfx_token_fn)(void *arg, int32_t id, const char *piece, size_t len);
 
 int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg, pfx_result *out);

@@ -7,6 +7,8 @@
 #include "prefixd_client.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +19,9 @@
 #include <unistd.h>
 
 struct pfx_conn {
-    int fd;
+    int fd;                                                 /* -1 after a failed pfx_reconnect() */
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* for pfx_reconnect() */
+    volatile sig_atomic_t *cancel_flag;                     /* pfx_set_cancel_flag(), or NULL */
     int server_code; /* PROTO_ERR_* of the last ERROR frame answering this connection's call */
     uint8_t *buf;
     size_t len, cap, consumed; /* consumed: bytes of the frame last returned by pfx_next */
@@ -69,6 +73,8 @@ static int check_count(pfx_conn *c, const char *what, size_t n, size_t unit)
 
 static int send_msg(pfx_conn *c, const proto_msg *m)
 {
+    if (c->fd < 0)
+        return seterr(c, PFX_EIO, "not connected (the last reconnect failed)");
     uint8_t small[4096];
     size_t n = proto_encode(m, small, sizeof small);
     uint8_t *p = small;
@@ -95,8 +101,50 @@ static int send_msg(pfx_conn *c, const proto_msg *m)
     return 0;
 }
 
-int pfx_next(pfx_conn *c, proto_msg *m)
+/* How long pfx_generate() waits for the daemon's DONE after it sent CANCEL before it gives the
+ * connection up (a daemon that ignores CANCEL must not hang an interactive client). */
+#define CANCEL_GRACE_MS 5000.0
+/* While it watches a cancel flag, the wait for bytes wakes this often to look at it: a signal
+ * that lands between the look and poll() is seen at most this late. */
+#define FLAG_POLL_MS 50
+
+/* NEXT_FLAGGED: next_frame() saw the watched cancel flag set; the buffered bytes are intact. */
+enum { NEXT_FLAGGED = 1 };
+
+/* Waits until c->fd is readable. watch: return NEXT_FLAGGED as soon as *c->cancel_flag is
+ * non-zero; deadline: a now_ms() time after which it fails with PFX_EIO (0: none). */
+static int wait_readable(pfx_conn *c, int watch, double deadline)
 {
+    if (!watch && deadline == 0)
+        return 0;
+    for (;;) {
+        if (watch && *c->cancel_flag)
+            return NEXT_FLAGGED;
+        int ms = watch ? FLAG_POLL_MS : -1;
+        if (deadline != 0) {
+            double left = deadline - now_ms();
+            if (left <= 0)
+                return seterr(c, PFX_EIO,
+                              "the daemon did not end the cancelled request within "
+                              "%.0f s",
+                              CANCEL_GRACE_MS / 1e3);
+            if (ms < 0 || left < ms)
+                ms = (int)left + 1;
+        }
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        int r = poll(&p, 1, ms);
+        if (r > 0)
+            return 0;
+        if (r < 0 && errno != EINTR)
+            return seterr(c, PFX_EIO, "poll: %s", strerror(errno));
+    }
+}
+
+/* pfx_next(), and the wait of pfx_generate(): see wait_readable() for watch and deadline. */
+static int next_frame(pfx_conn *c, proto_msg *m, int watch, double deadline)
+{
+    if (c->fd < 0)
+        return seterr(c, PFX_EIO, "not connected (the last reconnect failed)");
     /* Drop the frame returned last time (no buffer yet before the first read). */
     if (c->len > c->consumed)
         memmove(c->buf, c->buf + c->consumed, c->len - c->consumed);
@@ -118,6 +166,9 @@ int pfx_next(pfx_conn *c, proto_msg *m)
             c->buf = nb;
             c->cap = cap;
         }
+        int w = wait_readable(c, watch, deadline);
+        if (w != 0)
+            return w;
         ssize_t n = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
         if (n < 0 && errno == EINTR)
             continue;
@@ -126,6 +177,75 @@ int pfx_next(pfx_conn *c, proto_msg *m)
                           n < 0 ? strerror(errno) : "");
         c->len += (size_t)n;
     }
+}
+
+int pfx_next(pfx_conn *c, proto_msg *m)
+{
+    return next_frame(c, m, 0, 0);
+}
+
+/* Connects a socket to path and checks who serves it (SO_PEERCRED). Returns the descriptor, or
+ * -1 with the reason in err. */
+static int open_socket(const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un sa = {0};
+    if (strlen(path) >= sizeof sa.sun_path) {
+        snprintf(err, errlen, "socket path '%s' is too long", path);
+        return -1;
+    }
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        snprintf(err, errlen, "cannot connect to prefixd at '%s': %s (is `prefixd serve` running?)",
+                 path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    struct ucred cred;
+    socklen_t credlen = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) != 0) {
+        snprintf(err, errlen, "socket '%s': cannot read the server's credentials: %s", path,
+                 strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (cred.uid != getuid() && cred.uid != 0) {
+        snprintf(err, errlen,
+                 "refusing the socket '%s': it is served by uid %u, neither this user (uid %u) "
+                 "nor root; another user may have bound it first (check who owns it and its "
+                 "directory)",
+                 path, (unsigned)cred.uid, (unsigned)getuid());
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* HELLO and HELLO_OK on c's fresh socket (no bytes buffered). Fills c->hello. */
+static int handshake(pfx_conn *c)
+{
+    proto_msg m = {0};
+    m.type = PROTO_HELLO;
+    m.u.hello.magic = PROTO_MAGIC;
+    m.u.hello.version = PROTO_VERSION;
+    int rc = send_msg(c, &m);
+    if (rc == 0)
+        rc = pfx_next(c, &m);
+    if (rc == 0 && m.type == PROTO_ERROR) {
+        c->server_code = (int)m.u.error.code;
+        return seterr(c, PFX_ESERVER, "daemon refused the handshake: %.*s", (int)m.u.error.msg.len,
+                      m.u.error.msg.p);
+    }
+    if (rc == 0 && m.type != PROTO_HELLO_OK)
+        return seterr(c, PFX_EPROTO, "unexpected reply to HELLO (type %u)", m.type);
+    if (rc != 0)
+        return rc;
+    c->hello = m.u.hello_ok;
+    snprintf(c->model, sizeof c->model, "%.*s", (int)m.u.hello_ok.model.len, m.u.hello_ok.model.p);
+    c->hello.model = (proto_str){c->model, (uint32_t)strlen(c->model)};
+    return 0;
 }
 
 int pfx_connect(const char *path, pfx_conn **out, char *err, size_t errlen)
@@ -139,38 +259,9 @@ int pfx_connect(const char *path, pfx_conn **out, char *err, size_t errlen)
         }
         path = def;
     }
-    struct sockaddr_un sa = {0};
-    if (strlen(path) >= sizeof sa.sun_path) {
-        snprintf(err, errlen, "socket path '%s' is too long", path);
+    int fd = open_socket(path, err, errlen);
+    if (fd < 0)
         return PFX_ECONNECT;
-    }
-    sa.sun_family = AF_UNIX;
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        snprintf(err, errlen, "cannot connect to prefixd at '%s': %s (is `prefixd serve` running?)",
-                 path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        return PFX_ECONNECT;
-    }
-    struct ucred cred;
-    socklen_t credlen = sizeof cred;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) != 0) {
-        snprintf(err, errlen, "socket '%s': cannot read the server's credentials: %s", path,
-                 strerror(errno));
-        close(fd);
-        return PFX_ECONNECT;
-    }
-    if (cred.uid != getuid() && cred.uid != 0) {
-        snprintf(err, errlen,
-                 "refusing the socket '%s': it is served by uid %u, neither this user (uid %u) "
-                 "nor root; another user may have bound it first (check who owns it and its "
-                 "directory)",
-                 path, (unsigned)cred.uid, (unsigned)getuid());
-        close(fd);
-        return PFX_ECONNECT;
-    }
     pfx_conn *c = calloc(1, sizeof *c);
     if (!c) {
         close(fd);
@@ -179,36 +270,46 @@ int pfx_connect(const char *path, pfx_conn **out, char *err, size_t errlen)
     }
     c->fd = fd;
     c->next_id = 1;
-    proto_msg m = {0};
-    m.type = PROTO_HELLO;
-    m.u.hello.magic = PROTO_MAGIC;
-    m.u.hello.version = PROTO_VERSION;
-    int rc = send_msg(c, &m);
-    if (rc == 0)
-        rc = pfx_next(c, &m);
-    if (rc == 0 && m.type == PROTO_ERROR) {
-        c->server_code = (int)m.u.error.code;
-        rc = seterr(c, PFX_ESERVER, "daemon refused the handshake: %.*s", (int)m.u.error.msg.len,
-                    m.u.error.msg.p);
-    } else if (rc == 0 && m.type != PROTO_HELLO_OK)
-        rc = seterr(c, PFX_EPROTO, "unexpected reply to HELLO (type %u)", m.type);
+    memcpy(c->path, path, strlen(path) + 1); /* open_socket() checked that it fits */
+    int rc = handshake(c);
     if (rc != 0) {
         snprintf(err, errlen, "%s", c->err);
         pfx_close(c);
         return rc;
     }
-    c->hello = m.u.hello_ok;
-    snprintf(c->model, sizeof c->model, "%.*s", (int)m.u.hello_ok.model.len, m.u.hello_ok.model.p);
-    c->hello.model = (proto_str){c->model, (uint32_t)strlen(c->model)};
     *out = c;
     return 0;
+}
+
+int pfx_reconnect(pfx_conn *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    c->len = c->consumed = 0;
+    c->server_code = 0;
+    c->fd = open_socket(c->path, c->err, sizeof c->err);
+    if (c->fd < 0)
+        return PFX_ECONNECT;
+    int rc = handshake(c);
+    if (rc != 0) {
+        close(c->fd);
+        c->fd = -1;
+        c->len = c->consumed = 0;
+    }
+    return rc;
+}
+
+void pfx_set_cancel_flag(pfx_conn *c, volatile sig_atomic_t *flag)
+{
+    c->cancel_flag = flag;
 }
 
 void pfx_close(pfx_conn *c)
 {
     if (!c)
         return;
-    close(c->fd);
+    if (c->fd >= 0)
+        close(c->fd);
     free(c->buf);
     free(c);
 }
@@ -265,19 +366,33 @@ int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg
     int rc = pfx_send(c, g, &id);
     if (rc)
         return rc;
+    /* After CANCEL, the tokens already on their way are read and dropped, and the daemon has
+     * CANCEL_GRACE_MS to answer with DONE. */
     int cancelled = 0;
+    double deadline = 0;
     for (;;) {
         proto_msg m;
-        if ((rc = pfx_next(c, &m)) != 0)
+        rc = next_frame(c, &m, c->cancel_flag && !cancelled, deadline);
+        if (rc == NEXT_FLAGGED || (rc == 0 && m.type == PROTO_TOKEN && m.id == id && !cancelled &&
+                                   c->cancel_flag && *c->cancel_flag)) {
+            cancelled = 1;
+            deadline = now_ms() + CANCEL_GRACE_MS;
+            if ((rc = pfx_cancel(c, id)) != 0)
+                return rc;
+            continue;
+        }
+        if (rc != 0)
             return rc;
         if (m.id != id)
             continue;
         if (m.type == PROTO_TOKEN) {
             if (out->ttft_ms == 0)
                 out->ttft_ms = now_ms() - t0;
-            if (on_token && on_token(arg, m.u.token.id, m.u.token.piece.p, m.u.token.piece.len) &&
-                !cancelled) {
+            if (cancelled)
+                continue;
+            if (on_token && on_token(arg, m.u.token.id, m.u.token.piece.p, m.u.token.piece.len)) {
                 cancelled = 1;
+                deadline = now_ms() + CANCEL_GRACE_MS;
                 if ((rc = pfx_cancel(c, id)) != 0)
                     return rc;
             }

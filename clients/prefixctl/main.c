@@ -1,5 +1,5 @@
-/* prefixctl — the command-line client: generate, chat, warm, stats, tokenize, detokenize, and
- * bench (bench.c).
+/* prefixctl — the command-line client: generate, warm, stats, tokenize, detokenize, chat
+ * (chat.c) and bench (bench.c).
  *
  * Every command takes the global options (--socket PATH) before or after its name and --help;
  * its arguments are checked before the daemon is reached, so a usage error exits 2 without a
@@ -7,6 +7,7 @@
  * refuses as invalid: a bad namespace, a prompt longer than the context, an unknown token id).
  */
 #include "bench.h"
+#include "chat.h"
 #include "prefixd_client.h"
 #include "prefixd_version.h"
 
@@ -29,6 +30,7 @@ enum {
     A_PIN = 1 << 5,
     A_PROM = 1 << 6,
     A_SYS = 1 << 7,
+    A_CTXPOL = 1 << 8, /* --context-policy */
 };
 
 typedef struct command {
@@ -56,14 +58,20 @@ static const command commands[] = {
      "  --namespace NS   cache namespace: up to 64 bytes of A-Z a-z 0-9 . _ -\n"
      "  --json           print one JSON object at the end instead (text, tokens,\n"
      "                   prompt_tokens, cached_tokens, cached_tokens_disk, ttft_ms, ...)\n"},
-    {"chat", A_N | A_SAMPLE | A_NS | A_SYS,
-     "[-n N] [--temp T] [--top-p P] [--seed S] [--namespace NS] [--system TEXT]",
-     "Interactive: one line of stdin per turn. The conversation is resent as token ids\n"
-     "each turn, so its whole history stays cached.\n"
+    {"chat", A_N | A_SAMPLE | A_NS | A_SYS | A_CTXPOL,
+     "[-n N] [--temp T] [--top-p P] [--seed S] [--namespace NS]\n"
+     "       [--system TEXT] [--context-policy drop|stop]",
+     "Interactive: one line of stdin per turn (with line editing and history at a\n"
+     "terminal). The conversation is resent as token ids each turn, so its whole history\n"
+     "stays cached. Ctrl-C stops a reply; /help lists the commands (/save, /load, /stats,\n"
+     "/system, /clear, /exit).\n"
      "\n"
      "  -n N             new tokens per reply at most (default 256)\n" SAMPLING_HELP
      "  --namespace NS   cache namespace\n"
-     "  --system TEXT    text that opens the conversation\n"},
+     "  --system TEXT    text that opens the conversation\n"
+     "  --context-policy drop|stop\n"
+     "                   when the next turn would not fit the context: drop the oldest\n"
+     "                   turns after the system prompt (default), or stop the chat\n"},
     {"warm", A_PROMPT | A_NS | A_PIN, "(--prompt TEXT | --prompt-file F) [--pin] [--namespace NS]",
      "Prefills a prompt into the cache without generating.\n"
      "\n"
@@ -177,7 +185,8 @@ typedef struct gen_args {
     float temp, top_p;
     uint64_t seed;
     int seed_given, json, pin, prometheus, help;
-    char **rest; /* positional arguments (tokenize's text, detokenize's ids) */
+    int context_stop; /* --context-policy stop */
+    char **rest;      /* positional arguments (tokenize's text, detokenize's ids) */
     int n_rest;
 } gen_args;
 
@@ -249,6 +258,11 @@ static int set_option(gen_args *a, int ch, const char *arg)
     case 'y':
         a->system = arg;
         return 0;
+    case 'C':
+        if (strcmp(arg, "drop") != 0 && strcmp(arg, "stop") != 0)
+            return bad_value(a, "--context-policy", arg, "drop or stop");
+        a->context_stop = !strcmp(arg, "stop");
+        return 0;
     case 'S':
         a->socket = arg;
         return 0;
@@ -276,6 +290,7 @@ static int parse(int argc, char **argv, gen_args *a)
                {A_PIN, {"pin", no_argument, 0, 'i'}},
                {A_PROM, {"prometheus", no_argument, 0, 'm'}},
                {A_SYS, {"system", required_argument, 0, 'y'}},
+               {A_CTXPOL, {"context-policy", required_argument, 0, 'C'}},
                {0, {"socket", required_argument, 0, 'S'}},
                {0, {"help", no_argument, 0, 'h'}}};
     struct option opts[sizeof all / sizeof all[0] + 1];
@@ -440,111 +455,6 @@ static int cmd_stats(pfx_conn *c, gen_args *a)
     return 0;
 }
 
-/* Appends ids to a growing conversation. */
-static int conv_add(int32_t **conv, size_t *n, size_t *cap, const int32_t *ids, size_t k)
-{
-    if (*n + k > *cap) {
-        *cap = (*n + k) * 2;
-        int32_t *nc = realloc(*conv, *cap * sizeof(int32_t));
-        if (!nc)
-            return -1;
-        *conv = nc;
-    }
-    memcpy(*conv + *n, ids, k * sizeof(int32_t));
-    *n += k;
-    return 0;
-}
-
-/* Tokenizes text as a continuation: the daemon's ids start with BOS (dropped here) and, for
- * non-empty text, the dummy-prefix space, which the continuation of a conversation also wants
- * as a word separator. */
-static int tokenize_tail(pfx_conn *c, const char *text, int32_t **ids, size_t *n)
-{
-    int32_t *all;
-    size_t k;
-    if (pfx_tokenize(c, text, strlen(text), &all, &k) != 0)
-        return -1;
-    *ids = all;
-    if (k > 0 && all[0] == 1) {
-        memmove(all, all + 1, (k - 1) * sizeof(int32_t));
-        k--;
-    }
-    *n = k;
-    return 0;
-}
-
-static int cmd_chat(pfx_conn *c, gen_args *a)
-{
-    int32_t *conv = NULL;
-    size_t n = 0, cap = 0;
-    int32_t bos = 1;
-    if (conv_add(&conv, &n, &cap, &bos, 1) != 0)
-        return 1;
-    if (a->system) {
-        int32_t *ids;
-        size_t k;
-        if (tokenize_tail(c, a->system, &ids, &k) != 0) {
-            free(conv);
-            return call_failed(c);
-        }
-        int rc = conv_add(&conv, &n, &cap, ids, k);
-        free(ids);
-        if (rc != 0) {
-            fprintf(stderr, "prefixctl: out of memory\n");
-            free(conv);
-            return 1;
-        }
-    }
-    char line[8192];
-    int tty = isatty(0);
-    for (int turn = 1;; turn++) {
-        if (tty) {
-            fprintf(stderr, "> ");
-            fflush(stderr);
-        }
-        if (!fgets(line, sizeof line, stdin))
-            break;
-        line[strcspn(line, "\n")] = 0;
-        int32_t *ids;
-        size_t k;
-        if (tokenize_tail(c, line, &ids, &k) != 0) {
-            free(conv);
-            return call_failed(c);
-        }
-        int rc = conv_add(&conv, &n, &cap, ids, k);
-        free(ids);
-        if (rc != 0)
-            return 1;
-        pfx_gen g = {0};
-        g.ids = conv;
-        g.n_ids = n;
-        g.max_new = a->n;
-        g.temp = a->temp;
-        g.top_p = a->top_p;
-        g.seed = a->seed + (uint64_t)turn;
-        g.ns = a->ns;
-        gen_ctx ctx = {.print = 1};
-        pfx_result r;
-        if (pfx_generate(c, &g, gen_token_cb, &ctx, &r) != 0) {
-            free(conv);
-            free(ctx.text);
-            free(ctx.ids);
-            return call_failed(c);
-        }
-        printf("\n");
-        fflush(stdout);
-        fprintf(stderr, "[turn %d: prompt %u tokens, cached %u, TTFT %.1f ms]\n", turn,
-                r.done.prompt_tokens, r.done.cached_tokens, r.ttft_ms);
-        /* The reply's ids, exactly as received, join the conversation. */
-        if (conv_add(&conv, &n, &cap, ctx.ids, ctx.n) != 0)
-            return 1;
-        free(ctx.text);
-        free(ctx.ids);
-    }
-    free(conv);
-    return 0;
-}
-
 static int cmd_tokenize(pfx_conn *c, gen_args *a)
 {
     int32_t *ids;
@@ -661,6 +571,18 @@ int main(int argc, char **argv)
     }
     if (!a.seed_given)
         a.seed = proto_random_seed();
+    if (!strcmp(cmd->name, "chat")) {
+        /* The chat connects (and reconnects) itself. */
+        chat_opts co = {.socket = a.socket,
+                        .ns = a.ns,
+                        .system = a.system,
+                        .max_new = a.n,
+                        .temp = a.temp,
+                        .top_p = a.top_p,
+                        .seed = a.seed,
+                        .context_stop = a.context_stop};
+        return chat_main(&co);
+    }
     char err[1024];
     pfx_conn *c;
     if (pfx_connect(a.socket, &c, err, sizeof err) != 0) {
@@ -675,8 +597,6 @@ int main(int argc, char **argv)
         rc = cmd_generate(c, &a, 1);
     else if (!strcmp(cmd->name, "stats"))
         rc = cmd_stats(c, &a);
-    else if (!strcmp(cmd->name, "chat"))
-        rc = cmd_chat(c, &a);
     else if (!strcmp(cmd->name, "tokenize"))
         rc = cmd_tokenize(c, &a);
     else
