@@ -218,7 +218,8 @@ static void request_done(http_conn *c)
     c->busy = 0;
     c->at_engine = 0;
     c->t_last = base_now_ms();
-    c->t_owed = c->in_len > 0 ? c->t_last : 0;
+    /* Bytes of a next request already in owe one (process() sees to those it is parsing). */
+    c->t_owed = !c->in_process && c->in_len > 0 ? c->t_last : 0;
     c->continue_sent = 0;
     if (c->close_after || !c->req.keep_alive) {
         shut(c);
