@@ -1,11 +1,17 @@
 # The seed corpus always runs as a unit test; the libFuzzer target needs clang:
 #   CC=clang cmake -S . -B build-fuzz -DPREFIXD_FUZZ=ON && cmake --build build-fuzz --target fuzz_proto
 #   build-fuzz/tests/fuzz_proto -max_total_time=60 NEW_DIR tests/fuzz/corpus/proto
+# and fuzz_http (the HTTP API's request reading and JSON mapping) with tests/fuzz/corpus/http.
 add_executable(fuzz_proto_corpus fuzz/fuzz_proto.c fuzz/corpus_main.c)
 target_link_libraries(fuzz_proto_corpus PRIVATE proto prefixd_warnings)
 add_test(NAME fuzz_proto_corpus COMMAND fuzz_proto_corpus
          ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/proto)
 set_tests_properties(fuzz_proto_corpus PROPERTIES LABELS unit TIMEOUT 120)
+# The HTTP API's request reading and JSON mapping (fuzz_http.c), the same way.
+add_executable(fuzz_http_corpus fuzz/fuzz_http.c fuzz/corpus_main.c)
+target_link_libraries(fuzz_http_corpus PRIVATE httpapi proto prefixd_warnings)
+add_test(NAME fuzz_http_corpus COMMAND fuzz_http_corpus ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/http)
+set_tests_properties(fuzz_http_corpus PROPERTIES LABELS unit TIMEOUT 120)
 if(PREFIXD_FUZZ)
   if(NOT CMAKE_C_COMPILER_ID MATCHES "Clang")
     message(FATAL_ERROR "PREFIXD_FUZZ needs clang: CC=clang cmake -DPREFIXD_FUZZ=ON ...")
@@ -15,4 +21,9 @@ if(PREFIXD_FUZZ)
   target_link_options(fuzz_proto PRIVATE -fsanitize=fuzzer,address,undefined)
   target_link_libraries(fuzz_proto PRIVATE proto)
   target_compile_options(proto PRIVATE -fsanitize=fuzzer-no-link,address,undefined)
+  add_executable(fuzz_http fuzz/fuzz_http.c)
+  target_compile_options(fuzz_http PRIVATE -fsanitize=fuzzer,address,undefined)
+  target_link_options(fuzz_http PRIVATE -fsanitize=fuzzer,address,undefined)
+  target_link_libraries(fuzz_http PRIVATE httpapi proto)
+  target_compile_options(httpapi PRIVATE -fsanitize=fuzzer-no-link,address,undefined)
 endif()
