@@ -337,6 +337,7 @@ static void submit(http_conn *c, oai_kind kind, const http_key *key)
 {
     http_srv *hs = c->hs;
     server *s = hs->s;
+    double t_received = base_now_ms(); /* TTFT counts the JSON mapping too */
     if (s->draining) {
         respond_error(c, 503, NULL, NULL, 0, "the daemon is shutting down");
         return;
@@ -410,7 +411,7 @@ static void submit(http_conn *c, oai_kind kind, const http_key *key)
     r->seed = p.has_seed ? p.seed
                          : (uint64_t)(base_now_ms() * 1e3) ^ (++hs->seeds * 0x9E3779B97F4A7C15ull);
     r->owner = c->is_unix ? (uint32_t)c->uid : HTTP_TCP_OWNER;
-    r->t_received_ms = base_now_ms();
+    r->t_received_ms = t_received;
     int by_text = !p.ids && s->tok;
     oai_params_free(&p);
     c->at_engine = 1;

@@ -2,7 +2,7 @@
 // users' tools do. Used by test_http.py (and bench/bench_http.py), which installs the package and
 // sets NODE_PATH.
 //
-// usage: node openai_client.js '<json>'   where json is a list of operations:
+// usage: node openai_client.js '<json>'   (or the JSON on stdin) where json is a list of operations:
 //   {"base_url": URL, "api_key": KEY, "op": "chat"|"completion", "params": {...},
 //    "abort_after": N (streams: abort after N chunks)}
 // Prints one JSON list: per operation {ok: true, text, finish_reason, usage, chunks, id, object,
@@ -55,7 +55,13 @@ async function runOne(spec) {
 }
 
 (async () => {
-  const specs = JSON.parse(process.argv[2]);
+  let text = process.argv[2];
+  if (text === undefined) {
+    text = '';
+    for await (const chunk of process.stdin)
+      text += chunk;
+  }
+  const specs = JSON.parse(text);
   const out = [];
   for (const s of specs)
     out.push(await runOne(s));

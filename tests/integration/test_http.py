@@ -165,7 +165,7 @@ def openai_modules():
 
 def node(specs):
     env = dict(os.environ, NODE_PATH=openai_modules())
-    r = subprocess.run(["node", os.path.join(HERE, "openai_client.js"), json.dumps(specs)],
+    r = subprocess.run(["node", os.path.join(HERE, "openai_client.js")], input=json.dumps(specs),
                        capture_output=True, text=True, timeout=180, env=env)
     check(r.returncode == 0, "node openai_client.js: exit %d: %s" % (r.returncode, r.stderr))
     return json.loads(r.stdout)
