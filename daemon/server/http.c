@@ -76,6 +76,7 @@ typedef struct http_conn {
     uint32_t seq, cur; /* request ids on this connection; the one being answered */
     double t_last;     /* accept, or the end of the last answer */
     double t_owed;     /* a request is owed since (accept, or its first byte); 0: none */
+    char refuse[160];  /* over --max-conns-per-user: its request is answered 429 with this */
 } http_conn;
 
 typedef struct http_srv {
@@ -155,17 +156,20 @@ static void http_close(http_conn *c)
 
 static void shutdown_cb(uv_shutdown_t *r, int status)
 {
-    (void)status;
-    http_close(r->data);
+    if (status < 0)
+        http_close(r->data);
 }
 
-/* Closes once what was written has gone out. */
+/* Ends the connection gently: what was written goes out, then our side is shut; what the peer
+ * still sends is read and dropped until it closes (closing with unread input would reset the
+ * connection, and the peer could lose the answer it has not read yet). The sweep closes a
+ * connection that stays in this state. */
 static void shut(http_conn *c)
 {
     if (c->closing || c->shutting)
         return;
     c->shutting = 1;
-    uv_read_stop(&c->h.stream);
+    c->t_last = base_now_ms();
     c->shutdown.data = c;
     if (uv_shutdown(&c->shutdown, &c->h.stream, shutdown_cb) != 0)
         http_close(c);
@@ -651,6 +655,11 @@ static void handle(http_conn *c)
 {
     http_srv *hs = c->hs;
     const hreq *r = &c->req;
+    if (c->refuse[0]) {
+        c->close_after = 1;
+        respond_error(c, 429, NULL, "too_many_connections", 1, "%s", c->refuse);
+        return;
+    }
     size_t plen = strcspn(r->url, "?#");
     int found = -1, path_known = 0;
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
@@ -788,6 +797,11 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     (void)buf;
     http_conn *c = container_of((http_handle *)st, http_conn, h);
+    if (c->shutting) { /* input after the last answer: dropped until the peer closes */
+        if (nread < 0)
+            http_close(c);
+        return;
+    }
     if (nread == UV_ENOBUFS) {
         base_log(BASE_LOG_WARN,
                  "http connection %#x: input refused (--max-input-mem or "
@@ -806,7 +820,7 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         http_close(c);
         return;
     }
-    if (nread == 0 || c->shutting)
+    if (nread == 0)
         return;
     c->in_len += (size_t)nread;
     if (!c->busy && c->t_owed == 0)
@@ -846,6 +860,10 @@ static void sweep_cb(uv_timer_t *t)
     double now = base_now_ms();
     for (int i = 0; i < SRV_MAX_CONNS; i++) {
         http_conn *c = hs->conns[i];
+        if (c && c->shutting && !c->closing && now - c->t_last > 5000) {
+            http_close(c); /* the peer neither read its last answer nor closed within 5 s */
+            continue;
+        }
         if (!c || c->closing || c->shutting || c->busy)
             continue;
         if (c->t_owed > 0 && s->o.hello_timeout_ms > 0 && now - c->t_owed > s->o.hello_timeout_ms) {
@@ -938,15 +956,13 @@ static void accept_cb(uv_stream_t *ls, int status)
     if (s->o.max_conns_per_user > 0) {
         int mine = 0;
         for (int i = 0; i < SRV_MAX_CONNS; i++)
-            mine += hs->conns[i] && !hs->conns[i]->closing && hs->conns[i] != c &&
-                    strcmp(hs->conns[i]->peer, c->peer) == 0;
+            mine += hs->conns[i] && !hs->conns[i]->closing && !hs->conns[i]->refuse[0] &&
+                    hs->conns[i] != c && strcmp(hs->conns[i]->peer, c->peer) == 0;
         if (mine >= s->o.max_conns_per_user) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "too many connections from %s (%d, --max-conns-per-user)",
-                     c->peer, mine);
-            base_log(BASE_LOG_WARN, "%s: refusing one", msg);
-            fail_conn(c, 429, 1, msg);
-            return;
+            /* Answered once its request is read (an answer before it could be lost). */
+            snprintf(c->refuse, sizeof c->refuse,
+                     "too many connections from %s (%d, --max-conns-per-user)", c->peer, mine);
+            base_log(BASE_LOG_WARN, "%s: refusing one", c->refuse);
         }
     }
     base_log(BASE_LOG_DEBUG, "http connection %#x from %s", c->id, c->peer);
