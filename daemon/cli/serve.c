@@ -17,7 +17,8 @@ static void usage(FILE *f)
         f,
         "usage: prefixd serve --model PATH [options]\n"
         "\n"
-        "Serves generation on a Unix socket with a shared prefix cache (logs to stderr;\n"
+        "Serves generation on a Unix socket (and with --http, an OpenAI-compatible HTTP\n"
+        "API) with a shared prefix cache (logs to stderr;\n"
         "SIGINT/SIGTERM finish running requests and exit).\n"
         "\n"
         "  --model PATH            llama2.c checkpoint or GGUF file (required)\n"
@@ -56,6 +57,13 @@ static void usage(FILE *f)
         "                          history: a chat's cache is bitwise an uncached run's)\n"
         "  --stats-all-users       show every user the daemon-wide counters (default: only\n"
         "                          the daemon's owner and root; others see their own)\n"
+        "  --http ADDR             also serve the OpenAI-compatible HTTP API on ADDR:\n"
+        "                          127.0.0.1:8080, [::1]:8080 (port 0: any free port, logged)\n"
+        "                          or unix:/path (HTTP on a Unix socket, peer-uid namespaces)\n"
+        "  --api-key-file FILE     HTTP requests need 'Authorization: Bearer KEY' with a key of\n"
+        "                          FILE ('KEY [TENANT]' lines); each tenant is its own cache\n"
+        "                          namespace\n"
+        "  --http-insecure         allow a non-loopback --http address without API keys\n"
         "  --log-level LEVEL       error, warn, info or debug (default info)\n");
 }
 
@@ -138,6 +146,9 @@ int srv_cmd_serve(int argc, char **argv)
         O_STATS_ALL,
         O_DECODE_HISTORY,
         O_CTX,
+        O_HTTP,
+        O_API_KEYS,
+        O_HTTP_INSECURE,
         O_HELP
     };
     static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
@@ -167,6 +178,9 @@ int srv_cmd_serve(int argc, char **argv)
                                          {"max-text", required_argument, 0, O_MAX_TEXT},
                                          {"stats-all-users", no_argument, 0, O_STATS_ALL},
                                          {"decode-history", no_argument, 0, O_DECODE_HISTORY},
+                                         {"http", required_argument, 0, O_HTTP},
+                                         {"api-key-file", required_argument, 0, O_API_KEYS},
+                                         {"http-insecure", no_argument, 0, O_HTTP_INSECURE},
                                          {"help", no_argument, 0, O_HELP},
                                          {0, 0, 0, 0}};
     optind = 1;
@@ -289,6 +303,17 @@ int srv_cmd_serve(int argc, char **argv)
         case O_STATS_ALL:
             o.stats_all_users = 1;
             break;
+        case O_HTTP:
+            if (!optarg[0] || (strncmp(optarg, "unix:", 5) == 0 && !optarg[5]))
+                return bad("--http", optarg, "HOST:PORT, [IPV6]:PORT or unix:/path");
+            o.http_addr = optarg;
+            break;
+        case O_API_KEYS:
+            o.api_key_file = optarg;
+            break;
+        case O_HTTP_INSECURE:
+            o.http_insecure = 1;
+            break;
         case O_LOG:
             if ((o.log_level = base_log_parse_level(optarg)) < 0)
                 return bad("--log-level", optarg, "error, warn, info or debug");
@@ -309,6 +334,10 @@ int srv_cmd_serve(int argc, char **argv)
     if (!o.model_path) {
         fprintf(stderr, "prefixd serve: --model PATH is required\n");
         usage(stderr);
+        return 2;
+    }
+    if (o.api_key_file && !o.http_addr) {
+        fprintf(stderr, "prefixd serve: --api-key-file is for the HTTP API: give --http ADDR\n");
         return 2;
     }
     if (!o.socket_path) {

@@ -658,7 +658,7 @@ void srv__accept_cb(uv_stream_t *ls, int status)
     }
     /* Ids are unique among live connections: skip slots still taken. */
     for (int tries = 0; tries < SRV_MAX_CONNS; tries++) {
-        uint32_t id = ++s->next_id;
+        uint32_t id = ++s->next_id & ~SRV_CONN_HTTP; /* the bit marks HTTP connections */
         if (id == 0)
             continue;
         if (!s->conns[id % SRV_MAX_CONNS]) {
@@ -706,6 +706,11 @@ void srv__deliver_cb(uv_async_t *a)
     while (n) {
         srv_frame *o = container_of(n, srv_frame, node);
         n = n->next;
+        if (o->conn & SRV_CONN_HTTP) {
+            srv__http_deliver(s, o);
+            free(o);
+            continue;
+        }
         conn *c = srv__conn_find(s, o->conn);
         if (c) {
             if (o->req == 0 || conn_has_req(c, o->req))

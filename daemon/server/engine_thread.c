@@ -10,6 +10,8 @@
  */
 #include "server_int.h"
 
+#include "http_api.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,8 +36,9 @@ srv_task *srv__task_new(srv_task_type type, uint32_t conn_id, uint32_t req, size
     return t;
 }
 
-static void task_free(srv_task *t)
+void srv__task_free(srv_task *t)
 {
+    oai_out_free(t->oai);
     free(t->data);
     free(t);
 }
@@ -53,7 +56,7 @@ void srv__queues_free(server *s)
     for (base_qnode *n = base_queue_take_all(&s->tasks); n;) {
         srv_task *t = container_of(n, srv_task, node);
         n = n->next;
-        task_free(t);
+        srv__task_free(t);
     }
     for (base_qnode *n = base_queue_take_all(&s->frames); n;) {
         srv_frame *f = container_of(n, srv_frame, node);
@@ -188,6 +191,11 @@ void srv__engine_emit_cb(void *arg, const engine_event *ev)
     server *s = arg;
     uint32_t conn_id = (uint32_t)(ev->handle >> 32), req = (uint32_t)ev->handle;
     count_event(s, ev);
+    srv__metrics_observe(s, ev);
+    if (conn_id & SRV_CONN_HTTP) {
+        srv__http_emit(s, ev);
+        return;
+    }
     proto_msg m = {0};
     m.id = req;
     switch (ev->type) {
@@ -230,7 +238,12 @@ static void run_task(server *s, srv_task *t)
 {
     switch (t->type) {
     case SRV_TASK_SUBMIT:
+        if (t->oai)
+            srv__http_register(s, t);
         engine_submit(s->engine, &t->r);
+        break;
+    case SRV_TASK_METRICS:
+        srv__metrics_reply(s, t);
         break;
     case SRV_TASK_CANCEL:
         engine_cancel(s->engine, (uint64_t)t->conn << 32 | t->req);
@@ -286,7 +299,7 @@ static void *engine_thread_main(void *arg)
                 continue;
             }
             run_task(s, t);
-            task_free(t);
+            srv__task_free(t);
         }
         if (stop) {
             engine_cancel_matching(s->engine, 0, 0);

@@ -25,6 +25,8 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
     (void)arg;
     if (uv_is_closing(h))
         return;
+    if (srv__http_walk_close(h))
+        return;
     if (h->type == UV_NAMED_PIPE && h->data == NULL) {
         conn *c = container_of((uv_pipe_t *)h, conn, pipe);
         if (c->srv)
@@ -44,6 +46,7 @@ static void stop_listening(server *s)
         if (s->o.listen_fd <= 0) /* an activated socket's file belongs to its unit */
             unlink(s->o.socket_path);
     }
+    srv__http_stop_listening(s);
 }
 
 static void finish_shutdown(server *s)
@@ -298,6 +301,8 @@ int srv_run(const srv_opts *o, const model *m, const model_tokenizer *tok)
     }
     if ((exit_code = bind_socket(s)) != 0)
         goto out;
+    if ((exit_code = srv__http_start(s)) != 0)
+        goto out;
     /* A write to a client that has gone must fail with EPIPE on that connection, not kill the
      * daemon: the peer's close is seen as a read error or EOF and the connection is closed. */
     signal(SIGPIPE, SIG_IGN);
@@ -320,6 +325,7 @@ out:
     uv_run(s->loop, UV_RUN_DEFAULT);
     uv_loop_close(s->loop);
     srv__queues_free(s);
+    srv__http_free(s);
     if (s->engine && exit_code == 0)
         flush_to_disk(s);
     engine_free(s->engine);

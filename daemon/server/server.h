@@ -4,7 +4,10 @@
  *
  * Files: conn.c (connections and framing, on the loop thread), engine_thread.c (the engine
  * thread, its queues and the emit path), stats.c (the STATS reply), server.c (binding the
- * socket, signals, start and shutdown: srv_run()).
+ * socket, signals, start and shutdown: srv_run()). The OpenAI-compatible HTTP API (--http):
+ * http.c (its connections, on the loop thread), http_parse.c and openai.c (reading requests
+ * and the JSON, no I/O: http_api.h), http_emit.c (rendering answers on the engine thread),
+ * metrics.c (GET /metrics).
  */
 #ifndef PREFIXD_SERVER_H
 #define PREFIXD_SERVER_H
@@ -35,6 +38,12 @@ typedef struct srv_opts {
     size_t max_input_mem;    /* all connections' unprocessed input together */
     size_t max_text;         /* largest text to tokenize (a prompt or TOKENIZE) */
     int log_level;           /* BASE_LOG_* */
+    /* The HTTP API: off unless http_addr is set ("127.0.0.1:8080", "[::1]:8080",
+     * "unix:/path"). */
+    const char *http_addr;
+    const char *api_key_file; /* "key [tenant]" lines: bearer authentication, one namespace
+                               * per tenant */
+    int http_insecure;        /* allow a non-loopback address without API keys */
 } srv_opts;
 
 /* Runs the daemon until SIGINT/SIGTERM: binds the socket, starts the engine thread, serves.

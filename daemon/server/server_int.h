@@ -28,6 +28,12 @@
  * make the daemon hold is bounded. */
 #define SRV_MAX_OWED 256
 
+/* Connection ids: native connections count up from 1 without this bit; HTTP connections
+ * (http.c) have it set. A request's handle is (connection id << 32 | request id) either way, and
+ * the engine thread renders the events of a handle with this bit as HTTP bytes (http_emit.c)
+ * instead of native frames. */
+#define SRV_CONN_HTTP 0x80000000u
+
 /* ---- Queues between the threads ---- */
 
 /* A task for the engine thread. */
@@ -36,7 +42,8 @@ typedef enum srv_task_type {
     SRV_TASK_CANCEL,
     SRV_TASK_CANCEL_CONN, /* every request of a connection (it closed, or reads too slowly) */
     SRV_TASK_STATS,
-    SRV_TASK_STOP /* end the engine thread (after the loop saw no live request, or gave up) */
+    SRV_TASK_METRICS, /* GET /metrics: the Prometheus text for an HTTP connection (metrics.c) */
+    SRV_TASK_STOP     /* end the engine thread (after the loop saw no live request, or gave up) */
 } srv_task_type;
 
 typedef struct srv_task {
@@ -48,6 +55,7 @@ typedef struct srv_task {
     engine_request r; /* SUBMIT: pointers into data */
     char *data;       /* owned: text / ids / namespace bytes */
     size_t len;
+    struct oai_out *oai; /* SUBMIT over HTTP: how to render its answer (owned; http_emit.c) */
 } srv_task;
 
 /* One encoded frame for a connection, made on the engine thread. */
@@ -72,6 +80,17 @@ typedef struct srv_user_stats {
     uint64_t requests, requests_done, requests_cancelled, requests_failed;
     uint64_t prompt_tokens, cached_tokens, cached_tokens_disk, generated_tokens;
 } srv_user_stats;
+
+/* ---- Histograms for /metrics (engine thread, metrics.c) ---- */
+#define SRV_HIST_BUCKETS 14
+
+typedef struct srv_hist {
+    uint64_t le[SRV_HIST_BUCKETS]; /* observations <= each bound (not cumulative) */
+    uint64_t count;
+    double sum; /* seconds */
+} srv_hist;
+
+#define SRV_OAI_BUCKETS 256
 
 /* ---- Connections ---- */
 
@@ -127,6 +146,11 @@ typedef struct server {
     int live;                            /* the engine's live requests, read by the loop under mu */
     srv_user_stats users[SRV_MAX_USERS]; /* engine thread; open addressing on the uid */
     int engine_stopped;
+    /* the HTTP API: http.c's state (loop thread; NULL without --http), and the engine thread's
+     * answers being rendered (http_emit.c) and histograms (metrics.c) */
+    struct http_srv *http;
+    struct oai_live *oai_live[SRV_OAI_BUCKETS];
+    srv_hist ttft_hist, prefill_hist;
     /* counters (written by the loop thread, read by the engine thread for STATS) */
     _Atomic uint64_t connections, frames_in, frames_out, bad_frames;
 } server;
@@ -169,6 +193,9 @@ void srv__deliver_cb(uv_async_t *a);
 /* A task with data_len bytes of owned data. Returns NULL when out of memory. */
 srv_task *srv__task_new(srv_task_type type, uint32_t conn_id, uint32_t req, size_t data_len);
 
+/* Frees a task and what it owns. */
+void srv__task_free(srv_task *t);
+
 /* Hands a task to the engine thread (it then belongs to the engine thread). Loop thread. */
 void srv__task_push(server *s, srv_task *t);
 
@@ -202,6 +229,53 @@ void srv__tokenize_end_all(server *s);
 
 /* Marks a prompt still being tokenized as cancelled. Returns 1 if there was one. */
 int srv__tokenize_cancel(server *s, uint32_t conn_id, uint32_t req);
+
+/* The same for a connection known by id (native or HTTP: an HTTP connection's task carries
+ * its rendering, see http_emit.c). */
+int srv__tokenize_prompt_id(server *s, uint32_t conn_id, srv_task *t, size_t ns_len);
+
+/* ---- http.c (loop thread) ---- */
+
+/* Binds --http and starts serving it (nothing without --http). Returns 0 or an exit code (2: the
+ * address or the API key file cannot be used, 1: other failures). */
+int srv__http_start(server *s);
+
+/* Stops accepting HTTP connections (shutdown); the unix: socket file is removed. */
+void srv__http_stop_listening(server *s);
+
+/* Frees http.c's state after the loop is closed. */
+void srv__http_free(server *s);
+
+/* Closes h if it is an HTTP connection (shutdown walk). Returns 1 if it was one. */
+int srv__http_walk_close(uv_handle_t *h);
+
+/* Writes bytes the engine thread rendered for an HTTP connection (from srv__deliver_cb). The
+ * frame stays the caller's. */
+void srv__http_deliver(server *s, const srv_frame *f);
+
+/* A prompt's tokenizing ended for an HTTP connection (tokenize.c): push the task (taken:
+ * *task set to NULL) or answer the error. */
+void srv__http_tokenized(server *s, uint32_t conn_id, uint32_t req, int cancelled, const char *err,
+                         srv_task **task);
+
+/* ---- http_emit.c (engine thread) ---- */
+
+/* Takes a SUBMIT task's rendering (t->oai, set to NULL) before the engine sees the request. */
+void srv__http_register(server *s, srv_task *t);
+
+/* Renders an engine event of an HTTP request and queues the bytes. */
+void srv__http_emit(server *s, const engine_event *ev);
+
+/* Queues bytes for a connection (copied). */
+void srv__push_bytes(server *s, uint32_t conn_id, uint32_t req, int ends, const void *p, size_t n);
+
+/* ---- metrics.c (engine thread) ---- */
+
+/* Counts a finished request in the TTFT and prefill histograms. */
+void srv__metrics_observe(server *s, const engine_event *ev);
+
+/* Answers a METRICS task with the Prometheus text format. */
+void srv__metrics_reply(server *s, const srv_task *t);
 
 /* ---- stats.c (engine thread) ---- */
 

@@ -40,10 +40,8 @@ typedef struct tok_job {
 
 static void job_free(tok_job *j)
 {
-    if (j->task) {
-        free(j->task->data);
-        free(j->task);
-    }
+    if (j->task)
+        srv__task_free(j->task);
     free(j->in);
     free(j->frame);
     free(j);
@@ -181,6 +179,12 @@ static void tok_after_cb(uv_work_t *w, int status)
             *p = j->next;
             break;
         }
+    if (j->conn & SRV_CONN_HTTP) {
+        if (status == 0 && j->kind == TOK_PROMPT)
+            srv__http_tokenized(s, j->conn, j->req, j->cancelled, j->err ? j->msg : NULL, &j->task);
+        job_free(j);
+        return;
+    }
     conn *c = srv__conn_find(s, j->conn);
     if (!c || status != 0 || j->answered) {
         job_free(j);
@@ -218,15 +222,20 @@ static int queue_job(server *s, tok_job *j)
 
 int srv__tokenize_prompt(conn *c, srv_task *t, size_t ns_len)
 {
+    return srv__tokenize_prompt_id(c->srv, c->id, t, ns_len);
+}
+
+int srv__tokenize_prompt_id(server *s, uint32_t conn_id, srv_task *t, size_t ns_len)
+{
     tok_job *j = calloc(1, sizeof *j);
     if (!j)
         return -1;
     j->kind = TOK_PROMPT;
-    j->conn = c->id;
+    j->conn = conn_id;
     j->req = t->req;
     j->task = t;
     j->ns_len = ns_len;
-    if (queue_job(c->srv, j) != 0) {
+    if (queue_job(s, j) != 0) {
         j->task = NULL; /* the caller keeps it */
         job_free(j);
         return -1;
