@@ -13,11 +13,10 @@
  */
 #include "cache.h"
 
-#include <stdarg.h>
-#include <stdio.h>
+#include "base.h"
+
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -69,17 +68,6 @@ const char *cache_strerror(int err)
         return "success";
     }
     return "unknown error";
-}
-
-static int fail(char *msg, size_t msglen, int code, const char *fmt, ...)
-{
-    if (msg && msglen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(msg, msglen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
 }
 
 /* ---- Keys ----------------------------------------------------------------------------------- */
@@ -258,19 +246,19 @@ int cache_open(const cache_opts *o, cache **out, char *msg, size_t msglen)
 {
     *out = NULL;
     if (o->block_tokens < 1 || o->block_floats == 0)
-        return fail(msg, msglen, CACHE_EINVAL, "cache: block size must be positive");
+        return base_fail(msg, msglen, CACHE_EINVAL, "cache: block size must be positive");
     size_t block_bytes = o->block_floats * sizeof(float);
     size_t mem = o->mem_bytes ? o->mem_bytes : (size_t)1 << 30;
     size_t n = mem / block_bytes;
     if (n < 1)
-        return fail(msg, msglen, CACHE_EINVAL,
-                    "cache: --cache-mem %zu bytes holds no block (one block is %zu bytes)", mem,
-                    block_bytes);
+        return base_fail(msg, msglen, CACHE_EINVAL,
+                         "cache: --cache-mem %zu bytes holds no block (one block is %zu bytes)",
+                         mem, block_bytes);
     if (n > (size_t)1 << 30)
         n = (size_t)1 << 30;
     cache *c = calloc(1, sizeof *c);
     if (!c)
-        return fail(msg, msglen, CACHE_ENOMEM, "cache: out of memory");
+        return base_fail(msg, msglen, CACHE_ENOMEM, "cache: out of memory");
     c->o = *o;
     c->o.mem_bytes = mem;
     c->n_slots = n;
@@ -281,18 +269,15 @@ int cache_open(const cache_opts *o, cache **out, char *msg, size_t msglen)
     c->table_mask = buckets - 1;
     /* The arena in 2 MiB pages where the kernel allows (attention reads blocks all over it; with
      * 4 KiB pages every block costs hundreds of TLB misses). */
-    size_t arena_bytes = (n * block_bytes + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
-    c->arena = aligned_alloc(2u << 20, arena_bytes);
-    if (c->arena)
-        madvise(c->arena, arena_bytes, MADV_HUGEPAGE);
+    c->arena = base_huge_alloc(n * block_bytes, 0);
     c->tokens = malloc(n * (size_t)o->block_tokens * sizeof(int32_t));
     c->blocks = calloc(n, sizeof *c->blocks);
     c->table = malloc(buckets * sizeof(int32_t));
     if (!c->arena || !c->tokens || !c->blocks || !c->table) {
         cache_close(c);
-        return fail(msg, msglen, CACHE_ENOMEM,
-                    "cache: cannot allocate %zu bytes for %zu blocks (lower --cache-mem)",
-                    n * block_bytes, n);
+        return base_fail(msg, msglen, CACHE_ENOMEM,
+                         "cache: cannot allocate %zu bytes for %zu blocks (lower --cache-mem)",
+                         n * block_bytes, n);
     }
     memset(c->table, -1, buckets * sizeof(int32_t));
     /* Touch the whole arena now: a first touch costs a page fault per 4 KiB, which would
@@ -320,7 +305,7 @@ void cache_close(cache *c)
 {
     if (!c)
         return;
-    free(c->arena);
+    base_huge_free(c->arena);
     free(c->tokens);
     free(c->blocks);
     free(c->table);

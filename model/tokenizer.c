@@ -8,8 +8,9 @@
  */
 #include "model.h"
 
+#include "base.h"
+
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,17 +30,6 @@ struct model_tokenizer {
     int byte_id[256];       /* id of "<0xHH>" for each byte, -1 if absent */
     unsigned char raw[512]; /* byte b as a one-byte string at raw[2b] */
 };
-
-static int fail(char *msg, size_t msglen, int code, const char *fmt, ...)
-{
-    if (msg && msglen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(msg, msglen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 static size_t hash_bytes(const void *p, size_t n)
 {
@@ -93,22 +83,22 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f)
-        return fail(msg, msglen, MODEL_EIO, "tokenizer '%s': %s", path, strerror(errno));
+        return base_fail(msg, msglen, MODEL_EIO, "tokenizer '%s': %s", path, strerror(errno));
     if (fseek(f, 0, SEEK_END) != 0) {
         fclose(f);
-        return fail(msg, msglen, MODEL_EIO, "tokenizer '%s': cannot seek (not a file?)", path);
+        return base_fail(msg, msglen, MODEL_EIO, "tokenizer '%s': cannot seek (not a file?)", path);
     }
     long size = ftell(f);
     rewind(f);
     if (size < 0) {
         fclose(f);
-        return fail(msg, msglen, MODEL_EIO, "tokenizer '%s': not a regular file", path);
+        return base_fail(msg, msglen, MODEL_EIO, "tokenizer '%s': not a regular file", path);
     }
     unsigned char *buf = malloc(size ? (size_t)size : 1);
     if (!buf || fread(buf, 1, (size_t)size, f) != (size_t)size) {
         fclose(f);
         free(buf);
-        return fail(msg, msglen, MODEL_EIO, "tokenizer '%s': cannot read", path);
+        return base_fail(msg, msglen, MODEL_EIO, "tokenizer '%s': cannot read", path);
     }
     fclose(f);
     int rc = 0;
@@ -116,18 +106,19 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
     size_t off = 4;
     int n = 0;
     if (!t) {
-        rc = fail(msg, msglen, MODEL_ENOMEM, "tokenizer '%s': out of memory", path);
+        rc = base_fail(msg, msglen, MODEL_ENOMEM, "tokenizer '%s': out of memory", path);
         goto out;
     }
     if (size < 4) {
-        rc = fail(msg, msglen, MODEL_ETRUNC, "tokenizer '%s': truncated: %ld bytes", path, size);
+        rc = base_fail(msg, msglen, MODEL_ETRUNC, "tokenizer '%s': truncated: %ld bytes", path,
+                       size);
         goto out;
     }
     int32_t max_len;
     memcpy(&max_len, buf, 4);
     if (max_len <= 0 || max_len > 65536) {
-        rc = fail(msg, msglen, MODEL_EFORMAT, "tokenizer '%s': max_token_length %d is impossible",
-                  path, max_len);
+        rc = base_fail(msg, msglen, MODEL_EFORMAT,
+                       "tokenizer '%s': max_token_length %d is impossible", path, max_len);
         goto out;
     }
     /* First pass: count tokens and validate every length. */
@@ -135,21 +126,21 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
     while (off < (size_t)size) {
         int32_t len;
         if ((size_t)size - off < 8) {
-            rc = fail(msg, msglen, MODEL_ETRUNC,
-                      "tokenizer '%s': truncated inside token %d's header", path, n);
+            rc = base_fail(msg, msglen, MODEL_ETRUNC,
+                           "tokenizer '%s': truncated inside token %d's header", path, n);
             goto out;
         }
         memcpy(&len, buf + off + 4, 4);
         if (len < 0 || len > max_len) {
-            rc = fail(msg, msglen, MODEL_EFORMAT,
-                      "tokenizer '%s': token %d has length %d (max_token_length %d)", path, n, len,
-                      max_len);
+            rc = base_fail(msg, msglen, MODEL_EFORMAT,
+                           "tokenizer '%s': token %d has length %d (max_token_length %d)", path, n,
+                           len, max_len);
             goto out;
         }
         if ((size_t)size - off - 8 < (size_t)len) {
-            rc = fail(msg, msglen, MODEL_ETRUNC,
-                      "tokenizer '%s': truncated inside token %d (%d bytes announced)", path, n,
-                      len);
+            rc = base_fail(msg, msglen, MODEL_ETRUNC,
+                           "tokenizer '%s': truncated inside token %d (%d bytes announced)", path,
+                           n, len);
             goto out;
         }
         off += 8 + (size_t)len;
@@ -157,14 +148,14 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
         n++;
     }
     if (n < 3) {
-        rc = fail(msg, msglen, MODEL_EFORMAT,
-                  "tokenizer '%s': holds %d tokens, needs at least <unk>, <s>, </s>", path, n);
+        rc = base_fail(msg, msglen, MODEL_EFORMAT,
+                       "tokenizer '%s': holds %d tokens, needs at least <unk>, <s>, </s>", path, n);
         goto out;
     }
     if (vocab_size > 0 && n != vocab_size) {
-        rc = fail(msg, msglen, MODEL_EVOCAB,
-                  "tokenizer '%s': holds %d tokens, the model has a vocabulary of %d", path, n,
-                  vocab_size);
+        rc = base_fail(msg, msglen, MODEL_EVOCAB,
+                       "tokenizer '%s': holds %d tokens, the model has a vocabulary of %d", path, n,
+                       vocab_size);
         goto out;
     }
     t->vocab = n;
@@ -174,7 +165,7 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
     t->lens = malloc((size_t)n * sizeof(int));
     t->blob = malloc(text);
     if (!t->scores || !t->pieces || !t->lens || !t->blob) {
-        rc = fail(msg, msglen, MODEL_ENOMEM, "tokenizer '%s': out of memory", path);
+        rc = base_fail(msg, msglen, MODEL_ENOMEM, "tokenizer '%s': out of memory", path);
         goto out;
     }
     off = 4;
@@ -191,7 +182,7 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
         off += 8 + (size_t)len;
     }
     if (build_map(t) != 0)
-        rc = fail(msg, msglen, MODEL_ENOMEM, "tokenizer '%s': out of memory", path);
+        rc = base_fail(msg, msglen, MODEL_ENOMEM, "tokenizer '%s': out of memory", path);
 out:
     free(buf);
     if (rc) {
@@ -406,9 +397,9 @@ const char *model_decode_piece(const model_tokenizer *t, int32_t prev, int32_t t
 int model_tokenizer_synth_write(const char *path, int vocab_size, char *msg, size_t msglen)
 {
     if (vocab_size < 259)
-        return fail(msg, msglen, MODEL_EINVAL,
-                    "synthetic tokenizer: vocab %d is too small (needs 3 + 256 byte tokens)",
-                    vocab_size);
+        return base_fail(msg, msglen, MODEL_EINVAL,
+                         "synthetic tokenizer: vocab %d is too small (needs 3 + 256 byte tokens)",
+                         vocab_size);
     /* Filler pieces: " " + two or three letters, unique by construction, so random models print
      * word-like text; they merge from byte-level pieces only where their halves are tokens. */
     static const char letters[] = "etaoinshrdlucmfwypvbgkjqxz";
@@ -416,7 +407,7 @@ int model_tokenizer_synth_write(const char *path, int vocab_size, char *msg, siz
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
     if (!f)
-        return fail(msg, msglen, MODEL_EIO, "cannot write '%s': %s", tmp, strerror(errno));
+        return base_fail(msg, msglen, MODEL_EIO, "cannot write '%s': %s", tmp, strerror(errno));
     int32_t max_len = 8;
     int bad = fwrite(&max_len, 4, 1, f) != 1;
     for (int id = 0; id < vocab_size && !bad; id++) {
@@ -448,7 +439,7 @@ int model_tokenizer_synth_write(const char *path, int vocab_size, char *msg, siz
         bad = 1;
     if (bad || rename(tmp, path) != 0) {
         remove(tmp);
-        return fail(msg, msglen, MODEL_EIO, "cannot write '%s': %s", path, strerror(errno));
+        return base_fail(msg, msglen, MODEL_EIO, "cannot write '%s': %s", path, strerror(errno));
     }
     return 0;
 }

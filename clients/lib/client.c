@@ -6,6 +6,8 @@
  */
 #include "prefixd_client.h"
 
+#include "base.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -13,7 +15,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 struct pfx_conn {
@@ -49,13 +50,6 @@ int pfx_server_error(const pfx_conn *c)
 const proto_hello_ok *pfx_server(const pfx_conn *c)
 {
     return &c->hello;
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
 /* A frame's counts are u32 and its whole length fits a u32: refuse what would wrap. */
@@ -261,7 +255,7 @@ int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg
     memset(out, 0, sizeof *out);
     c->server_code = 0;
     uint32_t id;
-    double t0 = now_ms();
+    double t0 = base_now_ms();
     int rc = pfx_send(c, g, &id);
     if (rc)
         return rc;
@@ -274,7 +268,7 @@ int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg
             continue;
         if (m.type == PROTO_TOKEN) {
             if (out->ttft_ms == 0)
-                out->ttft_ms = now_ms() - t0;
+                out->ttft_ms = base_now_ms() - t0;
             if (on_token && on_token(arg, m.u.token.id, m.u.token.piece.p, m.u.token.piece.len) &&
                 !cancelled) {
                 cancelled = 1;
@@ -284,7 +278,7 @@ int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg
         } else if (m.type == PROTO_DONE) {
             out->done = m.u.done;
             if (out->ttft_ms == 0)
-                out->ttft_ms = now_ms() - t0;
+                out->ttft_ms = base_now_ms() - t0;
             return 0;
         } else if (m.type == PROTO_ERROR) {
             out->server_code = c->server_code = (int)m.u.error.code;
