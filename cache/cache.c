@@ -15,8 +15,14 @@
 
 #include "base.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels answer EINVAL */
+#endif
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -280,9 +286,8 @@ int cache_open(const cache_opts *o, cache **out, char *msg, size_t msglen)
                          n * block_bytes, n);
     }
     memset(c->table, -1, buckets * sizeof(int32_t));
-    /* Touch the whole arena now: a first touch costs a page fault per 4 KiB, which would
-     * otherwise land on the first requests (measured: +15% TTFT for a 1,540-token prompt). */
-    memset(c->arena, 0, n * block_bytes);
+    /* The arena is only reserved here: cache_prefault() populates it, on the caller's thread of
+     * choice, so that a big pool does not hold up the start (a memset of 1 GiB took ~0.2-3 s). */
     for (size_t i = 0; i < n; i++) {
         c->blocks[i].free_next = i + 1 < n ? (int32_t)(i + 1) : -1;
         c->blocks[i].lru_prev = c->blocks[i].lru_next = -1;
@@ -298,6 +303,32 @@ int cache_open(const cache_opts *o, cache **out, char *msg, size_t msglen)
     c->st.bytes_total = (uint64_t)n * block_bytes;
     c->st.pin_bytes_max = (uint64_t)c->pin_max_blocks * block_bytes;
     *out = c;
+    return 0;
+}
+
+size_t cache_arena_bytes(const cache *c)
+{
+    return base_huge_round(c->n_slots * c->block_bytes);
+}
+
+/* A first touch costs a page fault per 4 KiB page (or a 2 MiB page zeroed), which would land on
+ * the first requests (measured: +15% TTFT for a 1,540-token prompt). MADV_POPULATE_WRITE takes
+ * those faults now, as a write would, but writes nothing: a page already in use keeps its bytes,
+ * so the engine may use blocks while this runs. */
+int cache_prefault(cache *c, atomic_int *stop)
+{
+    const size_t chunk = (size_t)64 << 20;
+    size_t total = cache_arena_bytes(c);
+    for (size_t off = 0; off < total; off += chunk) {
+        if (stop && atomic_load_explicit(stop, memory_order_relaxed))
+            return 1;
+        size_t len = total - off < chunk ? total - off : chunk;
+        while (madvise((char *)c->arena + off, len, MADV_POPULATE_WRITE) != 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return errno == ENOMEM || errno == EFAULT ? CACHE_ENOMEM : CACHE_EINVAL;
+        }
+    }
     return 0;
 }
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 PREFIXD, MODELS, CASE = sys.argv[1:4]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -56,6 +57,42 @@ def case_cache_mem_too_small():
     rc, err = serve("--cache-mem", "1K")
     check(rc == 2, "exit code %d: %s" % (rc, err))
     check("--cache-mem 1024 bytes" in err and "holds no block" in err, "message: %s" % err)
+
+
+def case_cache_mem_default():
+    """Without --cache-mem the cache is sized from the model: stories260K's 8 contexts need 5 MB,
+    so it gets the 64 MiB floor (3,276 blocks of 20,480 bytes), logged with the reason, and the
+    daemon's memory stays near that (it was 1 GiB reserved and written at start)."""
+    tmp = tempfile.mkdtemp()
+    sock = os.path.join(tmp, "p.sock")
+    log = open(os.path.join(tmp, "daemon.log"), "w+")
+    p = subprocess.Popen([PREFIXD, "serve", "--model", MODEL, "--tokenizer", TOK, "--socket", sock,
+                          "--threads", "1", "--disk-dir", "none", "--log-level", "debug"],
+                         stderr=log)
+    try:
+        text = ""
+        for _ in range(400):
+            log.seek(0)
+            text = log.read()
+            if "serving on" in text or p.poll() is not None:
+                break
+            time.sleep(0.05)
+        check("serving on" in text, "daemon did not start: %s" % text)
+        check("cache: 67 MB of K/V memory by default" in text and "64 MiB floor" in text,
+              "no default logged: %s" % text)
+        check("cache 3276 blocks (67 MB)" in text, "pool size: %s" % text)
+        for _ in range(100):  # the pages are populated in the background
+            log.seek(0)
+            if "populated" in log.read():
+                break
+            time.sleep(0.05)
+        with open("/proc/%d/status" % p.pid) as f:
+            rss = [int(line.split()[1]) for line in f if line.startswith("VmRSS")][0]
+        check(rss < 300 * 1024, "RSS %d kB" % rss)
+    finally:
+        p.terminate()
+        p.wait(20)
+        log.close()
 
 
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
