@@ -11,6 +11,7 @@
  * runs. --decode-only 1 measures decode alone; 8, batch 8 alone (for a profiler).
  */
 #include "../model/kernels.h"
+#include "base.h"
 #include "bench_util.h"
 #include "model.h"
 
@@ -18,18 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 void openblas_set_num_threads(int num_threads);
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 typedef struct seqkv {
     float **blocks;
@@ -46,15 +38,12 @@ static seqkv seq_new(const model_config *c)
     seqkv s;
     s.n = (c->seq_len + 15) / 16;
     s.blocks = malloc((size_t)s.n * sizeof(float *));
-    size_t bf = model_kv_block_floats(c, 16), huge = (size_t)2 << 20;
-    size_t bytes = ((size_t)s.n * bf * sizeof(float) + huge - 1) & ~(huge - 1);
-    s.arena = aligned_alloc(huge, bytes);
+    size_t bf = model_kv_block_floats(c, 16);
+    s.arena = base_huge_alloc((size_t)s.n * bf * sizeof(float), 1);
     if (!s.blocks || !s.arena) {
         fprintf(stderr, "out of memory\n");
         exit(1);
     }
-    madvise(s.arena, bytes, MADV_HUGEPAGE);
-    memset(s.arena, 0, bytes);
     for (int i = 0; i < s.n; i++)
         s.blocks[i] = s.arena + (size_t)i * bf;
     s.kv = (model_kv){s.blocks, s.n};
@@ -63,18 +52,18 @@ static seqkv seq_new(const model_config *c)
 
 static void seq_free(seqkv *s)
 {
-    free(s->arena);
+    base_huge_free(s->arena);
     free(s->blocks);
 }
 
 static double prefill_ms(model_state *st, seqkv *s, const int32_t *t, int n, float *logits)
 {
-    double t0 = now_ms();
+    double t0 = base_now_ms();
     for (int done = 0; done < n; done += 512) {
         int k = n - done < 512 ? n - done : 512;
         model_prefill(st, &s->kv, done, t + done, k, done + k == n ? logits : NULL);
     }
-    return now_ms() - t0;
+    return base_now_ms() - t0;
 }
 
 /* sgemm GFLOP/s at X (m, k) @ W (n, k)^T, with OpenBLAS's own threads. */
@@ -89,9 +78,9 @@ static double sgemm_gflops(int threads, int m, int k, int n, int runs)
         w[i] = (float)(i % 13) * 0.01f;
     double best[16];
     for (int r = 0; r < runs && r < 16; r++) {
-        double t0 = now_ms();
+        double t0 = base_now_ms();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1, x, k, w, k, 0, y, n);
-        best[r] = 2.0 * m * n * k / ((now_ms() - t0) / 1e3) / 1e9;
+        best[r] = 2.0 * m * n * k / ((base_now_ms() - t0) / 1e3) / 1e9;
     }
     free(x);
     free(w);
@@ -133,14 +122,14 @@ static double kernel_gflops(int threads, int m, int k, int n, int runs)
     for (int r = 0; r < runs && r < 16; r++) {
         pthread_t t[16];
         kgemm_arg a[16];
-        double t0 = now_ms();
+        double t0 = base_now_ms();
         for (int i = 0; i < threads; i++) {
             a[i] = (kgemm_arg){y, x, wp, m, k, n, panels * i / threads, panels * (i + 1) / threads};
             pthread_create(&t[i], NULL, kgemm_thread, &a[i]);
         }
         for (int i = 0; i < threads; i++)
             pthread_join(t[i], NULL);
-        v[r] = 2.0 * m * n * k / ((now_ms() - t0) / 1e3) / 1e9;
+        v[r] = 2.0 * m * n * k / ((base_now_ms() - t0) / 1e3) / 1e9;
     }
     free(x);
     free(w);
@@ -179,14 +168,14 @@ static double bandwidth_gbs(int threads, int runs)
     for (int r = 0; r < runs && r < 16; r++) {
         pthread_t t[16];
         bw_arg a[16];
-        double t0 = now_ms();
+        double t0 = base_now_ms();
         for (int i = 0; i < threads; i++) {
             a[i] = (bw_arg){p + n / threads * i, n / threads, 0};
             pthread_create(&t[i], NULL, bw_thread, &a[i]);
         }
         for (int i = 0; i < threads; i++)
             pthread_join(t[i], NULL);
-        v[r] = n * sizeof(float) / ((now_ms() - t0) / 1e3) / 1e9;
+        v[r] = n * sizeof(float) / ((base_now_ms() - t0) / 1e3) / 1e9;
     }
     free(p);
     return bench_median(v, runs < 16 ? runs : 16);
@@ -251,19 +240,19 @@ int main(int argc, char **argv)
     {
         int steps = 32;
         for (int r = 0; r < runs && decode_only != 8; r++) {
-            double t0 = now_ms();
+            double t0 = base_now_ms();
             for (int k = 0; k < steps; k++) {
                 int pos = 512 + k;
                 model_decode(st, &sb[0].kv, &pos, &t[k], 1, logits);
             }
-            v[r] = steps / ((now_ms() - t0) / 1e3);
+            v[r] = steps / ((base_now_ms() - t0) / 1e3);
         }
         d1 = decode_only == 8 ? 1 : bench_median(v, runs);
         for (int r = 0; r < runs; r++) {
             model_kv kv[8];
             int pos[8];
             int32_t tk[8];
-            double t0 = now_ms();
+            double t0 = base_now_ms();
             for (int k = 0; k < steps; k++) {
                 for (int i = 0; i < 8; i++) {
                     kv[i] = sb[i].kv;
@@ -272,7 +261,7 @@ int main(int argc, char **argv)
                 }
                 model_decode(st, kv, pos, tk, 8, logits);
             }
-            v[r] = 8 * steps / ((now_ms() - t0) / 1e3);
+            v[r] = 8 * steps / ((base_now_ms() - t0) / 1e3);
         }
         d8 = bench_median(v, runs);
     }
@@ -289,13 +278,13 @@ int main(int argc, char **argv)
     double with_cache, without = 0;
     {
         seqkv q = seq_new(c);
-        double t0 = now_ms();
+        double t0 = base_now_ms();
         prefill_ms(st, &q, t, 16, logits);
         for (int k = 0; k < 256; k++) {
             int pos = 16 + k;
             model_decode(st, &q.kv, &pos, &t[pos], 1, logits);
         }
-        with_cache = now_ms() - t0;
+        with_cache = base_now_ms() - t0;
         for (int k = 0; k < 256; k += 16) {
             double ms = prefill_ms(st, &q, t, 16 + k + 1, logits);
             without += ms * 16;

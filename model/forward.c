@@ -18,10 +18,11 @@
 #include "model.h"
 #include "pool.h"
 
+#include "base.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 /* Provided by OpenBLAS; the model sets it to 1 so that nothing else linked in oversubscribes the
@@ -301,17 +302,6 @@ static void embed(model_state *s, int row, int32_t tok)
 
 /* ---- Public --------------------------------------------------------------------------------- */
 
-/* Large buffers in 2 MiB pages where the kernel allows: the products stream the packed weights,
- * and 4 KiB pages would cost a TLB miss every 4 KiB. */
-static void *big_alloc(size_t bytes)
-{
-    size_t huge = (size_t)2 << 20, n = (bytes + huge - 1) & ~(huge - 1);
-    void *p = aligned_alloc(huge, n);
-    if (p)
-        madvise(p, n, MADV_HUGEPAGE);
-    return p;
-}
-
 /* Whether every weight is F32, the only type the kernels take yet (the loader refuses others). */
 static int weights_f32(const model_config *c, const model_weights *w)
 {
@@ -364,11 +354,13 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
     s->wo_n = model__pack_floats(dim, dim);
     s->w13_n = model__pack_floats(2 * hid, dim);
     s->w2_n = model__pack_floats(dim, hid);
-    s->wqkv = big_alloc(L * s->wqkv_n * sizeof(float));
-    s->wo = big_alloc(L * s->wo_n * sizeof(float));
-    s->w13 = big_alloc(L * s->w13_n * sizeof(float));
-    s->w2 = big_alloc(L * s->w2_n * sizeof(float));
-    s->wcls = big_alloc(model__pack_floats(c->vocab_size, dim) * sizeof(float));
+    /* The packed weights in 2 MiB pages where the kernel allows: the products stream them, and
+     * 4 KiB pages would cost a TLB miss every 4 KiB. */
+    s->wqkv = base_huge_alloc(L * s->wqkv_n * sizeof(float), 0);
+    s->wo = base_huge_alloc(L * s->wo_n * sizeof(float), 0);
+    s->w13 = base_huge_alloc(L * s->w13_n * sizeof(float), 0);
+    s->w2 = base_huge_alloc(L * s->w2_n * sizeof(float), 0);
+    s->wcls = base_huge_alloc(model__pack_floats(c->vocab_size, dim) * sizeof(float), 0);
     s->x = malloc(R * (size_t)dim * sizeof(float));
     s->xb = malloc(R * (size_t)dim * sizeof(float));
     s->att = malloc(R * (size_t)dim * sizeof(float));
@@ -429,11 +421,11 @@ void model_state_free(model_state *s)
     if (!s)
         return;
     model__pool_free(s->pool);
-    free(s->wqkv);
-    free(s->wo);
-    free(s->w13);
-    free(s->w2);
-    free(s->wcls);
+    base_huge_free(s->wqkv);
+    base_huge_free(s->wo);
+    base_huge_free(s->w13);
+    base_huge_free(s->w2);
+    base_huge_free(s->wcls);
     free(s->x);
     free(s->xb);
     free(s->att);

@@ -7,6 +7,7 @@
  * A candidate made stale by an earlier merge is recognised by its symbols' versions and skipped.
  */
 #include "gguf.h"
+#include "base.h"
 #include "model.h"
 
 #include <errno.h>
@@ -30,17 +31,6 @@ struct model_tokenizer {
     int byte_id[256];       /* id of "<0xHH>" for each byte, -1 if absent */
     unsigned char raw[512]; /* byte b as a one-byte string at raw[2b] */
 };
-
-static int fail(char *msg, size_t msglen, int code, const char *fmt, ...)
-{
-    if (msg && msglen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(msg, msglen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 static size_t hash_bytes(const void *p, size_t n)
 {
@@ -94,22 +84,22 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f)
-        return fail(msg, msglen, MODEL_EIO, "tokenizer '%s': %s", path, strerror(errno));
+        return base_fail(msg, msglen, MODEL_EIO, "tokenizer '%s': %s", path, strerror(errno));
     if (fseek(f, 0, SEEK_END) != 0) {
         fclose(f);
-        return fail(msg, msglen, MODEL_EIO, "tokenizer '%s': cannot seek (not a file?)", path);
+        return base_fail(msg, msglen, MODEL_EIO, "tokenizer '%s': cannot seek (not a file?)", path);
     }
     long size = ftell(f);
     rewind(f);
     if (size < 0) {
         fclose(f);
-        return fail(msg, msglen, MODEL_EIO, "tokenizer '%s': not a regular file", path);
+        return base_fail(msg, msglen, MODEL_EIO, "tokenizer '%s': not a regular file", path);
     }
     unsigned char *buf = malloc(size ? (size_t)size : 1);
     if (!buf || fread(buf, 1, (size_t)size, f) != (size_t)size) {
         fclose(f);
         free(buf);
-        return fail(msg, msglen, MODEL_EIO, "tokenizer '%s': cannot read", path);
+        return base_fail(msg, msglen, MODEL_EIO, "tokenizer '%s': cannot read", path);
     }
     fclose(f);
     char name[1100];
@@ -124,9 +114,10 @@ int model_tokenizer_from_model(const model *m, model_tokenizer **out, char *msg,
     *out = NULL;
     const model__gguf *g = model__get_gguf(m);
     if (!g)
-        return fail(msg, msglen, MODEL_EINVAL,
-                    "model file '%s': a llama2.c checkpoint holds no vocabulary (give a tokenizer)",
-                    model__get_path(m));
+        return base_fail(
+            msg, msglen, MODEL_EINVAL,
+            "model file '%s': a llama2.c checkpoint holds no vocabulary (give a tokenizer)",
+            model__get_path(m));
     unsigned char *buf;
     size_t len;
     int rc = model__gguf_vocab_llama2c(g, model__get_path(m), model_get_config(m)->vocab_size, &buf,
@@ -151,18 +142,18 @@ int model__tokenizer_parse(const unsigned char *buf, size_t buf_len, const char 
     int n = 0;
     *out = NULL;
     if (!t) {
-        rc = fail(msg, msglen, MODEL_ENOMEM, "%s: out of memory", name);
+        rc = base_fail(msg, msglen, MODEL_ENOMEM, "%s: out of memory", name);
         goto out;
     }
     if (size < 4) {
-        rc = fail(msg, msglen, MODEL_ETRUNC, "%s: truncated: %ld bytes", name, size);
+        rc = base_fail(msg, msglen, MODEL_ETRUNC, "%s: truncated: %ld bytes", name, size);
         goto out;
     }
     int32_t max_len;
     memcpy(&max_len, buf, 4);
     if (max_len <= 0 || max_len > 65536) {
-        rc = fail(msg, msglen, MODEL_EFORMAT, "%s: max_token_length %d is impossible", name,
-                  max_len);
+        rc = base_fail(msg, msglen, MODEL_EFORMAT, "%s: max_token_length %d is impossible", name,
+                       max_len);
         goto out;
     }
     /* First pass: count tokens and validate every length. */
@@ -170,18 +161,20 @@ int model__tokenizer_parse(const unsigned char *buf, size_t buf_len, const char 
     while (off < (size_t)size) {
         int32_t len;
         if ((size_t)size - off < 8) {
-            rc = fail(msg, msglen, MODEL_ETRUNC, "%s: truncated inside token %d's header", name, n);
+            rc = base_fail(msg, msglen, MODEL_ETRUNC, "%s: truncated inside token %d's header",
+                           name, n);
             goto out;
         }
         memcpy(&len, buf + off + 4, 4);
         if (len < 0 || len > max_len) {
-            rc = fail(msg, msglen, MODEL_EFORMAT,
-                      "%s: token %d has length %d (max_token_length %d)", name, n, len, max_len);
+            rc = base_fail(msg, msglen, MODEL_EFORMAT,
+                           "%s: token %d has length %d (max_token_length %d)", name, n, len,
+                           max_len);
             goto out;
         }
         if ((size_t)size - off - 8 < (size_t)len) {
-            rc = fail(msg, msglen, MODEL_ETRUNC,
-                      "%s: truncated inside token %d (%d bytes announced)", name, n, len);
+            rc = base_fail(msg, msglen, MODEL_ETRUNC,
+                           "%s: truncated inside token %d (%d bytes announced)", name, n, len);
             goto out;
         }
         off += 8 + (size_t)len;
@@ -189,13 +182,14 @@ int model__tokenizer_parse(const unsigned char *buf, size_t buf_len, const char 
         n++;
     }
     if (n < 3) {
-        rc = fail(msg, msglen, MODEL_EFORMAT,
-                  "%s: holds %d tokens, needs at least <unk>, <s>, </s>", name, n);
+        rc = base_fail(msg, msglen, MODEL_EFORMAT,
+                       "%s: holds %d tokens, needs at least <unk>, <s>, </s>", name, n);
         goto out;
     }
     if (vocab_size > 0 && n != vocab_size) {
-        rc = fail(msg, msglen, MODEL_EVOCAB,
-                  "%s: holds %d tokens, the model has a vocabulary of %d", name, n, vocab_size);
+        rc =
+            base_fail(msg, msglen, MODEL_EVOCAB,
+                      "%s: holds %d tokens, the model has a vocabulary of %d", name, n, vocab_size);
         goto out;
     }
     t->vocab = n;
@@ -205,7 +199,7 @@ int model__tokenizer_parse(const unsigned char *buf, size_t buf_len, const char 
     t->lens = malloc((size_t)n * sizeof(int));
     t->blob = malloc(text);
     if (!t->scores || !t->pieces || !t->lens || !t->blob) {
-        rc = fail(msg, msglen, MODEL_ENOMEM, "%s: out of memory", name);
+        rc = base_fail(msg, msglen, MODEL_ENOMEM, "%s: out of memory", name);
         goto out;
     }
     off = 4;
@@ -222,7 +216,7 @@ int model__tokenizer_parse(const unsigned char *buf, size_t buf_len, const char 
         off += 8 + (size_t)len;
     }
     if (build_map(t) != 0)
-        rc = fail(msg, msglen, MODEL_ENOMEM, "%s: out of memory", name);
+        rc = base_fail(msg, msglen, MODEL_ENOMEM, "%s: out of memory", name);
 out:
     if (rc) {
         model_tokenizer_free(t);
@@ -441,9 +435,9 @@ const char *model_decode_piece(const model_tokenizer *t, int32_t prev, int32_t t
 int model_tokenizer_synth_write(const char *path, int vocab_size, char *msg, size_t msglen)
 {
     if (vocab_size < 259)
-        return fail(msg, msglen, MODEL_EINVAL,
-                    "synthetic tokenizer: vocab %d is too small (needs 3 + 256 byte tokens)",
-                    vocab_size);
+        return base_fail(msg, msglen, MODEL_EINVAL,
+                         "synthetic tokenizer: vocab %d is too small (needs 3 + 256 byte tokens)",
+                         vocab_size);
     /* Filler pieces: " " + two or three letters, unique by construction, so random models print
      * word-like text; they merge from byte-level pieces only where their halves are tokens. */
     static const char letters[] = "etaoinshrdlucmfwypvbgkjqxz";
@@ -451,7 +445,7 @@ int model_tokenizer_synth_write(const char *path, int vocab_size, char *msg, siz
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
     if (!f)
-        return fail(msg, msglen, MODEL_EIO, "cannot write '%s': %s", tmp, strerror(errno));
+        return base_fail(msg, msglen, MODEL_EIO, "cannot write '%s': %s", tmp, strerror(errno));
     int32_t max_len = 8;
     int bad = fwrite(&max_len, 4, 1, f) != 1;
     for (int id = 0; id < vocab_size && !bad; id++) {
@@ -483,7 +477,7 @@ int model_tokenizer_synth_write(const char *path, int vocab_size, char *msg, siz
         bad = 1;
     if (bad || rename(tmp, path) != 0) {
         remove(tmp);
-        return fail(msg, msglen, MODEL_EIO, "cannot write '%s': %s", path, strerror(errno));
+        return base_fail(msg, msglen, MODEL_EIO, "cannot write '%s': %s", path, strerror(errno));
     }
     return 0;
 }

@@ -22,6 +22,7 @@
 #ifndef PREFIXD_CACHE_H
 #define PREFIXD_CACHE_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -69,7 +70,8 @@ typedef struct cache_evicted {
 typedef void (*cache_evict_fn)(void *arg, const cache_evicted *ev);
 
 typedef struct cache_opts {
-    size_t mem_bytes;        /* pool budget in bytes (payloads); default 1 GiB */
+    size_t mem_bytes;        /* pool budget in bytes (payloads); default 1 GiB (the engine
+                                derives its own default from the model, engine.h) */
     size_t pin_bytes;        /* pin budget; 0: mem_bytes / 4 */
     int block_tokens;        /* B */
     size_t block_floats;     /* floats per block payload (model_kv_block_floats()) */
@@ -90,6 +92,18 @@ typedef struct cache_block cache_block; /* opaque: one slot */
  * index. out: owned by the caller, freed with cache_close(). Returns 0, CACHE_EINVAL (fewer than
  * one slot, zero sizes) or CACHE_ENOMEM, with a message in msg. */
 int cache_open(const cache_opts *o, cache **out, char *msg, size_t msglen);
+
+/* Populates the arena's pages (MADV_POPULATE_WRITE, Linux 5.14+) without writing to them, so
+ * that the page faults of a first touch do not land on requests: in chunks of 64 MiB, checking
+ * *stop (may be NULL) between chunks. cache_open() only reserves the arena; callers run this on a
+ * thread of their own after it. It changes no byte of the memory, so it may run on any thread
+ * while another uses the cache (it reads only what cache_open() set). Returns 0 when every page
+ * is populated, 1 when *stop ended it first, CACHE_EINVAL when the kernel cannot populate (older
+ * than 5.14: nothing done, pages fault in on first use) or CACHE_ENOMEM. */
+int cache_prefault(cache *c, atomic_int *stop);
+
+/* The bytes the arena reserves (the payloads of every slot, rounded up to 2 MiB). */
+size_t cache_arena_bytes(const cache *c);
 
 /* Frees everything. Accepts NULL. Blocks still referenced are freed too: no handle may be used
  * afterwards. */

@@ -1,10 +1,20 @@
 /* prefixd_client.h — libprefixd, the C client library (uses proto/ only).
  *
  * A pfx_conn is one connection to the daemon, used from one thread. Calls block. pfx_generate()
- * streams tokens to a callback as their frames arrive; the lower-level pfx_send() and
- * pfx_next() let one connection carry several requests at once. Errors: 0 on success, else a
- * negative PFX_E* code with a message in the connection's error text (pfx_errmsg()), or, for
+ * streams tokens to a callback as their frames arrive; the lower-level pfx_send(), pfx_wait()
+ * and pfx_next() let one connection carry several requests at once. Errors: 0 on success, else
+ * a negative PFX_E* code with a message in the connection's error text (pfx_errmsg()), or, for
  * an ERROR frame from the daemon, PFX_ESERVER with the daemon's code in the result.
+ *
+ * Several requests on one connection: a blocking call (pfx_generate(), pfx_wait(), pfx_stats(),
+ * pfx_tokenize(), pfx_detokenize()) reads the frames of the other requests in flight while it
+ * waits for its own, and keeps them, in order, for those requests: pfx_wait() and pfx_next()
+ * return them before reading the socket. The kept frames are bounded (pfx_set_pending_max(),
+ * default PFX_PENDING_MAX_DEFAULT bytes): when the next frame of another request would pass the
+ * bound, the blocking call returns PFX_EFULL and leaves that frame unread, so no frame is ever
+ * dropped. Its own request is still in flight then: collect the others' frames with pfx_next()
+ * (the call's own answer comes that way too, in its turn), or call pfx_wait() again for a
+ * request sent with pfx_send().
  */
 #ifndef PREFIXD_CLIENT_H
 #define PREFIXD_CLIENT_H
@@ -15,7 +25,18 @@
 
 #include "proto.h"
 
-enum { PFX_ECONNECT = -1, PFX_EIO = -2, PFX_EPROTO = -3, PFX_ESERVER = -4, PFX_ENOMEM = -5 };
+enum {
+    PFX_ECONNECT = -1,
+    PFX_EIO = -2,
+    PFX_EPROTO = -3,
+    PFX_ESERVER = -4,
+    PFX_ENOMEM = -5,
+    PFX_EFULL = -6 /* other requests' frames waiting to be collected passed the bound */
+};
+
+/* The default bound on the frames kept for other requests (bytes, counting each frame's wire
+ * bytes and a small header): 16 MiB, over 300,000 TOKEN frames. */
+#define PFX_PENDING_MAX_DEFAULT ((size_t)16 << 20)
 
 typedef struct pfx_conn pfx_conn;
 
@@ -84,10 +105,25 @@ int pfx_stats(pfx_conn *c, char **json);
 int pfx_tokenize(pfx_conn *c, const char *text, size_t len, int32_t **ids, size_t *n);
 int pfx_detokenize(pfx_conn *c, const int32_t *ids, size_t n, char **text, size_t *len);
 
-/* Lower level: sends a request, returns its id in *id; pfx_next() reads the next frame (valid
- * until the next call on c). */
+/* Lower level: sends a request without waiting for it, returns its id in *id. Collect its frames
+ * with pfx_wait() or pfx_next(). */
 int pfx_send(pfx_conn *c, const pfx_gen *g, uint32_t *id);
 int pfx_cancel(pfx_conn *c, uint32_t id);
+
+/* Waits for the rest of request id (sent with pfx_send()) as pfx_generate() does, the frames kept
+ * for it first; frames of other requests read meanwhile are kept for them. out->ttft_ms counts
+ * from this call. An id that is not in flight waits until the daemon closes the connection
+ * (PFX_EIO). */
+int pfx_wait(pfx_conn *c, uint32_t id, pfx_token_fn on_token, void *arg, pfx_result *out);
+
+/* The next frame of any request: the frames kept by blocking calls first, in arrival order, then
+ * the socket. *m's strings and ids point into c's buffers: valid until the next call on c. */
 int pfx_next(pfx_conn *c, proto_msg *m);
+
+/* The number of frames kept for other requests, waiting for pfx_wait() or pfx_next(). */
+size_t pfx_pending(const pfx_conn *c);
+
+/* Sets the bound on the bytes of frames kept for other requests (see the top of this file). */
+void pfx_set_pending_max(pfx_conn *c, size_t bytes);
 
 #endif

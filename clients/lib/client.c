@@ -3,8 +3,17 @@
  * Before it sends a byte, pfx_connect() asks the kernel who serves the socket (SO_PEERCRED: the
  * uid of the process that called listen()) and talks only to its own uid or root: a socket path
  * in a shared directory can be bound by another user first, and that user would read our prompts.
+ *
+ * One connection may carry several requests (pfx_send()), so a blocking call that waits for its
+ * own reply (pfx_generate(), pfx_wait(), pfx_stats(), ...) may read other requests' frames first.
+ * Those are copied, as the bytes they came in, onto a FIFO queue that pfx_next() and pfx_wait()
+ * serve before the socket, so no frame is lost and the frames of one request keep their order.
+ * The queue is bounded (pfx_set_pending_max()): a frame that would overflow it is left unread in
+ * the input buffer and the blocking call returns PFX_EFULL, so even then nothing is dropped.
  */
 #include "prefixd_client.h"
+
+#include "base.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -15,8 +24,15 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
+
+/* A frame of another request, read while a blocking call waited for its own: its wire bytes. */
+typedef struct pending_frame {
+    struct pending_frame *next;
+    uint32_t id;
+    size_t len;
+    uint8_t bytes[];
+} pending_frame;
 
 struct pfx_conn {
     int fd;                                                 /* -1 after a failed pfx_reconnect() */
@@ -26,6 +42,10 @@ struct pfx_conn {
     uint8_t *buf;
     size_t len, cap, consumed; /* consumed: bytes of the frame last returned by pfx_next */
     uint32_t next_id;
+    pending_frame *q_head, *q_tail; /* frames kept for other requests, in arrival order */
+    size_t q_frames, q_bytes;       /* q_bytes counts each frame's bytes and its node */
+    size_t q_max;                   /* bound on q_bytes (PFX_PENDING_MAX_DEFAULT) */
+    pending_frame *held;            /* the queued frame last returned: it backs that proto_msg */
     proto_hello_ok hello;
     char model[256];
     char err[512];
@@ -53,13 +73,6 @@ int pfx_server_error(const pfx_conn *c)
 const proto_hello_ok *pfx_server(const pfx_conn *c)
 {
     return &c->hello;
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
 /* A frame's counts are u32 and its whole length fits a u32: refuse what would wrap. */
@@ -112,7 +125,7 @@ static int send_msg(pfx_conn *c, const proto_msg *m)
 enum { NEXT_FLAGGED = 1 };
 
 /* Waits until c->fd is readable. watch: return NEXT_FLAGGED as soon as *c->cancel_flag is
- * non-zero; deadline: a now_ms() time after which it fails with PFX_EIO (0: none). */
+ * non-zero; deadline: a base_now_ms() time after which it fails with PFX_EIO (0: none). */
 static int wait_readable(pfx_conn *c, int watch, double deadline)
 {
     if (!watch && deadline == 0)
@@ -122,7 +135,7 @@ static int wait_readable(pfx_conn *c, int watch, double deadline)
             return NEXT_FLAGGED;
         int ms = watch ? FLAG_POLL_MS : -1;
         if (deadline != 0) {
-            double left = deadline - now_ms();
+            double left = deadline - base_now_ms();
             if (left <= 0)
                 return seterr(c, PFX_EIO,
                               "the daemon did not end the cancelled request within "
@@ -140,8 +153,9 @@ static int wait_readable(pfx_conn *c, int watch, double deadline)
     }
 }
 
-/* pfx_next(), and the wait of pfx_generate(): see wait_readable() for watch and deadline. */
-static int next_frame(pfx_conn *c, proto_msg *m, int watch, double deadline)
+/* The next frame from the socket. It starts the input buffer and is c->consumed bytes long
+ * until the next read. See wait_readable() for watch and deadline. */
+static int read_socket(pfx_conn *c, proto_msg *m, int watch, double deadline)
 {
     if (c->fd < 0)
         return seterr(c, PFX_EIO, "not connected (the last reconnect failed)");
@@ -179,9 +193,115 @@ static int next_frame(pfx_conn *c, proto_msg *m, int watch, double deadline)
     }
 }
 
+/* Frees the queued frame returned last (its proto_msg is no longer valid). */
+static void release_held(pfx_conn *c)
+{
+    free(c->held);
+    c->held = NULL;
+}
+
+/* Takes the first queued frame of request id (any request when any) off the queue and decodes
+ * it into m; it stays allocated as c->held. Returns 1 when one was found, else 0. */
+static int take_pending(pfx_conn *c, int any, uint32_t id, proto_msg *m)
+{
+    pending_frame **pp = &c->q_head, *prev = NULL;
+    while (*pp && !any && (*pp)->id != id) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    pending_frame *f = *pp;
+    if (!f)
+        return 0;
+    *pp = f->next;
+    if (c->q_tail == f)
+        c->q_tail = prev;
+    c->q_frames--;
+    c->q_bytes -= sizeof *f + f->len;
+    c->held = f;
+    /* It decoded once already, from these same bytes. */
+    proto_decode(f->bytes, f->len, f->len, m);
+    return 1;
+}
+
+/* Keeps the frame just read from the socket (the buffer's first c->consumed bytes) for its
+ * request. Past the bound, or out of memory, the frame is left unread instead. */
+static int keep_pending(pfx_conn *c, uint32_t id)
+{
+    size_t len = c->consumed;
+    if (c->q_bytes + sizeof(pending_frame) + len > c->q_max) {
+        c->consumed = 0;
+        return seterr(c, PFX_EFULL,
+                      "%zu frames (%zu bytes) of other requests are waiting to be collected and "
+                      "the next (request %u, %zu bytes) would pass the bound of %zu bytes: "
+                      "collect them with pfx_next() or pfx_wait()",
+                      c->q_frames, c->q_bytes, (unsigned)id, len, c->q_max);
+    }
+    pending_frame *f = malloc(sizeof *f + len);
+    if (!f) {
+        c->consumed = 0;
+        return seterr(c, PFX_ENOMEM, "out of memory");
+    }
+    f->next = NULL;
+    f->id = id;
+    f->len = len;
+    memcpy(f->bytes, c->buf, len);
+    if (c->q_tail)
+        c->q_tail->next = f;
+    else
+        c->q_head = f;
+    c->q_tail = f;
+    c->q_frames++;
+    c->q_bytes += sizeof *f + len;
+    return 0;
+}
+
+/* Frees every queued frame (pfx_close(), pfx_reconnect()). */
+static void free_pending(pfx_conn *c)
+{
+    release_held(c);
+    while (c->q_head) {
+        pending_frame *f = c->q_head;
+        c->q_head = f->next;
+        free(f);
+    }
+    c->q_tail = NULL;
+    c->q_frames = c->q_bytes = 0;
+}
+
 int pfx_next(pfx_conn *c, proto_msg *m)
 {
-    return next_frame(c, m, 0, 0);
+    release_held(c);
+    if (take_pending(c, 1, 0, m))
+        return 0;
+    return read_socket(c, m, 0, 0);
+}
+
+/* The next frame of request id, or an ERROR about the whole connection (id 0); frames of other
+ * requests read meanwhile are kept for them. watch, deadline: as wait_readable()'s. */
+static int next_for(pfx_conn *c, uint32_t id, proto_msg *m, int watch, double deadline)
+{
+    release_held(c);
+    if (take_pending(c, 0, id, m))
+        return 0;
+    for (;;) {
+        int rc = read_socket(c, m, watch, deadline);
+        if (rc != 0)
+            return rc;
+        if (m->id == id || (m->id == 0 && m->type == PROTO_ERROR))
+            return 0;
+        if ((rc = keep_pending(c, m->id)) != 0)
+            return rc;
+    }
+}
+
+size_t pfx_pending(const pfx_conn *c)
+{
+    return c->q_frames;
+}
+
+void pfx_set_pending_max(pfx_conn *c, size_t bytes)
+{
+    c->q_max = bytes;
 }
 
 /* Connects a socket to path and checks who serves it (SO_PEERCRED). Returns the descriptor, or
@@ -270,6 +390,7 @@ int pfx_connect(const char *path, pfx_conn **out, char *err, size_t errlen)
     }
     c->fd = fd;
     c->next_id = 1;
+    c->q_max = PFX_PENDING_MAX_DEFAULT;
     memcpy(c->path, path, strlen(path) + 1); /* open_socket() checked that it fits */
     int rc = handshake(c);
     if (rc != 0) {
@@ -287,6 +408,7 @@ int pfx_reconnect(pfx_conn *c)
         close(c->fd);
     c->len = c->consumed = 0;
     c->server_code = 0;
+    free_pending(c); /* frames of the old connection's requests, which ended with it */
     c->fd = open_socket(c->path, c->err, sizeof c->err);
     if (c->fd < 0)
         return PFX_ECONNECT;
@@ -308,8 +430,8 @@ void pfx_close(pfx_conn *c)
 {
     if (!c)
         return;
-    if (c->fd >= 0)
-        close(c->fd);
+    close(c->fd);
+    free_pending(c);
     free(c->buf);
     free(c);
 }
@@ -357,49 +479,44 @@ int pfx_cancel(pfx_conn *c, uint32_t id)
     return send_msg(c, &m);
 }
 
-int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg, pfx_result *out)
+/* Collects request id's frames until it ends; ttft_ms counts from t0. */
+static int wait_request(pfx_conn *c, uint32_t id, pfx_token_fn on_token, void *arg, pfx_result *out,
+                        double t0)
 {
     memset(out, 0, sizeof *out);
     c->server_code = 0;
-    uint32_t id;
-    double t0 = now_ms();
-    int rc = pfx_send(c, g, &id);
-    if (rc)
-        return rc;
     /* After CANCEL, the tokens already on their way are read and dropped, and the daemon has
      * CANCEL_GRACE_MS to answer with DONE. */
-    int cancelled = 0;
+    int cancelled = 0, rc;
     double deadline = 0;
     for (;;) {
         proto_msg m;
-        rc = next_frame(c, &m, c->cancel_flag && !cancelled, deadline);
-        if (rc == NEXT_FLAGGED || (rc == 0 && m.type == PROTO_TOKEN && m.id == id && !cancelled &&
-                                   c->cancel_flag && *c->cancel_flag)) {
+        rc = next_for(c, id, &m, c->cancel_flag && !cancelled, deadline);
+        if (rc == NEXT_FLAGGED ||
+            (rc == 0 && m.type == PROTO_TOKEN && !cancelled && c->cancel_flag && *c->cancel_flag)) {
             cancelled = 1;
-            deadline = now_ms() + CANCEL_GRACE_MS;
+            deadline = base_now_ms() + CANCEL_GRACE_MS;
             if ((rc = pfx_cancel(c, id)) != 0)
                 return rc;
             continue;
         }
         if (rc != 0)
             return rc;
-        if (m.id != id)
-            continue;
         if (m.type == PROTO_TOKEN) {
             if (out->ttft_ms == 0)
-                out->ttft_ms = now_ms() - t0;
+                out->ttft_ms = base_now_ms() - t0;
             if (cancelled)
                 continue;
             if (on_token && on_token(arg, m.u.token.id, m.u.token.piece.p, m.u.token.piece.len)) {
                 cancelled = 1;
-                deadline = now_ms() + CANCEL_GRACE_MS;
+                deadline = base_now_ms() + CANCEL_GRACE_MS;
                 if ((rc = pfx_cancel(c, id)) != 0)
                     return rc;
             }
         } else if (m.type == PROTO_DONE) {
             out->done = m.u.done;
             if (out->ttft_ms == 0)
-                out->ttft_ms = now_ms() - t0;
+                out->ttft_ms = base_now_ms() - t0;
             return 0;
         } else if (m.type == PROTO_ERROR) {
             out->server_code = c->server_code = (int)m.u.error.code;
@@ -410,23 +527,34 @@ int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg
     }
 }
 
-/* Sends m and waits for the frame answering it. */
+int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg, pfx_result *out)
+{
+    memset(out, 0, sizeof *out);
+    c->server_code = 0;
+    uint32_t id;
+    double t0 = base_now_ms();
+    int rc = pfx_send(c, g, &id);
+    if (rc)
+        return rc;
+    return wait_request(c, id, on_token, arg, out, t0);
+}
+
+int pfx_wait(pfx_conn *c, uint32_t id, pfx_token_fn on_token, void *arg, pfx_result *out)
+{
+    return wait_request(c, id, on_token, arg, out, base_now_ms());
+}
+
+/* Sends m and waits for the frame answering it (other requests' frames are kept for them). */
 static int roundtrip(pfx_conn *c, proto_msg *m, proto_msg *reply)
 {
     m->id = c->next_id++;
     c->server_code = 0;
     int rc = send_msg(c, m);
-    while (rc == 0) {
-        if ((rc = pfx_next(c, reply)) != 0)
-            break;
-        if (reply->id != m->id)
-            continue;
-        if (reply->type == PROTO_ERROR) {
-            c->server_code = (int)reply->u.error.code;
-            return seterr(c, PFX_ESERVER, "%.*s", (int)reply->u.error.msg.len,
-                          reply->u.error.msg.p);
-        }
-        return 0;
+    if (rc == 0)
+        rc = next_for(c, m->id, reply, 0, 0);
+    if (rc == 0 && reply->type == PROTO_ERROR) {
+        c->server_code = (int)reply->u.error.code;
+        return seterr(c, PFX_ESERVER, "%.*s", (int)reply->u.error.msg.len, reply->u.error.msg.p);
     }
     return rc;
 }

@@ -26,6 +26,7 @@
  * Output: a summary on stdout, one CSV row per request, one JSON summary per workload, and a
  * progress line on stderr when it is a terminal.
  */
+#include "base.h"
 #include "bench.h"
 #include "prefixd_client.h"
 
@@ -39,7 +40,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 enum { W_CHAT, W_FEWSHOT, W_UNIQUE, W_SWEEP, W_COUNT };
@@ -157,13 +157,6 @@ static void fill_ids(int32_t *out, size_t n, uint64_t seed, uint64_t stream, int
         out[i] = TOK_FIRST + (int32_t)(mix64(base + i) % (uint64_t)(vocab - TOK_FIRST));
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static void *xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
@@ -221,7 +214,7 @@ static int bench_request(bench_client *cl, const int32_t *ids, size_t n, int con
     g.ns = b->o.ns;
     g.warm = turn < 0;
     reply_buf none = {0};
-    double t0 = now_ms();
+    double t0 = base_now_ms();
     pfx_result r;
     if (pfx_generate(c, &g, reply_token_cb, reply ? reply : &none, &r) != 0) {
         char what[64] = "";
@@ -235,7 +228,7 @@ static int bench_request(bench_client *cl, const int32_t *ids, size_t n, int con
              pfx_errmsg(c));
         return -1;
     }
-    double total = now_ms() - t0;
+    double total = base_now_ms() - t0;
     if (turn < 0)
         return 0; /* WARM: not timed */
     bench_row row = {.wl = cl->wl,
@@ -419,7 +412,7 @@ static int run_phase(bench *b, int wl, int run, int tty)
     atomic_store(&b->done, 0);
     atomic_store(&b->running, o->clients);
     size_t total = phase_requests(b, wl);
-    double t0 = now_ms();
+    double t0 = base_now_ms();
     int started = 0;
     for (int i = 0; i < o->clients; i++) {
         cls[i] =
@@ -437,11 +430,11 @@ static int run_phase(bench *b, int wl, int run, int tty)
         if (tty)
             fprintf(stderr, "\r\033[K[%s] %s run %d/%d: %zu/%zu requests, %.1f s", o->label,
                     wl_names[wl], run, o->runs, atomic_load(&b->done), total,
-                    (now_ms() - t0) / 1e3);
+                    (base_now_ms() - t0) / 1e3);
     }
     for (int i = 0; i < started; i++)
         pthread_join(th[i], NULL);
-    double wall = (now_ms() - t0) / 1e3;
+    double wall = (base_now_ms() - t0) / 1e3;
     if (tty)
         fprintf(stderr, "\r\033[K");
     free(cls);

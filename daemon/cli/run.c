@@ -33,7 +33,7 @@ static void usage(FILE *f)
             "  --seed S            random seed (default: a random one, so each run differs)\n"
             "  --threads N         compute threads (default: all cores)\n"
             "  --block-tokens N    tokens per K/V block (default 16)\n"
-            "  --cache-mem SIZE    K/V memory (default 1G)\n"
+            "  --cache-mem SIZE    K/V memory (default: 8 contexts, 64M to RAM/4)\n"
             "  --no-cache          do not share blocks (one request: no difference)\n");
 }
 

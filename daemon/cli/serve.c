@@ -28,7 +28,7 @@ static void usage(FILE *f)
         "                          /tmp/prefixd-$UID/prefixd.sock in a directory created 0700\n"
         "                          and refused if another user owns it or can enter it)\n"
         "  --socket-mode MODE      permissions of the socket, octal (default 0600)\n"
-        "  --cache-mem SIZE        memory for K/V blocks (default 1G)\n"
+        "  --cache-mem SIZE        memory for K/V blocks (default: 8 contexts, 64M to RAM/4)\n"
         "  --pin-max SIZE          budget for pinned prefixes (default cache-mem / 4)\n"
         "  --disk-dir DIR|none     disk tier: blocks leaving RAM spill there and survive\n"
         "                          restarts (default: $XDG_CACHE_HOME/prefixd, else\n"

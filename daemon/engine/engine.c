@@ -18,10 +18,13 @@
 #include "base.h"
 #include "disk_thread.h"
 
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* LOADING: the disk thread is copying the blocks after the RAM hits into the request's own
  * private slots; nothing else touches them until the load comes back. */
@@ -82,6 +85,9 @@ struct engine {
     request *bg_head, *bg_tail; /* ended requests whose history is recomputed (FIFO) */
     int n_bg;
     engine_stats st;
+    pthread_t prefault;       /* populates the cache's arena (cache_prefault) */
+    int prefault_started;     /* joined in engine_free() */
+    atomic_int prefault_stop; /* set by engine_free(): stop at the next chunk */
 };
 
 const char *engine_strerror(int err)
@@ -824,6 +830,50 @@ void engine_get_stats(const engine *e, engine_stats *out)
 
 /* ---- Creation ----------------------------------------------------------------------------- */
 
+/* The default K/V memory when none is given: enough for ENGINE_DEFAULT_CONTEXTS full contexts,
+ * at least 64 MiB (a small model's contexts are tiny, and a cache holds many prefixes), at most
+ * a quarter of the machine's memory. A fixed 1 GiB made a 1 MB model take 1 GB of RSS and a
+ * 100B-parameter one thrash. The choice and its reason are logged. */
+static size_t default_cache_mem(const model_config *c, int block_tokens, size_t block_bytes)
+{
+    size_t ctx = (size_t)((c->seq_len + block_tokens - 1) / block_tokens) * block_bytes;
+    size_t want = ENGINE_DEFAULT_CONTEXTS * ctx, floor = (size_t)64 << 20, mem = want;
+    const char *why = "";
+    if (mem < floor) {
+        mem = floor;
+        why = ", raised to the 64 MiB floor";
+    }
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    size_t quarter = pages > 0 && page > 0 ? (size_t)pages / 4 * (size_t)page : 0;
+    if (quarter && mem > quarter) {
+        mem = quarter;
+        why = ", capped at a quarter of the machine's memory";
+    }
+    base_log(BASE_LOG_INFO,
+             "cache: %.0f MB of K/V memory by default: %d contexts of %d tokens take %.1f MB%s "
+             "(machine: %.0f MB; set it with --cache-mem)",
+             mem / 1e6, ENGINE_DEFAULT_CONTEXTS, c->seq_len, want / 1e6, why,
+             (double)pages * (double)page / 1e6);
+    return mem;
+}
+
+static void *prefault_main(void *arg)
+{
+    engine *e = arg;
+    double t0 = base_now_ms();
+    int rc = cache_prefault(e->cache, &e->prefault_stop);
+    size_t mb = cache_arena_bytes(e->cache) >> 20;
+    if (rc == 0)
+        base_log(BASE_LOG_DEBUG, "cache: %zu MiB of K/V memory populated in %.0f ms", mb,
+                 base_now_ms() - t0);
+    else if (rc < 0)
+        base_log(BASE_LOG_DEBUG,
+                 "cache: K/V memory not populated ahead (%s): pages fault in on "
+                 "first use",
+                 cache_strerror(rc));
+    return NULL;
+}
+
 int engine_new(const model *m, const model_tokenizer *tok, const engine_opts *opts, engine **out,
                char *msg, size_t msglen)
 {
@@ -833,8 +883,6 @@ int engine_new(const model *m, const model_tokenizer *tok, const engine_opts *op
         return base_fail(msg, msglen, ENGINE_ECONFIG, "engine: no event callback");
     if (o.block_tokens == 0)
         o.block_tokens = 16;
-    if (o.cache_mem == 0)
-        o.cache_mem = (size_t)1 << 30;
     if (o.max_batch == 0)
         o.max_batch = 32;
     if (o.max_queue == 0)
@@ -848,6 +896,9 @@ int engine_new(const model *m, const model_tokenizer *tok, const engine_opts *op
     e->m = m;
     e->tok = tok;
     e->c = *model_get_config(m);
+    if (o.cache_mem == 0)
+        e->o.cache_mem = o.cache_mem = default_cache_mem(
+            &e->c, o.block_tokens, model_kv_block_floats(&e->c, o.block_tokens) * sizeof(float));
     model_state_opts so = {o.block_tokens, o.prefill_chunk, o.max_batch, o.threads};
     int rc = model_state_new(m, &so, &e->ms);
     if (rc != 0) {
@@ -917,6 +968,18 @@ int engine_new(const model *m, const model_tokenizer *tok, const engine_opts *op
         engine_free(e);
         return base_fail(msg, msglen, ENGINE_ENOMEM, "engine: out of memory");
     }
+    /* The arena's pages are populated beside the engine's work, not before it starts. Without
+     * the thread they fault in on first use: slower first requests, nothing worse. */
+    if (!o.no_prefault) {
+        int prc = pthread_create(&e->prefault, NULL, prefault_main, e);
+        if (prc == 0)
+            e->prefault_started = 1;
+        else
+            base_log(BASE_LOG_WARN,
+                     "cache: cannot start the thread that populates the K/V "
+                     "memory (%s): pages fault in on first use",
+                     strerror(prc));
+    }
     *out = e;
     return 0;
 }
@@ -925,6 +988,10 @@ void engine_free(engine *e)
 {
     if (!e)
         return;
+    if (e->prefault_started) {
+        atomic_store(&e->prefault_stop, 1);
+        pthread_join(e->prefault, NULL);
+    }
     /* Loads still out write into requests' slots: let them come back first. */
     while (e->disk && e->n_loading > 0) {
         disk_thread_wait(e->disk, 100);

@@ -9,12 +9,13 @@
  *
  * Threads: every engine_* call on one engine comes from one thread, the caller's (the daemon's
  * engine thread; `prefixd run` and the tests call it inline). The engine starts threads of its
- * own below that API: the model's compute pool, and with a disk tier the disk thread
+ * own below that API: the model's compute pool; with a disk tier the disk thread
  * (disk_thread.h), which loads blocks into requests' slots and writes spilled blocks while the
- * caller's thread computes. The optional wake callback is the only thing that runs on the disk
- * thread. The engine knows nothing of sockets, event loops or wire formats: it reports results
- * in its own types (engine_event, engine_done, ENGINE_E* codes), which the native protocol and
- * the HTTP API each translate.
+ * caller's thread computes; and a short-lived thread that populates the cache's memory
+ * (cache_prefault()) after engine_new() returns, joined (stopped early) by engine_free(). The
+ * optional wake callback is the only thing that runs on the disk thread. The engine knows nothing
+ * of sockets, event loops or wire formats: it reports results in its own types (engine_event,
+ * engine_done, ENGINE_E* codes), which the native protocol and the HTTP API each translate.
  *
  * Events are delivered through the emit callback, during engine_step() (or engine_submit()/
  * engine_cancel() for immediate errors and cancellations), in order per request.
@@ -95,9 +96,14 @@ typedef struct engine_event {
 
 typedef void (*engine_emit_fn)(void *arg, const engine_event *ev);
 
+/* The default cache_mem holds this many full contexts' K/V. */
+#define ENGINE_DEFAULT_CONTEXTS 8
+
 typedef struct engine_opts {
     int block_tokens;     /* B (default 16) */
-    size_t cache_mem;     /* bytes of K/V blocks (default 1 GiB) */
+    size_t cache_mem;     /* bytes of K/V blocks (0: ENGINE_DEFAULT_CONTEXTS contexts' K/V, at
+                           * least 64 MiB, at most a quarter of physical memory; logged) */
+    int no_prefault;      /* 1: do not populate the K/V memory ahead (pages fault on use) */
     size_t pin_max;       /* pin budget (default cache_mem / 4) */
     int no_cache;         /* 1: never share blocks between requests */
     int max_batch;        /* running requests decoded per step (default 32) */

@@ -9,6 +9,7 @@
 #include "server_int.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,6 +102,30 @@ static void signal_cb(uv_signal_t *h, int signum)
     uv_timer_start(&s->drain_timer, drain_timer_cb, 0, 50);
 }
 
+/* Why binding path failed (rc from libuv), in buf (PATH_MAX + 64 bytes). libuv reports a
+ * bind() that failed with ENOENT as UV_EACCES ("permission denied"), which sends the user looking
+ * at permissions when the directory is missing: so the directory is looked at first. */
+static const char *bind_error(const char *path, int rc, char *buf)
+{
+    size_t n = strlen(path);
+    while (n > 0 && path[n - 1] != '/')
+        n--;
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%.*s", n ? (int)n : 1, n ? path : ".");
+    struct stat st;
+    if (stat(dir, &st) != 0 && (errno == ENOENT || errno == ENOTDIR))
+        snprintf(buf, PATH_MAX + 64, "the directory '%s' does not exist", dir);
+    else if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
+        snprintf(buf, PATH_MAX + 64, "'%s' is not a directory", dir);
+    else if (rc == UV_EACCES)
+        snprintf(buf, PATH_MAX + 64, "permission denied (in the directory '%s')", dir);
+    else
+        snprintf(buf, PATH_MAX + 64, "%s", uv_strerror(rc));
+    return buf;
+}
+
 /* Binds the socket: a live daemon on the path is an error, a stale file is replaced. */
 static int bind_socket(server *s)
 {
@@ -163,7 +188,8 @@ static int bind_socket(server *s)
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&s->listener, 128, srv__accept_cb);
     if (rc != 0) {
-        base_log(BASE_LOG_ERROR, "cannot listen on '%s': %s", path, uv_strerror(rc));
+        char why[PATH_MAX + 64];
+        base_log(BASE_LOG_ERROR, "cannot listen on '%s': %s", path, bind_error(path, rc, why));
         uv_close((uv_handle_t *)&s->listener, NULL);
         return 2;
     }

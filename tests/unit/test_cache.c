@@ -5,6 +5,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 enum { B = 4, FLOATS = 8 };
 
@@ -354,7 +356,54 @@ static void test_randomized_collisions(void)
         random_run(seed * 77, 4);
 }
 
+/* Whether the page holding p is resident. */
+static int resident(const void *p)
+{
+    long page = sysconf(_SC_PAGE_SIZE);
+    unsigned char v = 0;
+    void *start = (void *)((uintptr_t)p & ~(uintptr_t)(page - 1));
+    CHECK_EQ_INT(mincore(start, (size_t)page, &v), 0);
+    return v & 1;
+}
+
+/* cache_open() only reserves the arena; cache_prefault() makes every page resident without
+ * changing a byte of the blocks in use, in chunks that a stop flag can end. */
+static void test_prefault(void)
+{
+    enum { BIG = 1 << 18, SLOTS = 96 }; /* 1 MiB blocks: a 96 MiB arena, two chunks */
+    cache_opts o = {.mem_bytes = (size_t)SLOTS * BIG * sizeof(float),
+                    .block_tokens = B,
+                    .block_floats = BIG,
+                    .n_layers = 1,
+                    .n_kv_heads = 1,
+                    .head_size = 2};
+    char msg[256];
+    cache *c = NULL;
+    CHECK_MSG(cache_open(&o, &c, msg, sizeof msg) == 0, "%s", msg);
+    CHECK(cache_arena_bytes(c) >= (size_t)SLOTS * BIG * sizeof(float));
+    cache_block *b[SLOTS];
+    for (int i = 0; i < SLOTS; i++)
+        CHECK_EQ_INT(cache_alloc(c, &b[i]), 0);
+    float *first = cache_block_data(b[0]), *last = cache_block_data(b[SLOTS - 1]);
+    for (int i = 0; i < BIG; i += 1024)
+        first[i] = (float)i + 0.5f;
+    CHECK(!resident(last + BIG / 2));
+    atomic_int stop = 1;
+    CHECK_EQ_INT(cache_prefault(c, &stop), 1);
+    CHECK(!resident(last + BIG / 2));
+    int rc = cache_prefault(c, NULL);
+    CHECK_MSG(rc == 0 || rc == CACHE_EINVAL, "cache_prefault: %d", rc);
+    if (rc == 0)
+        CHECK(resident(last + BIG / 2));
+    else
+        fprintf(stderr, "note: this kernel has no MADV_POPULATE_WRITE (before Linux 5.14)\n");
+    for (int i = 0; i < BIG; i += 1024)
+        CHECK(first[i] == (float)i + 0.5f);
+    cache_close(c);
+}
+
 static const harness_case cases[] = {
+    {"prefault", test_prefault},
     {"keys", test_keys},
     {"lookup_publish_refs", test_lookup_publish_refs},
     {"eviction_order", test_eviction_order},

@@ -1,14 +1,20 @@
 /* test_client.c — libprefixd against a fake daemon on a thread: sizes that do not fit the wire's
  * u32 counts are refused before anything is sent (never wrapped), and the connection stays
- * usable after such a refusal. */
+ * usable after such a refusal. Against a real `prefixd serve` (a child process on a socket in
+ * the case's folder): several requests on one connection, where a blocking call must keep the
+ * other requests' frames for them, within a bound, and lose none. */
 #include "harness.h"
 #include "prefixd_client.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct fake {
@@ -84,8 +90,213 @@ static void test_counts_too_large(void)
     CHECK_EQ_INT(f.received, 12 + 4 + 4 + 4 + 8 + 4 + 4 + 2);
 }
 
+/* ---- Against a real daemon ---------------------------------------------------------------- */
+
+static pid_t daemon_pid; /* the running child, or 0 */
+
+static void daemon_stop(void)
+{
+    if (daemon_pid > 0) {
+        kill(daemon_pid, SIGTERM);
+        waitpid(daemon_pid, NULL, 0);
+        daemon_pid = 0;
+    }
+}
+
+/* Starts `prefixd serve` with stories260K on a socket in the case's folder (its log beside it)
+ * and connects to it. A case that fails leaves it running: the next start or exit stops it, and
+ * it dies with the test (PR_SET_PDEATHSIG). */
+static pfx_conn *daemon_start(void)
+{
+    static char sock[108], log[4096];
+    const char *dir = harness_tmpdir();
+    CHECK((size_t)snprintf(sock, sizeof sock, "%s/d.sock", dir) < sizeof sock);
+    snprintf(log, sizeof log, "%s/daemon.log", dir);
+    daemon_stop();
+    static int at_exit;
+    if (!at_exit++)
+        atexit(daemon_stop);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (!freopen(log, "w", stderr))
+            _exit(127);
+        execl(PREFIXD_BIN_DIR "/daemon/cli/prefixd", "prefixd", "serve", "--model",
+              PREFIXD_MODELS_DIR "/stories260K.bin", "--tokenizer",
+              PREFIXD_MODELS_DIR "/tok512.bin", "--socket", sock, "--cache-mem", "64M", "--threads",
+              "1", "--disk-dir", "none", (char *)NULL);
+        _exit(127);
+    }
+    daemon_pid = pid;
+    char err[512] = "";
+    pfx_conn *c = NULL;
+    for (int i = 0; i < 600 && !c; i++) {
+        if (waitpid(pid, NULL, WNOHANG) == pid) {
+            daemon_pid = 0;
+            CHECK_MSG(0, "prefixd serve exited at start (log: %s)", log);
+        }
+        if (access(sock, F_OK) == 0 && pfx_connect(sock, &c, err, sizeof err) == 0)
+            break;
+        c = NULL;
+        nanosleep(&(struct timespec){0, 50 * 1000 * 1000}, NULL);
+    }
+    CHECK_MSG(c != NULL, "cannot connect to the daemon: %s", err);
+    return c;
+}
+
+typedef struct toks {
+    int32_t id[512];
+    int n;
+} toks;
+
+static int toks_add(void *arg, int32_t id, const char *piece, size_t len)
+{
+    toks *t = arg;
+    if (t->n < 512)
+        t->id[t->n++] = id;
+    return 0;
+}
+
+static pfx_gen greedy(const char *prompt, uint32_t max_new)
+{
+    return (pfx_gen){.text = prompt, .text_len = strlen(prompt), .max_new = max_new};
+}
+
+static void check_same(const toks *a, const toks *b)
+{
+    CHECK_EQ_INT(a->n, b->n);
+    for (int i = 0; i < a->n; i++)
+        CHECK_MSG(a->id[i] == b->id[i], "token %d: %d != %d", i, a->id[i], b->id[i]);
+}
+
+#define PROMPT_A "Once upon a time, there was a little girl"
+#define PROMPT_B "Tom had a red ball and"
+
+/* Two requests in flight, waited for in the other order: waiting for B reads A's frames, which
+ * must wait for A; each gets exactly the tokens it gets alone. */
+static void test_interleaved(void)
+{
+    pfx_conn *c = daemon_start();
+    pfx_gen ga = greedy(PROMPT_A, 60), gb = greedy(PROMPT_B, 60);
+    toks ref_a = {0}, ref_b = {0}, a = {0}, b = {0};
+    pfx_result r;
+    CHECK_MSG(pfx_generate(c, &ga, toks_add, &ref_a, &r) == 0, "%s", pfx_errmsg(c));
+    CHECK_MSG(pfx_generate(c, &gb, toks_add, &ref_b, &r) == 0, "%s", pfx_errmsg(c));
+    CHECK(ref_a.n > 10 && ref_b.n > 10);
+    uint32_t ida, idb;
+    CHECK_EQ_INT(pfx_send(c, &ga, &ida), 0);
+    CHECK_EQ_INT(pfx_send(c, &gb, &idb), 0);
+    CHECK_MSG(pfx_wait(c, idb, toks_add, &b, &r) == 0, "%s", pfx_errmsg(c));
+    CHECK_EQ_INT(r.done.new_tokens, b.n);
+    check_same(&b, &ref_b);
+    /* A was admitted first and decodes beside B: its frames came before B's DONE. */
+    CHECK(pfx_pending(c) > 0);
+    CHECK_MSG(pfx_wait(c, ida, toks_add, &a, &r) == 0, "%s", pfx_errmsg(c));
+    CHECK_EQ_INT(r.done.new_tokens, a.n);
+    check_same(&a, &ref_a);
+    CHECK_EQ_INT(pfx_pending(c), 0);
+    pfx_close(c);
+    daemon_stop();
+}
+
+/* Collects request id's frames with pfx_next() (after first, the TOKEN already read) until its
+ * DONE; counts a STATS_REPLY met on the way in *stats. */
+static void collect_next(pfx_conn *c, uint32_t id, toks *t, int *stats)
+{
+    for (;;) {
+        proto_msg m;
+        CHECK_MSG(pfx_next(c, &m) == 0, "%s", pfx_errmsg(c));
+        if (m.type == PROTO_STATS_REPLY) {
+            ++*stats;
+            continue;
+        }
+        CHECK_EQ_INT(m.id, id);
+        if (m.type == PROTO_DONE) {
+            CHECK_EQ_INT(m.u.done.new_tokens, t->n);
+            return;
+        }
+        CHECK_EQ_INT(m.type, PROTO_TOKEN);
+        toks_add(t, m.u.token.id, NULL, 0);
+    }
+}
+
+/* Sends A, reads its first TOKEN, lets more of its frames arrive. */
+static void send_and_start(pfx_conn *c, const pfx_gen *g, uint32_t *id, toks *t)
+{
+    CHECK_EQ_INT(pfx_send(c, g, id), 0);
+    proto_msg m;
+    CHECK_MSG(pfx_next(c, &m) == 0, "%s", pfx_errmsg(c));
+    CHECK_EQ_INT(m.type, PROTO_TOKEN);
+    toks_add(t, m.u.token.id, NULL, 0);
+    nanosleep(&(struct timespec){0, 30 * 1000 * 1000}, NULL);
+}
+
+/* pfx_stats() while a generation streams: the generation's frames read by the STATS call stay
+ * for pfx_next(), none lost. */
+static void test_stats_while_generating(void)
+{
+    pfx_conn *c = daemon_start();
+    pfx_gen g = greedy(PROMPT_A, 300);
+    toks ref = {0}, t = {0};
+    pfx_result r;
+    CHECK_MSG(pfx_generate(c, &g, toks_add, &ref, &r) == 0, "%s", pfx_errmsg(c));
+    uint32_t id;
+    send_and_start(c, &g, &id, &t);
+    char *json = NULL;
+    CHECK_MSG(pfx_stats(c, &json) == 0, "%s", pfx_errmsg(c));
+    CHECK_STR_CONTAINS(json, "{");
+    free(json);
+    CHECK(pfx_pending(c) > 0);
+    int stats = 0;
+    collect_next(c, id, &t, &stats);
+    CHECK_EQ_INT(stats, 0);
+    check_same(&t, &ref);
+    CHECK_EQ_INT(pfx_pending(c), 0);
+    pfx_close(c);
+    daemon_stop();
+}
+
+/* Past the bound the blocking call returns PFX_EFULL and drops nothing: every frame of the
+ * generation and the STATS reply itself still come through pfx_next(). */
+static void test_pending_bound(void)
+{
+    pfx_conn *c = daemon_start();
+    pfx_gen g = greedy(PROMPT_A, 300);
+    toks ref = {0}, t = {0};
+    pfx_result r;
+    CHECK_MSG(pfx_generate(c, &g, toks_add, &ref, &r) == 0, "%s", pfx_errmsg(c));
+    pfx_set_pending_max(c, 200); /* a few TOKEN frames */
+    uint32_t id;
+    send_and_start(c, &g, &id, &t);
+    char *json = NULL;
+    CHECK_EQ_INT(pfx_stats(c, &json), PFX_EFULL);
+    CHECK_STR_CONTAINS(pfx_errmsg(c), "bound of 200 bytes");
+    CHECK(pfx_pending(c) > 0);
+    int stats = 0;
+    collect_next(c, id, &t, &stats);
+    check_same(&t, &ref);
+    if (stats == 0) { /* the STATS reply came after A's DONE */
+        proto_msg m;
+        CHECK_MSG(pfx_next(c, &m) == 0, "%s", pfx_errmsg(c));
+        CHECK_EQ_INT(m.type, PROTO_STATS_REPLY);
+        stats = 1;
+    }
+    CHECK_EQ_INT(stats, 1);
+    CHECK_EQ_INT(pfx_pending(c), 0);
+    /* The connection goes on: a blocking call within the bound works again. */
+    pfx_set_pending_max(c, PFX_PENDING_MAX_DEFAULT);
+    CHECK_MSG(pfx_stats(c, &json) == 0, "%s", pfx_errmsg(c));
+    free(json);
+    pfx_close(c);
+    daemon_stop();
+}
+
 static const harness_case cases[] = {
     {"counts_too_large", test_counts_too_large},
+    {"interleaved", test_interleaved},
+    {"stats_while_generating", test_stats_while_generating},
+    {"pending_bound", test_pending_bound},
 };
 
 HARNESS_MAIN(cases)
