@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import traceback
 import tempfile
 import time
 
@@ -39,6 +40,41 @@ def scratch(prefix):
             shutil.rmtree(root)
         except OSError as e:
             print("cannot remove %s: %s" % (root, e), file=sys.stderr)
+
+
+def run_cases(cases, case, prefix, cleanup=None):
+    """A test file's entry point. cases: {name: function} (the file's case_* functions, see
+    cases_of()). case "--list" prints their names (ctest registers one test per name, see
+    prefixd_test_cases in tests/CMakeLists.txt); any other runs that case inside scratch(prefix +
+    case + "-"), then cleanup() if given, and prints the closing line ctest's output shows
+    ("1 passed, 0 failed" or "0 passed, 1 failed", exit 1). An unknown name exits 2."""
+    if case == "--list":
+        print("\n".join(cases))
+        sys.exit(0)
+    fn = cases.get(case)
+    if fn is None:
+        print("unknown case %s" % case, file=sys.stderr)
+        sys.exit(2)
+    t0 = time.monotonic()
+    try:
+        with scratch("%s%s-" % (prefix, case)):
+            try:
+                fn()
+            finally:
+                if cleanup:
+                    cleanup()
+    except Exception as e:  # noqa: BLE001
+        if not isinstance(e, AssertionError):
+            traceback.print_exc()
+        print("FAIL: %s" % e, file=sys.stderr)
+        print("0 passed, 1 failed")
+        sys.exit(1)
+    print("%s: 1 passed, 0 failed (%.1f s)" % (case, time.monotonic() - t0))
+
+
+def cases_of(namespace):
+    """The case_* functions of a test file's globals(), by name without the prefix."""
+    return {k[5:]: v for k, v in namespace.items() if k.startswith("case_")}
 
 
 class Daemon:

@@ -26,6 +26,8 @@ import time
 
 PREFIXD, MODELS, CLIENT_DIR, CASE = sys.argv[1:5]
 sys.path.insert(0, CLIENT_DIR)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemon  # noqa: E402
 import prefixd  # noqa: E402
 
 MODEL = os.path.join(MODELS, "stories260K.bin")
@@ -207,23 +209,8 @@ def case_refused(tmp):
         s.close()
 
 
-CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
-
 if __name__ == "__main__":
-    if CASE == "--list":  # ctest's list of cases (tests/CMakeLists.txt, prefixd_test_cases)
-        print("\n".join(CASES))
-        sys.exit(0)
-    fn = CASES.get(CASE)
-    if not fn:
-        print("unknown case %s" % CASE, file=sys.stderr)
-        sys.exit(2)
-    tmp = tempfile.mkdtemp(prefix="prefixd-act-")
-    try:
-        fn(tmp)
-    except AssertionError as e:
-        print("FAIL: %s" % e, file=sys.stderr)
-        print("0 passed, 1 failed")
-        sys.exit(1)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print("1 passed, 0 failed")
+    # Each case takes a folder of its own (inside the case's scratch folder).
+    cases = {name: (lambda fn=fn: fn(tempfile.mkdtemp()))
+             for name, fn in daemon.cases_of(globals()).items()}
+    daemon.run_cases(cases, CASE, "prefixd-act-")

@@ -982,27 +982,8 @@ def abuse(sock, seconds):
     return counts
 
 
-CASES = {
-    "cases": {k[5:]: v for k, v in globals().items() if k.startswith("case_") and k != "case_soak"},
-    "soak": {"soak": case_soak},
-}
-
 if __name__ == "__main__":
-    CASE = sys.argv[5]
-    if CASE == "--list":  # ctest's list of cases (tests/CMakeLists.txt, prefixd_test_cases)
-        print("\n".join(CASES[GROUP]))
-        sys.exit(0)
-    fn = CASES[GROUP].get(CASE)
-    if not fn:
-        print("unknown case %s" % CASE, file=sys.stderr)
-        sys.exit(2)
-    try:
-        with daemon.scratch("prefixd-it-%s-" % CASE):
-            fn()
-    except Exception as e:  # noqa: BLE001
-        if not isinstance(e, AssertionError):
-            traceback.print_exc()
-        print("FAIL: %s" % e, file=sys.stderr)
-        print("0 passed, 1 failed")
-        sys.exit(1)
-    print("1 passed, 0 failed")
+    # Two ctest groups from one file: the cases, and the soak (its own timeout).
+    cases = daemon.cases_of(globals())
+    soak = cases.pop("soak")
+    daemon.run_cases({"soak": soak} if GROUP == "soak" else cases, sys.argv[5], "prefixd-it-")

@@ -362,22 +362,5 @@ def case_impostor():
         d.stop()
 
 
-CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
-
 if __name__ == "__main__":
-    if CASE == "--list":  # ctest's list of cases (tests/CMakeLists.txt, prefixd_test_cases)
-        print("\n".join(CASES))
-        sys.exit(0)
-    fn = CASES.get(CASE)
-    if fn is None:
-        print("unknown case %s" % CASE, file=sys.stderr)
-        sys.exit(2)
-    t0 = time.monotonic()
-    try:
-        with daemon.scratch("prefixd-it-%s-" % CASE):
-            fn()
-    except AssertionError as e:
-        print("FAIL: %s" % e, file=sys.stderr)
-        print("0 passed, 1 failed")
-        sys.exit(1)
-    print("%s: 1 passed, 0 failed (%.1f s)" % (CASE, time.monotonic() - t0))
+    daemon.run_cases(daemon.cases_of(globals()), CASE, "prefixd-it-")

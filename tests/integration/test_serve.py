@@ -757,21 +757,5 @@ def case_disk_faults():
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
-
 if __name__ == "__main__":
-    if CASE == "--list":  # ctest's list of cases (tests/CMakeLists.txt, prefixd_test_cases)
-        print("\n".join(CASES))
-        sys.exit(0)
-    fn = CASES.get(CASE)
-    if not fn:
-        print("unknown case %s" % CASE, file=sys.stderr)
-        sys.exit(2)
-    try:
-        with daemon.scratch("prefixd-it-%s-" % CASE):
-            fn()
-    except AssertionError as e:
-        print("FAIL: %s" % e, file=sys.stderr)
-        print("0 passed, 1 failed")
-        sys.exit(1)
-    print("1 passed, 0 failed")
+    daemon.run_cases(daemon.cases_of(globals()), CASE, "prefixd-it-")
