@@ -14,6 +14,7 @@
  * OpenBLAS is not used here any more: its sgemm (Haswell kernels on this machine) runs at half
  * the AVX-512 FMA rate our packed kernel reaches, and its rounding depends on the row count.
  */
+#include "base.h"
 #include "kernels.h"
 #include "model.h"
 #include "pool.h"
@@ -390,6 +391,8 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
             s->rope_sin[(size_t)p * half + j] = sinf(val);
         }
     openblas_set_num_threads(1);
+    base_log(BASE_LOG_INFO, "model: %s kernels, %d compute threads", model__kernels_name(),
+             o.threads);
     *out = s;
     return 0;
 }
