@@ -16,6 +16,8 @@
  */
 #include "pool.h"
 
+#include "base.h"
+
 #include <linux/futex.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -33,6 +35,15 @@
 /* The split threshold is the work the caller does alone in this many hand-offs: a split pays
  * for its hand-off only when each side saves more than it costs. */
 #define HANDOFFS 4.0
+/* The pool judges its splits over windows of WINDOW_JOBS split jobs or WINDOW_NS of their time,
+ * whichever ends first; a window whose splits saved less than SPLIT_GAIN (estimated time alone
+ * over time split) is followed by BACKOFF_MIN_NS of jobs on the caller alone, doubled after
+ * each further failed window up to BACKOFF_MAX_NS, and reset by a window that paid. */
+#define WINDOW_JOBS 64
+#define WINDOW_NS 20e6
+#define SPLIT_GAIN 1.1
+#define BACKOFF_MIN_NS 10e6
+#define BACKOFF_MAX_NS 1e9
 
 /* The job word: generation (24 bits), task count (20 bits), next task (20 bits). */
 #define W_TASK_BITS 20
@@ -55,6 +66,12 @@ struct model__pool {
     atomic_int stop;
     uint32_t gen; /* the caller's generation counter */
     double min_flops;
+    /* The caller's judgement of its splits (only the caller touches these). */
+    double win_alone, win_split; /* estimated time alone, time split, of this window's jobs */
+    int win_jobs;
+    double alone_until; /* jobs run on the caller alone until this time (ns) */
+    double backoff;     /* the next back-off's length (ns) */
+    long splits, backoffs;
     /* The current job, written before its word is published. */
     model__task_fn fn;
     void *arg;
@@ -90,13 +107,14 @@ static void futex_wake(void *addr, int n)
     syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
 }
 
-/* Claims and runs tasks of job gen until none is left; counts each finished one. */
-static void run_tasks(model__pool *p, uint32_t gen, int worker)
+/* Claims and runs tasks of job gen until none is left; counts each finished one. Returns how
+ * many this thread ran. */
+static int run_tasks(model__pool *p, uint32_t gen, int worker)
 {
     uint64_t w = atomic_load_explicit(&p->word, memory_order_acquire);
-    for (;;) {
+    for (int ran = 0;; ran++) {
         if (W_GEN(w) != gen || W_NEXT(w) >= W_N(w))
-            return;
+            return ran;
         if (!atomic_compare_exchange_weak_explicit(&p->word, &w, w + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
             continue;
@@ -161,6 +179,7 @@ model__pool *model__pool_new(int threads)
     if (!p)
         return NULL;
     p->threads = threads;
+    p->backoff = BACKOFF_MIN_NS;
     p->tids = calloc((size_t)threads, sizeof *p->tids);
     if (!p->tids) {
         free(p);
@@ -186,6 +205,9 @@ void model__pool_free(model__pool *p)
 {
     if (!p)
         return;
+    if (p->threads > 1)
+        base_log(BASE_LOG_INFO, "model: %ld jobs split across %d threads, %ld back-offs to one",
+                 p->splits, p->threads, p->backoffs);
     atomic_store(&p->stop, 1);
     atomic_fetch_add(&p->seq, 1);
     futex_wake(&p->seq, INT32_MAX);
@@ -200,9 +222,11 @@ int model__pool_threads(const model__pool *p)
     return p->threads;
 }
 
-/* One job of n <= W_MAX_TASKS tasks starting at task base, split across the pool. */
-static void run_split(model__pool *p, model__task_fn fn, void *arg, int base, int n)
+/* One job of n <= W_MAX_TASKS tasks starting at task base, split across the pool. Returns how
+ * many tasks the caller ran itself; *own_ns: how long it took to run them (from the start). */
+static int run_split(model__pool *p, model__task_fn fn, void *arg, int base, int n, double *own_ns)
 {
+    double t_start = own_ns ? now_ns() : 0;
     p->fn = fn;
     p->arg = arg;
     p->base = base;
@@ -214,13 +238,15 @@ static void run_split(model__pool *p, model__task_fn fn, void *arg, int base, in
     atomic_fetch_add(&p->seq, 1);
     if (atomic_load(&p->sleepers) > 0)
         futex_wake(&p->seq, INT32_MAX);
-    run_tasks(p, p->gen, 0);
+    int own = run_tasks(p, p->gen, 0);
+    if (own_ns)
+        *own_ns = now_ns() - t_start;
     /* Every task is claimed: wait for the ones still running elsewhere. */
     double t0 = 0;
     for (int spins = 0;; spins++) {
         int d = atomic_load(&p->done);
         if (d == n)
-            return;
+            return own;
         cpu_relax();
         if ((spins & 63) != 63)
             continue;
@@ -238,15 +264,47 @@ static void run_split(model__pool *p, model__task_fn fn, void *arg, int base, in
     }
 }
 
+/* Books one split job: own tasks of n took own_ns of the caller, the job wall_ns. The time
+ * the job would have taken alone is estimated as own_ns * n / own (tasks of one job are of
+ * similar size). When the window ends, a split that did not pay sends the jobs to the caller
+ * alone for a while: beside a busy process a peer is descheduled often, and the caller then
+ * waits at every job's end for the task that peer holds, which costs more than the peer gives. */
+static void judge_split(model__pool *p, int own, int n, double own_ns, double wall_ns, double now)
+{
+    p->splits++;
+    p->win_alone += own > 0 ? own_ns * n / own : wall_ns;
+    p->win_split += wall_ns;
+    if (++p->win_jobs < WINDOW_JOBS && p->win_split < WINDOW_NS)
+        return;
+    if (p->win_alone < SPLIT_GAIN * p->win_split) {
+        p->alone_until = now + p->backoff;
+        p->backoff = p->backoff * 2 < BACKOFF_MAX_NS ? p->backoff * 2 : BACKOFF_MAX_NS;
+        p->backoffs++;
+    } else {
+        p->backoff = BACKOFF_MIN_NS;
+    }
+    p->win_alone = p->win_split = 0;
+    p->win_jobs = 0;
+}
+
 void model__pool_run(model__pool *p, model__task_fn fn, void *arg, int n_tasks, double flops)
 {
-    if (p->threads == 1 || n_tasks <= 1 || flops < p->min_flops) {
+    double t0 = 0;
+    if (p->threads > 1 && n_tasks > 1 && flops >= p->min_flops && p->alone_until > 0)
+        t0 = now_ns(); /* only when a back-off may be running: a clock read costs ~20 ns */
+    if (p->threads == 1 || n_tasks <= 1 || flops < p->min_flops || t0 < p->alone_until) {
         for (int t = 0; t < n_tasks; t++)
             fn(arg, t, 0);
         return;
     }
-    for (int base = 0; base < n_tasks; base += W_MAX_TASKS)
-        run_split(p, fn, arg, base, n_tasks - base < W_MAX_TASKS ? n_tasks - base : W_MAX_TASKS);
+    p->alone_until = 0;
+    for (int base = 0; base < n_tasks; base += W_MAX_TASKS) {
+        int n = n_tasks - base < W_MAX_TASKS ? n_tasks - base : W_MAX_TASKS;
+        double start = now_ns(), own_ns;
+        int own = run_split(p, fn, arg, base, n, &own_ns);
+        double end = now_ns();
+        judge_split(p, own, n, own_ns, end - start, end);
+    }
 }
 
 /* A calibration task: arrives, then waits (at most 1 ms) until every thread has arrived. */
@@ -277,7 +335,7 @@ double model__pool_calibrate(model__pool *p, double flops_per_ns)
     for (int i = 0; i < 50 && (i < 5 || now_ns() - start < 20e6); i++) {
         rendezvous r = {0, p->threads};
         double t = now_ns();
-        run_split(p, rendezvous_task, &r, 0, p->threads);
+        run_split(p, rendezvous_task, &r, 0, p->threads, NULL);
         t = now_ns() - t;
         best = t < best ? t : best;
     }
