@@ -45,6 +45,7 @@ start_hog() { sh -c 'while :; do :; done' & hog=$!; sleep 0.2; }
 
 out=$(mktemp -d)
 trap 'stop_hog; rm -rf "$out"' EXIT
+trap 'exit 130' INT TERM # so that the EXIT trap stops the busy loop
 
 # One run: appends "ttft_ms tokens_per_s" to $out/<key>.
 one() { # key model threads n prompt [tokenizer]

@@ -206,7 +206,7 @@ void model__pool_free(model__pool *p)
     if (!p)
         return;
     if (p->threads > 1)
-        base_log(BASE_LOG_INFO, "model: %ld jobs split across %d threads, %ld back-offs to one",
+        base_log(BASE_LOG_DEBUG, "model: %ld jobs split across %d threads, %ld back-offs to one",
                  p->splits, p->threads, p->backoffs);
     atomic_store(&p->stop, 1);
     atomic_fetch_add(&p->seq, 1);
