@@ -35,14 +35,15 @@
 /* The split threshold is the work the caller does alone in this many hand-offs: a split pays
  * for its hand-off only when each side saves more than it costs. */
 #define HANDOFFS 4.0
+#define HANDOFF_CAP_NS 100e3
 /* The pool judges its splits over windows of WINDOW_JOBS split jobs or WINDOW_NS of their time,
  * whichever ends first; a window whose splits saved less than SPLIT_GAIN (estimated time alone
  * over time split) is followed by BACKOFF_MIN_NS of jobs on the caller alone, doubled after
  * each further failed window up to BACKOFF_MAX_NS, and reset by a window that paid. */
-#define WINDOW_JOBS 64
+#define WINDOW_JOBS 16
 #define WINDOW_NS 20e6
 #define SPLIT_GAIN 1.1
-#define BACKOFF_MIN_NS 10e6
+#define BACKOFF_MIN_NS 50e6
 #define BACKOFF_MAX_NS 1e9
 
 /* The job word: generation (24 bits), task count (20 bits), next task (20 bits). */
@@ -323,24 +324,35 @@ static void rendezvous_task(void *arg, int task, int worker)
         cpu_relax();
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 double model__pool_calibrate(model__pool *p, double flops_per_ns)
 {
     if (p->threads == 1)
         return 0;
     /* A job of one task per thread that ends when every thread has taken its task: what a
-     * split costs beyond its work. The first jobs wake sleeping workers; the later ones find
-     * them spinning, as a forward pass's jobs do. The least of 50 tries (or of what fits in
-     * 20 ms on a busy machine). */
-    double best = 1e18, start = now_ns();
-    for (int i = 0; i < 50 && (i < 5 || now_ns() - start < 20e6); i++) {
+     * split costs beyond its work. The first jobs wake sleeping workers (not counted); the
+     * later ones find them spinning, as a forward pass's jobs do. The median of up to 45 (what
+     * fits in 20 ms on a busy machine): the least would be the best case, rarer than it looks. */
+    double t[45], start = now_ns();
+    int n = 0;
+    for (int i = 0; i < 50 && (i < 10 || now_ns() - start < 20e6); i++) {
         rendezvous r = {0, p->threads};
-        double t = now_ns();
+        double t0 = now_ns();
         run_split(p, rendezvous_task, &r, 0, p->threads, NULL);
-        t = now_ns() - t;
-        best = t < best ? t : best;
+        if (i >= 5)
+            t[n++] = now_ns() - t0;
     }
-    p->min_flops = HANDOFFS * best * flops_per_ns;
-    return best;
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    /* Capped: a start on a loaded machine must not keep mid-sized work on one thread for the
+     * process's life (the split judgement above adapts to the load as it changes). */
+    double handoff = t[n / 2] < HANDOFF_CAP_NS ? t[n / 2] : HANDOFF_CAP_NS;
+    p->min_flops = HANDOFFS * handoff * flops_per_ns;
+    return handoff;
 }
 
 double model__pool_min_flops(const model__pool *p)

@@ -28,10 +28,11 @@ int model__pool_threads(const model__pool *p);
  * alone, in task order. Called from one thread at a time (the engine thread). */
 void model__pool_run(model__pool *p, model__task_fn fn, void *arg, int n_tasks, double flops);
 
-/* Measures the hand-off: the time a job of one empty task per thread takes (the least of a few
- * tries, so that a busy moment does not count), and sets the split threshold to what the caller
- * computes alone in a few hand-offs: min_flops = HANDOFFS * handoff_ns * flops_per_ns, where
- * flops_per_ns is the caller's own measured rate on small work. Returns the hand-off in ns. */
+/* Measures the hand-off: the time a job of one task per thread takes to reach every thread
+ * (the median of a few tries with the workers awake), and sets the split threshold to what the
+ * caller computes alone in a few hand-offs: min_flops = HANDOFFS * handoff_ns * flops_per_ns,
+ * where flops_per_ns is the caller's own measured rate on small work. Returns the hand-off in
+ * ns. */
 double model__pool_calibrate(model__pool *p, double flops_per_ns);
 
 /* The threshold in force (0 before calibration: every job of several tasks is split). */
