@@ -3,9 +3,11 @@
  * Prefill computes n tokens of one sequence at once and decode one token for each of b
  * sequences; both run the same layer code and the same kernels (kernels.c): every projection is
  * one product over all rows against weights packed at model_state_new() (Q|K|V fused into one
- * product, W1|W3 into another), split by output columns across the pool; attention runs per head
- * on tiles of up to 16 consecutive queries. Each kernel computes an output with operations that
- * depend on that output's own inputs only, so a row's K/V and logits are bitwise the same
+ * product, W1|W3 into another); attention runs per head on tiles of up to 16 consecutive queries.
+ * Every step is cut into many small tasks (row chunks x weight panels, heads x query tiles, row
+ * ranges) that the pool's threads claim as they come free (pool.h), and a step too small to pay
+ * for a hand-off runs on the calling thread alone. Each kernel computes an output with operations
+ * that depend on that output's own inputs only, so a row's K/V and logits are bitwise the same
  * whether a prompt is prefilled whole or split anywhere, and a sequence's decode logits are
  * bitwise the same whatever else runs in its batch.
  *
@@ -14,6 +16,7 @@
  * OpenBLAS is not used here any more: its sgemm (Haswell kernels on this machine) runs at half
  * the AVX-512 FMA rate our packed kernel reaches, and its rounding depends on the row count.
  */
+#include "base.h"
 #include "kernels.h"
 #include "model.h"
 #include "pool.h"
@@ -86,33 +89,47 @@ void model_kv_copy_rows(const model_config *c, int block_tokens, float *dst, con
         memcpy(dst + i * run, src + i * run, n * sizeof(float));
 }
 
-/* ---- Products: X (rows, n) @ W (d, n)^T -> Y (rows, d), output panels split across the pool */
+/* ---- Products: X (rows, n) @ W (d, n)^T -> Y (rows, d), in tasks of row chunks x panels -- */
+
+/* Most rows per product task: 8 tiles of 12 rows, enough to reuse each weight panel while it
+ * sits in L1, few enough that a prefill of 512 rows makes several row chunks. */
+#define GEMM_ROWS 96
+/* Tasks per thread a job aims at: small enough that a descheduled thread holds up little. */
+#define TASKS_PER_THREAD 8
 
 typedef struct gemm_job {
     float *y;
     const float *x, *wp;
-    int rows, n, d, per_task, panels;
+    int rows, n, d, panels;
+    int row_chunks, per_panels, panel_chunks;
 } gemm_job;
 
 static void gemm_task(void *arg, int task, int worker)
 {
     (void)worker;
     const gemm_job *j = arg;
-    int p0 = task * j->per_task, p1 = p0 + j->per_task < j->panels ? p0 + j->per_task : j->panels;
-    model__gemm(j->y, (size_t)j->d, j->x, (size_t)j->n, j->wp, j->rows, j->n, j->d, p0, p1);
+    int rc = task / j->panel_chunks, pc = task % j->panel_chunks;
+    /* Row chunks of near-equal height; a row's outputs do not depend on its chunk (kernels.h). */
+    int base = j->rows / j->row_chunks, extra = j->rows % j->row_chunks;
+    int r0 = rc * base + (rc < extra ? rc : extra), m = base + (rc < extra);
+    int p0 = pc * j->per_panels,
+        p1 = p0 + j->per_panels < j->panels ? p0 + j->per_panels : j->panels;
+    model__gemm(j->y + (size_t)r0 * j->d, (size_t)j->d, j->x + (size_t)r0 * j->n, (size_t)j->n,
+                j->wp, m, j->n, j->d, p0, p1);
 }
 
 static void gemm(model_state *s, float *y, const float *x, const float *wp, int rows, int n, int d)
 {
-    int panels = (d + MODEL__NR - 1) / MODEL__NR;
-    /* About four tasks per thread: on a shared machine a thread that falls behind leaves its
-     * last tasks to the other. */
-    int tasks = model__pool_threads(s->pool) * 4;
-    if (tasks > panels)
-        tasks = panels;
-    int per = (panels + tasks - 1) / tasks;
-    gemm_job j = {y, x, wp, rows, n, d, per, panels};
-    model__pool_run(s->pool, gemm_task, &j, (panels + per - 1) / per);
+    gemm_job j = {y, x, wp, rows, n, d, (d + MODEL__NR - 1) / MODEL__NR, 0, 0, 0};
+    j.row_chunks = (rows + GEMM_ROWS - 1) / GEMM_ROWS;
+    int want = model__pool_threads(s->pool) * TASKS_PER_THREAD;
+    int pchunks = (want + j.row_chunks - 1) / j.row_chunks;
+    if (pchunks > j.panels)
+        pchunks = j.panels;
+    j.per_panels = (j.panels + pchunks - 1) / pchunks;
+    j.panel_chunks = (j.panels + j.per_panels - 1) / j.per_panels;
+    model__pool_run(s->pool, gemm_task, &j, j.row_chunks * j.panel_chunks,
+                    2.0 * rows * (double)n * d);
 }
 
 /* ---- Row-wise steps, split by rows across the pool ------------------------------------------ */
@@ -196,24 +213,22 @@ static void rows_task(void *arg, int task, int worker)
     }
 }
 
-/* Rows up to which a row step runs on the caller alone: a decode batch's few rows take a few
- * microseconds, about what handing them to the pool and waiting at its barrier costs on a quiet
- * machine, and far less than that wait when another process holds the other core. */
-#define ROWS_INLINE 8
-
+/* Runs a row step; small ones (a decode batch's few rows) stay on the caller by the pool's
+ * cost rule. FLOPs per row, roughly: a norm ~4 per element, RoPE ~6 per rotated pair, SiLU ~25
+ * per hidden element (its exponential). */
 static void rows_run(model_state *s, rows_job *j, enum row_step step)
 {
+    const model_config *c = &s->c;
+    double per_row = step == STEP_SILU   ? 25.0 * c->hidden_dim
+                     : step == STEP_ROPE ? 3.0 * (c->dim + c->kv_dim) + 2.0 * c->kv_dim
+                                         : 5.0 * c->dim;
     j->step = step;
-    if (j->rows <= ROWS_INLINE) {
-        j->per_task = j->rows;
-        rows_task(j, 0, 0);
-        return;
-    }
-    int tasks = model__pool_threads(s->pool) * 2;
+    int tasks = model__pool_threads(s->pool) * TASKS_PER_THREAD;
     if (tasks > j->rows)
         tasks = j->rows;
     j->per_task = (j->rows + tasks - 1) / tasks;
-    model__pool_run(s->pool, rows_task, j, (j->rows + j->per_task - 1) / j->per_task);
+    model__pool_run(s->pool, rows_task, j, (j->rows + j->per_task - 1) / j->per_task,
+                    per_row * j->rows);
 }
 
 /* ---- Attention ------------------------------------------------------------------------------ */
@@ -269,6 +284,11 @@ static void layers(model_state *s, int rows, const model_kv *kv, int kv_per_row,
     int dim = c->dim, hid = c->hidden_dim;
     rows_job rj = {s, STEP_NORM_ATT, rows, 0, 0, kv, kv_per_row, pos, pos0};
     att_job aj = {s, &rj, kv_per_row ? rows : (rows + MODEL__QT - 1) / MODEL__QT};
+    /* Attention's work: 4 FLOPs per (query, key, dimension) for the scores and the values. */
+    double keys = 0;
+    for (int r = 0; r < rows; r++)
+        keys += (pos ? pos[r] : pos0 + r) + 1;
+    double att_flops = 4.0 * keys * c->head_size * c->n_heads;
     for (int l = 0; l < c->n_layers; l++) {
         rj.layer = l;
         /* Attention block: xb = rmsnorm(x); q|k|v = Wqkv xb; RoPE; store k, v; attend;
@@ -277,7 +297,7 @@ static void layers(model_state *s, int rows, const model_kv *kv, int kv_per_row,
             rows_run(s, &rj, STEP_NORM_ATT);
         gemm(s, s->qkv, s->xb, s->wqkv + (size_t)l * s->wqkv_n, rows, dim, s->qkv_dim);
         rows_run(s, &rj, STEP_ROPE);
-        model__pool_run(s->pool, att_task, &aj, aj.tiles * c->n_heads);
+        model__pool_run(s->pool, att_task, &aj, aj.tiles * c->n_heads, att_flops);
         gemm(s, s->xb, s->att, s->wo + (size_t)l * s->wo_n, rows, dim, dim);
         /* FFN: x += xb; xb = rmsnorm(x); h = silu(W1 xb) * (W3 xb); x += W2 h. */
         rows_run(s, &rj, STEP_RESID_FFN);
@@ -315,6 +335,38 @@ static int weights_f32(const model_config *c, const model_weights *w)
             ok = ok && t[i]->type == MODEL_TYPE_F32;
     }
     return ok;
+}
+
+/* Measures what the split threshold needs (pool.h): the caller's own rate on one row of a
+ * product (decode's shape: as small as the work that could stay on one thread), the best of a
+ * few tries, and the pool's hand-off; then logs the kernels and the threshold. */
+static void calibrate(model_state *s)
+{
+    const model_config *c = &s->c;
+    double best = 1e18;
+    memset(s->xb, 0, (size_t)c->dim * sizeof(float));
+    for (int i = 0; i < 5; i++) {
+        double t = base_now_ms();
+        model__gemm(s->h13, (size_t)2 * c->hidden_dim, s->xb, (size_t)c->dim, s->w13, 1, c->dim,
+                    2 * c->hidden_dim, 0, (2 * c->hidden_dim + MODEL__NR - 1) / MODEL__NR);
+        t = base_now_ms() - t;
+        best = t < best ? t : best;
+    }
+    double rate = 2.0 * c->dim * 2 * c->hidden_dim / (best * 1e6 > 1 ? best * 1e6 : 1);
+    double handoff = model__pool_calibrate(s->pool, rate);
+    /* PREFIXD_SPLIT_FLOPS=N overrides the measured threshold (0: split every step; tests). */
+    const char *env = getenv("PREFIXD_SPLIT_FLOPS");
+    char *end;
+    double v = env && *env ? strtod(env, &end) : -1;
+    if (env && *env && (*end || !(v >= 0)))
+        base_log(BASE_LOG_WARN, "PREFIXD_SPLIT_FLOPS='%s': not a number >= 0, ignored", env);
+    else if (v >= 0)
+        model__pool_set_min_flops(s->pool, v);
+    base_log(BASE_LOG_INFO,
+             "model: %s kernels, %d compute threads; hand-off %.1f us, so work under %.0f kFLOP "
+             "(%.1f GFLOP/s alone) stays on one thread",
+             model__kernels_name(), s->o.threads, handoff / 1e3,
+             model__pool_min_flops(s->pool) / 1e3, rate);
 }
 
 int model_state_new(const model *m, const model_state_opts *opts, model_state **out)
@@ -412,6 +464,7 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
             s->rope_sin[(size_t)p * half + j] = sinf(val);
         }
     openblas_set_num_threads(1);
+    calibrate(s);
     *out = s;
     return 0;
 }

@@ -184,12 +184,12 @@ ALWAYS_INLINE void st16_part(float *p, v16 v, int n)
 
 /* ---- Products ------------------------------------------------------------------------------- */
 
-size_t model__pack_floats(int d, int n)
+size_t MODEL__K(model__pack_floats)(int d, int n)
 {
     return (size_t)(d + NR - 1) / NR * NR * (size_t)n;
 }
 
-void model__pack(float *dst, const float *w, int d, int n)
+void MODEL__K(model__pack)(float *dst, const float *w, int d, int n)
 {
     int panels = (d + NR - 1) / NR;
     for (int p = 0; p < panels; p++) {
@@ -295,8 +295,8 @@ static const gemm_tile_fn gemm_tiles[MR + 1] = {
  * over them, and the rows' KC-wide slice of X stays in L2 for all the panels. */
 #define KC 256
 
-void model__gemm(float *y, size_t ldy, const float *x, size_t ldx, const float *wp, int m, int n,
-                 int d, int p0, int p1)
+void MODEL__K(model__gemm)(float *y, size_t ldy, const float *x, size_t ldx, const float *wp, int m,
+                           int n, int d, int p0, int p1)
 {
     /* Tiles of near-equal height (52 rows: 11, 11, 10, 10, 10), so no tile runs nearly empty. */
     int tiles = (m + MR - 1) / MR, base = m / tiles, extra = m % tiles;
@@ -320,7 +320,7 @@ void model__gemm(float *y, size_t ldy, const float *x, size_t ldx, const float *
 
 /* ---- Attention ------------------------------------------------------------------------------ */
 
-size_t model__attend_scratch(int hs, int keys)
+size_t MODEL__K(model__attend_scratch)(int hs, int keys)
 {
     return (size_t)QT * ((size_t)hs + (size_t)keys);
 }
@@ -410,9 +410,9 @@ static void values_few(int dn, v16 *acc, float *const *blocks, size_t voff, int 
     }
 }
 
-void model__attend(float *out, size_t ldo, const float *q, size_t ldq, int nq, int pos0,
-                   float *const *blocks, size_t koff, size_t voff, int B, int hs, float scale,
-                   float *scratch)
+void MODEL__K(model__attend)(float *out, size_t ldo, const float *q, size_t ldq, int nq, int pos0,
+                             float *const *blocks, size_t koff, size_t voff, int B, int hs,
+                             float scale, float *scratch)
 {
     int tmax = pos0 + nq - 1; /* the last key any query of the tile sees */
     float *qt = scratch, *sc = scratch + (size_t)QT * hs;
@@ -565,8 +565,8 @@ static void scores1_64(int g, float *sc, const float *k, const v16 *qv, float sc
  * the sum over keys of p_t * v_t, 16 dimensions per vector (for head_size 64, even and odd keys
  * in two chains added at the end), times 1 / sum. The operations depend on pos, B and the
  * inputs only. */
-void model__attend1(float *out, const float *q, int pos, float *const *blocks, size_t koff,
-                    size_t voff, int B, int hs, float scale, float *scratch)
+void MODEL__K(model__attend1)(float *out, const float *q, int pos, float *const *blocks,
+                              size_t koff, size_t voff, int B, int hs, float scale, float *scratch)
 {
     int chunks = (hs + 15) / 16;
     float *sc = scratch;
@@ -669,7 +669,7 @@ void model__attend1(float *out, const float *q, int pos, float *const *blocks, s
 
 /* ---- Element-wise --------------------------------------------------------------------------- */
 
-void model__rmsnorm(float *o, const float *x, const float *w, int n, float eps)
+void MODEL__K(model__rmsnorm)(float *o, const float *x, const float *w, int n, float eps)
 {
     v16 acc = bc16(0.0f);
     for (int i = 0; i < n; i += 16) {
@@ -682,7 +682,7 @@ void model__rmsnorm(float *o, const float *x, const float *w, int n, float eps)
         st16_part(o + i, ld16_part(w + i, n - i) * (r * ld16_part(x + i, n - i)), n - i);
 }
 
-void model__silu_mul(float *o, const float *a, const float *b, int n)
+void MODEL__K(model__silu_mul)(float *o, const float *a, const float *b, int n)
 {
     for (int i = 0; i < n; i += 16) {
         v16 v = ld16_part(a + i, n - i);
@@ -691,8 +691,26 @@ void model__silu_mul(float *o, const float *a, const float *b, int n)
     }
 }
 
-void model__exp(float *o, const float *x, int n)
+void MODEL__K(model__exp)(float *o, const float *x, int n)
 {
     for (int i = 0; i < n; i += 16)
         st16_part(o + i, exp16(ld16_part(x + i, n - i)), n - i);
 }
+
+#ifdef MODEL_KERNELS_VARIANT
+/* This variant's table, for kernels_dispatch.c. */
+const model__kernels MODEL__K(model__kernels) = {
+#define MODEL__KSTR2(x) #x
+#define MODEL__KSTR(x) MODEL__KSTR2(x)
+    MODEL__KSTR(MODEL_KERNELS_VARIANT),
+    MODEL__K(model__pack_floats),
+    MODEL__K(model__pack),
+    MODEL__K(model__gemm),
+    MODEL__K(model__attend),
+    MODEL__K(model__attend_scratch),
+    MODEL__K(model__attend1),
+    MODEL__K(model__rmsnorm),
+    MODEL__K(model__silu_mul),
+    MODEL__K(model__exp),
+};
+#endif

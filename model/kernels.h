@@ -12,11 +12,29 @@
  *     softmax takes the maximum, then exponentials (exp16, below), summed in key order; the
  *     output is the chain over keys of p_t * v_t, times 1 / sum.
  * Vectors are 16 floats (one AVX-512 register; two AVX2 registers or scalars elsewhere).
+ *
+ * Builds for one machine (PREFIXD_NATIVE=ON, the default) compile kernels.c once for the build
+ * machine's CPU. A portable build (PREFIXD_NATIVE=OFF on x86-64) compiles it three times, for
+ * plain x86-64, for AVX2 with FMA and for AVX-512, each with its functions renamed by
+ * MODEL_KERNELS_VARIANT (model__gemm_avx512, ...); kernels_dispatch.c then defines the names
+ * below as calls through the table of the best variant the CPU runs, picked once at start-up.
+ * Each variant keeps the guarantees above on its own (the AVX-512 one computes bitwise what a
+ * native build on an AVX-512 machine computes); two variants may differ in the last bits (their
+ * horizontal sums and exponentials run on other instructions), so one process never mixes them.
  */
 #ifndef PREFIXD_MODEL_KERNELS_H
 #define PREFIXD_MODEL_KERNELS_H
 
 #include <stddef.h>
+
+/* MODEL__K(name): a kernel's name in this compilation of kernels.c (suffixed in a variant). */
+#ifdef MODEL_KERNELS_VARIANT
+#define MODEL__KCAT2(a, b) a##_##b
+#define MODEL__KCAT(a, b) MODEL__KCAT2(a, b)
+#define MODEL__K(name) MODEL__KCAT(name, MODEL_KERNELS_VARIANT)
+#else
+#define MODEL__K(name) name
+#endif
 
 /* Output columns per packed weight panel. */
 #define MODEL__NR 32
@@ -26,41 +44,69 @@
 #define MODEL__QT 16
 
 /* Floats a packed copy of a (d, n) weight takes: d rounded up to whole panels, times n. */
-size_t model__pack_floats(int d, int n);
+size_t MODEL__K(model__pack_floats)(int d, int n);
 
 /* Packs W (d, n), row-major (y = W x), into panels of MODEL__NR output columns, each stored
  * inner-index-major: dst[(p * n + k) * NR + j] = W[p * NR + j][k], zero past d. */
-void model__pack(float *dst, const float *w, int d, int n);
+void MODEL__K(model__pack)(float *dst, const float *w, int d, int n);
 
 /* Y (m, d) = X (m, n) @ W (d, n)^T for the output columns of panels [p0, p1) only. wp: W packed
  * by model__pack(). Rows are cut into tiles of at most MODEL__MR; each output is the chain
  * described above (Y also holds partial chains while the call runs). */
-void model__gemm(float *y, size_t ldy, const float *x, size_t ldx, const float *wp, int m, int n,
-                 int d, int p0, int p1);
+void MODEL__K(model__gemm)(float *y, size_t ldy, const float *x, size_t ldx, const float *wp, int m,
+                           int n, int d, int p0, int p1);
 
 /* Causal attention of one head for nq <= MODEL__QT queries at consecutive positions pos0 ..
  * pos0 + nq - 1: query i attends over keys 0 .. pos0 + i. q: query i at q + i * ldq (head_size
  * floats, RoPE applied). Keys and values come from blocks of B positions: key t is at
  * blocks[t / B] + koff + (t % B) * hs, its value at ... + voff + ... . out: query i's result at
  * out + i * ldo (hs floats). scratch: model__attend_scratch(hs, pos0 + nq) floats. */
-void model__attend(float *out, size_t ldo, const float *q, size_t ldq, int nq, int pos0,
-                   float *const *blocks, size_t koff, size_t voff, int B, int hs, float scale,
-                   float *scratch);
-size_t model__attend_scratch(int hs, int keys);
+void MODEL__K(model__attend)(float *out, size_t ldo, const float *q, size_t ldq, int nq, int pos0,
+                             float *const *blocks, size_t koff, size_t voff, int B, int hs,
+                             float scale, float *scratch);
+size_t MODEL__K(model__attend_scratch)(int hs, int keys);
 
 /* The same for one query at position pos (decode), with the keys in the vector lanes: cheaper
  * for a single query, and not bitwise equal to model__attend() (its sums run in another order),
  * but bitwise the same whatever B is. hs <= 256. out: hs floats. scratch: pos + 1 + 16 floats. */
-void model__attend1(float *out, const float *q, int pos, float *const *blocks, size_t koff,
-                    size_t voff, int B, int hs, float scale, float *scratch);
+void MODEL__K(model__attend1)(float *out, const float *q, int pos, float *const *blocks,
+                              size_t koff, size_t voff, int B, int hs, float scale, float *scratch);
 
 /* o (n) = w (n) * (x (n) / sqrt(mean(x^2) + eps)), as in llama2.c (where eps is 1e-5). */
-void model__rmsnorm(float *o, const float *x, const float *w, int n, float eps);
+void MODEL__K(model__rmsnorm)(float *o, const float *x, const float *w, int n, float eps);
 
 /* o (n) = silu(a (n)) * b (n), silu(v) = v / (1 + exp(-v)). */
-void model__silu_mul(float *o, const float *a, const float *b, int n);
+void MODEL__K(model__silu_mul)(float *o, const float *a, const float *b, int n);
 
 /* e^x of n floats, with the kernels' own exponential (relative error ~1e-7). For the tests. */
-void model__exp(float *o, const float *x, int n);
+void MODEL__K(model__exp)(float *o, const float *x, int n);
+
+/* The name of the kernels this process runs: "native" (compiled for the build machine),
+ * "avx512", "avx2" or "generic" (picked at start-up from the CPU's features; the environment
+ * variable PREFIXD_KERNELS=generic|avx2|avx512 asks for one the CPU also runs, for tests). */
+const char *model__kernels_name(void);
+
+/* One variant's kernels (a portable build holds one table per variant). */
+typedef struct model__kernels {
+    const char *name;
+    size_t (*pack_floats)(int d, int n);
+    void (*pack)(float *dst, const float *w, int d, int n);
+    void (*gemm)(float *y, size_t ldy, const float *x, size_t ldx, const float *wp, int m, int n,
+                 int d, int p0, int p1);
+    void (*attend)(float *out, size_t ldo, const float *q, size_t ldq, int nq, int pos0,
+                   float *const *blocks, size_t koff, size_t voff, int B, int hs, float scale,
+                   float *scratch);
+    size_t (*attend_scratch)(int hs, int keys);
+    void (*attend1)(float *out, const float *q, int pos, float *const *blocks, size_t koff,
+                    size_t voff, int B, int hs, float scale, float *scratch);
+    void (*rmsnorm)(float *o, const float *x, const float *w, int n, float eps);
+    void (*silu_mul)(float *o, const float *a, const float *b, int n);
+    void (*exp)(float *o, const float *x, int n);
+} model__kernels;
+
+#ifdef MODEL_KERNELS_VARIANT
+extern const model__kernels MODEL__K(model__kernels);
+#endif
+extern const model__kernels model__kernels_generic, model__kernels_avx2, model__kernels_avx512;
 
 #endif

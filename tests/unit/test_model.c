@@ -6,10 +6,12 @@
 #include "ref_forward.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MODEL_260K PREFIXD_MODELS_DIR "/stories260K.bin"
@@ -191,15 +193,14 @@ static void test_reference_synth_hs64(void)
 /* Prefill of k tokens, then the rest reading the first k back from blocks, gives bitwise the
  * logits and K/V of one prefill of everything: every kernel computes a row's outputs the same
  * way whatever the row count and tiling. */
-static void test_split_prefill(void)
+static void check_split_prefill(model *m, int threads)
 {
-    model *m = load_ok(MODEL_260K);
     const model_config *c = model_get_config(m);
     int B = 16, n = 150;
     int32_t t[150];
     tokens_for(t, n, c->vocab_size, 5);
     model_state *s;
-    model_state_opts o = {B, 512, 4, 2};
+    model_state_opts o = {B, 512, 4, threads};
     CHECK(model_state_new(m, &o, &s) == 0);
     float *whole = malloc((size_t)c->vocab_size * sizeof(float));
     float *split = malloc((size_t)c->vocab_size * sizeof(float));
@@ -231,17 +232,22 @@ static void test_split_prefill(void)
     free(whole);
     free(split);
     model_state_free(s);
+}
+
+static void test_split_prefill(void)
+{
+    model *m = load_ok(MODEL_260K);
+    check_split_prefill(m, 2);
     model_free(m);
 }
 
 /* A sequence's decode logits are bitwise the same alone and inside a batch of 8. */
-static void test_decode_batch_invariant(void)
+static void check_decode_batch_invariant(model *m, int threads)
 {
-    model *m = load_ok(MODEL_260K);
     const model_config *c = model_get_config(m);
     int B = 16, n = 40;
     model_state *s;
-    model_state_opts o = {B, 512, 8, 2};
+    model_state_opts o = {B, 512, 8, threads};
     CHECK(model_state_new(m, &o, &s) == 0);
     int32_t t[8][40];
     for (int i = 0; i < 8; i++)
@@ -272,7 +278,91 @@ static void test_decode_batch_invariant(void)
     free(la);
     free(lb);
     model_state_free(s);
+}
+
+static void test_decode_batch_invariant(void)
+{
+    model *m = load_ok(MODEL_260K);
+    check_decode_batch_invariant(m, 2);
     model_free(m);
+}
+
+/* Logits of a prefill of n tokens followed by `steps` greedy decode steps, into out
+ * ((steps + 1) x vocab floats): one run's every output, to compare between runs. */
+static void run_greedy(model *m, int threads, int n, int steps, float *out)
+{
+    const model_config *c = model_get_config(m);
+    int B = 16;
+    int32_t t[64];
+    tokens_for(t, n, c->vocab_size, 11);
+    model_state *s;
+    model_state_opts o = {B, 512, 4, threads};
+    CHECK(model_state_new(m, &o, &s) == 0);
+    kvbuf k = kv_new(c, B);
+    CHECK(model_prefill(s, &k.kv, 0, t, n, out) == 0);
+    for (int i = 0; i < steps; i++) {
+        const float *l = out + (size_t)i * c->vocab_size;
+        int32_t best = 0;
+        for (int v = 1; v < c->vocab_size; v++)
+            best = l[v] > l[best] ? v : best;
+        int pos = n + i;
+        CHECK(model_decode(s, &k.kv, &pos, &best, 1, out + (size_t)(i + 1) * c->vocab_size) == 0);
+    }
+    kv_free(&k);
+    model_state_free(s);
+}
+
+/* The determinism checks with every step split across the pool (PREFIXD_SPLIT_FLOPS=0), on
+ * stories260K and on a synthetic model wide enough for many tasks per step, each against a run
+ * on one thread: a task's outputs do not depend on which thread claims it. With hog, a
+ * busy-loop child process runs beside them, so threads are descheduled mid-job. */
+static void check_determinism_split(int hog)
+{
+    pid_t child = -1;
+    if (hog) {
+        child = fork();
+        CHECK(child >= 0);
+        if (child == 0) {
+            alarm(300); /* bounded, should the parent die without killing it */
+            for (volatile unsigned long i = 0;; i++)
+                ;
+        }
+    }
+    CHECK(setenv("PREFIXD_SPLIT_FLOPS", "0", 1) == 0);
+    model *ms[2] = {load_ok(MODEL_260K), synth("wide.bin", "256,688,2,8,4,4096,256")};
+    for (int i = 0; i < 2; i++) {
+        model *m = ms[i];
+        const model_config *c = model_get_config(m);
+        check_split_prefill(m, 2);
+        check_decode_batch_invariant(m, 2);
+        int n = 45, steps = 20;
+        size_t nl = (size_t)(steps + 1) * c->vocab_size;
+        float *one = malloc(nl * sizeof(float)), *two = malloc(nl * sizeof(float));
+        run_greedy(m, 1, n, steps, one);
+        for (int r = 0; r < 3; r++) {
+            run_greedy(m, 2, n, steps, two);
+            CHECK_MSG(memcmp(one, two, nl * sizeof(float)) == 0,
+                      "model %d, run %d: 2 threads' logits differ from 1 thread's", i, r);
+        }
+        free(one);
+        free(two);
+        model_free(m);
+    }
+    unsetenv("PREFIXD_SPLIT_FLOPS");
+    if (child > 0) {
+        kill(child, SIGKILL);
+        waitpid(child, NULL, 0);
+    }
+}
+
+static void test_determinism_split(void)
+{
+    check_determinism_split(0);
+}
+
+static void test_determinism_with_hog(void)
+{
+    check_determinism_split(1);
 }
 
 static void test_range_errors(void)
@@ -638,6 +728,8 @@ static const harness_case cases[] = {
     {"reference_synth_hs64", test_reference_synth_hs64},
     {"split_prefill", test_split_prefill},
     {"decode_batch_invariant", test_decode_batch_invariant},
+    {"determinism_split", test_determinism_split},
+    {"determinism_with_hog", test_determinism_with_hog},
     {"range_errors", test_range_errors},
     {"bad_files", test_bad_files},
     {"shapes_and_sizes", test_shapes_and_sizes},
