@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 case $runs in ''|*[!0-9]*|0) echo "busy.sh: --runs '$runs': expected a count >= 1" >&2; exit 2 ;; esac
-prefixd=$build/daemon/cli/prefixd
+prefixd=$build/daemon/prefixd
 [ -x "$prefixd" ] || { echo "busy.sh: no $prefixd (build first, or --build DIR)" >&2; exit 2; }
 for f in "$m260" "$tok"; do
   [ -r "$f" ] || { echo "busy.sh: cannot read '$f'" >&2; exit 2; }

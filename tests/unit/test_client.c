@@ -122,7 +122,7 @@ static pfx_conn *daemon_start(void)
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (!freopen(log, "w", stderr))
             _exit(127);
-        execl(PREFIXD_BIN_DIR "/daemon/cli/prefixd", "prefixd", "serve", "--model",
+        execl(PREFIXD_BIN_DIR "/daemon/prefixd", "prefixd", "serve", "--model",
               PREFIXD_MODELS_DIR "/stories260K.bin", "--tokenizer",
               PREFIXD_MODELS_DIR "/tok512.bin", "--socket", sock, "--cache-mem", "64M", "--threads",
               "1", "--disk-dir", "none", (char *)NULL);
