@@ -28,6 +28,11 @@ static void consider(const model__vocab *v, const char *buf, model__sym *s, int3
     model__heap_push(h, nh, (model__cand){-(double)v->score[id], a, b, s[a].ver, s[b].ver, id});
 }
 
+static int is_space(const char *buf, const model__sym *s)
+{
+    return s->len == 3 && memcmp(buf + s->off, "\xE2\x96\x81", 3) == 0;
+}
+
 long model__spm_encode(const model__vocab *v, const char *text, size_t len, int prefix,
                        int32_t *out)
 {
@@ -66,36 +71,48 @@ long model__spm_encode(const model__vocab *v, const char *text, size_t len, int 
         ns++;
         i += k;
     }
-    size_t nh = 0;
-    for (int32_t i = 0; i + 1 < ns; i++)
-        consider(v, buf, s, i, i + 1, h, &nh);
-    while (nh > 0) {
-        model__cand c = model__heap_pop(h, &nh);
-        model__sym *l = &s[c.left], *r = &s[c.right];
-        if (l->len == 0 || r->len == 0 || l->ver != c.lver || r->ver != c.rver ||
-            l->next != c.right)
-            continue;
-        l->len += r->len;
-        l->id = c.id;
-        l->ver++;
-        r->len = 0;
-        r->ver++;
-        l->next = r->next;
-        if (r->next >= 0)
-            s[r->next].prev = c.left;
-        consider(v, buf, s, l->prev, c.left, h, &nh);
-        consider(v, buf, s, c.left, l->next, h, &nh);
-    }
     long n = 0;
-    for (int32_t i = ns > 0 ? 0 : -1; i >= 0; i = s[i].next) {
-        int32_t id = s[i].id >= 0 ? s[i].id : model__vocab_find(v, buf + s[i].off, s[i].len);
-        if (id >= 0) {
-            out[n++] = id;
-            continue;
+    for (int32_t a = 0, b; a < ns; a = b) {
+        /* The word [a, b): up to the next "▁" that follows another character, when the
+         * vocabulary has no token that could span that boundary; else the whole fragment. */
+        b = a + 1;
+        if (v->spm_words)
+            while (b < ns && !(is_space(buf, &s[b]) && !is_space(buf, &s[b - 1])))
+                b++;
+        else
+            b = ns;
+        s[a].prev = -1;
+        s[b - 1].next = -1;
+        size_t nh = 0;
+        for (int32_t i = a; i + 1 < b; i++)
+            consider(v, buf, s, i, i + 1, h, &nh);
+        while (nh > 0) {
+            model__cand c = model__heap_pop(h, &nh);
+            model__sym *l = &s[c.left], *r = &s[c.right];
+            if (l->len == 0 || r->len == 0 || l->ver != c.lver || r->ver != c.rver ||
+                l->next != c.right)
+                continue;
+            l->len += r->len;
+            l->id = c.id;
+            l->ver++;
+            r->len = 0;
+            r->ver++;
+            l->next = r->next;
+            if (r->next >= 0)
+                s[r->next].prev = c.left;
+            consider(v, buf, s, l->prev, c.left, h, &nh);
+            consider(v, buf, s, c.left, l->next, h, &nh);
         }
-        for (uint32_t j = 0; j < s[i].len; j++) {
-            int32_t b = v->byte_id[(unsigned char)buf[s[i].off + j]];
-            out[n++] = b >= 0 ? b : v->unk >= 0 ? v->unk : 0;
+        for (int32_t i = a; i >= 0; i = s[i].next) {
+            int32_t id = s[i].id >= 0 ? s[i].id : model__vocab_find(v, buf + s[i].off, s[i].len);
+            if (id >= 0) {
+                out[n++] = id;
+                continue;
+            }
+            for (uint32_t j = 0; j < s[i].len; j++) {
+                int32_t bt = v->byte_id[(unsigned char)buf[s[i].off + j]];
+                out[n++] = bt >= 0 ? bt : v->unk >= 0 ? v->unk : 0;
+            }
         }
     }
     n_out = n;

@@ -468,6 +468,30 @@ int model__vocab_load(const model__gguf *g, const char *path, int vocab, model__
             v->type[i] == MODEL__TOK_UNKNOWN)
             v->special[v->n_special++] = i;
     qsort_r(v->special, (size_t)v->n_special, sizeof *v->special, special_cmp, v);
+    v->spec_head2 = malloc(65536 * sizeof *v->spec_head2);
+    v->spec_next = malloc(((size_t)v->n_special + 1) * sizeof *v->spec_next);
+    if (!v->spec_head2 || !v->spec_next) {
+        rc = fail(msg, msglen, path, MODEL_ENOMEM, "out of memory");
+        goto out;
+    }
+    memset(v->spec_head1, -1, sizeof v->spec_head1);
+    memset(v->spec_head2, -1, 65536 * sizeof *v->spec_head2);
+    for (int r = v->n_special - 1; r >= 0; r--) {
+        const unsigned char *t = (const unsigned char *)v->text[v->special[r]];
+        int32_t *head =
+            v->len[v->special[r]] == 1 ? &v->spec_head1[t[0]] : &v->spec_head2[(t[0] << 8) | t[1]];
+        v->spec_next[r] = *head;
+        *head = r;
+    }
+    /* SentencePiece words: does any token hold "▁" right after another character? */
+    v->spm_words = k == MODEL__VOCAB_SPM;
+    for (int i = 0; i < n && v->spm_words; i++) {
+        const char *t = v->text[i];
+        for (uint32_t j = 1; j + 2 < v->len[i] + 0u && v->spm_words; j++)
+            if (memcmp(t + j, "\xE2\x96\x81", 3) == 0 &&
+                !(j >= 3 && memcmp(t + j - 3, "\xE2\x96\x81", 3) == 0))
+                v->spm_words = 0;
+    }
 
     for (int b = 0; b < 256; b++) {
         char name[8];
@@ -519,6 +543,8 @@ void model__vocab_free(model__vocab *v)
     free(v->blob);
     free(v->map);
     free(v->special);
+    free(v->spec_head2);
+    free(v->spec_next);
     free(v->merges);
     model__pretok_free(v->pre);
     free(v->piece);
@@ -553,42 +579,98 @@ static int frag_push(frags *f, frag x)
     return 0;
 }
 
-/* Cuts every occurrence of special token id out of the raw fragments of a into b. */
-static int cut_special(const model__vocab *v, const char *text, int32_t id, const frags *a,
-                       frags *b)
+typedef struct occ {
+    int32_t rank; /* index in special[]: longest text first */
+    size_t pos;
+} occ;
+
+static int occ_cmp(const void *pa, const void *pb)
 {
-    const char *t = v->text[id];
-    size_t tl = v->len[id];
-    b->n = 0;
-    for (size_t i = 0; i < a->n; i++) {
-        frag f = a->v[i];
-        if (f.id >= 0) {
-            if (frag_push(b, f))
-                return -1;
-            continue;
-        }
-        size_t off = f.off, end = f.off + f.len;
-        for (;;) {
-            const char *m = end - off >= tl ? memmem(text + off, end - off, t, tl) : NULL;
-            if (!m)
-                break;
-            size_t at = (size_t)(m - text);
-            if ((at > off && frag_push(b, (frag){off, at - off, -1})) ||
-                frag_push(b, (frag){at, tl, id}))
-                return -1;
-            off = at + tl;
-        }
-        if (off < end && frag_push(b, (frag){off, end - off, -1}))
-            return -1;
+    const occ *a = pa, *b = pb;
+    if (a->rank != b->rank)
+        return a->rank < b->rank ? -1 : 1;
+    return a->pos < b->pos ? -1 : a->pos > b->pos;
+}
+
+static int occ_pos_cmp(const void *pa, const void *pb)
+{
+    const occ *a = pa, *b = pb;
+    return a->pos < b->pos ? -1 : a->pos > b->pos;
+}
+
+/* Cuts the special tokens out of text into fragments, with the result of llama.cpp's passes
+ * (each token, longest first, cut at its leftmost non-overlapping occurrences in what earlier
+ * tokens left raw) but in one scan: every occurrence of every active token is found through
+ * the first-byte chains, then taken in (token, position) order when none of its bytes is taken
+ * yet, which is exactly what the passes take. */
+static int split_special(const model__vocab *v, const char *text, size_t len, unsigned flags,
+                         frags *out)
+{
+    occ *o = NULL;
+    size_t no = 0, cap = 0;
+    unsigned char *taken = NULL;
+    int rc = -1;
+    const unsigned char *u = (const unsigned char *)text;
+    for (size_t i = 0; i < len; i++) {
+        int32_t heads[2] = {v->spec_head1[u[i]],
+                            i + 1 < len ? v->spec_head2[(u[i] << 8) | u[i + 1]] : -1};
+        for (int h = 0; h < 2; h++)
+            for (int32_t r = heads[h]; r >= 0; r = v->spec_next[r]) {
+                int32_t id = v->special[r];
+                if (!(flags & MODEL_ENC_SPECIAL) && v->type[id] != MODEL__TOK_USER)
+                    continue;
+                if (v->len[id] > len - i || memcmp(text + i, v->text[id], v->len[id]) != 0)
+                    continue;
+                if (no == cap) {
+                    cap = cap ? cap * 2 : 64;
+                    occ *n2 = realloc(o, cap * sizeof *o);
+                    if (!n2)
+                        goto out;
+                    o = n2;
+                }
+                o[no++] = (occ){r, i};
+            }
     }
-    return 0;
+    size_t nt = 0;
+    if (no > 0) {
+        taken = calloc(len, 1);
+        if (!taken)
+            goto out;
+        qsort(o, no, sizeof *o, occ_cmp);
+        for (size_t k = 0; k < no; k++) {
+            size_t p = o[k].pos, l = v->len[v->special[o[k].rank]];
+            int free_ = 1;
+            for (size_t j = 0; j < l && free_; j++)
+                free_ = !taken[p + j];
+            if (!free_)
+                continue;
+            memset(taken + p, 1, l);
+            o[nt++] = o[k];
+        }
+        qsort(o, nt, sizeof *o, occ_pos_cmp);
+    }
+    size_t at = 0;
+    for (size_t k = 0; k < nt; k++) {
+        int32_t id = v->special[o[k].rank];
+        if ((o[k].pos > at && frag_push(out, (frag){at, o[k].pos - at, -1})) ||
+            frag_push(out, (frag){o[k].pos, v->len[id], id}))
+            goto out;
+        at = o[k].pos + v->len[id];
+    }
+    if (at < len && frag_push(out, (frag){at, len - at, -1}))
+        goto out;
+    rc = 0;
+out:
+    free(o);
+    free(taken);
+    return rc;
 }
 
 int model__vocab_encode(const model__vocab *v, const char *text, size_t len, unsigned flags,
                         int32_t *out, size_t cap, size_t *n_out)
 {
     *n_out = 0;
-    frags a = {0}, b = {0};
+    frags a = {0};
     /* Room for the worst case: a space whose "▁" falls back to three byte tokens, and a prefix
      * "▁" after each special token (which took at least one byte). */
     size_t room = model_encode_cap(len);
@@ -596,25 +678,8 @@ int model__vocab_encode(const model__vocab *v, const char *text, size_t len, uns
     int rc = MODEL_ENOMEM;
     if (!ids)
         return MODEL_ENOMEM;
-    if (len > 0 && frag_push(&a, (frag){0, len, -1}))
+    if (len > 0 && split_special(v, text, len, flags, &a))
         goto out;
-    for (int s = 0; s < v->n_special && a.n > 0; s++) {
-        int32_t id = v->special[s];
-        if (!(flags & MODEL_ENC_SPECIAL) && v->type[id] != MODEL__TOK_USER)
-            continue;
-        /* Most tokens occur nowhere: look before rebuilding the list. */
-        int seen = 0;
-        for (size_t i = 0; i < a.n && !seen; i++)
-            seen = a.v[i].id < 0 && a.v[i].len >= v->len[id] &&
-                   memmem(text + a.v[i].off, a.v[i].len, v->text[id], v->len[id]) != NULL;
-        if (!seen)
-            continue;
-        if (cut_special(v, text, id, &a, &b))
-            goto out;
-        frags t = a;
-        a = b;
-        b = t;
-    }
     size_t n = 0;
     if ((flags & MODEL_ENC_ADD_SPECIAL) && v->add_bos)
         ids[n++] = v->bos;
@@ -647,6 +712,5 @@ int model__vocab_encode(const model__vocab *v, const char *text, size_t len, uns
 out:
     free(ids);
     free(a.v);
-    free(b.v);
     return rc;
 }

@@ -55,6 +55,13 @@ typedef struct model__vocab {
     int add_bos, add_eos, add_space_prefix;
     int32_t *special; /* control, user-defined and unknown ids, longest text first */
     int n_special;
+    /* Finding them: special[] indices chained by first byte (one-byte texts) and by first two
+     * bytes (the others), -1 ending a chain. */
+    int32_t spec_head1[256];
+    int32_t *spec_head2;  /* (65536) */
+    int32_t *spec_next;   /* (n_special) */
+    int spm_words;        /* SPM: no token holds "▁" after another character, so a "▁" that
+                             follows a character starts a word no merge crosses */
     int32_t byte_id[256]; /* SPM: the id of "<0xHH>", -1 if absent */
     /* BPE: */
     model__merge *merges; /* open-addressed on (a, b) */
