@@ -186,8 +186,9 @@ static void test_stream_detok(void)
     static const char *const files[] = {VOCAB("llama-spm"), VOCAB("gpt-2"), VOCAB("deepseek-llm")};
     /* A stray byte goes last: inside the text SentencePiece would read it with what follows
      * (llama.cpp does the same), at the end it falls back to its byte token. */
-    const char *text = "Grüße 🙂 — 日本語のテキスト, emoji 👩‍👩‍👧, a stray byte last: "
-                       "\xC3";
+    // clang-format off
+    const char *text = "Grüße 🙂 — 日本語のテキスト, emoji 👩‍👩‍👧, a stray byte last: \xC3";
+    // clang-format on
     for (size_t f = 0; f < 3; f++) {
         model_tokenizer *t = open_tok(files[f]);
         size_t n;
