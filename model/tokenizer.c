@@ -9,8 +9,13 @@
 #include "gguf.h"
 #include "base.h"
 #include "model.h"
+#include "vocab.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +25,8 @@
 #include <xxhash.h>
 
 struct model_tokenizer {
+    model__vocab *v; /* a GGUF vocabulary (vocab.c), which every function below defers to; NULL
+                        for a llama2.c tokenizer, which the fields below describe */
     int vocab;
     int max_len;            /* max_token_length from the file */
     float *scores;          /* (vocab) */
@@ -109,6 +116,23 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
     return rc;
 }
 
+/* A tokenizer around a GGUF vocabulary. */
+static int from_gguf(const model__gguf *g, const char *path, int vocab, model_tokenizer **out,
+                     char *msg, size_t msglen)
+{
+    model_tokenizer *t = calloc(1, sizeof *t);
+    if (!t)
+        return base_fail(msg, msglen, MODEL_ENOMEM, "model file '%s': out of memory", path);
+    int rc = model__vocab_load(g, path, vocab, &t->v, msg, msglen);
+    if (rc) {
+        free(t);
+        return rc;
+    }
+    t->vocab = t->v->n;
+    *out = t;
+    return 0;
+}
+
 int model_tokenizer_from_model(const model *m, model_tokenizer **out, char *msg, size_t msglen)
 {
     *out = NULL;
@@ -118,16 +142,37 @@ int model_tokenizer_from_model(const model *m, model_tokenizer **out, char *msg,
             msg, msglen, MODEL_EINVAL,
             "model file '%s': a llama2.c checkpoint holds no vocabulary (give a tokenizer)",
             model__get_path(m));
-    unsigned char *buf;
-    size_t len;
-    int rc = model__gguf_vocab_llama2c(g, model__get_path(m), model_get_config(m)->vocab_size, &buf,
-                                       &len, msg, msglen);
-    if (rc)
-        return rc;
-    char name[1100];
-    snprintf(name, sizeof name, "model file '%s': vocabulary", model__get_path(m));
-    rc = model__tokenizer_parse(buf, len, name, model_get_config(m)->vocab_size, out, msg, msglen);
-    free(buf);
+    return from_gguf(g, model__get_path(m), model_get_config(m)->vocab_size, out, msg, msglen);
+}
+
+int model_tokenizer_open(const char *path, model_tokenizer **out, char *msg, size_t msglen)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return base_fail(msg, msglen, MODEL_EIO, "tokenizer '%s': %s", path, strerror(errno));
+    struct stat st;
+    char magic[4] = {0};
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return base_fail(msg, msglen, MODEL_EIO, "tokenizer '%s': not a regular file", path);
+    }
+    if (st.st_size < 4 || pread(fd, magic, 4, 0) != 4 || memcmp(magic, "GGUF", 4) != 0) {
+        close(fd);
+        return model_tokenizer_load(path, 0, out, msg, msglen); /* llama2.c's format */
+    }
+    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED)
+        return base_fail(msg, msglen, MODEL_EIO, "tokenizer '%s': cannot map: %s", path,
+                         strerror(errno));
+    model__gguf g;
+    int rc = model__gguf_parse(map, (size_t)st.st_size, path, &g, msg, msglen);
+    if (rc == 0) {
+        rc = from_gguf(&g, path, 0, out, msg, msglen);
+        model__gguf_free(&g);
+    }
+    munmap(map, (size_t)st.st_size);
     return rc;
 }
 
@@ -230,6 +275,7 @@ void model_tokenizer_free(model_tokenizer *t)
 {
     if (!t)
         return;
+    model__vocab_free(t->v);
     free(t->scores);
     free(t->pieces);
     free(t->lens);
@@ -241,6 +287,119 @@ void model_tokenizer_free(model_tokenizer *t)
 int model_tokenizer_vocab(const model_tokenizer *t)
 {
     return t->vocab;
+}
+
+int model_token_is_eog(const model_tokenizer *t, int32_t id)
+{
+    if (t->v)
+        return id >= 0 && id < t->v->n && t->v->eog[id];
+    /* llama2.c: BOS or EOS ends the text (the reference stops on BOS). */
+    return id == MODEL_TOK_BOS || id == MODEL_TOK_EOS;
+}
+
+int32_t model_token_bos(const model_tokenizer *t)
+{
+    return t->v ? t->v->bos : MODEL_TOK_BOS;
+}
+
+int32_t model_token_eos(const model_tokenizer *t)
+{
+    return t->v ? t->v->eos : MODEL_TOK_EOS;
+}
+
+const char *model_token_text(const model_tokenizer *t, int32_t id, size_t *len)
+{
+    if (id < 0 || id >= t->vocab) {
+        *len = 0;
+        return "";
+    }
+    if (t->v) {
+        *len = t->v->len[id];
+        return t->v->text[id];
+    }
+    *len = (size_t)t->lens[id];
+    return t->pieces[id];
+}
+
+const char *model_tokenizer_kind(const model_tokenizer *t, char *buf, size_t cap)
+{
+    if (!t->v)
+        snprintf(buf, cap, "llama2.c (SentencePiece BPE, %d tokens)", t->vocab);
+    else if (t->v->kind == MODEL__VOCAB_SPM)
+        snprintf(buf, cap, "llama (SentencePiece BPE, %d tokens)", t->vocab);
+    else
+        snprintf(buf, cap, "gpt2 (byte-level BPE, %d tokens, pre-tokenizer '%s')", t->vocab,
+                 t->v->pre_name);
+    return buf;
+}
+
+const char *model_tokenizer_chat_template(const model_tokenizer *t)
+{
+    return t->v ? t->v->chat_template : NULL;
+}
+
+/* ---- Streaming detokenization --------------------------------------------------------------- */
+
+int model_detok_init(model_detok *d, const model_tokenizer *t, int32_t prev)
+{
+    size_t max = 0;
+    if (t->v) {
+        max = t->v->max_piece;
+    } else {
+        for (int i = 0; i < t->vocab; i++)
+            max = (size_t)t->lens[i] > max ? (size_t)t->lens[i] : max;
+    }
+    memset(d, 0, sizeof *d);
+    d->prev = prev;
+    d->cap = max + 8;
+    d->buf = malloc(d->cap);
+    return d->buf ? 0 : MODEL_ENOMEM;
+}
+
+void model_detok_free(model_detok *d)
+{
+    free(d->buf);
+    d->buf = NULL;
+}
+
+/* How many of the last bytes of p (n bytes) start a UTF-8 sequence that more bytes could
+ * still complete: 0 when p ends on a boundary or with bytes no continuation could mend. */
+static size_t incomplete_tail(const unsigned char *p, size_t n)
+{
+    for (size_t k = 1; k <= 3 && k <= n; k++) {
+        unsigned char c = p[n - k];
+        if ((c & 0xC0) == 0x80)
+            continue; /* a continuation byte: look further back for its lead */
+        size_t want = c >= 0xF0 && c <= 0xF4 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 1;
+        if (c >= 0xF5)
+            want = 1;
+        return want > k ? k : 0;
+    }
+    return 0;
+}
+
+const char *model_detok_push(const model_tokenizer *t, model_detok *d, int32_t tok, int last,
+                             size_t *len)
+{
+    size_t pl;
+    const char *p = model_decode_piece(t, d->prev, tok, &pl);
+    d->prev = tok;
+    memcpy(d->buf, d->tail, d->held);
+    memcpy(d->buf + d->held, p, pl);
+    size_t n = d->held + pl;
+    size_t keep = last ? 0 : incomplete_tail((const unsigned char *)d->buf, n);
+    memcpy(d->tail, d->buf + n - keep, keep);
+    d->held = keep;
+    *len = n - keep;
+    return d->buf;
+}
+
+const char *model_detok_flush(model_detok *d, size_t *len)
+{
+    memcpy(d->buf, d->tail, d->held);
+    *len = d->held;
+    d->held = 0;
+    return d->buf;
 }
 
 /* ---- Encoding ------------------------------------------------------------------------------- */
@@ -320,9 +479,23 @@ static void consider(const model_tokenizer *t, const sym *s, int a, int b, cand 
     heap_push(h, nh, c);
 }
 
+size_t model_encode_cap(size_t len)
+{
+    return len > (SIZE_MAX - 8) / 4 ? SIZE_MAX : 4 * len + 8;
+}
+
 int model_encode(const model_tokenizer *t, const char *text, size_t len, int bos, int32_t *out,
                  size_t cap, size_t *n_out)
 {
+    return model_tokenize(t, text, len, bos ? MODEL_ENC_ADD_SPECIAL : 0, out, cap, n_out);
+}
+
+int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsigned flags,
+                   int32_t *out, size_t cap, size_t *n_out)
+{
+    int bos = (flags & MODEL_ENC_ADD_SPECIAL) != 0;
+    if (t->v)
+        return model__vocab_encode(t->v, text, len, flags, out, cap, n_out);
     *n_out = 0;
     /* Symbols: at most one per byte plus the dummy prefix. */
     sym *s = malloc((len + 1) * sizeof *s);
@@ -408,6 +581,24 @@ int model_encode(const model_tokenizer *t, const char *text, size_t len, int bos
 
 const char *model_decode_piece(const model_tokenizer *t, int32_t prev, int32_t tok, size_t *len)
 {
+    if (t->v) {
+        const model__vocab *v = t->v;
+        if (tok < 0 || tok >= v->n) {
+            *len = 0;
+            return "";
+        }
+        const char *p = v->piece[tok];
+        size_t n = v->piece_len[tok];
+        /* SentencePiece's prefix space is no part of the text: the first piece after BOS (or
+         * at the start, prev < 0) loses its leading space. */
+        if (v->kind == MODEL__VOCAB_SPM && v->add_space_prefix && (prev < 0 || prev == v->bos) &&
+            n > 0 && p[0] == ' ') {
+            p++;
+            n--;
+        }
+        *len = n;
+        return p;
+    }
     /* BOS and EOS mark where a text begins and ends; they are no part of it (llama2.c's files
      * spell them "\n<s>\n" and "\n</s>\n"). */
     if (tok < 0 || tok >= t->vocab || tok == MODEL_TOK_BOS || tok == MODEL_TOK_EOS) {
@@ -416,7 +607,7 @@ const char *model_decode_piece(const model_tokenizer *t, int32_t prev, int32_t t
     }
     const char *p = t->pieces[tok];
     size_t n = (size_t)t->lens[tok];
-    if (prev == MODEL_TOK_BOS && n > 0 && p[0] == ' ') {
+    if ((prev == MODEL_TOK_BOS || prev < 0) && n > 0 && p[0] == ' ') {
         p++;
         n--;
     }

@@ -8,9 +8,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-int srv_cmd_run(int argc, char **argv);   /* run.c */
-int srv_cmd_synth(int argc, char **argv); /* synth.c */
-int srv_cmd_serve(int argc, char **argv); /* serve.c */
+int srv_cmd_run(int argc, char **argv);           /* run.c */
+int srv_cmd_synth(int argc, char **argv);         /* synth.c */
+int srv_cmd_serve(int argc, char **argv);         /* serve.c */
+int srv_cmd_tokenize(int argc, char **argv);      /* tokenize.c */
+int srv_cmd_chat_template(int argc, char **argv); /* chat_template.c */
 
 /* Parses a byte size: a number with an optional K, M, G or T suffix (powers of 1024, "B" and
  * "iB" accepted: 512M, 1G, 1GiB, 4096). Returns 0 or -1 (malformed, overflow). */

@@ -1,4 +1,5 @@
-/* main.c — the prefixd command: dispatches to a subcommand (serve, run, synth). */
+/* main.c — the prefixd command: dispatches to a subcommand (serve, run, synth, tokenize,
+ * chat-template). */
 #include "cmd.h"
 #include "prefixd_version.h"
 
@@ -13,6 +14,8 @@ static void usage(FILE *f)
                "  serve   the daemon: serve generation on a Unix socket with a prefix cache\n"
                "  run     one generation in-process: prints the prompt and its continuation\n"
                "  synth   write a model with random weights of a given shape\n"
+               "  tokenize       print the ids (or pieces) of a text under a model's tokenizer\n"
+               "  chat-template  render a chat template for a JSON list of messages\n"
                "\n"
                "'prefixd <command> --help' lists a command's options; 'prefixd --version' prints\n"
                "the version.\n");
@@ -31,6 +34,10 @@ int main(int argc, char **argv)
         return srv_cmd_run(argc - 1, argv + 1);
     if (strcmp(cmd, "synth") == 0)
         return srv_cmd_synth(argc - 1, argv + 1);
+    if (strcmp(cmd, "tokenize") == 0)
+        return srv_cmd_tokenize(argc - 1, argv + 1);
+    if (strcmp(cmd, "chat-template") == 0)
+        return srv_cmd_chat_template(argc - 1, argv + 1);
     if (strcmp(cmd, "--version") == 0) {
         printf("prefixd %s (git %s)\n", PREFIXD_VERSION, PREFIXD_GIT);
         return 0;

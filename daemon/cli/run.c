@@ -209,8 +209,9 @@ int srv_cmd_run(int argc, char **argv)
             (unsigned long long)model_kv_bytes_per_token(c));
 
     size_t plen = strlen(prompt), n_ids = 0;
-    int32_t *ids = malloc((plen + 2) * sizeof(int32_t));
-    if (!ids || model_encode(tok, prompt, plen, 1, ids, plen + 2, &n_ids) != 0) {
+    size_t cap = model_encode_cap(plen);
+    int32_t *ids = malloc(cap * sizeof(int32_t));
+    if (!ids || model_encode(tok, prompt, plen, 1, ids, cap, &n_ids) != 0) {
         fprintf(stderr, "prefixd: cannot tokenize the prompt\n");
         free(ids);
         model_tokenizer_free(tok);
@@ -249,10 +250,10 @@ int srv_cmd_run(int argc, char **argv)
         model_free(m);
         return 1;
     }
-    /* The prompt's pieces first, as the reference prints them. */
-    for (size_t i = 1; i < n_ids; i++) {
+    /* The prompt's pieces first, as the reference prints them (BOS prints nothing). */
+    for (size_t i = 0; i < n_ids; i++) {
         size_t len;
-        const char *p = model_decode_piece(tok, ids[i - 1], ids[i], &len);
+        const char *p = model_decode_piece(tok, i ? ids[i - 1] : -1, ids[i], &len);
         print_piece(p, len);
     }
     fflush(stdout);

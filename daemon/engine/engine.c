@@ -60,6 +60,7 @@ typedef struct request {
     struct request *bg_next;
     double t_recv, t_first, t_end;
     double prefill_ms;
+    model_detok dt; /* the streamed pieces: whole UTF-8 characters only */
 } request;
 
 struct engine {
@@ -120,11 +121,11 @@ static void emit_error(engine *e, uint64_t handle, uint32_t owner, int code, con
     e->o.emit(e->o.emit_arg, &ev);
 }
 
-static void emit_token(engine *e, request *r, int32_t t)
+/* last: no token follows, so nothing is held back for one. */
+static void emit_token(engine *e, request *r, int32_t t, int last)
 {
     size_t len = 0;
-    int32_t prev = r->n_tok >= 2 ? r->tok[r->n_tok - 2] : MODEL_TOK_BOS;
-    const char *piece = e->tok ? model_decode_piece(e->tok, prev, t, &len) : "";
+    const char *piece = e->tok && r->dt.buf ? model_detok_push(e->tok, &r->dt, t, last, &len) : "";
     engine_event ev = {.type = ENGINE_EV_TOKEN,
                        .handle = r->handle,
                        .owner = r->owner,
@@ -195,6 +196,7 @@ static void request_free(request *r)
     free(r->keys);
     free(r->blk);
     free(r->ptr);
+    model_detok_free(&r->dt);
     free(r);
 }
 
@@ -469,15 +471,13 @@ int engine_submit(engine *e, const engine_request *q)
             rc = base_fail(what, sizeof what, ENGINE_EINVAL, "no tokenizer: send token ids");
             goto out;
         }
-        /* At most one id per byte plus BOS and the dummy prefix. */
-        if (q->text_len > SIZE_MAX / sizeof(int32_t) - 2 ||
-            !(text_ids = malloc((q->text_len + 2) * sizeof(int32_t)))) {
+        size_t cap = model_encode_cap(q->text_len);
+        if (cap > SIZE_MAX / sizeof(int32_t) || !(text_ids = malloc(cap * sizeof(int32_t)))) {
             rc = base_fail(what, sizeof what, ENGINE_ENOMEM,
                            "out of memory tokenizing a prompt of %zu bytes", q->text_len);
             goto out;
         }
-        if (model_encode(e->tok, q->text ? q->text : "", q->text_len, 1, text_ids, q->text_len + 2,
-                         &n) != 0) {
+        if (model_encode(e->tok, q->text ? q->text : "", q->text_len, 1, text_ids, cap, &n) != 0) {
             rc = base_fail(what, sizeof what, ENGINE_EINVAL, "cannot tokenize the prompt");
             goto out;
         }
@@ -527,6 +527,10 @@ int engine_submit(engine *e, const engine_request *q)
     r->pin = q->pin;
     r->t_recv = q->t_received_ms > 0 ? q->t_received_ms : base_now_ms();
     memcpy(r->tok, ids, n * sizeof(int32_t));
+    if (e->tok && model_detok_init(&r->dt, e->tok, ids[n - 1]) != 0) {
+        rc = base_fail(what, sizeof what, ENGINE_ENOMEM, "out of memory");
+        goto out;
+    }
     r->n_prompt = (int)n;
     r->n_tok = r->n_prompt;
     if (!e->o.no_cache)
@@ -610,16 +614,20 @@ static int take_token(engine *e, request *r, float *logits)
     int32_t t = model_sample(e->sampler, logits, r->temp, r->top_p, &r->rng);
     if (r->t_first == 0)
         r->t_first = base_now_ms();
-    if (t == MODEL_TOK_BOS || t == MODEL_TOK_EOS) {
+    /* The vocabulary says which ids end the text (EOS, EOT, <|im_end|>, ...); a sampled BOS
+     * starts another text, so it ends this one too (llama2.c's reference stops on it). */
+    if (e->tok ? model_token_is_eog(e->tok, t) || t == model_token_bos(e->tok)
+               : t == MODEL_TOK_BOS || t == MODEL_TOK_EOS) {
         finish(e, r, ENGINE_FINISH_STOP);
         return 0;
     }
     r->tok[r->n_tok++] = t;
     r->n_new++;
     e->st.generated_tokens++;
-    emit_token(e, r, t);
     /* Another token needs this one's K/V at position n_tok - 1, inside the context. */
-    if ((uint32_t)r->n_new >= r->max_new || r->n_tok > e->c.seq_len) {
+    int last = (uint32_t)r->n_new >= r->max_new || r->n_tok > e->c.seq_len;
+    emit_token(e, r, t, last);
+    if (last) {
         finish(e, r, ENGINE_FINISH_LENGTH);
         return 0;
     }

@@ -64,15 +64,16 @@ static void work_prompt(tok_job *j)
     srv_task *t = j->task;
     const model_tokenizer *tok = j->s->tok;
     size_t len = t->r.text_len, n = 0, off = (j->ns_len + 3) / 4 * 4;
-    /* At most one id per byte plus BOS and the dummy prefix, after the namespace. */
-    char *data = malloc(off + (len + 2) * sizeof(int32_t));
+    size_t cap = model_encode_cap(len);
+    char *data =
+        cap < (SIZE_MAX - off) / sizeof(int32_t) ? malloc(off + cap * sizeof(int32_t)) : NULL;
     if (!data) {
         j->err = PROTO_ERR_INTERNAL;
         snprintf(j->msg, sizeof j->msg, "out of memory tokenizing a prompt of %zu bytes", len);
         return;
     }
     int32_t *ids = (int32_t *)(void *)(data + off);
-    if (model_encode(tok, t->r.text, len, 1, ids, len + 2, &n) != 0) {
+    if (model_encode(tok, t->r.text, len, 1, ids, cap, &n) != 0) {
         free(data);
         j->err = PROTO_ERR_INTERNAL;
         snprintf(j->msg, sizeof j->msg, "cannot tokenize a prompt of %zu bytes", len);
@@ -91,11 +92,11 @@ static void work_prompt(tok_job *j)
 
 static void work_tokenize(tok_job *j)
 {
-    size_t n = 0;
-    int32_t *ids = malloc((j->in_len + 2) * sizeof(int32_t));
-    uint8_t *le = malloc((j->in_len + 2) * 4);
+    size_t n = 0, cap = model_encode_cap(j->in_len);
+    int32_t *ids = cap < SIZE_MAX / 4 ? malloc(cap * sizeof(int32_t)) : NULL;
+    uint8_t *le = cap < SIZE_MAX / 4 ? malloc(cap * 4) : NULL;
     if (!ids || !le ||
-        model_encode(j->s->tok, (const char *)j->in, j->in_len, 1, ids, j->in_len + 2, &n) != 0) {
+        model_encode(j->s->tok, (const char *)j->in, j->in_len, 1, ids, cap, &n) != 0) {
         j->err = PROTO_ERR_INTERNAL;
         snprintf(j->msg, sizeof j->msg, "cannot tokenize a text of %zu bytes: out of memory",
                  j->in_len);
@@ -121,7 +122,7 @@ static void work_detokenize(tok_job *j)
     size_t cap = 64, len = 0;
     char *text = malloc(cap);
     for (uint32_t i = 0; i < in.n && text; i++) {
-        int32_t id = proto_ids_get(in, i), prev = i ? proto_ids_get(in, i - 1) : MODEL_TOK_BOS;
+        int32_t id = proto_ids_get(in, i), prev = i ? proto_ids_get(in, i - 1) : -1;
         if (id < 0 || id >= vocab) {
             j->err = PROTO_ERR_BAD_TOKEN;
             snprintf(j->msg, sizeof j->msg, "token id %d at index %u is out of range [0, %d)", id,

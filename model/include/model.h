@@ -245,6 +245,15 @@ int model_tokenizer_load(const char *path, int vocab_size, model_tokenizer **out
  * MODEL_EVOCAB, MODEL_EFORMAT or MODEL_ENOMEM, with msg. */
 int model_tokenizer_from_model(const model *m, model_tokenizer **out, char *msg, size_t msglen);
 
+/* Opens the tokenizer of a file on its own: a GGUF file's vocabulary (a whole model or a
+ * vocabulary-only file such as llama.cpp's ggml-vocab-*.gguf; no weights are read), or else a
+ * llama2.c tokenizer file. GGUF vocabularies: tokenizer.ggml.model "llama" (SentencePiece BPE
+ * with scores, byte fallback, the space prefix rule) or "gpt2" (byte-level BPE with merges and
+ * the pre-tokenizer tokenizer.ggml.pre names); anything else, an unknown pre-tokenizer, or
+ * metadata that disagrees with itself (array lengths, a special id out of range, a duplicate
+ * token) is refused with a message naming it. Returns 0 or a MODEL_* code with msg. */
+int model_tokenizer_open(const char *path, model_tokenizer **out, char *msg, size_t msglen);
+
 /* Writes a byte-level tokenizer of vocab_size tokens (<unk>, <s>, </s>, the 256 byte tokens, then
  * filler pieces) that any synthetic model of that vocabulary can use. Returns 0 or MODEL_EIO. */
 int model_tokenizer_synth_write(const char *path, int vocab_size, char *msg, size_t msglen);
@@ -252,19 +261,89 @@ int model_tokenizer_synth_write(const char *path, int vocab_size, char *msg, siz
 void model_tokenizer_free(model_tokenizer *t);
 int model_tokenizer_vocab(const model_tokenizer *t);
 
-/* Encodes len bytes of text as the reference does (BOS first when bos is set; a dummy-prefix space
- * when text is not empty; UTF-8 code points or their byte fallback; then merges by score, highest
- * first, leftmost on ties), in O(n log n) with a priority queue of candidate merges.
- * Invalid UTF-8 bytes go through byte fallback like any unknown code point.
- * out: capacity cap ids; cap >= len + 2 always suffices. *n_out: ids written.
+/* Flags of model_tokenize(). */
+enum {
+    /* Add what the vocabulary adds around a text: BOS when add_bos_token (llama2.c: always),
+     * EOS when add_eos_token. */
+    MODEL_ENC_ADD_SPECIAL = 1,
+    /* Match the texts of control tokens ("<|eot_id|>", "<s>") as those tokens. Without it a
+     * text containing them encodes as the characters they are, so a user's text can never forge
+     * a turn boundary; give it only for text the caller wrote itself (a rendered chat
+     * template). User-defined tokens match either way, as in the reference. */
+    MODEL_ENC_SPECIAL = 2,
+};
+
+/* Ids that always suffice for len bytes of text, whatever the vocabulary. */
+size_t model_encode_cap(size_t len);
+
+/* Encodes len bytes of text exactly as the reference implementation does (llama.cpp's
+ * llama_tokenize, which matches Hugging Face's tokenizers on its test files): special tokens are
+ * cut out first (see MODEL_ENC_SPECIAL), then each fragment goes through the vocabulary's
+ * encoder. In O(n log n) of the text whatever its shape. Invalid UTF-8 is encoded, never
+ * refused. out: capacity cap ids (model_encode_cap(len) suffices). Returns 0, MODEL_ERANGE if
+ * cap is too small, MODEL_ENOMEM. */
+int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsigned flags,
+                   int32_t *out, size_t cap, size_t *n_out);
+
+/* 1 if id ends generation: EOS, EOT, EOM and the vocabulary's other end-of-turn tokens
+ * ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|endoftext|>", ...); llama2.c: BOS or EOS. */
+int model_token_is_eog(const model_tokenizer *t, int32_t id);
+
+/* The BOS and EOS ids (-1: the vocabulary has none). */
+int32_t model_token_bos(const model_tokenizer *t);
+int32_t model_token_eos(const model_tokenizer *t);
+
+/* The vocabulary's own text of id (SentencePiece's "▁the", byte-level BPE's "Ġthe", "<s>"),
+ * not NUL-terminated; "" out of range. Valid as long as t. */
+const char *model_token_text(const model_tokenizer *t, int32_t id, size_t *len);
+
+/* A one-line description ("gpt2 (byte-level BPE, 50257 tokens, pre-tokenizer 'gpt-2')") in buf. */
+const char *model_tokenizer_kind(const model_tokenizer *t, char *buf, size_t cap);
+
+/* The Jinja chat template the file carries (tokenizer.chat_template), NUL-terminated, or NULL. */
+const char *model_tokenizer_chat_template(const model_tokenizer *t);
+
+/* model_tokenize() with MODEL_ENC_ADD_SPECIAL when bos is set, without MODEL_ENC_SPECIAL. For a
+ * llama2.c tokenizer: BOS first when bos is set; a dummy-prefix space when text is not empty;
+ * UTF-8 code points or their byte fallback; then merges by score, highest first, leftmost on
+ * ties, in O(n log n) with a priority queue of candidate merges. Invalid UTF-8 bytes go through
+ * byte fallback like any unknown code point. out: capacity cap ids; model_encode_cap(len) always
+ * suffices (len + 2 does for a llama2.c tokenizer). *n_out: ids written.
  * Returns 0, MODEL_ERANGE if cap is too small, MODEL_ENOMEM. */
 int model_encode(const model_tokenizer *t, const char *text, size_t len, int bos, int32_t *out,
                  size_t cap, size_t *n_out);
 
 /* The text of token tok when it follows prev (a piece right after BOS loses its leading space;
- * "<0xHH>" pieces are that one raw byte). *len receives the byte length. The pointer is valid as
- * long as t. Returns "" (len 0) for BOS, EOS and an id out of range. */
+ * "<0xHH>" pieces are that one raw byte; byte-level BPE characters are their bytes). *len
+ * receives the byte length. The pointer is valid as long as t. Returns "" (len 0) for BOS, EOS,
+ * control and unknown tokens of a GGUF vocabulary, and an id out of range. */
 const char *model_decode_piece(const model_tokenizer *t, int32_t prev, int32_t tok, size_t *len);
+
+/* Streaming decoding: one per generated sequence. Each push returns the bytes that are ready:
+ * a piece's bytes are held back while they end inside a UTF-8 sequence that later bytes could
+ * complete, so every returned chunk ends on a character boundary (bytes no continuation could
+ * mend are passed on as they are). The concatenation of every push and the final flush equals
+ * the concatenation of model_decode_piece() over the same ids. */
+typedef struct model_detok {
+    int32_t prev; /* the last id, for the piece rule after BOS */
+    size_t held;  /* bytes in tail */
+    char tail[4];
+    char *buf;
+    size_t cap;
+} model_detok;
+
+/* Sets up d for tokens that follow prev (the prompt's last id; BOS or -1 at the start).
+ * Returns 0 or MODEL_ENOMEM. Free with model_detok_free(). */
+int model_detok_init(model_detok *d, const model_tokenizer *t, int32_t prev);
+void model_detok_free(model_detok *d);
+
+/* The ready bytes after token tok (*len of them, maybe 0), valid until the next call on d. last:
+ * no token follows, so nothing is held back (the held bytes come out as they are). */
+const char *model_detok_push(const model_tokenizer *t, model_detok *d, int32_t tok, int last,
+                             size_t *len);
+
+/* The bytes still held (the sequence ended inside a character), valid until the next call. */
+const char *model_detok_flush(model_detok *d, size_t *len);
 
 /* ---- Sampler ------------------------------------------------------------------------------ */
 
