@@ -551,7 +551,7 @@ static void test_llama_refusals(void)
 {
     spec s = tiny;
     s.arch = "gpt2";
-    expect_load(&s, MODEL_ENOTSUP, "architecture 'gpt2' is not supported (only llama)");
+    expect_load(&s, MODEL_ENOTSUP, "architecture 'gpt2' is not supported (only llama and qwen2)");
     s = tiny;
     s.drop = "blk.1.attn_v.weight";
     expect_load(&s, MODEL_EFORMAT, "tensor 'blk.1.attn_v.weight' is missing");
@@ -576,19 +576,19 @@ static void test_llama_refusals(void)
     expect_load(&s, MODEL_ESHAPE, "dim 32 is not divisible by n_heads 3");
     s = tiny;
     s.retype = "blk.0.attn_q.weight";
-    s.type = MODEL_TYPE_F16;
-    expect_load(&s, MODEL_ENOTSUP, "tensor 'blk.0.attn_q.weight' has type f16, not supported yet");
-    /* q4_K needs rows of 256. */
+    s.type = 6; /* q5_0: a type ggml has and the kernels do not take */
+    expect_load(&s, MODEL_ENOTSUP, "tensor 'blk.0.attn_q.weight' has type q5_0, not supported yet");
+    /* Norms (vectors) must be F32 even where the matrices are quantized. */
     s = tiny;
-    s.dim = 256;
-    s.heads = 8;
-    s.kv_heads = 8;
-    s.hidden = 256;
-    s.vocab = 260;
-    s.layers = 1;
+    s.retype = "blk.0.attn_norm.weight";
+    s.type = MODEL_TYPE_F16;
+    expect_load(&s, MODEL_ENOTSUP,
+                "'blk.0.attn_norm.weight' has type f16: vectors (norms, biases)");
+    /* q4_K needs rows of 256: the reader refuses a row that is not a whole number of blocks. */
+    s = tiny;
     s.retype = "blk.0.attn_q.weight";
     s.type = MODEL_TYPE_Q4_K;
-    expect_load(&s, MODEL_ENOTSUP, "tensor 'blk.0.attn_q.weight' has type q4_K, not supported yet");
+    expect_load(&s, MODEL_EFORMAT, "blk.0.attn_q.weight");
     /* The valid one loads, tied or not, and without a vocabulary has no tokenizer. */
     s = tiny;
     s.tied = 1;
