@@ -545,6 +545,16 @@ static void test_malformed_tensors(void)
     build(&g, &s);
     expect_parse(g.b, g.n, MODEL_EFORMAT, "tensor 'token_embd.weight' appears twice");
     free(g.b);
+    /* A quantized tensor cut short by the end of the file. */
+    g = (gb){0};
+    s = tiny;
+    s.retype = "blk.1.ffn_up.weight";
+    s.type = MODEL_TYPE_Q8_0;
+    s.past_end = 1;
+    build(&g, &s);
+    expect_parse(g.b, g.n, MODEL_ETRUNC,
+                 "tensor 'blk.1.ffn_up.weight': data extends past the end of the file (offset ");
+    free(g.b);
 }
 
 static void test_llama_refusals(void)
@@ -588,7 +598,9 @@ static void test_llama_refusals(void)
     s = tiny;
     s.retype = "blk.0.attn_q.weight";
     s.type = MODEL_TYPE_Q4_K;
-    expect_load(&s, MODEL_EFORMAT, "blk.0.attn_q.weight");
+    expect_load(
+        &s, MODEL_EFORMAT,
+        "tensor 'blk.0.attn_q.weight': row length 32 is not a multiple of the q4_K block size 256");
     /* The valid one loads, tied or not, and without a vocabulary has no tokenizer. */
     s = tiny;
     s.tied = 1;
@@ -723,6 +735,56 @@ static void test_golden_260k(void)
     model_free(m);
 }
 
+/* F16 and BF16 copies of the stories260K GGUF, written by model_convert_gguf() (what `prefixd
+ * synth --from F --type T` runs), give the F32 file's greedy text: F16 holds these weights
+ * closely enough for the whole golden text, BF16 (8 bits of mantissa) for its first 100 tokens
+ * at least. The copies keep the vocabulary. */
+static void test_converted_golden(void)
+{
+    char msg[512];
+    model *m = NULL;
+    CHECK_MSG(model_load(GGUF_260K, &m, msg, sizeof msg) == 0, "%s", msg);
+    CHECK_EQ_INT(model_set_context(m, 512), 0);
+    model_tokenizer *tok = NULL;
+    CHECK_MSG(model_tokenizer_from_model(m, &tok, msg, sizeof msg) == 0, "%s", msg);
+    static const struct {
+        const char *type;
+        int tokens;
+    } conv[] = {{"f16", 255}, {"bf16", 100}, {"q8_0", 100}};
+    for (size_t i = 0; i < sizeof conv / sizeof conv[0]; i++) {
+        int type;
+        CHECK(model_type_parse(conv[i].type, &type) == 0);
+        char *want = greedy_text(m, tok, conv[i].tokens);
+        const char *p = tmp_path(conv[i].type);
+        CHECK_MSG(model_convert_gguf(m, p, type, msg, sizeof msg) == 0, "%s", msg);
+        model *c = NULL;
+        CHECK_MSG(model_load(p, &c, msg, sizeof msg) == 0, "%s", msg);
+        CHECK_EQ_INT(model_get_weights(c)->layers[0].wq.type, type);
+        CHECK_EQ_INT(model_set_context(c, 512), 0);
+        model_tokenizer *ct = NULL;
+        CHECK_MSG(model_tokenizer_from_model(c, &ct, msg, sizeof msg) == 0, "%s", msg);
+        char *got = greedy_text(c, ct, conv[i].tokens);
+        CHECK_MSG(strcmp(got, want) == 0, "%s: greedy text differs:\n%s\nexpected:\n%s",
+                  conv[i].type, got, want);
+        /* A different file: a different fingerprint, so their caches never mix. */
+        CHECK(memcmp(model_fingerprint(c), model_fingerprint(m), 16) != 0);
+        free(got);
+        free(want);
+        model_tokenizer_free(ct);
+        model_free(c);
+    }
+    /* A llama2.c checkpoint has no GGUF metadata to carry over. */
+    model *bin = NULL;
+    CHECK_MSG(model_load(PREFIXD_MODELS_DIR "/stories260K.bin", &bin, msg, sizeof msg) == 0, "%s",
+              msg);
+    CHECK_EQ_INT(model_convert_gguf(bin, tmp_path("x"), MODEL_TYPE_F16, msg, sizeof msg),
+                 MODEL_EINVAL);
+    CHECK_STR_CONTAINS(msg, "not a GGUF file");
+    model_free(bin);
+    model_tokenizer_free(tok);
+    model_free(m);
+}
+
 /* The GGUF and the llama2.c checkpoint of stories260K: the same logits, bit for bit, and the
  * GGUF's vocabulary is tok512.bin. */
 static void test_same_as_bin(void)
@@ -805,6 +867,7 @@ static const harness_case cases[] = {
     {"small_vocab_encode", test_small_vocab_encode},
     {"golden_260k", test_golden_260k},
     {"same_as_bin", test_same_as_bin},
+    {"converted_golden", test_converted_golden},
 };
 
 HARNESS_MAIN(cases)
