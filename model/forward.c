@@ -11,6 +11,9 @@
  *
  * K/V live only in the caller's blocks (model.h gives the layout); the state holds activations
  * and packed weights sized at creation, and the forward pass never allocates, locks or does I/O.
+ * An all-F32 model is packed (and the mapped pages it was packed from dropped, so the copy
+ * replaces them in memory); a model with any other weight type is read in place, in its stored
+ * type, by the products of qkernels.c, which dequantize a tile at a time.
  * OpenBLAS is not used here any more: its sgemm (Haswell kernels on this machine) runs at half
  * the AVX-512 FMA rate our packed kernel reaches, and its rounding depends on the row count.
  */

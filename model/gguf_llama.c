@@ -1,4 +1,4 @@
-/* gguf_llama.c — a parsed GGUF file of architecture `llama` mapped onto the model.
+/* gguf_llama.c — a parsed GGUF file of architecture `llama` or `qwen2` mapped onto the model.
  *
  * Every hyper-parameter comes from the metadata (`llama.embedding_length`, `llama.block_count`,
  * ...), the vocabulary size from the token embedding's shape, and every tensor is found by name,
@@ -10,8 +10,12 @@
  * Rotary layout: llama.cpp's converter stores a `llama` model's Q and K rows so that ggml's
  * "normal" rope mode, which rotates adjacent pairs (2i, 2i+1), is right for them. That is the
  * pairing of llama2.c and of forward.c, so the rows are used as stored (for stories260K the GGUF's
- * attn_q and attn_k bytes equal the llama2.c checkpoint's wq and wk). Architectures that use the
- * NeoX pairing (i, i + head_size/2), such as qwen2, will need forward.c to learn it.
+ * attn_q and attn_k bytes equal the llama2.c checkpoint's wq and wk). `qwen2` files are converted
+ * without that permutation and rotate with ggml's NeoX pairing (i, i + head_size/2), which the
+ * config's rope_neox tells forward.c; they also carry Q, K and V biases (attn_q.bias, ...).
+ *
+ * Matrices may have any type the kernels take (model/quant.h); norms and biases must be F32, as
+ * llama.cpp's converter and quantizer always leave them.
  *
  * Tensor shapes in GGUF list the innermost dimension first: a (rows, cols) row-major matrix is
  * ne = [cols, rows], so `blk.N.attn_k.weight` of a (kv_dim, dim) projection is [dim, kv_dim].

@@ -249,6 +249,52 @@ static void kv_f32(out *o, const char *arch, const char *key, float v)
     put(o, &v, 4);
 }
 
+/* Piece id of the byte-level vocabulary model_tokenizer_synth_write() writes, as SentencePiece
+ * spells it in GGUF (U+2581 for a space): <unk>, <s>, </s>, the 256 byte pieces, then fillers
+ * scored so that the llama2.c tokenizer the loader makes of it is that file's. */
+static float vocab_piece(int id, char *piece, size_t len)
+{
+    static const char letters[] = "etaoinshrdlucmfwypvbgkjqxz";
+    if (id < 3) {
+        snprintf(piece, len, "%s", id == 0 ? "<unk>" : id == 1 ? "<s>" : "</s>");
+        return 0.0f;
+    }
+    if (id < 259) {
+        snprintf(piece, len, "<0x%02X>", id - 3);
+        return 0.0f;
+    }
+    int k = id - 259, a = k % 26, b = (k / 26) % 26, c = k / 676;
+    if (c == 0)
+        snprintf(piece, len, "\xe2\x96\x81%c%c", letters[a], letters[b]);
+    else
+        snprintf(piece, len, "\xe2\x96\x81%c%c%c%d", letters[a], letters[b], letters[(c - 1) % 26],
+                 (c - 1) / 26);
+    return -(float)k;
+}
+
+/* The vocabulary's three keys (tokenizer.ggml.model, .tokens, .scores). */
+static void put_vocab(out *o, int vocab)
+{
+    char piece[32];
+    kv_str(o, "tokenizer.ggml.model", "llama");
+    put_str(o, "tokenizer.ggml.tokens");
+    put_u32(o, MODEL__GGUF_ARRAY);
+    put_u32(o, MODEL__GGUF_STRING);
+    put_u64(o, (uint64_t)vocab);
+    for (int i = 0; i < vocab; i++) {
+        vocab_piece(i, piece, sizeof piece);
+        put_str(o, piece);
+    }
+    put_str(o, "tokenizer.ggml.scores");
+    put_u32(o, MODEL__GGUF_ARRAY);
+    put_u32(o, MODEL__GGUF_FLOAT32);
+    put_u64(o, (uint64_t)vocab);
+    for (int i = 0; i < vocab; i++) {
+        float sc = vocab_piece(i, piece, sizeof piece);
+        put(o, &sc, 4);
+    }
+}
+
 static uint64_t splitmix(uint64_t *s)
 {
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
@@ -376,7 +422,8 @@ int model_synth_write_gguf(const char *path, const model_config *cfg, const char
     put(&o, "GGUF", 4);
     put_u32(&o, 3);
     put_u64(&o, (uint64_t)p.n);
-    put_u64(&o, 10);
+    int vocab = c.vocab_size >= 259; /* room for the byte pieces */
+    put_u64(&o, vocab ? 13 : 10);
     kv_str(&o, "general.architecture", arch);
     kv_str(&o, "general.name", "prefixd synth");
     kv_u32(&o, arch, "context_length", (uint32_t)c.seq_len);
@@ -387,6 +434,8 @@ int model_synth_write_gguf(const char *path, const model_config *cfg, const char
     kv_u32(&o, arch, "attention.head_count_kv", (uint32_t)c.n_kv_heads);
     kv_f32(&o, arch, "rope.freq_base", c.rope_theta);
     kv_f32(&o, arch, "attention.layer_norm_rms_epsilon", c.norm_eps);
+    if (vocab)
+        put_vocab(&o, c.vocab_size);
     uint64_t rng = seed ^ 0x5eed5eed5eed5eedull;
     rc = write_tensors(&o, &p, &rng, msg, msglen);
     free(p.t);

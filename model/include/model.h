@@ -191,7 +191,8 @@ int model_type_parse(const char *name, int *type);
  * rotary), every matrix in type (a MODEL_TYPE_* the kernels take, or MODEL_TYPE_MIX_Q4_K_M);
  * norms and biases stay F32, and a matrix whose rows are not a whole number of the type's blocks
  * falls back to Q8_0, else F32, as llama.cpp's quantizer does. The classifier is tied to the
- * token embedding when c->shared_class. No vocabulary is written (give a tokenizer file).
+ * token embedding when c->shared_class. With a vocabulary of 259 or more, the file carries the
+ * byte-level vocabulary of model_tokenizer_synth_write() (as SentencePiece pieces and scores).
  * Written to a temporary file and renamed. Returns 0, MODEL_EINVAL (arch or type), MODEL_ESHAPE
  * or MODEL_EIO, with msg. */
 int model_synth_write_gguf(const char *path, const model_config *c, const char *arch, int type,

@@ -785,6 +785,41 @@ static void test_converted_golden(void)
     model_free(m);
 }
 
+/* A synthetic GGUF carries the byte-level vocabulary that `prefixd synth` also writes as a
+ * llama2.c file beside it: the same ids for the same text, the same pieces back. */
+static void test_synth_vocab(void)
+{
+    char msg[512];
+    model_config c;
+    CHECK_MSG(model_shape_parse("64,172,2,8,4,1000,64", &c, msg, sizeof msg) == 0, "%s", msg);
+    char gp[PATH_MAX];
+    snprintf(gp, sizeof gp, "%s", tmp_path("s.gguf"));
+    CHECK_MSG(model_synth_write_gguf(gp, &c, "llama", MODEL_TYPE_Q8_0, 1, msg, sizeof msg) == 0,
+              "%s", msg);
+    char tp[PATH_MAX];
+    snprintf(tp, sizeof tp, "%s", tmp_path("s.tok"));
+    CHECK_MSG(model_tokenizer_synth_write(tp, 1000, msg, sizeof msg) == 0, "%s", msg);
+    model *m = NULL;
+    CHECK_MSG(model_load(gp, &m, msg, sizeof msg) == 0, "%s", msg);
+    model_tokenizer *a = NULL, *b = NULL;
+    CHECK_MSG(model_tokenizer_from_model(m, &a, msg, sizeof msg) == 0, "%s", msg);
+    CHECK_MSG(model_tokenizer_load(tp, 1000, &b, msg, sizeof msg) == 0, "%s", msg);
+    static const char text[] = "Once upon a time, the ethos of its heroes: \xc3\xa9t\xc3\xa9!";
+    int32_t ia[128], ib[128];
+    size_t na, nb;
+    CHECK(model_encode(a, text, strlen(text), 1, ia, 128, &na) == 0);
+    CHECK(model_encode(b, text, strlen(text), 1, ib, 128, &nb) == 0);
+    CHECK(na == nb && memcmp(ia, ib, na * sizeof ia[0]) == 0);
+    for (int32_t id = 0; id < 1000; id++) {
+        size_t la, lb;
+        const char *pa = model_decode_piece(a, 5, id, &la), *pb = model_decode_piece(b, 5, id, &lb);
+        CHECK_MSG(la == lb && memcmp(pa, pb, la) == 0, "piece %d differs", id);
+    }
+    model_tokenizer_free(a);
+    model_tokenizer_free(b);
+    model_free(m);
+}
+
 /* The GGUF and the llama2.c checkpoint of stories260K: the same logits, bit for bit, and the
  * GGUF's vocabulary is tok512.bin. */
 static void test_same_as_bin(void)
@@ -868,6 +903,7 @@ static const harness_case cases[] = {
     {"golden_260k", test_golden_260k},
     {"same_as_bin", test_same_as_bin},
     {"converted_golden", test_converted_golden},
+    {"synth_vocab", test_synth_vocab},
 };
 
 HARNESS_MAIN(cases)
