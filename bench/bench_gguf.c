@@ -242,7 +242,7 @@ int main(int argc, char **argv)
                r.d1, bound, 100 * r.d1 / bound, r.d8, r.d8 / r.d1);
         fflush(stdout);
     }
-    printf("\n| type | file MB | RSS after load MB |\n|---|---|---|\n");
+    printf("\n| type | file MB | RSS after load MiB |\n|---|---|---|\n");
     for (char *save = NULL, *t = strtok_r(rss_types, ",", &save); t;
          t = strtok_r(NULL, ",", &save)) {
         result r;
