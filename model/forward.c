@@ -13,6 +13,9 @@
  *
  * K/V live only in the caller's blocks (model.h gives the layout); the state holds activations
  * and packed weights sized at creation, and the forward pass never allocates, locks or does I/O.
+ * An all-F32 model is packed (and the mapped pages it was packed from dropped, so the copy
+ * replaces them in memory); a model with any other weight type is read in place, in its stored
+ * type, by the products of qkernels.c, which dequantize a tile at a time.
  * OpenBLAS is not used here any more: its sgemm (Haswell kernels on this machine) runs at half
  * the AVX-512 FMA rate our packed kernel reaches, and its rounding depends on the row count.
  */
@@ -20,12 +23,16 @@
 #include "kernels.h"
 #include "model.h"
 #include "pool.h"
+#include "qkernels.h"
+#include "quant.h"
 
 #include "base.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 /* Provided by OpenBLAS; the model sets it to 1 so that nothing else linked in oversubscribes the
@@ -45,6 +52,13 @@ struct model_state {
     float *w13;  /* per layer: (2 hidden, dim) w1 | w3, packed */
     float *w2;   /* per layer: (dim, hidden), packed */
     float *wcls; /* (vocab, dim), packed */
+    /* Weights of other types (any matrix not F32) are read in place from the mapping through
+     * these (qkernels.h), and the packed copies above are not made. */
+    int quant;
+    model__qmat *qqkv, *qwo, *qw13, *qw2; /* (n_layers) each */
+    model__qmat qcls;
+    float *qscratch; /* (threads, qscratch_n) */
+    size_t qscratch_n;
     size_t wqkv_n, wo_n, w13_n, w2_n; /* floats per layer of each packed matrix */
     float *x;                         /* (rows, dim) residual stream */
     float *xb;                        /* (rows, dim) */
@@ -59,11 +73,20 @@ struct model_state {
     size_t kv_stride; /* floats between one (layer, kv, head) and the next inside a block */
 };
 
-/* Rotates the pairs of one head's vector v (head_size) for position pos. */
+/* Rotates the pairs of one head's vector v (head_size) for position pos: (2j, 2j+1) as Llama,
+ * or (j, j + head_size/2) as NeoX and qwen2, both with the angle pos / theta^(2j / head_size). */
 static void rope(const model_state *s, float *v, int pos)
 {
     int half = s->c.head_size / 2;
     const float *cs = s->rope_cos + (size_t)pos * half, *sn = s->rope_sin + (size_t)pos * half;
+    if (s->c.rope_neox) {
+        for (int j = 0; j < half; j++) {
+            float a = v[j], b = v[j + half];
+            v[j] = a * cs[j] - b * sn[j];
+            v[j + half] = a * sn[j] + b * cs[j];
+        }
+        return;
+    }
     for (int j = 0; j < half; j++) {
         float a = v[2 * j], b = v[2 * j + 1];
         v[2 * j] = a * cs[j] - b * sn[j];
@@ -132,6 +155,74 @@ static void gemm(model_state *s, float *y, const float *x, const float *wp, int 
                     2.0 * rows * (double)n * d);
 }
 
+/* The same over weights in their stored type: prefill rows through 32-column panels, decode
+ * rows (and every classifier row) through 8-row dot-product groups (qkernels.h). */
+typedef struct qgemm_job {
+    model_state *s;
+    float *y;
+    const float *x;
+    const model__qmat *w;
+    int rows, per_task, units, decode;
+} qgemm_job;
+
+static void qgemm_task(void *arg, int task, int worker)
+{
+    const qgemm_job *j = arg;
+    int u0 = task * j->per_task, u1 = u0 + j->per_task < j->units ? u0 + j->per_task : j->units;
+    float *scratch = j->s->qscratch + (size_t)worker * j->s->qscratch_n;
+    if (j->decode)
+        model__qgemm_rows(j->y, (size_t)j->w->d, j->x, (size_t)j->w->n, j->w, j->rows, u0, u1,
+                          scratch);
+    else
+        model__qgemm_prefill(j->y, (size_t)j->w->d, j->x, (size_t)j->w->n, j->w, j->rows, u0, u1,
+                             scratch);
+}
+
+static void qgemm(model_state *s, float *y, const float *x, const model__qmat *w, int rows,
+                  int decode)
+{
+    int width = decode ? MODEL__QNR : MODEL__NR;
+    int units = (w->d + width - 1) / width;
+    int tasks = model__pool_threads(s->pool) * 4;
+    if (tasks > units)
+        tasks = units;
+    int per = (units + tasks - 1) / tasks;
+    qgemm_job j = {s, y, x, w, rows, per, units, decode};
+    model__pool_run(s->pool, qgemm_task, &j, (units + per - 1) / per,
+                    2.0 * rows * (double)w->n * w->d);
+}
+
+enum mat { MAT_QKV, MAT_WO, MAT_W13, MAT_W2 };
+
+/* Y (rows, d) = X (rows, n) @ W^T for layer l's matrix `which`, in whichever form it is held. */
+static void project(model_state *s, enum mat which, int l, float *y, const float *x, int rows,
+                    int decode)
+{
+    int dim = s->c.dim, hid = s->c.hidden_dim;
+    if (s->quant) {
+        const model__qmat *q = which == MAT_QKV   ? s->qqkv
+                               : which == MAT_WO  ? s->qwo
+                               : which == MAT_W13 ? s->qw13
+                                                  : s->qw2;
+        qgemm(s, y, x, &q[l], rows, decode);
+        return;
+    }
+    switch (which) {
+    case MAT_QKV:
+        gemm(s, y, x, s->wqkv + (size_t)l * s->wqkv_n, rows, dim, s->qkv_dim);
+        break;
+    case MAT_WO:
+        gemm(s, y, x, s->wo + (size_t)l * s->wo_n, rows, dim, dim);
+        break;
+    case MAT_W13:
+        gemm(s, y, x, s->w13 + (size_t)l * s->w13_n, rows, dim, 2 * hid);
+        break;
+    case MAT_W2:
+        gemm(s, y, x, s->w2 + (size_t)l * s->w2_n, rows, hid, dim);
+        break;
+    }
+}
+
 /* ---- Row-wise steps, split by rows across the pool ------------------------------------------ */
 
 enum row_step {
@@ -162,6 +253,17 @@ static void rope_and_store(const rows_job *j, int r)
     const model_kv *k = j->kv_per_row ? &j->kv[r] : j->kv;
     float *q = s->qkv + (size_t)r * s->qkv_dim;
     float *kk = q + c->dim, *vv = kk + c->kv_dim;
+    if (c->qkv_bias) {
+        const model_layer *y = &s->w.layers[j->layer];
+        const float *bq = model_tensor_f32(&y->bq), *bk = model_tensor_f32(&y->bk);
+        const float *bv = model_tensor_f32(&y->bv);
+        for (int i = 0; i < c->dim; i++)
+            q[i] += bq[i];
+        for (int i = 0; i < c->kv_dim; i++) {
+            kk[i] += bk[i];
+            vv[i] += bv[i];
+        }
+    }
     for (int h = 0; h < c->n_heads; h++)
         rope(s, q + (size_t)h * hs, p);
     for (int h = 0; h < c->n_kv_heads; h++) {
@@ -281,7 +383,6 @@ static void layers(model_state *s, int rows, const model_kv *kv, int kv_per_row,
                    int pos0)
 {
     const model_config *c = &s->c;
-    int dim = c->dim, hid = c->hidden_dim;
     rows_job rj = {s, STEP_NORM_ATT, rows, 0, 0, kv, kv_per_row, pos, pos0};
     att_job aj = {s, &rj, kv_per_row ? rows : (rows + MODEL__QT - 1) / MODEL__QT};
     /* Attention's work: 4 FLOPs per (query, key, dimension) for the scores and the values. */
@@ -295,15 +396,15 @@ static void layers(model_state *s, int rows, const model_kv *kv, int kv_per_row,
          * x += Wo att. (Layer 0's norm; the others' is fused with the residual below.) */
         if (l == 0)
             rows_run(s, &rj, STEP_NORM_ATT);
-        gemm(s, s->qkv, s->xb, s->wqkv + (size_t)l * s->wqkv_n, rows, dim, s->qkv_dim);
+        project(s, MAT_QKV, l, s->qkv, s->xb, rows, kv_per_row);
         rows_run(s, &rj, STEP_ROPE);
         model__pool_run(s->pool, att_task, &aj, aj.tiles * c->n_heads, att_flops);
-        gemm(s, s->xb, s->att, s->wo + (size_t)l * s->wo_n, rows, dim, dim);
+        project(s, MAT_WO, l, s->xb, s->att, rows, kv_per_row);
         /* FFN: x += xb; xb = rmsnorm(x); h = silu(W1 xb) * (W3 xb); x += W2 h. */
         rows_run(s, &rj, STEP_RESID_FFN);
-        gemm(s, s->h13, s->xb, s->w13 + (size_t)l * s->w13_n, rows, dim, 2 * hid);
+        project(s, MAT_W13, l, s->h13, s->xb, rows, kv_per_row);
         rows_run(s, &rj, STEP_SILU);
-        gemm(s, s->xb, s->hb, s->w2 + (size_t)l * s->w2_n, rows, hid, dim);
+        project(s, MAT_W2, l, s->xb, s->hb, rows, kv_per_row);
         if (l + 1 < c->n_layers) {
             rj.layer = l + 1; /* x += xb, then the next layer's attention norm, in one pass */
             rows_run(s, &rj, STEP_RESID_ATT);
@@ -315,25 +416,34 @@ static void layers(model_state *s, int rows, const model_kv *kv, int kv_per_row,
 
 static void embed(model_state *s, int row, int32_t tok)
 {
-    memcpy(s->x + (size_t)row * s->c.dim,
-           model_tensor_f32(&s->w.token_embedding) + (size_t)tok * s->c.dim,
-           (size_t)s->c.dim * sizeof(float));
+    const model_tensor *e = &s->w.token_embedding;
+    size_t rb = model__quant_row_bytes(e->type, e->cols);
+    model__dequant_row(e->type, (const uint8_t *)e->data + (size_t)tok * rb,
+                       s->x + (size_t)row * s->c.dim, s->c.dim);
 }
 
 /* ---- Public --------------------------------------------------------------------------------- */
 
-/* Whether every weight is F32, the only type the kernels take yet (the loader refuses others). */
-static int weights_f32(const model_config *c, const model_weights *w)
+/* Whether every matrix is F32 (the packed path), and whether every type is one the kernels
+ * take (the loader refuses others; a caller-made model_weights could still hold one). */
+static int weights_types(const model_config *c, const model_weights *w, int *all_f32)
 {
-    int ok = w->token_embedding.type == MODEL_TYPE_F32 && w->rms_final.type == MODEL_TYPE_F32 &&
-             w->wcls.type == MODEL_TYPE_F32;
+    const model_tensor *top[] = {&w->token_embedding, &w->wcls};
+    int ok = w->rms_final.type == MODEL_TYPE_F32, f32 = 1;
+    for (size_t i = 0; i < 2; i++) {
+        ok = ok && model__quant_supported(top[i]->type);
+        f32 = f32 && top[i]->type == MODEL_TYPE_F32;
+    }
     for (int l = 0; l < c->n_layers; l++) {
         const model_layer *y = &w->layers[l];
-        const model_tensor *t[] = {&y->rms_att, &y->wq, &y->wk, &y->wv, &y->wo,
-                                   &y->rms_ffn, &y->w1, &y->w2, &y->w3};
-        for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
-            ok = ok && t[i]->type == MODEL_TYPE_F32;
+        const model_tensor *t[] = {&y->wq, &y->wk, &y->wv, &y->wo, &y->w1, &y->w2, &y->w3};
+        for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+            ok = ok && model__quant_supported(t[i]->type);
+            f32 = f32 && t[i]->type == MODEL_TYPE_F32;
+        }
+        ok = ok && y->rms_att.type == MODEL_TYPE_F32 && y->rms_ffn.type == MODEL_TYPE_F32;
     }
+    *all_f32 = f32;
     return ok;
 }
 
@@ -347,8 +457,12 @@ static void calibrate(model_state *s)
     memset(s->xb, 0, (size_t)c->dim * sizeof(float));
     for (int i = 0; i < 5; i++) {
         double t = base_now_ms();
-        model__gemm(s->h13, (size_t)2 * c->hidden_dim, s->xb, (size_t)c->dim, s->w13, 1, c->dim,
-                    2 * c->hidden_dim, 0, (2 * c->hidden_dim + MODEL__NR - 1) / MODEL__NR);
+        if (s->quant) /* one decode row through the stored-type kernel, all on this thread */
+            model__qgemm_rows(s->h13, (size_t)2 * c->hidden_dim, s->xb, (size_t)c->dim, &s->qw13[0],
+                              1, 0, (2 * c->hidden_dim + MODEL__QNR - 1) / MODEL__QNR, s->qscratch);
+        else
+            model__gemm(s->h13, (size_t)2 * c->hidden_dim, s->xb, (size_t)c->dim, s->w13, 1, c->dim,
+                        2 * c->hidden_dim, 0, (2 * c->hidden_dim + MODEL__NR - 1) / MODEL__NR);
         t = base_now_ms() - t;
         best = t < best ? t : best;
     }
@@ -369,6 +483,95 @@ static void calibrate(model_state *s)
              model__pool_min_flops(s->pool) / 1e3, rate);
 }
 
+/* Drops the mapped pages of a tensor that the state holds a packed copy of: the copy replaces
+ * them in resident memory rather than sitting beside them. The mapping is private and never
+ * written, so a page read again later (the reference tests, an embedding row) comes back from
+ * the file unchanged. */
+static void drop_pages(const model_tensor *t)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)t->data, e = a + (size_t)t->rows * t->cols * sizeof(float);
+    a &= ~(uintptr_t)(page - 1);
+    madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+/* Packed copies (kernels.h), with the products that share an input fused: rows [wq; wk; wv] and
+ * [w1; w3] of each layer are one matrix each, assembled in a temporary first. */
+static int pack_f32(model_state *s)
+{
+    const model_config *c = &s->c;
+    int dim = c->dim, hid = c->hidden_dim, kvd = c->kv_dim;
+    size_t L = (size_t)c->n_layers;
+    s->wqkv_n = model__pack_floats(s->qkv_dim, dim);
+    s->wo_n = model__pack_floats(dim, dim);
+    s->w13_n = model__pack_floats(2 * hid, dim);
+    s->w2_n = model__pack_floats(dim, hid);
+    s->wqkv = base_huge_alloc(L * s->wqkv_n * sizeof(float), 0);
+    s->wo = base_huge_alloc(L * s->wo_n * sizeof(float), 0);
+    s->w13 = base_huge_alloc(L * s->w13_n * sizeof(float), 0);
+    s->w2 = base_huge_alloc(L * s->w2_n * sizeof(float), 0);
+    s->wcls = base_huge_alloc(model__pack_floats(c->vocab_size, dim) * sizeof(float), 0);
+    size_t tmp_n = (size_t)s->qkv_dim * dim > 2 * (size_t)hid * dim ? (size_t)s->qkv_dim * dim
+                                                                    : 2 * (size_t)hid * dim;
+    float *tmp = malloc(tmp_n * sizeof(float));
+    if (!s->wqkv || !s->wo || !s->w13 || !s->w2 || !s->wcls || !tmp) {
+        free(tmp);
+        return MODEL_ENOMEM;
+    }
+    const model_weights *w = &s->w;
+    size_t dd = (size_t)dim * dim, kd = (size_t)kvd * dim, hd = (size_t)hid * dim;
+    for (size_t l = 0; l < L; l++) {
+        const model_layer *y = &w->layers[l];
+        memcpy(tmp, model_tensor_f32(&y->wq), dd * sizeof(float));
+        memcpy(tmp + dd, model_tensor_f32(&y->wk), kd * sizeof(float));
+        memcpy(tmp + dd + kd, model_tensor_f32(&y->wv), kd * sizeof(float));
+        model__pack(s->wqkv + l * s->wqkv_n, tmp, s->qkv_dim, dim);
+        model__pack(s->wo + l * s->wo_n, model_tensor_f32(&y->wo), dim, dim);
+        memcpy(tmp, model_tensor_f32(&y->w1), hd * sizeof(float));
+        memcpy(tmp + hd, model_tensor_f32(&y->w3), hd * sizeof(float));
+        model__pack(s->w13 + l * s->w13_n, tmp, 2 * hid, dim);
+        model__pack(s->w2 + l * s->w2_n, model_tensor_f32(&y->w2), dim, hid);
+        const model_tensor *t[] = {&y->wq, &y->wk, &y->wv, &y->wo, &y->w1, &y->w2, &y->w3};
+        for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+            drop_pages(t[i]);
+    }
+    free(tmp);
+    model__pack(s->wcls, model_tensor_f32(&w->wcls), c->vocab_size, dim);
+    drop_pages(&w->wcls);
+    return 0;
+}
+
+static model__qseg qseg(const model_tensor *t)
+{
+    model__qseg g = {t->data, t->type, t->rows, model__quant_row_bytes(t->type, t->cols)};
+    return g;
+}
+
+/* The in-place views of the weights for the stored-type kernels (qkernels.h). */
+static int map_quant(model_state *s)
+{
+    const model_config *c = &s->c;
+    size_t L = (size_t)c->n_layers;
+    int dim = c->dim, hid = c->hidden_dim, n = dim > hid ? dim : hid;
+    s->qqkv = calloc(L, sizeof *s->qqkv);
+    s->qwo = calloc(L, sizeof *s->qwo);
+    s->qw13 = calloc(L, sizeof *s->qw13);
+    s->qw2 = calloc(L, sizeof *s->qw2);
+    s->qscratch_n = model__qgemm_scratch(n);
+    s->qscratch = base_huge_alloc((size_t)s->o.threads * s->qscratch_n * sizeof(float), 0);
+    if (!s->qqkv || !s->qwo || !s->qw13 || !s->qw2 || !s->qscratch)
+        return MODEL_ENOMEM;
+    for (size_t l = 0; l < L; l++) {
+        const model_layer *y = &s->w.layers[l];
+        s->qqkv[l] = (model__qmat){{qseg(&y->wq), qseg(&y->wk), qseg(&y->wv)}, 3, s->qkv_dim, dim};
+        s->qwo[l] = (model__qmat){{qseg(&y->wo)}, 1, dim, dim};
+        s->qw13[l] = (model__qmat){{qseg(&y->w1), qseg(&y->w3)}, 2, 2 * hid, dim};
+        s->qw2[l] = (model__qmat){{qseg(&y->w2)}, 1, dim, hid};
+    }
+    s->qcls = (model__qmat){{qseg(&s->w.wcls)}, 1, c->vocab_size, dim};
+    return 0;
+}
+
 int model_state_new(const model *m, const model_state_opts *opts, model_state **out)
 {
     *out = NULL;
@@ -386,7 +589,8 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
     if (o.block_tokens < 1 || o.block_tokens > 4096 || o.max_prefill < 1 || o.max_batch < 1 ||
         o.threads < 1 || o.threads > 256)
         return MODEL_EINVAL;
-    if (!weights_f32(model_get_config(m), model_get_weights(m)))
+    int all_f32;
+    if (!weights_types(model_get_config(m), model_get_weights(m), &all_f32))
         return MODEL_ENOTSUP;
     model_state *s = calloc(1, sizeof *s);
     if (!s)
@@ -395,24 +599,13 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
     s->c = *model_get_config(m);
     s->w = *model_get_weights(m);
     s->o = o;
+    s->quant = !all_f32;
     const model_config *c = &s->c;
-    int dim = c->dim, hid = c->hidden_dim, kvd = c->kv_dim;
-    size_t L = (size_t)c->n_layers;
+    int dim = c->dim, hid = c->hidden_dim;
     s->rows = o.max_prefill > o.max_batch ? o.max_prefill : o.max_batch;
-    s->qkv_dim = dim + 2 * kvd;
+    s->qkv_dim = dim + 2 * c->kv_dim;
     s->kv_stride = (size_t)o.block_tokens * c->head_size;
     size_t R = (size_t)s->rows, half = (size_t)c->head_size / 2;
-    s->wqkv_n = model__pack_floats(s->qkv_dim, dim);
-    s->wo_n = model__pack_floats(dim, dim);
-    s->w13_n = model__pack_floats(2 * hid, dim);
-    s->w2_n = model__pack_floats(dim, hid);
-    /* The packed weights in 2 MiB pages where the kernel allows: the products stream them, and
-     * 4 KiB pages would cost a TLB miss every 4 KiB. */
-    s->wqkv = base_huge_alloc(L * s->wqkv_n * sizeof(float), 0);
-    s->wo = base_huge_alloc(L * s->wo_n * sizeof(float), 0);
-    s->w13 = base_huge_alloc(L * s->w13_n * sizeof(float), 0);
-    s->w2 = base_huge_alloc(L * s->w2_n * sizeof(float), 0);
-    s->wcls = base_huge_alloc(model__pack_floats(c->vocab_size, dim) * sizeof(float), 0);
     s->x = malloc(R * (size_t)dim * sizeof(float));
     s->xb = malloc(R * (size_t)dim * sizeof(float));
     s->att = malloc(R * (size_t)dim * sizeof(float));
@@ -424,36 +617,11 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
     s->att_scratch = model__attend_scratch(c->head_size, c->seq_len);
     s->scratch = malloc((size_t)o.threads * s->att_scratch * sizeof(float));
     s->pool = model__pool_new(o.threads);
-    if (!s->wqkv || !s->wo || !s->w13 || !s->w2 || !s->wcls || !s->x || !s->xb || !s->att ||
-        !s->qkv || !s->h13 || !s->hb || !s->rope_cos || !s->rope_sin || !s->scratch || !s->pool) {
+    if (!s->x || !s->xb || !s->att || !s->qkv || !s->h13 || !s->hb || !s->rope_cos ||
+        !s->rope_sin || !s->scratch || !s->pool || (s->quant ? map_quant(s) : pack_f32(s)) != 0) {
         model_state_free(s);
         return MODEL_ENOMEM;
     }
-    /* Packed copies (kernels.h), with the products that share an input fused: rows [wq; wk; wv]
-     * and [w1; w3] of each layer are one matrix each, assembled in a temporary first. */
-    size_t tmp_n = (size_t)s->qkv_dim * dim > 2 * (size_t)hid * dim ? (size_t)s->qkv_dim * dim
-                                                                    : 2 * (size_t)hid * dim;
-    float *tmp = malloc(tmp_n * sizeof(float));
-    if (!tmp) {
-        model_state_free(s);
-        return MODEL_ENOMEM;
-    }
-    const model_weights *w = &s->w;
-    size_t dd = (size_t)dim * dim, kd = (size_t)kvd * dim, hd = (size_t)hid * dim;
-    for (size_t l = 0; l < L; l++) {
-        const model_layer *y = &w->layers[l];
-        memcpy(tmp, model_tensor_f32(&y->wq), dd * sizeof(float));
-        memcpy(tmp + dd, model_tensor_f32(&y->wk), kd * sizeof(float));
-        memcpy(tmp + dd + kd, model_tensor_f32(&y->wv), kd * sizeof(float));
-        model__pack(s->wqkv + l * s->wqkv_n, tmp, s->qkv_dim, dim);
-        model__pack(s->wo + l * s->wo_n, model_tensor_f32(&y->wo), dim, dim);
-        memcpy(tmp, model_tensor_f32(&y->w1), hd * sizeof(float));
-        memcpy(tmp + hd, model_tensor_f32(&y->w3), hd * sizeof(float));
-        model__pack(s->w13 + l * s->w13_n, tmp, 2 * hid, dim);
-        model__pack(s->w2 + l * s->w2_n, model_tensor_f32(&y->w2), dim, hid);
-    }
-    free(tmp);
-    model__pack(s->wcls, model_tensor_f32(&w->wcls), c->vocab_size, dim);
     /* RoPE: angle = pos / theta^(i / head_size) for even i, computed once as llama2.c does
      * (theta 10000 for Llama 2). */
     for (int p = 0; p < c->seq_len; p++)
@@ -479,6 +647,11 @@ void model_state_free(model_state *s)
     base_huge_free(s->w13);
     base_huge_free(s->w2);
     base_huge_free(s->wcls);
+    free(s->qqkv);
+    free(s->qwo);
+    free(s->qw13);
+    free(s->qw2);
+    base_huge_free(s->qscratch);
     free(s->x);
     free(s->xb);
     free(s->att);
@@ -514,7 +687,10 @@ static void classify(model_state *s, float *logits, int rows)
     for (int r = 0; r < rows; r++)
         model__rmsnorm(s->xb + (size_t)r * c->dim, s->x + (size_t)r * c->dim,
                        model_tensor_f32(&s->w.rms_final), c->dim, c->norm_eps);
-    gemm(s, logits, s->xb, s->wcls, rows, c->dim, c->vocab_size);
+    if (s->quant)
+        qgemm(s, logits, s->xb, &s->qcls, rows, 1);
+    else
+        gemm(s, logits, s->xb, s->wcls, rows, c->dim, c->vocab_size);
 }
 
 int model_prefill(model_state *s, const model_kv *kv, int pos, const int32_t *tokens, int n,

@@ -503,8 +503,10 @@ int model__gguf_parse(const void *buf, size_t len, const char *path, model__gguf
         rc = fail(&r, MODEL_ENOMEM, "out of memory reading the header");
         goto out;
     }
-    if ((rc = parse_kvs(&r, &g, names)) != 0 ||
-        (rc = parse_tensor_infos(&r, &g, names + g.n_kv)) != 0)
+    if ((rc = parse_kvs(&r, &g, names)) != 0)
+        goto out;
+    g.kv_end = r.off;
+    if ((rc = parse_tensor_infos(&r, &g, names + g.n_kv)) != 0)
         goto out;
     if (!(g.names = names_copy(names, n_names, sorted))) {
         rc = fail(&r, MODEL_ENOMEM, "out of memory reading the header");

@@ -82,7 +82,8 @@ typedef struct model__gguf {
     model__gguf_kv *kv;
     uint64_t n_tensors;
     model__gguf_tensor *tensors;
-    char *names; /* storage of every key and tensor name */
+    char *names;     /* storage of every key and tensor name */
+    uint64_t kv_end; /* file offset where the metadata ends (the tensor descriptions begin) */
 } model__gguf;
 
 /* Parses a GGUF file held in buf (len bytes; the caller keeps it alive as long as *out is used).
@@ -161,5 +162,9 @@ const char *model__get_path(const model *m);
  * derived sizes (head_size, kv_dim). */
 int model__config_check(const model_config *c, char *why, size_t len);
 void model__config_derive(model_config *c);
+
+/* gguf_write.c: the type a matrix of rows of cols weights takes when `type` is asked for: type
+ * itself, or Q8_0 and then F32 when cols is not a whole number of the type's blocks. */
+int model__gguf_fallback_type(int type, int cols);
 
 #endif

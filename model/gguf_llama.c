@@ -1,4 +1,4 @@
-/* gguf_llama.c — a parsed GGUF file of architecture `llama` mapped onto the model.
+/* gguf_llama.c — a parsed GGUF file of architecture `llama` or `qwen2` mapped onto the model.
  *
  * Every hyper-parameter comes from the metadata (`llama.embedding_length`, `llama.block_count`,
  * ...), the vocabulary size from the token embedding's shape, and every tensor is found by name,
@@ -10,14 +10,19 @@
  * Rotary layout: llama.cpp's converter stores a `llama` model's Q and K rows so that ggml's
  * "normal" rope mode, which rotates adjacent pairs (2i, 2i+1), is right for them. That is the
  * pairing of llama2.c and of forward.c, so the rows are used as stored (for stories260K the GGUF's
- * attn_q and attn_k bytes equal the llama2.c checkpoint's wq and wk). Architectures that use the
- * NeoX pairing (i, i + head_size/2), such as qwen2, will need forward.c to learn it.
+ * attn_q and attn_k bytes equal the llama2.c checkpoint's wq and wk). `qwen2` files are converted
+ * without that permutation and rotate with ggml's NeoX pairing (i, i + head_size/2), which the
+ * config's rope_neox tells forward.c; they also carry Q, K and V biases (attn_q.bias, ...).
+ *
+ * Matrices may have any type the kernels take (model/quant.h); norms and biases must be F32, as
+ * llama.cpp's converter and quantizer always leave them.
  *
  * Tensor shapes in GGUF list the innermost dimension first: a (rows, cols) row-major matrix is
  * ne = [cols, rows], so `blk.N.attn_k.weight` of a (kv_dim, dim) projection is [dim, kv_dim].
  */
 #include "gguf.h"
 #include "model.h"
+#include "quant.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,6 +35,7 @@ typedef struct loader {
     char *msg;
     size_t msglen;
     unsigned char *used; /* (n_tensors) 1 once a tensor is mapped */
+    const char *arch;    /* "llama" or "qwen2": the metadata keys' prefix */
 } loader;
 
 __attribute__((format(printf, 3, 4))) static int fail(loader *ld, int code, const char *fmt, ...)
@@ -39,6 +45,15 @@ __attribute__((format(printf, 3, 4))) static int fail(loader *ld, int code, cons
     model__gguf_vfail(ld->msg, ld->msglen, ld->path, code, fmt, ap);
     va_end(ap);
     return code;
+}
+
+/* The metadata key "ARCH.name" of the file's architecture (in a static buffer, valid until the
+ * next call). */
+static const char *akey(loader *ld, const char *name)
+{
+    static _Thread_local char k[128];
+    snprintf(k, sizeof k, "%s.%s", ld->arch, name);
+    return k;
 }
 
 /* An integer hyper-parameter in [lo, hi]; def < lo means the key is required. */
@@ -94,7 +109,8 @@ static int str_is(const model__gguf_kv *kv, const char *want)
     return kv->v.s.len == strlen(want) && memcmp(kv->v.s.p, want, strlen(want)) == 0;
 }
 
-/* Finds tensor name, checks that it is F32 of (rows, cols) (rows 0: a vector), marks it used. */
+/* Finds tensor name, checks its shape (rows, cols) (rows 0: a vector) and type (a vector F32, a
+ * matrix any type the kernels take), marks it used. */
 static int tensor(loader *ld, const char *name, int rows, int cols, int optional, model_tensor *out)
 {
     const model__gguf_tensor *t = model__gguf_tensor_find(ld->g, name);
@@ -120,11 +136,15 @@ static int tensor(loader *ld, const char *name, int rows, int cols, int optional
         return fail(ld, MODEL_ESHAPE, "tensor '%s' has shape [%s], expected [%d]", name, shape,
                     cols);
     }
-    if (t->type != MODEL_TYPE_F32)
+    if (!model__quant_supported((int)t->type))
         return fail(ld, MODEL_ENOTSUP, "tensor '%s' has type %s, not supported yet", name,
                     model_type_name((int)t->type));
+    if (!rows && t->type != MODEL_TYPE_F32)
+        return fail(ld, MODEL_ENOTSUP,
+                    "tensor '%s' has type %s: vectors (norms, biases) must be f32", name,
+                    model_type_name((int)t->type));
     /* The mapping is page-aligned; an alignment below 4 could still misplace a float. */
-    if ((t->offset + ld->g->data_offset) % sizeof(float) != 0)
+    if (t->type == MODEL_TYPE_F32 && (t->offset + ld->g->data_offset) % sizeof(float) != 0)
         return fail(ld, MODEL_EFORMAT, "tensor '%s': f32 data at offset %llu is not 4-byte aligned",
                     name, (unsigned long long)(t->offset + ld->g->data_offset));
     out->data = t->data;
@@ -140,31 +160,35 @@ static int read_config(loader *ld, model_config *c)
     if (!arch || arch->type != MODEL__GGUF_STRING)
         return fail(ld, MODEL_EFORMAT, "metadata key 'general.architecture' is %s",
                     arch ? "not a string" : "missing");
-    if (str_is(arch, "llama") != 1)
-        return fail(ld, MODEL_ENOTSUP, "architecture '%.*s' is not supported (only llama)",
+    int qwen = str_is(arch, "qwen2") == 1;
+    if (str_is(arch, "llama") != 1 && !qwen)
+        return fail(ld, MODEL_ENOTSUP,
+                    "architecture '%.*s' is not supported (only llama and qwen2)",
                     arch->v.s.len > 64 ? 64 : (int)arch->v.s.len, arch->v.s.p);
+    ld->arch = qwen ? "qwen2" : "llama";
     int rc, experts;
     memset(c, 0, sizeof *c);
-    if ((rc = get_int(ld, "llama.embedding_length", 1, 65536, -1, &c->dim)) ||
-        (rc = get_int(ld, "llama.block_count", 1, 1024, -1, &c->n_layers)) ||
-        (rc = get_int(ld, "llama.feed_forward_length", 1, 262144, -1, &c->hidden_dim)) ||
-        (rc = get_int(ld, "llama.attention.head_count", 1, 65536, -1, &c->n_heads)) ||
-        (rc = get_int(ld, "llama.attention.head_count_kv", 1, 65536, c->n_heads, &c->n_kv_heads)) ||
-        (rc = get_int(ld, "llama.context_length", 1, 1048576, -1, &c->seq_len)) ||
-        (rc = get_float(ld, "llama.rope.freq_base", 10000.0, &c->rope_theta)) ||
-        (rc = get_float(ld, "llama.attention.layer_norm_rms_epsilon", -1, &c->norm_eps)) ||
-        (rc = get_int(ld, "llama.expert_count", 0, 1 << 20, 0, &experts)))
+    c->rope_neox = qwen; /* qwen2 rotates (i, i + head_size / 2): ggml's NeoX mode */
+    c->qkv_bias = qwen;
+    if ((rc = get_int(ld, akey(ld, "embedding_length"), 1, 65536, -1, &c->dim)) ||
+        (rc = get_int(ld, akey(ld, "block_count"), 1, 1024, -1, &c->n_layers)) ||
+        (rc = get_int(ld, akey(ld, "feed_forward_length"), 1, 262144, -1, &c->hidden_dim)) ||
+        (rc = get_int(ld, akey(ld, "attention.head_count"), 1, 65536, -1, &c->n_heads)) ||
+        (rc = get_int(ld, akey(ld, "attention.head_count_kv"), 1, 65536, c->n_heads,
+                      &c->n_kv_heads)) ||
+        (rc = get_int(ld, akey(ld, "context_length"), 1, 1048576, -1, &c->seq_len)) ||
+        (rc = get_float(ld, akey(ld, "rope.freq_base"), 10000.0, &c->rope_theta)) ||
+        (rc = get_float(ld, akey(ld, "attention.layer_norm_rms_epsilon"), -1, &c->norm_eps)) ||
+        (rc = get_int(ld, akey(ld, "expert_count"), 0, 1 << 20, 0, &experts)))
         return rc;
     if (experts > 0)
         return fail(ld, MODEL_ENOTSUP,
-                    "mixture of experts (llama.expert_count %d) is not "
-                    "supported yet",
+                    "mixture of experts (%s.expert_count %d) is not supported yet", ld->arch,
                     experts);
-    const model__gguf_kv *scaling = model__gguf_find(ld->g, "llama.rope.scaling.type");
+    const model__gguf_kv *scaling = model__gguf_find(ld->g, akey(ld, "rope.scaling.type"));
     if (scaling && str_is(scaling, "none") != 1)
-        return fail(ld, MODEL_ENOTSUP,
-                    "rotary scaling (llama.rope.scaling.type) is not supported "
-                    "yet");
+        return fail(ld, MODEL_ENOTSUP, "rotary scaling (%s.rope.scaling.type) is not supported yet",
+                    ld->arch);
     /* The vocabulary is the token embedding's row count. */
     const model__gguf_tensor *emb = model__gguf_tensor_find(ld->g, "token_embd.weight");
     if (!emb)
@@ -176,26 +200,24 @@ static int read_config(loader *ld, model_config *c)
                     emb->n_dims, (unsigned long long)emb->ne[1]);
     c->vocab_size = (int)emb->ne[1];
     int vocab_key;
-    if ((rc = get_int(ld, "llama.vocab_size", 1, 4194304, c->vocab_size, &vocab_key)))
+    if ((rc = get_int(ld, akey(ld, "vocab_size"), 1, 4194304, c->vocab_size, &vocab_key)))
         return rc;
     if (vocab_key != c->vocab_size)
-        return fail(ld, MODEL_ESHAPE,
-                    "llama.vocab_size %d differs from token_embd.weight's %d "
-                    "rows",
-                    vocab_key, c->vocab_size);
+        return fail(ld, MODEL_ESHAPE, "%s.vocab_size %d differs from token_embd.weight's %d rows",
+                    ld->arch, vocab_key, c->vocab_size);
     c->shared_class = model__gguf_tensor_find(ld->g, "output.weight") == NULL;
     char why[200];
     if ((rc = model__config_check(c, why, sizeof why)))
         return fail(ld, rc, "impossible shape: %s", why);
     model__config_derive(c);
     int rope_dim;
-    if ((rc = get_int(ld, "llama.rope.dimension_count", 0, 65536, c->head_size, &rope_dim)))
+    if ((rc = get_int(ld, akey(ld, "rope.dimension_count"), 0, 65536, c->head_size, &rope_dim)))
         return rc;
     if (rope_dim != c->head_size)
         return fail(ld, MODEL_ENOTSUP,
-                    "llama.rope.dimension_count %d differs from the head size "
-                    "%d: partial rotary embedding is not supported yet",
-                    rope_dim, c->head_size);
+                    "%s.rope.dimension_count %d differs from the head size %d: partial rotary "
+                    "embedding is not supported yet",
+                    ld->arch, rope_dim, c->head_size);
     return 0;
 }
 
@@ -216,6 +238,11 @@ static int map_layer(loader *ld, const model_config *c, int l, model_layer *y)
     T(w1, "ffn_gate.weight", h, d)
     T(w2, "ffn_down.weight", d, h)
     T(w3, "ffn_up.weight", h, d)
+    if (c->qkv_bias) {
+        T(bq, "attn_q.bias", 0, d)
+        T(bk, "attn_k.bias", 0, kv)
+        T(bv, "attn_v.bias", 0, kv)
+    }
 #undef T
     return 0;
 }
@@ -223,7 +250,7 @@ static int map_layer(loader *ld, const model_config *c, int l, model_layer *y)
 int model__gguf_llama(const model__gguf *g, const char *path, model_config *c, model_weights *w,
                       model_layer **layers, char *msg, size_t msglen)
 {
-    loader ld = {g, path, msg, msglen, NULL};
+    loader ld = {g, path, msg, msglen, NULL, "llama"};
     *layers = NULL;
     int rc = read_config(&ld, c);
     if (rc)
@@ -309,7 +336,7 @@ static int special_id(loader *ld, const char *key, int want)
 int model__gguf_vocab_llama2c(const model__gguf *g, const char *path, int vocab,
                               unsigned char **buf, size_t *len, char *msg, size_t msglen)
 {
-    loader ld = {g, path, msg, msglen, NULL};
+    loader ld = {g, path, msg, msglen, NULL, "llama"};
     *buf = NULL;
     const model__gguf_kv *kind = model__gguf_find(g, "tokenizer.ggml.model");
     const model__gguf_kv *tok = model__gguf_find(g, "tokenizer.ggml.tokens");

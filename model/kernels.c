@@ -318,6 +318,17 @@ void MODEL__K(model__gemm)(float *y, size_t ldy, const float *x, size_t ldx, con
     }
 }
 
+void model__gemm_panel(float *y, size_t ldy, const float *x, size_t ldx, const float *panel, int m,
+                       int kn, int cols, int first)
+{
+    int tiles = (m + MR - 1) / MR, base = m / tiles, extra = m % tiles, r = 0;
+    for (int t = 0; t < tiles; t++) {
+        int mr = base + (t < extra);
+        gemm_tiles[mr](y + (size_t)r * ldy, ldy, x + (size_t)r * ldx, ldx, panel, kn, cols, first);
+        r += mr;
+    }
+}
+
 /* ---- Attention ------------------------------------------------------------------------------ */
 
 size_t MODEL__K(model__attend_scratch)(int hs, int keys)

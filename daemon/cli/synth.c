@@ -1,5 +1,7 @@
-/* synth.c — `prefixd synth`: writes a model with random weights of a given shape, and a
- * byte-level tokenizer beside it (MODEL.tok), for speed measurements and the no-download demo. */
+/* synth.c — `prefixd synth`: writes a model with random weights of a given shape (a llama2.c
+ * checkpoint, or a GGUF file of any weight type and architecture llama or qwen2) and a
+ * byte-level tokenizer beside it (MODEL.tok), for speed measurements and the no-download demo;
+ * with --from, converts a GGUF model's weights to another type instead. */
 #include "cmd.h"
 #include "model.h"
 
@@ -10,23 +12,34 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: prefixd synth --shape NAME|dim,hidden,layers,heads,kv_heads,vocab,seq_len "
-               "-o PATH [--seed S] [--no-tokenizer]\n"
-               "\n"
-               "Writes a llama2.c checkpoint with random weights, and PATH.tok, a byte-level\n"
-               "tokenizer of the same vocabulary. Named shapes: stories260K, stories15M,\n"
-               "stories42M, stories110M.\n");
+    fprintf(f,
+            "usage: prefixd synth --shape NAME|dim,hidden,layers,heads,kv_heads,vocab,seq_len "
+            "-o PATH [--seed S] [--no-tokenizer]\n"
+            "                     [--format llama2c|gguf] [--type T] [--arch llama|qwen2]\n"
+            "       prefixd synth --from MODEL.gguf --type T -o PATH\n"
+            "\n"
+            "Writes a model with random weights, and PATH.tok, a byte-level tokenizer of the\n"
+            "same vocabulary. Named shapes: stories260K, stories15M, stories42M, stories110M.\n"
+            "--format gguf writes a GGUF file whose matrices have type T: f32, f16, bf16, q8_0,\n"
+            "q4_0, q4_k, q5_k, q6_k or q4_k_m (llama.cpp's mix); --arch qwen2 adds Q/K/V biases\n"
+            "and NeoX rotary. --from converts a GGUF model's weights to type T, keeping its\n"
+            "metadata and vocabulary.\n");
 }
 
 int srv_cmd_synth(int argc, char **argv)
 {
-    const char *shape = NULL, *out = NULL;
+    const char *shape = NULL, *out = NULL, *format = "llama2c", *arch = "llama", *from = NULL;
+    const char *type_name = NULL;
     uint64_t seed = 1;
-    int no_tok = 0;
-    enum { O_SHAPE = 256, O_SEED, O_NOTOK, O_HELP };
+    int no_tok = 0, type = MODEL_TYPE_F32;
+    enum { O_SHAPE = 256, O_SEED, O_NOTOK, O_HELP, O_FORMAT, O_TYPE, O_ARCH, O_FROM };
     static const struct option opts[] = {{"shape", required_argument, 0, O_SHAPE},
                                          {"seed", required_argument, 0, O_SEED},
                                          {"no-tokenizer", no_argument, 0, O_NOTOK},
+                                         {"format", required_argument, 0, O_FORMAT},
+                                         {"type", required_argument, 0, O_TYPE},
+                                         {"arch", required_argument, 0, O_ARCH},
+                                         {"from", required_argument, 0, O_FROM},
                                          {"help", no_argument, 0, O_HELP},
                                          {0, 0, 0, 0}};
     optind = 1;
@@ -50,6 +63,18 @@ int srv_cmd_synth(int argc, char **argv)
         case O_NOTOK:
             no_tok = 1;
             break;
+        case O_FORMAT:
+            format = optarg;
+            break;
+        case O_TYPE:
+            type_name = optarg;
+            break;
+        case O_ARCH:
+            arch = optarg;
+            break;
+        case O_FROM:
+            from = optarg;
+            break;
         case 'h':
         case O_HELP:
             usage(stdout);
@@ -59,25 +84,66 @@ int srv_cmd_synth(int argc, char **argv)
             return 2;
         }
     }
+    char msg[512];
+    if (type_name && model_type_parse(type_name, &type) != 0) {
+        fprintf(stderr,
+                "prefixd synth: --type '%s': expected f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, "
+                "q6_k or q4_k_m\n",
+                type_name);
+        return 2;
+    }
+    int gguf = strcmp(format, "gguf") == 0;
+    if (!gguf && strcmp(format, "llama2c") != 0) {
+        fprintf(stderr, "prefixd synth: --format '%s': expected llama2c or gguf\n", format);
+        return 2;
+    }
+    if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0) {
+        fprintf(stderr, "prefixd synth: --arch '%s': expected llama or qwen2\n", arch);
+        return 2;
+    }
+    if (from) {
+        if (!out || shape || optind < argc) {
+            fprintf(stderr, "prefixd synth: --from takes -o and --type, not --shape\n");
+            return 2;
+        }
+        model *m;
+        if (model_load(from, &m, msg, sizeof msg) != 0) {
+            fprintf(stderr, "prefixd synth: %s\n", msg);
+            return 1;
+        }
+        int rc = model_convert_gguf(m, out, type, msg, sizeof msg);
+        model_free(m);
+        if (rc != 0) {
+            fprintf(stderr, "prefixd synth: %s\n", msg);
+            return 1;
+        }
+        printf("wrote %s: the weights of %s as %s\n", out, from, type_name ? type_name : "f32");
+        return 0;
+    }
     if (!shape || !out || optind < argc) {
         fprintf(stderr, "prefixd synth: --shape and -o are required\n");
         usage(stderr);
         return 2;
     }
-    char msg[512];
+    if (!gguf && (type_name || strcmp(arch, "llama") != 0)) {
+        fprintf(stderr, "prefixd synth: --type and --arch need --format gguf\n");
+        return 2;
+    }
     model_config c;
     if (model_shape_parse(shape, &c, msg, sizeof msg) != 0) {
         fprintf(stderr, "prefixd synth: %s\n", msg);
         return 2;
     }
-    if (model_synth_write(out, &c, seed, msg, sizeof msg) != 0) {
+    if ((gguf ? model_synth_write_gguf(out, &c, arch, type, seed, msg, sizeof msg)
+              : model_synth_write(out, &c, seed, msg, sizeof msg)) != 0) {
         fprintf(stderr, "prefixd synth: %s\n", msg);
         return 1;
     }
-    printf("wrote %s: dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, context %d; "
-           "%.2fM params, %.1f MB\n",
-           out, c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len,
-           (double)model_param_count(&c) / 1e6, (double)model_weight_bytes(&c) / 1e6);
+    printf("wrote %s: %s, dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, context %d; "
+           "%.2fM params\n",
+           out, gguf ? type_name ? type_name : "f32" : "llama2.c f32", c.dim, c.hidden_dim,
+           c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len,
+           (double)model_param_count(&c) / 1e6);
     if (!no_tok) {
         size_t n = strlen(out) + 8;
         char *tp = malloc(n);

@@ -54,6 +54,8 @@ typedef struct model_config {
     int shared_class; /* 1: the classifier is the token embedding */
     float rope_theta; /* rotary base: angle = pos / rope_theta^(i / head_size); 10000 in Llama 2 */
     float norm_eps;   /* RMS norm epsilon: x / sqrt(mean(x^2) + norm_eps); 1e-5 in Llama 2 */
+    int rope_neox; /* 1: rotary pairs (i, i + head_size / 2) as GPT-NeoX and qwen2; 0: (2i, 2i+1) */
+    int qkv_bias;  /* 1: the layers have Q, K and V biases (qwen2) */
 } model_config;
 
 /* Weight types: ggml's type ids, as GGUF files store them. Only F32 runs today; the others are
@@ -98,6 +100,9 @@ typedef struct model_layer {
     model_tensor w1;      /* (hidden, dim), the gate */
     model_tensor w2;      /* (dim, hidden), the down projection */
     model_tensor w3;      /* (hidden, dim), the up projection */
+    model_tensor bq;      /* (dim) F32 query bias, when config.qkv_bias (else data NULL) */
+    model_tensor bk;      /* (kv_dim) F32 key bias */
+    model_tensor bv;      /* (kv_dim) F32 value bias */
 } model_layer;
 
 /* The weights, pointing into the mapped model file. Valid as long as the model is. */
@@ -171,6 +176,33 @@ int model_shape_parse(const char *spec, model_config *out, char *msg, size_t msg
  * renamed, so a reader never sees half a file. Returns 0 or MODEL_EIO / MODEL_ESHAPE with msg. */
 int model_synth_write(const char *path, const model_config *c, uint64_t seed, char *msg,
                       size_t msglen);
+
+/* A pseudo weight type for model_synth_write_gguf() and model_convert_gguf(): llama.cpp's
+ * Q4_K_M mix (Q4_K, with Q6_K for the classifier or tied embedding, and for attn_v and ffn_down
+ * in the first and last eighth of the layers and every third layer between). */
+#define MODEL_TYPE_MIX_Q4_K_M 1000
+
+/* Parses a weight type name ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k",
+ * "q4_k_m"; any case) into *type. Returns 0 or MODEL_EINVAL. */
+int model_type_parse(const char *name, int *type);
+
+/* Writes a GGUF file (version 3) of shape c with random weights drawn from seed as
+ * model_synth_write() draws them, architecture arch ("llama", or "qwen2": Q/K/V biases, NeoX
+ * rotary), every matrix in type (a MODEL_TYPE_* the kernels take, or MODEL_TYPE_MIX_Q4_K_M);
+ * norms and biases stay F32, and a matrix whose rows are not a whole number of the type's blocks
+ * falls back to Q8_0, else F32, as llama.cpp's quantizer does. The classifier is tied to the
+ * token embedding when c->shared_class. With a vocabulary of 259 or more, the file carries the
+ * byte-level vocabulary of model_tokenizer_synth_write() (as SentencePiece pieces and scores).
+ * Written to a temporary file and renamed. Returns 0, MODEL_EINVAL (arch or type), MODEL_ESHAPE
+ * or MODEL_EIO, with msg. */
+int model_synth_write_gguf(const char *path, const model_config *c, const char *arch, int type,
+                           uint64_t seed, char *msg, size_t msglen);
+
+/* Writes the weights of a loaded GGUF model m as a new GGUF file with every matrix in type
+ * (norms and biases stay F32; fallbacks as above), the metadata copied unchanged (vocabulary
+ * included). Converting F32 weights to F16 or BF16 rounds each to nearest even. Returns 0,
+ * MODEL_EINVAL (a llama2.c model, or type) or MODEL_EIO, with msg. */
+int model_convert_gguf(const model *m, const char *path, int type, char *msg, size_t msglen);
 
 /* ---- Forward pass ------------------------------------------------------------------------- */
 

@@ -1,1 +1,1 @@
-prefixd_test(NAME test_model SOURCES unit/test_model.c LIBS model LABELS unit TIMEOUT 120)
+prefixd_test(NAME test_model SOURCES unit/test_model.c LIBS model LABELS unit TIMEOUT 300)

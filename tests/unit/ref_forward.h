@@ -1,9 +1,13 @@
 /* ref_forward.h — a naive reference forward pass for the tests: plain loops, one token at a time,
  * contiguous K/V, written straight from the description in shared/models/README.md. Slow and
- * obviously right; the real kernels are checked against it. */
+ * obviously right; the real kernels are checked against it. Weights of any stored type are
+ * dequantized once (model/quant.c's dequantizer, checked on its own in test_model) into float
+ * copies, so the reference computes in float64 from exactly the weights the kernels read.
+ * Handles qwen2's Q/K/V biases and NeoX rotary pairs. */
 #ifndef PREFIXD_REF_FORWARD_H
 #define PREFIXD_REF_FORWARD_H
 
+#include "../../model/quant.h"
 #include "model.h"
 
 #include <math.h>
@@ -13,6 +17,8 @@
 typedef struct ref_state {
     const model_config *c;
     const model_weights *w;
+    model_weights fw;       /* float copies of every tensor */
+    model_layer *flayers;   /* what fw.layers points to */
     float *kcache, *vcache; /* (layer, seq_len, kv_dim) */
     float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *logits;
 } ref_state;
@@ -37,11 +43,54 @@ static void ref_rmsnorm(float *o, const float *x, const float *w, int n, double 
         o[i] = w[i] * (r * x[i]);
 }
 
+/* A float copy of tensor t (an absent one stays absent). */
+static model_tensor ref_float(const model_tensor *t)
+{
+    model_tensor f = *t;
+    if (!t->data)
+        return f;
+    size_t rb = model__quant_row_bytes(t->type, t->cols);
+    float *d = malloc((size_t)t->rows * t->cols * sizeof(float));
+    for (int i = 0; i < t->rows; i++)
+        model__dequant_row(t->type, (const char *)t->data + (size_t)i * rb, d + (size_t)i * t->cols,
+                           t->cols);
+    f.data = d;
+    f.type = MODEL_TYPE_F32;
+    return f;
+}
+
+static void ref_float_free(model_tensor *t)
+{
+    free((void *)t->data);
+}
+
 static ref_state *ref_new(const model *m)
 {
     ref_state *r = calloc(1, sizeof *r);
     r->c = model_get_config(m);
-    r->w = model_get_weights(m);
+    const model_weights *mw = model_get_weights(m);
+    r->flayers = calloc((size_t)r->c->n_layers, sizeof *r->flayers);
+    r->fw.token_embedding = ref_float(&mw->token_embedding);
+    r->fw.rms_final = ref_float(&mw->rms_final);
+    r->fw.wcls = ref_float(&mw->wcls);
+    for (int l = 0; l < r->c->n_layers; l++) {
+        const model_layer *y = &mw->layers[l];
+        model_layer *f = &r->flayers[l];
+        f->rms_att = ref_float(&y->rms_att);
+        f->wq = ref_float(&y->wq);
+        f->wk = ref_float(&y->wk);
+        f->wv = ref_float(&y->wv);
+        f->wo = ref_float(&y->wo);
+        f->rms_ffn = ref_float(&y->rms_ffn);
+        f->w1 = ref_float(&y->w1);
+        f->w2 = ref_float(&y->w2);
+        f->w3 = ref_float(&y->w3);
+        f->bq = ref_float(&y->bq);
+        f->bk = ref_float(&y->bk);
+        f->bv = ref_float(&y->bv);
+    }
+    r->fw.layers = r->flayers;
+    r->w = &r->fw;
     const model_config *c = r->c;
     size_t kvn = (size_t)c->n_layers * c->seq_len * c->kv_dim;
     r->kcache = calloc(kvn, sizeof(float));
@@ -63,6 +112,17 @@ static void ref_free(ref_state *r)
 {
     if (!r)
         return;
+    ref_float_free(&r->fw.token_embedding);
+    ref_float_free(&r->fw.rms_final);
+    ref_float_free(&r->fw.wcls);
+    for (int l = 0; l < r->c->n_layers; l++) {
+        model_layer *f = &r->flayers[l];
+        model_tensor *t[] = {&f->rms_att, &f->wq, &f->wk, &f->wv, &f->wo, &f->rms_ffn,
+                             &f->w1,      &f->w2, &f->w3, &f->bq, &f->bk, &f->bv};
+        for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+            ref_float_free(t[i]);
+    }
+    free(r->flayers);
     free(r->kcache);
     free(r->vcache);
     free(r->x);
@@ -78,8 +138,20 @@ static void ref_free(ref_state *r)
     free(r);
 }
 
-static void ref_rope(float *v, int n, int head_size, int pos, double theta)
+static void ref_rope(float *v, int n, int head_size, int pos, double theta, int neox)
 {
+    if (neox) { /* pairs (i, i + head_size / 2) within each head */
+        int half = head_size / 2;
+        for (int h = 0; h < n; h += head_size)
+            for (int i = 0; i < half; i++) {
+                double ang = pos / pow(theta, (double)(2 * i) / head_size);
+                float c = (float)cos(ang), s = (float)sin(ang);
+                float a = v[h + i], b = v[h + i + half];
+                v[h + i] = a * c - b * s;
+                v[h + i + half] = a * s + b * c;
+            }
+        return;
+    }
     for (int i = 0; i < n; i += 2) {
         int hi = i % head_size;
         double ang = pos / pow(theta, (double)hi / head_size);
@@ -105,8 +177,16 @@ static const float *ref_step(ref_state *r, int token, int pos)
         ref_matvec(r->q, model_tensor_f32(&y->wq), r->xb, dim, dim);
         ref_matvec(r->k, model_tensor_f32(&y->wk), r->xb, dim, kvd);
         ref_matvec(r->v, model_tensor_f32(&y->wv), r->xb, dim, kvd);
-        ref_rope(r->q, dim, hs, pos, theta);
-        ref_rope(r->k, kvd, hs, pos, theta);
+        if (c->qkv_bias) {
+            for (int i = 0; i < dim; i++)
+                r->q[i] += model_tensor_f32(&y->bq)[i];
+            for (int i = 0; i < kvd; i++) {
+                r->k[i] += model_tensor_f32(&y->bk)[i];
+                r->v[i] += model_tensor_f32(&y->bv)[i];
+            }
+        }
+        ref_rope(r->q, dim, hs, pos, theta, c->rope_neox);
+        ref_rope(r->k, kvd, hs, pos, theta, c->rope_neox);
         float *kc = r->kcache + ((size_t)l * c->seq_len) * kvd;
         float *vc = r->vcache + ((size_t)l * c->seq_len) * kvd;
         memcpy(kc + (size_t)pos * kvd, r->k, (size_t)kvd * sizeof(float));

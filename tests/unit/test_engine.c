@@ -122,18 +122,11 @@ static void check_same(const result *a, const result *b, const char *what, int l
 /* For prompts of 1 to 300 tokens: after a run of a shorter prompt sharing its prefix (on and
  * off block boundaries), the full prompt gives exactly the uncached greedy tokens, and the
  * cached token count is the shared prefix's full blocks. */
-static void test_cached_equals_uncached(void)
+static void cached_equals_uncached_on(const int *lens, int nl)
 {
-    setup();
     engine *ref = new_engine(1, 64 << 20, 0, 4, 4);
     engine *e = new_engine(0, 64 << 20, 0, 4, 4);
     static int32_t ids[310];
-    int lens[80], nl = 0;
-    for (int n = 1; n <= 300; n += 11)
-        lens[nl++] = n;
-    int edges[] = {15, 16, 17, 31, 32, 33, 48, 64, 65, 127, 128, 129, 255, 256, 257, 300};
-    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
-        lens[nl++] = edges[i];
     for (int li = 0; li < nl; li++) {
         int n = lens[li];
         prompt_ids(ids, n, (unsigned)n * 7919u);
@@ -169,6 +162,45 @@ static void test_cached_equals_uncached(void)
     }
     engine_free(ref);
     engine_free(e);
+}
+
+static void test_cached_equals_uncached(void)
+{
+    setup();
+    int lens[80], nl = 0;
+    for (int n = 1; n <= 300; n += 11)
+        lens[nl++] = n;
+    int edges[] = {15, 16, 17, 31, 32, 33, 48, 64, 65, 127, 128, 129, 255, 256, 257, 300};
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
+        lens[nl++] = edges[i];
+    cached_equals_uncached_on(lens, nl);
+}
+
+/* The same on synthetic GGUF models of every weight type (rows of 256 and 512, so every type
+ * applies; the byte-level vocabulary of 512 that T has), on block edges and between them. */
+static void test_cached_equals_uncached_types(void)
+{
+    static const char *const types[] = {"f32",  "f16",  "bf16", "q8_0",  "q4_0",
+                                        "q4_k", "q5_k", "q6_k", "q4_k_m"};
+    int lens[] = {1, 17, 129};
+    setup();
+    model *keep = M;
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        char msg[512], path[PATH_MAX];
+        model_config c;
+        int type;
+        CHECK_MSG(model_shape_parse("256,512,2,4,2,512,512", &c, msg, sizeof msg) == 0, "%s", msg);
+        CHECK(model_type_parse(types[i], &type) == 0);
+        snprintf(path, sizeof path, "%s/%s.gguf", harness_tmpdir(), types[i]);
+        CHECK_MSG(model_synth_write_gguf(path, &c, i % 2 ? "qwen2" : "llama", type, 3, msg,
+                                         sizeof msg) == 0,
+                  "%s", msg);
+        CHECK_MSG(model_load(path, &M, msg, sizeof msg) == 0, "%s", msg);
+        fprintf(stderr, "  [%s]\n", types[i]);
+        cached_equals_uncached_on(lens, (int)(sizeof lens / sizeof lens[0]));
+        model_free(M);
+    }
+    M = keep;
 }
 
 /* Turn 2 = turn 1's prompt + its reply + new ids: the whole history's full blocks are cached. */
@@ -861,6 +893,7 @@ static void test_exact_history(void)
 
 static const harness_case cases[] = {
     {"cached_equals_uncached", test_cached_equals_uncached},
+    {"cached_equals_uncached_types", test_cached_equals_uncached_types},
     {"chat_history_cached", test_chat_history_cached},
     {"batch_independent", test_batch_independent},
     {"collisions", test_collisions},

@@ -545,13 +545,23 @@ static void test_malformed_tensors(void)
     build(&g, &s);
     expect_parse(g.b, g.n, MODEL_EFORMAT, "tensor 'token_embd.weight' appears twice");
     free(g.b);
+    /* A quantized tensor cut short by the end of the file. */
+    g = (gb){0};
+    s = tiny;
+    s.retype = "blk.1.ffn_up.weight";
+    s.type = MODEL_TYPE_Q8_0;
+    s.past_end = 1;
+    build(&g, &s);
+    expect_parse(g.b, g.n, MODEL_ETRUNC,
+                 "tensor 'blk.1.ffn_up.weight': data extends past the end of the file (offset ");
+    free(g.b);
 }
 
 static void test_llama_refusals(void)
 {
     spec s = tiny;
     s.arch = "gpt2";
-    expect_load(&s, MODEL_ENOTSUP, "architecture 'gpt2' is not supported (only llama)");
+    expect_load(&s, MODEL_ENOTSUP, "architecture 'gpt2' is not supported (only llama and qwen2)");
     s = tiny;
     s.drop = "blk.1.attn_v.weight";
     expect_load(&s, MODEL_EFORMAT, "tensor 'blk.1.attn_v.weight' is missing");
@@ -576,19 +586,21 @@ static void test_llama_refusals(void)
     expect_load(&s, MODEL_ESHAPE, "dim 32 is not divisible by n_heads 3");
     s = tiny;
     s.retype = "blk.0.attn_q.weight";
-    s.type = MODEL_TYPE_F16;
-    expect_load(&s, MODEL_ENOTSUP, "tensor 'blk.0.attn_q.weight' has type f16, not supported yet");
-    /* q4_K needs rows of 256. */
+    s.type = 6; /* q5_0: a type ggml has and the kernels do not take */
+    expect_load(&s, MODEL_ENOTSUP, "tensor 'blk.0.attn_q.weight' has type q5_0, not supported yet");
+    /* Norms (vectors) must be F32 even where the matrices are quantized. */
     s = tiny;
-    s.dim = 256;
-    s.heads = 8;
-    s.kv_heads = 8;
-    s.hidden = 256;
-    s.vocab = 260;
-    s.layers = 1;
+    s.retype = "blk.0.attn_norm.weight";
+    s.type = MODEL_TYPE_F16;
+    expect_load(&s, MODEL_ENOTSUP,
+                "'blk.0.attn_norm.weight' has type f16: vectors (norms, biases)");
+    /* q4_K needs rows of 256: the reader refuses a row that is not a whole number of blocks. */
+    s = tiny;
     s.retype = "blk.0.attn_q.weight";
     s.type = MODEL_TYPE_Q4_K;
-    expect_load(&s, MODEL_ENOTSUP, "tensor 'blk.0.attn_q.weight' has type q4_K, not supported yet");
+    expect_load(
+        &s, MODEL_EFORMAT,
+        "tensor 'blk.0.attn_q.weight': row length 32 is not a multiple of the q4_K block size 256");
     /* The valid one loads, tied or not, and without a vocabulary has no tokenizer. */
     s = tiny;
     s.tied = 1;
@@ -725,6 +737,96 @@ static void test_golden_260k(void)
     model_free(m);
 }
 
+/* F16 and BF16 copies of the stories260K GGUF, written by model_convert_gguf() (what `prefixd
+ * synth --from F --type T` runs), give the F32 file's greedy text: F16 holds these weights
+ * closely enough for the whole golden text, BF16 (8 bits of mantissa) for its first 100 tokens
+ * at least. The copies keep the vocabulary. */
+static void test_converted_golden(void)
+{
+    char msg[512];
+    model *m = NULL;
+    CHECK_MSG(model_load(GGUF_260K, &m, msg, sizeof msg) == 0, "%s", msg);
+    CHECK_EQ_INT(model_set_context(m, 512), 0);
+    model_tokenizer *tok = NULL;
+    CHECK_MSG(model_tokenizer_from_model(m, &tok, msg, sizeof msg) == 0, "%s", msg);
+    static const struct {
+        const char *type;
+        int tokens;
+    } conv[] = {{"f16", 255}, {"bf16", 100}, {"q8_0", 100}};
+    for (size_t i = 0; i < sizeof conv / sizeof conv[0]; i++) {
+        int type;
+        CHECK(model_type_parse(conv[i].type, &type) == 0);
+        char *want = greedy_text(m, tok, conv[i].tokens);
+        const char *p = tmp_path(conv[i].type);
+        CHECK_MSG(model_convert_gguf(m, p, type, msg, sizeof msg) == 0, "%s", msg);
+        model *c = NULL;
+        CHECK_MSG(model_load(p, &c, msg, sizeof msg) == 0, "%s", msg);
+        CHECK_EQ_INT(model_get_weights(c)->layers[0].wq.type, type);
+        CHECK_EQ_INT(model_set_context(c, 512), 0);
+        model_tokenizer *ct = NULL;
+        CHECK_MSG(model_tokenizer_from_model(c, &ct, msg, sizeof msg) == 0, "%s", msg);
+        char *got = greedy_text(c, ct, conv[i].tokens);
+        CHECK_MSG(strcmp(got, want) == 0, "%s: greedy text differs:\n%s\nexpected:\n%s",
+                  conv[i].type, got, want);
+        /* A different file: a different fingerprint, so their caches never mix. */
+        CHECK(memcmp(model_fingerprint(c), model_fingerprint(m), 16) != 0);
+        free(got);
+        free(want);
+        model_tokenizer_free(ct);
+        model_free(c);
+    }
+    /* A llama2.c checkpoint has no GGUF metadata to carry over. */
+    model *bin = NULL;
+    CHECK_MSG(model_load(PREFIXD_MODELS_DIR "/stories260K.bin", &bin, msg, sizeof msg) == 0, "%s",
+              msg);
+    CHECK_EQ_INT(model_convert_gguf(bin, tmp_path("x"), MODEL_TYPE_F16, msg, sizeof msg),
+                 MODEL_EINVAL);
+    CHECK_STR_CONTAINS(msg, "not a GGUF file");
+    model_free(bin);
+    model_tokenizer_free(tok);
+    model_free(m);
+}
+
+/* A synthetic GGUF carries the byte-level vocabulary that `prefixd synth` also writes as a
+ * llama2.c file beside it: the same ids for the same text, the same pieces back. */
+static void test_synth_vocab(void)
+{
+    char msg[512];
+    model_config c;
+    CHECK_MSG(model_shape_parse("64,172,2,8,4,1000,64", &c, msg, sizeof msg) == 0, "%s", msg);
+    char gp[PATH_MAX];
+    snprintf(gp, sizeof gp, "%s", tmp_path("s.gguf"));
+    CHECK_MSG(model_synth_write_gguf(gp, &c, "llama", MODEL_TYPE_Q8_0, 1, msg, sizeof msg) == 0,
+              "%s", msg);
+    char tp[PATH_MAX];
+    snprintf(tp, sizeof tp, "%s", tmp_path("s.tok"));
+    CHECK_MSG(model_tokenizer_synth_write(tp, 1000, msg, sizeof msg) == 0, "%s", msg);
+    model *m = NULL;
+    CHECK_MSG(model_load(gp, &m, msg, sizeof msg) == 0, "%s", msg);
+    model_tokenizer *a = NULL, *b = NULL;
+    CHECK_MSG(model_tokenizer_from_model(m, &a, msg, sizeof msg) == 0, "%s", msg);
+    CHECK_MSG(model_tokenizer_load(tp, 1000, &b, msg, sizeof msg) == 0, "%s", msg);
+    static const char text[] = "Once upon a time, the ethos of its heroes: \xc3\xa9t\xc3\xa9!";
+    int32_t ia[128], ib[128];
+    size_t na, nb;
+    /* The two encoders differ by design (the file's goes through the SentencePiece rules of
+     * GGUF vocabularies, the .tok through llama2.c's), and so do their renderings of byte tokens
+     * ("<0xHH>" is a byte only in a decoder's state): what must agree is the vocabulary, every
+     * other piece, and that both encode the text. */
+    CHECK(model_encode(a, text, strlen(text), 1, ia, 128, &na) == 0 && na > 1);
+    CHECK(model_encode(b, text, strlen(text), 1, ib, 128, &nb) == 0 && nb > 1);
+    for (int32_t id = 0; id < 1000; id++) {
+        if (id < 259)
+            continue; /* control tokens and the byte tokens <0x00>..<0xFF>, rendered apart */
+        size_t la, lb;
+        const char *pa = model_decode_piece(a, 5, id, &la), *pb = model_decode_piece(b, 5, id, &lb);
+        CHECK_MSG(la == lb && memcmp(pa, pb, la) == 0, "piece %d differs", id);
+    }
+    model_tokenizer_free(a);
+    model_tokenizer_free(b);
+    model_free(m);
+}
+
 /* The GGUF and the llama2.c checkpoint of stories260K: the same logits, bit for bit, and the
  * GGUF's vocabulary is tok512.bin. */
 static void test_same_as_bin(void)
@@ -811,6 +913,8 @@ static const harness_case cases[] = {
     {"small_vocab_encode", test_small_vocab_encode},
     {"golden_260k", test_golden_260k},
     {"same_as_bin", test_same_as_bin},
+    {"converted_golden", test_converted_golden},
+    {"synth_vocab", test_synth_vocab},
 };
 
 HARNESS_MAIN(cases)

@@ -1,6 +1,7 @@
 /* test_model.c — the loader's validation, the forward pass against a naive reference, and each
  * compute kernel (model/kernels.h) against a plain loop. */
 #include "../../model/kernels.h"
+#include "../../model/quant.h"
 #include "harness.h"
 #include "model.h"
 #include "ref_forward.h"
@@ -70,6 +71,32 @@ static model *synth(const char *name, const char *shape)
     return load_ok(p);
 }
 
+/* Names the variant a loop of checks is on, so a failure's line can be placed. */
+#define note(...)                                                                                  \
+    (void)(fprintf(stderr, "  [") + fprintf(stderr, __VA_ARGS__) + fprintf(stderr, "]\n"))
+
+/* A synthetic GGUF model of shape, architecture and weight type (model.h's names). */
+static model *synth_gguf(const char *shape, const char *arch, const char *type)
+{
+    char msg[512], name[64];
+    model_config c;
+    int t;
+    CHECK_MSG(model_shape_parse(shape, &c, msg, sizeof msg) == 0, "%s", msg);
+    CHECK(model_type_parse(type, &t) == 0);
+    snprintf(name, sizeof name, "%s-%s.gguf", arch, type);
+    const char *p = tmp_path(name);
+    CHECK_MSG(model_synth_write_gguf(p, &c, arch, t, 7, msg, sizeof msg) == 0, "%s", msg);
+    return load_ok(p);
+}
+
+/* Every type the kernels take, and llama.cpp's Q4_K_M mix. */
+static const char *const all_types[] = {"f32",  "f16",  "bf16", "q8_0",  "q4_0",
+                                        "q4_k", "q5_k", "q6_k", "q4_k_m"};
+#define N_TYPES (sizeof all_types / sizeof all_types[0])
+
+/* A shape whose every matrix takes every type (rows of 256 and 512), head size 64, GQA. */
+#define QSHAPE "256,512,2,4,2,300,160"
+
 static float max_abs_diff(const float *a, const float *b, int n)
 {
     float d = 0;
@@ -91,8 +118,8 @@ static void tokens_for(int32_t *t, int n, int vocab, unsigned seed)
 }
 
 /* Prefill of all n tokens, single-token decode and batched decode agree with the naive
- * reference within 1e-4 at every position checked. */
-static void check_against_reference_b(model *m, int n, int B)
+ * reference within tol at every position checked. */
+static void check_against_reference_tol(model *m, int n, int B, float tol)
 {
     const model_config *c = model_get_config(m);
     int32_t *t = malloc((size_t)n * sizeof(int32_t));
@@ -109,13 +136,13 @@ static void check_against_reference_b(model *m, int n, int B)
     /* Prefill of all n at once: logits of the last position. */
     kvbuf k = kv_new(c, B);
     CHECK(model_prefill(s, &k.kv, 0, t, n, lg) == 0);
-    CHECK_NEAR(max_abs_diff(lg, ref + (size_t)(n - 1) * c->vocab_size, c->vocab_size), 0, 1e-4);
+    CHECK_NEAR(max_abs_diff(lg, ref + (size_t)(n - 1) * c->vocab_size, c->vocab_size), 0, tol);
     /* Single-token decode at every position. */
     kvbuf k1 = kv_new(c, B);
     for (int p = 0; p < n; p++) {
         CHECK(model_decode(s, &k1.kv, &p, &t[p], 1, lg) == 0);
         float d = max_abs_diff(lg, ref + (size_t)p * c->vocab_size, c->vocab_size);
-        CHECK_MSG(d <= 1e-4f, "decode pos %d: max diff %g", p, d);
+        CHECK_MSG(d <= tol, "decode pos %d: max diff %g", p, d);
     }
     /* Batched decode: 4 copies of the sequence, at staggered positions, in one batch. */
     kvbuf kb[4];
@@ -139,7 +166,7 @@ static void check_against_reference_b(model *m, int n, int B)
         for (int j = 0; j < nb; j++) {
             float d = max_abs_diff(lg + (size_t)j * c->vocab_size,
                                    ref + (size_t)pos[j] * c->vocab_size, c->vocab_size);
-            CHECK_MSG(d <= 1e-4f, "batched decode seq %d pos %d: max diff %g", who[j], pos[j], d);
+            CHECK_MSG(d <= tol, "batched decode seq %d pos %d: max diff %g", who[j], pos[j], d);
         }
     }
     for (int i = 0; i < 4; i++)
@@ -151,6 +178,11 @@ static void check_against_reference_b(model *m, int n, int B)
     free(t);
     ref_free(r);
     model_state_free(s);
+}
+
+static void check_against_reference_b(model *m, int n, int B)
+{
+    check_against_reference_tol(m, n, B, 1e-4f);
 }
 
 static void check_against_reference(model *m, int n)
@@ -190,25 +222,39 @@ static void test_reference_synth_hs64(void)
     model_free(m);
 }
 
+/* Every weight type, both architectures, against the float64 reference that dequantizes the same
+ * weights. The tolerance is the F32 one, 1e-4 on logits of magnitude ~1-10, for every type: the
+ * kernels multiply the dequantized weights exactly as stored (activations are not quantized),
+ * so what differs from the reference is float32 rounding in the sums, as for F32. */
+static void test_reference_types(void)
+{
+    for (int a = 0; a < 2; a++)
+        for (size_t i = 0; i < N_TYPES; i++) {
+            const char *arch = a ? "qwen2" : "llama";
+            note("%s %s", arch, all_types[i]);
+            model *m = synth_gguf(QSHAPE, arch, all_types[i]);
+            check_against_reference_tol(m, 12, 16, 1e-4f);
+            model_free(m);
+        }
+}
+
 /* Prefill of k tokens, then the rest reading the first k back from blocks, gives bitwise the
  * logits and K/V of one prefill of everything: every kernel computes a row's outputs the same
  * way whatever the row count and tiling. */
-static void check_split_prefill(model *m, int threads)
+static void split_prefill_on(model *m, const int *ks, size_t nks)
 {
     const model_config *c = model_get_config(m);
     int B = 16, n = 150;
     int32_t t[150];
     tokens_for(t, n, c->vocab_size, 5);
     model_state *s;
-    model_state_opts o = {B, 512, 4, threads};
+    model_state_opts o = {B, 512, 4, 2};
     CHECK(model_state_new(m, &o, &s) == 0);
     float *whole = malloc((size_t)c->vocab_size * sizeof(float));
     float *split = malloc((size_t)c->vocab_size * sizeof(float));
     kvbuf kw = kv_new(c, B);
     CHECK(model_prefill(s, &kw.kv, 0, t, n, whole) == 0);
-    int ks[] = {1, 7, 15, 16, 17, 31, 32, 33, 64, 100, 149};
-    size_t bf = model_kv_block_floats(c, B);
-    for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
+    for (size_t i = 0; i < nks; i++) {
         int k = ks[i];
         kvbuf kk = kv_new(c, B);
         CHECK(model_prefill(s, &kk.kv, 0, t, k, NULL) == 0);
@@ -225,7 +271,6 @@ static void check_split_prefill(model *m, int threads)
                                  (size_t)rows * c->head_size * sizeof(float)) == 0,
                           "split at %d: K/V block %d differs", k, b);
         }
-        (void)bf;
         kv_free(&kk);
     }
     kv_free(&kw);
@@ -237,17 +282,31 @@ static void check_split_prefill(model *m, int threads)
 static void test_split_prefill(void)
 {
     model *m = load_ok(MODEL_260K);
-    check_split_prefill(m, 2);
+    int ks[] = {1, 7, 15, 16, 17, 31, 32, 33, 64, 100, 149};
+    split_prefill_on(m, ks, sizeof ks / sizeof ks[0]);
     model_free(m);
 }
 
-/* A sequence's decode logits are bitwise the same alone and inside a batch of 8. */
-static void check_decode_batch_invariant(model *m, int threads)
+/* The same for every weight type (the stored-type prefill kernel). */
+static void test_split_prefill_types(void)
+{
+    int ks[] = {1, 16, 33, 149};
+    for (size_t i = 0; i < N_TYPES; i++) {
+        note("%s", all_types[i]);
+        model *m = synth_gguf(QSHAPE, i % 2 ? "qwen2" : "llama", all_types[i]);
+        split_prefill_on(m, ks, sizeof ks / sizeof ks[0]);
+        model_free(m);
+    }
+}
+
+/* A sequence's decode logits are bitwise the same alone and inside a batch of 8 (rows of a
+ * batch land in tiles of 1, 2 or 3 rows: sequence 0 is checked at each tile position). */
+static void decode_batch_on(model *m, int n)
 {
     const model_config *c = model_get_config(m);
-    int B = 16, n = 40;
+    int B = 16;
     model_state *s;
-    model_state_opts o = {B, 512, 8, threads};
+    model_state_opts o = {B, 512, 8, 2};
     CHECK(model_state_new(m, &o, &s) == 0);
     int32_t t[8][40];
     for (int i = 0; i < 8; i++)
@@ -283,8 +342,18 @@ static void check_decode_batch_invariant(model *m, int threads)
 static void test_decode_batch_invariant(void)
 {
     model *m = load_ok(MODEL_260K);
-    check_decode_batch_invariant(m, 2);
+    decode_batch_on(m, 40);
     model_free(m);
+}
+
+static void test_decode_batch_invariant_types(void)
+{
+    for (size_t i = 0; i < N_TYPES; i++) {
+        note("%s", all_types[i]);
+        model *m = synth_gguf(QSHAPE, i % 2 ? "qwen2" : "llama", all_types[i]);
+        decode_batch_on(m, 20);
+        model_free(m);
+    }
 }
 
 /* Logits of a prefill of n tokens followed by `steps` greedy decode steps, into out
@@ -333,8 +402,9 @@ static void check_determinism_split(int hog)
     for (int i = 0; i < 2; i++) {
         model *m = ms[i];
         const model_config *c = model_get_config(m);
-        check_split_prefill(m, 2);
-        check_decode_batch_invariant(m, 2);
+        int ks[] = {1, 16, 33};
+        split_prefill_on(m, ks, sizeof ks / sizeof ks[0]);
+        decode_batch_on(m, 40);
         int n = 45, steps = 20;
         size_t nl = (size_t)(steps + 1) * c->vocab_size;
         float *one = malloc(nl * sizeof(float)), *two = malloc(nl * sizeof(float));
@@ -721,6 +791,111 @@ static void test_shapes_and_sizes(void)
     model_free(m);
 }
 
+/* ---- Weight encodings (model/quant.c) ---------------------------------------------------- */
+
+static float h2f(const uint8_t *p)
+{
+    return model__f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+}
+
+/* Weight i of one block, from ggml's block layouts as quant.h describes them, element by
+ * element: an independent reading of the same bytes. */
+static float block_weight(int type, const uint8_t *b, int i)
+{
+    switch (type) {
+    case MODEL_TYPE_Q8_0:
+        return h2f(b) * (float)(int8_t)b[2 + i];
+    case MODEL_TYPE_Q4_0:
+        return h2f(b) * (float)((i < 16 ? b[2 + i] & 15 : b[2 + i - 16] >> 4) - 8);
+    case MODEL_TYPE_Q4_K:
+    case MODEL_TYPE_Q5_K: {
+        int s = i / 32, c = i / 64, l = i % 32, sc, m;
+        const uint8_t *q = b + 4;
+        if (s < 4) {
+            sc = q[s] & 63;
+            m = q[s + 4] & 63;
+        } else {
+            sc = (q[s + 4] & 15) | ((q[s - 4] >> 6) << 4);
+            m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
+        }
+        const uint8_t *qs = b + (type == MODEL_TYPE_Q4_K ? 16 : 48) + 32 * c;
+        int v = s % 2 ? qs[l] >> 4 : qs[l] & 15;
+        if (type == MODEL_TYPE_Q5_K)
+            v |= ((b[16 + l] >> s) & 1) << 4;
+        return h2f(b) * (float)sc * (float)v - h2f(b + 2) * (float)m;
+    }
+    case MODEL_TYPE_Q6_K: {
+        int h = i / 128, j = i % 128, quarter = j / 32, l = j % 32;
+        const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+        int lo = quarter % 2 ? ql[l + 32] : ql[l];
+        lo = quarter < 2 ? lo & 15 : lo >> 4;
+        int hi = (qh[l] >> (2 * quarter)) & 3;
+        int sc = (int8_t)b[192 + 8 * h + l / 16 + 2 * quarter];
+        return h2f(b + 208) * (float)sc * (float)((lo | hi << 4) - 32);
+    }
+    }
+    return NAN;
+}
+
+/* The dequantizer reads each block as ggml lays it out (random bytes with sane scales, against
+ * the element-wise reading above), and quantizing then dequantizing random weights stays within
+ * each type's step: half a code step of the block's range (F16/BF16: their rounding). */
+static void test_quant_formats(void)
+{
+    static const struct {
+        int type, block, bytes;
+        float tol; /* max |w - deq(q(w))| for w uniform in [-1, 1] */
+    } ty[] = {
+        {MODEL_TYPE_Q8_0, 32, 34, 1.0f / 127},  {MODEL_TYPE_Q4_0, 32, 18, 1.0f / 8},
+        {MODEL_TYPE_Q4_K, 256, 144, 2.0f / 15}, {MODEL_TYPE_Q5_K, 256, 176, 2.0f / 31},
+        {MODEL_TYPE_Q6_K, 256, 210, 1.0f / 31}, {MODEL_TYPE_F16, 1, 2, 1.0f / 2048},
+        {MODEL_TYPE_BF16, 1, 2, 1.0f / 256},
+    };
+    uint8_t blk[1024];
+    float y[512], x[512];
+    for (size_t t = 0; t < sizeof ty / sizeof ty[0]; t++) {
+        int n = ty[t].block >= 256 ? 512 : 64, nb = n / ty[t].block;
+        CHECK_EQ_U64(model__quant_row_bytes(ty[t].type, n), (uint64_t)nb * ty[t].bytes);
+        CHECK_EQ_U64(model__quant_row_bytes(ty[t].type, n + (ty[t].block > 1)),
+                     ty[t].block > 1 ? 0 : (uint64_t)n * 2);
+        if (ty[t].block > 1) {
+            for (size_t i = 0; i < sizeof blk; i++)
+                blk[i] = (uint8_t)(krand() * 127.0f + 128.0f);
+            /* Half-precision scales of moderate size (0x3c00 is 1.0), in each block. */
+            for (int b = 0; b < nb; b++) {
+                uint8_t *p = blk + b * ty[t].bytes;
+                int at = ty[t].type == MODEL_TYPE_Q6_K ? 208 : 0;
+                p[at] = 0x00;
+                p[at + 1] = 0x3c;
+                if (ty[t].type == MODEL_TYPE_Q4_K || ty[t].type == MODEL_TYPE_Q5_K) {
+                    p[2] = 0x00;
+                    p[3] = 0x38; /* dmin 0.5 */
+                }
+            }
+            model__dequant_row(ty[t].type, blk, y, n);
+            for (int i = 0; i < n; i++) {
+                int b = i / ty[t].block;
+                float want = block_weight(ty[t].type, blk + b * ty[t].bytes, i % ty[t].block);
+                CHECK_MSG(y[i] == want, "type %s weight %d: %g, expected %g",
+                          model_type_name(ty[t].type), i, y[i], want);
+            }
+        }
+        for (int i = 0; i < n; i++)
+            x[i] = krand();
+        model__quant_row(ty[t].type, x, blk, n);
+        model__dequant_row(ty[t].type, blk, y, n);
+        float err = max_abs_diff(x, y, n);
+        CHECK_MSG(err <= ty[t].tol, "type %s: round trip error %g > %g",
+                  model_type_name(ty[t].type), err, ty[t].tol);
+    }
+    /* Half precision: exact round trips and rounding to nearest even. */
+    CHECK(model__f16_to_f32(model__f32_to_f16(1.0f + 1.0f / 2048)) == 1.0f);
+    CHECK(model__f16_to_f32(model__f32_to_f16(1.0f + 3.0f / 2048)) == 1.0f + 2.0f / 1024);
+    CHECK(model__bf16_to_f32(model__f32_to_bf16(1.0f + 1.0f / 256)) == 1.0f);
+    CHECK(model__bf16_to_f32(model__f32_to_bf16(-2.5f)) == -2.5f);
+    CHECK(isnan(model__bf16_to_f32(model__f32_to_bf16(NAN))));
+}
+
 static const harness_case cases[] = {
     {"reference_260k", test_reference_260k},
     {"reference_synth_gqa", test_reference_synth_gqa},
@@ -730,6 +905,9 @@ static const harness_case cases[] = {
     {"decode_batch_invariant", test_decode_batch_invariant},
     {"determinism_split", test_determinism_split},
     {"determinism_with_hog", test_determinism_with_hog},
+    {"reference_types", test_reference_types},
+    {"split_prefill_types", test_split_prefill_types},
+    {"decode_batch_invariant_types", test_decode_batch_invariant_types},
     {"range_errors", test_range_errors},
     {"bad_files", test_bad_files},
     {"shapes_and_sizes", test_shapes_and_sizes},
@@ -737,6 +915,7 @@ static const harness_case cases[] = {
     {"kernel_attend", test_kernel_attend},
     {"kernel_attend1_blocks", test_kernel_attend1_blocks},
     {"kernel_elementwise", test_kernel_elementwise},
+    {"quant_formats", test_quant_formats},
 };
 
 HARNESS_MAIN(cases)
