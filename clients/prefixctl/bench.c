@@ -743,26 +743,46 @@ static cJSON *workload_json(const bench *b, int wl)
 
 /* ---- output ---- */
 
+#define CSV_HEADER                                                                                 \
+    "workload,label,run,seed,client,conversation,turn,prompt_tokens,cached_tokens,"                \
+    "cached_tokens_disk,ttft_ms,server_ttft_ms,prefill_ms,new_tokens,total_ms,transport"
+
+/* Whether the CSV needs its header: 1 (no file, an empty one, or no --append), 0 (--append to a
+ * file with this header), or -1 after a message (--append to a file with another header: one
+ * of an older prefixctl, without the transport column; checked before the bench runs). */
+static int csv_append_header(const bench_opts *o)
+{
+    if (!o->append)
+        return 1;
+    FILE *r = fopen(o->csv, "rb");
+    if (!r)
+        return 1;
+    char line[512] = "";
+    int empty = !fgets(line, sizeof line, r);
+    fclose(r);
+    if (empty)
+        return 1;
+    line[strcspn(line, "\r\n")] = '\0';
+    if (!strcmp(line, CSV_HEADER))
+        return 0;
+    fprintf(stderr,
+            "prefixctl: bench: --csv '%s' --append: the file has other columns (an older "
+            "prefixctl's, without 'transport'?): give a new file\n",
+            o->csv);
+    return -1;
+}
+
 static int write_csv(const bench *b)
 {
     const bench_opts *o = &b->o;
-    int header = 1;
-    if (o->append) {
-        FILE *r = fopen(o->csv, "rb");
-        if (r) {
-            header = fgetc(r) == EOF;
-            fclose(r);
-        }
-    }
+    int header = csv_append_header(o) == 1;
     FILE *f = fopen(o->csv, o->append ? "ab" : "wb");
     if (!f) {
         fprintf(stderr, "prefixctl: bench: --csv '%s': %s\n", o->csv, strerror(errno));
         return -1;
     }
     if (header)
-        fprintf(f, "workload,label,run,seed,client,conversation,turn,prompt_tokens,cached_tokens,"
-                   "cached_tokens_disk,ttft_ms,server_ttft_ms,prefill_ms,new_tokens,total_ms,"
-                   "transport\n");
+        fprintf(f, "%s\n", CSV_HEADER);
     for (size_t i = 0; i < b->n_rows; i++) {
         const bench_row *r = &b->rows[i];
         fprintf(f, "%s,%s,%d,%llu,%d,%d,%d,%u,%u,%u,%.3f,%.3f,%.3f,%u,%.3f,%s\n", wl_names[r->wl],
@@ -1204,6 +1224,10 @@ int bench_main(const char *sock, int argc, char **argv)
     }
     if (o->conversations == 0)
         o->conversations = o->systems > o->clients ? o->systems : o->clients;
+    if (o->csv && csv_append_header(o) < 0) {
+        free(b);
+        return 1;
+    }
     pthread_mutex_init(&b->mu, NULL);
     if (o->http) {
         rc = http_connect(b);

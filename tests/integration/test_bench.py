@@ -236,6 +236,14 @@ def case_bad_params():
         r = bench(sock, "--csv", os.path.join(tmp, "no", "such", "dir.csv"), "--system-tokens",
                   "16", "--turns", "1", "--quiet", expect=1)
         check("--csv" in r.stderr, "unwritable CSV: %r" % r.stderr)
+        # --append to a CSV of other columns (an older prefixctl's): refused before the bench.
+        old = os.path.join(tmp, "old.csv")
+        with open(old, "w") as f:
+            f.write(",".join(COLUMNS[:-1]) + "\n")
+        r = bench(sock, "--csv", old, "--append", "--system-tokens", "16", "--turns", "1",
+                  expect=1)
+        check("other columns" in r.stderr and r.stdout == "", "old CSV: %r" % r.stderr)
+        check(open(old).read() == ",".join(COLUMNS[:-1]) + "\n", "old CSV left as it was")
     with_daemon(body)
 
 
