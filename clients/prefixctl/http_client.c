@@ -303,6 +303,8 @@ static int conn_fill(hc_conn *c)
         c->rlen -= c->rpos;
         c->rpos = 0;
     }
+    if (c->rlen == sizeof c->rbuf) /* not reached: lines are shorter, bodies are consumed */
+        return fail(c, HC_EPROTO, "the read buffer is full");
     for (;;) {
         struct pollfd p = {.fd = c->fd, .events = POLLIN};
         int r = poll(&p, 1, c->timeout_ms);
