@@ -25,9 +25,18 @@
  * own, so a later bench can ask new questions on prefixes cached by an earlier one (a restart).
  * Output: a summary on stdout, one CSV row per request, one JSON summary per workload, and a
  * progress line on stderr when it is a terminal.
+ *
+ * With --http URL the same workloads go to an OpenAI-compatible server instead (prefixd's --http,
+ * or llama.cpp's llama-server), as streaming POST /v1/completions of the same ids, one keep-alive
+ * connection per client (http_client.c); TTFT runs to the first event carrying text. Those
+ * streams carry text, not ids, so a chat's reply joins the history as synthetic ids of the
+ * reply's length (unless the server sends its ids): the next turn then matches up to the end of
+ * the previous prompt, not through the reply. --synthetic-replies does the same on the socket, so
+ * both transports send the very same prompts.
  */
 #include "base.h"
 #include "bench.h"
+#include "http_client.h"
 #include "prefixd_client.h"
 
 #include <cJSON.h>
@@ -46,7 +55,7 @@ enum { W_CHAT, W_FEWSHOT, W_UNIQUE, W_SWEEP, W_COUNT };
 static const char *const wl_names[W_COUNT] = {"chat", "fewshot", "unique", "sweep"};
 
 /* Streams of synthetic ids: the kind of text in the top bits, its indices below. */
-enum { S_SYSTEM = 1, S_USER, S_PREAMBLE, S_QUESTION, S_UNIQUE, S_SWEEP, S_SWEEP_SUFFIX };
+enum { S_SYSTEM = 1, S_USER, S_PREAMBLE, S_QUESTION, S_UNIQUE, S_SWEEP, S_SWEEP_SUFFIX, S_REPLY };
 
 #define MAX_LENGTHS 64
 #define TOK_FIRST 3 /* ids 0..2 are UNK, BOS and EOS */
@@ -59,8 +68,9 @@ typedef struct bench_opts {
     uint64_t seed, prefix_seed; /* prefix_seed 0: the same as seed */
     float temp;
     const char *label, *ns, *csv, *json;
-    const char *socket; /* --socket after the command; NULL: the one main() was given */
-    int append, warm, quiet;
+    const char *socket;         /* --socket after the command; NULL: the one main() was given */
+    const char *http, *api_key; /* --http URL: the OpenAI-compatible API instead of the socket */
+    int append, warm, quiet, synthetic_replies;
 } bench_opts;
 
 typedef struct bench_row {
@@ -79,7 +89,8 @@ typedef struct bench {
     bench_opts o;
     int vocab, seq_len, block_tokens;
     char model[256];
-    pfx_conn **conns; /* one per client */
+    pfx_conn **conns; /* one per client (the socket) */
+    hc_conn **hconns; /* one per client (--http) */
     pthread_mutex_t mu;
     bench_row *rows; /* under mu */
     size_t n_rows, cap_rows;
@@ -130,6 +141,12 @@ static void usage(FILE *f)
             "  --json FILE          per-workload summary: TTFT p50/p95/p99/mean, hit ratio,\n"
             "                       requests/s, tokens/s, by run and by turn\n"
             "  --quiet              no summary on stdout\n"
+            "  --http URL           drive an OpenAI-compatible HTTP API instead of the socket\n"
+            "                       (prefixd serve --http, llama-server): http://HOST:PORT or\n"
+            "                       unix:/path; streaming POST /v1/completions of the same ids\n"
+            "  --api-key KEY        --http: send 'Authorization: Bearer KEY'\n"
+            "  --synthetic-replies  chat: a reply joins the history as synthetic ids of its\n"
+            "                       length, as over --http (whose streams carry text, not ids)\n"
             "\n"
             "Exit codes: 0 ok, 1 daemon, connection or file error, 2 bad parameters.\n");
 }
@@ -169,6 +186,8 @@ static void *xmalloc(size_t n)
 
 /* ---- requests ---- */
 
+static int add_row(bench_client *cl, bench_row *row, int conv, int turn);
+
 static void fail(bench *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void fail(bench *b, const char *fmt, ...)
 {
@@ -196,13 +215,77 @@ static int reply_token_cb(void *arg, int32_t id, const char *piece, size_t len)
     return 0;
 }
 
-/* Sends one GENERATE of ids (or WARM when row is NULL) on client cl's connection and records its
- * row. The reply's ids go to reply (at most reply->cap; may be NULL). Returns 0, or -1 after
- * fail(). */
+/* A reply of n synthetic ids (at most reply->cap) in place of the streamed one: what joins a
+ * chat's history when the transport streams text (--http) or --synthetic-replies asks. */
+static void synthetic_reply(bench_client *cl, reply_buf *reply, uint32_t n, int conv, int turn)
+{
+    size_t k = n < reply->cap ? n : reply->cap;
+    fill_ids(reply->ids, k, cl->seed, stream_id(S_REPLY, (uint64_t)conv, (uint64_t)turn),
+             cl->b->vocab);
+    reply->n = k;
+}
+
+/* Names a request in messages: "conversation 3, turn 2", "request 5", "warming prefix 0". */
+static void request_what(const bench_client *cl, int conv, int turn, char *what, size_t cap)
+{
+    if (turn < 0)
+        snprintf(what, cap, "warming prefix %d", conv);
+    else if (cl->wl == W_CHAT)
+        snprintf(what, cap, "conversation %d, turn %d", conv, turn);
+    else
+        snprintf(what, cap, "request %d", conv);
+}
+
+/* The request over --http: a streaming completion of the same ids, its figures into *row. The
+ * reply's ids go to reply when the server streams them. Returns 0, or -1 with the message in
+ * hc_errmsg(). */
+static int http_request(bench_client *cl, const int32_t *ids, size_t n, int conv, int turn,
+                        reply_buf *reply, bench_row *row)
+{
+    bench *b = cl->b;
+    hc_completion_req q = {.ids = ids,
+                           .n_ids = n,
+                           .max_tokens = turn < 0 ? 1 : (uint32_t)b->o.reply_tokens,
+                           .temp = b->o.temp,
+                           .seed = cl->seed * 1000003u + (uint64_t)conv * 1009u + (uint64_t)turn,
+                           .cache_salt = b->o.ns};
+    hc_completion_res r = {.reply_ids = reply ? reply->ids : NULL,
+                           .reply_cap = reply ? reply->cap : 0};
+    if (hc_complete(b->hconns[cl->idx], &q, &r) != 0)
+        return -1;
+    if (reply)
+        reply->n = r.n_reply_ids;
+    row->prompt_tokens = r.prompt_tokens;
+    row->cached = r.cached_tokens;
+    row->cached_disk = r.cached_tokens_disk;
+    row->new_tokens = r.new_tokens;
+    row->ttft_ms = r.ttft_ms;
+    row->server_ttft_ms = r.server_ttft_ms;
+    row->prefill_ms = r.prefill_ms;
+    row->total_ms = r.total_ms;
+    return 0;
+}
+
+/* Sends one GENERATE of ids (or WARM when turn < 0) on client cl's connection, or the same over
+ * --http, and records its row. The reply's ids go to reply (at most reply->cap; may be NULL).
+ * Returns 0, or -1 after fail(). */
 static int bench_request(bench_client *cl, const int32_t *ids, size_t n, int conv, int turn,
                          reply_buf *reply)
 {
     bench *b = cl->b;
+    if (b->hconns) {
+        bench_row row = {0};
+        if (http_request(cl, ids, n, conv, turn, reply, &row) != 0) {
+            char what[64];
+            request_what(cl, conv, turn, what, sizeof what);
+            fail(b, "%s run %d, client %d, %s: %s", wl_names[cl->wl], cl->run, cl->idx, what,
+                 hc_errmsg(b->hconns[cl->idx]));
+            return -1;
+        }
+        if (reply && reply->n == 0)
+            synthetic_reply(cl, reply, row.new_tokens, conv, turn);
+        return turn < 0 ? 0 : add_row(cl, &row, conv, turn);
+    }
     pfx_conn *c = b->conns[cl->idx];
     pfx_gen g = {0};
     g.ids = ids;
@@ -217,13 +300,8 @@ static int bench_request(bench_client *cl, const int32_t *ids, size_t n, int con
     double t0 = base_now_ms();
     pfx_result r;
     if (pfx_generate(c, &g, reply_token_cb, reply ? reply : &none, &r) != 0) {
-        char what[64] = "";
-        if (turn < 0)
-            snprintf(what, sizeof what, "warming prefix %d", conv);
-        else if (cl->wl == W_CHAT)
-            snprintf(what, sizeof what, "conversation %d, turn %d", conv, turn);
-        else
-            snprintf(what, sizeof what, "request %d", conv);
+        char what[64];
+        request_what(cl, conv, turn, what, sizeof what);
         fail(b, "%s run %d, client %d, %s: %s", wl_names[cl->wl], cl->run, cl->idx, what,
              pfx_errmsg(c));
         return -1;
@@ -231,12 +309,9 @@ static int bench_request(bench_client *cl, const int32_t *ids, size_t n, int con
     double total = base_now_ms() - t0;
     if (turn < 0)
         return 0; /* WARM: not timed */
-    bench_row row = {.wl = cl->wl,
-                     .run = cl->run,
-                     .client = cl->idx,
-                     .conv = conv,
-                     .turn = turn,
-                     .prompt_tokens = r.done.prompt_tokens,
+    if (reply && b->o.synthetic_replies)
+        synthetic_reply(cl, reply, (uint32_t)reply->n, conv, turn);
+    bench_row row = {.prompt_tokens = r.done.prompt_tokens,
                      .cached = r.done.cached_tokens,
                      .cached_disk = r.done.cached_tokens_disk,
                      .new_tokens = r.done.new_tokens,
@@ -244,6 +319,19 @@ static int bench_request(bench_client *cl, const int32_t *ids, size_t n, int con
                      .server_ttft_ms = r.done.ttft_ms,
                      .prefill_ms = r.done.prefill_ms,
                      .total_ms = total};
+    return add_row(cl, &row, conv, turn);
+}
+
+/* Records a timed request's row (the rest of it filled here). Returns 0, or -1 after fail(). */
+static int add_row(bench_client *cl, bench_row *rowp, int conv, int turn)
+{
+    bench *b = cl->b;
+    bench_row row = *rowp;
+    row.wl = cl->wl;
+    row.run = cl->run;
+    row.client = cl->idx;
+    row.conv = conv;
+    row.turn = turn;
     pthread_mutex_lock(&b->mu);
     if (b->n_rows == b->cap_rows) {
         b->cap_rows = b->cap_rows ? b->cap_rows * 2 : 256;
@@ -545,6 +633,7 @@ static cJSON *workload_json(const bench *b, int wl)
     cJSON *w = cJSON_CreateObject();
     cJSON_AddStringToObject(w, "workload", wl_names[wl]);
     cJSON_AddStringToObject(w, "label", o->label);
+    cJSON_AddStringToObject(w, "transport", o->http ? "http" : "socket");
     cJSON *p = cJSON_AddObjectToObject(w, "params");
     cJSON_AddNumberToObject(p, "clients", wl == W_SWEEP ? 1 : o->clients);
     if (wl == W_CHAT) {
@@ -568,6 +657,7 @@ static cJSON *workload_json(const bench *b, int wl)
     cJSON_AddNumberToObject(p, "prefix_seed", (double)(o->prefix_seed ? o->prefix_seed : o->seed));
     cJSON_AddNumberToObject(p, "temp", o->temp);
     cJSON_AddBoolToObject(p, "warm", o->warm);
+    cJSON_AddBoolToObject(p, "synthetic_replies", o->http || o->synthetic_replies);
 
     row_filter all = {wl, 0, 0, F_ALL}, hit = {wl, 0, 0, F_HIT}, miss = {wl, 0, 0, F_MISS};
     row_stats s = stats_of(b, &all), sh = stats_of(b, &hit), sm = stats_of(b, &miss);
@@ -646,31 +736,53 @@ static cJSON *workload_json(const bench *b, int wl)
 
 /* ---- output ---- */
 
+#define CSV_HEADER                                                                                 \
+    "workload,label,run,seed,client,conversation,turn,prompt_tokens,cached_tokens,"                \
+    "cached_tokens_disk,ttft_ms,server_ttft_ms,prefill_ms,new_tokens,total_ms,transport"
+
+/* Whether the CSV needs its header: 1 (no file, an empty one, or no --append), 0 (--append to a
+ * file with this header), or -1 after a message (--append to a file with another header: one
+ * of an older prefixctl, without the transport column; checked before the bench runs). */
+static int csv_append_header(const bench_opts *o)
+{
+    if (!o->append)
+        return 1;
+    FILE *r = fopen(o->csv, "rb");
+    if (!r)
+        return 1;
+    char line[512] = "";
+    int empty = !fgets(line, sizeof line, r);
+    fclose(r);
+    if (empty)
+        return 1;
+    line[strcspn(line, "\r\n")] = '\0';
+    if (!strcmp(line, CSV_HEADER))
+        return 0;
+    fprintf(stderr,
+            "prefixctl: bench: --csv '%s' --append: the file has other columns (an older "
+            "prefixctl's, without 'transport'?): give a new file\n",
+            o->csv);
+    return -1;
+}
+
 static int write_csv(const bench *b)
 {
     const bench_opts *o = &b->o;
-    int header = 1;
-    if (o->append) {
-        FILE *r = fopen(o->csv, "rb");
-        if (r) {
-            header = fgetc(r) == EOF;
-            fclose(r);
-        }
-    }
+    int header = csv_append_header(o) == 1;
     FILE *f = fopen(o->csv, o->append ? "ab" : "wb");
     if (!f) {
         fprintf(stderr, "prefixctl: bench: --csv '%s': %s\n", o->csv, strerror(errno));
         return -1;
     }
     if (header)
-        fprintf(f, "workload,label,run,seed,client,conversation,turn,prompt_tokens,cached_tokens,"
-                   "cached_tokens_disk,ttft_ms,server_ttft_ms,prefill_ms,new_tokens,total_ms\n");
+        fprintf(f, "%s\n", CSV_HEADER);
     for (size_t i = 0; i < b->n_rows; i++) {
         const bench_row *r = &b->rows[i];
-        fprintf(f, "%s,%s,%d,%llu,%d,%d,%d,%u,%u,%u,%.3f,%.3f,%.3f,%u,%.3f\n", wl_names[r->wl],
+        fprintf(f, "%s,%s,%d,%llu,%d,%d,%d,%u,%u,%u,%.3f,%.3f,%.3f,%u,%.3f,%s\n", wl_names[r->wl],
                 o->label, r->run, (unsigned long long)(o->seed + (uint64_t)r->run - 1), r->client,
                 r->conv, r->turn, r->prompt_tokens, r->cached, r->cached_disk, r->ttft_ms,
-                r->server_ttft_ms, r->prefill_ms, r->new_tokens, r->total_ms);
+                r->server_ttft_ms, r->prefill_ms, r->new_tokens, r->total_ms,
+                o->http ? "http" : "socket");
     }
     if (fclose(f) != 0) {
         fprintf(stderr, "prefixctl: bench: --csv '%s': %s\n", o->csv, strerror(errno));
@@ -823,7 +935,10 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
         O_JSON,
         O_QUIET,
         O_HELP,
-        O_SOCK
+        O_SOCK,
+        O_HTTP,
+        O_KEY,
+        O_SYNTH
     };
     static const struct option opts[] = {{"workload", required_argument, 0, O_WL},
                                          {"clients", required_argument, 0, O_CLIENTS},
@@ -848,6 +963,9 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
                                          {"quiet", no_argument, 0, O_QUIET},
                                          {"help", no_argument, 0, O_HELP},
                                          {"socket", required_argument, 0, O_SOCK},
+                                         {"http", required_argument, 0, O_HTTP},
+                                         {"api-key", required_argument, 0, O_KEY},
+                                         {"synthetic-replies", no_argument, 0, O_SYNTH},
                                          {0, 0, 0, 0}};
     optind = 1;
     int ch;
@@ -949,6 +1067,15 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
         case O_SOCK:
             o->socket = optarg;
             break;
+        case O_HTTP:
+            o->http = optarg;
+            break;
+        case O_KEY:
+            o->api_key = optarg;
+            break;
+        case O_SYNTH:
+            o->synthetic_replies = 1;
+            break;
         case 'h':
         case O_HELP:
             usage(stdout);
@@ -964,6 +1091,14 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
     }
     if (o->append && !o->csv) {
         fprintf(stderr, "prefixctl: bench: --append needs --csv FILE\n");
+        return 2;
+    }
+    if (o->api_key && !o->http) {
+        fprintf(stderr, "prefixctl: bench: --api-key needs --http URL\n");
+        return 2;
+    }
+    if (o->http && o->socket) {
+        fprintf(stderr, "prefixctl: bench: give --http URL or --socket PATH, not both\n");
         return 2;
     }
     return 0;
@@ -1028,6 +1163,33 @@ static int check_fit(bench *b)
     return 0;
 }
 
+/* --http: one handle per client, and the model's figures from the server. Returns 0, 2 (a bad
+ * URL or key) or 1 (the server could not be reached or said too little). */
+static int http_connect(bench *b)
+{
+    const bench_opts *o = &b->o;
+    b->hconns = calloc((size_t)o->clients, sizeof *b->hconns);
+    if (!b->hconns)
+        return 1;
+    for (int i = 0; i < o->clients; i++) {
+        char err[1024];
+        if (hc_open(o->http, o->api_key, &b->hconns[i], err, sizeof err) != 0) {
+            fprintf(stderr, "prefixctl: bench: --http %s\n", err);
+            return 2;
+        }
+    }
+    hc_server_info info = {0};
+    if (hc_server_info_get(b->hconns[0], &info) != 0) {
+        fprintf(stderr, "prefixctl: bench: %s\n", hc_errmsg(b->hconns[0]));
+        return 1;
+    }
+    b->vocab = info.vocab;
+    b->seq_len = info.seq_len;
+    b->block_tokens = 0; /* not told over HTTP */
+    snprintf(b->model, sizeof b->model, "%s", info.model);
+    return 0;
+}
+
 int bench_main(const char *sock, int argc, char **argv)
 {
     bench *b = calloc(1, sizeof *b);
@@ -1055,17 +1217,27 @@ int bench_main(const char *sock, int argc, char **argv)
     }
     if (o->conversations == 0)
         o->conversations = o->systems > o->clients ? o->systems : o->clients;
+    if (o->csv && csv_append_header(o) < 0) {
+        free(b);
+        return 1;
+    }
     pthread_mutex_init(&b->mu, NULL);
-    b->conns = calloc((size_t)o->clients, sizeof *b->conns);
-    rc = b->conns ? 0 : 1;
-    for (int i = 0; i < o->clients && rc == 0; i++) {
+    if (o->http) {
+        rc = http_connect(b);
+        if (rc == 0)
+            rc = check_fit(b);
+    } else {
+        b->conns = calloc((size_t)o->clients, sizeof *b->conns);
+        rc = b->conns ? 0 : 1;
+    }
+    for (int i = 0; !o->http && i < o->clients && rc == 0; i++) {
         char err[1024];
         if (pfx_connect(o->socket ? o->socket : sock, &b->conns[i], err, sizeof err) != 0) {
             fprintf(stderr, "prefixctl: bench: client %d: %s\n", i, err);
             rc = 1;
         }
     }
-    if (rc == 0) {
+    if (rc == 0 && !o->http) {
         const proto_hello_ok *h = pfx_server(b->conns[0]);
         b->vocab = (int)h->vocab_size;
         b->seq_len = (int)h->seq_len;
@@ -1087,6 +1259,9 @@ int bench_main(const char *sock, int argc, char **argv)
         /* Even after a failure, what was measured is written out. */
         cJSON *doc = cJSON_CreateObject();
         cJSON_AddStringToObject(doc, "label", o->label);
+        cJSON_AddStringToObject(doc, "transport", o->http ? "http" : "socket");
+        if (o->http)
+            cJSON_AddStringToObject(doc, "url", o->http);
         cJSON *srv = cJSON_AddObjectToObject(doc, "server");
         cJSON_AddStringToObject(srv, "model", b->model);
         cJSON_AddNumberToObject(srv, "vocab_size", b->vocab);
@@ -1105,7 +1280,10 @@ int bench_main(const char *sock, int argc, char **argv)
     }
     for (int i = 0; b->conns && i < o->clients; i++)
         pfx_close(b->conns[i]);
+    for (int i = 0; b->hconns && i < o->clients; i++)
+        hc_close(b->hconns[i]);
     free(b->conns);
+    free(b->hconns);
     free(b->rows);
     free(b->phases);
     pthread_mutex_destroy(&b->mu);

@@ -21,7 +21,7 @@ MODEL = os.path.join(MODELS, "stories260K.bin")
 TOK = os.path.join(MODELS, "tok512.bin")
 COLUMNS = ["workload", "label", "run", "seed", "client", "conversation", "turn", "prompt_tokens",
            "cached_tokens", "cached_tokens_disk", "ttft_ms", "server_ttft_ms", "prefill_ms",
-           "new_tokens", "total_ms"]
+           "new_tokens", "total_ms", "transport"]
 # A small chat: 2 system prompts of 96 tokens, 4 conversations on 2 clients, 3 turns.
 SMALL = ["--clients", "2", "--systems", "2", "--system-tokens", "96", "--conversations", "4",
          "--turns", "3", "--user-tokens", "20", "--reply-tokens", "8", "--requests", "6",
@@ -57,7 +57,7 @@ def read_csv(path):
         check(len(r) == len(COLUMNS), "CSV row with %d fields: %r" % (len(r), r))
     out = [dict(zip(COLUMNS, r)) for r in rows[1:]]
     for r in out:
-        for k in COLUMNS[2:]:
+        for k in COLUMNS[2:-1]:
             float(r[k])  # every number parses
         check(float(r["ttft_ms"]) > 0, "TTFT > 0: %r" % r)
         check(int(r["cached_tokens"]) <= int(r["prompt_tokens"]), "cached <= prompt: %r" % r)
@@ -88,9 +88,11 @@ def case_outputs():
               and len(by["sweep"]) == 4, "rows per workload: %r"
               % {k: len(v) for k, v in by.items()})
         check(all(x["label"] == "ram" for x in rows), "label in every row")
+        check(all(x["transport"] == "socket" for x in rows), "transport in every row")
         check({x["client"] for x in by["chat"]} == {"0", "1"}, "two clients")
         doc = json.load(open(j))
         check(doc["label"] == "ram" and doc["server"]["seq_len"] == 512, "JSON header")
+        check(doc["transport"] == "socket", "JSON transport")
         ws = {w["workload"]: w for w in doc["workloads"]}
         check(list(ws) == ["chat", "fewshot", "unique", "sweep"], "JSON workloads in order")
         for name, w in ws.items():
@@ -234,6 +236,14 @@ def case_bad_params():
         r = bench(sock, "--csv", os.path.join(tmp, "no", "such", "dir.csv"), "--system-tokens",
                   "16", "--turns", "1", "--quiet", expect=1)
         check("--csv" in r.stderr, "unwritable CSV: %r" % r.stderr)
+        # --append to a CSV of other columns (an older prefixctl's): refused before the bench.
+        old = os.path.join(tmp, "old.csv")
+        with open(old, "w") as f:
+            f.write(",".join(COLUMNS[:-1]) + "\n")
+        r = bench(sock, "--csv", old, "--append", "--system-tokens", "16", "--turns", "1",
+                  expect=1)
+        check("other columns" in r.stderr and r.stdout == "", "old CSV: %r" % r.stderr)
+        check(open(old).read() == ",".join(COLUMNS[:-1]) + "\n", "old CSV left as it was")
     with_daemon(body)
 
 
