@@ -343,24 +343,5 @@ def case_http_fake_llama_server():
         srv.ls.close()
 
 
-def main():
-    if CASE == "--list":  # ctest's list of cases (tests/CMakeLists.txt, prefixd_test_cases)
-        print("\n".join(k[5:] for k in globals() if k.startswith("case_")))
-        return 0
-    fn = globals().get("case_" + CASE)
-    if not fn:
-        print("unknown case %r" % CASE)
-        return 2
-    try:
-        with daemon.scratch("prefixd-bench-http-%s-" % CASE):
-            fn()
-    except AssertionError as e:
-        print("FAIL %s: %s" % (CASE, e))
-        print("0 passed, 1 failed")
-        return 1
-    print("1 passed, 0 failed")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    daemon.run_cases(daemon.cases_of(globals()), CASE, "prefixd-bench-http-")
