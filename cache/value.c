@@ -34,8 +34,8 @@ void cache_value_fmt_init(cache_value_fmt *f, const uint8_t fingerprint[16], int
     f->val_bytes = sizeof(cache_value_hdr) + f->tok_bytes + f->payload_bytes;
 }
 
-void cache_value_build(const cache_value_fmt *f, void *out, cache_key key, cache_key parent,
-                       const int32_t *tokens, const float *data)
+void cache_value_build_head(const cache_value_fmt *f, void *out, cache_key key, cache_key parent,
+                            const int32_t *tokens, const float *data)
 {
     uint8_t *p = out;
     XXH128_hash_t h = XXH3_128bits(data, f->payload_bytes);
@@ -51,7 +51,13 @@ void cache_value_build(const cache_value_fmt *f, void *out, cache_key key, cache
     size_t tok = (size_t)f->block_tokens * 4;
     memcpy(p + sizeof hdr, tokens, tok);
     memset(p + sizeof hdr + tok, 0, f->tok_bytes - tok);
-    memcpy(p + sizeof hdr + f->tok_bytes, data, f->payload_bytes);
+}
+
+void cache_value_build(const cache_value_fmt *f, void *out, cache_key key, cache_key parent,
+                       const int32_t *tokens, const float *data)
+{
+    cache_value_build_head(f, out, key, parent, tokens, data);
+    memcpy((uint8_t *)out + sizeof(cache_value_hdr) + f->tok_bytes, data, f->payload_bytes);
 }
 
 int cache_value_verify(const cache_value_fmt *f, const void *val, size_t len, cache_key key,

@@ -53,6 +53,12 @@ void cache_value_fmt_init(cache_value_fmt *f, const uint8_t fingerprint[16], int
 void cache_value_build(const cache_value_fmt *f, void *out, cache_key key, cache_key parent,
                        const int32_t *tokens, const float *data);
 
+/* Writes only the head of that value into out (sizeof(cache_value_hdr) + f->tok_bytes bytes):
+ * the header (with the checksum of data) and the padded token ids; the payload, data itself,
+ * follows them in the stored value (the remote tier sends it from where it lies). */
+void cache_value_build_head(const cache_value_fmt *f, void *out, cache_key key, cache_key parent,
+                            const int32_t *tokens, const float *data);
+
 /* Checks the stored bytes val[0..len) against what the caller expects (key, parent, tokens) and
  * copies the payload into payload_out (block_floats floats) as it verifies the checksum over the
  * copy (so what is checked is what is served, whatever happens to val meanwhile). Returns 0
