@@ -49,7 +49,9 @@ struct remote_thread {
     remote_thread_stats st;
     /* the remote thread's own */
     double next_try_ms, backoff_ms;
-    int ever_connected, logged_down, logged_full;
+    int ever_connected, logged_down;
+    double full_logged_ms; /* when a refused write was last logged (at most once a minute) */
+    uint64_t refused_unlogged;
 };
 
 /* ---- The engine thread's side --------------------------------------------------------------- */
@@ -210,13 +212,18 @@ static uint64_t write_batch(remote_thread *w, uint64_t from, size_t n)
     size_t stored = 0;
     int rc = cache_remote_put(w->r, items, n, &stored);
     if (rc == CACHE_EFULL) {
-        if (!w->logged_full)
-            base_log(BASE_LOG_WARN, "remote tier: %s (writes fail, counted; serving continues)",
-                     cache_remote_errmsg(w->r));
-        w->logged_full = 1;
-    } else if (rc == 0 && w->logged_full) {
-        base_log(BASE_LOG_INFO, "remote tier: writing again");
-        w->logged_full = 0;
+        /* A server at its maxmemory refuses some writes and takes others as its memory moves:
+         * logged at most once a minute, with the count since. */
+        w->refused_unlogged += n - stored;
+        double now = base_now_ms();
+        if (w->full_logged_ms == 0 || now - w->full_logged_ms > 60e3) {
+            base_log(BASE_LOG_WARN,
+                     "remote tier: %s (%llu writes refused since the last message; counted, "
+                     "serving continues)",
+                     cache_remote_errmsg(w->r), (unsigned long long)w->refused_unlogged);
+            w->full_logged_ms = now;
+            w->refused_unlogged = 0;
+        }
     }
     after_exchange(w, rc);
     return n - stored;
