@@ -3,7 +3,8 @@
  *
  * Why these shapes:
  * - hiredis connects (TCP or Unix socket, with a connect timeout) and parses replies (its
- *   redisReader); the commands are written here, as RESP arrays, with writev(). A SET's payload
+ *   redisReader); the commands are written here, as RESP arrays, with sendmsg() (an iovec, and no SIGPIPE when
+ *   the server has gone). A SET's payload
  *   is sent from the pool slot where it lies (the header and token ids are built beside it), so
  *   a write-behind costs the engine nothing and the remote thread no staging copy.
  * - The socket is made non-blocking after the connect and every wait is a poll() bounded by the
@@ -30,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -289,7 +291,9 @@ static int io_wait(cache_remote *r, short events, double deadline)
 static int send_iov(cache_remote *r, struct iovec *iov, int n, double deadline, const char *what)
 {
     while (n > 0) {
-        ssize_t k = writev(r->c->fd, iov, n);
+        /* sendmsg() for MSG_NOSIGNAL: a server gone is an error here, never SIGPIPE. */
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        ssize_t k = sendmsg(r->c->fd, &mh, MSG_NOSIGNAL);
         if (k < 0) {
             if (errno == EINTR)
                 continue;

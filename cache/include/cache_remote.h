@@ -4,9 +4,10 @@
  * Synchronous and single-threaded: one handle is used by one thread (the daemon's remote thread,
  * daemon/engine/remote_thread.h), which owns the connection; nothing here locks. hiredis makes
  * the connection (TCP or a Unix socket, with a timeout) and parses the server's replies; the
- * handle writes its commands itself, with writev(), so a block's payload goes from the pool
- * slot to the socket without a staging copy. Every exchange has a deadline (the timeout option):
- * the socket is non-blocking and each wait is a poll() bounded by what is left of it.
+ * handle writes its commands itself, with sendmsg() (an iovec; MSG_NOSIGNAL: a server that has
+ * gone is an error, never SIGPIPE), so a block's payload goes from the pool slot to the socket
+ * without a staging copy. Every exchange has a deadline (the timeout option): the socket is
+ * non-blocking and each wait is a poll() bounded by what is left of it.
  *
  * Format: one Redis string per block, under the key "prefixd:v1:" followed by the block's
  * 128-bit key in 32 lower-case hex digits (hi, then lo). The value is the tiers' shared value
