@@ -6,6 +6,7 @@
 #include "cache_remote.h"
 #include "cache_value.h"
 #include "harness.h"
+#include "redis_server.h"
 
 #include <signal.h>
 #include <stdint.h>
@@ -119,44 +120,6 @@ static void test_urls(void)
 }
 
 /* ---- against a real redis-server ---- */
-
-static pid_t redis_pid;
-static char redis_sock[600];
-
-static int have_redis(void)
-{
-    return system("command -v redis-server >/dev/null 2>&1") == 0;
-}
-
-static void redis_stop(void)
-{
-    if (redis_pid > 0) {
-        kill(redis_pid, SIGKILL);
-        waitpid(redis_pid, NULL, 0);
-    }
-    redis_pid = 0;
-}
-
-static void redis_start(const char *extra)
-{
-    const char *dir = harness_tmpdir();
-    snprintf(redis_sock, sizeof redis_sock, "%s/redis.sock", dir);
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd,
-             "exec redis-server --port 0 --unixsocket %s --unixsocketperm 700 --save '' "
-             "--appendonly no --dir %s --logfile %s/redis.log %s",
-             redis_sock, dir, dir, extra);
-    redis_pid = fork();
-    if (redis_pid == 0) {
-        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-        _exit(127);
-    }
-    CHECK(redis_pid > 0);
-    atexit(redis_stop); /* a failed CHECK ends the case early */
-    for (int i = 0; i < 200 && access(redis_sock, F_OK) != 0; i++)
-        usleep(20000);
-    CHECK_MSG(access(redis_sock, F_OK) == 0, "redis-server did not make %s", redis_sock);
-}
 
 static cache_remote *open_store(size_t floats, double timeout_ms)
 {
