@@ -60,18 +60,13 @@ void cache_value_build(const cache_value_fmt *f, void *out, cache_key key, cache
     memcpy((uint8_t *)out + sizeof(cache_value_hdr) + f->tok_bytes, data, f->payload_bytes);
 }
 
-int cache_value_verify(const cache_value_fmt *f, const void *val, size_t len, cache_key key,
-                       cache_key parent, const int32_t *tokens, float *payload_out,
-                       const char **why)
+int cache_value_check_head(const cache_value_fmt *f, const void *head, cache_key key,
+                           cache_key parent, const int32_t *tokens, const char **why)
 {
-    const uint8_t *p = val;
+    const uint8_t *p = head;
     cache_value_hdr h;
-    *why = NULL;
-    if (len != f->val_bytes) {
-        *why = "wrong length";
-        return CACHE_ECORRUPT;
-    }
     memcpy(&h, p, sizeof h);
+    *why = NULL;
     if (h.magic != CACHE_VALUE_MAGIC)
         *why = "bad magic";
     else if (h.version != CACHE_VALUE_FORMAT)
@@ -87,13 +82,36 @@ int cache_value_verify(const cache_value_fmt *f, const void *val, size_t len, ca
         *why = "wrong geometry";
     else if (memcmp(p + sizeof h, tokens, (size_t)f->block_tokens * 4) != 0)
         *why = "token ids mismatch";
-    if (*why)
-        return CACHE_ECORRUPT;
-    memcpy(payload_out, p + sizeof h + f->tok_bytes, f->payload_bytes);
-    XXH128_hash_t sum = XXH3_128bits(payload_out, f->payload_bytes);
+    return *why ? CACHE_ECORRUPT : 0;
+}
+
+int cache_value_check_payload(const cache_value_fmt *f, const void *head, const float *payload,
+                              const char **why)
+{
+    cache_value_hdr h;
+    memcpy(&h, head, sizeof h);
+    XXH128_hash_t sum = XXH3_128bits(payload, f->payload_bytes);
+    *why = NULL;
     if (sum.low64 != h.checksum[0] || sum.high64 != h.checksum[1]) {
         *why = "payload checksum mismatch";
         return CACHE_ECORRUPT;
     }
     return 0;
+}
+
+int cache_value_verify(const cache_value_fmt *f, const void *val, size_t len, cache_key key,
+                       cache_key parent, const int32_t *tokens, float *payload_out,
+                       const char **why)
+{
+    const uint8_t *p = val;
+    *why = NULL;
+    if (len != f->val_bytes) {
+        *why = "wrong length";
+        return CACHE_ECORRUPT;
+    }
+    int rc = cache_value_check_head(f, p, key, parent, tokens, why);
+    if (rc != 0)
+        return rc;
+    memcpy(payload_out, p + sizeof(cache_value_hdr) + f->tok_bytes, f->payload_bytes);
+    return cache_value_check_payload(f, p, payload_out, why);
 }

@@ -3,7 +3,8 @@
  *
  * Synchronous and single-threaded: one handle is used by one thread (the daemon's remote thread,
  * daemon/engine/remote_thread.h), which owns the connection; nothing here locks. hiredis makes
- * the connection (TCP or a Unix socket, with a timeout) and parses the server's replies; the
+ * the connection (TCP or a Unix socket, with a timeout) and parses the server's small replies
+ * (a GET's value is read straight into the caller's slot, bypassing it); the
  * handle writes its commands itself, with sendmsg() (an iovec; MSG_NOSIGNAL: a server that has
  * gone is an error, never SIGPIPE), so a block's payload goes from the pool slot to the socket
  * without a staging copy. Every exchange has a deadline (the timeout option): the socket is

@@ -70,4 +70,15 @@ int cache_value_verify(const cache_value_fmt *f, const void *val, size_t len, ca
                        cache_key parent, const int32_t *tokens, float *payload_out,
                        const char **why);
 
+/* The two halves of cache_value_verify(), for a reader that puts the payload where it belongs
+ * itself (the remote tier reads it from the socket straight into the slot): head is the value's
+ * first sizeof(cache_value_hdr) + f->tok_bytes bytes (the caller has checked the length).
+ * check_head checks everything but the checksum, check_payload the checksum of payload (the
+ * caller's copy, block_floats floats) against head's. Same returns and reasons as
+ * cache_value_verify(). */
+int cache_value_check_head(const cache_value_fmt *f, const void *head, cache_key key,
+                           cache_key parent, const int32_t *tokens, const char **why);
+int cache_value_check_payload(const cache_value_fmt *f, const void *head, const float *payload,
+                              const char **why);
+
 #endif

@@ -322,6 +322,16 @@ def case_corrupt():
         written(b, 1)
         b.stop()
         check(r.cmd("GET", first) == orig, "%s: the rewritten value differs" % name)
+    # Not a string at all under the key: as bad as a corrupt value.
+    r.cmd("DEL", first)
+    r.cmd("RPUSH", first, "x")
+    b = serve(r)
+    res, remote = gen(b, p2)
+    check(res["tokens"] == want[p2] and remote == 0, "a list under the key")
+    check(stats(b)["remote_corrupt_deleted"] == 1, "the list was not deleted")
+    written(b, 1)
+    b.stop()
+    check(r.cmd("GET", first) == orig, "not rewritten after the list")
 
 
 def case_redis_dies():

@@ -193,6 +193,21 @@ static void test_store_chain(void)
     cache_remote_get_stats(r, &st);
     CHECK_EQ_U64(st.misses, 2);
     CHECK(cache_remote_connected(r));
+    /* A value of another geometry (twice the payload) under block 0's key: read past, dropped,
+     * deleted; the connection stays in step. */
+    cache_remote *big = open_store(2 * floats, 2000);
+    float *twice = calloc(2 * floats, 4);
+    cache_remote_item bi = {keys[0], key_of(999), tok, twice};
+    CHECK_EQ_INT(cache_remote_put(big, &bi, 1, NULL), 0);
+    cache_remote_close(big);
+    free(twice);
+    CHECK_EQ_INT(cache_remote_get(r, key_of(999), keys, tok, out, N, &got), 0);
+    CHECK_EQ_U64(got, 0);
+    CHECK_STR_CONTAINS(cache_remote_errmsg(r), "wrong length");
+    CHECK(cache_remote_connected(r));
+    CHECK_EQ_INT(cache_remote_put(r, items, 2, NULL), 0);
+    CHECK_EQ_INT(cache_remote_get(r, key_of(999), keys, tok, out, 2, &got), 0);
+    CHECK_EQ_U64(got, 2);
     cache_remote_close(r);
     redis_stop();
     for (int i = 0; i < N; i++) {
