@@ -694,6 +694,15 @@ static int take_value(cache_remote *r, int got, cache_key key, cache_key parent,
     return 0;
 }
 
+/* Counts a GET batch's time (failed ones too); returns rc. */
+static int get_done(cache_remote *r, double t0, int rc)
+{
+    double dt = now_ms() - t0;
+    r->st.get_ms += dt;
+    record_latency(r, dt);
+    return rc;
+}
+
 int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
                      const int32_t *tokens, float *const *dst, size_t n, size_t *n_loaded)
 {
@@ -718,14 +727,14 @@ int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
         }
         int rc = send_buf(r, r->cmd, len, deadline, "loading blocks");
         if (rc)
-            return rc;
+            return get_done(r, t0, rc);
         r->st.gets += m;
         int go_on = 1, bad = 0;
         for (size_t j = 0; j < m; j++) {
             size_t i = start + j;
             int got;
             if ((rc = get_reply(r, go_on, dst[i], &got, deadline)) != 0)
-                return rc; /* the blocks loaded so far stay loaded */
+                return get_done(r, t0, rc); /* the blocks loaded so far stay loaded */
             if (go_on) {
                 cache_key pk = i ? keys[i - 1] : parent;
                 go_on = take_value(r, got, keys[i], pk, tokens + i * B, dst[i], &bad);
@@ -734,10 +743,9 @@ int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
             }
         }
         if (r->ib_pos != r->ib_len)
-            return conn_fail(r, CACHE_EIO, "loading blocks", "bytes after the last reply");
-        double dt = now_ms() - t0;
-        r->st.get_ms += dt;
-        record_latency(r, dt);
+            return get_done(
+                r, t0, conn_fail(r, CACHE_EIO, "loading blocks", "bytes after the last reply"));
+        get_done(r, t0, 0);
         if (bad)
             delete_bad(r, &keys[*n_loaded], 1);
         if (!go_on)
