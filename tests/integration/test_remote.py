@@ -150,8 +150,10 @@ class Redis:
         return out
 
 
-def serve(r, *extra, tmp=None, model=None):
-    """A daemon with its own RAM and disk tier on Redis r (None: no remote tier)."""
+def serve(r, *extra, tmp=None, model=None, connected=True):
+    """A daemon with its own RAM and disk tier on Redis r (None: no remote tier). The daemon
+    connects in the background; with connected, this waits until it has (a request before that
+    finds nothing remote, and its blocks are not written)."""
     tmp = tmp or tempfile.mkdtemp(prefix="prefixd-it-")
     extra = list(extra)
     if "--disk-dir" not in extra:
@@ -160,7 +162,10 @@ def serve(r, *extra, tmp=None, model=None):
         extra = ["--remote", r.url] + extra
     if model:
         extra += ["--model", model]
-    return daemon.Daemon(PREFIXD, MODEL, TOK, *extra, tmp=tmp)
+    d = daemon.Daemon(PREFIXD, MODEL, TOK, *extra, tmp=tmp)
+    if r is not None and connected:
+        wait_for(lambda: stats(d).get("remote_connected") == 1, "the daemon to connect")
+    return d
 
 
 def reference(prompts, max_new=24, model=None):
@@ -397,7 +402,7 @@ def case_down_at_start():
     r = Redis()
     r.kill()
     want = reference([STORY])
-    b = serve(r)
+    b = serve(r, connected=False)
     res, remote = gen(b, STORY)
     check(res["tokens"] == want[STORY] and remote == 0, "served without Redis")
     check("cannot connect" in b.logtext(), "no log: %s" % b.logtext()[-800:])
@@ -489,7 +494,7 @@ def case_options():
     d = serve(r, "--remote-password-file", pw)
     wait_for(lambda: stats(d).get("remote_connected") == 1, "AUTH")
     d.stop()
-    d = serve(r)
+    d = serve(r, connected=False)
     wait_for(lambda: "cannot" in d.logtext() or "NOAUTH" in d.logtext() or "AUTH" in d.logtext(),
              "an authentication error logged")
     check(stats(d)["remote_connected"] == 0, "connected without the password")
