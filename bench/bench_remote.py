@@ -2,7 +2,7 @@
 """TTFT from the remote tier (Redis), beside the RAM and disk tiers and no cache at all.
 
 usage: bench/bench_remote.py [--model PATH] [--runs 5] [--prefix-tokens 1500] [--new-tokens 40]
-                             [--build DIR] [--json OUT]
+                             [--build DIR] [--json OUT] [--remote-timeout MS]
 (default model: a stories110M-shaped synthetic model, `prefixd synth --shape stories110M`,
 written to /tmp/prefixd-bench-remote-110M.bin if missing)
 
@@ -38,6 +38,7 @@ args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
 runs = int(args.get("--runs", "5"))
 P = int(args.get("--prefix-tokens", "1500"))
 N = int(args.get("--new-tokens", "40"))
+rto = ["--remote-timeout", args["--remote-timeout"]] if "--remote-timeout" in args else []
 build = args.get("--build", os.path.join(root, "build"))
 binary = next((b for b in (os.path.join(build, "daemon", "cli", "prefixd"),
                            os.path.join(build, "daemon", "prefixd")) if os.path.exists(b)), None)
@@ -88,13 +89,13 @@ def gen(sock, ids, max_new=1):
 
 
 def wait_writes(sock, n):
-    for _ in range(600):
+    for _ in range(1200):
         with prefixd.Client(sock) as c:
             st = c.stats()
         if st.get("remote_writes", 0) >= n and st.get("remote_write_pending", 0) == 0:
             return
         time.sleep(0.05)
-    sys.exit("writes did not finish")
+    sys.exit("writes did not finish: %s" % {k: v for k, v in st.items() if "remote" in k})
 
 
 rsock = os.path.join(tmp, "redis.sock")
@@ -102,8 +103,8 @@ start([redis_bin, "--port", "0", "--unixsocket", rsock, "--unixsocketperm", "700
        "--appendonly", "no", "--dir", tmp, "--logfile", os.path.join(tmp, "redis.log")], rsock)
 remote = "unix:" + rsock
 try:
-    a = daemon("a", "--remote", remote, "--disk-dir", "none", "--cache-mem", "1G")
-    b = daemon("b", "--remote", remote, "--disk-dir", "none", "--cache-mem", "1G")
+    a = daemon("a", "--remote", remote, "--disk-dir", "none", "--cache-mem", "1G", *rto)
+    b = daemon("b", "--remote", remote, "--disk-dir", "none", "--cache-mem", "1G", *rto)
     os.makedirs(os.path.join(tmp, "d-disk"), mode=0o700)
     # D's RAM holds one prompt (the prefix's 97 blocks of 1.2 MB and a few more), not two.
     d = daemon("d", "--disk-dir", os.path.join(tmp, "d-disk"), "--cache-mem", "120M")
@@ -147,6 +148,7 @@ try:
     print("| disk | %.0f | %d |" % (med["disk_ms"], med["disk_cached"]))
     print("| remote (Redis, Unix socket) | %.0f (%.1f%% of uncached) | %d |" %
           (med["remote_ms"], med["remote_pct_of_uncached"], med["remote_cached"]))
+    print("remote timeout: %s" % (rto[1] + " ms" if rto else "the default (50 ms)"))
     print("remote: %.1f MB in %.0f round trips, %.1f ms in GET batches (%.0f MB/s), load job "
           "%.1f ms, prefill of the new tokens %.1f ms; load average %s" %
           (med["remote_mb"], med["round_trips"], med["remote_get_ms"], med["load_mb_s"],

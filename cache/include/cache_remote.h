@@ -7,8 +7,9 @@
  * (a GET's value is read straight into the caller's slot, bypassing it); the
  * handle writes its commands itself, with sendmsg() (an iovec; MSG_NOSIGNAL: a server that has
  * gone is an error, never SIGPIPE), so a block's payload goes from the pool slot to the socket
- * without a staging copy. Every exchange has a deadline (the timeout option): the socket is
- * non-blocking and each wait is a poll() bounded by what is left of it.
+ * without a staging copy. The socket is non-blocking and each wait is a poll() bounded by the
+ * timeout option (how long the server may stay silent) and by the exchange's hard deadline (20
+ * timeouts, at least 1 s).
  *
  * Format: one Redis string per block, under the key "prefixd:v1:" followed by the block's
  * 128-bit key in 32 lower-case hex digits (hi, then lo). The value is the tiers' shared value
@@ -46,7 +47,7 @@ typedef struct cache_remote_opts {
     uint8_t fingerprint[16]; /* the model's fingerprint (cache_opts.fingerprint) */
     int block_tokens;        /* B */
     size_t block_floats;     /* floats per block payload */
-    double timeout_ms;       /* deadline of one exchange (connecting, one batch); 0: 50 ms */
+    double timeout_ms;       /* how long the server may stay silent in an exchange; 0: 50 ms */
     uint32_t ttl_s;          /* expiry of every value written; 0: one day */
 } cache_remote_opts;
 
@@ -70,7 +71,7 @@ int cache_remote_open(const cache_remote_opts *o, cache_remote **out, char *msg,
 /* Disconnects and frees everything. Accepts NULL. */
 void cache_remote_close(cache_remote *r);
 
-/* Connects (within the deadline), authenticates, selects the database and checks the server
+/* Connects (within max(timeout, 200 ms)), authenticates, selects the database and checks the server
  * answers (PING). Returns 0, or CACHE_EIO / CACHE_ETIMEDOUT with the reason (hiredis's or the
  * server's text) in cache_remote_errmsg(); the handle is then disconnected. */
 int cache_remote_connect(cache_remote *r);
@@ -85,8 +86,9 @@ int cache_remote_connected(const cache_remote *r);
  * n * block_tokens ids. Stops at the first block absent or bad: *n_loaded receives how many
  * leading blocks were loaded (their dst[] hold verified payloads; the others' are undefined).
  * Bad values are deleted. Returns 0 (whatever *n_loaded), or CACHE_ENOCONN (not connected),
- * CACHE_ETIMEDOUT (a batch not answered within the deadline) or CACHE_EIO (the connection
- * failed): the blocks before the failed batch stay loaded, the handle is disconnected. */
+ * CACHE_ETIMEDOUT (the server silent for the timeout, or a batch past 20 timeouts: at least 1 s)
+ * or CACHE_EIO (the connection failed): the blocks before the failed batch stay loaded, the
+ * handle is disconnected. */
 int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
                      const int32_t *tokens, float *const *dst, size_t n, size_t *n_loaded);
 
@@ -117,7 +119,7 @@ typedef struct cache_remote_stats {
     uint64_t puts;            /* blocks stored */
     uint64_t put_refused;     /* SETs the server refused (out of memory, or another error) */
     uint64_t errors;          /* exchanges that failed: I/O errors, protocol errors */
-    uint64_t timeouts;        /* exchanges past the deadline */
+    uint64_t timeouts;        /* exchanges ended by the timeout or the hard deadline */
     uint64_t bytes_in;        /* value bytes loaded (hits) */
     uint64_t bytes_out;       /* value bytes stored */
     uint64_t round_trips;     /* pipelined batches (gets and puts) */

@@ -125,7 +125,7 @@ typedef struct engine_opts {
     const char *remote_url;      /* "redis://HOST:PORT[/DB]" or "unix:/path"; NULL: none */
     const char *remote_password; /* AUTH password, or NULL; copied by engine_new() */
     uint32_t remote_ttl_s;       /* expiry of the values written (0: one day) */
-    double remote_timeout_ms;    /* deadline of one round trip (0: 50 ms) */
+    double remote_timeout_ms;    /* how long the server may stay silent (0: 50 ms) */
     size_t remote_queue;         /* write-behind queue bytes (0: min(256 MiB, cache_mem / 4)) */
 } engine_opts;
 

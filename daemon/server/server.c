@@ -256,12 +256,12 @@ static void log_start(server *s)
     else if (!eff->no_cache)
         base_log(BASE_LOG_INFO, "disk tier off: blocks leaving RAM are dropped");
     if (eff->remote_url && !eff->no_cache)
-        base_log(BASE_LOG_INFO,
-                 "remote tier %s: blocks written behind with a TTL of %u s, round-trip deadline "
-                 "%.0f ms",
-                 eff->remote_url, eff->remote_ttl_s ? eff->remote_ttl_s : CACHE_REMOTE_DEFAULT_TTL,
-                 eff->remote_timeout_ms > 0 ? eff->remote_timeout_ms
-                                            : CACHE_REMOTE_DEFAULT_TIMEOUT);
+        base_log(
+            BASE_LOG_INFO,
+            "remote tier %s: blocks written behind with a TTL of %u s, server silence deadline "
+            "%.0f ms",
+            eff->remote_url, eff->remote_ttl_s ? eff->remote_ttl_s : CACHE_REMOTE_DEFAULT_TTL,
+            eff->remote_timeout_ms > 0 ? eff->remote_timeout_ms : CACHE_REMOTE_DEFAULT_TIMEOUT);
 }
 
 /* What is only in RAM goes to disk, so a restart finds it. The loop is closed, so a further

@@ -160,6 +160,11 @@ def serve(r, *extra, tmp=None, model=None, connected=True):
         extra = ["--disk-dir", os.path.join(tmp, "disk")] + extra
     if r is not None and "--remote" not in extra:
         extra = ["--remote", r.url] + extra
+    if r is not None and "--remote-timeout" not in extra:
+        # The default 50 ms is shorter than this shared 2-core machine's scheduling hiccups
+        # under load (a Redis not scheduled for 50 ms looks stalled); cases about the timeout
+        # give their own.
+        extra += ["--remote-timeout", "2000"]
     if model:
         extra += ["--model", model]
     d = daemon.Daemon(PREFIXD, MODEL, TOK, *extra, tmp=tmp)
