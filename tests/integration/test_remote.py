@@ -251,7 +251,14 @@ def case_share():
           "second request on B: remote %d, %s" % (remote, res))
     check("remote tier: connected to " + r.url in a.logtext(), "A's log: %s" % a.logtext()[-500:])
     a.stop()
-    b.stop()
+    # What B loaded from Redis lives in its RAM like any block, so it goes to B's disk tier too
+    # (written at exit): B again, without the remote tier, finds the prefix on disk.
+    check(b.stop() == 0, "B's exit")
+    b2 = serve(None, tmp=b.tmp)
+    res2, _ = gen(b2, p2)
+    check(res2["tokens"] == want[p2] and res2["cached_tokens_disk"] >= remote,
+          "B's disk after the remote load: %s" % res2)
+    b2.stop()
 
 
 def case_namespace():
