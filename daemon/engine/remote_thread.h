@@ -11,9 +11,10 @@
  * - loads: a request whose prompt continues past its RAM (and disk) hits asks for the next blocks
  *   of its chain; the remote thread fetches them in pipelined batches, one round trip per
  *   batch, verifies each value (cache_value.h) and copies its payload straight into the
- *   request's own private pool slots, stopping at the first miss. Every batch has a deadline
- *   (--remote-timeout): past it the load ends with what it has and the request computes the
- *   rest. The request waits; the engine keeps decoding the others meanwhile.
+ *   request's own private pool slots, stopping at the first miss. The server may stay silent
+ *   for at most the timeout (--remote-timeout) and a batch may take at most 20 of them (at
+ *   least 1 s): past either the load ends with what it has and the request computes the rest.
+ *   The request waits; the engine keeps decoding the others meanwhile.
  * Loads go before writes: a load waits for at most one batch of writes.
  *
  * The connection: made by the remote thread itself (engine_new never waits for the network).
@@ -64,7 +65,7 @@ typedef struct remote_thread_load {
  * CACHE_ENOMEM (also: the thread cannot start). */
 int remote_thread_open(const remote_thread_opts *o, remote_thread **out, char *msg, size_t msglen);
 
-/* Sends the writes still queued (if connected; each batch under the deadline), stops the thread
+/* Sends the writes still queued (if connected; each batch under the timeouts), stops the thread
  * and disconnects. Loads still queued are finished first (their owners must be done with them:
  * call after the last poll). The owners of queued writes must then be taken back with
  * remote_thread_take_written() before freeing the handle: remote_thread_free(). */
