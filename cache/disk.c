@@ -47,10 +47,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
-#define DISK_HDR_BYTES sizeof(cache_disk_value_hdr)
 #define DISK_TOUCH_MAX 65536 /* queued LRU touches; beyond that touches are dropped */
 
 /* The records of cache_disk.h are the file's bytes: no padding, every field where the format
@@ -60,24 +56,15 @@
 #endif
 _Static_assert(sizeof(cache_disk_format_rec) == 24, "format record size");
 _Static_assert(offsetof(cache_disk_format_rec, block_floats) == 16, "format record layout");
-_Static_assert(sizeof(cache_disk_value_hdr) == 88, "value header size");
-_Static_assert(offsetof(cache_disk_value_hdr, fingerprint) == 8 &&
-                   offsetof(cache_disk_value_hdr, key) == 24 &&
-                   offsetof(cache_disk_value_hdr, parent) == 40 &&
-                   offsetof(cache_disk_value_hdr, n_tokens) == 56 &&
-                   offsetof(cache_disk_value_hdr, payload_bytes) == 64 &&
-                   offsetof(cache_disk_value_hdr, checksum) == 72,
-               "value header layout");
 
 struct cache_disk {
     MDB_env *env;
     MDB_dbi dbi_meta, dbi_blocks, dbi_seq, dbi_lru;
     char *dir;
-    uint8_t fp[16];
     int block_tokens;
     size_t block_floats;
+    cache_value_fmt fmt;  /* the value format (cache_value.h): sizes, fingerprint */
     size_t payload_bytes; /* block_floats * 4 */
-    size_t tok_bytes;     /* token ids, padded to 8 */
     size_t val_bytes;     /* header + tokens + payload */
     size_t max_bytes;
     size_t map_bytes;
@@ -1012,12 +999,11 @@ int cache_disk_open(const cache_disk_opts *o, cache_disk **out, char *msg, size_
         snprintf(msg, msglen, "disk dir '%s': out of memory", o->dir);
         return CACHE_ENOMEM;
     }
-    memcpy(d->fp, o->fingerprint, 16);
     d->block_tokens = o->block_tokens;
     d->block_floats = o->block_floats;
-    d->payload_bytes = o->block_floats * sizeof(float);
-    d->tok_bytes = ((size_t)o->block_tokens * 4 + 7) & ~(size_t)7;
-    d->val_bytes = DISK_HDR_BYTES + d->tok_bytes + d->payload_bytes;
+    cache_value_fmt_init(&d->fmt, o->fingerprint, o->block_tokens, o->block_floats);
+    d->payload_bytes = d->fmt.payload_bytes;
+    d->val_bytes = d->fmt.val_bytes;
     d->max_bytes = o->max_bytes ? o->max_bytes : CACHE_DISK_DEFAULT_MAX;
     d->st.max_bytes = d->max_bytes;
     d->nosync = o->test_nosync != 0;
@@ -1227,24 +1213,6 @@ static int meta_used_write(cache_disk *d, MDB_txn *txn)
     return L(mdb_put(txn, d->dbi_meta, &ku, &vu, 0));
 }
 
-static void value_fill(const cache_disk *d, uint8_t *p, const cache_disk_item *it)
-{
-    XXH128_hash_t h = XXH3_128bits(it->data, d->payload_bytes);
-    cache_disk_value_hdr hdr = {.magic = CACHE_DISK_VALUE_MAGIC,
-                                .version = CACHE_DISK_FORMAT,
-                                .key = it->key,
-                                .parent = it->parent,
-                                .n_tokens = (uint32_t)d->block_tokens,
-                                .payload_bytes = d->payload_bytes,
-                                .checksum = {h.low64, h.high64}};
-    memcpy(hdr.fingerprint, d->fp, 16);
-    memcpy(p, &hdr, sizeof hdr);
-    size_t tok = (size_t)d->block_tokens * 4;
-    memcpy(p + DISK_HDR_BYTES, it->tokens, tok);
-    memset(p + DISK_HDR_BYTES + tok, 0, d->tok_bytes - tok);
-    memcpy(p + DISK_HDR_BYTES + d->tok_bytes, it->data, d->payload_bytes);
-}
-
 /* One attempt: touches, then each item (evicting to fit), in one transaction. Returns 0 or an
  * LMDB code; *written and *over (an item did not fit the budget) report what happened. */
 static int put_txn(cache_disk *d, const cache_disk_item *items, size_t n, size_t *written,
@@ -1289,7 +1257,8 @@ static int put_txn(cache_disk *d, const cache_disk_item *items, size_t n, size_t
         MDB_val k = {16, kb}, v = {vb, NULL};
         if ((rc = L(mdb_put(txn, d->dbi_blocks, &k, &v, MDB_RESERVE))))
             goto fail;
-        value_fill(d, v.mv_data, &items[i]);
+        cache_value_build(&d->fmt, v.mv_data, items[i].key, items[i].parent, items[i].tokens,
+                          items[i].data);
         if ((rc = lru_set(d, txn, kb, 0, 0)))
             goto fail;
         d->used += vb;
@@ -1445,39 +1414,15 @@ static int value_bad(cache_disk *d, cache_key key, const char *why)
     return CACHE_ECORRUPT;
 }
 
-/* Checks a stored value against what the caller expects. Returns 0 (good: payload copied into
- * out and verified), CACHE_ENOTFOUND (another model's block) or CACHE_ECORRUPT, with the reason
- * in d->msg. */
+/* Checks a stored value against what the caller expects (cache_value_verify()). Returns 0
+ * (good: payload copied into out and verified), CACHE_ENOTFOUND (another model's block) or
+ * CACHE_ECORRUPT, with the reason in d->msg. */
 static int value_check(cache_disk *d, const MDB_val *v, cache_key key, cache_key parent,
                        const int32_t *tokens, float *out)
 {
-    const uint8_t *p = v->mv_data;
-    const char *why = NULL;
-    cache_disk_value_hdr h;
-    if (v->mv_size != d->val_bytes)
-        return value_bad(d, key, "wrong length");
-    memcpy(&h, p, sizeof h);
-    if (h.magic != CACHE_DISK_VALUE_MAGIC)
-        why = "bad magic";
-    else if (h.version != CACHE_DISK_FORMAT)
-        why = "wrong format version";
-    else if (memcmp(h.fingerprint, d->fp, 16) != 0)
-        return CACHE_ENOTFOUND;
-    else if (!cache_key_eq(h.key, key))
-        why = "key mismatch";
-    else if (!cache_key_eq(h.parent, parent))
-        why = "parent key mismatch";
-    else if (h.n_tokens != (uint32_t)d->block_tokens || h.payload_bytes != d->payload_bytes)
-        why = "wrong geometry";
-    else if (memcmp(p + DISK_HDR_BYTES, tokens, (size_t)d->block_tokens * 4) != 0)
-        why = "token ids mismatch";
-    if (!why) {
-        memcpy(out, p + DISK_HDR_BYTES + d->tok_bytes, d->payload_bytes);
-        XXH128_hash_t sum = XXH3_128bits(out, d->payload_bytes);
-        if (sum.low64 != h.checksum[0] || sum.high64 != h.checksum[1])
-            why = "payload checksum mismatch";
-    }
-    return why ? value_bad(d, key, why) : 0;
+    const char *why;
+    int rc = cache_value_verify(&d->fmt, v->mv_data, v->mv_size, key, parent, tokens, out, &why);
+    return rc == CACHE_ECORRUPT ? value_bad(d, key, why) : rc;
 }
 
 static void delete_corrupt(cache_disk *d, cache_key key)

@@ -36,7 +36,9 @@
     X(EIO, -7, "i/o error")                                                                        \
     X(EVERSION, -8, "incompatible on-disk format version")                                         \
     X(EFULL, -9, "disk tier full")                                                                 \
-    X(EBUSY, -10, "disk directory in use by another process")
+    X(EBUSY, -10, "disk directory in use by another process")                                      \
+    X(ETIMEDOUT, -11, "remote tier: no answer within the deadline")                                \
+    X(ENOCONN, -12, "remote tier: not connected")
 
 enum {
 #define X(name, code, msg) CACHE_##name = code,

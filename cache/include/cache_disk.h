@@ -36,12 +36,13 @@
 #include <stdint.h>
 
 #include "cache.h"
+#include "cache_value.h"
 
 #define CACHE_DISK_FORMAT 1
 #define CACHE_DISK_DEFAULT_MAX ((size_t)4 << 30)
 
-#define CACHE_DISK_META_MAGIC 0x44584650u  /* "PFXD" as little-endian bytes */
-#define CACHE_DISK_VALUE_MAGIC 0x42584650u /* "PFXB" */
+#define CACHE_DISK_META_MAGIC 0x44584650u        /* "PFXD" as little-endian bytes */
+#define CACHE_DISK_VALUE_MAGIC CACHE_VALUE_MAGIC /* "PFXB" (cache_value.h) */
 
 /* The records on disk, declared as LMDB declares its page and meta records: their bytes are the
  * file's bytes (little-endian; every field naturally aligned, so there is no padding: disk.c
@@ -57,19 +58,10 @@ typedef struct cache_disk_format_rec {
     uint64_t block_floats; /* 16: floats per block payload */
 } cache_disk_format_rec;
 
-/* The header that starts every value of "blocks" (88 bytes). The block's token ids follow it
+/* The header that starts every value of "blocks" (88 bytes): the tiers' shared value format,
+ * cache_value_hdr (cache_value.h), under its disk name. The block's token ids follow it
  * (block_tokens i32, padded with zeros to a multiple of 8 bytes), then its payload. */
-typedef struct cache_disk_value_hdr {
-    uint32_t magic;          /* 0: CACHE_DISK_VALUE_MAGIC */
-    uint32_t version;        /* 4: CACHE_DISK_FORMAT */
-    uint8_t fingerprint[16]; /* 8: the model's fingerprint */
-    cache_key key;           /* 24: the block's key (lo, hi), the same as its LMDB key */
-    cache_key parent;        /* 40: its parent's key */
-    uint32_t n_tokens;       /* 56: block_tokens */
-    uint32_t reserved;       /* 60: 0 */
-    uint64_t payload_bytes;  /* 64: block_floats * 4 */
-    uint64_t checksum[2];    /* 72: XXH3-128 of the payload: low 64 bits, high 64 bits */
-} cache_disk_value_hdr;
+typedef cache_value_hdr cache_disk_value_hdr;
 
 typedef struct cache_disk cache_disk; /* opaque */
 

@@ -5,6 +5,9 @@
 #include "proto.h"
 #include "server.h"
 
+#include "cache_remote.h"
+
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +39,14 @@ static void usage(FILE *f)
         "  --disk-max SIZE         disk tier budget (default 4G)\n"
         "  --disk-reset            wipe a disk dir written by another format version or\n"
         "                          block geometry instead of refusing it\n"
+        "  --remote URL            remote tier shared by several daemons: a Redis or Valkey\n"
+        "                          server, redis://HOST:PORT[/DB] or unix:/path/redis.sock\n"
+        "  --remote-password-file F  AUTH password for it (the file's first line; the file\n"
+        "                          must not be readable by group or others)\n"
+        "  --remote-ttl DURATION   expiry of the blocks written there (default 1d; s, m, h, d)\n"
+        "  --remote-timeout MS     how long it may stay silent in an exchange (default 50;\n"
+        "                          a batch ends after 20 of these); past it a request\n"
+        "                          computes what it did not get\n"
         "  --block-tokens N        tokens per K/V block (default 16)\n"
         "  --ctx N                 context length, overriding the model file's\n"
         "  --threads N             compute threads (default: all cores)\n"
@@ -96,6 +107,55 @@ static int default_disk_dir(char *buf, size_t cap, int block_tokens, size_t bloc
     return 0;
 }
 
+/* The first line of a password file that only its owner may read into buf. Returns 0, or -1
+ * after printing the problem. */
+static int read_password_file(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    struct stat sb;
+    if (!f || fstat(fileno(f), &sb) != 0) {
+        fprintf(stderr, "prefixd serve: --remote-password-file '%s': %s\n", path, strerror(errno));
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    if (!S_ISREG(sb.st_mode) || (sb.st_mode & 077)) {
+        fprintf(stderr, "prefixd serve: --remote-password-file '%s': %s (chmod 600 it)\n", path,
+                S_ISREG(sb.st_mode) ? "readable or writable by group or others"
+                                    : "not a regular file");
+        fclose(f);
+        return -1;
+    }
+    if (!fgets(buf, (int)cap, f))
+        buf[0] = 0;
+    fclose(f);
+    buf[strcspn(buf, "\r\n")] = 0;
+    if (!buf[0]) {
+        fprintf(stderr, "prefixd serve: --remote-password-file '%s': empty first line\n", path);
+        return -1;
+    }
+    return 0;
+}
+
+/* "90", "90s", "15m", "12h", "1d" -> seconds (1 .. 10 years). Returns 0 or -1. */
+static int parse_duration_s(const char *v, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (end == v || errno || x <= 0)
+        return -1;
+    double unit = strcmp(end, "") == 0 || strcmp(end, "s") == 0 ? 1
+                  : strcmp(end, "m") == 0                       ? 60
+                  : strcmp(end, "h") == 0                       ? 3600
+                  : strcmp(end, "d") == 0                       ? 86400
+                                                                : -1;
+    if (unit < 0 || x * unit < 1 || x * unit > 315360000)
+        return -1;
+    *out = (uint32_t)(x * unit);
+    return 0;
+}
+
 static int bad(const char *opt, const char *val, const char *want)
 {
     fprintf(stderr, "prefixd serve: %s '%s': expected %s\n", opt, val, want);
@@ -116,6 +176,7 @@ int srv_cmd_serve(int argc, char **argv)
     o.max_text = (size_t)4 << 20;
     o.log_level = BASE_LOG_INFO;
     const char *tok_path = NULL, *disk_dir = NULL;
+    static char remote_password[512];
     long ctx = 0;
     char sockbuf[4096], diskbuf[4096];
     enum {
@@ -149,40 +210,49 @@ int srv_cmd_serve(int argc, char **argv)
         O_HTTP,
         O_API_KEYS,
         O_HTTP_INSECURE,
+        O_REMOTE,
+        O_REMOTE_PW,
+        O_REMOTE_TTL,
+        O_REMOTE_TO,
         O_HELP
     };
-    static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
-                                         {"tokenizer", required_argument, 0, O_TOK},
-                                         {"socket", required_argument, 0, O_SOCK},
-                                         {"ctx", required_argument, 0, O_CTX},
-                                         {"socket-mode", required_argument, 0, O_MODE},
-                                         {"cache-mem", required_argument, 0, O_MEM},
-                                         {"pin-max", required_argument, 0, O_PIN},
-                                         {"disk-dir", required_argument, 0, O_DISK},
-                                         {"disk-max", required_argument, 0, O_DISKMAX},
-                                         {"disk-reset", no_argument, 0, O_DISKRESET},
-                                         {"block-tokens", required_argument, 0, O_BLOCK},
-                                         {"threads", required_argument, 0, O_THREADS},
-                                         {"max-batch", required_argument, 0, O_BATCH},
-                                         {"max-queue", required_argument, 0, O_QUEUE},
-                                         {"no-cache", no_argument, 0, O_NOCACHE},
-                                         {"share-across-users", no_argument, 0, O_SHARE},
-                                         {"max-frame", required_argument, 0, O_FRAME},
-                                         {"max-output", required_argument, 0, O_OUTPUT},
-                                         {"grace", required_argument, 0, O_GRACE},
-                                         {"log-level", required_argument, 0, O_LOG},
-                                         {"hello-timeout", required_argument, 0, O_HELLO_TO},
-                                         {"idle-timeout", required_argument, 0, O_IDLE_TO},
-                                         {"max-conns-per-user", required_argument, 0, O_CONNS_USER},
-                                         {"max-input-mem", required_argument, 0, O_INPUT_MEM},
-                                         {"max-text", required_argument, 0, O_MAX_TEXT},
-                                         {"stats-all-users", no_argument, 0, O_STATS_ALL},
-                                         {"decode-history", no_argument, 0, O_DECODE_HISTORY},
-                                         {"http", required_argument, 0, O_HTTP},
-                                         {"api-key-file", required_argument, 0, O_API_KEYS},
-                                         {"http-insecure", no_argument, 0, O_HTTP_INSECURE},
-                                         {"help", no_argument, 0, O_HELP},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"model", required_argument, 0, O_MODEL},
+        {"tokenizer", required_argument, 0, O_TOK},
+        {"socket", required_argument, 0, O_SOCK},
+        {"ctx", required_argument, 0, O_CTX},
+        {"socket-mode", required_argument, 0, O_MODE},
+        {"cache-mem", required_argument, 0, O_MEM},
+        {"pin-max", required_argument, 0, O_PIN},
+        {"disk-dir", required_argument, 0, O_DISK},
+        {"disk-max", required_argument, 0, O_DISKMAX},
+        {"disk-reset", no_argument, 0, O_DISKRESET},
+        {"block-tokens", required_argument, 0, O_BLOCK},
+        {"threads", required_argument, 0, O_THREADS},
+        {"max-batch", required_argument, 0, O_BATCH},
+        {"max-queue", required_argument, 0, O_QUEUE},
+        {"no-cache", no_argument, 0, O_NOCACHE},
+        {"share-across-users", no_argument, 0, O_SHARE},
+        {"max-frame", required_argument, 0, O_FRAME},
+        {"max-output", required_argument, 0, O_OUTPUT},
+        {"grace", required_argument, 0, O_GRACE},
+        {"log-level", required_argument, 0, O_LOG},
+        {"hello-timeout", required_argument, 0, O_HELLO_TO},
+        {"idle-timeout", required_argument, 0, O_IDLE_TO},
+        {"max-conns-per-user", required_argument, 0, O_CONNS_USER},
+        {"max-input-mem", required_argument, 0, O_INPUT_MEM},
+        {"max-text", required_argument, 0, O_MAX_TEXT},
+        {"stats-all-users", no_argument, 0, O_STATS_ALL},
+        {"decode-history", no_argument, 0, O_DECODE_HISTORY},
+        {"http", required_argument, 0, O_HTTP},
+        {"api-key-file", required_argument, 0, O_API_KEYS},
+        {"http-insecure", no_argument, 0, O_HTTP_INSECURE},
+        {"remote", required_argument, 0, O_REMOTE},
+        {"remote-password-file", required_argument, 0, O_REMOTE_PW},
+        {"remote-ttl", required_argument, 0, O_REMOTE_TTL},
+        {"remote-timeout", required_argument, 0, O_REMOTE_TO},
+        {"help", no_argument, 0, O_HELP},
+        {0, 0, 0, 0}};
     optind = 1;
     int ch;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -313,6 +383,30 @@ int srv_cmd_serve(int argc, char **argv)
             break;
         case O_HTTP_INSECURE:
             o.http_insecure = 1;
+            break;
+        case O_REMOTE: {
+            char msg[512];
+            if (cache_remote_url_check(optarg, msg, sizeof msg) != 0) {
+                fprintf(stderr, "prefixd serve: --remote: %s\n", msg);
+                return 2;
+            }
+            o.engine.remote_url = optarg;
+            break;
+        }
+        case O_REMOTE_PW:
+            if (read_password_file(optarg, remote_password, sizeof remote_password) != 0)
+                return 2;
+            o.engine.remote_password = remote_password;
+            break;
+        case O_REMOTE_TTL:
+            if (parse_duration_s(optarg, &o.engine.remote_ttl_s) != 0)
+                return bad("--remote-ttl", optarg, "a duration like 3600, 90m, 12h or 1d");
+            break;
+        case O_REMOTE_TO:
+            o.engine.remote_timeout_ms = strtod(optarg, &end);
+            if (*end || end == optarg ||
+                !(o.engine.remote_timeout_ms >= 1 && o.engine.remote_timeout_ms <= 600000))
+                return bad("--remote-timeout", optarg, "milliseconds, 1..600000");
             break;
         case O_LOG:
             if ((o.log_level = base_log_parse_level(optarg)) < 0)

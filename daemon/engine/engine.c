@@ -17,6 +17,7 @@
 
 #include "base.h"
 #include "disk_thread.h"
+#include "remote_thread.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -26,8 +27,9 @@
 #include <string.h>
 #include <unistd.h>
 
-/* LOADING: the disk thread is copying the blocks after the RAM hits into the request's own
- * private slots; nothing else touches them until the load comes back. */
+/* LOADING: the disk thread (then the remote thread, for what the disk did not have) is copying
+ * the blocks after the RAM hits into the request's own private slots; nothing else touches them
+ * until the load comes back. */
 typedef enum rq_state { RQ_WAITING, RQ_LOADING, RQ_PREFILL, RQ_DECODE } rq_state;
 
 typedef struct request {
@@ -61,6 +63,12 @@ typedef struct request {
     double t_recv, t_first, t_end;
     double prefill_ms;
     model_detok dt; /* the streamed pieces: whole UTF-8 characters only */
+
+    /* The remote tier (keys above are also filled with a remote tier and no disk tier). */
+    remote_thread_load rload;
+    int cached_remote;          /* prompt tokens loaded from the remote tier */
+    int load_end;               /* the lower tiers are asked for blocks up to this one */
+    int remote_from, remote_to; /* blocks [from, to) came from the remote tier: not written back */
 } request;
 
 struct engine {
@@ -89,6 +97,9 @@ struct engine {
     pthread_t prefault;       /* populates the cache's arena (cache_prefault) */
     int prefault_started;     /* joined in engine_free() */
     atomic_int prefault_stop; /* set by engine_free(): stop at the next chunk */
+
+    remote_thread *remote; /* NULL: no remote tier */
+    int n_loading_remote;  /* of n_loading, waiting for the remote tier */
 };
 
 const char *engine_strerror(int err)
@@ -143,6 +154,19 @@ static int blocks_for(const engine *e, int positions)
     return (positions + B - 1) / B;
 }
 
+/* Queues a block newly published in RAM for the remote tier, holding a reference on it until
+ * the remote thread is done with it (collect_written()). A full queue drops the write. */
+static void remote_write_behind(engine *e, cache_block *b, cache_key parent_key)
+{
+    if (!e->remote)
+        return;
+    cache_remote_item it = {cache_block_key(b), parent_key, cache_block_tokens(b),
+                            cache_block_data(b)};
+    cache_ref(e->cache, b);
+    if (remote_thread_write(e->remote, b, &it) != 0)
+        cache_unref(e->cache, b);
+}
+
 /* Publishes the full blocks whose K/V are all computed, from n_pub on. A block that cannot be
  * published (its key collides, or its parent stayed private) ends the chain: the rest stay
  * private, which is correct, just not shared. */
@@ -165,6 +189,8 @@ static void publish_upto(engine *e, request *r, int positions)
             return;
         if (!cache_block_published(out))
             return; /* a collision: stays private */
+        if (out == r->blk[i] && !(i >= r->remote_from && i < r->remote_to))
+            remote_write_behind(e, out, pk); /* new in RAM, not from the remote tier */
         r->blk[i] = out;
         r->ptr[i] = cache_block_data(out);
         r->n_pub++;
@@ -236,6 +262,7 @@ static void finish(engine *e, request *r, engine_finish reason)
     d->prompt_tokens = (uint32_t)r->n_prompt;
     d->cached_tokens = (uint32_t)r->cached;
     d->cached_tokens_disk = (uint32_t)r->cached_disk;
+    d->cached_tokens_remote = (uint32_t)r->cached_remote;
     d->new_tokens = (uint32_t)r->n_new;
     d->ttft_ms = r->t_first > 0 ? r->t_first - r->t_recv : 0;
     d->prefill_ms = r->prefill_ms;
@@ -361,6 +388,27 @@ static void reuse_partial(engine *e, request *r)
     e->st.cached_tokens += k;
 }
 
+/* Asks the remote tier for the blocks after the request's cached run, up to load_end, straight
+ * into its private slots. Returns 1 if a load went out (the request is LOADING), else 0. */
+static int load_remote(engine *e, request *r)
+{
+    int B = e->o.block_tokens, from = r->cached / B;
+    if (!e->remote || from >= r->load_end)
+        return 0;
+    remote_thread_load *l = &r->rload;
+    l->owner = r;
+    l->parent = from ? r->keys[from - 1] : r->root;
+    l->keys = r->keys + from;
+    l->tokens = r->tok + (size_t)from * B;
+    l->dst = r->ptr + from;
+    l->n = (size_t)(r->load_end - from);
+    r->state = RQ_LOADING;
+    e->n_loading++;
+    e->n_loading_remote++;
+    remote_thread_load_async(e->remote, l);
+    return 1;
+}
+
 /* Looks up the cached prefix and allocates blocks for every position the request may write.
  * Returns 0, or CACHE_ENOSPC with nothing held. */
 static int admit(engine *e, request *r)
@@ -395,6 +443,7 @@ static int admit(engine *e, request *r)
     r->kv_done = r->cached;
     r->state = RQ_PREFILL;
     e->st.cached_tokens += (uint64_t)r->cached;
+    r->load_end = (int)cap;
     if (e->disk && hit < cap) {
         /* The chain goes on past the RAM hits: ask the disk tier for the next blocks, straight
          * into this request's private slots. */
@@ -410,43 +459,112 @@ static int admit(engine *e, request *r)
         disk_thread_load_async(e->disk, l);
         return 0;
     }
+    if (load_remote(e, r))
+        return 0;
     reuse_partial(e, r);
     return 0;
 }
 
-/* Takes the loads the disk thread has finished: the blocks found count as cached, are published
- * (so other requests share them) and marked as on disk (evicting them spills nothing). */
+/* A load came back for a request that ended meanwhile: frees it now. Returns 1 if r was one. */
+static int reap_zombie(engine *e, request *r)
+{
+    if (!r->zombie)
+        return 0;
+    request **p = &e->zombies;
+    while (*p != r)
+        p = &(*p)->zombie_next;
+    *p = r->zombie_next;
+    release_blocks(e, r);
+    request_free(r);
+    return 1;
+}
+
+/* Blocks [cached / B, + n) of r came from a lower tier (remote: 1 for the remote tier, 0 for the
+ * disk): they count as cached and are published, so other requests share them. Blocks from disk
+ * are marked as on disk (evicting them spills nothing); blocks from the remote tier are not
+ * written back to it, and spill to disk normally. */
+static void loaded_from(engine *e, request *r, int n, int remote)
+{
+    int B = e->o.block_tokens, first = r->cached / B;
+    r->cached += n * B;
+    r->kv_done = r->cached;
+    e->st.cached_tokens += (uint64_t)n * B;
+    if (remote) {
+        r->cached_remote += n * B;
+        e->st.cached_tokens_remote += (uint64_t)n * B;
+        r->remote_from = first;
+        r->remote_to = first + n;
+    } else {
+        r->cached_disk += n * B;
+        e->st.cached_tokens_disk += (uint64_t)n * B;
+    }
+    publish_ready(e, r);
+    if (!remote)
+        for (int i = first; i < first + n && i < r->n_pub; i++)
+            cache_block_set_on_disk(r->blk[i]);
+}
+
+/* Takes the loads the disk thread has finished; a chain the disk did not finish goes on to the
+ * remote tier. */
 static void collect_loads(engine *e)
 {
-    if (!e->disk || e->n_loading == 0)
+    if (!e->disk || e->n_loading == e->n_loading_remote)
         return;
-    int B = e->o.block_tokens;
     for (disk_thread_load *l = disk_thread_poll(e->disk), *next; l; l = next) {
         next = l->next;
         request *r = l->owner;
         e->n_loading--;
         e->admit_blocked = 0;
-        if (r->zombie) {
-            request **p = &e->zombies;
-            while (*p != r)
-                p = &(*p)->zombie_next;
-            *p = r->zombie_next;
-            release_blocks(e, r);
-            request_free(r);
+        if (reap_zombie(e, r))
             continue;
-        }
-        int first = r->cached / B, n = (int)l->n_loaded;
-        r->cached += n * B;
-        r->cached_disk = n * B;
-        r->kv_done = r->cached;
-        e->st.cached_tokens += (uint64_t)n * B;
-        e->st.cached_tokens_disk += (uint64_t)n * B;
+        loaded_from(e, r, (int)l->n_loaded, 0);
+        if (load_remote(e, r))
+            continue;
         r->state = RQ_PREFILL;
-        publish_ready(e, r);
-        for (int i = first; i < first + n && i < r->n_pub; i++)
-            cache_block_set_on_disk(r->blk[i]);
         reuse_partial(e, r);
     }
+}
+
+/* Takes the loads the remote thread has finished. */
+static void collect_remote(engine *e)
+{
+    if (!e->remote || e->n_loading_remote == 0)
+        return;
+    for (remote_thread_load *l = remote_thread_poll(e->remote), *next; l; l = next) {
+        next = l->next;
+        request *r = l->owner;
+        e->n_loading--;
+        e->n_loading_remote--;
+        e->admit_blocked = 0;
+        if (reap_zombie(e, r))
+            continue;
+        loaded_from(e, r, (int)l->n_loaded, 1);
+        r->state = RQ_PREFILL;
+        reuse_partial(e, r);
+    }
+}
+
+/* Drops the references held for the remote tier's writes that are done. */
+static void collect_written(engine *e)
+{
+    if (!e->remote)
+        return;
+    void *done[256];
+    size_t n;
+    while ((n = remote_thread_take_written(e->remote, done, 256)) > 0) {
+        for (size_t i = 0; i < n; i++)
+            cache_unref(e->cache, done[i]);
+        e->admit_blocked = 0;
+    }
+}
+
+/* Waits (in-process use, no wake callback) until a lower tier answers. */
+static void wait_loads(engine *e)
+{
+    if (e->n_loading_remote == e->n_loading)
+        remote_thread_wait(e->remote, 100);
+    else
+        disk_thread_wait(e->disk, e->n_loading_remote ? 5 : 100);
 }
 
 int engine_submit(engine *e, const engine_request *q)
@@ -506,10 +624,10 @@ int engine_submit(engine *e, const engine_request *q)
         r->tok = malloc((size_t)r->tok_cap * sizeof(int32_t));
         r->blk = calloc((size_t)nb, sizeof *r->blk);
         r->ptr = calloc((size_t)nb, sizeof *r->ptr);
-        if (e->disk)
+        if (e->disk || e->remote)
             r->keys = calloc((size_t)nb, sizeof *r->keys);
     }
-    if (!r || !r->tok || !r->blk || !r->ptr || (e->disk && !r->keys)) {
+    if (!r || !r->tok || !r->blk || !r->ptr || ((e->disk || e->remote) && !r->keys)) {
         rc = base_fail(what, sizeof what, ENGINE_ENOMEM, "out of memory");
         goto out;
     }
@@ -756,17 +874,23 @@ int engine_runnable(engine *e)
 {
     if (computing(e) || admissible(e) || e->n_bg > 0)
         return 1;
-    return e->disk && e->n_loading > 0 && disk_thread_has_done(e->disk);
+    collect_written(e); /* cheap, and needs no step: an idle engine is not stepped */
+    if (e->remote && e->n_loading_remote > 0 && remote_thread_has_done(e->remote))
+        return 1;
+    return e->disk && e->n_loading > e->n_loading_remote && disk_thread_has_done(e->disk);
 }
 
 int engine_step(engine *e)
 {
     collect_loads(e);
+    collect_remote(e);
+    collect_written(e);
     admit_waiting(e);
     if (!e->o.wake && e->n_loading > 0 && !computing(e)) {
-        /* In-process use: nothing to compute until the disk answers, so wait for it here. */
-        disk_thread_wait(e->disk, 100);
+        /* In-process use: nothing to compute until a tier answers, so wait for it here. */
+        wait_loads(e);
         collect_loads(e);
+        collect_remote(e);
     }
     prefill_one(e);
     decode_all(e);
@@ -785,6 +909,14 @@ int engine_live(const engine *e)
 cache *engine_cache(engine *e)
 {
     return e->o.no_cache ? NULL : e->cache;
+}
+
+int engine_remote_stats(engine *e, struct remote_thread_stats *out)
+{
+    if (!e->remote)
+        return ENGINE_ENOTFOUND;
+    remote_thread_get_stats(e->remote, out);
+    return 0;
 }
 
 int engine_disk_stats(engine *e, struct disk_thread_stats *out)
@@ -882,6 +1014,34 @@ static void *prefault_main(void *arg)
     return NULL;
 }
 
+/* Starts the remote thread (which connects in the background). Returns 0 or an ENGINE_E* code
+ * with a message. */
+static int open_remote(engine *e, const cache_opts *co, char *msg, size_t msglen)
+{
+    const engine_opts *o = &e->o;
+    remote_thread_opts ro = {0};
+    ro.remote.url = o->remote_url;
+    ro.remote.password = o->remote_password;
+    memcpy(ro.remote.fingerprint, co->fingerprint, 16);
+    ro.remote.block_tokens = co->block_tokens;
+    ro.remote.block_floats = co->block_floats;
+    ro.remote.timeout_ms = o->remote_timeout_ms;
+    ro.remote.ttl_s = o->remote_ttl_s;
+    /* The queue holds references on published blocks until they are sent: a quarter of the
+     * pool at most, so the rest stays evictable. */
+    size_t q = o->remote_queue;
+    if (!q)
+        q = o->cache_mem / 4 < ((size_t)256 << 20) ? o->cache_mem / 4 : (size_t)256 << 20;
+    ro.queue_bytes = q;
+    ro.wake = o->wake;
+    ro.wake_arg = o->wake_arg;
+    int rc = remote_thread_open(&ro, &e->remote, msg, msglen);
+    e->o.remote_password = NULL; /* the store has its copy; the caller's is not kept */
+    if (rc == 0)
+        return 0;
+    return rc == CACHE_ENOMEM ? ENGINE_ENOMEM : ENGINE_EREMOTE;
+}
+
 int engine_new(const model *m, const model_tokenizer *tok, const engine_opts *opts, engine **out,
                char *msg, size_t msglen)
 {
@@ -963,6 +1123,10 @@ int engine_new(const model *m, const model_tokenizer *tok, const engine_opts *op
                                         : ENGINE_EDISK;
         }
     }
+    if (o.remote_url && !o.no_cache && (rc = open_remote(e, &co, msg, msglen)) != 0) {
+        engine_free(e);
+        return rc;
+    }
     e->cap_live = o.max_batch + o.max_queue;
     e->live = calloc((size_t)e->cap_live, sizeof *e->live);
     size_t B = (size_t)o.max_batch;
@@ -1001,9 +1165,10 @@ void engine_free(engine *e)
         pthread_join(e->prefault, NULL);
     }
     /* Loads still out write into requests' slots: let them come back first. */
-    while (e->disk && e->n_loading > 0) {
-        disk_thread_wait(e->disk, 100);
+    while (e->n_loading > 0) {
+        wait_loads(e);
         collect_loads(e);
+        collect_remote(e);
     }
     while (e->n_live > 0) {
         request *r = e->live[e->n_live - 1];
@@ -1011,10 +1176,18 @@ void engine_free(engine *e)
         e->n_live--;
         request_free(r);
     }
-    if (e->disk)
-        history_finish_all(e); /* published, then written by the flush below */
+    /* Ended requests' history first: published now, it is then sent to the remote tier and
+     * written to disk below. */
+    if (e->disk || e->remote)
+        history_finish_all(e);
     while (history_drop(e))
         ;
+    if (e->remote) {
+        /* Sends what is queued (or drops it), then gives the blocks' references back. */
+        remote_thread_stop(e->remote);
+        collect_written(e);
+        remote_thread_free(e->remote);
+    }
     if (e->disk) {
         engine_flush_disk(e);
         disk_thread_close(e->disk);

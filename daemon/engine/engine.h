@@ -43,7 +43,8 @@
     X(EDISK, -10, "the disk tier cannot be used")                                                  \
     X(EDISKBUSY, -11, "the disk directory is in use by another process")                           \
     X(ETHREAD, -12, "cannot start a thread")                                                       \
-    X(ECONFIG, -13, "invalid engine option")
+    X(ECONFIG, -13, "invalid engine option")                                                       \
+    X(EREMOTE, -14, "the remote tier cannot be used")
 
 enum {
 #define X(name, code, msg) ENGINE_##name = code,
@@ -74,6 +75,8 @@ typedef struct engine_done {
     double prefill_ms; /* engine time spent prefilling this request */
     double decode_tokens_per_s;
     double total_ms;
+
+    uint32_t cached_tokens_remote; /* of cached_tokens, loaded from the remote tier */
 } engine_done;
 
 typedef enum engine_event_type {
@@ -130,6 +133,13 @@ typedef struct engine_opts {
     void *wake_arg;
     engine_emit_fn emit; /* required */
     void *emit_arg;
+
+    /* The remote tier (Redis/Valkey, shared by several daemons; see remote_thread.h). */
+    const char *remote_url;      /* "redis://HOST:PORT[/DB]" or "unix:/path"; NULL: none */
+    const char *remote_password; /* AUTH password, or NULL; copied by engine_new() */
+    uint32_t remote_ttl_s;       /* expiry of the values written (0: one day) */
+    double remote_timeout_ms;    /* how long the server may stay silent (0: 50 ms) */
+    size_t remote_queue;         /* write-behind queue bytes (0: min(256 MiB, cache_mem / 4)) */
 } engine_opts;
 
 typedef enum engine_request_kind { ENGINE_REQ_GENERATE, ENGINE_REQ_WARM } engine_request_kind;
@@ -158,7 +168,8 @@ typedef struct engine_request {
  * thread when o->disk_dir is set. Returns 0, or an ENGINE_E* code with a message in msg:
  * ECONFIG (an impossible option, e.g. a cache too small for one block), ENOMEM, EDISK (the
  * disk dir cannot be used: see cache_disk_open()), EDISKBUSY (another process holds it),
- * ETHREAD. */
+ * EREMOTE (a remote URL that cannot be used), ETHREAD. With remote_url set, the remote thread
+ * connects in the background: a server that cannot be reached is not an error (it is retried). */
 int engine_new(const model *m, const model_tokenizer *tok, const engine_opts *o, engine **out,
                char *msg, size_t msglen);
 void engine_free(engine *e);
@@ -183,8 +194,9 @@ int engine_cancel_matching(engine *e, uint64_t value, uint64_t mask);
  * history is still pending afterwards (0: nothing left to do). */
 int engine_step(engine *e);
 
-/* 1 if engine_step() has work now; 0 if every live request waits for the disk tier (the
- * wake callback says when that changes) or none is live. */
+/* 1 if engine_step() has work now; 0 if every live request waits for the disk or remote tier
+ * (the wake callback says when that changes) or none is live. Also gives back the references
+ * held for the remote tier's finished writes (an idle engine is not stepped). */
 int engine_runnable(engine *e);
 
 /* Writes every block in RAM that is not on disk yet to the disk tier and waits until it is
@@ -212,6 +224,8 @@ typedef struct engine_stats {
     double decode_ms;         /* engine time in model_decode */
     int running;              /* requests prefilling or decoding now */
     int waiting;              /* requests queued */
+
+    uint64_t cached_tokens_remote; /* of cached_tokens, loaded from the remote tier */
 } engine_stats;
 
 void engine_get_stats(const engine *e, engine_stats *out);
@@ -223,6 +237,11 @@ struct disk_thread_stats;
 /* The disk tier's counters. Returns 0, or ENGINE_ENOTFOUND (out untouched) if there is no disk
  * tier. */
 int engine_disk_stats(engine *e, struct disk_thread_stats *out);
+
+struct remote_thread_stats;
+/* The remote tier's counters. Returns 0, or ENGINE_ENOTFOUND (out untouched) if there is no
+ * remote tier. */
+int engine_remote_stats(engine *e, struct remote_thread_stats *out);
 
 /* The options in force, defaults filled in. */
 const engine_opts *engine_get_opts(const engine *e);

@@ -183,6 +183,7 @@ static void count_event(server *s, const engine_event *ev)
     u->prompt_tokens += d->prompt_tokens;
     u->cached_tokens += d->cached_tokens;
     u->cached_tokens_disk += d->cached_tokens_disk;
+    u->cached_tokens_remote += d->cached_tokens_remote;
     u->generated_tokens += d->new_tokens;
 }
 
@@ -218,10 +219,11 @@ void srv__engine_emit_cb(void *arg, const engine_event *ev)
                                 .decode_tokens_per_s = d->decode_tokens_per_s,
                                 .total_ms = d->total_ms};
         base_log(BASE_LOG_INFO,
-                 "request %u:%u: prompt %u tokens, cached %u (disk %u), TTFT %.1f ms, %u new "
-                 "tokens, %.1f ms, finish %s",
+                 "request %u:%u: prompt %u tokens, cached %u (disk %u, remote %u), TTFT %.1f ms, "
+                 "%u new tokens, %.1f ms, finish %s",
                  conn_id, req, d->prompt_tokens, d->cached_tokens, d->cached_tokens_disk,
-                 d->ttft_ms, d->new_tokens, d->total_ms, finish_name(d->finish));
+                 d->cached_tokens_remote, d->ttft_ms, d->new_tokens, d->total_ms,
+                 finish_name(d->finish));
         push_frame(s, conn_id, req, 1, &m);
         break;
     }

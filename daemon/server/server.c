@@ -19,6 +19,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "cache_remote.h"
 #include "disk_thread.h"
 
 static void close_walk_cb(uv_handle_t *h, void *arg)
@@ -206,7 +207,7 @@ static int bind_socket(server *s)
 static int engine_exit_code(int rc)
 {
     return rc == ENGINE_EDISK || rc == ENGINE_EDISKBUSY || rc == ENGINE_ECONFIG ||
-                   rc == ENGINE_EINVAL
+                   rc == ENGINE_EREMOTE || rc == ENGINE_EINVAL
                ? 2
                : 1;
 }
@@ -287,6 +288,13 @@ static void log_start(server *s)
                  ds.disk.max_bytes / 1e6);
     else if (!eff->no_cache)
         base_log(BASE_LOG_INFO, "disk tier off: blocks leaving RAM are dropped");
+    if (eff->remote_url && !eff->no_cache)
+        base_log(
+            BASE_LOG_INFO,
+            "remote tier %s: blocks written behind with a TTL of %u s, server silence deadline "
+            "%.0f ms",
+            eff->remote_url, eff->remote_ttl_s ? eff->remote_ttl_s : CACHE_REMOTE_DEFAULT_TTL,
+            eff->remote_timeout_ms > 0 ? eff->remote_timeout_ms : CACHE_REMOTE_DEFAULT_TIMEOUT);
 }
 
 /* What is only in RAM goes to disk, so a restart finds it. The loop is closed, so a further

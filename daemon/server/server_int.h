@@ -79,6 +79,7 @@ typedef struct srv_user_stats {
     int used;
     uint64_t requests, requests_done, requests_cancelled, requests_failed;
     uint64_t prompt_tokens, cached_tokens, cached_tokens_disk, generated_tokens;
+    uint64_t cached_tokens_remote;
 } srv_user_stats;
 
 /* ---- Histograms for /metrics (engine thread, metrics.c) ---- */

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "disk_thread.h"
+#include "remote_thread.h"
 
 static void add(cJSON *j, const char *name, double v)
 {
@@ -30,7 +31,52 @@ static void add_user(cJSON *j, const srv_user_stats *u)
     add(j, "prompt_tokens", (double)u->prompt_tokens);
     add(j, "cached_tokens", (double)u->cached_tokens);
     add(j, "cached_tokens_disk", (double)u->cached_tokens_disk);
+    add(j, "cached_tokens_remote", (double)u->cached_tokens_remote);
     add(j, "generated_tokens", (double)u->generated_tokens);
+}
+
+/* The remote tier's counters (daemon scope only: hits tell who repeated a prompt). */
+static void add_remote(server *s, cJSON *j)
+{
+    remote_thread_stats rs;
+    if (engine_remote_stats(s->engine, &rs) != 0)
+        return;
+    const cache_remote_stats *c = &rs.remote;
+    add(j, "remote_connected", rs.connected);
+    add(j, "remote_connects", (double)c->connects);
+    add(j, "remote_connect_fails", (double)c->connect_fails);
+    add(j, "remote_loads", (double)rs.loads);
+    add(j, "remote_loads_unavailable", (double)rs.loads_unavailable);
+    add(j, "remote_load_ms", rs.load_ms);
+    add(j, "remote_gets", (double)c->gets);
+    add(j, "remote_hit_blocks", (double)c->hits);
+    add(j, "remote_hit_tokens", (double)c->hits * s->o.engine.block_tokens);
+    add(j, "remote_misses", (double)c->misses);
+    add(j, "remote_corrupt_deleted", (double)c->corrupt_deleted);
+    add(j, "remote_foreign", (double)c->foreign);
+    add(j, "remote_bytes_in", (double)c->bytes_in);
+    add(j, "remote_bytes_out", (double)c->bytes_out);
+    add(j, "remote_writes", (double)c->puts);
+    add(j, "remote_writes_queued", (double)rs.writes_queued);
+    add(j, "remote_writes_dropped", (double)rs.writes_dropped);
+    add(j, "remote_writes_failed", (double)rs.writes_failed);
+    add(j, "remote_writes_refused", (double)c->put_refused);
+    add(j, "remote_write_pending", (double)rs.write_pending);
+    add(j, "remote_errors", (double)c->errors);
+    add(j, "remote_timeouts", (double)c->timeouts);
+    add(j, "remote_round_trips", (double)c->round_trips);
+    add(j, "remote_get_ms", c->get_ms);
+    add(j, "remote_put_ms", c->put_ms);
+    /* The latency histogram: counts of round trips under each bound (ms; the last is +inf). */
+    cJSON *h = cJSON_AddObjectToObject(j, "remote_latency_ms");
+    for (int i = 0; h && i < CACHE_REMOTE_HIST; i++) {
+        char name[16];
+        if (i == CACHE_REMOTE_HIST - 1)
+            snprintf(name, sizeof name, "inf");
+        else
+            snprintf(name, sizeof name, "%g", cache_remote_hist_ms[i]);
+        add(h, name, (double)c->latency_hist[i]);
+    }
 }
 
 /* Everything, daemon-wide. */
@@ -47,6 +93,7 @@ static void add_daemon(server *s, cJSON *j)
     add(j, "prompt_tokens", (double)es.prompt_tokens);
     add(j, "cached_tokens", (double)es.cached_tokens);
     add(j, "cached_tokens_disk", (double)es.cached_tokens_disk);
+    add(j, "cached_tokens_remote", (double)es.cached_tokens_remote);
     add(j, "prefill_tokens", (double)es.prefill_tokens);
     add(j, "generated_tokens", (double)es.generated_tokens);
     add(j, "prefill_ms", es.prefill_ms);
@@ -87,6 +134,7 @@ static void add_daemon(server *s, cJSON *j)
         add(j, "disk_evictions", (double)ds.disk.evictions);
         add(j, "disk_corrupt_deleted", (double)ds.disk.corrupt_deleted);
     }
+    add_remote(s, j);
     add(j, "connections", (double)s->connections);
     add(j, "frames_in", (double)s->frames_in);
     add(j, "frames_out", (double)s->frames_out);
