@@ -12,6 +12,7 @@
  * --threads threads). Also the resident memory after load and state creation (VmRSS) for every
  * type in --rss-types (default: all): about the file's size, never an expanded copy.
  */
+#include "base.h"
 #include "bench_util.h"
 #include "model.h"
 
@@ -22,13 +23,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 /* Resident memory of this process, in MB (VmRSS). */
 static double rss_mb(void)
@@ -101,14 +95,14 @@ static double bandwidth_gbs(int threads, int runs)
     for (int r = 0; r < runs; r++) {
         pthread_t t[16];
         bw_arg a[16];
-        double t0 = now_ms();
+        double t0 = base_now_ms();
         for (int i = 0; i < threads; i++) {
             a[i] = (bw_arg){p + n / threads * i, n / threads, 0};
             pthread_create(&t[i], NULL, bw_thread, &a[i]);
         }
         for (int i = 0; i < threads; i++)
             pthread_join(t[i], NULL);
-        v[r] = (double)n * sizeof(float) / ((now_ms() - t0) / 1e3) / 1e9;
+        v[r] = (double)n * sizeof(float) / ((base_now_ms() - t0) / 1e3) / 1e9;
     }
     free(p);
     return bench_median(v, runs);
@@ -173,9 +167,9 @@ static int measure(const char *type, int threads, int runs, int speed, result *o
         double v[16];
         model_prefill(s, &kv[0].kv, 0, t, 64, logits); /* warm-up */
         for (int r = 0; r < runs; r++) {
-            double t0 = now_ms();
+            double t0 = base_now_ms();
             model_prefill(s, &kv[0].kv, 0, t, 512, logits);
-            v[r] = 512 / ((now_ms() - t0) / 1e3);
+            v[r] = 512 / ((base_now_ms() - t0) / 1e3);
         }
         out->p512 = bench_median(v, runs);
         for (int i = 1; i < 8; i++)
@@ -186,7 +180,7 @@ static int measure(const char *type, int threads, int runs, int speed, result *o
             int pos[8];
             int32_t tok[8];
             for (int r = 0; r < runs; r++) {
-                double t0 = now_ms();
+                double t0 = base_now_ms();
                 for (int k = 0; k < steps; k++) {
                     for (int i = 0; i < b; i++) {
                         kvs[i] = kv[i].kv;
@@ -195,7 +189,7 @@ static int measure(const char *type, int threads, int runs, int speed, result *o
                     }
                     model_decode(s, kvs, pos, tok, b, logits);
                 }
-                v[r] = steps * b / ((now_ms() - t0) / 1e3);
+                v[r] = steps * b / ((base_now_ms() - t0) / 1e3);
             }
             if (b == 1)
                 out->d1 = bench_median(v, runs);

@@ -23,6 +23,7 @@
  *   key, parent, token ids, the fingerprint and an XXH3-128 checksum of its payload, verified on
  *   every load: whatever goes wrong below us, a bad value is a miss (and deleted), never served.
  */
+#include "base.h"
 #include "cache_disk.h"
 
 #include "disk_lmdb.h"
@@ -147,13 +148,6 @@ static void key_bytes(uint8_t out[16], cache_key k)
 {
     put_u64(out, k.lo);
     put_u64(out + 8, k.hi);
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
 /* A full map, disk, quota or file size limit: evicting can make room. */
@@ -614,12 +608,12 @@ static int store_walk(const cache_disk *d, const store_geom *g, char *why, size_
     char buf[2048];
     size_t got = 0;
     int status = 0, eof = 0, timed_out = 0;
-    double deadline = now_ms() + DISK_WALK_TIMEOUT_MS;
+    double deadline = base_now_ms() + DISK_WALK_TIMEOUT_MS;
     /* Read what the child says until it closes the pipe (it has exited then), so that a long
      * report never fills the pipe and blocks it; then reap it. */
     while (!eof) {
         struct pollfd pf = {fds[0], POLLIN, 0};
-        double left = deadline - now_ms();
+        double left = deadline - base_now_ms();
         if (left <= 0) {
             kill(pid, SIGKILL);
             timed_out = 1;
@@ -1455,7 +1449,7 @@ static void delete_corrupt(cache_disk *d, cache_key key)
 int cache_disk_get(cache_disk *d, cache_key key, cache_key parent, const int32_t *tokens,
                    float *payload_out)
 {
-    double t0 = now_ms();
+    double t0 = base_now_ms();
     d->st.gets++;
     MDB_txn *txn;
     int rc = L(mdb_txn_begin(d->env, NULL, MDB_RDONLY, &txn));
@@ -1481,7 +1475,7 @@ int cache_disk_get(cache_disk *d, cache_key key, cache_key parent, const int32_t
         d->st.hits++;
         if (d->n_touch < DISK_TOUCH_MAX)
             d->touch[d->n_touch++] = key;
-        d->st.load_ms_total += now_ms() - t0;
+        d->st.load_ms_total += base_now_ms() - t0;
     }
     return res;
 }

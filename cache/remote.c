@@ -24,6 +24,7 @@
  *   header and token ids and cache_value_check_payload() the checksum of the payload where it
  *   landed. A bad value is deleted (DEL) so that nobody loads it again.
  */
+#include "base.h"
 #include "cache_remote.h"
 
 #include "cache_value.h"
@@ -71,13 +72,6 @@ struct cache_remote {
 };
 
 /* ---- small helpers ---- */
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 static void record_latency(cache_remote *r, double ms)
 {
@@ -288,7 +282,7 @@ static int conn_fail(cache_remote *r, int rc, const char *what, const char *why)
 static int io_wait(cache_remote *r, short events, double deadline)
 {
     for (;;) {
-        double left = deadline - now_ms();
+        double left = deadline - base_now_ms();
         if (left <= 0)
             return CACHE_ETIMEDOUT;
         if (left > r->timeout_ms)
@@ -439,7 +433,7 @@ int cache_remote_connect(cache_remote *r)
     r->msg[0] = 0;
     double t = r->timeout_ms < 200 ? 200 : r->timeout_ms; /* connecting: a TCP handshake or two */
     struct timeval tv = {(time_t)(t / 1000), (suseconds_t)((long)t % 1000) * 1000};
-    double deadline = now_ms() + t;
+    double deadline = base_now_ms() + t;
     redisContext *c = r->path ? redisConnectUnixWithTimeout(r->path, tv)
                               : redisConnectWithTimeout(r->host, r->port, tv);
     if (!c || c->err) {
@@ -655,7 +649,7 @@ static void delete_bad(cache_remote *r, const cache_key *bad, size_t n)
         if (cmd_append(r, &len, 2, argv, argl) != 0)
             return;
     }
-    double deadline = now_ms() + hard_ms(r);
+    double deadline = base_now_ms() + hard_ms(r);
     if (send_buf(r, r->cmd, len, deadline, "deleting bad values") == 0) {
         for (size_t i = 0; i < n; i++) {
             redisReply *rep;
@@ -708,7 +702,7 @@ static int take_value(cache_remote *r, int got, cache_key key, cache_key parent,
 /* Counts a GET batch's time (failed ones too); returns rc. */
 static int get_done(cache_remote *r, double t0, int rc)
 {
-    double dt = now_ms() - t0;
+    double dt = base_now_ms() - t0;
     r->st.get_ms += dt;
     record_latency(r, dt);
     return rc;
@@ -727,7 +721,7 @@ int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
     size_t B = r->fmt.block_tokens;
     for (size_t start = 0; start < n;) {
         size_t m = n - start < per ? n - start : per, len = 0;
-        double t0 = now_ms(), deadline = t0 + hard_ms(r);
+        double t0 = base_now_ms(), deadline = t0 + hard_ms(r);
         for (size_t j = 0; j < m; j++) {
             char k[CACHE_REMOTE_KEY_LEN + 1];
             cache_remote_key_name(keys[start + j], k);
@@ -775,7 +769,7 @@ int cache_remote_put(cache_remote *r, const cache_remote_item *items, size_t n, 
     r->msg[0] = 0;
     if (!r->c)
         return CACHE_ENOCONN;
-    double t0 = now_ms(), deadline = t0 + hard_ms(r);
+    double t0 = base_now_ms(), deadline = t0 + hard_ms(r);
     size_t head = sizeof(cache_value_hdr) + r->fmt.tok_bytes;
     char ttl[16];
     int ttl_len = snprintf(ttl, sizeof ttl, "%u", (unsigned)r->ttl_s);
@@ -815,7 +809,7 @@ int cache_remote_put(cache_remote *r, const cache_remote_item *items, size_t n, 
         }
         freeReplyObject(rep);
     }
-    double dt = now_ms() - t0;
+    double dt = base_now_ms() - t0;
     r->st.put_ms += dt;
     record_latency(r, dt);
     r->st.puts += ok;

@@ -6,6 +6,7 @@
  * Every size is validated before any pointer is formed: a truncated or impossible file gets an
  * error naming the file and the problem, never a crash.
  */
+#include "base.h"
 #include "gguf.h"
 #include "model.h"
 
@@ -47,17 +48,6 @@ const char *model_strerror(int err)
         return "success";
     }
     return "unknown error";
-}
-
-static int fail(char *msg, size_t msglen, int code, const char *fmt, ...)
-{
-    if (msg && msglen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(msg, msglen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
 }
 
 /* Checks hyper-parameters; shared by the loader, the shape parser and synth. */
@@ -206,9 +196,9 @@ static int load_legacy(model *m, const char *path, char *msg, size_t msglen)
     const unsigned char *b = m->map;
     int32_t hdr[7];
     if (m->map_len < sizeof hdr)
-        return fail(msg, msglen, MODEL_ETRUNC,
-                    "model file '%s': truncated: %zu bytes, the header alone needs 28", path,
-                    m->map_len);
+        return base_fail(msg, msglen, MODEL_ETRUNC,
+                         "model file '%s': truncated: %zu bytes, the header alone needs 28", path,
+                         m->map_len);
     memcpy(hdr, b, sizeof hdr);
     model_config *c = &m->cfg;
     c->dim = hdr[0];
@@ -224,27 +214,29 @@ static int load_legacy(model *m, const char *path, char *msg, size_t msglen)
     char why[200];
     int rc = config_check(c, why, sizeof why);
     if (rc)
-        return fail(msg, msglen, rc, "model file '%s': impossible shape: %s", path, why);
+        return base_fail(msg, msglen, rc, "model file '%s': impossible shape: %s", path, why);
     config_derive(c);
     uint64_t need = sizeof hdr + legacy_floats(c) * sizeof(float);
     uint64_t cls = (uint64_t)c->vocab_size * (uint64_t)c->dim * sizeof(float);
     if (!c->shared_class)
         need += cls;
     if (m->map_len < need)
-        return fail(msg, msglen, MODEL_ETRUNC,
-                    "model file '%s': truncated: header (dim %d, %d layers, vocab %d) needs %llu "
-                    "bytes, file holds %zu",
-                    path, c->dim, c->n_layers, c->vocab_size, (unsigned long long)need, m->map_len);
+        return base_fail(
+            msg, msglen, MODEL_ETRUNC,
+            "model file '%s': truncated: header (dim %d, %d layers, vocab %d) needs %llu "
+            "bytes, file holds %zu",
+            path, c->dim, c->n_layers, c->vocab_size, (unsigned long long)need, m->map_len);
     if (m->map_len > need)
-        return fail(msg, msglen, MODEL_EFORMAT,
-                    "model file '%s': %zu bytes where the header (dim %d, %d layers, vocab %d, "
-                    "%s classifier) describes %llu: not a llama2.c version 0 checkpoint of that "
-                    "shape",
-                    path, m->map_len, c->dim, c->n_layers, c->vocab_size,
-                    c->shared_class ? "shared" : "separate", (unsigned long long)need);
+        return base_fail(
+            msg, msglen, MODEL_EFORMAT,
+            "model file '%s': %zu bytes where the header (dim %d, %d layers, vocab %d, "
+            "%s classifier) describes %llu: not a llama2.c version 0 checkpoint of that "
+            "shape",
+            path, m->map_len, c->dim, c->n_layers, c->vocab_size,
+            c->shared_class ? "shared" : "separate", (unsigned long long)need);
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers)
-        return fail(msg, msglen, MODEL_ENOMEM, "model file '%s': out of memory", path);
+        return base_fail(msg, msglen, MODEL_ENOMEM, "model file '%s': out of memory", path);
     weights_map(m, (const float *)(b + sizeof hdr));
     return 0;
 }
@@ -263,24 +255,24 @@ int model_load(const char *path, model **out, char *msg, size_t msglen)
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return fail(msg, msglen, MODEL_EIO, "model file '%s': %s", path, strerror(errno));
+        return base_fail(msg, msglen, MODEL_EIO, "model file '%s': %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         int e = errno;
         close(fd);
-        return fail(msg, msglen, MODEL_EIO, "model file '%s': %s", path,
-                    S_ISDIR(st.st_mode) ? "is a directory"
-                    : e                 ? strerror(e)
-                                        : "not a file");
+        return base_fail(msg, msglen, MODEL_EIO, "model file '%s': %s", path,
+                         S_ISDIR(st.st_mode) ? "is a directory"
+                         : e                 ? strerror(e)
+                                             : "not a file");
     }
     if (st.st_size == 0) {
         close(fd);
-        return fail(msg, msglen, MODEL_ETRUNC, "model file '%s': empty file", path);
+        return base_fail(msg, msglen, MODEL_ETRUNC, "model file '%s': empty file", path);
     }
     model *m = calloc(1, sizeof *m);
     if (!m) {
         close(fd);
-        return fail(msg, msglen, MODEL_ENOMEM, "model file '%s': out of memory", path);
+        return base_fail(msg, msglen, MODEL_ENOMEM, "model file '%s': out of memory", path);
     }
     m->map_len = (size_t)st.st_size;
     m->map = mmap(NULL, m->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -288,7 +280,8 @@ int model_load(const char *path, model **out, char *msg, size_t msglen)
     if (m->map == MAP_FAILED) {
         int e = errno;
         free(m);
-        return fail(msg, msglen, MODEL_EIO, "model file '%s': cannot map: %s", path, strerror(e));
+        return base_fail(msg, msglen, MODEL_EIO, "model file '%s': cannot map: %s", path,
+                         strerror(e));
     }
     int rc;
     if (m->map_len >= 4 && memcmp(m->map, "GGUF", 4) == 0)
@@ -296,7 +289,7 @@ int model_load(const char *path, model **out, char *msg, size_t msglen)
     else
         rc = load_legacy(m, path, msg, msglen);
     if (!rc && !(m->path = strdup(path)))
-        rc = fail(msg, msglen, MODEL_ENOMEM, "model file '%s': out of memory", path);
+        rc = base_fail(msg, msglen, MODEL_ENOMEM, "model file '%s': out of memory", path);
     if (rc) {
         model_free(m);
         return rc;
@@ -383,10 +376,10 @@ int model_shape_parse(const char *spec, model_config *out, char *msg, size_t msg
         if (sscanf(spec, "%d,%d,%d,%d,%d,%d,%d%n", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
                    &used) != 7 ||
             spec[used] != '\0')
-            return fail(msg, msglen, MODEL_EINVAL,
-                        "shape '%s': expected a name (stories260K, stories15M, stories42M, "
-                        "stories110M) or dim,hidden,layers,heads,kv_heads,vocab,seq_len",
-                        spec);
+            return base_fail(msg, msglen, MODEL_EINVAL,
+                             "shape '%s': expected a name (stories260K, stories15M, stories42M, "
+                             "stories110M) or dim,hidden,layers,heads,kv_heads,vocab,seq_len",
+                             spec);
     }
     memset(out, 0, sizeof *out);
     out->dim = v[0];
@@ -402,7 +395,7 @@ int model_shape_parse(const char *spec, model_config *out, char *msg, size_t msg
     char why[200];
     int rc = config_check(out, why, sizeof why);
     if (rc)
-        return fail(msg, msglen, rc, "shape '%s': %s", spec, why);
+        return base_fail(msg, msglen, rc, "shape '%s': %s", spec, why);
     config_derive(out);
     return 0;
 }
@@ -444,16 +437,16 @@ int model_synth_write(const char *path, const model_config *cfg, uint64_t seed, 
     char why[200];
     int rc = config_check(&c, why, sizeof why);
     if (rc)
-        return fail(msg, msglen, rc, "synthetic model: %s", why);
+        return base_fail(msg, msglen, rc, "synthetic model: %s", why);
     config_derive(&c);
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 16);
     if (!tmp)
-        return fail(msg, msglen, MODEL_ENOMEM, "out of memory");
+        return base_fail(msg, msglen, MODEL_ENOMEM, "out of memory");
     snprintf(tmp, plen + 16, "%s.tmp%d", path, (int)getpid());
     FILE *f = fopen(tmp, "wb");
     if (!f) {
-        rc = fail(msg, msglen, MODEL_EIO, "cannot write '%s': %s", tmp, strerror(errno));
+        rc = base_fail(msg, msglen, MODEL_EIO, "cannot write '%s': %s", tmp, strerror(errno));
         free(tmp);
         return rc;
     }
@@ -482,7 +475,7 @@ int model_synth_write(const char *path, const model_config *cfg, uint64_t seed, 
     if (fclose(f) != 0)
         bad = 1;
     if (bad || rename(tmp, path) != 0) {
-        rc = fail(msg, msglen, MODEL_EIO, "cannot write '%s': %s", path, strerror(errno));
+        rc = base_fail(msg, msglen, MODEL_EIO, "cannot write '%s': %s", path, strerror(errno));
         unlink(tmp);
         free(tmp);
         return rc;

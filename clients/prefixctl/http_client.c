@@ -14,6 +14,7 @@
  * has: client-side TTFT, prompt and cached tokens (OpenAI's usage, or llama-server's timings),
  * and prefixd's own server-side times when present.
  */
+#include "base.h"
 #include "http_client.h"
 
 #include <cJSON.h>
@@ -113,13 +114,6 @@ const char *hc_errmsg(const hc_conn *c)
 const char *hc_url(const hc_conn *c)
 {
     return c->url;
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
 /* ---- the handle and its connection ---- */
@@ -789,7 +783,7 @@ static int completion_event_cb(void *arg, const char *data, size_t len)
     const char *text = cJSON_GetStringValue(cJSON_GetObjectItem(ch, "text"));
     if (text && text[0]) {
         if (st->text_events++ == 0)
-            res->ttft_ms = now_ms() - st->t0;
+            res->ttft_ms = base_now_ms() - st->t0;
     }
     cJSON *toks = cJSON_GetObjectItem(j, "tokens");
     if (!toks)
@@ -861,14 +855,14 @@ int hc_complete(hc_conn *c, const hc_completion_req *req, hc_completion_res *res
                                .ttft_ms = -1,
                                .reply_ids = ids,
                                .reply_cap = cap};
-    stream_state st = {.c = c, .res = res, .t0 = now_ms()};
+    stream_state st = {.c = c, .res = res, .t0 = base_now_ms()};
     hc_response r;
     int rc = hc_request(c, "POST", "/v1/completions", body, strlen(body), completion_event_cb, &st,
                         COMPLETE_TIMEOUT_MS, &r);
     free(body);
     if (rc < 0)
         return rc;
-    res->total_ms = now_ms() - st.t0;
+    res->total_ms = base_now_ms() - st.t0;
     if (r.status != 200) {
         char m[512];
         error_message(r.body, m, sizeof m);

@@ -3,6 +3,7 @@
  * redis-server started on a Unix socket in the case's scratch folder, pipelined chains over
  * several batches, misses in the middle, bad values deleted, a stalled server past the deadline
  * and a server that is gone. Cases that need redis-server say so and pass when it is missing. */
+#include "base.h"
 #include "cache_remote.h"
 #include "cache_value.h"
 #include "harness.h"
@@ -216,13 +217,6 @@ static void test_store_chain(void)
     }
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 /* A stalled server costs one deadline and drops the connection; a server that is gone fails at
  * once; full (maxmemory, noeviction) refuses writes and stays connected. */
 static void test_store_faults(void)
@@ -264,9 +258,9 @@ static void test_store_faults(void)
     float *dst[1] = {out};
     size_t got = 9;
     kill(redis_pid, SIGSTOP);
-    double t0 = now_ms();
+    double t0 = base_now_ms();
     int rc = cache_remote_get(r, key_of(0), &k, tok, dst, 1, &got);
-    double dt = now_ms() - t0;
+    double dt = base_now_ms() - t0;
     kill(redis_pid, SIGCONT);
     CHECK_EQ_INT(rc, CACHE_ETIMEDOUT);
     CHECK_EQ_U64(got, 0);
