@@ -318,8 +318,8 @@ void MODEL__K(model__gemm)(float *y, size_t ldy, const float *x, size_t ldx, con
     }
 }
 
-void model__gemm_panel(float *y, size_t ldy, const float *x, size_t ldx, const float *panel, int m,
-                       int kn, int cols, int first)
+void MODEL__K(model__gemm_panel)(float *y, size_t ldy, const float *x, size_t ldx,
+                                 const float *panel, int m, int kn, int cols, int first)
 {
     int tiles = (m + MR - 1) / MR, base = m / tiles, extra = m % tiles, r = 0;
     for (int t = 0; t < tiles; t++) {
@@ -717,6 +717,7 @@ const model__kernels MODEL__K(model__kernels) = {
     MODEL__K(model__pack_floats),
     MODEL__K(model__pack),
     MODEL__K(model__gemm),
+    MODEL__K(model__gemm_panel),
     MODEL__K(model__attend),
     MODEL__K(model__attend_scratch),
     MODEL__K(model__attend1),

@@ -59,8 +59,8 @@ void MODEL__K(model__gemm)(float *y, size_t ldy, const float *x, size_t ldx, con
 /* Y (m, cols <= 32) = X (m, kn) @ panel (kn, 32): one packed panel's kn-slice (panel[k * 32 + j]
  * is output column j's weight k), the same row tiles and chains as model__gemm(); with first 0
  * the chains continue from the partial sums already in Y (the next k-slice of the same panel). */
-void model__gemm_panel(float *y, size_t ldy, const float *x, size_t ldx, const float *panel, int m,
-                       int kn, int cols, int first);
+void MODEL__K(model__gemm_panel)(float *y, size_t ldy, const float *x, size_t ldx,
+                                 const float *panel, int m, int kn, int cols, int first);
 
 /* Causal attention of one head for nq <= MODEL__QT queries at consecutive positions pos0 ..
  * pos0 + nq - 1: query i attends over keys 0 .. pos0 + i. q: query i at q + i * ldq (head_size
@@ -99,6 +99,8 @@ typedef struct model__kernels {
     void (*pack)(float *dst, const float *w, int d, int n);
     void (*gemm)(float *y, size_t ldy, const float *x, size_t ldx, const float *wp, int m, int n,
                  int d, int p0, int p1);
+    void (*gemm_panel)(float *y, size_t ldy, const float *x, size_t ldx, const float *panel, int m,
+                       int kn, int cols, int first);
     void (*attend)(float *out, size_t ldo, const float *q, size_t ldq, int nq, int pos0,
                    float *const *blocks, size_t koff, size_t voff, int B, int hs, float scale,
                    float *scratch);

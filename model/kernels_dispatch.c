@@ -74,6 +74,12 @@ void model__gemm(float *y, size_t ldy, const float *x, size_t ldx, const float *
     kern->gemm(y, ldy, x, ldx, wp, m, n, d, p0, p1);
 }
 
+void model__gemm_panel(float *y, size_t ldy, const float *x, size_t ldx, const float *panel, int m,
+                       int kn, int cols, int first)
+{
+    kern->gemm_panel(y, ldy, x, ldx, panel, m, kn, cols, first);
+}
+
 void model__attend(float *out, size_t ldo, const float *q, size_t ldq, int nq, int pos0,
                    float *const *blocks, size_t koff, size_t voff, int B, int hs, float scale,
                    float *scratch)
