@@ -179,6 +179,18 @@ static void test_interleaved(void)
 {
     pfx_conn *c = daemon_start();
     pfx_gen ga = greedy(PROMPT_A, 60), gb = greedy(PROMPT_B, 60);
+    /* As ids: text prompts are tokenized on the daemon's workers, which may finish B's before
+     * A's; ids reach the engine in the order they were sent, so A is admitted first. */
+    int32_t *ida_ids, *idb_ids;
+    size_t na, nb;
+    CHECK_MSG(pfx_tokenize(c, PROMPT_A, strlen(PROMPT_A), &ida_ids, &na) == 0, "%s", pfx_errmsg(c));
+    CHECK_MSG(pfx_tokenize(c, PROMPT_B, strlen(PROMPT_B), &idb_ids, &nb) == 0, "%s", pfx_errmsg(c));
+    ga.text = gb.text = NULL;
+    ga.text_len = gb.text_len = 0;
+    ga.ids = ida_ids;
+    ga.n_ids = na;
+    gb.ids = idb_ids;
+    gb.n_ids = nb;
     toks ref_a = {0}, ref_b = {0}, a = {0}, b = {0};
     pfx_result r;
     CHECK_MSG(pfx_generate(c, &ga, toks_add, &ref_a, &r) == 0, "%s", pfx_errmsg(c));
@@ -196,6 +208,8 @@ static void test_interleaved(void)
     CHECK_EQ_INT(r.done.new_tokens, a.n);
     check_same(&a, &ref_a);
     CHECK_EQ_INT(pfx_pending(c), 0);
+    free(ida_ids);
+    free(idb_ids);
     pfx_close(c);
     daemon_stop();
 }
