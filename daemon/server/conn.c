@@ -450,6 +450,8 @@ static int conn_process(conn *c)
     server *s = c->srv;
     size_t off = 0;
     int more = 0;
+    if (c->len == 0) /* nothing buffered (and maybe no buffer: it is freed when empty) */
+        return c->state == CONN_CLOSING ? -1 : 0;
     for (int frames = 0; c->state != CONN_CLOSING; frames++) {
         if (frames == SRV_FRAMES_PER_READ) {
             more = 1;
@@ -482,8 +484,10 @@ static int conn_process(conn *c)
     }
     if (c->state == CONN_CLOSING)
         return -1;
-    memmove(c->buf, c->buf + off, c->len - off);
-    c->len -= off;
+    if (off > 0) {
+        memmove(c->buf, c->buf + off, c->len - off);
+        c->len -= off;
+    }
     if (c->len == 0 && c->cap > 0) {
         free(c->buf);
         input_resize(c, NULL, 0);
