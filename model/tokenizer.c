@@ -411,61 +411,13 @@ typedef struct sym {
     int dead;
 } sym;
 
-typedef struct cand {
-    float score;
-    int left, right; /* symbol indices */
-    unsigned lver, rver;
-    int id; /* the merged token */
-} cand;
-
-/* Heap order: higher score first, then smaller left index (the leftmost pair). */
-static int cand_before(const cand *a, const cand *b)
-{
-    if (a->score != b->score)
-        return a->score > b->score;
-    return a->left < b->left;
-}
-
-static void heap_push(cand *h, size_t *n, cand c)
-{
-    size_t i = (*n)++;
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (!cand_before(&c, &h[parent]))
-            break;
-        h[i] = h[parent];
-        i = parent;
-    }
-    h[i] = c;
-}
-
-static cand heap_pop(cand *h, size_t *n)
-{
-    cand top = h[0], last = h[--(*n)];
-    size_t i = 0;
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, best = i;
-        const cand *bv = &last;
-        if (l < *n && cand_before(&h[l], bv)) {
-            best = l;
-            bv = &h[l];
-        }
-        if (r < *n && cand_before(&h[r], bv))
-            best = r;
-        if (best == i)
-            break;
-        h[i] = h[best];
-        i = best;
-    }
-    if (*n > 0)
-        h[i] = last;
-    return top;
-}
-
+/* Merge candidates go through the shared heap of vocab.h (model__cand, smallest key first):
+ * the key is minus the merged token's score, so the highest score comes first, then the
+ * leftmost pair, as llama2.c merges. */
 /* Pushes the merge of symbols a and b if their concatenation is a token. buf: scratch of at least
  * 2 * max_len + 1 bytes. */
-static void consider(const model_tokenizer *t, const sym *s, int a, int b, cand *h, size_t *nh,
-                     char *buf)
+static void consider(const model_tokenizer *t, const sym *s, int a, int b, model__cand *h,
+                     size_t *nh, char *buf)
 {
     if (a < 0 || b < 0)
         return;
@@ -475,8 +427,8 @@ static void consider(const model_tokenizer *t, const sym *s, int a, int b, cand 
     int id = lookup(t, buf, la + lb);
     if (id < 0)
         return;
-    cand c = {t->scores[id], a, b, s[a].ver, s[b].ver, id};
-    heap_push(h, nh, c);
+    model__cand c = {-(double)t->scores[id], a, b, s[a].ver, s[b].ver, id};
+    model__heap_push(h, nh, c);
 }
 
 size_t model_encode_cap(size_t len)
@@ -499,7 +451,7 @@ int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsig
     *n_out = 0;
     /* Symbols: at most one per byte plus the dummy prefix. */
     sym *s = malloc((len + 1) * sizeof *s);
-    cand *h = malloc((len + 1) * 3 * sizeof *h + sizeof *h);
+    model__cand *h = malloc((len + 1) * 3 * sizeof *h + sizeof *h);
     char *buf = malloc(2 * (size_t)t->max_len + 8);
     if (!s || !h || !buf) {
         free(s);
@@ -542,7 +494,7 @@ int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsig
     for (int i = 0; i + 1 < ns; i++)
         consider(t, s, i, i + 1, h, &nh, buf);
     while (nh > 0) {
-        cand c = heap_pop(h, &nh);
+        model__cand c = model__heap_pop(h, &nh);
         if (s[c.left].dead || s[c.right].dead || s[c.left].ver != c.lver ||
             s[c.right].ver != c.rver || s[c.left].next != c.right)
             continue;
