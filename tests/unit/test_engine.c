@@ -815,12 +815,51 @@ static void test_new_errors(void)
     CHECK_STR_EQ(engine_strerror(12345), "unknown error");
 }
 
+/* The logits of the last token of tokens[0..n) computed over two histories: the first nb blocks
+ * taken from a (the cached run) and from b (an uncached prefill of the same ids), the rest
+ * prefilled on copies; 1 when they are bitwise equal. */
+static int same_next_logits(const float *const *a, const float *const *b, size_t nb,
+                            const int32_t *tokens, int n)
+{
+    const model_config *c = model_get_config(M);
+    int B = 16;
+    size_t floats = model_kv_block_floats(c, B);
+    int nblocks = (n + B - 1) / B, from = (int)nb * B;
+    CHECK(from < n && nblocks <= 64);
+    model_state_opts so = {.block_tokens = B, .threads = 2};
+    float *logits[2], *blocks[2][64];
+    for (int side = 0; side < 2; side++) {
+        model_state *s = NULL;
+        CHECK(model_state_new(M, &so, &s) == 0);
+        for (int i = 0; i < nblocks; i++) {
+            blocks[side][i] = calloc(floats, sizeof(float));
+            CHECK(blocks[side][i]);
+            if ((size_t)i < nb)
+                memcpy(blocks[side][i], (side ? b : a)[i], floats * sizeof(float));
+        }
+        logits[side] = malloc((size_t)c->vocab_size * sizeof(float));
+        CHECK(logits[side]);
+        model_kv kv = {blocks[side], nblocks};
+        CHECK(model_prefill(s, &kv, from, tokens + from, n - from, logits[side]) == 0);
+        model_state_free(s);
+    }
+    int same = memcmp(logits[0], logits[1], (size_t)c->vocab_size * sizeof(float)) == 0;
+    for (int side = 0; side < 2; side++) {
+        for (int i = 0; i < nblocks; i++)
+            free(blocks[side][i]);
+        free(logits[side]);
+    }
+    return same;
+}
+
 /* Issue 18: a 5-turn chat whose every turn reads its history from the cache (its replies too):
  * after each turn, every full block of the conversation so far is bitwise the block an uncached
- * prefill of the same ids writes, and each turn's tokens are the uncached ones; with decode_history
- * (blocks published as decode wrote them) the reply's blocks differ, which shows the test sees
- * the difference. With a disk tier, each turn runs on a new engine over the same store (a restart),
- * so the history comes back from disk. */
+ * prefill of the same ids writes, the logits of the next position computed over the cached
+ * history are bitwise those computed over the uncached one, and each turn's tokens are those of
+ * the same prompt on an engine without a cache; with decode_history (blocks published as decode
+ * wrote them) the reply's blocks differ, which shows the test sees the difference. With a disk
+ * tier, each turn runs on a new engine over the same store (a restart), so the history comes back
+ * from disk. */
 static void exact_history_run(int with_disk, int decode_history)
 {
     static int32_t conv[700];
@@ -849,6 +888,11 @@ static void exact_history_run(int with_disk, int decode_history)
                       res[1].d.cached_tokens, n);
         if (with_disk && turn > 0)
             CHECK_MSG(res[1].d.cached_tokens_disk > 0, "turn %d: nothing from disk", turn);
+        engine *nc = new_engine(1, 64 << 20, 0, 4, 4);
+        submit_ids(nc, 3, conv, (size_t)n, 24);
+        run_all(nc);
+        engine_free(nc);
+        check_same(&res[3], &res[1], "exact history turn", turn);
         memcpy(conv + n, res[1].toks, (size_t)res[1].n * sizeof(int32_t));
         int total = n + res[1].n;
         /* The reference: the whole conversation so far as one uncached prompt. */
@@ -867,6 +911,13 @@ static void exact_history_run(int with_disk, int decode_history)
                           turn, i);
                 differ = 1;
             }
+        if (!decode_history) {
+            size_t nb = ng < nw ? ng : nw;
+            if ((int)nb * B >= total)
+                nb--;
+            CHECK_MSG(same_next_logits(got, want, nb, conv, total),
+                      "turn %d: the logits over the cached history differ from the uncached", turn);
+        }
         engine_free(ref);
         n = total;
         int32_t user[12];
@@ -891,6 +942,33 @@ static void test_exact_history(void)
     exact_history_run(0, 1);
 }
 
+/* The same on quantized GGUF models (Q8_0, and Q4_K_M's mix of Q4_K, Q6_K and Q8_0) of both
+ * architectures, with and without the disk tier; decode-written history differs there too. */
+static void test_exact_history_quantized(void)
+{
+    static const char *const types[] = {"q8_0", "q4_k_m"};
+    setup();
+    model *keep = M;
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        char msg[512], path[PATH_MAX];
+        model_config c;
+        int type;
+        CHECK_MSG(model_shape_parse("256,512,2,4,2,512,512", &c, msg, sizeof msg) == 0, "%s", msg);
+        CHECK(model_type_parse(types[i], &type) == 0);
+        snprintf(path, sizeof path, "%s/history-%s.gguf", harness_tmpdir(), types[i]);
+        CHECK_MSG(model_synth_write_gguf(path, &c, i % 2 ? "qwen2" : "llama", type, 5, msg,
+                                         sizeof msg) == 0,
+                  "%s", msg);
+        CHECK_MSG(model_load(path, &M, msg, sizeof msg) == 0, "%s", msg);
+        fprintf(stderr, "  [%s]\n", types[i]);
+        exact_history_run(0, 0);
+        exact_history_run(1, 0);
+        exact_history_run(0, 1);
+        model_free(M);
+    }
+    M = keep;
+}
+
 static const harness_case cases[] = {
     {"cached_equals_uncached", test_cached_equals_uncached},
     {"cached_equals_uncached_types", test_cached_equals_uncached_types},
@@ -902,6 +980,7 @@ static const harness_case cases[] = {
     {"huge_max_new", test_huge_max_new},
     {"partial_block_reuse", test_partial_block_reuse},
     {"exact_history", test_exact_history},
+    {"exact_history_quantized", test_exact_history_quantized},
     {"new_errors", test_new_errors},
     {"warm_and_pin", test_warm_and_pin},
     {"disk_restart", test_disk_restart},
