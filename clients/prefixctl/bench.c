@@ -49,6 +49,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { W_CHAT, W_FEWSHOT, W_UNIQUE, W_SWEEP, W_COUNT };
@@ -63,6 +64,7 @@ enum { S_SYSTEM = 1, S_USER, S_PREAMBLE, S_QUESTION, S_UNIQUE, S_SWEEP, S_SWEEP_
 typedef struct bench_opts {
     int order[W_COUNT], n_order; /* workloads in the order given */
     int clients, systems, system_tokens, conversations, turns, user_tokens, reply_tokens;
+    int think_ms; /* chat: pause after each reply before the client's next request */
     int requests, runs;
     int lengths[MAX_LENGTHS], n_lengths, lengths_given;
     uint64_t seed, prefix_seed; /* prefix_seed 0: the same as seed */
@@ -126,6 +128,8 @@ static void usage(FILE *f)
             "  --turns T            chat: turns per conversation (default 4)\n"
             "  --user-tokens U      new tokens per turn, question, or sweep suffix (default 40)\n"
             "  --reply-tokens R     tokens generated per request, the reply (default 16)\n"
+            "  --think-ms T         chat: each client pauses T ms after a reply before its\n"
+            "                       next request, as a user reads (default 0)\n"
             "  --requests Q         fewshot: questions; unique: prompts (default 8)\n"
             "  --lengths L,...      sweep: prompt lengths (default 128,256,512,1024,1536,2000,\n"
             "                       those that fit the model's context)\n"
@@ -384,6 +388,11 @@ static void run_chat(bench_client *cl)
             if (bench_request(cl, hist[i], len[i], k, t, &rb) != 0)
                 break;
             len[i] += rb.n;
+            if (o->think_ms > 0) {
+                struct timespec ts = {o->think_ms / 1000, (long)(o->think_ms % 1000) * 1000000L};
+                while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+                    ;
+            }
         }
     }
     for (int i = 0; i < mine; i++)
@@ -652,6 +661,8 @@ static cJSON *workload_json(const bench *b, int wl)
     }
     cJSON_AddNumberToObject(p, "user_tokens", o->user_tokens);
     cJSON_AddNumberToObject(p, "reply_tokens", o->reply_tokens);
+    if (wl == W_CHAT)
+        cJSON_AddNumberToObject(p, "think_ms", o->think_ms);
     cJSON_AddNumberToObject(p, "runs", o->runs);
     cJSON_AddNumberToObject(p, "seed", (double)o->seed);
     cJSON_AddNumberToObject(p, "prefix_seed", (double)(o->prefix_seed ? o->prefix_seed : o->seed));
@@ -921,6 +932,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
         O_TURNS,
         O_USER,
         O_REPLY,
+        O_THINK,
         O_REQ,
         O_LEN,
         O_WARM,
@@ -948,6 +960,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
                                          {"turns", required_argument, 0, O_TURNS},
                                          {"user-tokens", required_argument, 0, O_USER},
                                          {"reply-tokens", required_argument, 0, O_REPLY},
+                                         {"think-ms", required_argument, 0, O_THINK},
                                          {"requests", required_argument, 0, O_REQ},
                                          {"lengths", required_argument, 0, O_LEN},
                                          {"warm", no_argument, 0, O_WARM},
@@ -998,6 +1011,10 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
             break;
         case O_USER:
             if (parse_int("--user-tokens", optarg, 1, 1 << 24, &o->user_tokens) != 0)
+                return 2;
+            break;
+        case O_THINK:
+            if (parse_int("--think-ms", optarg, 0, 3600 * 1000, &o->think_ms) != 0)
                 return 2;
             break;
         case 'n':

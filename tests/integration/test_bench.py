@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 PREFIXD, PREFIXCTL, MODELS, CASE = sys.argv[1:5]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -149,6 +150,32 @@ def case_chat_cached():
         check(all(96 <= int(x["cached_tokens"]) for x in fresh), "--prefix-seed: hits")
         check(all(int(x["cached_tokens"]) <= 97 for x in fresh if x["turn"] == "1"),
               "--prefix-seed: new turns: %r" % fresh)
+    with_daemon(body)
+
+
+def case_chat_think():
+    """--think-ms: each client pauses after a reply (the run takes at least the pauses), and in
+    the pause the reply's history is recomputed and published (exact history), so every later
+    turn finds all of its history cached but the new user tokens' blocks."""
+    def body(sock, tmp):
+        c = os.path.join(tmp, "think.csv")
+        j = os.path.join(tmp, "think.json")
+        t0 = time.monotonic()
+        bench(sock, "--workload", "chat", "--csv", c, "--json", j, "--quiet", "--clients", "1",
+              "--systems", "1", "--conversations", "1", "--turns", "4", "--system-tokens", "64",
+              "--user-tokens", "20", "--reply-tokens", "24", "--think-ms", "300")
+        check(time.monotonic() - t0 >= 4 * 0.3, "4 pauses of 300 ms")
+        rows = read_csv(c)
+        check(len(rows) == 4, "4 turns: %r" % rows)
+        for x in rows:
+            if int(x["turn"]) > 1:
+                # All but the last partial block and the 20 new tokens: the reply is cached.
+                check(int(x["cached_tokens"]) >= int(x["prompt_tokens"]) - 20 - 16,
+                      "turn %s: reply cached after the pause: %r" % (x["turn"], x))
+        doc = json.load(open(j))
+        check('"think_ms": 300' in json.dumps(doc), "think_ms in the JSON parameters")
+        r = bench(sock, "--think-ms", "-1", expect=2)
+        check("--think-ms" in r.stderr, "bad --think-ms: %r" % r.stderr)
     with_daemon(body)
 
 
