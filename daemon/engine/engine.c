@@ -19,6 +19,7 @@
 #include "disk_thread.h"
 #include "remote_thread.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -56,6 +57,7 @@ typedef struct request {
     int n_new;
     float temp, top_p;
     uint64_t rng;
+    int logprobs, top_logprobs;
     int pin;
     cache_key root;
     int history_pos; /* background: positions [history_pos, kv_done) still to recompute */
@@ -83,7 +85,8 @@ struct engine {
     request *zombies;  /* ended while LOADING */
     int admit_blocked; /* the first waiting request did not fit; cleared when blocks free */
     model_sampler *sampler;
-    request **live; /* waiting and running, in arrival order */
+    float *lp_logits; /* vocab_size: the raw logits of a request that asked for logprobs */
+    request **live;   /* waiting and running, in arrival order */
     int n_live, cap_live;
     int rr;                     /* round robin among prefilling requests */
     float *logits;              /* (max_batch, vocab) */
@@ -132,8 +135,9 @@ static void emit_error(engine *e, uint64_t handle, uint32_t owner, int code, con
     e->o.emit(e->o.emit_arg, &ev);
 }
 
-/* last: no token follows, so nothing is held back for one. */
-static void emit_token(engine *e, request *r, int32_t t, int last)
+/* last: no token follows, so nothing is held back for one. lp: NULL, or the token's
+ * log-probabilities. */
+static void emit_token(engine *e, request *r, int32_t t, int last, const engine_logprobs *lp)
 {
     size_t len = 0;
     const char *piece = e->tok && r->dt.buf ? model_detok_push(e->tok, &r->dt, t, last, &len) : "";
@@ -142,7 +146,8 @@ static void emit_token(engine *e, request *r, int32_t t, int last)
                        .owner = r->owner,
                        .token = t,
                        .piece = piece,
-                       .piece_len = len};
+                       .piece_len = len,
+                       .logprobs = lp};
     e->o.emit(e->o.emit_arg, &ev);
 }
 
@@ -605,6 +610,11 @@ int engine_submit(engine *e, const engine_request *q)
         rc = base_fail(what, sizeof what, ENGINE_EINVAL, "empty prompt: give at least one id");
         goto out;
     }
+    if (q->logprobs && (q->top_logprobs < 0 || q->top_logprobs > ENGINE_MAX_TOP_LOGPROBS)) {
+        rc = base_fail(what, sizeof what, ENGINE_EINVAL, "top_logprobs %d is outside [0, %d]",
+                       q->top_logprobs, ENGINE_MAX_TOP_LOGPROBS);
+        goto out;
+    }
     if (n > (size_t)seq) {
         rc = base_fail(what, sizeof what, ENGINE_ETOOLONG,
                        "prompt is %zu tokens, the model's context is %d", n, seq);
@@ -641,6 +651,8 @@ int engine_submit(engine *e, const engine_request *q)
     r->max_new = q->kind == ENGINE_REQ_WARM ? 0 : q->max_new < room ? q->max_new : room;
     r->temp = q->temp;
     r->top_p = q->top_p;
+    r->logprobs = q->logprobs != 0;
+    r->top_logprobs = q->logprobs ? q->top_logprobs : 0;
     r->rng = model_rng_seed(q->seed);
     r->pin = q->pin;
     r->t_recv = q->t_received_ms > 0 ? q->t_received_ms : base_now_ms();
@@ -726,10 +738,52 @@ static void admit_waiting(engine *e)
     }
 }
 
+/* The log-softmax's normaliser of logits[0..n) and the k largest (ids, logits), largest first,
+ * lower id first on ties. */
+static double log_norm_top(const float *logits, int n, int k, int32_t *top, float *top_l)
+{
+    float mx = logits[0];
+    for (int i = 1; i < n; i++)
+        if (logits[i] > mx)
+            mx = logits[i];
+    double sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += exp((double)logits[i] - mx);
+    int have = 0;
+    for (int i = 0; i < n && k > 0; i++) {
+        float l = logits[i];
+        if (have == k && l <= top_l[k - 1])
+            continue;
+        int j = have < k ? have++ : k - 1;
+        while (j > 0 && top_l[j - 1] < l) {
+            top[j] = top[j - 1];
+            top_l[j] = top_l[j - 1];
+            j--;
+        }
+        top[j] = i;
+        top_l[j] = l;
+    }
+    return mx + log(sum);
+}
+
 /* Samples from logits (modified), appends, emits; returns 1 if the request goes on. */
 static int take_token(engine *e, request *r, float *logits)
 {
+    engine_logprobs lp, *lpp = NULL;
+    double norm = 0;
+    if (r->logprobs) {
+        /* Before sampling, which changes logits: the model's own distribution. */
+        norm = log_norm_top(logits, e->c.vocab_size, r->top_logprobs, lp.top_token, lp.top_logprob);
+        lp.n_top = r->top_logprobs;
+        lp.prev = r->tok[r->n_tok - 1];
+        for (int i = 0; i < lp.n_top; i++)
+            lp.top_logprob[i] = (float)(lp.top_logprob[i] - norm);
+        memcpy(e->lp_logits, logits, (size_t)e->c.vocab_size * sizeof(float));
+        lpp = &lp;
+    }
     int32_t t = model_sample(e->sampler, logits, r->temp, r->top_p, &r->rng);
+    if (lpp)
+        lp.logprob = (float)(e->lp_logits[t] - norm);
     if (r->t_first == 0)
         r->t_first = base_now_ms();
     /* The vocabulary says which ids end the text (EOS, EOT, <|im_end|>, ...); a sampled BOS
@@ -744,7 +798,7 @@ static int take_token(engine *e, request *r, float *logits)
     e->st.generated_tokens++;
     /* Another token needs this one's K/V at position n_tok - 1, inside the context. */
     int last = (uint32_t)r->n_new >= r->max_new || r->n_tok > e->c.seq_len;
-    emit_token(e, r, t, last);
+    emit_token(e, r, t, last, lpp);
     if (last) {
         finish(e, r, ENGINE_FINISH_LENGTH);
         return 0;
@@ -1136,7 +1190,9 @@ int engine_new(const model *m, const model_tokenizer *tok, const engine_opts *op
     e->toks = calloc(B, sizeof *e->toks);
     e->rows = calloc(B, sizeof *e->rows);
     e->sampler = model_sampler_new(e->c.vocab_size);
-    if (!e->live || !e->logits || !e->kv || !e->pos || !e->toks || !e->rows || !e->sampler) {
+    e->lp_logits = malloc((size_t)e->c.vocab_size * sizeof(float));
+    if (!e->live || !e->logits || !e->kv || !e->pos || !e->toks || !e->rows || !e->sampler ||
+        !e->lp_logits) {
         engine_free(e);
         return base_fail(msg, msglen, ENGINE_ENOMEM, "engine: out of memory");
     }
@@ -1199,6 +1255,7 @@ void engine_free(engine *e)
     free(e->toks);
     free(e->rows);
     model_sampler_free(e->sampler);
+    free(e->lp_logits);
     cache_close(e->cache);
     model_state_free(e->ms);
     free(e);

@@ -85,6 +85,19 @@ typedef enum engine_event_type {
     ENGINE_EV_ERROR  /* the request failed: code, msg; no more events for this handle */
 } engine_event_type;
 
+/* The most alternatives a TOKEN event carries (OpenAI's top_logprobs limit). */
+#define ENGINE_MAX_TOP_LOGPROBS 20
+
+/* Log-probabilities of a sampled token, under the model's own distribution at that position
+ * (the softmax of its logits: temperature 1, before top_p), natural logarithms. */
+typedef struct engine_logprobs {
+    float logprob; /* the sampled token's */
+    int32_t prev;  /* the token before it (the prompt's last, for the first): for its text */
+    int n_top;     /* alternatives in top_* (the request's top_logprobs) */
+    int32_t top_token[ENGINE_MAX_TOP_LOGPROBS]; /* the most likely first; ties: lower id */
+    float top_logprob[ENGINE_MAX_TOP_LOGPROBS];
+} engine_logprobs;
+
 typedef struct engine_event {
     engine_event_type type;
     uint64_t handle; /* the caller's handle from engine_request */
@@ -92,9 +105,11 @@ typedef struct engine_event {
     int32_t token;
     const char *piece; /* TOKEN: decoded text, valid during the callback */
     size_t piece_len;
-    engine_done done; /* DONE: finish reason and figures */
-    int code;         /* ERROR: an ENGINE_E* code */
-    const char *msg;  /* ERROR: names the problem, valid during the callback */
+    const engine_logprobs *logprobs; /* TOKEN: when the request asked for them, else NULL;
+                                      * valid during the callback */
+    engine_done done;                /* DONE: finish reason and figures */
+    int code;                        /* ERROR: an ENGINE_E* code */
+    const char *msg;                 /* ERROR: names the problem, valid during the callback */
 } engine_event;
 
 typedef void (*engine_emit_fn)(void *arg, const engine_event *ev);
@@ -155,8 +170,10 @@ typedef struct engine_request {
     float temp;       /* 0: greedy */
     float top_p;
     uint64_t seed;
-    int pin;        /* WARM: pin the prompt's full blocks */
-    const void *ns; /* namespace bytes (the daemon folds the uid in); copied */
+    int logprobs;     /* 1: TOKEN events carry the sampled token's log-probability */
+    int top_logprobs; /* with logprobs: that many most likely tokens too (0..20) */
+    int pin;          /* WARM: pin the prompt's full blocks */
+    const void *ns;   /* namespace bytes (the daemon folds the uid in); copied */
     size_t ns_len;
     double t_received_ms; /* base_now_ms() when the request arrived, for TTFT */
     uint32_t owner;       /* the caller's, echoed in every event of this request (the daemon

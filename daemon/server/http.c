@@ -412,6 +412,8 @@ static void submit(http_conn *c, oai_kind kind, const http_key *key)
     r->max_new = p.max_tokens;
     r->temp = p.temperature;
     r->top_p = p.top_p;
+    r->logprobs = p.logprobs;
+    r->top_logprobs = p.top_logprobs;
     r->seed = p.has_seed ? p.seed
                          : (uint64_t)(base_now_ms() * 1e3) ^ (++hs->seeds * 0x9E3779B97F4A7C15ull);
     r->owner = c->is_unix ? (uint32_t)c->uid : HTTP_TCP_OWNER;

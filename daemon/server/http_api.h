@@ -88,6 +88,7 @@ typedef enum oai_kind { OAI_COMPLETION, OAI_CHAT } oai_kind;
 #define OAI_MAX_STOP 4
 #define OAI_MAX_STOP_LEN 256
 #define OAI_MAX_SALT 48 /* cache_salt: [A-Za-z0-9._-] */
+#define OAI_MAX_TOP_LOGPROBS 20
 
 typedef struct oai_error {
     int status;     /* HTTP status */
@@ -112,6 +113,8 @@ typedef struct oai_params {
     size_t stop_len[OAI_MAX_STOP];
     int n_stop;
     int stream, include_usage;
+    int logprobs;     /* 1: log-probabilities of the answer's tokens */
+    int top_logprobs; /* and of that many most likely tokens at each position */
     char cache_salt[OAI_MAX_SALT + 1];
 } oai_params;
 
@@ -153,6 +156,22 @@ typedef struct oai_usage {
     double ttft_ms, prefill_ms, decode_tokens_per_s, total_ms;
 } oai_usage;
 
+/* One token's log-probability as a response shows it: its text (the token's own bytes) and
+ * logprob. */
+typedef struct oai_token_lp {
+    const char *text;
+    size_t len;
+    float logprob;
+} oai_token_lp;
+
+/* What the rendering keeps of one token's log-probabilities until they are sent. */
+typedef struct oai_lp_entry {
+    size_t end; /* bytes of the answer's text once this token's piece is added */
+    int n;      /* 1 + alternatives */
+    float logprob[1 + OAI_MAX_TOP_LOGPROBS];
+    size_t off[1 + OAI_MAX_TOP_LOGPROBS], len[1 + OAI_MAX_TOP_LOGPROBS]; /* in lp_text */
+} oai_lp_entry;
+
 /* The rendering of one request's answer, token by token (engine thread). */
 typedef struct oai_out {
     oai_kind kind;
@@ -171,6 +190,10 @@ typedef struct oai_out {
     uint32_t n_tokens;
     int stopped;   /* a stop string was seen: the rest is not shown */
     int head_sent; /* streaming: the head and the first chunk went out */
+    int logprobs, top_logprobs;
+    oai_lp_entry *lp; /* one per token, when logprobs */
+    size_t n_lp, cap_lp, lp_sent;
+    hbuf lp_text; /* the entries' token texts */
 } oai_out;
 
 /* A rendering for params p (its stop strings are moved into it: p keeps none). */
@@ -179,9 +202,12 @@ oai_out *oai_out_new(const oai_params *p, const char *id, long created, const ch
 void oai_out_free(oai_out *o);
 
 /* A token's text: appends to wire what a stream sends now (nothing for a non-streaming
- * request). Returns 1 when a stop string has just been seen (the caller ends the request), else
+ * request). lp: NULL, or (when the request asked for logprobs) n_lp entries: the token's own,
+ * then the most likely alternatives. Returns 1 when a stop string has just been seen (the caller
+ * ends the request), else
  * 0. */
-int oai_out_token(oai_out *o, const char *piece, size_t len, hbuf *wire);
+int oai_out_token(oai_out *o, const char *piece, size_t len, const oai_token_lp *lp, int n_lp,
+                  hbuf *wire);
 
 /* The request ended: appends the rest of the answer (a stream's last chunks and [DONE], or the
  * whole response). finish is "stop" or "length". */

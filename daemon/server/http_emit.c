@@ -137,6 +137,22 @@ static void render_done(oai_out *o, const engine_event *ev, hbuf *wire)
     oai_out_done(o, d->finish == ENGINE_FINISH_LENGTH ? "length" : "stop", &u, wire);
 }
 
+/* A token event's log-probabilities with their token texts (the vocabulary's bytes for each id,
+ * as model_decode_piece() spells it after the previous token): the token's own, then the
+ * alternatives. Returns how many. */
+static int token_lps(const server *s, const engine_event *ev, oai_token_lp *lp)
+{
+    const engine_logprobs *x = ev->logprobs;
+    int n = 0;
+    for (int k = -1; k < x->n_top && k < ENGINE_MAX_TOP_LOGPROBS; k++, n++) {
+        int32_t id = k < 0 ? ev->token : x->top_token[k];
+        lp[n].len = 0;
+        lp[n].text = s->tok ? model_decode_piece(s->tok, x->prev, id, &lp[n].len) : "";
+        lp[n].logprob = k < 0 ? x->logprob : x->top_logprob[k];
+    }
+    return n;
+}
+
 void srv__http_emit(server *s, const engine_event *ev)
 {
     uint32_t conn_id = (uint32_t)(ev->handle >> 32), req = (uint32_t)ev->handle;
@@ -149,7 +165,9 @@ void srv__http_emit(server *s, const engine_event *ev)
     }
     hbuf wire = {0};
     if (ev->type == ENGINE_EV_TOKEN) {
-        if (oai_out_token(l->o, ev->piece, ev->piece_len, &wire))
+        oai_token_lp lp[1 + ENGINE_MAX_TOP_LOGPROBS];
+        int n_lp = ev->logprobs ? token_lps(s, ev, lp) : 0;
+        if (oai_out_token(l->o, ev->piece, ev->piece_len, n_lp ? lp : NULL, n_lp, &wire))
             cancel_handle(s, ev->handle);
     } else if (ev->type == ENGINE_EV_DONE) {
         const engine_done *d = &ev->done;

@@ -301,17 +301,14 @@ static int get_bool(const cJSON *o, const char *name, int *out, oai_error *e)
 /* Fields prefixd cannot honour: refused when set to anything but their neutral value. */
 static int refuse_unsupported(const cJSON *o, oai_error *e)
 {
-    static const char *const zero[] = {"presence_penalty", "frequency_penalty", "top_logprobs"};
+    static const char *const zero[] = {"presence_penalty", "frequency_penalty"};
     for (size_t i = 0; i < sizeof zero / sizeof *zero; i++) {
         const cJSON *v = field(o, zero[i]);
         if (v && !(cJSON_IsNumber(v) && v->valuedouble == 0))
             return oai_fail(e, 400, zero[i], "unsupported_parameter",
                             "'%s' is not supported by prefixd (only 0 or null)", zero[i]);
     }
-    const cJSON *v = field(o, "logprobs");
-    if (v && !cJSON_IsFalse(v))
-        return oai_fail(e, 400, "logprobs", "unsupported_parameter",
-                        "'logprobs' is not supported by prefixd (only false or null)");
+    const cJSON *v;
     if ((v = field(o, "echo")) && !cJSON_IsFalse(v))
         return oai_fail(e, 400, "echo", "unsupported_parameter",
                         "'echo' is not supported by prefixd (only false)");
@@ -333,6 +330,38 @@ static int refuse_unsupported(const cJSON *o, oai_error *e)
     if (field(o, "n") && n != 1)
         return oai_fail(e, 400, "n", "unsupported_value",
                         "'n' must be 1: prefixd makes one completion per request (got %g)", n);
+    return 0;
+}
+
+/* Chat: "logprobs" true or false, "top_logprobs" 0..20 with logprobs true. Completions:
+ * "logprobs" an integer 0..20 (the alternatives per token; OpenAI allows up to 5). */
+static int parse_logprobs(const cJSON *o, oai_params *p, oai_error *e)
+{
+    double d;
+    int r;
+    if (p->kind == OAI_COMPLETION) {
+        if ((r = get_number(o, "logprobs", 0, OAI_MAX_TOP_LOGPROBS, 1, &d, e)) < 0)
+            return -1;
+        if (r > 0) {
+            p->logprobs = 1;
+            p->top_logprobs = (int)d;
+        }
+        if (field(o, "top_logprobs"))
+            return oai_fail(e, 400, "top_logprobs", "invalid_request_error",
+                            "'top_logprobs' is a chat completions field: completions take "
+                            "'logprobs' as the number of alternatives");
+        return 0;
+    }
+    if (get_bool(o, "logprobs", &p->logprobs, e) < 0)
+        return -1;
+    if ((r = get_number(o, "top_logprobs", 0, OAI_MAX_TOP_LOGPROBS, 1, &d, e)) < 0)
+        return -1;
+    if (r > 0) {
+        if (!p->logprobs && d > 0)
+            return oai_fail(e, 400, "top_logprobs", "invalid_request_error",
+                            "'top_logprobs' needs 'logprobs': true");
+        p->top_logprobs = (int)d;
+    }
     return 0;
 }
 
@@ -472,7 +501,7 @@ static int parse_fields(const cJSON *o, oai_params *p, oai_error *e)
         return oai_fail(e, 400, "model", "invalid_type", "'model' must be a string");
     if ((v = field(o, "user")) && !cJSON_IsString(v))
         return oai_fail(e, 400, "user", "invalid_type", "'user' must be a string");
-    if (refuse_unsupported(o, e) != 0)
+    if (refuse_unsupported(o, e) != 0 || parse_logprobs(o, p, e) != 0)
         return -1;
     double d;
     const char *max_name = "max_tokens";
@@ -584,6 +613,8 @@ oai_out *oai_out_new(const oai_params *p, const char *id, long created, const ch
     o->include_usage = p->include_usage;
     o->keep_alive = keep_alive;
     o->chunked = chunked;
+    o->logprobs = p->logprobs;
+    o->top_logprobs = p->top_logprobs;
     snprintf(o->id, sizeof o->id, "%s", id);
     o->created = created;
     o->model = model;
@@ -608,6 +639,8 @@ void oai_out_free(oai_out *o)
     for (int i = 0; i < o->n_stop; i++)
         free(o->stop[i]);
     hbuf_free(&o->text);
+    free(o->lp);
+    hbuf_free(&o->lp_text);
     free(o);
 }
 
@@ -637,9 +670,74 @@ static cJSON *answer_object(const oai_out *o, int chunk)
     return j;
 }
 
-/* A choice: text (len bytes, or none with text NULL), role (chat's first chunk), finish. */
+/* A token text as chat's logprobs show it: token (as UTF-8), logprob, bytes. */
+static void add_lp_token(cJSON *arr, const char *p, size_t len, float logprob)
+{
+    cJSON *t = cJSON_CreateObject();
+    add_text(t, "token", p, len);
+    cJSON_AddNumberToObject(t, "logprob", logprob);
+    cJSON *bytes = cJSON_AddArrayToObject(t, "bytes");
+    for (size_t i = 0; i < len; i++)
+        cJSON_AddItemToArray(bytes, cJSON_CreateNumber((unsigned char)p[i]));
+    cJSON_AddItemToArray(arr, t);
+}
+
+/* The logprobs object of entries [from, to): chat's {"content": [...]}, or completions'
+ * {"tokens", "token_logprobs", "top_logprobs", "text_offset"}. */
+static void add_logprobs(const oai_out *o, cJSON *c, size_t from, size_t to)
+{
+    cJSON *l = cJSON_AddObjectToObject(c, "logprobs");
+    const char *base = o->lp_text.p ? o->lp_text.p : "";
+    if (o->kind == OAI_CHAT) {
+        cJSON *content = cJSON_AddArrayToObject(l, "content");
+        for (size_t i = from; i < to; i++) {
+            const oai_lp_entry *x = &o->lp[i];
+            add_lp_token(content, base + x->off[0], x->len[0], x->logprob[0]);
+            cJSON *t = cJSON_GetArrayItem(content, cJSON_GetArraySize(content) - 1);
+            cJSON *top = cJSON_AddArrayToObject(t, "top_logprobs");
+            for (int k = 1; k < x->n; k++)
+                add_lp_token(top, base + x->off[k], x->len[k], x->logprob[k]);
+        }
+        cJSON_AddNullToObject(l, "refusal");
+        return;
+    }
+    cJSON *tokens = cJSON_AddArrayToObject(l, "tokens");
+    cJSON *lps = cJSON_AddArrayToObject(l, "token_logprobs");
+    cJSON *tops = cJSON_AddArrayToObject(l, "top_logprobs");
+    cJSON *offs = cJSON_AddArrayToObject(l, "text_offset");
+    for (size_t i = from; i < to; i++) {
+        const oai_lp_entry *x = &o->lp[i];
+        cJSON *t = cJSON_CreateObject();
+        add_text(t, "t", base + x->off[0], x->len[0]);
+        cJSON_AddItemToArray(tokens, cJSON_DetachItemFromObject(t, "t"));
+        cJSON_Delete(t);
+        cJSON_AddItemToArray(lps, cJSON_CreateNumber(x->logprob[0]));
+        cJSON *top = cJSON_CreateObject();
+        for (int k = 1; k < x->n; k++) {
+            hbuf b = {0};
+            oai_utf8_clean(&b, base + x->off[k], x->len[k]);
+            hbuf_add(&b, "", 0);
+            if (!cJSON_GetObjectItemCaseSensitive(top, b.p ? b.p : ""))
+                cJSON_AddNumberToObject(top, b.p ? b.p : "", x->logprob[k]);
+            hbuf_free(&b);
+        }
+        cJSON_AddItemToArray(tops, top);
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(i > 0 ? o->lp[i - 1].end : 0)));
+    }
+}
+
+/* The entries whose token text ends within the first upto bytes of the answer, from from on. */
+static size_t lp_upto(const oai_out *o, size_t from, size_t upto)
+{
+    while (from < o->n_lp && o->lp[from].end <= upto)
+        from++;
+    return from;
+}
+
+/* A choice: text (len bytes, or none with text NULL), role (chat's first chunk), finish;
+ * logprobs entries [lp_from, lp_to) when the request asked for them. */
 static void add_choice(const oai_out *o, cJSON *choices, int chunk, const char *text, size_t len,
-                       int role, const char *finish)
+                       int role, const char *finish, size_t lp_from, size_t lp_to)
 {
     cJSON *c = cJSON_CreateObject();
     cJSON_AddNumberToObject(c, "index", 0);
@@ -652,7 +750,10 @@ static void add_choice(const oai_out *o, cJSON *choices, int chunk, const char *
     } else {
         add_text(c, "text", text ? text : "", text ? len : 0);
     }
-    cJSON_AddNullToObject(c, "logprobs");
+    if (o->logprobs && lp_to > lp_from)
+        add_logprobs(o, c, lp_from, lp_to);
+    else
+        cJSON_AddNullToObject(c, "logprobs");
     if (finish)
         cJSON_AddStringToObject(c, "finish_reason", finish);
     else
@@ -661,10 +762,10 @@ static void add_choice(const oai_out *o, cJSON *choices, int chunk, const char *
 }
 
 static void stream_chunk(oai_out *o, hbuf *wire, const char *text, size_t len, int role,
-                         const char *finish)
+                         const char *finish, size_t lp_from, size_t lp_to)
 {
     cJSON *j = answer_object(o, 1);
-    add_choice(o, cJSON_AddArrayToObject(j, "choices"), 1, text, len, role, finish);
+    add_choice(o, cJSON_AddArrayToObject(j, "choices"), 1, text, len, role, finish, lp_from, lp_to);
     hbuf payload = {0};
     print_json(&payload, j);
     cJSON_Delete(j);
@@ -682,7 +783,7 @@ static void stream_start(oai_out *o, hbuf *wire)
     oai_http_head(wire, 200, "text/event-stream", o->chunked ? -1 : -2, o->keep_alive && o->chunked,
                   0);
     if (o->kind == OAI_CHAT)
-        stream_chunk(o, wire, "", 0, 1, NULL);
+        stream_chunk(o, wire, "", 0, 1, NULL, 0, 0);
 }
 
 /* Streams text[sent..upto). */
@@ -691,7 +792,9 @@ static void stream_text(oai_out *o, hbuf *wire, size_t upto)
     if (upto <= o->sent)
         return;
     stream_start(o, wire);
-    stream_chunk(o, wire, o->text.p + o->sent, upto - o->sent, 0, NULL);
+    size_t lp_to = lp_upto(o, o->lp_sent, upto);
+    stream_chunk(o, wire, o->text.p + o->sent, upto - o->sent, 0, NULL, o->lp_sent, lp_to);
+    o->lp_sent = lp_to;
     o->sent = upto;
 }
 
@@ -709,13 +812,41 @@ static size_t stop_prefix_tail(const oai_out *o)
     return 0;
 }
 
-int oai_out_token(oai_out *o, const char *piece, size_t len, hbuf *wire)
+/* Keeps a token's log-probabilities (its text ends at end). */
+static void keep_lp(oai_out *o, size_t end, const oai_token_lp *lp, int n_lp, hbuf *wire)
+{
+    if (o->n_lp == o->cap_lp) {
+        size_t cap = o->cap_lp ? 2 * o->cap_lp : 16;
+        oai_lp_entry *p = realloc(o->lp, cap * sizeof *p);
+        if (!p) {
+            wire->oom = 1;
+            return;
+        }
+        o->lp = p;
+        o->cap_lp = cap;
+    }
+    oai_lp_entry *x = &o->lp[o->n_lp++];
+    x->end = end;
+    x->n = n_lp < 1 + OAI_MAX_TOP_LOGPROBS ? n_lp : 1 + OAI_MAX_TOP_LOGPROBS;
+    for (int k = 0; k < x->n; k++) {
+        x->logprob[k] = lp[k].logprob;
+        x->off[k] = o->lp_text.len;
+        x->len[k] = lp[k].len;
+        hbuf_add(&o->lp_text, lp[k].text, lp[k].len);
+    }
+    wire->oom |= o->lp_text.oom;
+}
+
+int oai_out_token(oai_out *o, const char *piece, size_t len, const oai_token_lp *lp, int n_lp,
+                  hbuf *wire)
 {
     if (o->stopped)
         return 0;
     o->n_tokens++;
     size_t from = o->text.len;
     hbuf_add(&o->text, piece, len);
+    if (o->logprobs && lp && n_lp > 0)
+        keep_lp(o, o->text.len, lp, n_lp, wire);
     if (o->n_stop > 0 && o->text.len > 0) {
         /* A stop string can only end in the new piece: search from max_stop - 1 bytes before. */
         size_t start = from > o->max_stop - 1 ? from - (o->max_stop - 1) : 0;
@@ -774,7 +905,7 @@ void oai_out_done(oai_out *o, const char *finish, const oai_usage *u, hbuf *wire
     if (o->stream) {
         stream_start(o, wire);
         stream_text(o, wire, o->text.len); /* what was held back */
-        stream_chunk(o, wire, o->kind == OAI_CHAT ? NULL : "", 0, 0, finish);
+        stream_chunk(o, wire, o->kind == OAI_CHAT ? NULL : "", 0, 0, finish, 0, 0);
         if (o->include_usage) {
             cJSON *j = answer_object(o, 1);
             cJSON_AddArrayToObject(j, "choices");
@@ -791,7 +922,7 @@ void oai_out_done(oai_out *o, const char *finish, const oai_usage *u, hbuf *wire
     }
     cJSON *j = answer_object(o, 0);
     add_choice(o, cJSON_AddArrayToObject(j, "choices"), 0, o->text.p ? o->text.p : "", o->text.len,
-               0, finish);
+               0, finish, 0, lp_upto(o, 0, o->text.len));
     add_usage(o, j, u);
     hbuf body = {0};
     print_json(&body, j);

@@ -32,7 +32,12 @@ static void render(const oai_params *p)
     size_t len = p->text ? p->text_len : 0;
     for (size_t off = 0, step = 1; off < len; off += step, step = step % 7 + 1) {
         size_t n = off + step > len ? len - off : step;
-        if (oai_out_token(o, t + off, n, &wire))
+        /* Log-probabilities (when asked): the piece itself and alternatives cut from it. */
+        oai_token_lp lp[1 + OAI_MAX_TOP_LOGPROBS];
+        int n_lp = 1 + p->top_logprobs;
+        for (int k = 0; k < n_lp; k++)
+            lp[k] = (oai_token_lp){t + off, n - (size_t)k % n, -0.5f * (float)k};
+        if (oai_out_token(o, t + off, n, p->logprobs ? lp : NULL, p->logprobs ? n_lp : 0, &wire))
             break;
     }
     oai_usage u = {.prompt_tokens = 3, .completion_tokens = 2, .ttft_ms = 1};

@@ -6,7 +6,7 @@
 //   {"base_url": URL, "api_key": KEY, "op": "chat"|"completion", "params": {...},
 //    "abort_after": N (streams: abort after N chunks)}
 // Prints one JSON list: per operation {ok: true, text, finish_reason, usage, chunks, id, object,
-// ttft_ms} or {ok: false, status, error, retry_after, name, message}.
+// ttft_ms, logprobs (chat: the content entries, streamed ones joined)} or {ok: false, status, error, retry_after, name, message}.
 'use strict';
 const OpenAI = require('openai');
 
@@ -21,10 +21,11 @@ async function runOne(spec) {
       const c = r.choices[0];
       return {ok: true, id: r.id, object: r.object, finish_reason: c.finish_reason,
               text: spec.op === 'chat' ? c.message.content : c.text, usage: r.usage,
-              prefixd: r.prefixd, wall_ms: performance.now() - t0};
+              prefixd: r.prefixd, logprobs: c.logprobs, wall_ms: performance.now() - t0};
     }
     const stream = await api.create(spec.params);
     let text = '', finish = null, usage = null, chunks = 0, ttft = null, objects = new Set();
+    let logprobs = null;
     for await (const chunk of stream) {
       chunks++;
       objects.add(chunk.object);
@@ -35,6 +36,8 @@ async function runOne(spec) {
         if (piece && ttft === null)
           ttft = performance.now() - t0;
         text += piece;
+        if (c.logprobs && c.logprobs.content)
+          logprobs = (logprobs || []).concat(c.logprobs.content);
         if (c.finish_reason)
           finish = c.finish_reason;
       }
@@ -43,7 +46,7 @@ async function runOne(spec) {
         break;
       }
     }
-    return {ok: true, text, finish_reason: finish, usage, chunks, ttft_ms: ttft,
+    return {ok: true, text, finish_reason: finish, usage, chunks, ttft_ms: ttft, logprobs,
             objects: [...objects], wall_ms: performance.now() - t0};
   } catch (e) {
     if (e instanceof OpenAI.APIError)

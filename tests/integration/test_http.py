@@ -12,6 +12,7 @@ that need it fail saying so (they never skip).
 import fcntl
 import http.client
 import json
+import math
 import os
 import shutil
 import signal
@@ -283,6 +284,62 @@ def case_openai_node():
         d.stop()
 
 
+def case_logprobs():
+    """logprobs: completions' tokens / token_logprobs / top_logprobs / text_offset and chat's
+    content entries, streamed and not, through curl and the openai package: the tokens spell the
+    text, a greedy token is its position's most likely, alternatives are sorted, probabilities
+    sum to at most 1, and the same prompt gives the same numbers every time."""
+    d = Daemon()
+    try:
+        want = native_text(d, "Once upon a time", 12)
+        body = {"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "logprobs": 3}
+        status, _, r = post(d, "/v1/completions", body)
+        check(status == 200, "completion: %r" % r)
+        c = r["choices"][0]
+        lp = c["logprobs"]
+        check(c["text"] == want and "".join(lp["tokens"]) == want, "tokens spell %r: %r" % (want, lp))
+        check(len(lp["token_logprobs"]) == 12 and len(lp["top_logprobs"]) == 12 and
+              len(lp["text_offset"]) == 12, "one entry per token: %r" % lp)
+        off = 0
+        for tok, x, top, o in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"],
+                                  lp["text_offset"]):
+            check(o == off, "text_offset %d, expected %d" % (o, off))
+            off += len(tok.encode())
+            check(x <= 0 and 1 <= len(top) <= 3, "logprob %r, top %r" % (x, top))
+            check(abs(max(top.values()) - x) < 1e-6, "greedy token %r is not the most likely: "
+                  "%r / %r" % (tok, x, top))
+            check(sum(math.exp(v) for v in top.values()) <= 1 + 1e-5, "probabilities: %r" % top)
+        status, _, again = post(d, "/v1/completions", body)
+        check(again["choices"][0]["logprobs"] == lp, "the same prompt, the same logprobs")
+        # Without logprobs: null, as before.
+        status, _, r = post(d, "/v1/completions", {"prompt": "Once", "max_tokens": 2})
+        check(r["choices"][0]["logprobs"] is None, "no logprobs unless asked: %r" % r)
+        # Chat, streamed through curl: the entries' bytes spell the streamed content.
+        chat = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 10,
+                "temperature": 0, "logprobs": True, "top_logprobs": 2, "stream": True}
+        ev = sse_events(curl("-N", d.url("/v1/chat/completions"), "-d", json.dumps(chat)))
+        chunks = [json.loads(e) for e in ev[:-1]]
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        entries = [e for c in chunks if c["choices"][0]["logprobs"]
+                   for e in c["choices"][0]["logprobs"]["content"]]
+        check(len(entries) == 10, "10 entries: %r" % entries)
+        check(bytes(b for e in entries for b in e["bytes"]).decode() == text,
+              "bytes spell the content %r: %r" % (text, entries))
+        for e in entries:
+            tops = [t["logprob"] for t in e["top_logprobs"]]
+            check(len(tops) == 2 and tops[0] >= tops[1] and abs(tops[0] - e["logprob"]) < 1e-6,
+                  "entry: %r" % e)
+        # The openai package, not streamed and streamed: the same entries.
+        p = {"model": "m", "messages": chat["messages"], "max_tokens": 10, "temperature": 0,
+             "logprobs": True, "top_logprobs": 2}
+        res = node([op(d, "chat", p), op(d, "chat", dict(p, stream=True))])
+        check(res[0]["ok"] and res[1]["ok"], "openai package: %r" % res)
+        check(res[0]["text"] == text and res[0]["logprobs"]["content"] == entries and
+              res[1]["logprobs"] == entries, "openai package logprobs: %r" % res)
+    finally:
+        d.stop()
+
+
 def case_errors():
     """400 naming the field, malformed JSON, 404, 405, 413, malformed HTTP, 429 with Retry-After:
     each answered in OpenAI's shape, and the daemon keeps serving."""
@@ -293,7 +350,9 @@ def case_errors():
                             ({"prompt": "x", "max_tokens": "ten"}, "max_tokens"),
                             ({"prompt": ["a", "b"]}, "prompt"),
                             ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-                            ({"prompt": "x", "logprobs": 2}, "logprobs"),
+                            ({"prompt": "x", "logprobs": 21}, "logprobs"),
+                            ({"prompt": "x", "logprobs": True}, "logprobs"),
+                            ({"prompt": "x", "top_logprobs": 2}, "top_logprobs"),
                             ({"max_tokens": 3}, "prompt"),
                             ({"prompt": [1, 99999]}, "prompt")]:
             status, _, r = post(d, "/v1/completions", body)
@@ -303,6 +362,12 @@ def case_errors():
         status, _, r = post(d, "/v1/chat/completions",
                             {"messages": [{"role": "wizard", "content": "hi"}]})
         check(status == 400 and err_of(r)["param"] == "messages[0].role", "role: %r" % r)
+        for body, param in [({"logprobs": 2}, "logprobs"),
+                            ({"top_logprobs": 2}, "top_logprobs"),
+                            ({"logprobs": True, "top_logprobs": 21}, "top_logprobs")]:
+            body["messages"] = [{"role": "user", "content": "hi"}]
+            status, _, r = post(d, "/v1/chat/completions", body)
+            check(status == 400 and err_of(r)["param"] == param, "chat %r: %r" % (body, r))
         status, _, r = post(d, "/v1/chat/completions", '{"messages": [')
         check(status == 400 and err_of(r)["code"] == "invalid_json", "bad JSON: %r" % r)
         status, _, r = post(d, "/v1/embeddings", {"input": "x"})

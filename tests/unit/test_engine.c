@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,8 @@
 typedef struct result {
     int32_t toks[MAX_OUT];
     int n;
+    engine_logprobs lp[4]; /* the first tokens' log-probabilities, when asked */
+    int n_lp;
     int done, error, code;
     engine_done d;
     char msg[256];
@@ -40,6 +43,8 @@ static void emit_cb(void *arg, const engine_event *ev)
     case ENGINE_EV_TOKEN:
         if (r->n < MAX_OUT)
             r->toks[r->n++] = ev->token;
+        if (ev->logprobs && r->n_lp < 4)
+            r->lp[r->n_lp++] = *ev->logprobs;
         break;
     case ENGINE_EV_DONE:
         r->done = 1;
@@ -969,6 +974,81 @@ static void test_exact_history_quantized(void)
     M = keep;
 }
 
+/* logprobs: a TOKEN event's log-probabilities are the log-softmax of the logits a plain prefill
+ * of the same ids computes (in double), the sampled greedy token is the most likely, the
+ * alternatives are the top ids in order; none unless asked; top_logprobs > 20 refused. */
+static void test_logprobs(void)
+{
+    setup();
+    engine *e = new_engine(0, 64 << 20, 0, 4, 4);
+    int32_t p[24];
+    prompt_ids(p, 24, 5);
+    engine_request q = {.handle = 1,
+                        .kind = ENGINE_REQ_GENERATE,
+                        .tokens = p,
+                        .n_tokens = 24,
+                        .max_new = 3,
+                        .logprobs = 1,
+                        .top_logprobs = 5,
+                        .ns = "test",
+                        .ns_len = 4};
+    CHECK(engine_submit(e, &q) == 0);
+    submit_ids(e, 2, p, 24, 3); /* the same without logprobs */
+    run_all(e);
+    CHECK_MSG(res[1].done && res[1].n_lp == 3, "%d entries: %s", res[1].n_lp, res[1].msg);
+    CHECK_EQ_INT(res[2].n_lp, 0);
+    check_same(&res[1], &res[2], "logprobs change nothing", 3);
+    const model_config *c = model_get_config(M);
+    int V = c->vocab_size;
+    model_state_opts so = {.block_tokens = 16, .threads = 1};
+    model_state *s = NULL;
+    CHECK(model_state_new(M, &so, &s) == 0);
+    float *blocks[4], *logits = malloc((size_t)V * sizeof(float));
+    for (int i = 0; i < 4; i++)
+        CHECK((blocks[i] = calloc(model_kv_block_floats(c, 16), sizeof(float))) != NULL);
+    model_kv kv = {blocks, 4};
+    int32_t seq[27];
+    memcpy(seq, p, sizeof p);
+    memcpy(seq + 24, res[1].toks, 3 * sizeof(int32_t));
+    for (int k = 0; k < 3; k++) {
+        CHECK(model_prefill(s, &kv, k == 0 ? 0 : 23 + k, seq + (k == 0 ? 0 : 23 + k),
+                            k == 0 ? 24 : 1, logits) == 0);
+        double mx = logits[0], sum = 0;
+        for (int i = 1; i < V; i++)
+            mx = logits[i] > mx ? logits[i] : mx;
+        for (int i = 0; i < V; i++)
+            sum += exp(logits[i] - mx);
+        double norm = mx + log(sum);
+        const engine_logprobs *x = &res[1].lp[k];
+        int32_t t = res[1].toks[k];
+        CHECK_MSG(fabs(x->logprob - (logits[t] - norm)) < 1e-4, "token %d: %g vs %g", k, x->logprob,
+                  logits[t] - norm);
+        CHECK_EQ_INT(x->prev, seq[23 + k]);
+        CHECK_EQ_INT(x->n_top, 5);
+        CHECK_EQ_INT(x->top_token[0], t); /* greedy: the most likely */
+        for (int j = 0; j < 5; j++) {
+            int32_t id = x->top_token[j];
+            CHECK(fabs(x->top_logprob[j] - (logits[id] - norm)) < 1e-4);
+            if (j > 0)
+                CHECK(x->top_logprob[j] <= x->top_logprob[j - 1]);
+            int above = 0; /* ids more likely than this one: exactly j */
+            for (int i = 0; i < V; i++)
+                above += logits[i] > logits[id] || (logits[i] == logits[id] && i < id);
+            CHECK_MSG(above == j, "alternative %d of token %d is rank %d", j, k, above);
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        free(blocks[i]);
+    free(logits);
+    model_state_free(s);
+    q.handle = 3;
+    q.top_logprobs = ENGINE_MAX_TOP_LOGPROBS + 1;
+    CHECK_EQ_INT(engine_submit(e, &q), ENGINE_EINVAL);
+    CHECK(res[3].error && res[3].code == ENGINE_EINVAL);
+    CHECK_STR_CONTAINS(res[3].msg, "top_logprobs");
+    engine_free(e);
+}
+
 static const harness_case cases[] = {
     {"cached_equals_uncached", test_cached_equals_uncached},
     {"cached_equals_uncached_types", test_cached_equals_uncached_types},
@@ -981,6 +1061,7 @@ static const harness_case cases[] = {
     {"partial_block_reuse", test_partial_block_reuse},
     {"exact_history", test_exact_history},
     {"exact_history_quantized", test_exact_history_quantized},
+    {"logprobs", test_logprobs},
     {"new_errors", test_new_errors},
     {"warm_and_pin", test_warm_and_pin},
     {"disk_restart", test_disk_restart},
