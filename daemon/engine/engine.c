@@ -351,6 +351,34 @@ static int history_drop(engine *e)
     return 1;
 }
 
+/* Drops the pending recomputes that request r covers: same namespace, and every position the
+ * ended request computed is in r's prompt with the same ids. r's prefill computes those positions
+ * with the same kernel (the same bits) and publishes them, so they are not computed twice (a chat's
+ * next turn sent at once, before the user could read the reply). */
+static void history_supersede(engine *e, const request *r)
+{
+    request *prev = NULL;
+    for (request *b = e->bg_head; b;) {
+        request *next = b->bg_next;
+        if (b->kv_done <= r->n_prompt && cache_key_eq(b->root, r->root) &&
+            memcmp(b->tok, r->tok, (size_t)b->kv_done * sizeof(int32_t)) == 0) {
+            if (prev)
+                prev->bg_next = next;
+            else
+                e->bg_head = next;
+            if (e->bg_tail == b)
+                e->bg_tail = prev;
+            e->n_bg--;
+            e->st.history_superseded++;
+            release_blocks(e, b);
+            request_free(b);
+        } else {
+            prev = b;
+        }
+        b = next;
+    }
+}
+
 static void history_finish_all(engine *e)
 {
     while (e->bg_head)
@@ -447,6 +475,8 @@ static int admit(engine *e, request *r)
     r->cached = (int)hit * B;
     r->kv_done = r->cached;
     r->state = RQ_PREFILL;
+    if (e->bg_head)
+        history_supersede(e, r);
     e->st.cached_tokens += (uint64_t)r->cached;
     r->load_end = (int)cap;
     if (e->disk && hit < cap) {

@@ -233,14 +233,15 @@ typedef struct engine_stats {
     uint64_t cached_tokens_disk; /* of those, loaded from disk */
     uint64_t prefill_tokens;     /* prompt tokens computed */
     uint64_t generated_tokens;
-    double prefill_ms;        /* engine time in model_prefill */
-    uint64_t history_tokens;  /* generated positions recomputed by prefill (exact history) */
-    uint64_t history_dropped; /* ... requests whose recompute was dropped for memory */
-    double history_ms;        /* engine time recomputing them */
-    int background;           /* ended requests whose history is still being recomputed */
-    double decode_ms;         /* engine time in model_decode */
-    int running;              /* requests prefilling or decoding now */
-    int waiting;              /* requests queued */
+    double prefill_ms;           /* engine time in model_prefill */
+    uint64_t history_tokens;     /* generated positions recomputed by prefill (exact history) */
+    uint64_t history_dropped;    /* ... requests whose recompute was dropped for memory */
+    uint64_t history_superseded; /* ... whose positions a newer prompt computes anyway */
+    double history_ms;           /* engine time recomputing them */
+    int background;              /* ended requests whose history is still being recomputed */
+    double decode_ms;            /* engine time in model_decode */
+    int running;                 /* requests prefilling or decoding now */
+    int waiting;                 /* requests queued */
 
     uint64_t cached_tokens_remote; /* of cached_tokens, loaded from the remote tier */
 } engine_stats;

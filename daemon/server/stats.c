@@ -101,6 +101,7 @@ static void add_daemon(server *s, cJSON *j)
     add(j, "history_tokens", (double)es.history_tokens);
     add(j, "history_ms", es.history_ms);
     add(j, "history_dropped", (double)es.history_dropped);
+    add(j, "history_superseded", (double)es.history_superseded);
     add(j, "history_pending", es.background);
     cache *c = engine_cache(s->engine);
     if (c) {

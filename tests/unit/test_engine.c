@@ -974,6 +974,61 @@ static void test_exact_history_quantized(void)
     M = keep;
 }
 
+/* A chat's next turn sent at once, while its reply's recompute still waits (another request
+ * computes): the new prompt covers the reply, so the recompute is dropped, not done twice
+ * (history_superseded), and the turn's blocks are still bitwise an uncached prefill's. */
+static void test_history_superseded(void)
+{
+    setup();
+    engine *e = new_engine(0, 64 << 20, 0, 4, 4);
+    static int32_t conv[200], other[300];
+    int n = 40, B = 16;
+    prompt_ids(conv, n, 31);
+    prompt_ids(other, 300, 32);
+    submit_ids(e, 1, conv, (size_t)n, 24);
+    for (int i = 0; i < 10000 && res[1].n < 20; i++)
+        engine_step(e);
+    submit_ids(e, 3, other, 300, 40); /* computing when turn 1 ends: no recompute then */
+    for (int i = 0; i < 10000 && !res[1].done; i++)
+        engine_step(e);
+    CHECK(res[1].done && res[1].n == 24 && !res[3].done);
+    engine_stats st;
+    engine_get_stats(e, &st);
+    CHECK_EQ_INT(st.background, 1);
+    CHECK_EQ_INT((int)st.history_tokens, 0);
+    memcpy(conv + n, res[1].toks, 24 * sizeof(int32_t));
+    int total = n + 24;
+    prompt_ids(conv + total, 12, 33);
+    conv[total] = 7; /* not BOS */
+    total += 12;
+    submit_ids(e, 2, conv, (size_t)total, 4);
+    run_all(e);
+    engine_get_stats(e, &st);
+    CHECK_EQ_INT((int)st.history_superseded, 1);
+    CHECK_EQ_INT(st.background, 0);
+    /* Request 3's reply and maybe turn 2's, never turn 1's 23 positions on top. */
+    CHECK_MSG((int)st.history_tokens <= res[3].n - 1 + res[2].n - 1, "recomputed %llu",
+              (unsigned long long)st.history_tokens);
+    engine *ref = new_engine(1, 64 << 20, 0, 4, 4);
+    submit_ids(ref, 4, conv, (size_t)total, 4);
+    run_all(ref);
+    check_same(&res[4], &res[2], "turn 2 after a superseded recompute", 4);
+    engine_free(ref);
+    ref = new_engine(0, 64 << 20, 0, 4, 4);
+    submit_ids(ref, 4, conv, (size_t)total, 1);
+    run_all(ref);
+    const float *want[64], *got[64];
+    size_t nw = cached_blocks(ref, conv, (size_t)total, want);
+    size_t ng = cached_blocks(e, conv, (size_t)total, got);
+    CHECK_MSG((int)ng == (total - 1) / B && nw >= ng, "%zu blocks cached, %zu in the reference", ng,
+              nw);
+    size_t floats = model_kv_block_floats(model_get_config(M), B);
+    for (size_t i = 0; i < ng; i++)
+        CHECK_MSG(memcmp(want[i], got[i], floats * sizeof(float)) == 0, "block %zu differs", i);
+    engine_free(ref);
+    engine_free(e);
+}
+
 /* logprobs: a TOKEN event's log-probabilities are the log-softmax of the logits a plain prefill
  * of the same ids computes (in double), the sampled greedy token is the most likely, the
  * alternatives are the top ids in order; none unless asked; top_logprobs > 20 refused. */
@@ -1062,6 +1117,7 @@ static const harness_case cases[] = {
     {"exact_history", test_exact_history},
     {"exact_history_quantized", test_exact_history_quantized},
     {"logprobs", test_logprobs},
+    {"history_superseded", test_history_superseded},
     {"new_errors", test_new_errors},
     {"warm_and_pin", test_warm_and_pin},
     {"disk_restart", test_disk_restart},
