@@ -38,6 +38,17 @@ ERRORS = {1: "BAD_FRAME", 2: "TOO_BIG", 3: "UNKNOWN_TYPE", 4: "BAD_VERSION", 5: 
           15: "PIN_BUDGET", 16: "NO_SPACE", 17: "INTERNAL"}
 
 
+# The bytes of other requests' frames a blocking call keeps for them while it waits for its own
+# (set_pending_max()); the C client's default too.
+PENDING_MAX = 16 << 20
+
+
+class PendingFull(Exception):
+    """A blocking call met more frames of other requests than the bound lets it keep: the frame
+    that would pass it stays unread on the connection (nothing is lost); collect the others with
+    read_frame() or result(), or raise the bound with set_pending_max()."""
+
+
 class PrefixdError(Exception):
     """An ERROR frame: code (int), name (e.g. 'BUSY') and the daemon's message."""
 
@@ -146,6 +157,8 @@ class Client:
         self.buf = bytearray()
         self.next_id = 1
         self.pending = []  # frames read while waiting for another request's, in arrival order
+        self.pending_bytes = 0  # their sizes on the wire
+        self.pending_max = PENDING_MAX
         self.sock.sendall(encode_hello())
         f = self.read_frame()
         if f["type"] == ERROR:
@@ -177,19 +190,35 @@ class Client:
         """The next frame of any request: first those queued while a blocking call waited for
         its own, then from the socket."""
         if self.pending:
-            return self.pending.pop(0)
+            return self._unqueue(0)
         return self._read_socket()
 
-    def _read_socket(self):
+    def set_pending_max(self, nbytes):
+        """Sets the bound on the bytes of other requests' frames kept while a blocking call waits
+        (PendingFull past it)."""
+        self.pending_max = nbytes
+
+    def _unqueue(self, i):
+        f = self.pending.pop(i)
+        self.pending_bytes -= f["size"]
+        del f["size"]
+        return f
+
+    def _peek_socket(self):
+        """The next frame on the socket and its size, not yet consumed."""
         while True:
             f, n = decode_frame(self.buf)
             if f is not None:
-                del self.buf[:n]
-                return f
+                return f, n
             chunk = self.sock.recv(65536)
             if not chunk:
                 raise ConnectionError("prefixd closed the connection")
             self.buf += chunk
+
+    def _read_socket(self):
+        f, n = self._peek_socket()
+        del self.buf[:n]
+        return f
 
     def _new_id(self):
         rid = self.next_id
@@ -214,11 +243,19 @@ class Client:
         for them (read_frame(), result() or their own blocking call)."""
         for i, f in enumerate(self.pending):
             if f["id"] == rid:
-                return self.pending.pop(i)
+                return self._unqueue(i)
         while True:
-            f = self._read_socket()
+            f, n = self._peek_socket()
+            if f["id"] != rid and self.pending_bytes + n > self.pending_max:
+                raise PendingFull("%d frames (%d bytes) of other requests are waiting to be read "
+                                  "and the next would pass the bound of %d bytes: collect them "
+                                  "with read_frame() or result(), or raise set_pending_max()"
+                                  % (len(self.pending), self.pending_bytes, self.pending_max))
+            del self.buf[:n]
             if f["id"] == rid:
                 return f
+            f["size"] = n
+            self.pending_bytes += n
             self.pending.append(f)
 
     def generate(self, prompt=None, ids=None, max_new=64, temp=DEFAULT_TEMP, top_p=DEFAULT_TOP_P,

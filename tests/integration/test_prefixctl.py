@@ -252,6 +252,22 @@ def case_python_interleave():
                 check(f["id"] == a2, "read_frame: frame of another request %r" % f)
                 types.append(f["type"])
             check(types.count(prefixd.TOKEN) == 5, "read_frame: %r" % types)
+            # The kept frames are bounded: past the bound the blocking call raises PendingFull
+            # and leaves the frame unread, so a's frames all still arrive, in order.
+            a3 = c.send_generate(STORY, max_new=30, temp=0)
+            time.sleep(0.5)
+            c.set_pending_max(300)
+            try:
+                c.tokenize("Lily")
+                raise AssertionError("tokenize kept more than 300 bytes of other frames")
+            except prefixd.PendingFull as e:
+                check("set_pending_max" in str(e) and c.pending_bytes <= 300, "PendingFull: %s" % e)
+            c.set_pending_max(prefixd.PENDING_MAX)
+            ra = c.result(a3)
+            check(ra["tokens"] == want_a[:30], "after PendingFull: %d tokens %r"
+                  % (len(ra["tokens"]), ra["tokens"][:5]))
+            check(c.read_frame()["type"] == prefixd.TOKENS and c.pending == [],
+                  "the tokenize reply comes after")
     with_daemon(body)
 
 
