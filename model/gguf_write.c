@@ -46,7 +46,8 @@ int model_type_parse(const char *name, int *type)
         int type;
     } names[] = {
         {"f32", MODEL_TYPE_F32},   {"f16", MODEL_TYPE_F16},   {"bf16", MODEL_TYPE_BF16},
-        {"q8_0", MODEL_TYPE_Q8_0}, {"q4_0", MODEL_TYPE_Q4_0}, {"q4_k", MODEL_TYPE_Q4_K},
+        {"q8_0", MODEL_TYPE_Q8_0}, {"q4_0", MODEL_TYPE_Q4_0}, {"q4_1", MODEL_TYPE_Q4_1},
+        {"q5_0", MODEL_TYPE_Q5_0}, {"q5_1", MODEL_TYPE_Q5_1}, {"q4_k", MODEL_TYPE_Q4_K},
         {"q5_k", MODEL_TYPE_Q5_K}, {"q6_k", MODEL_TYPE_Q6_K}, {"q4_k_m", MODEL_TYPE_MIX_Q4_K_M},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)

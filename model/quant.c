@@ -69,7 +69,8 @@ typedef struct qtype {
 
 static const qtype qtypes[] = {
     {MODEL_TYPE_F32, 1, 4},      {MODEL_TYPE_F16, 1, 2},      {MODEL_TYPE_BF16, 1, 2},
-    {MODEL_TYPE_Q8_0, 32, 34},   {MODEL_TYPE_Q4_0, 32, 18},   {MODEL_TYPE_Q4_K, 256, 144},
+    {MODEL_TYPE_Q8_0, 32, 34},   {MODEL_TYPE_Q4_0, 32, 18},   {MODEL_TYPE_Q4_1, 32, 20},
+    {MODEL_TYPE_Q5_0, 32, 22},   {MODEL_TYPE_Q5_1, 32, 24},   {MODEL_TYPE_Q4_K, 256, 144},
     {MODEL_TYPE_Q5_K, 256, 176}, {MODEL_TYPE_Q6_K, 256, 210},
 };
 
@@ -138,6 +139,54 @@ static void dq_q4_0(const uint8_t *b, float *y, int nb)
         for (int l = 0; l < 16; l++) {
             y[l] = d * (float)((q[l] & 0xF) - 8);
             y[l + 16] = d * (float)((q[l] >> 4) - 8);
+        }
+    }
+}
+
+static void dq_q4_1(const uint8_t *b, float *y, int nb)
+{
+    for (int i = 0; i < nb; i++, b += 20, y += 32) {
+        float d = model__f16_to_f32(rd16(b)), m = model__f16_to_f32(rd16(b + 2));
+        const uint8_t *q = b + 4;
+        for (int l = 0; l < 16; l++) {
+            y[l] = d * (float)(q[l] & 0xF) + m;
+            y[l + 16] = d * (float)(q[l] >> 4) + m;
+        }
+    }
+}
+
+/* Q5_0 and Q5_1: the fifth bit of weight l (0..31) is bit l of the 32-bit qh. */
+static uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void dq_q5_0(const uint8_t *b, float *y, int nb)
+{
+    for (int i = 0; i < nb; i++, b += 22, y += 32) {
+        float d = model__f16_to_f32(rd16(b));
+        uint32_t qh = rd32(b + 2);
+        const uint8_t *q = b + 6;
+        for (int l = 0; l < 16; l++) {
+            int lo = (q[l] & 0xF) | (int)(((qh >> l) & 1) << 4);
+            int hi = (q[l] >> 4) | (int)(((qh >> (l + 16)) & 1) << 4);
+            y[l] = d * (float)(lo - 16);
+            y[l + 16] = d * (float)(hi - 16);
+        }
+    }
+}
+
+static void dq_q5_1(const uint8_t *b, float *y, int nb)
+{
+    for (int i = 0; i < nb; i++, b += 24, y += 32) {
+        float d = model__f16_to_f32(rd16(b)), m = model__f16_to_f32(rd16(b + 2));
+        uint32_t qh = rd32(b + 4);
+        const uint8_t *q = b + 8;
+        for (int l = 0; l < 16; l++) {
+            int lo = (q[l] & 0xF) | (int)(((qh >> l) & 1) << 4);
+            int hi = (q[l] >> 4) | (int)(((qh >> (l + 16)) & 1) << 4);
+            y[l] = d * (float)lo + m;
+            y[l + 16] = d * (float)hi + m;
         }
     }
 }
@@ -229,6 +278,15 @@ void model__dequant_row(int type, const void *src, float *y, int n)
     case MODEL_TYPE_Q4_0:
         dq_q4_0(b, y, n / 32);
         break;
+    case MODEL_TYPE_Q4_1:
+        dq_q4_1(b, y, n / 32);
+        break;
+    case MODEL_TYPE_Q5_0:
+        dq_q5_0(b, y, n / 32);
+        break;
+    case MODEL_TYPE_Q5_1:
+        dq_q5_1(b, y, n / 32);
+        break;
     case MODEL_TYPE_Q4_K:
         dq_q4_k(b, y, n / 256);
         break;
@@ -276,6 +334,71 @@ static void q_q4_0(const float *x, uint8_t *b, int nb)
             int hi = clampi((int)lrintf(x[l + 16] * id) + 8, 0, 15);
             b[2 + l] = (uint8_t)(lo | (hi << 4));
         }
+    }
+}
+
+/* Q4_1 and Q5_1 (levels 15 or 31): each block maps [lo, hi] onto 0..levels, w = d * q + m. Fills
+ * d and m (as stored) and the codes q[32]. */
+static void q_min_range(const float *x, int levels, uint8_t *b, uint8_t *q)
+{
+    float lo = x[0], hi = x[0];
+    for (int l = 1; l < 32; l++) {
+        lo = fminf(lo, x[l]);
+        hi = fmaxf(hi, x[l]);
+    }
+    uint16_t dh = model__f32_to_f16((hi - lo) / (float)levels), mh = model__f32_to_f16(lo);
+    wr16(b, dh);
+    wr16(b + 2, mh);
+    float d = model__f16_to_f32(dh), m = model__f16_to_f32(mh), id = d > 0 ? 1.0f / d : 0.0f;
+    for (int l = 0; l < 32; l++)
+        q[l] = (uint8_t)clampi((int)lrintf((x[l] - m) * id), 0, levels);
+}
+
+static void q_q4_1(const float *x, uint8_t *b, int nb)
+{
+    uint8_t q[32];
+    for (int i = 0; i < nb; i++, x += 32, b += 20) {
+        q_min_range(x, 15, b, q);
+        for (int l = 0; l < 16; l++)
+            b[4 + l] = (uint8_t)(q[l] | (q[l + 16] << 4));
+    }
+}
+
+/* The low nibbles of 32 five-bit codes into qs[16] and their fifth bits into qh (4 bytes). */
+static void pack_q5(const uint8_t *q, uint8_t *qh, uint8_t *qs)
+{
+    uint32_t h = 0;
+    for (int l = 0; l < 16; l++) {
+        qs[l] = (uint8_t)((q[l] & 0xF) | ((q[l + 16] & 0xF) << 4));
+        h |= (uint32_t)(q[l] >> 4) << l | (uint32_t)(q[l + 16] >> 4) << (l + 16);
+    }
+    for (int k = 0; k < 4; k++)
+        qh[k] = (uint8_t)(h >> (8 * k));
+}
+
+static void q_q5_0(const float *x, uint8_t *b, int nb)
+{
+    uint8_t q[32];
+    for (int i = 0; i < nb; i++, x += 32, b += 22) {
+        /* As Q4_0: the value of largest magnitude maps to -16. */
+        float mx = 0;
+        for (int l = 0; l < 32; l++)
+            if (fabsf(x[l]) > fabsf(mx))
+                mx = x[l];
+        float d = mx / -16.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        wr16(b, model__f32_to_f16(d));
+        for (int l = 0; l < 32; l++)
+            q[l] = (uint8_t)clampi((int)lrintf(x[l] * id) + 16, 0, 31);
+        pack_q5(q, b + 2, b + 6);
+    }
+}
+
+static void q_q5_1(const float *x, uint8_t *b, int nb)
+{
+    uint8_t q[32];
+    for (int i = 0; i < nb; i++, x += 32, b += 24) {
+        q_min_range(x, 31, b, q);
+        pack_q5(q, b + 4, b + 8);
     }
 }
 
@@ -398,6 +521,15 @@ void model__quant_row(int type, const float *x, void *dst, int n)
         break;
     case MODEL_TYPE_Q4_0:
         q_q4_0(x, b, n / 32);
+        break;
+    case MODEL_TYPE_Q4_1:
+        q_q4_1(x, b, n / 32);
+        break;
+    case MODEL_TYPE_Q5_0:
+        q_q5_0(x, b, n / 32);
+        break;
+    case MODEL_TYPE_Q5_1:
+        q_q5_1(x, b, n / 32);
         break;
     case MODEL_TYPE_Q4_K:
         q_q4_k(x, b, n / 256);

@@ -7,6 +7,12 @@
  *   Q8_0  32 weights in 34 bytes: half d, int8 q[32];           w = d * q.
  *   Q4_0  32 weights in 18 bytes: half d, uint8 qs[16];         w = d * (nibble - 8); weight
  *         j < 16 is qs[j]'s low nibble, weight j + 16 its high nibble.
+ *   Q4_1  32 weights in 20 bytes: half d, half m, qs[16] as Q4_0;  w = d * nibble + m.
+ *   Q5_0  32 weights in 22 bytes: half d, 4 bytes qh, qs[16] as Q4_0; the fifth bit of weight j
+ *         is bit j of qh (little-endian u32); w = d * (q - 16), q in 0..31.
+ *   Q5_1  32 weights in 24 bytes: half d, half m, qh, qs[16];   w = d * q + m.
+ *         (llama.cpp's Q4_K_M and Q5_K_M files use Q5_0, Q5_1 and Q8_0 for matrices whose rows
+ *         are not a whole number of 256-weight blocks.)
  *   Q4_K  256 weights in 144 bytes: half d, half dmin, 12 bytes of eight 6-bit (scale, min)
  *         pairs, 128 bytes of nibbles; sub-block s of 32: w = d * sc_s * q - dmin * m_s.
  *         Each 64 weights take 32 bytes: the first 32 the low nibbles, the next 32 the high.

@@ -21,9 +21,9 @@ static void usage(FILE *f)
             "Writes a model with random weights, and PATH.tok, a byte-level tokenizer of the\n"
             "same vocabulary. Named shapes: stories260K, stories15M, stories42M, stories110M.\n"
             "--format gguf writes a GGUF file whose matrices have type T: f32, f16, bf16, q8_0,\n"
-            "q4_0, q4_k, q5_k, q6_k or q4_k_m (llama.cpp's mix); --arch qwen2 adds Q/K/V biases\n"
-            "and NeoX rotary. --from converts a GGUF model's weights to type T, keeping its\n"
-            "metadata and vocabulary.\n");
+            "q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k or q4_k_m (llama.cpp's mix); --arch qwen2\n"
+            "adds Q/K/V biases and NeoX rotary. --from converts a GGUF model's weights to type T,\n"
+            "keeping its metadata and vocabulary.\n");
 }
 
 int srv_cmd_synth(int argc, char **argv)
@@ -87,8 +87,8 @@ int srv_cmd_synth(int argc, char **argv)
     char msg[512];
     if (type_name && model_type_parse(type_name, &type) != 0) {
         fprintf(stderr,
-                "prefixd synth: --type '%s': expected f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, "
-                "q6_k or q4_k_m\n",
+                "prefixd synth: --type '%s': expected f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, "
+                "q5_1, q4_k, q5_k, q6_k or q4_k_m\n",
                 type_name);
         return 2;
     }

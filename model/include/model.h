@@ -58,12 +58,15 @@ typedef struct model_config {
     int qkv_bias;  /* 1: the layers have Q, K and V biases (qwen2) */
 } model_config;
 
-/* Weight types: ggml's type ids, as GGUF files store them. Only F32 runs today; the others are
- * named so that a file using them is refused by name. */
+/* Weight types: ggml's type ids, as GGUF files store them; the ones the kernels take. A file with
+ * any other type (q2_K, q3_K, the iq* family, ...) is refused naming the tensor and its type. */
 enum {
     MODEL_TYPE_F32 = 0,
     MODEL_TYPE_F16 = 1,
     MODEL_TYPE_Q4_0 = 2,
+    MODEL_TYPE_Q4_1 = 3,
+    MODEL_TYPE_Q5_0 = 6,
+    MODEL_TYPE_Q5_1 = 7,
     MODEL_TYPE_Q8_0 = 8,
     MODEL_TYPE_Q4_K = 12,
     MODEL_TYPE_Q5_K = 13,
@@ -182,8 +185,8 @@ int model_synth_write(const char *path, const model_config *c, uint64_t seed, ch
  * in the first and last eighth of the layers and every third layer between). */
 #define MODEL_TYPE_MIX_Q4_K_M 1000
 
-/* Parses a weight type name ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k",
- * "q4_k_m"; any case) into *type. Returns 0 or MODEL_EINVAL. */
+/* Parses a weight type name ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
+ * "q4_k", "q5_k", "q6_k", "q4_k_m"; any case) into *type. Returns 0 or MODEL_EINVAL. */
 int model_type_parse(const char *name, int *type);
 
 /* Writes a GGUF file (version 3) of shape c with random weights drawn from seed as

@@ -185,8 +185,8 @@ static void test_cached_equals_uncached(void)
  * applies; the byte-level vocabulary of 512 that T has), on block edges and between them. */
 static void test_cached_equals_uncached_types(void)
 {
-    static const char *const types[] = {"f32",  "f16",  "bf16", "q8_0",  "q4_0",
-                                        "q4_k", "q5_k", "q6_k", "q4_k_m"};
+    static const char *const types[] = {"f32",  "f16",  "bf16", "q8_0", "q4_0", "q4_1",
+                                        "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m"};
     int lens[] = {1, 17, 129};
     setup();
     model *keep = M;

@@ -586,8 +586,9 @@ static void test_llama_refusals(void)
     expect_load(&s, MODEL_ESHAPE, "dim 32 is not divisible by n_heads 3");
     s = tiny;
     s.retype = "blk.0.attn_q.weight";
-    s.type = 6; /* q5_0: a type ggml has and the kernels do not take */
-    expect_load(&s, MODEL_ENOTSUP, "tensor 'blk.0.attn_q.weight' has type q5_0, not supported yet");
+    s.type = 20; /* iq4_nl: a type ggml has and the kernels do not take */
+    expect_load(&s, MODEL_ENOTSUP,
+                "tensor 'blk.0.attn_q.weight' has type iq4_nl, not supported yet");
     /* Norms (vectors) must be F32 even where the matrices are quantized. */
     s = tiny;
     s.retype = "blk.0.attn_norm.weight";
