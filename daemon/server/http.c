@@ -430,14 +430,17 @@ static void submit(http_conn *c, oai_kind kind, const http_key *key)
     }
 }
 
-void srv__http_tokenized(server *s, uint32_t conn_id, uint32_t req, int cancelled, const char *err,
-                         srv_task **task)
+void srv__http_tokenized(server *s, uint32_t conn_id, uint32_t req, int cancelled, int code,
+                         const char *err, srv_task **task)
 {
     http_conn *c = find(s->http, conn_id);
     if (!c || c->closing || !c->busy || c->cur != req || cancelled)
         return;
     if (err) {
-        respond_error(c, 500, NULL, NULL, 0, "%s", err);
+        if (code == PROTO_ERR_BAD_REQUEST)
+            respond_error(c, 400, "messages", "invalid_value", 0, "%s", err);
+        else
+            respond_error(c, 500, NULL, NULL, 0, "%s", err);
         return;
     }
     srv__task_push(s, *task);
