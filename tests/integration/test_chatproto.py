@@ -185,5 +185,53 @@ def case_hit_ratio():
     check(ratio >= 0.75, ratio)
 
 
+def prefixctl(sock, *args, stdin=None):
+    return subprocess.run([PREFIXCTL, "--socket", sock] + list(args), input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def case_prefixctl_message():
+    """prefixctl chat --message: one turn rendered by the daemon, the same prompt and greedy
+    reply as the Python client's; a model without a template is refused by name."""
+    d = Daemon()
+    p = prefixctl(d.sock, "chat", "--system", SYSTEM, "--message", "Once upon a time",
+                  "--message", "assistant:there was a fox.", "--message", "user:And then?",
+                  "-n", "8", "--temp", "0", "--json")
+    check(p.returncode == 0, p.stderr)
+    got = json.loads(p.stdout)
+    with d.client() as c:
+        want = c.chat([{"role": "user", "content": "Once upon a time"},
+                       {"role": "assistant", "content": "there was a fox."},
+                       {"role": "user", "content": "And then?"}], system=SYSTEM, max_new=8,
+                      temp=0)
+    check(got["prompt_tokens"] == want["prompt_tokens"] and got["text"] == want["text"],
+          (got, want))
+    d.stop()
+    d = Daemon(model=os.path.join(MODELS, "stories260K.bin"),
+               tok=os.path.join(MODELS, "tok512.bin"))
+    p = prefixctl(d.sock, "chat", "--message", "Hi")
+    check(p.returncode == 2 and "no chat template" in p.stderr, (p.returncode, p.stderr))
+    d.stop()
+
+
+def case_prefixctl_chat_uses_template():
+    """Interactive prefixctl chat (lines on a pipe) sends CHAT when the model has a template:
+    the first turn's prompt is the template's rendering (the Python client's count), and the
+    second turn finds the first in the cache."""
+    d = Daemon()
+    p = prefixctl(d.sock, "chat", "--system", SYSTEM, "-n", "8", "--temp", "0",
+                  stdin="Once upon a time\nAnd then?\n")
+    check(p.returncode == 0, p.stderr)
+    import re
+    turns = re.findall(r"\[turn (\d+): prompt (\d+) tokens, cached (\d+)", p.stderr)
+    check(len(turns) == 2, p.stderr)
+    with d.client() as c:
+        want = c.chat([{"role": "user", "content": "Once upon a time"}], system=SYSTEM,
+                      max_new=8, temp=0)
+    check(int(turns[0][1]) == want["prompt_tokens"], (turns, want))
+    check(int(turns[1][2]) > 0 and int(turns[1][1]) > int(turns[0][1]), turns)
+    d.stop()
+
+
 if __name__ == "__main__":
     daemon.run_cases(daemon.cases_of(globals()), CASE, "prefixd-chatproto-")
