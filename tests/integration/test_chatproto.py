@@ -233,5 +233,53 @@ def case_prefixctl_chat_uses_template():
     d.stop()
 
 
+def http_base(d):
+    import time
+    for _ in range(200):
+        for line in d.logtext().splitlines():
+            if "HTTP API on " in line:
+                return line.split("HTTP API on ")[1].split()[0]
+        time.sleep(0.05)
+    raise AssertionError("no 'HTTP API on' line in the log: %s" % d.logtext())
+
+
+def http_chat(base, body):
+    import http.client
+    import urllib.parse
+    u = urllib.parse.urlparse(base)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    c.request("POST", "/v1/chat/completions", body=json.dumps(body),
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    out = r.status, json.loads(r.read())
+    c.close()
+    return out
+
+
+def case_http_chat_uses_template():
+    """/v1/chat/completions renders through the same path as CHAT when the model has a
+    template: the same prompt tokens and greedy reply ("developer" is the system role), and a
+    conversation the template refuses is a 400 naming why."""
+    d = Daemon("--http", "127.0.0.1:0")
+    base = http_base(d)
+    msgs = [{"role": "user", "content": "Once upon a time"}]
+    for sys_role in ("system", "developer"):
+        status, r = http_chat(base, {"messages": [{"role": sys_role, "content": SYSTEM}] + msgs,
+                                     "max_tokens": 8, "temperature": 0})
+        check(status == 200, r)
+        with d.client() as c:
+            want = c.chat(msgs, system=SYSTEM, max_new=8, temp=0)
+        check(r["usage"]["prompt_tokens"] == want["prompt_tokens"] and
+              r["choices"][0]["message"]["content"] == want["text"], (r, want))
+    d.stop()
+    tpl = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role "
+           "not supported') }}{% endif %}{{ m['content'] }}{% endfor %}")
+    d = Daemon("--http", "127.0.0.1:0", model=chat_model(tpl))
+    status, r = http_chat(http_base(d), {"messages": [{"role": "system", "content": "x"}] + msgs,
+                                         "max_tokens": 2})
+    check(status == 400 and "System role not supported" in r["error"]["message"], (status, r))
+    d.stop()
+
+
 if __name__ == "__main__":
     daemon.run_cases(daemon.cases_of(globals()), CASE, "prefixd-chatproto-")
