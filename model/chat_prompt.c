@@ -273,7 +273,10 @@ static int find_cuts(renderer *r, const model_chat_msg *msgs, size_t n, const ch
     *n_cuts = 0;
     for (size_t k = 1; k <= n; k++) {
         msg_cut[k] = (size_t)-1;
-        for (int g = 0; g < 2; g++) {
+        /* The generation prompt matters only before an assistant's message (the reply it
+         * asked for); the whole rendering's end needs no cut. */
+        int gen_cut = k < n && msgs[k].role_len == 9 && !memcmp(msgs[k].role, "assistant", 9);
+        for (int g = 0; g < 1 + gen_cut; g++) {
             char *Pk = NULL, scratch[8];
             size_t pk_len = 0;
             int rc = render(r, msgs, k, 1, g, &Pk, &pk_len, scratch, sizeof scratch);
