@@ -180,6 +180,27 @@ long proto_decode(const uint8_t *buf, size_t len, size_t max_frame, proto_msg *o
         }
         break;
     }
+    case PROTO_CHAT: {
+        proto_chat *c = &out->u.chat;
+        c->max_new = rd_u(&r, 4);
+        c->temp = rd_f32(&r);
+        c->top_p = rd_f32(&r);
+        c->seed = rd_u64(&r);
+        c->ns = rd_str(&r);
+        c->system = rd_str(&r);
+        c->n_msgs = rd_u(&r, 4);
+        c->list = r.p;
+        for (uint32_t i = 0; i < c->n_msgs && !r.bad; i++) {
+            rd_str(&r);
+            rd_str(&r);
+        }
+        c->list_len = r.bad ? 0 : (size_t)(r.p - c->list);
+        if (!r.bad && out->flags) {
+            invalid(out, PROTO_ERR_BAD_REQUEST, "CHAT: unknown flag bits");
+            return consumed;
+        }
+        break;
+    }
     case PROTO_CANCEL:
     case PROTO_STATS:
         break;
@@ -318,6 +339,23 @@ size_t proto_encode(const proto_msg *m, uint8_t *buf, size_t cap)
         else
             wr_str(&w, m->u.gen.text);
         break;
+    case PROTO_CHAT:
+        wr_u(&w, m->u.chat.max_new, 4);
+        wr_f32(&w, m->u.chat.temp);
+        wr_f32(&w, m->u.chat.top_p);
+        wr_u64(&w, m->u.chat.seed);
+        wr_str(&w, m->u.chat.ns);
+        wr_str(&w, m->u.chat.system);
+        wr_u(&w, m->u.chat.n_msgs, 4);
+        if (m->u.chat.msgs) {
+            for (uint32_t i = 0; i < m->u.chat.n_msgs; i++) {
+                wr_str(&w, m->u.chat.msgs[i].role);
+                wr_str(&w, m->u.chat.msgs[i].content);
+            }
+        } else {
+            wr_bytes(&w, m->u.chat.list, m->u.chat.list_len);
+        }
+        break;
     case PROTO_TOKEN:
         wr_u(&w, (uint32_t)m->u.token.id, 4);
         wr_str(&w, m->u.token.piece);
@@ -359,6 +397,19 @@ size_t proto_encode(const proto_msg *m, uint8_t *buf, size_t cap)
             buf[i] = (uint8_t)(flen >> (8 * i));
     }
     return w.n;
+}
+
+int proto_chat_next(const proto_chat *c, size_t *off, proto_chat_msg *m)
+{
+    if (*off >= c->list_len)
+        return 0;
+    rd r = {c->list + *off, c->list_len - *off, 0};
+    m->role = rd_str(&r);
+    m->content = rd_str(&r);
+    if (r.bad)
+        return 0;
+    *off = (size_t)(r.p - c->list);
+    return 1;
 }
 
 int proto_namespace_valid(proto_str ns)

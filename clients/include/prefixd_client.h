@@ -71,6 +71,13 @@ const char *pfx_errmsg(const pfx_conn *c);
 /* The PROTO_ERR_* code of the ERROR frame that failed the last call (PFX_ESERVER), else 0. */
 int pfx_server_error(const pfx_conn *c);
 
+/* A chat message (pfx_chat()). */
+typedef struct pfx_chat_msg {
+    const char *role;    /* "system", "user" or "assistant", NUL-terminated */
+    const char *content; /* UTF-8, len bytes */
+    size_t len;
+} pfx_chat_msg;
+
 typedef struct pfx_gen {
     const char *text; /* prompt as text, or ... */
     size_t text_len;
@@ -83,6 +90,11 @@ typedef struct pfx_gen {
     const char *ns; /* namespace or NULL */
     int warm;       /* WARM instead of GENERATE */
     int pin;        /* with warm */
+    /* A chat instead of a prompt (pfx_chat(); text and ids are then not read): n_msgs
+     * messages, and a system prompt put first (NUL-terminated; NULL or "" for none). */
+    const pfx_chat_msg *msgs;
+    size_t n_msgs;
+    const char *system;
 } pfx_gen;
 
 typedef struct pfx_result {
@@ -97,6 +109,18 @@ typedef struct pfx_result {
 typedef int (*pfx_token_fn)(void *arg, int32_t id, const char *piece, size_t len);
 
 int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg, pfx_result *out);
+
+/* CHAT: the assistant's next message after g->msgs, which the daemon renders with its model's
+ * chat template (so the contents never become control tokens, and each turn's prompt is a token
+ * prefix of the next turn's: the cache finds the earlier turns). Sampling, namespace and
+ * max_new as for pfx_generate(); g->warm and g->pin must be 0. Streams and returns as
+ * pfx_generate() does (pfx_generate() and pfx_send() send a CHAT too when g->msgs is set).
+ * Whether the daemon can: pfx_has_chat(). A daemon whose model has no template answers
+ * PFX_ESERVER with server code PROTO_ERR_NO_TEMPLATE; the fallback is a prompt of one's own. */
+int pfx_chat(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg, pfx_result *out);
+
+/* 1 if the daemon renders chats (HELLO_OK's capability PROTO_CAP_CHAT), else 0. */
+int pfx_has_chat(const pfx_conn *c);
 
 /* STATS: *json receives a malloc'd NUL-terminated JSON object (free it). */
 int pfx_stats(pfx_conn *c, char **json);

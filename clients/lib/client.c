@@ -436,8 +436,50 @@ void pfx_close(pfx_conn *c)
     free(c);
 }
 
+/* CHAT: the messages as proto_chat_msg, borrowed from g. */
+static int send_chat(pfx_conn *c, const pfx_gen *g, uint32_t *id)
+{
+    if (g->warm || g->pin)
+        return seterr(c, PFX_EPROTO, "a chat cannot be a WARM request");
+    int rc = check_count(c, "a chat: messages", g->n_msgs, 8);
+    size_t sys = g->system ? strlen(g->system) : 0, total = sys;
+    for (size_t i = 0; rc == 0 && i < g->n_msgs; i++) {
+        if (!g->msgs[i].role || (!g->msgs[i].content && g->msgs[i].len))
+            return seterr(c, PFX_EPROTO, "chat message %zu has no role or no content", i);
+        total += g->msgs[i].len + strlen(g->msgs[i].role);
+        rc = check_count(c, "a chat: bytes", total, 1);
+    }
+    if (rc == 0)
+        rc = check_count(c, "a system prompt: length", sys, 1);
+    if (rc != 0)
+        return rc;
+    proto_chat_msg *pm = malloc((g->n_msgs ? g->n_msgs : 1) * sizeof *pm);
+    if (!pm)
+        return seterr(c, PFX_ENOMEM, "out of memory");
+    for (size_t i = 0; i < g->n_msgs; i++) {
+        pm[i].role = (proto_str){g->msgs[i].role, (uint32_t)strlen(g->msgs[i].role)};
+        pm[i].content =
+            (proto_str){g->msgs[i].content ? g->msgs[i].content : "", (uint32_t)g->msgs[i].len};
+    }
+    proto_msg m = {.type = PROTO_CHAT, .id = c->next_id++};
+    m.u.chat.max_new = g->max_new;
+    m.u.chat.temp = g->temp;
+    m.u.chat.top_p = g->top_p;
+    m.u.chat.seed = g->seed;
+    m.u.chat.ns = (proto_str){g->ns ? g->ns : "", g->ns ? (uint32_t)strlen(g->ns) : 0};
+    m.u.chat.system = (proto_str){sys ? g->system : "", (uint32_t)sys};
+    m.u.chat.n_msgs = (uint32_t)g->n_msgs;
+    m.u.chat.msgs = pm;
+    rc = send_msg(c, &m);
+    free(pm);
+    *id = m.id;
+    return rc;
+}
+
 int pfx_send(pfx_conn *c, const pfx_gen *g, uint32_t *id)
 {
+    if (g->msgs)
+        return send_chat(c, g, id);
     proto_msg m = {0};
     m.type = g->warm ? PROTO_WARM : PROTO_GENERATE;
     m.id = c->next_id++;
@@ -537,6 +579,20 @@ int pfx_generate(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg
     if (rc)
         return rc;
     return wait_request(c, id, on_token, arg, out, t0);
+}
+
+int pfx_chat(pfx_conn *c, const pfx_gen *g, pfx_token_fn on_token, void *arg, pfx_result *out)
+{
+    if (!g->msgs) {
+        memset(out, 0, sizeof *out);
+        return seterr(c, PFX_EPROTO, "pfx_chat: no messages (g->msgs is NULL)");
+    }
+    return pfx_generate(c, g, on_token, arg, out);
+}
+
+int pfx_has_chat(const pfx_conn *c)
+{
+    return (pfx_server(c)->caps & PROTO_CAP_CHAT) != 0;
 }
 
 int pfx_wait(pfx_conn *c, uint32_t id, pfx_token_fn on_token, void *arg, pfx_result *out)

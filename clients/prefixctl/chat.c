@@ -5,8 +5,11 @@
  * it but the new line in its prefix cache, and the model's reply joins exactly as it was sampled
  * (re-tokenizing its text could split it differently and miss the cache). The text is what
  * /save writes beside the ids and what /load falls back to when the ids do not fit the model.
- * Turns are plain continuations of the text for now; the model's chat template comes with the
- * daemon's CHAT request.
+ * When the daemon's model has a chat template (HELLO_OK's CHAT capability), each turn is a CHAT
+ * instead: the messages' texts (the system prompt, every turn, the new line) go to the daemon,
+ * which renders them with the model's template and tokenizes them so that each turn's prompt
+ * is a token prefix of the next one's: the cache finds the history as well. Without a template,
+ * turns are plain continuations of the text, as ids.
  *
  * At a terminal, lines are read with libedit (editing, history); from a pipe, with getline(), so
  * scripts keep working line by line. Ctrl-C is ours only at a terminal: its handler just sets a
@@ -40,6 +43,7 @@
 #define SAVE_FORMAT 1 /* "prefixd_chat" in a /save file */
 
 enum role { ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT };
+static const char *const role_names[] = {"system", "user", "assistant"};
 
 /* How a reply ended, as /save writes it. */
 enum reply_end { END_STOP, END_LENGTH, END_CONTEXT, END_CANCELLED, END_COUNT };
@@ -391,6 +395,17 @@ static int chat_turn(chat *ch, const char *line)
     pfx_gen g = {0};
     g.ids = prompt;
     g.n_ids = n;
+    /* With the model's template: the messages as text, the daemon renders them (CHAT). */
+    pfx_chat_msg *cm = xrealloc(NULL, (ch->n_msgs + 1) * sizeof *cm);
+    for (size_t i = 0; i < ch->n_msgs; i++)
+        cm[i] = (pfx_chat_msg){role_names[ch->msgs[i].role], ch->msgs[i].text,
+                               strlen(ch->msgs[i].text)};
+    cm[ch->n_msgs] = (pfx_chat_msg){"user", line, strlen(line)};
+    if (pfx_has_chat(ch->c)) {
+        g.msgs = cm;
+        g.n_msgs = ch->n_msgs + 1;
+        g.system = ch->sys.text;
+    }
     g.max_new = ch->o->max_new;
     g.temp = ch->o->temp;
     g.top_p = ch->o->top_p;
@@ -409,10 +424,13 @@ static int chat_turn(chat *ch, const char *line)
         rep = (reply){0};
         if (chat_reconnect(ch) == 0) {
             fprintf(stderr, "[resending the conversation: %zu tokens]\n", n);
+            /* The daemon that came back may have another model: with a template, or not. */
+            g.msgs = pfx_has_chat(ch->c) ? cm : NULL;
             rc = pfx_generate(ch->c, &g, reply_token_cb, &rep, &r);
         }
     }
     free(prompt);
+    free(cm);
     if (rep.n > 0 || rc == 0)
         printf("\n");
     fflush(stdout);
@@ -450,8 +468,6 @@ static int chat_turn(chat *ch, const char *line)
 }
 
 /* ---- /save and /load ----------------------------------------------------------------------- */
-
-static const char *const role_names[] = {"system", "user", "assistant"};
 
 static cJSON *msg_json(const chat_msg *m)
 {

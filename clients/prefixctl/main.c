@@ -31,7 +31,10 @@ enum {
     A_PROM = 1 << 6,
     A_SYS = 1 << 7,
     A_CTXPOL = 1 << 8, /* --context-policy */
+    A_MSG = 1 << 9,    /* --message (chat, one-shot) */
 };
+
+#define MAX_MESSAGES 256 /* --message options at most */
 
 typedef struct command {
     const char *name;
@@ -58,14 +61,20 @@ static const command commands[] = {
      "  --namespace NS   cache namespace: up to 64 bytes of A-Z a-z 0-9 . _ -\n"
      "  --json           print one JSON object at the end instead (text, tokens,\n"
      "                   prompt_tokens, cached_tokens, cached_tokens_disk, ttft_ms, ...)\n"},
-    {"chat", A_N | A_SAMPLE | A_NS | A_SYS | A_CTXPOL,
+    {"chat", A_N | A_SAMPLE | A_NS | A_SYS | A_CTXPOL | A_MSG | A_JSON,
      "[-n N] [--temp T] [--top-p P] [--seed S] [--namespace NS]\n"
-     "       [--system TEXT] [--context-policy drop|stop]",
+     "       [--system TEXT] [--context-policy drop|stop] [--message [ROLE:]TEXT ... [--json]]",
      "Interactive: one line of stdin per turn (with line editing and history at a\n"
-     "terminal). The conversation is resent as token ids each turn, so its whole history\n"
-     "stays cached. Ctrl-C stops a reply; /help lists the commands (/save, /load, /stats,\n"
-     "/system, /clear, /exit).\n"
+     "terminal). When the daemon's model has a chat template, each turn sends the messages\n"
+     "and the daemon renders them with it (CHAT); otherwise the conversation is resent as\n"
+     "token ids, a plain continuation. Either way its whole history stays cached. Ctrl-C\n"
+     "stops a reply; /help lists the commands (/save, /load, /stats, /system, /clear, /exit).\n"
+     "With --message, one turn and no stdin: the reply to the messages given, streamed (or\n"
+     "one JSON object with --json, as generate prints it); it needs a model with a template.\n"
      "\n"
+     "  --message [ROLE:]TEXT\n"
+     "                   a message (ROLE system, user or assistant; user if no ROLE:),\n"
+     "                   repeated for a conversation, in order\n"
      "  -n N             new tokens per reply at most (default 256)\n" SAMPLING_HELP
      "  --namespace NS   cache namespace\n"
      "  --system TEXT    text that opens the conversation\n"
@@ -185,8 +194,10 @@ typedef struct gen_args {
     float temp, top_p;
     uint64_t seed;
     int seed_given, json, pin, prometheus, help;
-    int context_stop; /* --context-policy stop */
-    char **rest;      /* positional arguments (tokenize's text, detokenize's ids) */
+    int context_stop;                   /* --context-policy stop */
+    const char *messages[MAX_MESSAGES]; /* --message, in order */
+    int n_messages;
+    char **rest; /* positional arguments (tokenize's text, detokenize's ids) */
     int n_rest;
 } gen_args;
 
@@ -263,6 +274,13 @@ static int set_option(gen_args *a, int ch, const char *arg)
             return bad_value(a, "--context-policy", arg, "drop or stop");
         a->context_stop = !strcmp(arg, "stop");
         return 0;
+    case 'M':
+        if (a->n_messages == MAX_MESSAGES) {
+            fprintf(stderr, "prefixctl chat: more than %d --message options\n", MAX_MESSAGES);
+            return 2;
+        }
+        a->messages[a->n_messages++] = arg;
+        return 0;
     case 'S':
         a->socket = arg;
         return 0;
@@ -291,6 +309,7 @@ static int parse(int argc, char **argv, gen_args *a)
                {A_PROM, {"prometheus", no_argument, 0, 'm'}},
                {A_SYS, {"system", required_argument, 0, 'y'}},
                {A_CTXPOL, {"context-policy", required_argument, 0, 'C'}},
+               {A_MSG, {"message", required_argument, 0, 'M'}},
                {0, {"socket", required_argument, 0, 'S'}},
                {0, {"help", no_argument, 0, 'h'}}};
     struct option opts[sizeof all / sizeof all[0] + 1];
@@ -368,11 +387,40 @@ static int call_failed(pfx_conn *c)
     return 1;
 }
 
+/* --message [ROLE:]TEXT as a chat message (a ROLE other than the three is part of the text). */
+static pfx_chat_msg chat_message(const char *arg)
+{
+    static const char *const roles[] = {"system", "user", "assistant"};
+    for (size_t i = 0; i < sizeof roles / sizeof *roles; i++) {
+        size_t l = strlen(roles[i]);
+        if (!strncmp(arg, roles[i], l) && arg[l] == ':')
+            return (pfx_chat_msg){roles[i], arg + l + 1, strlen(arg + l + 1)};
+    }
+    return (pfx_chat_msg){"user", arg, strlen(arg)};
+}
+
 static int cmd_generate(pfx_conn *c, gen_args *a, int warm)
 {
     pfx_gen g = {0};
-    g.text = a->prompt_file ? a->file_text : a->prompt;
-    g.text_len = a->prompt_file ? a->file_len : strlen(a->prompt);
+    pfx_chat_msg msgs[MAX_MESSAGES];
+    if (a->n_messages > 0) { /* chat --message */
+        if (!pfx_has_chat(c)) {
+            fprintf(stderr,
+                    "prefixctl chat: the daemon's model (%.*s) has no chat template, so it "
+                    "cannot render --message; use generate --prompt, or start the daemon with "
+                    "--chat-template\n",
+                    (int)pfx_server(c)->model.len, pfx_server(c)->model.p);
+            return 2;
+        }
+        for (int i = 0; i < a->n_messages; i++)
+            msgs[i] = chat_message(a->messages[i]);
+        g.msgs = msgs;
+        g.n_msgs = (size_t)a->n_messages;
+        g.system = a->system;
+    } else {
+        g.text = a->prompt_file ? a->file_text : a->prompt;
+        g.text_len = a->prompt_file ? a->file_len : strlen(a->prompt);
+    }
     g.max_new = warm ? 0 : a->n;
     g.temp = a->temp;
     g.top_p = a->top_p;
@@ -571,7 +619,11 @@ int main(int argc, char **argv)
     }
     if (!a.seed_given)
         a.seed = proto_random_seed();
-    if (!strcmp(cmd->name, "chat")) {
+    if (!strcmp(cmd->name, "chat") && a.json && a.n_messages == 0) {
+        fprintf(stderr, "prefixctl chat: --json goes with --message (one turn)\n");
+        return 2;
+    }
+    if (!strcmp(cmd->name, "chat") && a.n_messages == 0) {
         /* The chat connects (and reconnects) itself. */
         chat_opts co = {.socket = a.socket,
                         .ns = a.ns,
@@ -591,7 +643,7 @@ int main(int argc, char **argv)
         free(ids);
         return 1;
     }
-    if (!strcmp(cmd->name, "generate"))
+    if (!strcmp(cmd->name, "generate") || !strcmp(cmd->name, "chat"))
         rc = cmd_generate(c, &a, 0);
     else if (!strcmp(cmd->name, "warm"))
         rc = cmd_generate(c, &a, 1);

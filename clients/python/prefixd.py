@@ -7,6 +7,7 @@ HELLO handshake, request ids so one connection carries several requests at once.
     with Client() as c:
         r = c.generate("Once upon a time", max_new=50)
         print(r["text"], r["cached_tokens"], r["ttft_ms"])
+        r = c.chat([{"role": "user", "content": "Hi"}], system="Be brief.")  # the model's template
 
 Sampling defaults are prefixctl's and `prefixd run`'s: temperature 0.8, top-p 0.95 and a random
 seed, so two calls without a seed differ; temp=0 is greedy (deterministic).
@@ -15,6 +16,7 @@ The client talks only to a daemon of its own uid or root (the socket's peer cred
 socket bound first by another user is refused before a prompt is sent.
 
 Also a small command line: python3 prefixd.py generate --prompt TEXT [-n N] [--json]
+                      and: python3 prefixd.py chat [--system TEXT] --message [ROLE:]TEXT ...
 """
 
 import json
@@ -28,14 +30,15 @@ MAGIC = 0x44584650
 VERSION = 1
 
 HELLO, HELLO_OK, GENERATE, WARM, CANCEL, TOKEN, DONE, ERROR = 1, 2, 3, 4, 5, 6, 7, 8
-STATS, STATS_REPLY, TOKENIZE, TOKENS, DETOKENIZE, TEXT = 9, 10, 11, 12, 13, 14
+STATS, STATS_REPLY, TOKENIZE, TOKENS, DETOKENIZE, TEXT, CHAT = 9, 10, 11, 12, 13, 14, 15
 GEN_TOKENS, GEN_PIN = 1, 2
+CAP_CHAT = 16  # HELLO_OK: the model has a chat template (CHAT works)
 DEFAULT_TEMP, DEFAULT_TOP_P = 0.8, 0.95  # as PROTO_DEFAULT_TEMP / _TOP_P in proto.h
 FINISH = {0: "stop", 1: "length", 2: "cancelled"}
 ERRORS = {1: "BAD_FRAME", 2: "TOO_BIG", 3: "UNKNOWN_TYPE", 4: "BAD_VERSION", 5: "BAD_REQUEST",
           6: "PROMPT_TOO_LONG", 7: "BAD_UTF8", 8: "BAD_TOKEN", 9: "BAD_NAMESPACE", 10: "BUSY",
           11: "SLOW_READER", 12: "NO_HELLO", 13: "DUPLICATE_ID", 14: "SHUTTING_DOWN",
-          15: "PIN_BUDGET", 16: "NO_SPACE", 17: "INTERNAL"}
+          15: "PIN_BUDGET", 16: "NO_SPACE", 17: "INTERNAL", 18: "NO_TEMPLATE"}
 
 
 # The bytes of other requests' frames a blocking call keeps for them while it waits for its own
@@ -100,6 +103,24 @@ def encode_generate(rid, prompt=None, ids=None, max_new=64, temp=0.0, top_p=0.0,
     if pin:
         flags |= GEN_PIN
     return encode_frame(WARM if warm else GENERATE, rid, body, flags)
+
+
+def encode_chat(rid, messages, system="", max_new=64, temp=0.0, top_p=0.0, seed=0, namespace=""):
+    """A CHAT frame: messages is a list of {"role", "content"} dicts (or (role, content)
+    pairs); str values are sent as UTF-8, bytes as they are."""
+    if isinstance(max_new, bool) or not isinstance(max_new, int) or not 0 <= max_new < 2 ** 32:
+        raise ValueError("max_new %r: expected a whole number from 0 to 4294967295 (a u32 on the "
+                         "wire)" % (max_new,))
+
+    def b(x):
+        return x.encode() if isinstance(x, str) else bytes(x)
+
+    body = struct.pack("<IffQ", max_new, temp, top_p, seed) + _s(namespace.encode())
+    body += _s(b(system)) + struct.pack("<I", len(messages))
+    for m in messages:
+        role, content = (m["role"], m["content"]) if isinstance(m, dict) else m
+        body += _s(b(role)) + _s(b(content))
+    return encode_frame(CHAT, rid, body)
 
 
 def decode_frame(buf):
@@ -294,6 +315,31 @@ class Client:
             elif f["type"] == ERROR:
                 raise PrefixdError(f["code"], f["message"])
 
+    def send_chat(self, messages, system="", max_new=64, temp=DEFAULT_TEMP, top_p=DEFAULT_TOP_P,
+                  seed=None, namespace=""):
+        """Sends a CHAT without waiting; returns its id (collect it with result())."""
+        rid = self._new_id()
+        self.sock.sendall(encode_chat(rid, messages, system, max_new=max_new, temp=temp,
+                                      top_p=top_p, seed=random_seed() if seed is None else seed,
+                                      namespace=namespace))
+        return rid
+
+    def chat(self, messages, system="", max_new=64, temp=DEFAULT_TEMP, top_p=DEFAULT_TOP_P,
+             seed=None, namespace="", on_token=None):
+        """The assistant's next message after messages (a list of {"role": "system"|"user"|
+        "assistant", "content": str}), rendered by the daemon with the model's chat template;
+        system: a system prompt put first ("" for none). Returns the dict of generate(). A
+        model without a template raises PrefixdError NO_TEMPLATE (has_chat() tells before):
+        fall back to generate() with a prompt of your own."""
+        t0 = time.monotonic()
+        rid = self.send_chat(messages, system, max_new=max_new, temp=temp, top_p=top_p,
+                             seed=seed, namespace=namespace)
+        return self.result(rid, on_token, t0)
+
+    def has_chat(self):
+        """True if the daemon renders chats (its model has a chat template)."""
+        return bool(self.server["caps"] & CAP_CHAT)
+
     def warm(self, prompt=None, ids=None, pin=False, namespace=""):
         rid = self._new_id()
         self.sock.sendall(encode_generate(rid, prompt, ids, max_new=0, namespace=namespace,
@@ -339,12 +385,35 @@ def main(argv):
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--namespace", default="")
     g.add_argument("--json", action="store_true")
+    ch = sub.add_parser("chat", help="one chat turn with the model's template")
+    ch.add_argument("--message", action="append", required=True,
+                    help="ROLE:TEXT, or TEXT for a user message; repeat for a conversation")
+    ch.add_argument("--system", default="")
+    ch.add_argument("-n", type=int, default=64)
+    ch.add_argument("--temp", type=float, default=DEFAULT_TEMP)
+    ch.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
+    ch.add_argument("--seed", type=int, default=None)
+    ch.add_argument("--namespace", default="")
+    ch.add_argument("--json", action="store_true")
     sub.add_parser("stats")
     a = ap.parse_args(argv)
     try:
         with Client(a.socket) as c:
             if a.cmd == "stats":
                 print(json.dumps(c.stats(), indent=2))
+                return 0
+            if a.cmd == "chat":
+                msgs = []
+                for m in a.message:
+                    role, sep, text = m.partition(":")
+                    if not sep or role not in ("system", "user", "assistant"):
+                        role, text = "user", m
+                    msgs.append({"role": role, "content": text})
+                r = c.chat(msgs, a.system, max_new=a.n, temp=a.temp, top_p=a.top_p,
+                           seed=a.seed, namespace=a.namespace,
+                           on_token=None if a.json else
+                           lambda i, p: sys.stdout.write(p.decode("utf-8", "replace")) and None)
+                print(json.dumps(r) if a.json else "")
                 return 0
             r = c.generate(a.prompt, max_new=a.n, temp=a.temp, top_p=a.top_p, seed=a.seed,
                            namespace=a.namespace,

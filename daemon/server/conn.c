@@ -181,34 +181,60 @@ void srv__conn_send_done_cancelled(conn *c, uint32_t req)
 
 /* ---- Frames from clients -------------------------------------------------------------------- */
 
+/* The checks every new request passes (GENERATE, WARM, CHAT): the daemon takes requests, the id
+ * is free, the connection has room, the namespace and sampling parameters are valid. Returns 0,
+ * or -1 after answering with the ERROR. */
+static int check_request(conn *c, uint32_t id, proto_str ns, float temp, float top_p)
+{
+    server *s = c->srv;
+    if (s->draining) {
+        conn_send_error(c, id, PROTO_ERR_SHUTTING_DOWN, "daemon is shutting down");
+        return -1;
+    }
+    if (id == 0) {
+        conn_send_error(c, 0, PROTO_ERR_BAD_REQUEST, "request id 0 is reserved");
+        return -1;
+    }
+    if (conn_has_req(c, id)) {
+        conn_send_error(c, id, PROTO_ERR_DUPLICATE_ID,
+                        "request id %u is already in use on this connection", id);
+        return -1;
+    }
+    if (c->n_reqs >= SRV_MAX_REQS_PER_CONN) {
+        conn_send_error(c, id, PROTO_ERR_BUSY, "too many requests on one connection (%d)",
+                        SRV_MAX_REQS_PER_CONN);
+        return -1;
+    }
+    if (!proto_namespace_valid(ns)) {
+        conn_send_error(c, id, PROTO_ERR_BAD_NAMESPACE,
+                        "namespace '%.*s': at most %d bytes of letters, digits, '.', '_', '-'",
+                        (int)(ns.len > 80 ? 80 : ns.len), ns.p, PROTO_MAX_NAMESPACE);
+        return -1;
+    }
+    /* NaN fails every comparison; infinity is refused too (logits / inf is no distribution). */
+    if (!(temp >= 0.0f && temp <= 1e6f) || !(top_p >= 0.0f && top_p <= 1e6f)) {
+        conn_send_error(c, id, PROTO_ERR_BAD_REQUEST,
+                        "temperature and top-p must be finite numbers >= 0 (got %g and %g)", temp,
+                        top_p);
+        return -1;
+    }
+    return 0;
+}
+
+/* The request's namespace inside the client's uid (or shared/) into buf. Returns its length. */
+static int scoped_namespace(const conn *c, proto_str ns, char *buf, size_t cap)
+{
+    return c->srv->o.share_across_users
+               ? snprintf(buf, cap, "shared/%.*s", (int)ns.len, ns.p)
+               : snprintf(buf, cap, "uid:%u/%.*s", (unsigned)c->uid, (int)ns.len, ns.p);
+}
+
 static void handle_generate(conn *c, const proto_msg *m)
 {
     server *s = c->srv;
     const proto_generate *g = &m->u.gen;
-    if (s->draining) {
-        conn_send_error(c, m->id, PROTO_ERR_SHUTTING_DOWN, "daemon is shutting down");
+    if (check_request(c, m->id, g->ns, g->temp, g->top_p) != 0)
         return;
-    }
-    if (m->id == 0) {
-        conn_send_error(c, 0, PROTO_ERR_BAD_REQUEST, "request id 0 is reserved");
-        return;
-    }
-    if (conn_has_req(c, m->id)) {
-        conn_send_error(c, m->id, PROTO_ERR_DUPLICATE_ID,
-                        "request id %u is already in use on this connection", m->id);
-        return;
-    }
-    if (c->n_reqs >= SRV_MAX_REQS_PER_CONN) {
-        conn_send_error(c, m->id, PROTO_ERR_BUSY, "too many requests on one connection (%d)",
-                        SRV_MAX_REQS_PER_CONN);
-        return;
-    }
-    if (!proto_namespace_valid(g->ns)) {
-        conn_send_error(c, m->id, PROTO_ERR_BAD_NAMESPACE,
-                        "namespace '%.*s': at most %d bytes of letters, digits, '.', '_', '-'",
-                        (int)(g->ns.len > 80 ? 80 : g->ns.len), g->ns.p, PROTO_MAX_NAMESPACE);
-        return;
-    }
     int by_ids = (m->flags & PROTO_GEN_TOKENS) != 0;
     if (!by_ids) {
         size_t bad = proto_utf8_check(g->text.p, g->text.len);
@@ -226,18 +252,8 @@ static void handle_generate(conn *c, const proto_msg *m)
                         g->text.len, s->o.max_text);
         return;
     }
-    /* NaN fails every comparison; infinity is refused too (logits / inf is no distribution). */
-    if (!(g->temp >= 0.0f && g->temp <= 1e6f) || !(g->top_p >= 0.0f && g->top_p <= 1e6f)) {
-        conn_send_error(c, m->id, PROTO_ERR_BAD_REQUEST,
-                        "temperature and top-p must be finite numbers >= 0 (got %g and %g)",
-                        g->temp, g->top_p);
-        return;
-    }
     char nsbuf[128];
-    int nslen = s->o.share_across_users
-                    ? snprintf(nsbuf, sizeof nsbuf, "shared/%.*s", (int)g->ns.len, g->ns.p)
-                    : snprintf(nsbuf, sizeof nsbuf, "uid:%u/%.*s", (unsigned)c->uid, (int)g->ns.len,
-                               g->ns.p);
+    int nslen = scoped_namespace(c, g->ns, nsbuf, sizeof nsbuf);
     /* One allocation: the namespace, then the ids (4-byte aligned) or the text. */
     size_t off = ((size_t)nslen + 3) / 4 * 4;
     size_t payload = by_ids ? (size_t)g->ids.n * sizeof(int32_t) : g->text.len;
@@ -285,6 +301,127 @@ static void handle_generate(conn *c, const proto_msg *m)
     c->reqs[c->n_reqs++] = m->id;
 }
 
+static int chat_role_valid(proto_str r)
+{
+    static const char *const roles[] = {"system", "user", "assistant"};
+    for (size_t i = 0; i < sizeof roles / sizeof *roles; i++)
+        if (r.len == strlen(roles[i]) && memcmp(r.p, roles[i], r.len) == 0)
+            return 1;
+    return 0;
+}
+
+/* Checks a CHAT's messages (and system prompt): count, roles, UTF-8, total size. Returns 0, or
+ * -1 after answering with the ERROR naming the field. */
+static int check_chat(conn *c, uint32_t id, const proto_chat *ch)
+{
+    server *s = c->srv;
+    if (ch->n_msgs == 0) {
+        conn_send_error(c, id, PROTO_ERR_BAD_REQUEST, "a chat needs at least one message");
+        return -1;
+    }
+    if (ch->n_msgs + (ch->system.len > 0) > PROTO_MAX_CHAT_MESSAGES) {
+        conn_send_error(c, id, PROTO_ERR_BAD_REQUEST, "%u messages: at most %d are taken",
+                        ch->n_msgs, PROTO_MAX_CHAT_MESSAGES);
+        return -1;
+    }
+    size_t bad = proto_utf8_check(ch->system.p, ch->system.len), total = ch->system.len;
+    if (bad != ch->system.len) {
+        conn_send_error(c, id, PROTO_ERR_BAD_UTF8,
+                        "system is not valid UTF-8: bad byte 0x%02x at offset %zu",
+                        (unsigned char)ch->system.p[bad], bad);
+        return -1;
+    }
+    size_t at = 0;
+    proto_chat_msg msg;
+    for (uint32_t i = 0; proto_chat_next(ch, &at, &msg); i++) {
+        if (!chat_role_valid(msg.role)) {
+            size_t ok = proto_utf8_check(msg.role.p, msg.role.len);
+            conn_send_error(c, id, PROTO_ERR_BAD_REQUEST,
+                            "messages[%u].role '%.*s' is not one of system, user, assistant", i,
+                            (int)(ok > 40 ? 40 : ok), msg.role.p);
+            return -1;
+        }
+        if ((bad = proto_utf8_check(msg.content.p, msg.content.len)) != msg.content.len) {
+            conn_send_error(c, id, PROTO_ERR_BAD_UTF8,
+                            "messages[%u].content is not valid UTF-8: bad byte 0x%02x at offset "
+                            "%zu",
+                            i, (unsigned char)msg.content.p[bad], bad);
+            return -1;
+        }
+        total += msg.content.len;
+    }
+    if (total > s->o.max_text) {
+        conn_send_error(c, id, PROTO_ERR_BAD_REQUEST,
+                        "the chat's texts hold %zu bytes, more than the daemon's maximum (%zu, "
+                        "--max-text)",
+                        total, s->o.max_text);
+        return -1;
+    }
+    return 0;
+}
+
+/* A str as on the wire (u32 little-endian length, then the bytes) at p. */
+static void put_str(uint8_t *p, const char *b, uint32_t len)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(len >> (8 * i));
+    memcpy(p + 4, b, len);
+}
+
+/* CHAT: checked here, rendered and tokenized on a worker (tokenize.c), then run as GENERATE. */
+static void handle_chat(conn *c, const proto_msg *m)
+{
+    server *s = c->srv;
+    const proto_chat *ch = &m->u.chat;
+    if (check_request(c, m->id, ch->ns, ch->temp, ch->top_p) != 0)
+        return;
+    if (!s->chat || !s->tok) {
+        conn_send_error(c, m->id, PROTO_ERR_NO_TEMPLATE, "%s", s->chat_why);
+        return;
+    }
+    if (check_chat(c, m->id, ch) != 0)
+        return;
+    char nsbuf[128];
+    int nslen = scoped_namespace(c, ch->ns, nsbuf, sizeof nsbuf);
+    /* One allocation: the namespace, then the messages as CHAT's list, the system prompt made
+     * the first message. */
+    static const char sys_role[] = "system";
+    size_t sys = ch->system.len ? 8 + sizeof sys_role - 1 + ch->system.len : 0;
+    size_t off = ((size_t)nslen + 3) / 4 * 4, payload = sys + ch->list_len;
+    srv_task *k = srv__task_new(SRV_TASK_SUBMIT, c->id, m->id, off + payload + 1);
+    if (!k) {
+        conn_send_error(c, m->id, PROTO_ERR_INTERNAL, "out of memory for a chat of %zu bytes",
+                        payload);
+        return;
+    }
+    memcpy(k->data, nsbuf, (size_t)nslen);
+    uint8_t *p = (uint8_t *)k->data + off;
+    if (sys) {
+        put_str(p, sys_role, sizeof sys_role - 1);
+        put_str(p + 4 + sizeof sys_role - 1, ch->system.p, ch->system.len);
+    }
+    memcpy(p + sys, ch->list, ch->list_len);
+    engine_request *r = &k->r;
+    r->handle = (uint64_t)c->id << 32 | m->id;
+    r->kind = ENGINE_REQ_GENERATE;
+    r->text = (const char *)p;
+    r->text_len = payload;
+    r->ns = k->data;
+    r->ns_len = (size_t)nslen;
+    r->max_new = ch->max_new;
+    r->temp = ch->temp;
+    r->top_p = ch->top_p;
+    r->seed = ch->seed;
+    r->owner = (uint32_t)c->uid;
+    r->t_received_ms = base_now_ms();
+    if (srv__tokenize_chat_id(s, c->id, k, (size_t)nslen, ch->n_msgs + (sys > 0)) != 0) {
+        srv__task_free(k);
+        conn_send_error(c, m->id, PROTO_ERR_INTERNAL, "out of memory queueing a chat");
+        return;
+    }
+    c->reqs[c->n_reqs++] = m->id;
+}
+
 static void handle_frame(conn *c, const proto_msg *m)
 {
     server *s = c->srv;
@@ -316,6 +453,8 @@ static void handle_frame(conn *c, const proto_msg *m)
         r.u.hello_ok.caps = PROTO_CAP_TOKEN_PROMPT | PROTO_CAP_WARM | PROTO_CAP_PIN;
         if (c->srv->o.engine.disk_dir)
             r.u.hello_ok.caps |= PROTO_CAP_DISK;
+        if (s->chat && s->tok)
+            r.u.hello_ok.caps |= PROTO_CAP_CHAT;
         r.u.hello_ok.vocab_size = (uint32_t)mc->vocab_size;
         r.u.hello_ok.seq_len = (uint32_t)mc->seq_len;
         r.u.hello_ok.block_tokens = (uint32_t)s->o.engine.block_tokens;
@@ -333,6 +472,9 @@ static void handle_frame(conn *c, const proto_msg *m)
     case PROTO_GENERATE:
     case PROTO_WARM:
         handle_generate(c, m);
+        break;
+    case PROTO_CHAT:
+        handle_chat(c, m);
         break;
     case PROTO_CANCEL:
         /* A prompt still being tokenized ends when its worker is done; else the engine

@@ -385,7 +385,9 @@ static void submit(http_conn *c, oai_kind kind, const http_key *key)
     oai_out *o = oai_out_new(&p, id, (long)time(NULL), hs->model,
                              c->req.keep_alive && !c->close_after, chunked);
     size_t off = ((size_t)nslen + 3) / 4 * 4;
-    size_t payload = p.ids ? p.n_ids * sizeof(int32_t) : p.text_len;
+    /* A chat goes through the model's chat template when it has one, as the native CHAT. */
+    int by_template = kind == OAI_CHAT && s->chat && s->tok && p.chat_list;
+    size_t payload = p.ids ? p.n_ids * sizeof(int32_t) : by_template ? p.chat_list_len : p.text_len;
     srv_task *t = o ? srv__task_new(SRV_TASK_SUBMIT, c->id, c->cur, off + payload + 1) : NULL;
     if (!t) {
         oai_out_free(o);
@@ -403,9 +405,9 @@ static void submit(http_conn *c, oai_kind kind, const http_key *key)
         r->tokens = (const int32_t *)(void *)(t->data + off);
         r->n_tokens = p.n_ids;
     } else {
-        memcpy(t->data + off, p.text, p.text_len);
+        memcpy(t->data + off, by_template ? p.chat_list : p.text, payload);
         r->text = t->data + off;
-        r->text_len = p.text_len;
+        r->text_len = payload;
     }
     r->ns = t->data;
     r->ns_len = (size_t)nslen;
@@ -419,10 +421,12 @@ static void submit(http_conn *c, oai_kind kind, const http_key *key)
     r->owner = c->is_unix ? (uint32_t)c->uid : HTTP_TCP_OWNER;
     r->t_received_ms = t_received;
     int by_text = !p.ids && s->tok;
+    uint32_t n_msgs = p.n_msgs;
     oai_params_free(&p);
     c->at_engine = 1;
     if (by_text) {
-        if (srv__tokenize_prompt_id(s, c->id, t, (size_t)nslen) != 0) {
+        if ((by_template ? srv__tokenize_chat_id(s, c->id, t, (size_t)nslen, n_msgs)
+                         : srv__tokenize_prompt_id(s, c->id, t, (size_t)nslen)) != 0) {
             srv__task_free(t);
             c->at_engine = 0;
             respond_error(c, 500, NULL, NULL, 0, "out of memory queueing a prompt");
@@ -432,14 +436,17 @@ static void submit(http_conn *c, oai_kind kind, const http_key *key)
     }
 }
 
-void srv__http_tokenized(server *s, uint32_t conn_id, uint32_t req, int cancelled, const char *err,
-                         srv_task **task)
+void srv__http_tokenized(server *s, uint32_t conn_id, uint32_t req, int cancelled, int code,
+                         const char *err, srv_task **task)
 {
     http_conn *c = find(s->http, conn_id);
     if (!c || c->closing || !c->busy || c->cur != req || cancelled)
         return;
     if (err) {
-        respond_error(c, 500, NULL, NULL, 0, "%s", err);
+        if (code == PROTO_ERR_BAD_REQUEST)
+            respond_error(c, 400, "messages", "invalid_value", 0, "%s", err);
+        else
+            respond_error(c, 500, NULL, NULL, 0, "%s", err);
         return;
     }
     srv__task_push(s, *task);

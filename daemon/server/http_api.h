@@ -116,6 +116,11 @@ typedef struct oai_params {
     int logprobs;     /* 1: log-probabilities of the answer's tokens */
     int top_logprobs; /* and of that many most likely tokens at each position */
     char cache_salt[OAI_MAX_SALT + 1];
+    /* chat: the messages as the native CHAT's list (str role, str content each, roles as the
+     * request has them but "developer" made "system"), for a model with a chat template. */
+    char *chat_list;
+    size_t chat_list_len;
+    uint32_t n_msgs;
 } oai_params;
 
 /* Maps a JSON request body of kind `kind`. Returns 0, or -1 with err filled (400 and the field
@@ -123,9 +128,9 @@ typedef struct oai_params {
 int oai_parse(oai_kind kind, const char *body, size_t len, oai_params *out, oai_error *err);
 void oai_params_free(oai_params *p);
 
-/* The plain role-prefixed rendering of chat messages (until chat templates land): each
- * message as "<role>: <content>\n", then "assistant:". Shown here for the documentation and
- * the tests; oai_parse() uses it. */
+/* The plain role-prefixed rendering of chat messages, for a model without a chat template: each
+ * message as "<role>: <content>\n", then "assistant:". With a template the daemon renders
+ * chat_list with it instead, as it renders the native CHAT. */
 #define OAI_CHAT_PROMPT_END "assistant:"
 
 /* ---- Responses (openai.c) ------------------------------------------------------------------- */

@@ -7,9 +7,11 @@
  * refused rather than silently ignored, since a client that asks for them would get something
  * else than it asked for. Unknown fields are ignored (clients send provider-specific extras).
  *
- * Chat messages are rendered with a plain role-prefixed template until chat templates land:
- * "<role>: <content>\n" per message, then "assistant:". A shared system prompt is therefore a
- * shared token prefix, and the cache finds it.
+ * Chat messages are kept as the native CHAT's message list: a model with a chat template gets
+ * them rendered by it, as CHAT is (contents never control tokens, each turn's prompt a token
+ * prefix of the next's). For a model without one they are also rendered with a plain
+ * role-prefixed template, "<role>: <content>\n" per message, then "assistant:"; a shared system
+ * prompt is a shared token prefix either way, and the cache finds it.
  *
  * Streaming holds back what might still change: the bytes that could be the start of a stop
  * string, and an incomplete UTF-8 character at the end (a byte-fallback token can end halfway
@@ -438,17 +440,26 @@ static int is_role(const char *r)
     return 0;
 }
 
-/* The chat messages, rendered: "<role>: <content>\n" each, then "assistant:". */
+/* A u32 as the wire has it: little-endian. */
+static void put_u32(hbuf *b, uint32_t v)
+{
+    uint8_t le[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
+    hbuf_add(b, le, 4);
+}
+
+/* The chat messages as CHAT's list (p->chat_list), and rendered plainly (p->text):
+ * "<role>: <content>\n" each, then "assistant:". */
 static int parse_messages(const cJSON *o, oai_params *p, oai_error *e)
 {
     const cJSON *v = field(o, "messages");
     if (!v || !cJSON_IsArray(v) || cJSON_GetArraySize(v) < 1)
         return oai_fail(e, 400, "messages", v ? "invalid_type" : "missing_required_parameter",
                         "'messages' must be a non-empty array of {role, content} objects");
-    hbuf b = {0};
+    hbuf b = {0}, list = {0};
     int i = 0;
     char param[64];
     for (const cJSON *m = v->child; m; m = m->next, i++) {
+        size_t content_at = 0;
         const cJSON *role = cJSON_IsObject(m) ? field(m, "role") : NULL;
         if (!cJSON_IsString(role) || !is_role(role->valuestring)) {
             snprintf(param, sizeof param, "messages[%d].role", i);
@@ -457,6 +468,11 @@ static int parse_messages(const cJSON *o, oai_params *p, oai_error *e)
                             "'%s' must be one of system, developer, user, assistant, tool", param);
         }
         hbuf_printf(&b, "%s: ", role->valuestring);
+        const char *r = strcmp(role->valuestring, "developer") ? role->valuestring : "system";
+        uint32_t rl = (uint32_t)strlen(r);
+        put_u32(&list, rl);
+        hbuf_add(&list, r, rl);
+        content_at = b.len;
         const cJSON *c = field(m, "content");
         if (cJSON_IsString(c)) {
             hbuf_str(&b, c->valuestring);
@@ -482,15 +498,22 @@ static int parse_messages(const cJSON *o, oai_params *p, oai_error *e)
             return oai_fail(e, 400, param, "invalid_type",
                             "'%s' must be a string or an array of text parts", param);
         }
+        uint32_t cl = (uint32_t)(b.len - content_at);
+        put_u32(&list, cl);
+        hbuf_add(&list, b.p ? b.p + content_at : "", cl);
         hbuf_add(&b, "\n", 1);
     }
     hbuf_str(&b, OAI_CHAT_PROMPT_END);
-    if (b.oom) {
+    if (b.oom || list.oom) {
         hbuf_free(&b);
+        hbuf_free(&list);
         return oai_fail(e, 500, NULL, NULL, "out of memory rendering the messages");
     }
     p->text = b.p;
     p->text_len = b.len;
+    p->chat_list = list.p;
+    p->chat_list_len = list.len;
+    p->n_msgs = (uint32_t)i;
     return 0;
 }
 
@@ -595,6 +618,7 @@ void oai_params_free(oai_params *p)
 {
     free(p->text);
     free(p->ids);
+    free(p->chat_list);
     for (int i = 0; i < p->n_stop; i++)
         free(p->stop[i]);
     memset(p, 0, sizeof *p);

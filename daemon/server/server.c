@@ -314,6 +314,36 @@ static void flush_to_disk(server *s)
              base_now_ms() - t0, (unsigned long long)ds.disk.entries, ds.disk.bytes_on_disk / 1e6);
 }
 
+/* The model's chat template for CHAT, parsed once (rendering reads it from the workers). A
+ * model without one, or with one the interpreter refuses, serves everything else; CHAT then
+ * gets NO_TEMPLATE with the reason. */
+static void load_chat_template(server *s)
+{
+    const char *src = s->tok ? model_tokenizer_chat_template(s->tok) : NULL;
+    const char *base = strrchr(s->o.model_path, '/');
+    base = base ? base + 1 : s->o.model_path;
+    if (!src) {
+        snprintf(s->chat_why, sizeof s->chat_why,
+                 "the model '%s' has no chat template (tokenizer.chat_template): the daemon "
+                 "renders chats only with one; start it with --chat-template NAME, or send the "
+                 "prompt as text with GENERATE",
+                 base);
+        return;
+    }
+    char msg[200];
+    if (model_chat_template_parse(src, strlen(src), &s->chat, msg, sizeof msg) != 0) {
+        s->chat = NULL;
+        snprintf(s->chat_why, sizeof s->chat_why,
+                 "the chat template of model '%s' cannot be used (%s): start the daemon with "
+                 "--chat-template NAME",
+                 base, msg);
+        base_log(BASE_LOG_WARN, "%s", s->chat_why);
+        return;
+    }
+    base_log(BASE_LOG_INFO, "chat template: the model's (%zu bytes); CHAT renders with it",
+             strlen(src));
+}
+
 int srv_run(const srv_opts *o, const model *m, const model_tokenizer *tok)
 {
     base_log_set_level(o->log_level);
@@ -325,6 +355,7 @@ int srv_run(const srv_opts *o, const model *m, const model_tokenizer *tok)
     s->o = *o;
     s->m = m;
     s->tok = tok;
+    load_chat_template(s);
     s->loop = uv_default_loop();
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
@@ -363,6 +394,7 @@ out:
     if (s->engine && exit_code == 0)
         flush_to_disk(s);
     engine_free(s->engine);
+    model_chat_template_free(s->chat);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);

@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "base.h"
+#include "chat_prompt.h"
 #include "engine.h"
 #include "proto.h"
 #include "server.h"
@@ -137,6 +138,8 @@ typedef struct server {
     /* the engine thread */
     const model *m;
     const model_tokenizer *tok;
+    model_chat_template *chat; /* the model's chat template (CHAT), or NULL: chat_why says why */
+    char chat_why[320];
     engine *engine;
     pthread_t thread;
     int thread_started;
@@ -235,6 +238,13 @@ int srv__tokenize_cancel(server *s, uint32_t conn_id, uint32_t req);
  * its rendering, see http_emit.c). */
 int srv__tokenize_prompt_id(server *s, uint32_t conn_id, srv_task *t, size_t ns_len);
 
+/* A chat (CHAT, or /v1/chat/completions with a template): the task's text is the messages as
+ * CHAT's list on the wire (str role, str content each; a system prompt already made the first
+ * message), n_msgs of them, checked. A worker renders them with s->chat and tokenizes the
+ * rendering (model_chat_prompt()), then submits the ids as srv__tokenize_prompt_id() does.
+ * Returns 0, or -1 when out of memory (the caller still owns the task). */
+int srv__tokenize_chat_id(server *s, uint32_t conn_id, srv_task *t, size_t ns_len, uint32_t n_msgs);
+
 /* ---- http.c (loop thread) ---- */
 
 /* Binds --http and starts serving it (nothing without --http). Returns 0 or an exit code (2: the
@@ -255,9 +265,10 @@ int srv__http_walk_close(uv_handle_t *h);
 void srv__http_deliver(server *s, const srv_frame *f);
 
 /* A prompt's tokenizing ended for an HTTP connection (tokenize.c): push the task (taken:
- * *task set to NULL) or answer the error. */
-void srv__http_tokenized(server *s, uint32_t conn_id, uint32_t req, int cancelled, const char *err,
-                         srv_task **task);
+ * *task set to NULL) or answer the error (err; code: its PROTO_ERR_*, BAD_REQUEST for a
+ * conversation the chat template refused). */
+void srv__http_tokenized(server *s, uint32_t conn_id, uint32_t req, int cancelled, int code,
+                         const char *err, srv_task **task);
 
 /* ---- http_emit.c (engine thread) ---- */
 

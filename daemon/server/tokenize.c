@@ -7,6 +7,10 @@
  * callback, submits or writes it if the connection is still there. The tokenizer is read-only
  * and safe to use from several threads at once. Texts are capped at --max-text bytes.
  *
+ * A chat (CHAT) is rendered with the model's chat template on the worker too and tokenized as
+ * model_chat_prompt() does (contents never control tokens, cut at message boundaries), then goes
+ * on as a text prompt's ids do.
+ *
  * A request cancelled while its prompt is being tokenized is marked; when the worker is done it
  * ends with DONE (cancelled) without reaching the engine. A stop waits for the jobs in flight as
  * for running requests; when its grace runs out first, each is answered at once (a prompt with
@@ -18,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum tok_kind { TOK_PROMPT, TOK_TOKENIZE, TOK_DETOKENIZE } tok_kind;
+typedef enum tok_kind { TOK_PROMPT, TOK_CHAT, TOK_TOKENIZE, TOK_DETOKENIZE } tok_kind;
 
 typedef struct tok_job {
     uv_work_t work;
@@ -26,11 +30,12 @@ typedef struct tok_job {
     server *s;
     tok_kind kind;
     uint32_t conn, req;
-    int cancelled;  /* TOK_PROMPT: the client cancelled meanwhile */
-    int answered;   /* the daemon stopped and answered for the job (srv__tokenize_end_all) */
-    srv_task *task; /* TOK_PROMPT: the SUBMIT task; its text becomes ids in the worker */
-    size_t ns_len;  /* TOK_PROMPT: namespace bytes at the start of task->data */
-    uint8_t *in;    /* TOKENIZE: text; DETOKENIZE: little-endian ids */
+    int cancelled;   /* TOK_PROMPT, TOK_CHAT: the client cancelled meanwhile */
+    int answered;    /* the daemon stopped and answered for the job (srv__tokenize_end_all) */
+    srv_task *task;  /* TOK_PROMPT: the SUBMIT task; its text becomes ids in the worker */
+    size_t ns_len;   /* TOK_PROMPT, TOK_CHAT: namespace bytes at the start of task->data */
+    uint32_t n_msgs; /* TOK_CHAT: messages in the task's text (CHAT's list) */
+    uint8_t *in;     /* TOKENIZE: text; DETOKENIZE: little-endian ids */
     size_t in_len;
     uint8_t *frame; /* TOKENIZE/DETOKENIZE: the reply, encoded */
     size_t frame_len;
@@ -58,6 +63,23 @@ static int encode_reply(tok_job *j, const proto_msg *m)
     return 0;
 }
 
+/* The task's data becomes [namespace][n ids]: data holds room for the ids after the
+ * namespace's padded length off. */
+static void task_take_ids(tok_job *j, char *data, size_t off, size_t n)
+{
+    srv_task *t = j->task;
+    int32_t *ids = (int32_t *)(void *)(data + off);
+    memcpy(data, t->data, j->ns_len);
+    free(t->data);
+    t->data = data;
+    t->len = off + n * sizeof(int32_t);
+    t->r.ns = data;
+    t->r.text = NULL;
+    t->r.text_len = 0;
+    t->r.tokens = ids;
+    t->r.n_tokens = n;
+}
+
 /* Worker: the prompt's text -> ids, rebuilt in the task's data as [namespace][ids]. */
 static void work_prompt(tok_job *j)
 {
@@ -79,15 +101,46 @@ static void work_prompt(tok_job *j)
         snprintf(j->msg, sizeof j->msg, "cannot tokenize a prompt of %zu bytes", len);
         return;
     }
-    memcpy(data, t->data, j->ns_len);
-    free(t->data);
-    t->data = data;
-    t->len = off + n * sizeof(int32_t);
-    t->r.ns = data;
-    t->r.text = NULL;
-    t->r.text_len = 0;
-    t->r.tokens = ids;
-    t->r.n_tokens = n;
+    task_take_ids(j, data, off, n);
+}
+
+/* Worker: the chat's messages -> the rendered prompt's ids, as work_prompt() leaves them. */
+static void work_chat(tok_job *j)
+{
+    srv_task *t = j->task;
+    model_chat_msg *msgs = malloc((j->n_msgs ? j->n_msgs : 1) * sizeof *msgs);
+    int32_t *ids = NULL;
+    size_t n = 0, off = (j->ns_len + 3) / 4 * 4;
+    if (!msgs) {
+        j->err = PROTO_ERR_INTERNAL;
+        snprintf(j->msg, sizeof j->msg, "out of memory reading %u messages", j->n_msgs);
+        return;
+    }
+    proto_chat c = {.list = (const uint8_t *)t->r.text, .list_len = t->r.text_len};
+    proto_chat_msg m;
+    size_t at = 0, k = 0;
+    while (k < j->n_msgs && proto_chat_next(&c, &at, &m))
+        msgs[k++] = (model_chat_msg){m.role.p, m.role.len, m.content.p, m.content.len};
+    char why[160];
+    int rc = model_chat_prompt(j->s->chat, j->s->tok, msgs, k, 1, &ids, &n, NULL, why, sizeof why);
+    free(msgs);
+    char *data = rc == 0 && n < (SIZE_MAX - off) / sizeof(int32_t)
+                     ? malloc(off + (n ? n : 1) * sizeof(int32_t))
+                     : NULL;
+    if (rc == MODEL_EINVAL || rc == MODEL_ERANGE) {
+        j->err = PROTO_ERR_BAD_REQUEST;
+        snprintf(j->msg, sizeof j->msg, "chat template: %s", why);
+    } else if (rc != 0 || !data) {
+        j->err = PROTO_ERR_INTERNAL;
+        snprintf(j->msg, sizeof j->msg, "cannot render a chat of %u messages: %s", j->n_msgs,
+                 rc ? why : "out of memory");
+    } else {
+        memcpy(data + off, ids, n * sizeof(int32_t));
+        task_take_ids(j, data, off, n);
+        data = NULL;
+    }
+    free(data);
+    free(ids);
 }
 
 static void work_tokenize(tok_job *j)
@@ -164,6 +217,8 @@ static void tok_work_cb(uv_work_t *w)
     tok_job *j = container_of(w, tok_job, work);
     if (j->kind == TOK_PROMPT)
         work_prompt(j);
+    else if (j->kind == TOK_CHAT)
+        work_chat(j);
     else if (j->kind == TOK_TOKENIZE)
         work_tokenize(j);
     else
@@ -181,8 +236,9 @@ static void tok_after_cb(uv_work_t *w, int status)
             break;
         }
     if (j->conn & SRV_CONN_HTTP) {
-        if (status == 0 && j->kind == TOK_PROMPT)
-            srv__http_tokenized(s, j->conn, j->req, j->cancelled, j->err ? j->msg : NULL, &j->task);
+        if (status == 0 && (j->kind == TOK_PROMPT || j->kind == TOK_CHAT))
+            srv__http_tokenized(s, j->conn, j->req, j->cancelled, j->err, j->err ? j->msg : NULL,
+                                &j->task);
         job_free(j);
         return;
     }
@@ -191,7 +247,7 @@ static void tok_after_cb(uv_work_t *w, int status)
         job_free(j);
         return;
     }
-    if (j->kind == TOK_PROMPT) {
+    if (j->kind == TOK_PROMPT || j->kind == TOK_CHAT) {
         if (j->cancelled) {
             srv__conn_send_done_cancelled(c, j->req);
         } else if (j->err) {
@@ -244,6 +300,25 @@ int srv__tokenize_prompt_id(server *s, uint32_t conn_id, srv_task *t, size_t ns_
     return 0;
 }
 
+int srv__tokenize_chat_id(server *s, uint32_t conn_id, srv_task *t, size_t ns_len, uint32_t n_msgs)
+{
+    tok_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return -1;
+    j->kind = TOK_CHAT;
+    j->conn = conn_id;
+    j->req = t->req;
+    j->task = t;
+    j->ns_len = ns_len;
+    j->n_msgs = n_msgs;
+    if (queue_job(s, j) != 0) {
+        j->task = NULL; /* the caller keeps it */
+        job_free(j);
+        return -1;
+    }
+    return 0;
+}
+
 int srv__tokenize_reply(conn *c, uint32_t req, int detokenize, const void *in, size_t len)
 {
     tok_job *j = calloc(1, sizeof *j);
@@ -269,7 +344,7 @@ void srv__tokenize_end_all(server *s)
         conn *c = srv__conn_find(s, j->conn);
         if (!c || j->answered)
             continue;
-        if (j->kind == TOK_PROMPT)
+        if (j->kind == TOK_PROMPT || j->kind == TOK_CHAT)
             srv__conn_send_done_cancelled(c, j->req);
         else {
             srv__conn_reply_error(c, j->req, PROTO_ERR_SHUTTING_DOWN,
@@ -283,7 +358,7 @@ void srv__tokenize_end_all(server *s)
 int srv__tokenize_cancel(server *s, uint32_t conn_id, uint32_t req)
 {
     for (tok_job *j = s->tok_jobs; j; j = j->next)
-        if (j->kind == TOK_PROMPT && j->conn == conn_id && j->req == req) {
+        if ((j->kind == TOK_PROMPT || j->kind == TOK_CHAT) && j->conn == conn_id && j->req == req) {
             j->cancelled = 1;
             return 1;
         }

@@ -40,6 +40,7 @@ enum proto_type {
     PROTO_TOKENS = 12,       /* S->C: ids */
     PROTO_DETOKENIZE = 13,   /* C->S: ids -> text */
     PROTO_TEXT = 14,         /* S->C: text */
+    PROTO_CHAT = 15,         /* C->S: a generation from chat messages, rendered by the daemon */
     PROTO_TYPE_INVALID = 255 /* decoder only: a well-framed frame whose body is bad */
 };
 
@@ -49,6 +50,7 @@ enum {
     PROTO_CAP_WARM = 1u << 1,
     PROTO_CAP_PIN = 1u << 2,
     PROTO_CAP_DISK = 1u << 3, /* the daemon has a disk tier */
+    PROTO_CAP_CHAT = 1u << 4, /* CHAT: the model has a chat template the daemon renders */
 };
 
 /* GENERATE / WARM flags (frame header flags). */
@@ -82,7 +84,8 @@ enum proto_finish {
     X(SHUTTING_DOWN, 14, "daemon is shutting down")                                                \
     X(PIN_BUDGET, 15, "pin budget exceeded")                                                       \
     X(NO_SPACE, 16, "K/V cache full")                                                              \
-    X(INTERNAL, 17, "internal error")
+    X(INTERNAL, 17, "internal error")                                                              \
+    X(NO_TEMPLATE, 18, "the model has no chat template")
 
 enum {
 #define X(name, code, msg) PROTO_ERR_##name = code,
@@ -136,6 +139,34 @@ typedef struct proto_generate { /* GENERATE and WARM */
     proto_ids ids;  /* when flags & PROTO_GEN_TOKENS */
 } proto_generate;
 
+/* The most messages a CHAT may hold (the daemon's chat_prompt takes as many). */
+#define PROTO_MAX_CHAT_MESSAGES 1024
+
+typedef struct proto_chat_msg {
+    proto_str role; /* "system", "user" or "assistant" */
+    proto_str content;
+} proto_chat_msg;
+
+typedef struct proto_chat {
+    uint32_t max_new; /* as GENERATE */
+    float temp;
+    float top_p;
+    uint64_t seed;
+    proto_str ns;
+    proto_str system; /* a system prompt put before the messages, or empty for none */
+    uint32_t n_msgs;
+    /* Encoding: the n_msgs messages. Decoding: NULL; the messages are the n_msgs (str role,
+     * str content) pairs at list[0..list_len), checked to be well formed: read them with
+     * proto_chat_next(). */
+    const proto_chat_msg *msgs;
+    const uint8_t *list;
+    size_t list_len;
+} proto_chat;
+
+/* The message at offset *off of a decoded CHAT's list into *m; *off moves past it. Returns 1,
+ * or 0 at the end of the list. */
+int proto_chat_next(const proto_chat *c, size_t *off, proto_chat_msg *m);
+
 typedef struct proto_token {
     int32_t id;
     proto_str piece; /* decoded text of the token */
@@ -166,6 +197,7 @@ typedef struct proto_msg {
         proto_hello hello;
         proto_hello_ok hello_ok;
         proto_generate gen; /* GENERATE, WARM */
+        proto_chat chat;    /* CHAT */
         proto_token token;
         proto_done done;
         proto_error error; /* ERROR, and PROTO_TYPE_INVALID (why the body is bad) */

@@ -79,7 +79,8 @@ def cases_of(namespace):
 
 class Daemon:
     def __init__(self, prefixd, model, tok, *extra, tmp=None, sock=None, log_level="debug"):
-        """extra: more `serve` options; a `--model PATH` among them replaces model."""
+        """extra: more `serve` options; a `--model PATH` among them replaces model. tok None:
+        no --tokenizer (a GGUF model's own vocabulary)."""
         extra = list(extra)
         if "--model" in extra:
             i = extra.index("--model")
@@ -87,8 +88,9 @@ class Daemon:
         self.tmp = tmp or tempfile.mkdtemp(prefix="prefixd-it-")
         self.sock = sock or os.path.join(self.tmp, "p.sock")
         self.log = open(os.path.join(self.tmp, "daemon.log"), "w+")
-        args = [prefixd, "serve", "--model", model, "--tokenizer", tok, "--socket", self.sock,
-                "--cache-mem", "64M", "--threads", "2", "--log-level", log_level] + extra
+        args = [prefixd, "serve", "--model", model] + (["--tokenizer", tok] if tok else []) + [
+            "--socket", self.sock, "--cache-mem", "64M", "--threads", "2", "--log-level",
+            log_level] + extra
         self.p = subprocess.Popen(args, stderr=self.log, stdout=self.log)
         _running.append(self)
         for _ in range(400):

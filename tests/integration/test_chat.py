@@ -133,6 +133,38 @@ def stats_rows(term, after=0):
     return rows
 
 
+def case_template():
+    """With a model that has a chat template (stories260K's GGUF given ChatML by gguf_edit.py),
+    each turn is a CHAT the daemon renders: a line holding "<|im_end|>" is answered (the text
+    stays text), /system changes the system prompt, and turn 2 finds turn 1 in the cache."""
+    import gguf_edit
+    tmp = tempfile.mkdtemp()
+    model = os.path.join(tmp, "chat.gguf")
+    gguf_edit.edit(os.path.join(MODELS, "stories260K-f32.gguf"), model,
+                   "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+                   "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+                   "{{ '<|im_start|>assistant\\n' }}{% endif %}",
+                   [(4, "<|im_start|>"), (5, "<|im_end|>")], [("llama.context_length", 512)])
+    d = daemon.Daemon(PREFIXD, model, None, "--disk-dir", os.path.join(tmp, "disk"), tmp=tmp)
+    t = chat(d, tmp, "-n", "8", "--temp", "0", "--system", SYSTEM)
+    t.wait(r"\[prefixctl chat with chat.gguf")
+    t.line("Once upon a time<|im_end|>")
+    m1 = turn_done(t, 1)
+    t.line("And then?")
+    m2 = turn_done(t, 2, after=m1.end())
+    check(int(m2.group(2)) >= int(m1.group(1)) // 16 * 16 and int(m2.group(2)) > 0,
+          "turn 2 cached %s of turn 1's %s prompt tokens" % (m2.group(2), m1.group(1)))
+    t.line("/system Be brief.")
+    t.wait(r"\[system prompt set", after=m2.end())
+    t.line("Hi")
+    m3 = turn_done(t, 3, after=m2.end())
+    check(int(m3.group(2)) < int(m2.group(1)), "the new system prompt still hit turn 2's prompt")
+    t.keys("C-d")
+    t.wait(r"\nEXIT=0")
+    t.close()
+    d.stop()
+
+
 def case_editing():
     """Arrow keys, Ctrl-A and history edit the line; none of their escape codes reach the
     model. Ctrl-D leaves with a newline and exit 0."""

@@ -106,7 +106,16 @@ static void daemon_stop(void)
 /* Starts `prefixd serve` with stories260K on a socket in the case's folder (its log beside it)
  * and connects to it. A case that fails leaves it running: the next start or exit stops it, and
  * it dies with the test (PR_SET_PDEATHSIG). */
+static pfx_conn *daemon_start_model(const char *model, const char *tok);
+
 static pfx_conn *daemon_start(void)
+{
+    return daemon_start_model(PREFIXD_MODELS_DIR "/stories260K.bin",
+                              PREFIXD_MODELS_DIR "/tok512.bin");
+}
+
+/* The same with another model; tok NULL: the model's own vocabulary (a GGUF file). */
+static pfx_conn *daemon_start_model(const char *model, const char *tok)
 {
     static char sock[108], log[4096];
     const char *dir = harness_tmpdir();
@@ -122,10 +131,9 @@ static pfx_conn *daemon_start(void)
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (!freopen(log, "w", stderr))
             _exit(127);
-        execl(PREFIXD_BIN_DIR "/daemon/prefixd", "prefixd", "serve", "--model",
-              PREFIXD_MODELS_DIR "/stories260K.bin", "--tokenizer",
-              PREFIXD_MODELS_DIR "/tok512.bin", "--socket", sock, "--cache-mem", "64M", "--threads",
-              "1", "--disk-dir", "none", (char *)NULL);
+        execl(PREFIXD_BIN_DIR "/daemon/prefixd", "prefixd", "serve", "--model", model, "--socket",
+              sock, "--cache-mem", "64M", "--threads", "1", "--disk-dir", "none",
+              tok ? "--tokenizer" : (char *)NULL, tok, (char *)NULL);
         _exit(127);
     }
     daemon_pid = pid;
@@ -306,7 +314,86 @@ static void test_pending_bound(void)
     daemon_stop();
 }
 
+/* stories260K's GGUF with a ChatML template and its two control tokens, made by the
+ * integration tests' gguf_edit.py in the case's folder. */
+static const char *chat_model(void)
+{
+    static char path[4096];
+    char tpl[4096], cmd[16384];
+    snprintf(path, sizeof path, "%s/chat.gguf", harness_tmpdir());
+    snprintf(tpl, sizeof tpl, "%s/chatml.jinja", harness_tmpdir());
+    FILE *f = fopen(tpl, "w");
+    CHECK(f != NULL);
+    fputs("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+          "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+          "{{ '<|im_start|>assistant\\n' }}{% endif %}",
+          f);
+    CHECK_EQ_INT(fclose(f), 0);
+    snprintf(cmd, sizeof cmd,
+             "python3 '%s/tests/integration/gguf_edit.py' '%s/stories260K-f32.gguf' '%s' "
+             "--template '%s' --control '4=<|im_start|>' --control '5=<|im_end|>' "
+             "--u32 llama.context_length=512",
+             PREFIXD_SOURCE_DIR, PREFIXD_MODELS_DIR, path, tpl);
+    CHECK_MSG(system(cmd) == 0, "cannot make the chat model: %s", cmd);
+    return path;
+}
+
+/* pfx_chat(): a chat to a model with a template streams a reply; the same conversation with a
+ * user's "<|im_end|>" is longer by those characters' tokens (never the control token); the
+ * greedy reply repeats and is served from the cache the second time. */
+static void test_chat(void)
+{
+    pfx_conn *c = daemon_start_model(chat_model(), NULL);
+    CHECK_EQ_INT(pfx_has_chat(c), 1);
+    pfx_chat_msg m[3] = {{"user", "Once upon a time", 16},
+                         {"assistant", "there was a fox.", 16},
+                         {"user", "And then?", 9}};
+    pfx_gen g = {.msgs = m, .n_msgs = 3, .system = "You tell stories.", .max_new = 8};
+    toks a = {0}, b = {0}, e = {0};
+    pfx_result r1, r2, r3;
+    CHECK_MSG(pfx_chat(c, &g, toks_add, &a, &r1) == 0, "%s", pfx_errmsg(c));
+    CHECK(a.n > 0 && r1.done.prompt_tokens > 20);
+    CHECK_MSG(pfx_generate(c, &g, toks_add, &b, &r2) == 0, "%s", pfx_errmsg(c));
+    check_same(&a, &b);
+    CHECK(r2.done.cached_tokens > 0);
+    m[2] = (pfx_chat_msg){"user", "And then?<|im_end|>", 19};
+    CHECK_MSG(pfx_chat(c, &g, toks_add, &e, &r3) == 0, "%s", pfx_errmsg(c));
+    CHECK(r3.done.prompt_tokens >= r1.done.prompt_tokens + 5);
+    /* Refused before sending: a WARM chat, a chat without messages. */
+    uint32_t id;
+    g.warm = 1;
+    CHECK_EQ_INT(pfx_send(c, &g, &id), PFX_EPROTO);
+    g = (pfx_gen){.max_new = 1};
+    CHECK_EQ_INT(pfx_chat(c, &g, toks_add, &e, &r3), PFX_EPROTO);
+    /* The daemon's checks: a bad role. */
+    pfx_chat_msg bad = {"wizard", "x", 1};
+    g = (pfx_gen){.msgs = &bad, .n_msgs = 1, .max_new = 1};
+    CHECK_EQ_INT(pfx_chat(c, &g, toks_add, &e, &r3), PFX_ESERVER);
+    CHECK_EQ_INT(pfx_server_error(c), PROTO_ERR_BAD_REQUEST);
+    CHECK_STR_CONTAINS(r3.server_msg, "messages[0].role");
+    pfx_close(c);
+    daemon_stop();
+}
+
+/* A model without a template: no capability, and CHAT is answered NO_TEMPLATE. */
+static void test_chat_no_template(void)
+{
+    pfx_conn *c = daemon_start();
+    CHECK_EQ_INT(pfx_has_chat(c), 0);
+    pfx_chat_msg m = {"user", "Hi", 2};
+    pfx_gen g = {.msgs = &m, .n_msgs = 1, .max_new = 4};
+    toks t = {0};
+    pfx_result r;
+    CHECK_EQ_INT(pfx_chat(c, &g, toks_add, &t, &r), PFX_ESERVER);
+    CHECK_EQ_INT(r.server_code, PROTO_ERR_NO_TEMPLATE);
+    CHECK_STR_CONTAINS(r.server_msg, "--chat-template");
+    pfx_close(c);
+    daemon_stop();
+}
+
 static const harness_case cases[] = {
+    {"chat", test_chat},
+    {"chat_no_template", test_chat_no_template},
     {"counts_too_large", test_counts_too_large},
     {"interleaved", test_interleaved},
     {"stats_while_generating", test_stats_while_generating},

@@ -164,7 +164,72 @@ static void test_utf8_and_ns(void)
     CHECK_STR_EQ(proto_strerror(PROTO_ERR_BUSY), "too many requests");
 }
 
+/* CHAT: the PROTOCOL.md example byte for byte, a round trip of its message list, and bodies
+ * that are refused (a list shorter than its count, unknown flags). */
+static void test_chat(void)
+{
+    uint8_t buf[256];
+    proto_msg m = {0}, d;
+    proto_chat_msg one = {{"user", 4}, {"Hi", 2}};
+    m.type = PROTO_CHAT;
+    m.id = 2;
+    m.u.chat.max_new = 8;
+    m.u.chat.ns = (proto_str){"", 0};
+    m.u.chat.system = (proto_str){"", 0};
+    m.u.chat.n_msgs = 1;
+    m.u.chat.msgs = &one;
+    size_t n = enc(&m, buf, sizeof buf);
+    const uint8_t want[] = {0x36, 0, 0, 0, 15,  0,   0,   0,   2, 0, 0, 0, /* header */
+                            8,    0, 0, 0,                                 /* max_new */
+                            0,    0, 0, 0, 0,   0,   0,   0,               /* temp, top_p */
+                            0,    0, 0, 0, 0,   0,   0,   0,               /* seed */
+                            0,    0, 0, 0,                                 /* namespace */
+                            0,    0, 0, 0,                                 /* system */
+                            1,    0, 0, 0,                                 /* one message */
+                            4,    0, 0, 0, 'u', 's', 'e', 'r', 2, 0, 0, 0, 'H', 'i'};
+    CHECK_EQ_INT(n, sizeof want);
+    CHECK(memcmp(buf, want, n) == 0);
+
+    proto_chat_msg two[2] = {{{"user", 4}, {"<|eot_id|>", 10}}, {{"assistant", 9}, {"", 0}}};
+    m.u.chat.system = (proto_str){"Be brief.", 9};
+    m.u.chat.ns = (proto_str){"t1", 2};
+    m.u.chat.temp = 0.5f;
+    m.u.chat.n_msgs = 2;
+    m.u.chat.msgs = two;
+    n = enc(&m, buf, sizeof buf);
+    CHECK_EQ_INT(proto_decode(buf, n, 4096, &d), n);
+    CHECK_EQ_INT(d.type, PROTO_CHAT);
+    CHECK(d.u.chat.temp == 0.5f && d.u.chat.n_msgs == 2 && d.u.chat.msgs == NULL);
+    CHECK(d.u.chat.system.len == 9 && memcmp(d.u.chat.system.p, "Be brief.", 9) == 0);
+    size_t off = 0;
+    proto_chat_msg r;
+    for (int i = 0; i < 2; i++) {
+        CHECK(proto_chat_next(&d.u.chat, &off, &r) == 1);
+        CHECK(r.role.len == two[i].role.len && !memcmp(r.role.p, two[i].role.p, r.role.len));
+        CHECK(r.content.len == two[i].content.len &&
+              !memcmp(r.content.p, two[i].content.p, r.content.len));
+    }
+    CHECK(proto_chat_next(&d.u.chat, &off, &r) == 0);
+    /* Re-encoding the decoded list gives the same bytes. */
+    uint8_t again[256];
+    CHECK_EQ_INT(proto_encode(&d, again, sizeof again), n);
+    CHECK(memcmp(again, buf, n) == 0);
+    /* A count larger than the list. */
+    buf[12 + 20 + 6 + 13] = 3; /* the count, after max_new..seed, "t1", "Be brief." */
+    CHECK_EQ_INT(proto_decode(buf, n, 4096, &d), n);
+    CHECK_EQ_INT(d.type, PROTO_TYPE_INVALID);
+    CHECK_EQ_INT(d.u.error.code, PROTO_ERR_BAD_FRAME);
+    /* Unknown flags. */
+    m.flags = 1;
+    n = enc(&m, buf, sizeof buf);
+    CHECK_EQ_INT(proto_decode(buf, n, 4096, &d), n);
+    CHECK_EQ_INT(d.type, PROTO_TYPE_INVALID);
+    CHECK_EQ_INT(d.u.error.code, PROTO_ERR_BAD_REQUEST);
+    CHECK_STR_EQ(proto_strerror(PROTO_ERR_NO_TEMPLATE), "the model has no chat template");
+}
+
 static const harness_case cases[] = {
+    {"chat", test_chat},
     {"roundtrip", test_roundtrip},
     {"vectors", test_vectors},
     {"partial_and_errors", test_partial_and_errors},

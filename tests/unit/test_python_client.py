@@ -9,6 +9,9 @@ import prefixd  # noqa: E402
 HELLO = bytes.fromhex("14000000 0100 0000 00000000 50465844 0100 0000 00000000".replace(" ", ""))
 GEN = bytes.fromhex(("26000000 0300 0000 01000000 08000000 00000000 00000000 0000000000000000"
                      " 00000000 02000000 4869").replace(" ", ""))
+CHAT = bytes.fromhex(("36000000 0f00 0000 02000000 08000000 00000000 00000000 0000000000000000"
+                      " 00000000 00000000 01000000 04000000 75736572 02000000 4869")
+                     .replace(" ", ""))
 
 fails = 0
 
@@ -22,6 +25,8 @@ def check(cond, what):
 
 check(prefixd.encode_hello() == HELLO, "HELLO bytes")
 check(prefixd.encode_generate(1, "Hi", max_new=8) == GEN, "GENERATE bytes")
+check(prefixd.encode_chat(2, [{"role": "user", "content": "Hi"}], max_new=8) == CHAT, "CHAT bytes")
+check(prefixd.encode_chat(2, [("user", "Hi")], max_new=8) == CHAT, "CHAT bytes from pairs")
 f, n = prefixd.decode_frame(GEN[:-1])
 check(f is None and n == 0, "partial frame")
 tok = prefixd.encode_frame(prefixd.TOKEN, 7, struct.pack("<i", 42) + struct.pack("<I", 3) + b"abc")
