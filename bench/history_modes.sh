@@ -78,6 +78,15 @@ start() { # binary, then options
   echo "history_modes.sh: the daemon did not answer within 60 s" >&2; exit 1
 }
 stop() { kill -TERM "$pid"; wait "$pid" || true; pid=""; }
+# The engine's own figures of a mode's run: time in prefill, decode and the history recompute.
+engine_stats() { # label
+  "$prefixctl" --socket "$sock" stats --json | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+print(",".join([sys.argv[1]] + [str(j.get(k, 0)) for k in
+      ("prefill_ms", "decode_ms", "history_ms", "history_tokens", "history_superseded")]))' "$1" \
+    >>"$work/engine.csv"
+}
 workloads() { # label, seed
   local common=(--seed "$2" --system-tokens "$P" --user-tokens 40 --csv "$csv" --append --quiet)
   "$prefixctl" --socket "$sock" bench --label "$1/chat" "${common[@]}" --warm --workload chat \
@@ -94,16 +103,16 @@ echo "== model $model; $runs run(s); P $P; load $(cut -d' ' -f1-3 /proc/loadavg)
 for r in $(seq 1 "$runs"); do
   if [ -n "$before" ]; then
     echo "== run $r/$runs: before" >&2
-    start "$before"; workloads before "$r"; stop
+    start "$before"; workloads before "$r"; engine_stats before; stop
   fi
   echo "== run $r/$runs: decode-history" >&2
-  start "$prefixd" --decode-history; workloads decode-history "$r"; stop
+  start "$prefixd" --decode-history; workloads decode-history "$r"; engine_stats decode-history; stop
   echo "== run $r/$runs: exact" >&2
-  start "$prefixd"; workloads exact "$r"; stop
+  start "$prefixd"; workloads exact "$r"; engine_stats exact; stop
 done
 echo "== load at the end $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-[ -n "$out" ] && { mkdir -p "$out"; cp "$csv" "$out/history.csv"; }
-python3 - "$csv" <<'EOF'
+[ -n "$out" ] && { mkdir -p "$out"; cp "$csv" "$out/history.csv"; cp "$work/engine.csv" "$out/"; }
+python3 - "$csv" "$work/engine.csv" <<'EOF'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 modes = []
@@ -131,4 +140,15 @@ for m in modes:
     d8, _ = med_by_run(m + "/decode8", rate)
     print(f"| {m} | {t:.1f} | {t2:.1f} | {tk:.1f} | {d1:.1f} | {d8:.1f} |")
 print(f"(medians over runs of each run's median; {n} runs)")
+print()
+print("| mode | engine prefill ms | decode ms | history recompute ms | positions recomputed | recomputes superseded |")
+print("|---|---|---|---|---|---|")
+eng = {}
+for line in open(sys.argv[2]):
+    f = line.strip().split(",")
+    eng.setdefault(f[0], []).append([float(x) for x in f[1:]])
+for m, v in eng.items():
+    med = [statistics.median(col) for col in zip(*v)]
+    print(f"| {m} | {med[0]:.0f} | {med[1]:.0f} | {med[2]:.0f} | {med[3]:.0f} | {med[4]:.0f} |")
+print("(engine figures: medians over runs of each daemon's totals for all three workloads)")
 EOF
