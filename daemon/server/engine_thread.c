@@ -307,7 +307,9 @@ static void *engine_thread_main(void *arg)
             engine_cancel_matching(s->engine, 0, 0);
             break;
         }
-        if (engine_live(s->engine) > 0)
+        /* Live requests, or background work alone (the rest of a long reply's history
+         * recompute): a runnable engine is stepped, or this loop would spin without progress. */
+        if (engine_live(s->engine) > 0 || engine_runnable(s->engine))
             engine_step(s->engine);
         pthread_mutex_lock(&s->mu);
         s->live = engine_live(s->engine);

@@ -757,5 +757,39 @@ def case_disk_faults():
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def case_long_reply_history():
+    """A reply longer than one prefill chunk (512 positions) is recomputed for the exact history in
+    several steps with nothing else to do: they all run (history_pending back to 0), and then the
+    idle daemon uses no CPU (the engine thread once spun on the unfinished recompute)."""
+    tmp = tempfile.mkdtemp(prefix="prefixd-long-")
+    model = os.path.join(tmp, "long.bin")
+    r = subprocess.run([PREFIXD, "synth", "--shape", "64,160,2,4,4,300,1200", "-o", model],
+                       capture_output=True, text=True, timeout=60)
+    check(r.returncode == 0, "synth: %s" % r.stderr)
+    d = daemon.Daemon(PREFIXD, model, model + ".tok", "--disk-dir", "none", tmp=tmp)
+    try:
+        with prefixd.Client(d.sock) as c:
+            out = c.generate("abc", max_new=700, temp=0)
+            check(len(out["tokens"]) == 700, "700 tokens: %d" % len(out["tokens"]))
+            for _ in range(200):
+                st = c.stats()
+                if st["history_pending"] == 0:
+                    break
+                time.sleep(0.05)
+            check(st["history_pending"] == 0 and st["history_tokens"] >= 699,
+                  "recompute finished: %r" % {k: v for k, v in st.items() if "history" in k})
+        def cpu():
+            with open("/proc/%d/stat" % d.p.pid) as f:
+                v = f.read().rsplit(")", 1)[1].split()
+            return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
+        t0 = cpu()
+        time.sleep(1.5)
+        used = cpu() - t0
+        check(used < 0.3, "the idle daemon used %.2f s of CPU in 1.5 s" % used)
+    finally:
+        check(d.stop() == 0, "daemon exit")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 if __name__ == "__main__":
     daemon.run_cases(daemon.cases_of(globals()), CASE, "prefixd-it-")
