@@ -209,7 +209,7 @@ int main(int argc, char **argv)
     }
     const model_config *c = model_get_config(m);
     model_state *st;
-    model_state_opts so = {16, 512, 8, threads};
+    model_state_opts so = {16, 512, 8, threads, MODEL_TYPE_F32};
     if (model_state_new(m, &so, &st) != 0)
         return 1;
     int32_t *t = malloc(2048 * sizeof(int32_t));

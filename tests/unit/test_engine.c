@@ -29,6 +29,7 @@ typedef struct result {
 } result;
 
 static result res[MAX_REQ];
+static int kv_type; /* the K/V type of every engine new_engine() makes */
 static model *M;
 static model_tokenizer *T;
 
@@ -73,6 +74,7 @@ static engine *new_engine(int no_cache, size_t mem, int key_bits, int max_batch,
     o.max_batch = max_batch;
     o.max_queue = max_queue;
     o.threads = 2;
+    o.kv_type = kv_type;
     o.emit = emit_cb;
     engine *e = NULL;
     CHECK_MSG(engine_new(M, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
@@ -719,7 +721,7 @@ static void test_partial_block_reuse(void)
 {
     setup();
     int B = 16;
-    size_t floats = model_kv_block_floats(model_get_config(M), B);
+    size_t bytes = model_kv_block_bytes(model_get_config(M), B, kv_type);
     int shares[] = {1, 5, 15};
     for (size_t si = 0; si < sizeof shares / sizeof *shares; si++) {
         int share = shares[si];
@@ -750,11 +752,54 @@ static void test_partial_block_reuse(void)
         CHECK_EQ_INT((int)nw, (n + res[1].n - 1) / B);
         CHECK_EQ_INT((int)ng, (int)nw);
         for (size_t i = 0; i < nw; i++)
-            CHECK_MSG(memcmp(want[i], got[i], floats * sizeof(float)) == 0,
-                      "share %d: block %zu differs", share, i);
+            CHECK_MSG(memcmp(want[i], got[i], bytes) == 0, "share %d: block %zu differs", share, i);
         engine_free(e);
         engine_free(ref);
     }
+}
+
+/* With K/V stored as f16 and as q8_0 (stories260K: q8_0 rows of four heads): cached runs give
+ * exactly the uncached greedy tokens (prompts on and off block edges, a chat's history, rows
+ * copied from a block another prompt filled), and a batch gives each request its lone tokens. */
+static void test_kv_types(void)
+{
+    int lens[] = {1, 17, 31, 32, 33, 100, 129, 257};
+    int types[] = {MODEL_TYPE_F16, MODEL_TYPE_Q8_0};
+    for (int i = 0; i < 2; i++) {
+        kv_type = types[i];
+        fprintf(stderr, "  [%s K/V]\n", model_type_name(kv_type));
+        setup();
+        cached_equals_uncached_on(lens, (int)(sizeof lens / sizeof lens[0]));
+        test_chat_history_cached();
+        test_batch_independent();
+        test_partial_block_reuse();
+    }
+    kv_type = MODEL_TYPE_F32;
+}
+
+/* A K/V type the model cannot take is refused by name: q8_0 on a model whose kv rows are 8
+ * elements (one kv head of 8). */
+static void test_kv_type_refused(void)
+{
+    setup();
+    char msg[512], path[PATH_MAX];
+    model_config c;
+    CHECK(model_shape_parse("16,32,1,2,1,512,64", &c, msg, sizeof msg) == 0);
+    snprintf(path, sizeof path, "%s/kv8.bin", harness_tmpdir());
+    CHECK_MSG(model_synth_write(path, &c, 3, msg, sizeof msg) == 0, "%s", msg);
+    model *m = NULL;
+    CHECK_MSG(model_load(path, &m, msg, sizeof msg) == 0, "%s", msg);
+    engine_opts o = {0};
+    o.kv_type = MODEL_TYPE_Q8_0;
+    o.emit = emit_cb;
+    engine *e = NULL;
+    CHECK_EQ_INT(engine_new(m, T, &o, &e, msg, sizeof msg), ENGINE_ECONFIG);
+    CHECK(e == NULL);
+    CHECK_STR_CONTAINS(msg, "q8_0");
+    o.kv_type = MODEL_TYPE_F16;
+    CHECK_MSG(engine_new(m, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
+    engine_free(e);
+    model_free(m);
 }
 
 /* Issue 10 F1: a max_new of 2^32 - 1 (or 2^31 - 1) is "as many as fit", clamped to the
@@ -894,6 +939,8 @@ static void test_exact_history(void)
 static const harness_case cases[] = {
     {"cached_equals_uncached", test_cached_equals_uncached},
     {"cached_equals_uncached_types", test_cached_equals_uncached_types},
+    {"kv_types", test_kv_types},
+    {"kv_type_refused", test_kv_type_refused},
     {"chat_history_cached", test_chat_history_cached},
     {"batch_independent", test_batch_independent},
     {"collisions", test_collisions},
