@@ -1025,6 +1025,7 @@ static int open_remote(engine *e, const cache_opts *co, char *msg, size_t msglen
     memcpy(ro.remote.fingerprint, co->fingerprint, 16);
     ro.remote.block_tokens = co->block_tokens;
     ro.remote.block_floats = co->block_floats;
+    ro.remote.kv_type = co->kv_type;
     ro.remote.timeout_ms = o->remote_timeout_ms;
     ro.remote.ttl_s = o->remote_ttl_s;
     /* The queue holds references on published blocks until they are sent: a quarter of the
@@ -1104,6 +1105,7 @@ int engine_new(const model *m, const model_tokenizer *tok, const engine_opts *op
         memcpy(dw.disk.fingerprint, co.fingerprint, 16);
         dw.disk.block_tokens = co.block_tokens;
         dw.disk.block_floats = co.block_floats;
+        dw.disk.kv_type = co.kv_type;
         dw.disk.reset_incompatible = o.disk_reset;
         /* The spill buffer takes a burst of evictions while the disk thread writes: one
          * admission may evict as many blocks as a whole context holds, and a burst bigger than

@@ -433,6 +433,7 @@ static int new_engine_disk(const model *m, const char *dir, size_t mem, int max_
     o.emit = emit_cb;
     o.disk_dir = dir;
     o.disk_reset = reset;
+    o.kv_type = kv_type;
     if (with_wake)
         o.wake = nop_wake;
     *e = NULL;
@@ -498,6 +499,44 @@ static void test_disk_restart(void)
     CHECK(ds.load_blocks > 0 && ds.loads >= 6);
     engine_free(e);
     engine_free(ref);
+    remove_tmpdir();
+}
+
+/* The disk tier with K/V stored as f16 and as q8_0: a restart loads every full block back, with
+ * exactly the uncached tokens. A directory written with one type is another geometry for
+ * another: refused by name, or wiped with disk_reset. */
+static void test_disk_kv_types(void)
+{
+    int types[] = {MODEL_TYPE_F16, MODEL_TYPE_Q8_0};
+    for (int i = 0; i < 2; i++) {
+        kv_type = types[i];
+        fprintf(stderr, "  [%s K/V]\n", model_type_name(kv_type));
+        test_disk_restart();
+    }
+    setup();
+    make_tmpdir();
+    static int32_t ids[100];
+    prompt_ids(ids, 100, 77);
+    kv_type = MODEL_TYPE_F16;
+    disk_life(tmpdir, ids, 100, 1);
+    char msg[512];
+    engine *e;
+    int rc;
+    kv_type = MODEL_TYPE_Q8_0;
+    rc = new_engine_disk(M, tmpdir, 64 << 20, 2, 0, 0, &e, msg, sizeof msg);
+    CHECK_EQ_INT(rc, ENGINE_EDISK);
+    CHECK_STR_CONTAINS(msg, "of f16 K/V, this daemon uses");
+    CHECK_STR_CONTAINS(msg, "q8_0 K/V");
+    kv_type = MODEL_TYPE_F32;
+    rc = new_engine_disk(M, tmpdir, 64 << 20, 2, 0, 0, &e, msg, sizeof msg);
+    CHECK_EQ_INT(rc, ENGINE_EDISK);
+    kv_type = MODEL_TYPE_Q8_0;
+    CHECK_MSG(new_engine_disk(M, tmpdir, 64 << 20, 2, 1, 0, &e, msg, sizeof msg) == 0, "%s", msg);
+    submit_ids(e, 2, ids, 100, 4);
+    run_all(e);
+    CHECK_EQ_INT(res[2].d.cached_tokens, 0); /* wiped: nothing of the f16 life */
+    engine_free(e);
+    kv_type = MODEL_TYPE_F32;
     remove_tmpdir();
 }
 
@@ -952,6 +991,7 @@ static const harness_case cases[] = {
     {"new_errors", test_new_errors},
     {"warm_and_pin", test_warm_and_pin},
     {"disk_restart", test_disk_restart},
+    {"disk_kv_types", test_disk_kv_types},
     {"disk_pressure", test_disk_pressure},
     {"disk_model_isolation", test_disk_model_isolation},
     {"disk_cancel_loading", test_disk_cancel_loading},
