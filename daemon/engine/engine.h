@@ -101,8 +101,8 @@ typedef void (*engine_emit_fn)(void *arg, const engine_event *ev);
 
 /* The K/V type `prefixd serve` and `run` use unless told (--kv-type); README "K/V types" has
  * the measurements it was chosen from. */
-#define ENGINE_DEFAULT_KV_TYPE MODEL_TYPE_F32
-#define ENGINE_DEFAULT_KV_NAME "f32" /* its name, for the usage texts */
+#define ENGINE_DEFAULT_KV_TYPE MODEL_TYPE_F16
+#define ENGINE_DEFAULT_KV_NAME "f16" /* its name, for the usage texts */
 
 /* The default cache_mem holds this many full contexts' K/V. */
 #define ENGINE_DEFAULT_CONTEXTS 8
