@@ -42,8 +42,8 @@ void openblas_set_num_threads(int num_threads);
 
 /* The K/V layout of a block (model.h): per layer, K then V, runs of B rows, one run per group of
  * `group` consecutive kv heads, each row the group's elements in the K/V type. The group is one
- * head except for q8_0 when head_size is not a multiple of 32: then the fewest heads whose row is
- * (stories260K: head_size 8, four heads to a row of 32). */
+ * head except for q8_0 when head_size is not a multiple of 32: then the fewest heads whose row
+ * makes whole groups of 32 (stories260K: head_size 8, four heads to a row of 32). */
 typedef struct kv_layout {
     int type;      /* MODEL_TYPE_F32, _F16 or _Q8_0 */
     int group;     /* kv heads per row */
@@ -99,7 +99,7 @@ int model_kv_type_check(const model_config *c, int type, char *msg, size_t msgle
                  "kv rows (%d kv heads of head_size %d) cannot be cut so; use f16 or f32",
                  c->n_kv_heads, c->head_size);
     else
-        snprintf(msg, msglen, "K/V type %s: not one K/V can be stored in (f32, f16, q8_0)",
+        snprintf(msg, msglen, "K/V type %s: K/V is stored only as f32, f16 or q8_0",
                  model_type_name(type));
     return MODEL_EINVAL;
 }
