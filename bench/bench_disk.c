@@ -1,7 +1,7 @@
 /* bench_disk.c — the disk tier on a stories110M-shaped model, in-process (the engine, no socket).
  *
  *   bench_disk [--model PATH] [--prefix 1500] [--suffix 40] [--runs 5] [--threads 2]
- *              [--dir DIR] [--decode 128] [--spill-rate 20]
+ *              [--dir DIR] [--decode 128] [--spill-rate 20] [--kv-type f32|f16|q8_0]
  *
  * Per run, with a fresh random prefix:
  *   uncached   an engine with an empty disk tier: the whole prompt is computed (its blocks are
@@ -15,6 +15,7 @@
  * tokens/s at batch 1 alone, beside spills at a steady rate (--spill-rate MB/s, default 20: about
  * what eight decoding streams of this model produce in K/V) and beside spills as fast as the disk
  * thread takes them (a second store fed by a thread: the worst case). Medians over the runs.
+ * --kv-type stores K/V in that type (default f32), in RAM and on disk alike.
  */
 #include "base.h"
 #include "bench_util.h"
@@ -32,11 +33,14 @@
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 
+static int kv_type = MODEL_TYPE_F32;
+
 static engine *open_engine(const model *m, const char *dir, int threads)
 {
     char msg[512];
     engine_opts o = {0};
     o.threads = threads;
+    o.kv_type = kv_type;
     o.max_batch = 1;
     o.max_queue = 1;
     o.emit = bench_emit_cb;
@@ -127,6 +131,8 @@ int main(int argc, char **argv)
             ndec = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--spill-rate"))
             spill_mbs = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--kv-type") && model_kv_type_parse(argv[i + 1], &kv_type) == 0)
+            ;
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -221,7 +227,8 @@ int main(int argc, char **argv)
     wo.disk.max_bytes = (size_t)2 << 30;
     memcpy(wo.disk.fingerprint, model_fingerprint(m), 16);
     wo.disk.block_tokens = 16;
-    wo.disk.block_floats = model_kv_block_floats(c, 16);
+    wo.disk.block_floats = model_kv_block_bytes(c, 16, kv_type) / sizeof(float);
+    wo.disk.kv_type = kv_type;
     wo.spill_bytes = (size_t)64 << 20;
     disk_thread *w;
     if (disk_thread_open(&wo, &w, msg, sizeof msg) != 0) {
@@ -256,9 +263,10 @@ int main(int argc, char **argv)
 
     double mu = bench_median(unc, runs), mw = bench_median(warm, runs),
            mc = bench_median(cold, runs), mr = bench_median(ram, runs);
-    printf("model %s: dim %d, %d layers, vocab %d; prompt = %d-token prefix + %d-token suffix; "
-           "%d threads; medians of %d runs\n",
-           model_path, c->dim, c->n_layers, c->vocab_size, P, S, threads, runs);
+    printf("model %s: dim %d, %d layers, vocab %d; %s K/V; prompt = %d-token prefix + %d-token "
+           "suffix; %d threads; medians of %d runs\n",
+           model_path, c->dim, c->n_layers, c->vocab_size, model_type_name(kv_type), P, S, threads,
+           runs);
     printf("| measure | TTFT (ms) | share of uncached |\n|---|---|---|\n");
     printf("| uncached | %.1f | 100%% |\n", mu);
     printf("| prefix on disk only, page cache warm (%u tokens from disk) | %.1f | %.1f%% |\n",

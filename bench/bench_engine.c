@@ -1,6 +1,6 @@
 /* bench_engine.c — the forward pass against the machine's own limits, in one run.
  *
- *   bench_engine [--model PATH] [--threads 2] [--runs 5] [--decode-only 1|8]
+ *   bench_engine [--model PATH] [--threads 2] [--runs 5] [--decode-only 1|8] [--kv-type T]
  *
  * On a stories110M-shaped model (768, 2048, 12 layers, 12 heads, vocab 32000, seq_len 2048,
  * written to /tmp on first use): prefill tokens/s at 512 and 2048 tokens, decode tokens/s at
@@ -8,7 +8,8 @@
  * and 256 new tokens with the K/V cache against recomputing the whole sequence at every step.
  * The forward pass no longer calls sgemm: its own packed kernel (model/kernels.c) is measured at
  * the same shapes beside it, so the prefill's share can be read against both. Medians of --runs
- * runs. --decode-only 1 measures decode alone; 8, batch 8 alone (for a profiler).
+ * runs. --decode-only 1 measures decode alone; 8, batch 8 alone (for a profiler). --kv-type
+ * f32|f16|q8_0 stores K/V in that type (default f32; bench_kv.c compares the types).
  */
 #include "../model/kernels.h"
 #include "base.h"
@@ -33,12 +34,14 @@ typedef struct seqkv {
 /* A sequence's blocks, carved from one 2 MiB-aligned arena in huge pages as the daemon's block
  * pool is (cache/cache.c): with a separate allocation per block, in 4 KiB pages, decode
  * attention would pay a TLB miss for every 4 KiB run of keys, which the daemon does not. */
+static int kv_type = MODEL_TYPE_F32;
+
 static seqkv seq_new(const model_config *c)
 {
     seqkv s;
     s.n = (c->seq_len + 15) / 16;
     s.blocks = malloc((size_t)s.n * sizeof(float *));
-    size_t bf = model_kv_block_floats(c, 16);
+    size_t bf = model_kv_block_bytes(c, 16, kv_type) / sizeof(float);
     s.arena = base_huge_alloc((size_t)s.n * bf * sizeof(float), 1);
     if (!s.blocks || !s.arena) {
         fprintf(stderr, "out of memory\n");
@@ -194,6 +197,10 @@ int main(int argc, char **argv)
             runs = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--decode-only"))
             decode_only = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--kv-type") && model_kv_type_parse(argv[i + 1], &kv_type)) {
+            fprintf(stderr, "--kv-type '%s': expected f32, f16 or q8_0\n", argv[i + 1]);
+            return 2;
+        }
     }
     if (runs < 1)
         runs = 1;
@@ -209,7 +216,11 @@ int main(int argc, char **argv)
     }
     const model_config *c = model_get_config(m);
     model_state *st;
-    model_state_opts so = {16, 512, 8, threads};
+    model_state_opts so = {16, 512, 8, threads, kv_type};
+    if (model_kv_type_check(c, kv_type, msg, sizeof msg) != 0) {
+        fprintf(stderr, "%s\n", msg);
+        return 2;
+    }
     if (model_state_new(m, &so, &st) != 0)
         return 1;
     int32_t *t = malloc(2048 * sizeof(int32_t));

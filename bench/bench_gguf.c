@@ -151,7 +151,7 @@ static int measure(const char *type, int threads, int runs, int speed, result *o
     }
     const model_config *c = model_get_config(m);
     model_state *s;
-    model_state_opts so = {16, 512, 8, threads};
+    model_state_opts so = {16, 512, 8, threads, MODEL_TYPE_F32};
     if (model_state_new(m, &so, &s) != 0)
         return -1;
     out->rss = rss_mb() - rss0;

@@ -76,7 +76,7 @@ int main(int argc, char **argv)
     }
     /* The floor: S tokens prefilled against P already in blocks (computed once). */
     model_state *ms;
-    model_state_opts so = {16, 512, 1, threads};
+    model_state_opts so = {16, 512, 1, threads, MODEL_TYPE_F32};
     model_state_new(m, &so, &ms);
     int nb = (P + S + 15) / 16;
     size_t bf = model_kv_block_floats(c, 16);

@@ -98,7 +98,15 @@ cache_key cache_root(const cache *c, const void *ns, size_t ns_len)
     XXH3_128bits_update(&st, c->o.fingerprint, 16);
     int32_t geo[4] = {c->o.n_layers, c->o.n_kv_heads, c->o.head_size, c->o.block_tokens};
     XXH3_128bits_update(&st, geo, sizeof geo);
-    XXH3_128bits_update(&st, "f32", 3);
+    /* The K/V type: an F32 root keeps the bytes it always had, so stores written before the
+     * type was chosen stay valid; another type folds in its id. */
+    if (c->o.kv_type == 0) {
+        XXH3_128bits_update(&st, "f32", 3);
+    } else {
+        int32_t t = c->o.kv_type;
+        XXH3_128bits_update(&st, "kv-type", 7);
+        XXH3_128bits_update(&st, &t, sizeof t);
+    }
     uint64_t nl = ns_len;
     XXH3_128bits_update(&st, &nl, sizeof nl);
     if (ns_len)

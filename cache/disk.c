@@ -837,11 +837,15 @@ static int meta_format_ok(const cache_disk *d, const MDB_val *v, char *why, size
                  CACHE_DISK_FORMAT);
         return 0;
     }
-    if (f.block_tokens != (uint32_t)d->block_tokens || f.block_floats != d->block_floats) {
+    if (f.block_tokens != (uint32_t)d->block_tokens || f.block_floats != d->block_floats ||
+        f.kv_type != d->fmt.kv_type) {
+        char a[32], b[32];
         snprintf(why, whylen,
-                 "block geometry %u tokens x %llu floats, this daemon uses %d tokens x %zu floats",
-                 f.block_tokens, (unsigned long long)f.block_floats, d->block_tokens,
-                 d->block_floats);
+                 "block geometry %u tokens x %llu floats of %s K/V, this daemon uses %d tokens x "
+                 "%zu floats of %s K/V",
+                 f.block_tokens, (unsigned long long)f.block_floats,
+                 cache_kv_type_name(f.kv_type, a, sizeof a), d->block_tokens, d->block_floats,
+                 cache_kv_type_name(d->fmt.kv_type, b, sizeof b));
         return 0;
     }
     return 1;
@@ -854,6 +858,7 @@ static int meta_write(cache_disk *d, MDB_txn *txn)
     cache_disk_format_rec f = {.magic = CACHE_DISK_META_MAGIC,
                                .version = CACHE_DISK_FORMAT,
                                .block_tokens = (uint32_t)d->block_tokens,
+                               .kv_type = d->fmt.kv_type,
                                .block_floats = d->block_floats};
     MDB_val k = {6, "format"}, v = {sizeof f, &f};
     int rc = L(mdb_put(txn, d->dbi_meta, &k, &v, 0));
@@ -995,7 +1000,7 @@ int cache_disk_open(const cache_disk_opts *o, cache_disk **out, char *msg, size_
     }
     d->block_tokens = o->block_tokens;
     d->block_floats = o->block_floats;
-    cache_value_fmt_init(&d->fmt, o->fingerprint, o->block_tokens, o->block_floats);
+    cache_value_fmt_init(&d->fmt, o->fingerprint, o->block_tokens, o->block_floats, o->kv_type);
     d->payload_bytes = d->fmt.payload_bytes;
     d->val_bytes = d->fmt.val_bytes;
     d->max_bytes = o->max_bytes ? o->max_bytes : CACHE_DISK_DEFAULT_MAX;

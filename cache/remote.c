@@ -197,7 +197,7 @@ int cache_remote_open(const cache_remote_opts *o, cache_remote **out, char *msg,
     r->password = o->password && o->password[0] ? strdup(o->password) : NULL;
     r->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : CACHE_REMOTE_DEFAULT_TIMEOUT;
     r->ttl_s = o->ttl_s ? o->ttl_s : CACHE_REMOTE_DEFAULT_TTL;
-    cache_value_fmt_init(&r->fmt, o->fingerprint, o->block_tokens, o->block_floats);
+    cache_value_fmt_init(&r->fmt, o->fingerprint, o->block_tokens, o->block_floats, o->kv_type);
     r->rbuf = malloc(RBUF_BYTES);
     r->ib = malloc(IB_BYTES);
     r->head = malloc(sizeof(cache_value_hdr) + r->fmt.tok_bytes);

@@ -7,6 +7,7 @@
 #include "cache_value.h"
 
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #define XXH_INLINE_ALL
@@ -25,13 +26,29 @@ _Static_assert(offsetof(cache_value_hdr, fingerprint) == 8 &&
                "value header layout");
 
 void cache_value_fmt_init(cache_value_fmt *f, const uint8_t fingerprint[16], int block_tokens,
-                          size_t block_floats)
+                          size_t block_floats, int kv_type)
 {
     memcpy(f->fingerprint, fingerprint, 16);
     f->block_tokens = (uint32_t)block_tokens;
+    f->kv_type = (uint32_t)kv_type;
     f->payload_bytes = block_floats * sizeof(float);
     f->tok_bytes = ((size_t)block_tokens * 4 + 7) & ~(size_t)7;
     f->val_bytes = sizeof(cache_value_hdr) + f->tok_bytes + f->payload_bytes;
+}
+
+const char *cache_kv_type_name(uint32_t kv_type, char *buf, size_t cap)
+{
+    /* ggml's type ids, as model.h numbers them (cache/ does not include model.h). */
+    switch (kv_type) {
+    case 0:
+        return "f32";
+    case 1:
+        return "f16";
+    case 8:
+        return "q8_0";
+    }
+    snprintf(buf, cap, "type %u", kv_type);
+    return buf;
 }
 
 void cache_value_build_head(const cache_value_fmt *f, void *out, cache_key key, cache_key parent,
@@ -44,6 +61,7 @@ void cache_value_build_head(const cache_value_fmt *f, void *out, cache_key key, 
                            .key = key,
                            .parent = parent,
                            .n_tokens = f->block_tokens,
+                           .kv_type = f->kv_type,
                            .payload_bytes = f->payload_bytes,
                            .checksum = {h.low64, h.high64}};
     memcpy(hdr.fingerprint, f->fingerprint, 16);
@@ -80,6 +98,8 @@ int cache_value_check_head(const cache_value_fmt *f, const void *head, cache_key
         *why = "parent key mismatch";
     else if (h.n_tokens != f->block_tokens || h.payload_bytes != f->payload_bytes)
         *why = "wrong geometry";
+    else if (h.kv_type != f->kv_type)
+        *why = "another K/V type";
     else if (memcmp(p + sizeof h, tokens, (size_t)f->block_tokens * 4) != 0)
         *why = "token ids mismatch";
     return *why ? CACHE_ECORRUPT : 0;

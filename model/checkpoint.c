@@ -143,11 +143,6 @@ uint64_t model_weight_bytes(const model_config *c)
     return model_param_count(c) * sizeof(float);
 }
 
-uint64_t model_kv_bytes_per_token(const model_config *c)
-{
-    return 2ull * (uint64_t)c->n_layers * (uint64_t)c->kv_dim * sizeof(float);
-}
-
 size_t model_kv_block_floats(const model_config *c, int block_tokens)
 {
     return (size_t)c->n_layers * 2 * (size_t)block_tokens * (size_t)c->kv_dim;

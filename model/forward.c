@@ -30,6 +30,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -38,6 +39,81 @@
 /* Provided by OpenBLAS; the model sets it to 1 so that nothing else linked in oversubscribes the
  * cores (the daemon links OpenBLAS through this library). */
 void openblas_set_num_threads(int num_threads);
+
+/* The K/V layout of a block (model.h): per layer, K then V, runs of B rows, one run per group of
+ * `group` consecutive kv heads, each row the group's elements in the K/V type. The group is one
+ * head except for q8_0 when head_size is not a multiple of 32: then the fewest heads whose row
+ * makes whole groups of 32 (stories260K: head_size 8, four heads to a row of 32). */
+typedef struct kv_layout {
+    int type;      /* MODEL_TYPE_F32, _F16 or _Q8_0 */
+    int group;     /* kv heads per row */
+    int runs;      /* runs per (layer, K|V): n_kv_heads / group */
+    int row_elems; /* group x head_size */
+    size_t rb;     /* bytes per row */
+    size_t stride; /* bytes per run: B x rb */
+    size_t block;  /* bytes per block: n_layers x 2 x runs x stride */
+} kv_layout;
+
+/* Fills *l for c, B and type. Returns 0, or MODEL_EINVAL for a type that K/V cannot take or a
+ * q8_0 whose kv rows cannot be cut in groups of 32. */
+static int kv_layout_of(const model_config *c, int B, int type, kv_layout *l)
+{
+    memset(l, 0, sizeof *l);
+    l->type = type;
+    l->group = 1;
+    if (type == MODEL_TYPE_Q8_0) {
+        while (l->group <= c->n_kv_heads &&
+               (c->n_kv_heads % l->group != 0 || (l->group * c->head_size) % 32 != 0))
+            l->group++;
+        if (l->group > c->n_kv_heads)
+            return MODEL_EINVAL;
+    } else if (type != MODEL_TYPE_F32 && type != MODEL_TYPE_F16) {
+        return MODEL_EINVAL;
+    }
+    l->runs = c->n_kv_heads / l->group;
+    l->row_elems = l->group * c->head_size;
+    l->rb = model__quant_row_bytes(type, l->row_elems);
+    l->stride = (size_t)B * l->rb;
+    l->block = (size_t)c->n_layers * 2 * l->runs * l->stride;
+    return 0;
+}
+
+int model_kv_type_parse(const char *name, int *type)
+{
+    int t;
+    if (model_type_parse(name, &t) != 0 ||
+        (t != MODEL_TYPE_F32 && t != MODEL_TYPE_F16 && t != MODEL_TYPE_Q8_0))
+        return MODEL_EINVAL;
+    *type = t;
+    return 0;
+}
+
+int model_kv_type_check(const model_config *c, int type, char *msg, size_t msglen)
+{
+    kv_layout l;
+    if (kv_layout_of(c, 1, type, &l) == 0)
+        return 0;
+    if (type == MODEL_TYPE_Q8_0)
+        snprintf(msg, msglen,
+                 "K/V type q8_0 quantizes K/V rows in groups of 32 elements, and this model's "
+                 "kv rows (%d kv heads of head_size %d) cannot be cut so; use f16 or f32",
+                 c->n_kv_heads, c->head_size);
+    else
+        snprintf(msg, msglen, "K/V type %s: K/V is stored only as f32, f16 or q8_0",
+                 model_type_name(type));
+    return MODEL_EINVAL;
+}
+
+size_t model_kv_block_bytes(const model_config *c, int block_tokens, int kv_type)
+{
+    kv_layout l;
+    return kv_layout_of(c, block_tokens, kv_type, &l) == 0 ? l.block : 0;
+}
+
+uint64_t model_kv_bytes_per_token(const model_config *c, int kv_type)
+{
+    return model_kv_block_bytes(c, 1, kv_type);
+}
 
 struct model_state {
     const model *m;
@@ -70,7 +146,7 @@ struct model_state {
     float *rope_sin;                  /* (seq_len, head_size / 2) */
     float *scratch;                   /* (threads, att_scratch) attention scratch */
     size_t att_scratch;
-    size_t kv_stride; /* floats between one (layer, kv, head) and the next inside a block */
+    kv_layout kv; /* how K/V rows lie in a block (kv_layout_of()) */
 };
 
 /* Rotates the pairs of one head's vector v (head_size) for position pos: (2j, 2j+1) as Llama,
@@ -94,22 +170,30 @@ static void rope(const model_state *s, float *v, int pos)
     }
 }
 
-/* The address of position row `row` of (layer, kv, head) inside one block. */
-static inline float *kv_row(const model_state *s, float *block, int layer, int kv, int head,
-                            int row)
+/* The byte offset, inside a block, of the run holding kv head `head`'s rows of (layer, kv). */
+static inline size_t kv_run(const kv_layout *l, int layer, int kv, int head)
 {
-    return block + ((size_t)(layer * 2 + kv) * s->c.n_kv_heads + head) * s->kv_stride +
-           (size_t)row * s->c.head_size;
+    return ((size_t)(layer * 2 + kv) * l->runs + (size_t)(head / l->group)) * l->stride;
 }
 
-void model_kv_copy_rows(const model_config *c, int block_tokens, float *dst, const float *src,
-                        int rows)
+/* The address of position row `row` of the run of (layer, kv, head group) inside one block. */
+static inline uint8_t *kv_row(const model_state *s, float *block, int layer, int kv, int head,
+                              int row)
 {
-    /* A block is (layer, K|V, kv head) runs of block_tokens rows of head_size floats (kv_row). */
-    size_t run = (size_t)block_tokens * c->head_size, n = (size_t)rows * c->head_size;
-    size_t runs = (size_t)c->n_layers * 2 * c->n_kv_heads;
+    return (uint8_t *)block + kv_run(&s->kv, layer, kv, head) + (size_t)row * s->kv.rb;
+}
+
+void model_kv_copy_rows(const model_config *c, int block_tokens, int kv_type, float *dst,
+                        const float *src, int rows)
+{
+    /* A block is (layer, K|V, head group) runs of block_tokens rows (kv_layout). */
+    kv_layout l;
+    if (kv_layout_of(c, block_tokens, kv_type, &l) != 0)
+        return;
+    size_t runs = (size_t)c->n_layers * 2 * l.runs;
     for (size_t i = 0; i < runs; i++)
-        memcpy(dst + i * run, src + i * run, n * sizeof(float));
+        memcpy((uint8_t *)dst + i * l.stride, (const uint8_t *)src + i * l.stride,
+               (size_t)rows * l.rb);
 }
 
 /* ---- Products: X (rows, n) @ W (d, n)^T -> Y (rows, d), in tasks of row chunks x panels -- */
@@ -244,6 +328,26 @@ typedef struct rows_job {
     int pos0;
 } rows_job;
 
+/* Writes one position's keys and values (kv_dim floats each, RoPE applied) into row `row` of
+ * its block, rounded to the K/V type there (model__quant_row: f16 to nearest even, q8_0 with a
+ * scale per 32): attention reads them back from the block only, so every reader, now or from
+ * the cache later, sees the same bits. */
+static void store_kv(const model_state *s, float *block, int layer, int row, const float *kk,
+                     const float *vv)
+{
+    const kv_layout *l = &s->kv;
+    for (int h = 0; h < s->c.n_kv_heads; h += l->group) {
+        const float *src[2] = {kk + (size_t)h * s->c.head_size, vv + (size_t)h * s->c.head_size};
+        for (int kv = 0; kv < 2; kv++) {
+            uint8_t *dst = kv_row(s, block, layer, kv, h, row);
+            if (l->type == MODEL_TYPE_F32)
+                memcpy(dst, src[kv], (size_t)l->row_elems * sizeof(float));
+            else
+                model__quant_row(l->type, src[kv], dst, l->row_elems);
+        }
+    }
+}
+
 static void rope_and_store(const rows_job *j, int r)
 {
     model_state *s = j->s;
@@ -266,14 +370,9 @@ static void rope_and_store(const rows_job *j, int r)
     }
     for (int h = 0; h < c->n_heads; h++)
         rope(s, q + (size_t)h * hs, p);
-    for (int h = 0; h < c->n_kv_heads; h++) {
+    for (int h = 0; h < c->n_kv_heads; h++)
         rope(s, kk + (size_t)h * hs, p);
-        float *block = k->blocks[p / B];
-        memcpy(kv_row(s, block, j->layer, 0, h, p % B), kk + (size_t)h * hs,
-               (size_t)hs * sizeof(float));
-        memcpy(kv_row(s, block, j->layer, 1, h, p % B), vv + (size_t)h * hs,
-               (size_t)hs * sizeof(float));
-    }
+    store_kv(s, k->blocks[p / B], j->layer, p % B, kk, vv);
 }
 
 static void rows_task(void *arg, int task, int worker)
@@ -362,16 +461,18 @@ static void att_task(void *arg, int task, int worker)
     const model_kv *kv = rj->kv_per_row ? &rj->kv[r0] : rj->kv;
     int pos0 = rj->pos ? rj->pos[r0] : rj->pos0 + r0;
     int kvh = h / (heads / c->n_kv_heads);
-    size_t koff = ((size_t)(rj->layer * 2) * c->n_kv_heads + kvh) * s->kv_stride;
-    size_t voff = ((size_t)(rj->layer * 2 + 1) * c->n_kv_heads + kvh) * s->kv_stride;
+    const kv_layout *l = &s->kv;
+    size_t koff = kv_run(l, rj->layer, 0, kvh), voff = kv_run(l, rj->layer, 1, kvh);
+    int hoff = (kvh % l->group) * hs; /* the head's first element in its rows */
     float *out = s->att + (size_t)r0 * c->dim + (size_t)h * hs;
     const float *q = s->qkv + (size_t)r0 * s->qkv_dim + (size_t)h * hs;
     float scale = 1.0f / sqrtf((float)hs), *scratch = s->scratch + (size_t)worker * s->att_scratch;
     if (rj->kv_per_row && hs <= 256)
-        model__attend1(out, q, pos0, kv->blocks, koff, voff, s->o.block_tokens, hs, scale, scratch);
+        model__attend1(out, q, pos0, kv->blocks, koff, voff, l->rb, hoff, s->o.block_tokens, hs,
+                       l->type, scale, scratch);
     else
         model__attend(out, (size_t)c->dim, q, (size_t)s->qkv_dim, nq, pos0, kv->blocks, koff, voff,
-                      s->o.block_tokens, hs, scale, scratch);
+                      l->rb, hoff, s->o.block_tokens, hs, l->type, scale, scratch);
 }
 
 /* ---- The layers ----------------------------------------------------------------------------- */
@@ -590,6 +691,9 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
         o.threads < 1 || o.threads > 256)
         return MODEL_EINVAL;
     int all_f32;
+    kv_layout kvl;
+    if (kv_layout_of(model_get_config(m), o.block_tokens, o.kv_type, &kvl) != 0)
+        return MODEL_EINVAL;
     if (!weights_types(model_get_config(m), model_get_weights(m), &all_f32))
         return MODEL_ENOTSUP;
     model_state *s = calloc(1, sizeof *s);
@@ -604,7 +708,7 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
     int dim = c->dim, hid = c->hidden_dim;
     s->rows = o.max_prefill > o.max_batch ? o.max_prefill : o.max_batch;
     s->qkv_dim = dim + 2 * c->kv_dim;
-    s->kv_stride = (size_t)o.block_tokens * c->head_size;
+    s->kv = kvl;
     size_t R = (size_t)s->rows, half = (size_t)c->head_size / 2;
     s->x = malloc(R * (size_t)dim * sizeof(float));
     s->xb = malloc(R * (size_t)dim * sizeof(float));

@@ -16,6 +16,7 @@
  * on its own).
  */
 #include "kernels.h"
+#include "quant.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -331,9 +332,66 @@ void MODEL__K(model__gemm_panel)(float *y, size_t ldy, const float *x, size_t ld
 
 /* ---- Attention ------------------------------------------------------------------------------ */
 
+/* K/V rows in their stored type (model.h: f32, f16, or q8_0 groups of 32). The kernels read
+ * them where they lie and convert 16 elements at a time as they go: a converted element is its
+ * exact float value (an f16 widens exactly; a q8_0 element d * q has at most 11 + 7 significant
+ * bits), so attention over a typed row computes bitwise what it computes over the float row
+ * the type's dequantizer gives. A head's hs elements start at element hoff of its row (not 0
+ * only for q8_0 rows that hold several heads, when hs is not a multiple of 32). */
+#define KV_F32 0  /* MODEL_TYPE_F32 */
+#define KV_F16 1  /* MODEL_TYPE_F16 */
+#define KV_Q8_0 8 /* MODEL_TYPE_Q8_0 */
+
+/* Elements [e0, e0 + n) (n <= 16 taken, zero past n) of a row in type, as floats. */
+ALWAYS_INLINE v16 ldkv16(int type, const uint8_t *row, int e0, int n)
+{
+    if (type == KV_F16) {
+        const uint8_t *p = row + (size_t)e0 * 2;
+#ifdef __AVX512F__
+        if (n >= 16)
+            return (v16)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)p));
+#endif
+        v16 r = bc16(0.0f);
+        for (int i = 0; i < n && i < 16; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            r[i] = model__f16_to_f32(h);
+        }
+        return r;
+    }
+    if (type == KV_Q8_0 && (n < 16 || e0 % 32 > 16)) { /* a short run, or across two groups */
+        v16 r = bc16(0.0f);
+        for (int i = 0; i < n && i < 16; i++) {
+            const uint8_t *b = row + (size_t)((e0 + i) / 32) * 34;
+            uint16_t dh;
+            memcpy(&dh, b, 2);
+            r[i] = model__f16_to_f32(dh) * (float)(int8_t)b[2 + (e0 + i) % 32];
+        }
+        return r;
+    }
+    if (type == KV_Q8_0) {
+        const uint8_t *b = row + (size_t)(e0 / 32) * 34;
+        uint16_t dh;
+        memcpy(&dh, b, 2);
+        const int8_t *q = (const int8_t *)(b + 2 + e0 % 32);
+#ifdef __AVX512F__
+        v16 d = (v16)_mm512_cvtph_ps(_mm256_set1_epi16((short)dh));
+        __m128i q8 = _mm_loadu_si128((const __m128i *)(const void *)q);
+        return d * (v16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q8));
+#else
+        v16 d = bc16(model__f16_to_f32(dh)), r;
+        for (int i = 0; i < 16; i++)
+            r[i] = (float)q[i];
+        return d * r;
+#endif
+    }
+    return ld16_part((const float *)(const void *)row + e0, n);
+}
+
 size_t MODEL__K(model__attend_scratch)(int hs, int keys)
 {
-    return (size_t)QT * ((size_t)hs + (size_t)keys);
+    /* Transposed queries (QT x hs), a tile of converted keys (16 x hs), the scores. */
+    return (size_t)QT * (2 * (size_t)hs + (size_t)keys);
 }
 
 /* Scores of g keys (rows of k, hs floats each) against the 16 query lanes of qt (hs x 16):
@@ -373,9 +431,11 @@ static void scores_few(int g, float *sc, const float *k, int hs, const float *qt
 }
 
 /* acc[dd] (16 query lanes) = chain over keys t <= tmax of v_t[d0 + dd] * p_t (p: sc[t][16]),
- * dn <= 16 dimensions, walking the blocks with the accumulators held in registers. */
-ALWAYS_INLINE void values_chunk(int dn, v16 *acc, float *const *blocks, size_t voff, int B, int hs,
-                                int d0, const float *sc, int tmax)
+ * dn <= 16 dimensions, walking the blocks with the accumulators held in registers. Rows of rb
+ * bytes in type, d0 counted from the row's start; a typed row's 16 elements are converted once
+ * per key. */
+ALWAYS_INLINE void values_chunk(int type, int dn, v16 *acc, float *const *blocks, size_t voff,
+                                int B, size_t rb, int d0, const float *sc, int tmax)
 {
     v16 a[16];
 #pragma GCC unroll 16
@@ -385,14 +445,21 @@ ALWAYS_INLINE void values_chunk(int dn, v16 *acc, float *const *blocks, size_t v
         int r = t0 % B, n = B - r;
         if (n > tmax + 1 - t0)
             n = tmax + 1 - t0;
-        const float *v = blocks[t0 / B] + voff + (size_t)r * hs + d0;
+        const uint8_t *v = (const uint8_t *)blocks[t0 / B] + voff + (size_t)r * rb;
         const float *p = sc + (size_t)t0 * QT;
         for (int t = 0; t < n; t++) {
             v16 pt = ld16(p + (size_t)t * QT);
-            const float *vr = v + (size_t)t * hs;
+            if (type == KV_F32) {
+                const float *vr = (const float *)(const void *)(v + (size_t)t * rb) + d0;
 #pragma GCC unroll 16
-            for (int dd = 0; dd < dn; dd++)
-                a[dd] = fma16(bc16(vr[dd]), pt, a[dd]);
+                for (int dd = 0; dd < dn; dd++)
+                    a[dd] = fma16(bc16(vr[dd]), pt, a[dd]);
+            } else {
+                v16 vv = ldkv16(type, v + (size_t)t * rb, d0, dn);
+#pragma GCC unroll 16
+                for (int dd = 0; dd < dn; dd++)
+                    a[dd] = fma16(bc16(vv[dd]), pt, a[dd]);
+            }
         }
         t0 += n;
     }
@@ -401,44 +468,66 @@ ALWAYS_INLINE void values_chunk(int dn, v16 *acc, float *const *blocks, size_t v
         acc[dd] = a[dd];
 }
 
-static void values_16(v16 *acc, float *const *blocks, size_t voff, int B, int hs, int d0,
-                      const float *sc, int tmax)
-{
-    values_chunk(16, acc, blocks, voff, B, hs, d0, sc, tmax);
-}
+#define VALUES_16(T, name)                                                                         \
+    static void name(v16 *acc, float *const *blocks, size_t voff, int B, size_t rb, int d0,        \
+                     const float *sc, int tmax)                                                    \
+    {                                                                                              \
+        values_chunk(T, 16, acc, blocks, voff, B, rb, d0, sc, tmax);                               \
+    }
+VALUES_16(KV_F32, values_16_f32)
+VALUES_16(KV_F16, values_16_f16)
+VALUES_16(KV_Q8_0, values_16_q8_0)
 
 /* The same operations for a last chunk of fewer dimensions; not unrolled. */
-static void values_few(int dn, v16 *acc, float *const *blocks, size_t voff, int B, int hs, int d0,
-                       const float *sc, int tmax)
+static void values_few(int type, int dn, v16 *acc, float *const *blocks, size_t voff, int B,
+                       size_t rb, int d0, const float *sc, int tmax)
 {
     for (int dd = 0; dd < dn; dd++)
         acc[dd] = bc16(0.0f);
     for (int t = 0; t <= tmax; t++) {
-        const float *vr = blocks[t / B] + voff + (size_t)(t % B) * hs + d0;
+        const uint8_t *row = (const uint8_t *)blocks[t / B] + voff + (size_t)(t % B) * rb;
+        float vr[16];
+        st16(vr, ldkv16(type, row, d0, dn));
         v16 pt = ld16(sc + (size_t)t * QT);
         for (int dd = 0; dd < dn; dd++)
             acc[dd] = fma16(bc16(vr[dd]), pt, acc[dd]);
     }
 }
 
+/* Converts g rows (rb bytes apart, in type; the head's elements from hoff) into kt (g x hs
+ * floats). */
+static void keys_to_f32(int type, float *kt, const uint8_t *k, size_t rb, int hoff, int g, int hs)
+{
+    for (int j = 0; j < g; j++)
+        for (int c = 0; c < hs; c += 16)
+            st16_part(kt + (size_t)j * hs + c, ldkv16(type, k + (size_t)j * rb, hoff + c, hs - c),
+                      hs - c);
+}
+
 void MODEL__K(model__attend)(float *out, size_t ldo, const float *q, size_t ldq, int nq, int pos0,
-                             float *const *blocks, size_t koff, size_t voff, int B, int hs,
-                             float scale, float *scratch)
+                             float *const *blocks, size_t koff, size_t voff, size_t rb, int hoff,
+                             int B, int hs, int type, float scale, float *scratch)
 {
     int tmax = pos0 + nq - 1; /* the last key any query of the tile sees */
-    float *qt = scratch, *sc = scratch + (size_t)QT * hs;
+    float *qt = scratch, *kt = scratch + (size_t)QT * hs, *sc = kt + (size_t)QT * hs;
     /* Queries transposed: qt[d][i], zero in the lanes past nq. */
     for (int d = 0; d < hs; d++)
         for (int i = 0; i < QT; i++)
             qt[(size_t)d * QT + i] = i < nq ? q[(size_t)i * ldq + d] : 0.0f;
-    /* Scores, 16 keys at a time within each block: sc[t][i]. */
+    /* Scores, 16 keys at a time within each block: sc[t][i]. Typed keys (or rows of more than
+     * the head) are converted into kt first, a tile at a time (16 queries read each). */
     for (int t0 = 0; t0 <= tmax;) {
         int r = t0 % B, g = B - r;
         if (g > 16)
             g = 16;
         if (g > tmax + 1 - t0)
             g = tmax + 1 - t0;
-        const float *k = blocks[t0 / B] + koff + (size_t)r * hs;
+        const uint8_t *kb = (const uint8_t *)blocks[t0 / B] + koff + (size_t)r * rb;
+        const float *k = (const float *)(const void *)kb;
+        if (type != KV_F32 || hoff != 0 || rb != (size_t)hs * 4) {
+            keys_to_f32(type, kt, kb, rb, hoff, g, hs);
+            k = kt;
+        }
         if (g == 16)
             scores_16(sc + (size_t)t0 * QT, k, hs, qt, scale);
         else
@@ -467,10 +556,15 @@ void MODEL__K(model__attend)(float *out, size_t ldo, const float *q, size_t ldq,
     for (int d0 = 0; d0 < hs; d0 += 16) {
         int dn = hs - d0 < 16 ? hs - d0 : 16;
         v16 acc[16];
-        if (dn == 16)
-            values_16(acc, blocks, voff, B, hs, d0, sc, tmax);
+        int e0 = hoff + d0; /* the chunk's first element in the row */
+        if (dn == 16 && type == KV_F16)
+            values_16_f16(acc, blocks, voff, B, rb, e0, sc, tmax);
+        else if (dn == 16 && type == KV_Q8_0)
+            values_16_q8_0(acc, blocks, voff, B, rb, e0, sc, tmax);
+        else if (dn == 16)
+            values_16_f32(acc, blocks, voff, B, rb, e0, sc, tmax);
         else
-            values_few(dn, acc, blocks, voff, B, hs, d0, sc, tmax);
+            values_few(type, dn, acc, blocks, voff, B, rb, e0, sc, tmax);
         for (int dd = 0; dd < dn; dd++) {
             v16 o = acc[dd] * inv;
             for (int i = 0; i < nq; i++)
@@ -480,24 +574,32 @@ void MODEL__K(model__attend)(float *out, size_t ldo, const float *q, size_t ldq,
 }
 
 /* Keys (or values) prefetched ahead of the decode attention's loops. A head's rows are runs of
- * B x head_size floats (4 KiB at B 16, head_size 64) scattered over the blocks, each too short
- * for the hardware prefetcher to get going, so the loops ask for the rows ATT_AHEAD keys ahead
- * themselves (8 KiB at head_size 64). */
+ * B rows (4 KiB at B 16, head_size 64, f32) scattered over the blocks, each too short for the
+ * hardware prefetcher to get going, so the loops ask for the rows ATT_AHEAD keys ahead
+ * themselves (8 KiB at head_size 64, f32). */
 #define ATT_AHEAD 32
 
-/* Prefetches the rows of keys [t, t + n) that exist (t <= last) at blocks[.] + off. */
-static inline void prefetch_keys(float *const *blocks, size_t off, int B, int hs, int t, int n,
-                                 int last)
+/* Prefetches bytes [lo, hi) of the rows (rb bytes each) of keys [t, t + n) that exist
+ * (t <= last) at blocks[.] + off: the whole run when [lo, hi) is the whole row. */
+static inline void prefetch_keys(float *const *blocks, size_t off, int B, size_t rb, size_t lo,
+                                 size_t hi, int t, int n, int last)
 {
     int end = t + n - 1 < last ? t + n - 1 : last; /* inclusive */
     while (t <= end) {
         int r = t % B, m = B - r;
         if (m > end + 1 - t)
             m = end + 1 - t;
-        const char *p = (const char *)(blocks[t / B] + off + (size_t)r * hs);
-        const char *e = p + (size_t)m * hs * sizeof(float);
-        for (p = (const char *)((uintptr_t)p & ~(uintptr_t)63); p < e; p += 64)
-            __builtin_prefetch(p, 0, 3);
+        const char *p = (const char *)blocks[t / B] + off + (size_t)r * rb;
+        if (lo == 0 && hi == rb) {
+            const char *e = p + (size_t)m * rb;
+            for (p = (const char *)((uintptr_t)p & ~(uintptr_t)63); p < e; p += 64)
+                __builtin_prefetch(p, 0, 3);
+        } else {
+            for (int i = 0; i < m; i++, p += rb)
+                for (const char *q = (const char *)((uintptr_t)(p + lo) & ~(uintptr_t)63);
+                     q < p + hi; q += 64)
+                    __builtin_prefetch(q, 0, 3);
+        }
         t += m;
     }
 }
@@ -536,38 +638,43 @@ ALWAYS_INLINE v16 hsum16x16(const v16 *a)
 #endif
 }
 
-/* Scores of g <= 16 consecutive keys k (rows of hs floats) against one query (chunks vectors
- * qv): sc[j] = hsum16(chain over chunks of k_j * q) * scale. A full group takes the tree above,
- * a short one hsum16 per key: bitwise the same. */
-ALWAYS_INLINE void scores1(int chunks, int g, float *sc, const float *k, int hs, const v16 *qv,
-                           float scale)
+/* Scores of g <= 16 consecutive keys k (rows of rb bytes in type, hs elements) against one
+ * query (chunks vectors qv): sc[j] = hsum16(chain over chunks of k_j * q) * scale. A full group
+ * takes the tree above, a short one hsum16 per key: bitwise the same. */
+ALWAYS_INLINE void scores1(int type, int chunks, int g, float *sc, const uint8_t *k, int hs,
+                           size_t rb, int hoff, const v16 *qv, float scale)
 {
     v16 acc[16];
     if (g == 16) {
 #pragma GCC unroll 16
         for (int j = 0; j < 16; j++) {
-            const float *kt = k + (size_t)j * hs;
-            acc[j] = ld16_part(kt, hs) * qv[0];
+            const uint8_t *kt = k + (size_t)j * rb;
+            acc[j] = ldkv16(type, kt, hoff, hs) * qv[0];
             for (int c = 1; c < chunks; c++)
-                acc[j] = fma16(ld16_part(kt + c * 16, hs - c * 16), qv[c], acc[j]);
+                acc[j] = fma16(ldkv16(type, kt, hoff + c * 16, hs - c * 16), qv[c], acc[j]);
         }
         st16(sc, hsum16x16(acc) * bc16(scale));
         return;
     }
     for (int j = 0; j < g; j++) {
-        const float *kt = k + (size_t)j * hs;
-        v16 a = ld16_part(kt, hs) * qv[0];
+        const uint8_t *kt = k + (size_t)j * rb;
+        v16 a = ldkv16(type, kt, hoff, hs) * qv[0];
         for (int c = 1; c < chunks; c++)
-            a = fma16(ld16_part(kt + c * 16, hs - c * 16), qv[c], a);
+            a = fma16(ldkv16(type, kt, hoff + c * 16, hs - c * 16), qv[c], a);
         sc[j] = hsum16(a) * scale;
     }
 }
 
-/* Head size 64, the common case, with its loops' bounds known to the compiler. */
-static void scores1_64(int g, float *sc, const float *k, const v16 *qv, float scale)
-{
-    scores1(4, g, sc, k, 64, qv, scale);
-}
+/* Head size 64, the common case, with its loops' bounds known to the compiler (one per type). */
+#define SCORES1_64(T, name)                                                                        \
+    static void name(int g, float *sc, const uint8_t *k, size_t rb, int hoff, const v16 *qv,       \
+                     float scale)                                                                  \
+    {                                                                                              \
+        scores1(T, 4, g, sc, k, 64, rb, hoff, qv, scale);                                          \
+    }
+SCORES1_64(KV_F32, scores1_64_f32)
+SCORES1_64(KV_F16, scores1_64_f16)
+SCORES1_64(KV_Q8_0, scores1_64_q8_0)
 
 /* One query (decode): the same softmax attention with the keys in the lanes instead. A score is
  * the query's dot product with the key: 16-float chunks multiplied and chained over the chunks,
@@ -575,33 +682,44 @@ static void scores1_64(int g, float *sc, const float *k, const v16 *qv, float sc
  * with per-lane sums (lane j sums keys t = j mod 16 in order) added up by hsum16; the output is
  * the sum over keys of p_t * v_t, 16 dimensions per vector (for head_size 64, even and odd keys
  * in two chains added at the end), times 1 / sum. The operations depend on pos, B and the
- * inputs only. */
-void MODEL__K(model__attend1)(float *out, const float *q, int pos, float *const *blocks,
-                              size_t koff, size_t voff, int B, int hs, float scale, float *scratch)
+ * inputs only. One body, instantiated per K/V type (type is a constant in each). */
+ALWAYS_INLINE void attend1(int type, float *out, const float *q, int pos, float *const *blocks,
+                           size_t koff, size_t voff, size_t rb, int hoff, int B, int hs,
+                           float scale, float *scratch)
 {
     int chunks = (hs + 15) / 16;
+    /* The bytes of a row the head reads: the whole row, or its q8_0 groups that hold the head. */
+    size_t lo = 0, hi = rb;
+    if (type == KV_Q8_0 && (size_t)hs / 32 * 34 != rb) {
+        lo = (size_t)(hoff / 32) * 34;
+        hi = (size_t)((hoff + hs - 1) / 32 + 1) * 34;
+    }
     float *sc = scratch;
     v16 qv[16]; /* head_size <= 256 (checked by the caller) */
     for (int c = 0; c < chunks; c++)
         qv[c] = ld16_part(q + c * 16, hs - c * 16);
-    prefetch_keys(blocks, koff, B, hs, 0, ATT_AHEAD, pos);
+    prefetch_keys(blocks, koff, B, rb, lo, hi, 0, ATT_AHEAD, pos);
     for (int t0 = 0; t0 <= pos;) {
         int r = t0 % B, n = B - r;
         if (n > pos + 1 - t0)
             n = pos + 1 - t0;
-        const float *k = blocks[t0 / B] + koff + (size_t)r * hs;
+        const uint8_t *k = (const uint8_t *)blocks[t0 / B] + koff + (size_t)r * rb;
         for (int t = 0; t < n; t += 16) {
             int g = n - t < 16 ? n - t : 16;
-            prefetch_keys(blocks, koff, B, hs, t0 + t + ATT_AHEAD, g, pos);
-            if (hs == 64)
-                scores1_64(g, sc + t0 + t, k + (size_t)t * 64, qv, scale);
+            prefetch_keys(blocks, koff, B, rb, lo, hi, t0 + t + ATT_AHEAD, g, pos);
+            if (hs == 64 && type == KV_F16)
+                scores1_64_f16(g, sc + t0 + t, k + (size_t)t * rb, rb, hoff, qv, scale);
+            else if (hs == 64 && type == KV_Q8_0)
+                scores1_64_q8_0(g, sc + t0 + t, k + (size_t)t * rb, rb, hoff, qv, scale);
+            else if (hs == 64)
+                scores1_64_f32(g, sc + t0 + t, k + (size_t)t * rb, rb, hoff, qv, scale);
             else
-                scores1(chunks, g, sc + t0 + t, k + (size_t)t * hs, hs, qv, scale);
+                scores1(type, chunks, g, sc + t0 + t, k + (size_t)t * rb, hs, rb, hoff, qv, scale);
         }
         t0 += n;
     }
     /* The first values while the softmax runs. */
-    prefetch_keys(blocks, voff, B, hs, 0, ATT_AHEAD, pos);
+    prefetch_keys(blocks, voff, B, rb, lo, hi, 0, ATT_AHEAD, pos);
     int nk = pos + 1;
     v16 mx = bc16(-INFINITY);
     for (int t = 0; t < nk; t += 16)
@@ -626,9 +744,10 @@ void MODEL__K(model__attend1)(float *out, const float *q, int pos, float *const 
         int r = t0 % B, n = B - r;
         if (n > pos + 1 - t0)
             n = pos + 1 - t0;
-        const float *v = blocks[t0 / B] + voff + (size_t)r * hs;
+        const uint8_t *v = (const uint8_t *)blocks[t0 / B] + voff + (size_t)r * rb;
         for (int t = 0; t < n; t += 16)
-            prefetch_keys(blocks, voff, B, hs, t0 + t + ATT_AHEAD, n - t < 16 ? n - t : 16, pos);
+            prefetch_keys(blocks, voff, B, rb, lo, hi, t0 + t + ATT_AHEAD, n - t < 16 ? n - t : 16,
+                          pos);
         if (hs == 64) {
             /* Even and odd keys in two chains, added at the end: eight independent chains keep
              * both FMA units busy where four would wait on latency. */
@@ -638,27 +757,27 @@ void MODEL__K(model__attend1)(float *out, const float *q, int pos, float *const 
             int t = 0;
             if (t0 & 1) { /* an odd first key: the odd chain */
                 v16 pt = bc16(p[0]);
-                b0 = fma16(pt, ld16(v), b0);
-                b1 = fma16(pt, ld16(v + 16), b1);
-                b2 = fma16(pt, ld16(v + 32), b2);
-                b3 = fma16(pt, ld16(v + 48), b3);
+                b0 = fma16(pt, ldkv16(type, v, hoff + 0, 16), b0);
+                b1 = fma16(pt, ldkv16(type, v, hoff + 16, 16), b1);
+                b2 = fma16(pt, ldkv16(type, v, hoff + 32, 16), b2);
+                b3 = fma16(pt, ldkv16(type, v, hoff + 48, 16), b3);
                 t = 1;
             }
             for (; t < n; t += 2) { /* key t is even */
                 v16 pe = bc16(p[t]);
-                const float *ve = v + (size_t)t * 64;
-                a0 = fma16(pe, ld16(ve), a0);
-                a1 = fma16(pe, ld16(ve + 16), a1);
-                a2 = fma16(pe, ld16(ve + 32), a2);
-                a3 = fma16(pe, ld16(ve + 48), a3);
+                const uint8_t *ve = v + (size_t)t * rb;
+                a0 = fma16(pe, ldkv16(type, ve, hoff + 0, 16), a0);
+                a1 = fma16(pe, ldkv16(type, ve, hoff + 16, 16), a1);
+                a2 = fma16(pe, ldkv16(type, ve, hoff + 32, 16), a2);
+                a3 = fma16(pe, ldkv16(type, ve, hoff + 48, 16), a3);
                 if (t + 1 == n)
                     break;
                 v16 po = bc16(p[t + 1]);
-                const float *vo = ve + 64;
-                b0 = fma16(po, ld16(vo), b0);
-                b1 = fma16(po, ld16(vo + 16), b1);
-                b2 = fma16(po, ld16(vo + 32), b2);
-                b3 = fma16(po, ld16(vo + 48), b3);
+                const uint8_t *vo = ve + rb;
+                b0 = fma16(po, ldkv16(type, vo, hoff + 0, 16), b0);
+                b1 = fma16(po, ldkv16(type, vo, hoff + 16, 16), b1);
+                b2 = fma16(po, ldkv16(type, vo, hoff + 32, 16), b2);
+                b3 = fma16(po, ldkv16(type, vo, hoff + 48, 16), b3);
             }
             acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
             acc[4] = b0, acc[5] = b1, acc[6] = b2, acc[7] = b3;
@@ -666,7 +785,8 @@ void MODEL__K(model__attend1)(float *out, const float *q, int pos, float *const 
             for (int t = 0; t < n; t++) {
                 v16 p = bc16(sc[t0 + t]);
                 for (int c = 0; c < chunks; c++)
-                    acc[c] = fma16(p, ld16_part(v + (size_t)t * hs + c * 16, hs - c * 16), acc[c]);
+                    acc[c] = fma16(p, ldkv16(type, v + (size_t)t * rb, hoff + c * 16, hs - c * 16),
+                                   acc[c]);
             }
         }
         t0 += n;
@@ -676,6 +796,18 @@ void MODEL__K(model__attend1)(float *out, const float *q, int pos, float *const 
             acc[c] = acc[c] + acc[c + 4];
     for (int c = 0; c < chunks; c++)
         st16_part(out + c * 16, acc[c] * bc16(inv), hs - c * 16);
+}
+
+void MODEL__K(model__attend1)(float *out, const float *q, int pos, float *const *blocks,
+                              size_t koff, size_t voff, size_t rb, int hoff, int B, int hs,
+                              int type, float scale, float *scratch)
+{
+    if (type == KV_F16)
+        attend1(KV_F16, out, q, pos, blocks, koff, voff, rb, hoff, B, hs, scale, scratch);
+    else if (type == KV_Q8_0)
+        attend1(KV_Q8_0, out, q, pos, blocks, koff, voff, rb, hoff, B, hs, scale, scratch);
+    else
+        attend1(KV_F32, out, q, pos, blocks, koff, voff, rb, hoff, B, hs, scale, scratch);
 }
 
 /* ---- Element-wise --------------------------------------------------------------------------- */

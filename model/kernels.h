@@ -64,19 +64,25 @@ void MODEL__K(model__gemm_panel)(float *y, size_t ldy, const float *x, size_t ld
 
 /* Causal attention of one head for nq <= MODEL__QT queries at consecutive positions pos0 ..
  * pos0 + nq - 1: query i attends over keys 0 .. pos0 + i. q: query i at q + i * ldq (head_size
- * floats, RoPE applied). Keys and values come from blocks of B positions: key t is at
- * blocks[t / B] + koff + (t % B) * hs, its value at ... + voff + ... . out: query i's result at
- * out + i * ldo (hs floats). scratch: model__attend_scratch(hs, pos0 + nq) floats. */
+ * floats, RoPE applied). Keys and values come from blocks of B positions, in rows of rb bytes
+ * in type (MODEL_TYPE_F32, _F16, or _Q8_0: groups of 32 elements, each 34 bytes; a q8_0 row may
+ * hold several heads): key t's row is at byte blocks[t / B] + koff + (t % B) * rb, its value's
+ * at ... + voff + ..., and the head's hs elements start at element hoff of the row. Typed rows
+ * are read in place, converted 16 elements at a time (exactly: the result is bitwise that over
+ * the rows' dequantized floats). out: query i's result at out + i * ldo (hs floats).
+ * scratch: model__attend_scratch(hs, pos0 + nq) floats. */
 void MODEL__K(model__attend)(float *out, size_t ldo, const float *q, size_t ldq, int nq, int pos0,
-                             float *const *blocks, size_t koff, size_t voff, int B, int hs,
-                             float scale, float *scratch);
+                             float *const *blocks, size_t koff, size_t voff, size_t rb, int hoff,
+                             int B, int hs, int type, float scale, float *scratch);
 size_t MODEL__K(model__attend_scratch)(int hs, int keys);
 
 /* The same for one query at position pos (decode), with the keys in the vector lanes: cheaper
  * for a single query, and not bitwise equal to model__attend() (its sums run in another order),
- * but bitwise the same whatever B is. hs <= 256. out: hs floats. scratch: pos + 1 + 16 floats. */
+ * but bitwise the same whatever B is. K/V rows and offsets as model__attend(). hs <= 256.
+ * out: hs floats. scratch: pos + 1 + 16 floats. */
 void MODEL__K(model__attend1)(float *out, const float *q, int pos, float *const *blocks,
-                              size_t koff, size_t voff, int B, int hs, float scale, float *scratch);
+                              size_t koff, size_t voff, size_t rb, int hoff, int B, int hs,
+                              int type, float scale, float *scratch);
 
 /* o (n) = w (n) * (x (n) / sqrt(mean(x^2) + eps)), as in llama2.c (where eps is 1e-5). */
 void MODEL__K(model__rmsnorm)(float *o, const float *x, const float *w, int n, float eps);
@@ -102,11 +108,12 @@ typedef struct model__kernels {
     void (*gemm_panel)(float *y, size_t ldy, const float *x, size_t ldx, const float *panel, int m,
                        int kn, int cols, int first);
     void (*attend)(float *out, size_t ldo, const float *q, size_t ldq, int nq, int pos0,
-                   float *const *blocks, size_t koff, size_t voff, int B, int hs, float scale,
-                   float *scratch);
+                   float *const *blocks, size_t koff, size_t voff, size_t rb, int hoff, int B,
+                   int hs, int type, float scale, float *scratch);
     size_t (*attend_scratch)(int hs, int keys);
     void (*attend1)(float *out, const float *q, int pos, float *const *blocks, size_t koff,
-                    size_t voff, int B, int hs, float scale, float *scratch);
+                    size_t voff, size_t rb, int hoff, int B, int hs, int type, float scale,
+                    float *scratch);
     void (*rmsnorm)(float *o, const float *x, const float *w, int n, float eps);
     void (*silu_mul)(float *o, const float *a, const float *b, int n);
     void (*exp)(float *o, const float *x, int n);

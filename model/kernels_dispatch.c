@@ -81,10 +81,11 @@ void model__gemm_panel(float *y, size_t ldy, const float *x, size_t ldx, const f
 }
 
 void model__attend(float *out, size_t ldo, const float *q, size_t ldq, int nq, int pos0,
-                   float *const *blocks, size_t koff, size_t voff, int B, int hs, float scale,
-                   float *scratch)
+                   float *const *blocks, size_t koff, size_t voff, size_t rb, int hoff, int B,
+                   int hs, int type, float scale, float *scratch)
 {
-    kern->attend(out, ldo, q, ldq, nq, pos0, blocks, koff, voff, B, hs, scale, scratch);
+    kern->attend(out, ldo, q, ldq, nq, pos0, blocks, koff, voff, rb, hoff, B, hs, type, scale,
+                 scratch);
 }
 
 size_t model__attend_scratch(int hs, int keys)
@@ -93,9 +94,10 @@ size_t model__attend_scratch(int hs, int keys)
 }
 
 void model__attend1(float *out, const float *q, int pos, float *const *blocks, size_t koff,
-                    size_t voff, int B, int hs, float scale, float *scratch)
+                    size_t voff, size_t rb, int hoff, int B, int hs, int type, float scale,
+                    float *scratch)
 {
-    kern->attend1(out, q, pos, blocks, koff, voff, B, hs, scale, scratch);
+    kern->attend1(out, q, pos, blocks, koff, voff, rb, hoff, B, hs, type, scale, scratch);
 }
 
 void model__rmsnorm(float *o, const float *x, const float *w, int n, float eps)

@@ -81,6 +81,8 @@ typedef struct cache_opts {
     int n_layers;            /* K/V geometry, folded into the root key */
     int n_kv_heads;          /* ... */
     int head_size;           /* ... */
+    int kv_type;             /* ... and the K/V element type (model.h's MODEL_TYPE_* id: 0 f32,
+                                1 f16, 8 q8_0) */
     cache_evict_fn on_evict; /* optional */
     void *on_evict_arg;      /* passed to on_evict */
     int test_key_bits;       /* test hook: 0 normally; 1..63 keeps only that many low bits of

@@ -15,8 +15,8 @@
  *   database "lru":    u64 sequence number, big-endian (so LMDB's order is access order) -> key
  * A block is keyed by its chained key, whose root folds in the model fingerprint, so blocks of
  * different models share a directory without ever meeting; the header's fingerprint is checked
- * too. A different format version or block geometry is refused (CACHE_EVERSION) unless the
- * caller asks to wipe and recreate.
+ * too. A different format version or block geometry (tokens, payload size, K/V type) is refused
+ * (CACHE_EVERSION) unless the caller asks to wipe and recreate.
  *
  * The directory and its files are private: the directory must belong to the process's effective
  * uid and be writable by nobody else, LMDB's files must be regular files of ours that nobody else
@@ -54,8 +54,9 @@ typedef struct cache_disk_format_rec {
     uint32_t magic;        /* 0: CACHE_DISK_META_MAGIC */
     uint32_t version;      /* 4: CACHE_DISK_FORMAT */
     uint32_t block_tokens; /* 8: B */
-    uint32_t reserved;     /* 12: 0 */
-    uint64_t block_floats; /* 16: floats per block payload */
+    uint32_t kv_type;      /* 12: the K/V element type (cache_value.h; 0 f32 in stores written
+                              before types existed) */
+    uint64_t block_floats; /* 16: 4-byte words per block payload */
 } cache_disk_format_rec;
 
 /* The header that starts every value of "blocks" (88 bytes): the tiers' shared value format,
@@ -70,7 +71,8 @@ typedef struct cache_disk_opts {
     size_t max_bytes;        /* budget of stored values; 0: CACHE_DISK_DEFAULT_MAX (4 GiB) */
     uint8_t fingerprint[16]; /* the model's fingerprint (cache_opts.fingerprint) */
     int block_tokens;        /* B */
-    size_t block_floats;     /* floats per block payload */
+    size_t block_floats;     /* 4-byte words per block payload */
+    int kv_type;             /* the K/V element type (cache_opts.kv_type): part of the geometry */
     int reset_incompatible;  /* 1: wipe a store of another format version / geometry */
     size_t test_map_bytes;   /* test hook: 0 normally; else the LMDB map size to use */
     int test_nosync;         /* test hook: 0 normally; 1: never fsync (for tests that do not

@@ -46,7 +46,8 @@ typedef struct cache_remote_opts {
     const char *password;    /* AUTH with it after connecting; NULL or "": none. Copied. */
     uint8_t fingerprint[16]; /* the model's fingerprint (cache_opts.fingerprint) */
     int block_tokens;        /* B */
-    size_t block_floats;     /* floats per block payload */
+    size_t block_floats;     /* 4-byte words per block payload */
+    int kv_type;             /* the K/V element type (cache_opts.kv_type), in every value */
     double timeout_ms;       /* how long the server may stay silent in an exchange; 0: 50 ms */
     uint32_t ttl_s;          /* expiry of every value written; 0: one day */
 } cache_remote_opts;

@@ -2,9 +2,10 @@
  * (cache_disk.h) stores it in LMDB and the remote tier (cache_remote.h) stores it in Redis.
  *
  * A value is the header below (88 bytes), then the block's token ids (block_tokens i32, padded
- * with zeros to a multiple of 8 bytes), then its payload (block_floats f32), little-endian. The
- * header names everything a load must confirm: the model (fingerprint), the geometry (token
- * count, payload length), the block's own key and its parent's key, and an XXH3-128 checksum of
+ * with zeros to a multiple of 8 bytes), then its payload (block_floats 4-byte words: K/V in the
+ * header's K/V type, model.h's layout), little-endian. The header names everything a load must
+ * confirm: the model (fingerprint), the geometry (token count, payload length, K/V type), the
+ * block's own key and its parent's key, and an XXH3-128 checksum of
  * the payload; the token ids are compared with the caller's. A value that fails any check is
  * never served. Both tiers build values and check them only through the two functions here, so
  * what "verified" means is written once.
@@ -31,7 +32,9 @@ typedef struct cache_value_hdr {
     cache_key key;           /* 24: the block's key (lo, hi) */
     cache_key parent;        /* 40: its parent's key */
     uint32_t n_tokens;       /* 56: block_tokens */
-    uint32_t reserved;       /* 60: 0 */
+    uint32_t kv_type;        /* 60: the K/V element type (cache_opts.kv_type: 0 f32, 1 f16,
+                                8 q8_0); values written before types existed hold 0, as F32
+                                blocks do */
     uint64_t payload_bytes;  /* 64: block_floats * 4 */
     uint64_t checksum[2];    /* 72: XXH3-128 of the payload: low 64 bits, high 64 bits */
 } cache_value_hdr;
@@ -40,13 +43,17 @@ typedef struct cache_value_hdr {
 typedef struct cache_value_fmt {
     uint8_t fingerprint[16];
     uint32_t block_tokens;
+    uint32_t kv_type;     /* cache_opts.kv_type */
     size_t payload_bytes; /* block_floats * 4 */
     size_t tok_bytes;     /* block_tokens * 4, padded to 8 */
     size_t val_bytes;     /* header + token ids + payload: the length of every value */
 } cache_value_fmt;
 
 void cache_value_fmt_init(cache_value_fmt *f, const uint8_t fingerprint[16], int block_tokens,
-                          size_t block_floats);
+                          size_t block_floats, int kv_type);
+
+/* The name of a K/V type id for messages ("f32", "f16", "q8_0", else "type N" in buf). */
+const char *cache_kv_type_name(uint32_t kv_type, char *buf, size_t cap);
 
 /* Writes the value of one block into out (f->val_bytes bytes, caller's memory): the header (with
  * the checksum of data), tokens (block_tokens ids), data (block_floats floats). */

@@ -33,6 +33,8 @@ static void usage(FILE *f)
             "  --seed S            random seed (default: a random one, so each run differs)\n"
             "  --threads N         compute threads (default: all cores)\n"
             "  --block-tokens N    tokens per K/V block (default 16)\n"
+            "  --kv-type T         K/V storage: f32, f16 or q8_0 (default " ENGINE_DEFAULT_KV_NAME
+            ")\n"
             "  --cache-mem SIZE    K/V memory (default: 8 contexts, 64M to RAM/4)\n"
             "  --no-cache          do not share blocks (one request: no difference)\n");
 }
@@ -76,6 +78,7 @@ int srv_cmd_run(int argc, char **argv)
 {
     const char *model_path = NULL, *tok_path = NULL, *prompt = "";
     long n_new = 256, threads = 0, block = 16, ctx_len = 0;
+    int kv_type = ENGINE_DEFAULT_KV_TYPE;
     float temp = PROTO_DEFAULT_TEMP, top_p = PROTO_DEFAULT_TOP_P;
     uint64_t seed = proto_random_seed(), mem = 0;
     int no_cache = 0;
@@ -88,6 +91,7 @@ int srv_cmd_run(int argc, char **argv)
         O_SEED,
         O_THREADS,
         O_BLOCK,
+        O_KV_TYPE,
         O_MEM,
         O_NOCACHE,
         O_CTX,
@@ -101,6 +105,7 @@ int srv_cmd_run(int argc, char **argv)
                                          {"seed", required_argument, 0, O_SEED},
                                          {"threads", required_argument, 0, O_THREADS},
                                          {"block-tokens", required_argument, 0, O_BLOCK},
+                                         {"kv-type", required_argument, 0, O_KV_TYPE},
                                          {"cache-mem", required_argument, 0, O_MEM},
                                          {"no-cache", no_argument, 0, O_NOCACHE},
                                          {"ctx", required_argument, 0, O_CTX},
@@ -150,6 +155,12 @@ int srv_cmd_run(int argc, char **argv)
         case O_THREADS:
             if (srv_parse_int(optarg, 1, 256, &threads) != 0) {
                 fprintf(stderr, "prefixd run: --threads '%s': expected 1..256\n", optarg);
+                return 2;
+            }
+            break;
+        case O_KV_TYPE:
+            if (model_kv_type_parse(optarg, &kv_type) != 0) {
+                fprintf(stderr, "prefixd run: --kv-type '%s': expected f32, f16 or q8_0\n", optarg);
                 return 2;
             }
             break;
@@ -203,10 +214,10 @@ int srv_cmd_run(int argc, char **argv)
     const model_config *c = model_get_config(m);
     fprintf(stderr,
             "model: dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, context %d; "
-            "%.2fM params, %.1f MB weights, %llu K/V bytes per token\n",
+            "%.2fM params, %.1f MB weights, %llu K/V bytes per token (%s)\n",
             c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size,
             c->seq_len, (double)model_param_count(c) / 1e6, (double)model_weight_bytes(c) / 1e6,
-            (unsigned long long)model_kv_bytes_per_token(c));
+            (unsigned long long)model_kv_bytes_per_token(c, kv_type), model_type_name(kv_type));
 
     size_t plen = strlen(prompt), n_ids = 0;
     size_t cap = model_encode_cap(plen);
@@ -235,6 +246,7 @@ int srv_cmd_run(int argc, char **argv)
     run_ctx ctx = {0};
     engine_opts eo = {0};
     eo.block_tokens = (int)block;
+    eo.kv_type = kv_type;
     eo.cache_mem = (size_t)mem;
     eo.no_cache = no_cache;
     eo.max_batch = 1;

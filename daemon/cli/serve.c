@@ -48,6 +48,9 @@ static void usage(FILE *f)
         "                          a batch ends after 20 of these); past it a request\n"
         "                          computes what it did not get\n"
         "  --block-tokens N        tokens per K/V block (default 16)\n"
+        "  --kv-type f32|f16|q8_0  how K/V is stored in RAM, on disk and remote: f32, f16\n"
+        "                          (half the bytes), q8_0 (~3.8x fewer; see the README's\n"
+        "                          'K/V types'); default " ENGINE_DEFAULT_KV_NAME "\n"
         "  --ctx N                 context length, overriding the model file's\n"
         "  --threads N             compute threads (default: all cores)\n"
         "  --max-batch N           requests decoded together (default 32)\n"
@@ -78,9 +81,11 @@ static void usage(FILE *f)
         "  --log-level LEVEL       error, warn, info or debug (default info)\n");
 }
 
-/* $XDG_CACHE_HOME/prefixd/blocks-BxF (else ~/.cache/...), its parents created (0700). Returns 0,
- * or -1 with the reason in buf. */
-static int default_disk_dir(char *buf, size_t cap, int block_tokens, size_t block_floats)
+/* $XDG_CACHE_HOME/prefixd/blocks-BxF (else ~/.cache/...; F: 4-byte words per block, then -TYPE
+ * for a K/V type other than f32), its parents created (0700). Returns 0, or -1 with the reason
+ * in buf. */
+static int default_disk_dir(char *buf, size_t cap, int block_tokens, size_t block_floats,
+                            int kv_type)
 {
     const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
     int n;
@@ -101,7 +106,9 @@ static int default_disk_dir(char *buf, size_t cap, int block_tokens, size_t bloc
     }
     mkdir(buf, 0700);
     size_t len = strlen(buf);
-    n = snprintf(buf + len, cap - len, "/blocks-%dx%zu", block_tokens, block_floats);
+    n = snprintf(buf + len, cap - len, "/blocks-%dx%zu%s%s", block_tokens, block_floats,
+                 kv_type == MODEL_TYPE_F32 ? "" : "-",
+                 kv_type == MODEL_TYPE_F32 ? "" : model_type_name(kv_type));
     if (n < 0 || (size_t)n >= cap - len)
         return snprintf(buf, cap, "the default --disk-dir path is too long"), -1;
     return 0;
@@ -165,6 +172,7 @@ static int bad(const char *opt, const char *val, const char *want)
 int srv_cmd_serve(int argc, char **argv)
 {
     srv_opts o = {0};
+    o.engine.kv_type = ENGINE_DEFAULT_KV_TYPE;
     o.socket_mode = 0600;
     o.max_frame = 16u << 20;
     o.max_output = 8u << 20;
@@ -214,6 +222,7 @@ int srv_cmd_serve(int argc, char **argv)
         O_REMOTE_PW,
         O_REMOTE_TTL,
         O_REMOTE_TO,
+        O_KV_TYPE,
         O_HELP
     };
     static const struct option opts[] = {
@@ -228,6 +237,7 @@ int srv_cmd_serve(int argc, char **argv)
         {"disk-max", required_argument, 0, O_DISKMAX},
         {"disk-reset", no_argument, 0, O_DISKRESET},
         {"block-tokens", required_argument, 0, O_BLOCK},
+        {"kv-type", required_argument, 0, O_KV_TYPE},
         {"threads", required_argument, 0, O_THREADS},
         {"max-batch", required_argument, 0, O_BATCH},
         {"max-queue", required_argument, 0, O_QUEUE},
@@ -306,6 +316,10 @@ int srv_cmd_serve(int argc, char **argv)
             if (srv_parse_int(optarg, 1, 4096, &v) != 0)
                 return bad("--block-tokens", optarg, "1..4096");
             o.engine.block_tokens = (int)v;
+            break;
+        case O_KV_TYPE:
+            if (model_kv_type_parse(optarg, &o.engine.kv_type) != 0)
+                return bad("--kv-type", optarg, "f32, f16 or q8_0");
             break;
         case O_THREADS:
             if (srv_parse_int(optarg, 1, 256, &v) != 0)
@@ -467,10 +481,12 @@ int srv_cmd_serve(int argc, char **argv)
     const model_config *c = model_get_config(m);
     base_log(BASE_LOG_INFO,
              "model %s: dim %d, hidden %d, %d layers, %d heads (%d kv), vocab %d, context %d; "
-             "%.2fM params, %.1f MB weights, %llu K/V bytes per token",
+             "%.2fM params, %.1f MB weights, %llu K/V bytes per token (%s)",
              o.model_path, c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
              c->vocab_size, c->seq_len, (double)model_param_count(c) / 1e6,
-             (double)model_weight_bytes(c) / 1e6, (unsigned long long)model_kv_bytes_per_token(c));
+             (double)model_weight_bytes(c) / 1e6,
+             (unsigned long long)model_kv_bytes_per_token(c, o.engine.kv_type),
+             model_type_name(o.engine.kv_type));
     if (disk_dir && strcmp(disk_dir, "none") == 0) {
         o.engine.disk_dir = NULL;
     } else if (disk_dir) {
@@ -479,7 +495,8 @@ int srv_cmd_serve(int argc, char **argv)
         /* The default is shared by every model: one subdirectory per block geometry, since a
          * store holds blocks of one size (a model of another shape would be refused there). */
         int bt = o.engine.block_tokens ? o.engine.block_tokens : 16;
-        if (default_disk_dir(diskbuf, sizeof diskbuf, bt, model_kv_block_floats(c, bt)) == 0) {
+        size_t bw = model_kv_block_bytes(c, bt, o.engine.kv_type) / 4;
+        if (default_disk_dir(diskbuf, sizeof diskbuf, bt, bw, o.engine.kv_type) == 0) {
             o.engine.disk_dir = diskbuf;
             o.disk_is_default = 1;
         } else {

@@ -415,7 +415,7 @@ static void reuse_partial(engine *e, request *r)
         cache_best_child(e->cache, r->blk[full - 1], r->tok + r->kv_done, (size_t)rem, &child);
     if (k == 0)
         return;
-    model_kv_copy_rows(&e->c, B, r->ptr[full], cache_block_data(child), (int)k);
+    model_kv_copy_rows(&e->c, B, e->o.kv_type, r->ptr[full], cache_block_data(child), (int)k);
     r->kv_done += (int)k;
     r->cached += (int)k;
     e->st.cached_tokens += k;
@@ -1109,6 +1109,7 @@ static int open_remote(engine *e, const cache_opts *co, char *msg, size_t msglen
     memcpy(ro.remote.fingerprint, co->fingerprint, 16);
     ro.remote.block_tokens = co->block_tokens;
     ro.remote.block_floats = co->block_floats;
+    ro.remote.kv_type = co->kv_type;
     ro.remote.timeout_ms = o->remote_timeout_ms;
     ro.remote.ttl_s = o->remote_ttl_s;
     /* The queue holds references on published blocks until they are sent: a quarter of the
@@ -1148,10 +1149,14 @@ int engine_new(const model *m, const model_tokenizer *tok, const engine_opts *op
     e->m = m;
     e->tok = tok;
     e->c = *model_get_config(m);
+    if (model_kv_type_check(&e->c, o.kv_type, msg, msglen) != 0) {
+        engine_free(e);
+        return ENGINE_ECONFIG;
+    }
+    size_t block_bytes = model_kv_block_bytes(&e->c, o.block_tokens, o.kv_type);
     if (o.cache_mem == 0)
-        e->o.cache_mem = o.cache_mem = default_cache_mem(
-            &e->c, o.block_tokens, model_kv_block_floats(&e->c, o.block_tokens) * sizeof(float));
-    model_state_opts so = {o.block_tokens, o.prefill_chunk, o.max_batch, o.threads};
+        e->o.cache_mem = o.cache_mem = default_cache_mem(&e->c, o.block_tokens, block_bytes);
+    model_state_opts so = {o.block_tokens, o.prefill_chunk, o.max_batch, o.threads, o.kv_type};
     int rc = model_state_new(m, &so, &e->ms);
     if (rc != 0) {
         engine_free(e);
@@ -1162,7 +1167,8 @@ int engine_new(const model *m, const model_tokenizer *tok, const engine_opts *op
     co.mem_bytes = o.cache_mem;
     co.pin_bytes = o.pin_max;
     co.block_tokens = o.block_tokens;
-    co.block_floats = model_kv_block_floats(&e->c, o.block_tokens);
+    co.block_floats = block_bytes / sizeof(float); /* a multiple of 4 bytes (model.h) */
+    co.kv_type = o.kv_type;
     memcpy(co.fingerprint, model_fingerprint(m), 16);
     co.n_layers = e->c.n_layers;
     co.n_kv_heads = e->c.n_kv_heads;
@@ -1183,6 +1189,7 @@ int engine_new(const model *m, const model_tokenizer *tok, const engine_opts *op
         memcpy(dw.disk.fingerprint, co.fingerprint, 16);
         dw.disk.block_tokens = co.block_tokens;
         dw.disk.block_floats = co.block_floats;
+        dw.disk.kv_type = co.kv_type;
         dw.disk.reset_incompatible = o.disk_reset;
         /* The spill buffer takes a burst of evictions while the disk thread writes: one
          * admission may evict as many blocks as a whole context holds, and a burst bigger than

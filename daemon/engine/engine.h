@@ -114,6 +114,11 @@ typedef struct engine_event {
 
 typedef void (*engine_emit_fn)(void *arg, const engine_event *ev);
 
+/* The K/V type `prefixd serve` and `run` use unless told (--kv-type); README "K/V types" has
+ * the measurements it was chosen from. */
+#define ENGINE_DEFAULT_KV_TYPE MODEL_TYPE_F16
+#define ENGINE_DEFAULT_KV_NAME "f16" /* its name, for the usage texts */
+
 /* The default cache_mem holds this many full contexts' K/V. */
 #define ENGINE_DEFAULT_CONTEXTS 8
 
@@ -128,6 +133,10 @@ typedef struct engine_opts {
     int max_queue;        /* requests waiting beyond max_batch before BUSY (default 256) */
     int prefill_chunk;    /* prompt tokens prefilled per step (default 512) */
     int threads;          /* compute threads (0: all cores) */
+    int kv_type;          /* K/V element type in every tier: MODEL_TYPE_F32 (0), MODEL_TYPE_F16 or
+                           * MODEL_TYPE_Q8_0 (model.h; refused with a message when the model
+                           * cannot take it). The command line's default is
+                           * ENGINE_DEFAULT_KV_TYPE. */
     int test_key_bits;    /* cache test hook (cache_opts.test_key_bits) */
     int decode_history;   /* 1: publish a reply's blocks as decode wrote them, at once (before
                            * exact history; faster, but the next turn reads K/V that differs

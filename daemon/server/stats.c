@@ -146,6 +146,7 @@ static void add_daemon(server *s, cJSON *j)
 static void add_sizes(server *s, cJSON *j)
 {
     add(j, "block_tokens", s->o.engine.block_tokens);
+    cJSON_AddStringToObject(j, "kv_type", model_type_name(s->o.engine.kv_type));
     cache *c = engine_cache(s->engine);
     if (c) {
         cache_stats cs;

@@ -4,11 +4,18 @@
  * call is handed a block table (model_kv), and position p of a sequence lives in block p / B,
  * row p % B, where B (block_tokens) is chosen when the model_state is made. Within one block the
  * layout serves the attention kernel: for each layer, K then V, for each kv head, the block's B
- * rows of head_size floats lie contiguous:
+ * rows of head_size elements lie contiguous; in F32 (float element i):
  *
  *     block[((layer * 2 + kv) * n_kv_heads + head) * B * head_size + row * head_size + i]
  *
- * (kv = 0 for keys, 1 for values). model/ knows nothing of hashing, disks, sockets or threads'
+ * (kv = 0 for keys, 1 for values). K/V may be stored in another type (model_state_opts.kv_type):
+ * F16 (rows of head_size halves) or Q8_0 (rows of groups of 32 elements, 34 bytes each: an f16
+ * scale d and 32 int8 q, element = d * q, as the weights' Q8_0). A Q8_0 row is one head's
+ * head_size elements when head_size is a multiple of 32; otherwise it holds the fewest
+ * consecutive kv heads whose elements make whole groups (stories260K: head_size 8, four heads to
+ * a row), and the runs are per group of heads instead of per head. Values are rounded to the type
+ * when they are written, and attention reads them in place, so a block's bytes are all there is
+ * to its K/V. model/ knows nothing of hashing, disks, sockets or threads'
  * hand-offs. Every function here may be called from any one thread at a time per handle; a
  * model (weights) is read-only after load and may be shared by several states.
  */
@@ -155,18 +162,34 @@ const uint8_t *model_fingerprint(const model *m);
 uint64_t model_param_count(const model_config *c);
 uint64_t model_weight_bytes(const model_config *c);
 
-/* K/V bytes per token: 2 x layers x kv_dim x sizeof(float). */
-uint64_t model_kv_bytes_per_token(const model_config *c);
+/* Parses a K/V type name ("f32", "f16", "q8_0"; any case) into *type (MODEL_TYPE_*). Returns 0
+ * or MODEL_EINVAL. */
+int model_kv_type_parse(const char *name, int *type);
 
-/* Floats in one K/V block of block_tokens positions: n_layers x 2 x block_tokens x kv_dim. */
+/* Whether c's K/V can be stored in type: F32 and F16 always, Q8_0 when the kv rows can be cut
+ * in groups of 32 (see above). Returns 0, or MODEL_EINVAL with a message naming the type and
+ * the model's head shape in msg. */
+int model_kv_type_check(const model_config *c, int type, char *msg, size_t msglen);
+
+/* K/V bytes per token in kv_type: 2 x layers x kv_dim x 4 (F32), x 2 (F16), x 34 / 32 (Q8_0);
+ * 0 when c cannot take the type. */
+uint64_t model_kv_bytes_per_token(const model_config *c, int kv_type);
+
+/* Bytes in one K/V block of block_tokens positions in kv_type: block_tokens x
+ * model_kv_bytes_per_token() (always a multiple of 4); 0 when c cannot take the type. */
+size_t model_kv_block_bytes(const model_config *c, int block_tokens, int kv_type);
+
+/* Floats in one F32 K/V block of block_tokens positions: n_layers x 2 x block_tokens x kv_dim
+ * (model_kv_block_bytes(c, block_tokens, MODEL_TYPE_F32) / 4). */
 size_t model_kv_block_floats(const model_config *c, int block_tokens);
 
-/* Copies positions [0, rows) of one K/V block (block_tokens positions) into another, for every
- * layer, K and V, and kv head: the rows a request shares with a cached block it does not share
- * whole. The bits are those the block's writer computed, so a request that copies them reads
- * exactly what its own prefill would have written (prefill rows do not depend on the split). */
-void model_kv_copy_rows(const model_config *c, int block_tokens, float *dst, const float *src,
-                        int rows);
+/* Copies positions [0, rows) of one K/V block (block_tokens positions, kv_type) into another, for
+ * every layer, K and V, and kv head: the rows a request shares with a cached block it does not
+ * share whole. The bits are those the block's writer computed, so a request that copies them
+ * reads exactly what its own prefill would have written (prefill rows do not depend on the
+ * split). */
+void model_kv_copy_rows(const model_config *c, int block_tokens, int kv_type, float *dst,
+                        const float *src, int rows);
 
 /* Fills *out with a named shape: "stories260K", "stories15M", "stories42M", "stories110M"
  * (llama2.c's TinyStories shapes; 15M/42M/110M use the 32000-token vocabulary), or parses
@@ -209,9 +232,10 @@ int model_convert_gguf(const model *m, const char *path, int type, char *msg, si
 
 /* ---- Forward pass ------------------------------------------------------------------------- */
 
-/* A block table for one sequence: blocks[i] holds positions [i*B, (i+1)*B). Plain data that the
- * caller fills (from the cache) and hands to the model; blocks must exist for every position a
- * call reads or writes. */
+/* A block table for one sequence: blocks[i] holds positions [i*B, (i+1)*B), in
+ * model_kv_block_bytes() bytes (4-byte aligned; typed as the state's kv_type, whatever the
+ * pointer type says). Plain data that the caller fills (from the cache) and hands to the model;
+ * blocks must exist for every position a call reads or writes. */
 typedef struct model_kv {
     float *const *blocks;
     int n_blocks;
@@ -222,6 +246,8 @@ typedef struct model_state_opts {
     int max_prefill;  /* most tokens per model_prefill() call (default 512) */
     int max_batch;    /* most sequences per model_decode() call (default 32) */
     int threads;      /* compute threads incl. the caller (OpenBLAS's and ours); 0: all cores */
+    int kv_type;      /* K/V element type: MODEL_TYPE_F32 (0, the default), MODEL_TYPE_F16, or
+                         MODEL_TYPE_Q8_0 (model_kv_type_check() says whether c can take it) */
 } model_state_opts;
 
 typedef struct model_state model_state; /* opaque: activations and scratch, sized at creation */
@@ -230,8 +256,8 @@ typedef struct model_state model_state; /* opaque: activations and scratch, size
  * packed copy of the weights (about model_weight_bytes(); the kernels read only that copy),
  * starts threads - 1 worker threads (the forward pass's only threads), and sets OpenBLAS's
  * thread count to 1. Zero fields of opts take their defaults. out: owned by the caller, freed with
- * model_state_free(). Returns 0, MODEL_EINVAL, MODEL_ENOTSUP (weights of a type the kernels do
- * not take yet) or MODEL_ENOMEM. */
+ * model_state_free(). Returns 0, MODEL_EINVAL (an option out of range, or a kv_type the model
+ * cannot take), MODEL_ENOTSUP (weights of a type the kernels do not take yet) or MODEL_ENOMEM. */
 int model_state_new(const model *m, const model_state_opts *opts, model_state **out);
 
 /* Stops the workers and frees. Accepts NULL. */

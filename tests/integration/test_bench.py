@@ -211,9 +211,9 @@ def case_disk_restart():
     tmp = tempfile.mkdtemp(prefix="prefixd-bench-")
     disk = os.path.join(tmp, "disk")
     os.mkdir(disk)
-    # 20 blocks of 16 tokens (1,280 K/V bytes a token): the 2 system prompts and the 4
+    # 20 blocks of 16 tokens (1,280 K/V bytes a token in f32): the 2 system prompts and the 4
     # conversations' histories take 32.
-    opts = ("--cache-mem", str(20 * 16 * 1280), "--disk-dir", disk)
+    opts = ("--cache-mem", str(20 * 16 * 1280), "--kv-type", "f32", "--disk-dir", disk)
     try:
         d = Daemon(tmp, *opts)
         try:

@@ -60,15 +60,16 @@ def case_cache_mem_too_small():
 
 
 def case_cache_mem_default():
-    """Without --cache-mem the cache is sized from the model: stories260K's 8 contexts need 5 MB,
-    so it gets the 64 MiB floor (3,276 blocks of 20,480 bytes), logged with the reason, and the
-    daemon's memory stays near that (it was 1 GiB reserved and written at start)."""
+    """Without --cache-mem the cache is sized from the model: stories260K's 8 contexts need 5 MB
+    (f32 K/V), so it gets the 64 MiB floor (3,276 blocks of 20,480 bytes), logged with the
+    reason, and the daemon's memory stays near that (it was 1 GiB reserved and written at
+    start)."""
     tmp = tempfile.mkdtemp()
     sock = os.path.join(tmp, "p.sock")
     log = open(os.path.join(tmp, "daemon.log"), "w+")
     p = subprocess.Popen([PREFIXD, "serve", "--model", MODEL, "--tokenizer", TOK, "--socket", sock,
-                          "--threads", "1", "--disk-dir", "none", "--log-level", "debug"],
-                         stderr=log)
+                          "--threads", "1", "--disk-dir", "none", "--log-level", "debug",
+                          "--kv-type", "f32"], stderr=log)
     try:
         text = ""
         for _ in range(400):

@@ -676,11 +676,55 @@ def case_disk_kill9():
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def case_kv_types():
+    """--kv-type f32, f16 and q8_0: each serves cached runs with exactly its uncached tokens (also
+    after a restart, from its disk tier) and says its type in STATS; a disk dir written with one
+    type is refused by another, naming both, unless --disk-reset; a bad name exits 2."""
+    ps = [STORY[i % 4] + " so" * i for i in range(6)]
+    tmp = tempfile.mkdtemp(prefix="prefixd-it-")
+    disk = os.path.join(tmp, "disk")
+    for t in ("f32", "f16", "q8_0"):
+        d = Daemon("--no-cache", "--kv-type", t, tmp=tempfile.mkdtemp(prefix="prefixd-it-"))
+        try:
+            with d.client() as c:
+                want = [c.generate(p, max_new=24, temp=0)["tokens"] for p in ps]
+        finally:
+            d.stop()
+        for life in range(2):
+            reset = ("--disk-reset",) if life == 0 else ()
+            d = Daemon("--kv-type", t, "--disk-dir", disk, *reset, tmp=tmp)
+            try:
+                with d.client() as c:
+                    for rep in range(2):
+                        for p, w in zip(ps, want):
+                            r = c.generate(p, max_new=24, temp=0)
+                            check(r["tokens"] == w, "%s life %d: %r vs %r" % (t, life, r, w))
+                    st = c.stats()
+                    check(st["kv_type"] == t, "stats: %r" % st.get("kv_type"))
+                    check(st["cached_tokens"] > 0, "%s: nothing cached: %r" % (t, st))
+                    if life == 1:
+                        check(st["cached_tokens_disk"] > 0, "%s: nothing from disk: %r" % (t, st))
+            finally:
+                d.stop()
+    # The dir now holds q8_0 blocks: f16 is refused, naming both types.
+    p = subprocess.run([PREFIXD, "serve", "--model", MODEL, "--tokenizer", TOK, "--socket",
+                        os.path.join(tmp, "x.sock"), "--kv-type", "f16", "--disk-dir", disk],
+                       capture_output=True, text=True, timeout=60)
+    check(p.returncode != 0 and "q8_0 K/V" in p.stderr and "f16 K/V" in p.stderr,
+          "another type's disk dir: %d %s" % (p.returncode, p.stderr))
+    p = subprocess.run([PREFIXD, "serve", "--model", MODEL, "--tokenizer", TOK, "--socket",
+                        os.path.join(tmp, "x.sock"), "--kv-type", "q4_0"],
+                       capture_output=True, text=True, timeout=60)
+    check(p.returncode == 2 and "--kv-type" in p.stderr and "q4_0" in p.stderr,
+          "bad --kv-type: %d %s" % (p.returncode, p.stderr))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def case_disk_faults():
     """A full tier keeps serving from RAM and says so once; a corrupted value is a miss (and
     deleted), never served; unusable directories are refused at start with a clear message."""
-    # Budget smaller than one block: no spill can be stored.
-    d = Daemon("--cache-mem", "400K", "--disk-max", "16K")
+    # Budget smaller than one block (20 KiB in f32): no spill can be stored.
+    d = Daemon("--cache-mem", "400K", "--disk-max", "16K", "--kv-type", "f32")
     try:
         with d.client() as c:
             for i in range(12):

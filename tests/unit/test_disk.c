@@ -549,6 +549,13 @@ static void test_geometry(void)
     msg = open_fails(&o, CACHE_EVERSION);
     CHECK_STR_CONTAINS(msg, dir);
     CHECK_STR_CONTAINS(msg, "16 tokens x 1280 floats");
+    /* Another K/V type is another geometry, even at the same payload size. */
+    o = opts_for(dir, 64);
+    o.kv_type = 1;
+    msg = open_fails(&o, CACHE_EVERSION);
+    CHECK_STR_CONTAINS(msg, dir);
+    CHECK_STR_CONTAINS(msg, "2560 floats of f32 K/V, this daemon uses 16 tokens x 2560 floats of "
+                            "f16 K/V");
 
     /* Refusing left the store as it was. */
     d = open_dir(dir, 64);
@@ -597,6 +604,22 @@ static void test_geometry(void)
     d = open_opts(&o);
     CHECK_EQ_U64(stats(d).entries, 3);
     get_ok(d, 0);
+    cache_disk_close(d);
+    /* A store of q8_0 K/V: f32 is the foreign type now; reset wipes it for f32. */
+    o = opts_for(dir, 64);
+    o.kv_type = 8;
+    o.reset_incompatible = 1;
+    d = open_opts(&o);
+    CHECK_EQ_U64(stats(d).entries, 0);
+    CHECK_EQ_INT(put_range(d, 0, 2, NULL), 0);
+    cache_disk_close(d);
+    o.kv_type = 0;
+    o.reset_incompatible = 0;
+    msg = open_fails(&o, CACHE_EVERSION);
+    CHECK_STR_CONTAINS(msg, "of q8_0 K/V, this daemon uses");
+    o.reset_incompatible = 1;
+    d = open_opts(&o);
+    CHECK_EQ_U64(stats(d).entries, 0);
     cache_disk_close(d);
     tmpdirs_remove();
 }

@@ -32,6 +32,7 @@ typedef struct result {
 } result;
 
 static result res[MAX_REQ];
+static int kv_type; /* the K/V type of every engine new_engine() makes */
 static model *M;
 static model_tokenizer *T;
 
@@ -78,6 +79,7 @@ static engine *new_engine(int no_cache, size_t mem, int key_bits, int max_batch,
     o.max_batch = max_batch;
     o.max_queue = max_queue;
     o.threads = 2;
+    o.kv_type = kv_type;
     o.emit = emit_cb;
     engine *e = NULL;
     CHECK_MSG(engine_new(M, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
@@ -436,6 +438,7 @@ static int new_engine_disk(const model *m, const char *dir, size_t mem, int max_
     o.emit = emit_cb;
     o.disk_dir = dir;
     o.disk_reset = reset;
+    o.kv_type = kv_type;
     if (with_wake)
         o.wake = nop_wake;
     *e = NULL;
@@ -501,6 +504,44 @@ static void test_disk_restart(void)
     CHECK(ds.load_blocks > 0 && ds.loads >= 6);
     engine_free(e);
     engine_free(ref);
+    remove_tmpdir();
+}
+
+/* The disk tier with K/V stored as f16 and as q8_0: a restart loads every full block back, with
+ * exactly the uncached tokens. A directory written with one type is another geometry for
+ * another: refused by name, or wiped with disk_reset. */
+static void test_disk_kv_types(void)
+{
+    int types[] = {MODEL_TYPE_F16, MODEL_TYPE_Q8_0};
+    for (int i = 0; i < 2; i++) {
+        kv_type = types[i];
+        fprintf(stderr, "  [%s K/V]\n", model_type_name(kv_type));
+        test_disk_restart();
+    }
+    setup();
+    make_tmpdir();
+    static int32_t ids[100];
+    prompt_ids(ids, 100, 77);
+    kv_type = MODEL_TYPE_F16;
+    disk_life(tmpdir, ids, 100, 1);
+    char msg[512];
+    engine *e;
+    int rc;
+    kv_type = MODEL_TYPE_Q8_0;
+    rc = new_engine_disk(M, tmpdir, 64 << 20, 2, 0, 0, &e, msg, sizeof msg);
+    CHECK_EQ_INT(rc, ENGINE_EDISK);
+    CHECK_STR_CONTAINS(msg, "of f16 K/V, this daemon uses");
+    CHECK_STR_CONTAINS(msg, "q8_0 K/V");
+    kv_type = MODEL_TYPE_F32;
+    rc = new_engine_disk(M, tmpdir, 64 << 20, 2, 0, 0, &e, msg, sizeof msg);
+    CHECK_EQ_INT(rc, ENGINE_EDISK);
+    kv_type = MODEL_TYPE_Q8_0;
+    CHECK_MSG(new_engine_disk(M, tmpdir, 64 << 20, 2, 1, 0, &e, msg, sizeof msg) == 0, "%s", msg);
+    submit_ids(e, 2, ids, 100, 4);
+    run_all(e);
+    CHECK_EQ_INT(res[2].d.cached_tokens, 0); /* wiped: nothing of the f16 life */
+    engine_free(e);
+    kv_type = MODEL_TYPE_F32;
     remove_tmpdir();
 }
 
@@ -724,7 +765,7 @@ static void test_partial_block_reuse(void)
 {
     setup();
     int B = 16;
-    size_t floats = model_kv_block_floats(model_get_config(M), B);
+    size_t bytes = model_kv_block_bytes(model_get_config(M), B, kv_type);
     int shares[] = {1, 5, 15};
     for (size_t si = 0; si < sizeof shares / sizeof *shares; si++) {
         int share = shares[si];
@@ -755,11 +796,54 @@ static void test_partial_block_reuse(void)
         CHECK_EQ_INT((int)nw, (n + res[1].n - 1) / B);
         CHECK_EQ_INT((int)ng, (int)nw);
         for (size_t i = 0; i < nw; i++)
-            CHECK_MSG(memcmp(want[i], got[i], floats * sizeof(float)) == 0,
-                      "share %d: block %zu differs", share, i);
+            CHECK_MSG(memcmp(want[i], got[i], bytes) == 0, "share %d: block %zu differs", share, i);
         engine_free(e);
         engine_free(ref);
     }
+}
+
+/* With K/V stored as f16 and as q8_0 (stories260K: q8_0 rows of four heads): cached runs give
+ * exactly the uncached greedy tokens (prompts on and off block edges, a chat's history, rows
+ * copied from a block another prompt filled), and a batch gives each request its lone tokens. */
+static void test_kv_types(void)
+{
+    int lens[] = {1, 17, 31, 32, 33, 100, 129, 257};
+    int types[] = {MODEL_TYPE_F16, MODEL_TYPE_Q8_0};
+    for (int i = 0; i < 2; i++) {
+        kv_type = types[i];
+        fprintf(stderr, "  [%s K/V]\n", model_type_name(kv_type));
+        setup();
+        cached_equals_uncached_on(lens, (int)(sizeof lens / sizeof lens[0]));
+        test_chat_history_cached();
+        test_batch_independent();
+        test_partial_block_reuse();
+    }
+    kv_type = MODEL_TYPE_F32;
+}
+
+/* A K/V type the model cannot take is refused by name: q8_0 on a model whose kv rows are 8
+ * elements (one kv head of 8). */
+static void test_kv_type_refused(void)
+{
+    setup();
+    char msg[512], path[PATH_MAX];
+    model_config c;
+    CHECK(model_shape_parse("16,32,1,2,1,512,64", &c, msg, sizeof msg) == 0);
+    snprintf(path, sizeof path, "%s/kv8.bin", harness_tmpdir());
+    CHECK_MSG(model_synth_write(path, &c, 3, msg, sizeof msg) == 0, "%s", msg);
+    model *m = NULL;
+    CHECK_MSG(model_load(path, &m, msg, sizeof msg) == 0, "%s", msg);
+    engine_opts o = {0};
+    o.kv_type = MODEL_TYPE_Q8_0;
+    o.emit = emit_cb;
+    engine *e = NULL;
+    CHECK_EQ_INT(engine_new(m, T, &o, &e, msg, sizeof msg), ENGINE_ECONFIG);
+    CHECK(e == NULL);
+    CHECK_STR_CONTAINS(msg, "q8_0");
+    o.kv_type = MODEL_TYPE_F16;
+    CHECK_MSG(engine_new(m, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
+    engine_free(e);
+    model_free(m);
 }
 
 /* Issue 10 F1: a max_new of 2^32 - 1 (or 2^31 - 1) is "as many as fit", clamped to the
@@ -1107,6 +1191,8 @@ static void test_logprobs(void)
 static const harness_case cases[] = {
     {"cached_equals_uncached", test_cached_equals_uncached},
     {"cached_equals_uncached_types", test_cached_equals_uncached_types},
+    {"kv_types", test_kv_types},
+    {"kv_type_refused", test_kv_type_refused},
     {"chat_history_cached", test_chat_history_cached},
     {"batch_independent", test_batch_independent},
     {"collisions", test_collisions},
@@ -1121,6 +1207,7 @@ static const harness_case cases[] = {
     {"new_errors", test_new_errors},
     {"warm_and_pin", test_warm_and_pin},
     {"disk_restart", test_disk_restart},
+    {"disk_kv_types", test_disk_kv_types},
     {"disk_pressure", test_disk_pressure},
     {"disk_model_isolation", test_disk_model_isolation},
     {"disk_cancel_loading", test_disk_cancel_loading},

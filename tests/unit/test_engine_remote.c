@@ -26,6 +26,7 @@ typedef struct result {
 static result res[MAX_REQ];
 static model *M;
 static model_tokenizer *T;
+static int kv_type; /* the K/V type of every engine new_engine() makes */
 
 static void emit_cb(void *arg, const engine_event *ev)
 {
@@ -62,6 +63,7 @@ static engine *new_engine(const char *url, const char *disk, int no_cache, doubl
     o.emit = emit_cb;
     o.remote_url = url;
     o.remote_timeout_ms = timeout_ms;
+    o.kv_type = kv_type;
     o.disk_dir = disk;
     engine *e = NULL;
     CHECK_MSG(engine_new(M, T, &o, &e, msg, sizeof msg) == 0, "%s", msg);
@@ -179,6 +181,42 @@ static void test_share(void)
     redis_stop();
 }
 
+/* Sharing through Redis with K/V stored as f16 and as q8_0; and daemons of different K/V types
+ * on one server never read each other's blocks (the type is in the root key and the header). */
+static void test_share_kv_types(void)
+{
+    int types[] = {MODEL_TYPE_F16, MODEL_TYPE_Q8_0};
+    for (int i = 0; i < 2; i++) {
+        kv_type = types[i];
+        fprintf(stderr, "  [%s K/V]\n", model_type_name(kv_type));
+        test_share();
+    }
+    setup();
+    if (!start_redis()) {
+        kv_type = MODEL_TYPE_F32;
+        return;
+    }
+    int32_t ids[200];
+    prompt_ids(ids, 200, 9);
+    kv_type = MODEL_TYPE_Q8_0;
+    reference(0, ids, 200);
+    kv_type = MODEL_TYPE_F16;
+    engine *a = new_engine(url, NULL, 0, 1000);
+    submit(a, 1, ids, 150, 20);
+    run_all(a);
+    flush_remote(a);
+    kv_type = MODEL_TYPE_Q8_0;
+    engine *b = new_engine(url, NULL, 0, 1000);
+    submit(b, 2, ids, 200, 20);
+    run_all(b);
+    check_same(&res[0], &res[2]);
+    CHECK_EQ_INT(res[2].d.cached_tokens_remote, 0);
+    engine_free(a);
+    engine_free(b);
+    redis_stop();
+    kv_type = MODEL_TYPE_F32;
+}
+
 /* Disk holds the first blocks, Redis the rest: one request takes both, in chain order. */
 static void test_disk_then_remote(void)
 {
@@ -277,6 +315,7 @@ static void test_unreachable(void)
 
 static const harness_case cases[] = {
     {"share", test_share},
+    {"share_kv_types", test_share_kv_types},
     {"disk_then_remote", test_disk_then_remote},
     {"cancel_while_loading", test_cancel_while_loading},
     {"unreachable", test_unreachable},

@@ -32,18 +32,28 @@ typedef struct kvbuf {
     model_kv kv;
 } kvbuf;
 
-static kvbuf kv_new(const model_config *c, int B)
+static kvbuf kv_new_t(const model_config *c, int B, int kv_type)
 {
     kvbuf k;
     k.n = (c->seq_len + B - 1) / B;
     k.blocks = calloc((size_t)k.n, sizeof(float *));
-    size_t bf = model_kv_block_floats(c, B);
+    size_t bytes = model_kv_block_bytes(c, B, kv_type);
+    CHECK(bytes > 0 && bytes % 4 == 0);
     for (int i = 0; i < k.n; i++)
-        k.blocks[i] = calloc(bf, sizeof(float));
+        k.blocks[i] = calloc(bytes / 4, sizeof(float));
     k.kv.blocks = k.blocks;
     k.kv.n_blocks = k.n;
     return k;
 }
+
+static kvbuf kv_new(const model_config *c, int B)
+{
+    return kv_new_t(c, B, MODEL_TYPE_F32);
+}
+
+/* The K/V types, and the ones a test runs for. */
+static const int kv_types[] = {MODEL_TYPE_F32, MODEL_TYPE_F16, MODEL_TYPE_Q8_0};
+#define N_KV_TYPES (sizeof kv_types / sizeof kv_types[0])
 
 static void kv_free(kvbuf *k)
 {
@@ -130,7 +140,7 @@ static void check_against_reference_tol(model *m, int n, int B, float tol)
         memcpy(ref + (size_t)p * c->vocab_size, ref_step(r, t[p], p),
                (size_t)c->vocab_size * sizeof(float));
     model_state *s;
-    model_state_opts o = {B, 512, 8, 2};
+    model_state_opts o = {B, 512, 8, 2, MODEL_TYPE_F32};
     CHECK(model_state_new(m, &o, &s) == 0);
     float *lg = malloc(8 * (size_t)c->vocab_size * sizeof(float));
     /* Prefill of all n at once: logits of the last position. */
@@ -323,42 +333,51 @@ static void test_llama_quantized_files(void)
 /* Prefill of k tokens, then the rest reading the first k back from blocks, gives bitwise the
  * logits and K/V of one prefill of everything: every kernel computes a row's outputs the same
  * way whatever the row count and tiling. */
-static void split_prefill_on(model *m, const int *ks, size_t nks)
+static void split_prefill_kv(model *m, const int *ks, size_t nks, int kv_type)
 {
     const model_config *c = model_get_config(m);
     int B = 16, n = 150;
     int32_t t[150];
     tokens_for(t, n, c->vocab_size, 5);
     model_state *s;
-    model_state_opts o = {B, 512, 4, 2};
+    model_state_opts o = {B, 512, 4, 2, kv_type};
     CHECK(model_state_new(m, &o, &s) == 0);
     float *whole = malloc((size_t)c->vocab_size * sizeof(float));
     float *split = malloc((size_t)c->vocab_size * sizeof(float));
-    kvbuf kw = kv_new(c, B);
+    size_t bytes = model_kv_block_bytes(c, B, kv_type);
+    float *rw = calloc(bytes / 4, sizeof(float)), *rk = calloc(bytes / 4, sizeof(float));
+    kvbuf kw = kv_new_t(c, B, kv_type);
     CHECK(model_prefill(s, &kw.kv, 0, t, n, whole) == 0);
     for (size_t i = 0; i < nks; i++) {
         int k = ks[i];
-        kvbuf kk = kv_new(c, B);
+        kvbuf kk = kv_new_t(c, B, kv_type);
         CHECK(model_prefill(s, &kk.kv, 0, t, k, NULL) == 0);
         CHECK(model_prefill(s, &kk.kv, k, t + k, n - k, split) == 0);
         float d = max_abs_diff(whole, split, c->vocab_size);
         CHECK_MSG(memcmp(whole, split, (size_t)c->vocab_size * sizeof(float)) == 0,
-                  "split at %d: logits differ (by up to %g)", k, d);
+                  "%s K/V, split at %d: logits differ (by up to %g)", model_type_name(kv_type), k,
+                  d);
         for (int b = 0; b < (n + B - 1) / B; b++) {
-            /* Only rows < n are defined in the last block. */
+            /* Only rows < n are defined in the last block: compare the copies of those. */
             int rows = b == n / B ? n % B : B;
-            for (int l = 0; l < c->n_layers * 2 * c->n_kv_heads; l++)
-                CHECK_MSG(memcmp(kw.blocks[b] + (size_t)l * B * c->head_size,
-                                 kk.blocks[b] + (size_t)l * B * c->head_size,
-                                 (size_t)rows * c->head_size * sizeof(float)) == 0,
-                          "split at %d: K/V block %d differs", k, b);
+            model_kv_copy_rows(c, B, kv_type, rw, kw.blocks[b], rows);
+            model_kv_copy_rows(c, B, kv_type, rk, kk.blocks[b], rows);
+            CHECK_MSG(memcmp(rw, rk, bytes) == 0, "%s K/V, split at %d: K/V block %d differs",
+                      model_type_name(kv_type), k, b);
         }
         kv_free(&kk);
     }
     kv_free(&kw);
+    free(rw);
+    free(rk);
     free(whole);
     free(split);
     model_state_free(s);
+}
+
+static void split_prefill_on(model *m, const int *ks, size_t nks)
+{
+    split_prefill_kv(m, ks, nks, MODEL_TYPE_F32);
 }
 
 static void test_split_prefill(void)
@@ -383,20 +402,20 @@ static void test_split_prefill_types(void)
 
 /* A sequence's decode logits are bitwise the same alone and inside a batch of 8 (rows of a
  * batch land in tiles of 1, 2 or 3 rows: sequence 0 is checked at each tile position). */
-static void decode_batch_on(model *m, int n)
+static void decode_batch_kv(model *m, int n, int kv_type)
 {
     const model_config *c = model_get_config(m);
     int B = 16;
     model_state *s;
-    model_state_opts o = {B, 512, 8, 2};
+    model_state_opts o = {B, 512, 8, 2, kv_type};
     CHECK(model_state_new(m, &o, &s) == 0);
     int32_t t[8][40];
     for (int i = 0; i < 8; i++)
         tokens_for(t[i], n, c->vocab_size, 100 + (unsigned)i);
-    kvbuf alone = kv_new(c, B);
+    kvbuf alone = kv_new_t(c, B, kv_type);
     kvbuf kb[8];
     for (int i = 0; i < 8; i++)
-        kb[i] = kv_new(c, B);
+        kb[i] = kv_new_t(c, B, kv_type);
     float *la = malloc((size_t)c->vocab_size * sizeof(float));
     float *lb = malloc(8 * (size_t)c->vocab_size * sizeof(float));
     for (int p = 0; p < n; p++) {
@@ -411,7 +430,8 @@ static void decode_batch_on(model *m, int n)
         }
         CHECK(model_decode(s, kvs, pos, toks, 8, lb) == 0);
         CHECK_MSG(memcmp(la, lb, (size_t)c->vocab_size * sizeof(float)) == 0,
-                  "pos %d: batch of 8 changed sequence 0's logits", p);
+                  "%s K/V, pos %d: batch of 8 changed sequence 0's logits",
+                  model_type_name(kv_type), p);
     }
     for (int i = 0; i < 8; i++)
         kv_free(&kb[i]);
@@ -419,6 +439,94 @@ static void decode_batch_on(model *m, int n)
     free(la);
     free(lb);
     model_state_free(s);
+}
+
+static void decode_batch_on(model *m, int n)
+{
+    decode_batch_kv(m, n, MODEL_TYPE_F32);
+}
+
+/* Split prefill bitwise and decode batch-invariant with K/V stored in each type: stories260K
+ * (head_size 8: q8_0 rows of four heads) and a synthetic model of head_size 64 (q8_0 rows of
+ * one head), both with grouped-query attention. */
+static void test_kv_types_determinism(void)
+{
+    model *ms[2] = {load_ok(MODEL_260K), synth("hs64.bin", "256,512,2,4,2,300,200")};
+    int ks[] = {1, 16, 33, 149};
+    for (int i = 0; i < 2; i++)
+        for (size_t t = 0; t < N_KV_TYPES; t++) {
+            note("model %d, %s K/V", i, model_type_name(kv_types[t]));
+            split_prefill_kv(ms[i], ks, sizeof ks / sizeof ks[0], kv_types[t]);
+            decode_batch_kv(ms[i], 30, kv_types[t]);
+        }
+    model_free(ms[0]);
+    model_free(ms[1]);
+}
+
+/* Typed K/V stays close to the reference (which keeps K/V in double precision): f16 and q8_0
+ * round each stored value, so the logits move a little, and no more. */
+static void test_kv_types_reference(void)
+{
+    model *m = load_ok(MODEL_260K);
+    const model_config *c = model_get_config(m);
+    int n = 60;
+    int32_t t[60];
+    tokens_for(t, n, c->vocab_size, 11);
+    ref_state *r = ref_new(m);
+    float *ref = malloc((size_t)c->vocab_size * sizeof(float));
+    for (int p = 0; p < n; p++)
+        memcpy(ref, ref_step(r, t[p], p), (size_t)c->vocab_size * sizeof(float));
+    float tol[] = {1e-4f, 2e-2f, 0.75f}, lg[512];
+    for (size_t k = 0; k < N_KV_TYPES; k++) {
+        model_state *s;
+        model_state_opts o = {16, 512, 8, 2, kv_types[k]};
+        CHECK(model_state_new(m, &o, &s) == 0);
+        kvbuf kb = kv_new_t(c, 16, kv_types[k]);
+        CHECK(model_prefill(s, &kb.kv, 0, t, n, lg) == 0);
+        float d = max_abs_diff(lg, ref, c->vocab_size);
+        note("%s K/V: max logit difference %g", model_type_name(kv_types[k]), d);
+        CHECK_MSG(d <= tol[k], "%s K/V: logits differ from the reference by %g",
+                  model_type_name(kv_types[k]), d);
+        kv_free(&kb);
+        model_state_free(s);
+    }
+    ref_free(r);
+    free(ref);
+    model_free(m);
+}
+
+/* Sizes per type, names, and q8_0 refused by name where kv rows cannot be cut in 32s. */
+static void test_kv_types_sizes(void)
+{
+    char msg[256];
+    model_config c;
+    CHECK(model_shape_parse("stories110M", &c, msg, sizeof msg) == 0);
+    CHECK_EQ_U64(model_kv_bytes_per_token(&c, MODEL_TYPE_F32), 2ull * 12 * 768 * 4);
+    CHECK_EQ_U64(model_kv_bytes_per_token(&c, MODEL_TYPE_F16), 2ull * 12 * 768 * 2);
+    CHECK_EQ_U64(model_kv_bytes_per_token(&c, MODEL_TYPE_Q8_0), 2ull * 12 * 768 / 32 * 34);
+    CHECK_EQ_U64(model_kv_block_bytes(&c, 16, MODEL_TYPE_Q8_0), 16ull * 2 * 12 * 768 / 32 * 34);
+    CHECK_EQ_U64(model_kv_block_bytes(&c, 16, MODEL_TYPE_F32), model_kv_block_floats(&c, 16) * 4);
+    CHECK_EQ_INT(model_kv_type_check(&c, MODEL_TYPE_Q8_0, msg, sizeof msg), 0);
+    CHECK_EQ_INT(model_kv_type_check(&c, MODEL_TYPE_BF16, msg, sizeof msg), MODEL_EINVAL);
+    int t = -1;
+    CHECK(model_kv_type_parse("Q8_0", &t) == 0 && t == MODEL_TYPE_Q8_0);
+    CHECK(model_kv_type_parse("f16", &t) == 0 && t == MODEL_TYPE_F16);
+    CHECK(model_kv_type_parse("q4_0", &t) == MODEL_EINVAL);
+    CHECK(model_kv_type_parse("", &t) == MODEL_EINVAL);
+    /* One kv head of 8: a kv row of 8 elements, not a group of 32. */
+    model *m = synth("kv8.bin", "16,32,1,2,1,300,64");
+    CHECK_EQ_INT(model_kv_type_check(model_get_config(m), MODEL_TYPE_Q8_0, msg, sizeof msg),
+                 MODEL_EINVAL);
+    CHECK_STR_CONTAINS(msg, "q8_0");
+    CHECK_STR_CONTAINS(msg, "head_size 8");
+    CHECK_EQ_U64(model_kv_block_bytes(model_get_config(m), 16, MODEL_TYPE_Q8_0), 0);
+    model_state *s = NULL;
+    model_state_opts o = {16, 64, 4, 1, MODEL_TYPE_Q8_0};
+    CHECK_EQ_INT(model_state_new(m, &o, &s), MODEL_EINVAL);
+    o.kv_type = MODEL_TYPE_F16;
+    CHECK_EQ_INT(model_state_new(m, &o, &s), 0);
+    model_state_free(s);
+    model_free(m);
 }
 
 static void test_decode_batch_invariant(void)
@@ -447,7 +555,7 @@ static void run_greedy(model *m, int threads, int n, int steps, float *out)
     int32_t t[64];
     tokens_for(t, n, c->vocab_size, 11);
     model_state *s;
-    model_state_opts o = {B, 512, 4, threads};
+    model_state_opts o = {B, 512, 4, threads, MODEL_TYPE_F32};
     CHECK(model_state_new(m, &o, &s) == 0);
     kvbuf k = kv_new(c, B);
     CHECK(model_prefill(s, &k.kv, 0, t, n, out) == 0);
@@ -522,7 +630,7 @@ static void test_range_errors(void)
     model *m = load_ok(MODEL_260K);
     const model_config *c = model_get_config(m);
     model_state *s;
-    model_state_opts o = {16, 64, 2, 1};
+    model_state_opts o = {16, 64, 2, 1, MODEL_TYPE_F32};
     CHECK(model_state_new(m, &o, &s) == 0);
     kvbuf k = kv_new(c, 16);
     float *lg = malloc((size_t)c->vocab_size * sizeof(float));
@@ -637,7 +745,7 @@ static void test_kernel_attend(void)
             float **blocks = malloc((size_t)nb * sizeof *blocks);
             for (int i = 0; i < nb; i++)
                 blocks[i] = rand_floats((size_t)2 * B * hs);
-            size_t koff = 0, voff = (size_t)B * hs;
+            size_t koff = 0, voff = (size_t)B * hs, rb = (size_t)hs * 4;
             float *q = rand_floats((size_t)T * hs);
             float scale = 1.0f / sqrtf((float)hs);
             float *scratch = malloc(model__attend_scratch(hs, T) * sizeof(float));
@@ -648,7 +756,8 @@ static void test_kernel_attend(void)
             for (int p0 = 0; p0 < T; p0 += 16) {
                 int nq = T - p0 < 16 ? T - p0 : 16;
                 model__attend(whole + (size_t)p0 * hs, (size_t)hs, q + (size_t)p0 * hs, (size_t)hs,
-                              nq, p0, blocks, koff, voff, B, hs, scale, scratch);
+                              nq, p0, blocks, koff * 4, voff * 4, rb, 0, B, hs, MODEL_TYPE_F32,
+                              scale, scratch);
             }
             for (int p = 0; p < T; p++) {
                 ref_attend(ref, q + (size_t)p * hs, p, blocks, koff, voff, B, hs);
@@ -656,8 +765,8 @@ static void test_kernel_attend(void)
                 CHECK_MSG(d <= 1e-5f, "attend hs %d B %d pos %d: differs from the loop by %g", hs,
                           B, p, d);
                 float one[64];
-                model__attend1(one, q + (size_t)p * hs, p, blocks, koff, voff, B, hs, scale,
-                               scratch);
+                model__attend1(one, q + (size_t)p * hs, p, blocks, koff * 4, voff * 4, rb, 0, B, hs,
+                               MODEL_TYPE_F32, scale, scratch);
                 d = max_abs_diff(ref, one, hs);
                 CHECK_MSG(d <= 1e-5f, "attend1 hs %d B %d pos %d: differs from the loop by %g", hs,
                           B, p, d);
@@ -667,7 +776,8 @@ static void test_kernel_attend(void)
                 for (int p0 = 3; p0 < T; p0 += h) {
                     int nq = T - p0 < h ? T - p0 : h;
                     model__attend(part + (size_t)p0 * hs, (size_t)hs, q + (size_t)p0 * hs,
-                                  (size_t)hs, nq, p0, blocks, koff, voff, B, hs, scale, scratch);
+                                  (size_t)hs, nq, p0, blocks, koff * 4, voff * 4, rb, 0, B, hs,
+                                  MODEL_TYPE_F32, scale, scratch);
                     CHECK_MSG(memcmp(part + (size_t)p0 * hs, whole + (size_t)p0 * hs,
                                      (size_t)nq * hs * sizeof(float)) == 0,
                               "attend hs %d B %d: tile of %d at %d differs from tiles of 16", hs, B,
@@ -712,8 +822,8 @@ static void test_kernel_attend1_blocks(void)
             }
             for (int p = 0; p < T; p++) {
                 float out[64];
-                model__attend1(out, q, p, blocks, 0, (size_t)B * hs, B, hs, 1.0f / sqrtf((float)hs),
-                               scratch);
+                model__attend1(out, q, p, blocks, 0, (size_t)B * hs * 4, (size_t)hs * 4, 0, B, hs,
+                               MODEL_TYPE_F32, 1.0f / sqrtf((float)hs), scratch);
                 if (b == 0)
                     memcpy(first + (size_t)p * hs, out, (size_t)hs * sizeof(float));
                 else
@@ -731,6 +841,76 @@ static void test_kernel_attend1_blocks(void)
         free(scratch);
         free(first);
     }
+}
+
+/* The attention kernels over typed K/V compute bitwise what they compute over the F32 rows the
+ * type's dequantizer gives (the conversion in the kernels is exact): f16 rows of head sizes 8,
+ * 24 and 64, q8_0 rows of one head (64) and q8_0 rows of four heads of 8 (each head at its
+ * offset in the row); blocks of 16 and 7 positions. */
+static void test_kernel_attend_kv_types(void)
+{
+    struct {
+        int type, hs, heads; /* heads per row */
+    } cases[] = {{MODEL_TYPE_F16, 8, 1},   {MODEL_TYPE_F16, 24, 1},  {MODEL_TYPE_F16, 64, 1},
+                 {MODEL_TYPE_Q8_0, 64, 1}, {MODEL_TYPE_Q8_0, 32, 2}, {MODEL_TYPE_Q8_0, 8, 4}};
+    int Bs[] = {16, 7}, T = 60;
+    for (size_t a = 0; a < sizeof cases / sizeof cases[0]; a++)
+        for (size_t b = 0; b < 2; b++) {
+            int type = cases[a].type, hs = cases[a].hs, g = cases[a].heads, B = Bs[b];
+            int re = g * hs, nb = (T + B - 1) / B;
+            size_t rb = model__quant_row_bytes(type, re);
+            note("%s hs %d, %d heads a row, B %d", model_type_name(type), hs, g, B);
+            /* Each block: B key rows, then B value rows; typed, and the same dequantized. */
+            float **tb = malloc((size_t)nb * sizeof *tb), **fb = malloc((size_t)nb * sizeof *fb);
+            for (int i = 0; i < nb; i++) {
+                float *x = rand_floats((size_t)2 * B * re);
+                tb[i] = calloc((2 * B * rb + 3) / 4, sizeof(float));
+                fb[i] = malloc((size_t)2 * B * re * sizeof(float));
+                for (int r = 0; r < 2 * B; r++) {
+                    uint8_t *row = (uint8_t *)tb[i] + (size_t)r * rb;
+                    model__quant_row(type, x + (size_t)r * re, row, re);
+                    model__dequant_row(type, row, fb[i] + (size_t)r * re, re);
+                }
+                free(x);
+            }
+            float *q = rand_floats((size_t)T * hs), scale = 1.0f / sqrtf((float)hs);
+            float *scratch = malloc(model__attend_scratch(hs, T) * sizeof(float));
+            float *o1 = malloc((size_t)T * hs * sizeof(float)), *o2 = malloc((size_t)T * hs * 4);
+            for (int h = 0; h < g; h++) {
+                int hoff = h * hs;
+                for (int p0 = 0; p0 < T; p0 += 16) {
+                    int nq = T - p0 < 16 ? T - p0 : 16;
+                    model__attend(o1 + (size_t)p0 * hs, (size_t)hs, q + (size_t)p0 * hs, (size_t)hs,
+                                  nq, p0, tb, 0, (size_t)B * rb, rb, hoff, B, hs, type, scale,
+                                  scratch);
+                    model__attend(o2 + (size_t)p0 * hs, (size_t)hs, q + (size_t)p0 * hs, (size_t)hs,
+                                  nq, p0, fb, 0, (size_t)B * re * 4, (size_t)re * 4, hoff, B, hs,
+                                  MODEL_TYPE_F32, scale, scratch);
+                }
+                CHECK_MSG(memcmp(o1, o2, (size_t)T * hs * sizeof(float)) == 0,
+                          "attend: head %d of typed rows differs from its dequantized rows", h);
+                for (int p = 0; p < T; p++) {
+                    model__attend1(o1, q + (size_t)p * hs, p, tb, 0, (size_t)B * rb, rb, hoff, B,
+                                   hs, type, scale, scratch);
+                    model__attend1(o2, q + (size_t)p * hs, p, fb, 0, (size_t)B * re * 4,
+                                   (size_t)re * 4, hoff, B, hs, MODEL_TYPE_F32, scale, scratch);
+                    CHECK_MSG(memcmp(o1, o2, (size_t)hs * sizeof(float)) == 0,
+                              "attend1: head %d pos %d of typed rows differs from its dequantized "
+                              "rows",
+                              h, p);
+                }
+            }
+            for (int i = 0; i < nb; i++) {
+                free(tb[i]);
+                free(fb[i]);
+            }
+            free(tb);
+            free(fb);
+            free(q);
+            free(scratch);
+            free(o1);
+            free(o2);
+        }
 }
 
 /* rmsnorm, SiLU x gate and exp against libm, at lengths with and without a partial vector. */
@@ -850,7 +1030,7 @@ static void test_shapes_and_sizes(void)
     CHECK_EQ_INT(c.dim, 768);
     CHECK_EQ_INT(c.head_size, 64);
     CHECK_EQ_INT(model_param_count(&c), 109529856 - 0 * 1); /* llama2.c's 110M, shared cls */
-    CHECK_EQ_U64(model_kv_bytes_per_token(&c), 2ull * 12 * 768 * 4);
+    CHECK_EQ_U64(model_kv_bytes_per_token(&c, MODEL_TYPE_F32), 2ull * 12 * 768 * 4);
     CHECK(model_shape_parse("1,2,3", &c, msg, sizeof msg) == MODEL_EINVAL);
     CHECK_STR_CONTAINS(msg, "1,2,3");
     CHECK(model_shape_parse("64,172,5,8,3,512,512", &c, msg, sizeof msg) == MODEL_ESHAPE);
@@ -859,7 +1039,7 @@ static void test_shapes_and_sizes(void)
     CHECK_EQ_INT(mc->n_kv_heads, 4);
     CHECK_EQ_INT(mc->vocab_size, 512);
     CHECK(mc->shared_class);
-    CHECK_EQ_U64(model_kv_bytes_per_token(mc), 1280);
+    CHECK_EQ_U64(model_kv_bytes_per_token(mc, MODEL_TYPE_F32), 1280);
     CHECK_EQ_U64(model_kv_block_floats(mc, 16), 5 * 2 * 16 * 32);
     /* The fingerprint is a hash of the file: stable, and different for another file. */
     uint8_t fp[16];
@@ -1008,6 +1188,10 @@ static const harness_case cases[] = {
     {"kernel_gemm", test_kernel_gemm},
     {"kernel_attend", test_kernel_attend},
     {"kernel_attend1_blocks", test_kernel_attend1_blocks},
+    {"kernel_attend_kv_types", test_kernel_attend_kv_types},
+    {"kv_types_determinism", test_kv_types_determinism},
+    {"kv_types_reference", test_kv_types_reference},
+    {"kv_types_sizes", test_kv_types_sizes},
     {"kernel_elementwise", test_kernel_elementwise},
     {"quant_formats", test_quant_formats},
 };

@@ -37,7 +37,7 @@ static void test_value_verify(void)
 {
     size_t floats = 1000;
     cache_value_fmt f;
-    cache_value_fmt_init(&f, FP, B, floats);
+    cache_value_fmt_init(&f, FP, B, floats, 0);
     CHECK_EQ_U64(f.val_bytes, sizeof(cache_value_hdr) + B * 4 + floats * 4);
     int32_t tok[B];
     float *data = malloc(floats * 4), *out = malloc(floats * 4);
@@ -52,12 +52,9 @@ static void test_value_verify(void)
     cache_value_build_head(&f, w, k, parent, tok, data);
     CHECK(memcmp(w, v, sizeof(cache_value_hdr) + f.tok_bytes) == 0);
     /* Every byte flipped fails (header, token ids, payload), the fingerprint's as another
-     * model's block, the reserved field's too (it is not checked: the only exception). */
+     * model's block. */
     size_t steps[] = {1, 7, 13};
     for (size_t off = 0; off < f.val_bytes; off += off < 128 ? 1 : steps[off % 3] * 97) {
-        if (off >= offsetof(cache_value_hdr, reserved) &&
-            off < offsetof(cache_value_hdr, reserved) + 4)
-            continue;
         memcpy(w, v, f.val_bytes);
         w[off] ^= 0x10;
         int rc = cache_value_verify(&f, w, f.val_bytes, k, parent, tok, out, &why);
@@ -68,6 +65,16 @@ static void test_value_verify(void)
     CHECK_EQ_INT(cache_value_verify(&f, v, f.val_bytes - 1, k, parent, tok, out, &why),
                  CACHE_ECORRUPT);
     CHECK_STR_EQ(why, "wrong length");
+    /* A value of another K/V type (the same size: the header says which) is never served. */
+    cache_value_fmt f16;
+    cache_value_fmt_init(&f16, FP, B, floats, 1);
+    cache_value_build(&f16, w, k, parent, tok, data);
+    cache_value_hdr h;
+    memcpy(&h, w, sizeof h);
+    CHECK_EQ_INT(h.kv_type, 1);
+    CHECK_EQ_INT(cache_value_verify(&f, w, f.val_bytes, k, parent, tok, out, &why), CACHE_ECORRUPT);
+    CHECK_STR_EQ(why, "another K/V type");
+    CHECK_EQ_INT(cache_value_verify(&f16, w, f.val_bytes, k, parent, tok, out, &why), 0);
     CHECK_EQ_INT(cache_value_verify(&f, v, f.val_bytes, key_of(4), parent, tok, out, &why),
                  CACHE_ECORRUPT);
     CHECK_STR_EQ(why, "key mismatch");
