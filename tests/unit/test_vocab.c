@@ -3,6 +3,8 @@
  * and a count of work on a long text without spaces. */
 #include "harness.h"
 #include "model.h"
+#include "../../model/gguf.h"
+#include "../../model/vocab.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -294,6 +296,53 @@ static void test_long_word(void)
     free(s);
 }
 
+/* Long words merge bucket by bucket (bpe.c's long_word); they must give exactly the ids of the
+ * plain scan short words use, on words built to have many equal and overlapping pairs. */
+static void test_long_word_order(void)
+{
+    static const char *const files[] = {VOCAB("gpt-2"), VOCAB("deepseek-llm"), VOCAB("falcon")};
+    static const char *const alpha[] = {"ab", "abc", "aeinst", "abcdefghijklmnopqrstuvwxyz"};
+    uint64_t seed = 42;
+    for (size_t f = 0; f < 3; f++) {
+        FILE *fp = fopen(files[f], "rb");
+        CHECK(fp != NULL);
+        fseek(fp, 0, SEEK_END);
+        long fl = ftell(fp);
+        rewind(fp);
+        char *buf = malloc((size_t)fl);
+        CHECK(fread(buf, 1, (size_t)fl, fp) == (size_t)fl);
+        fclose(fp);
+        char msg[512];
+        model__gguf g;
+        CHECK_MSG(model__gguf_parse(buf, (size_t)fl, files[f], &g, msg, sizeof msg) == 0, "%s",
+                  msg);
+        model__vocab *v = NULL;
+        CHECK_MSG(model__vocab_load(&g, files[f], 0, &v, msg, sizeof msg) == 0, "%s", msg);
+        size_t cap = 5000;
+        char *s = malloc(cap);
+        int32_t *a = malloc((cap + 1) * sizeof *a), *b = malloc((cap + 1) * sizeof *b);
+        for (int trial = 0; trial < 200; trial++) {
+            const char *al = alpha[trial % 4];
+            size_t nal = strlen(al), len = 25 + (size_t)(trial * 37 % 4000);
+            for (size_t i = 0; i < len; i++) {
+                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                /* runs of one letter now and then: "aaaa" overlaps itself */
+                s[i] = i > 0 && (seed >> 60) < 5 ? s[i - 1] : al[(seed >> 33) % nal];
+            }
+            long na = model__bpe_encode(v, s, len, a), nb = model__bpe_encode_naive(v, s, len, b);
+            CHECK(na > 0 && na == nb);
+            CHECK_MSG(memcmp(a, b, (size_t)na * sizeof *a) == 0, "%s: trial %d differs", files[f],
+                      trial);
+        }
+        free(s);
+        free(a);
+        free(b);
+        model__vocab_free(v);
+        model__gguf_free(&g);
+        free(buf);
+    }
+}
+
 static const harness_case cases[] = {
     {"llama_spm", test_llama_spm, NULL},
     {"gpt2", test_gpt2, NULL},
@@ -303,6 +352,7 @@ static const harness_case cases[] = {
     {"stream_detok", test_stream_detok, NULL},
     {"refused", test_refused, NULL},
     {"long_word", test_long_word, NULL},
+    {"long_word_order", test_long_word_order, NULL},
 };
 
 HARNESS_MAIN(cases)
