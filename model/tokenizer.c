@@ -297,6 +297,15 @@ int model_token_is_eog(const model_tokenizer *t, int32_t id)
     return id == MODEL_TOK_BOS || id == MODEL_TOK_EOS;
 }
 
+int model_token_is_special(const model_tokenizer *t, int32_t id)
+{
+    if (t->v)
+        return id >= 0 && id < t->v->n &&
+               (t->v->type[id] == MODEL__TOK_CONTROL || t->v->type[id] == MODEL__TOK_USER ||
+                t->v->type[id] == MODEL__TOK_UNKNOWN);
+    return id == MODEL_TOK_BOS || id == MODEL_TOK_EOS;
+}
+
 int32_t model_token_bos(const model_tokenizer *t)
 {
     return t->v ? t->v->bos : MODEL_TOK_BOS;
@@ -460,7 +469,7 @@ int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsig
         return MODEL_ENOMEM;
     }
     int ns = 0;
-    if (len > 0) {
+    if (len > 0 && !(flags & MODEL_ENC_CONTINUE)) {
         int sp = lookup(t, " ", 1);
         if (sp >= 0)
             s[ns++] = (sym){sp, -1, -1, 0, 0};

@@ -683,7 +683,9 @@ int model__vocab_encode(const model__vocab *v, const char *text, size_t len, uns
     size_t n = 0;
     if ((flags & MODEL_ENC_ADD_SPECIAL) && v->add_bos)
         ids[n++] = v->bos;
-    int prev_special = 1; /* SentencePiece: a space before the first text and after a special */
+    /* SentencePiece: a space before the first text (unless it continues other text) and after
+     * a special token. */
+    int prev_special = !(flags & MODEL_ENC_CONTINUE);
     for (size_t i = 0; i < a.n; i++) {
         frag f = a.v[i];
         if (f.id >= 0) {
