@@ -3208,7 +3208,7 @@ int model_chat_family_detect(const char *src, size_t len)
             return MODEL_CHAT_MISTRAL_V3;
         return MODEL_CHAT_MISTRAL_V3_TEKKEN;
     }
-    if (has(src, len, "<|user|>"))
+    if (has(src, len, "<|user|>") || has(src, len, "<|assistant|>"))
         return has(src, len, "<|end|>") ? MODEL_CHAT_PHI3 : MODEL_CHAT_ZEPHYR;
     if (has(src, len, "User: ") && has(src, len, "Assistant:"))
         return MODEL_CHAT_DEEPSEEK;

@@ -3,6 +3,7 @@
  *   prefixd chat-template (--model FILE | --template FILE.jinja | --chat-template NAME|FILE)
  *                         --messages FILE.json [--add-generation-prompt] [--bos TEXT]
  *                         [--eos TEXT] [--vars FILE.json] [--segments] [--quiet]
+ *   prefixd chat-template (--model FILE | --chat-template NAME|FILE) --show-template
  *
  * --model takes the template from a GGUF file's tokenizer.chat_template and BOS/EOS texts from
  * its vocabulary; --chat-template NAME (a family: llama3, chatml, ...) or FILE overrides the
@@ -12,7 +13,9 @@
  * Prints the rendered prompt as it is, with no newline added, and on stderr the family
  * recognised ("chat template family: llama3 (...)"), or that none was and how to choose one
  * (--quiet drops the line, not the warning). --segments prints instead one line per segment:
- * "template" or "content", the turn it ends (0 for none) and its text as a JSON string. */
+ * "template" or "content", the turn it ends (0 for none) and its text as a JSON string.
+ * --show-template prints the template that would render (a family's built-in one, or the
+ * model's own) instead, and needs no messages. */
 #include "chat_template.h"
 #include "cmd.h"
 #include "model.h"
@@ -82,7 +85,7 @@ int srv_cmd_chat_template(int argc, char **argv)
 {
     const char *model_path = NULL, *tpl_path = NULL, *msgs_path = NULL, *vars_path = NULL,
                *override = NULL;
-    int segments = 0, quiet = 0;
+    int segments = 0, quiet = 0, show = 0;
     model_chat_opts o = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -107,6 +110,8 @@ int srv_cmd_chat_template(int argc, char **argv)
             segments = 1;
         else if (!strcmp(a, "--quiet"))
             quiet = 1;
+        else if (!strcmp(a, "--show-template"))
+            show = 1;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
@@ -117,7 +122,7 @@ int srv_cmd_chat_template(int argc, char **argv)
         }
     }
     if ((!model_path && !tpl_path && !override) || (tpl_path && (model_path || override)) ||
-        !msgs_path) {
+        (!msgs_path && !show)) {
         fprintf(stderr, "prefixd chat-template: give --messages and --model, --template or "
                         "--chat-template (--template stands alone)\n");
         usage(stderr);
@@ -176,6 +181,23 @@ int srv_cmd_chat_template(int argc, char **argv)
             if (!o.eos_token)
                 o.eos_token = fe;
         }
+    }
+    if (show) {
+        const char *src = model_chat_family_find(override ? override : "")
+                              ? model_chat_family_source(model_chat_family_find(override))
+                              : NULL;
+        if (!src && !override)
+            src = model_src;
+        if (!src && (src = (override ? override : tpl_path)) != NULL) {
+            size_t l;
+            char *f = slurp(src, &l);
+            if (f)
+                fwrite(f, 1, l, stdout);
+            free(f);
+        } else if (src)
+            fputs(src, stdout);
+        rc = 0;
+        goto out;
     }
     if (family)
         note[0] = 0;
