@@ -87,18 +87,8 @@ typedef struct work {
     const alphabet *a;
     char *enc;
     model__sym *s;
-    int32_t *rank, *res; /* per symbol: its pair with the next one (INT32_MAX: no merge) */
-    size_t cap;          /* bytes of enc; s, rank and res are sized from it */
-    /* Long words: candidates chained in buckets by rank, the ranks with a candidate in a heap. */
-    int32_t *head;  /* rank -> first node, -1 (v->merges_mask + 1 of them) */
-    int32_t *rheap; /* min-heap of ranks */
-    size_t nrh;
-    struct node {
-        int32_t left, next;
-    } * pool;
-    size_t npool, pool_cap;
-    int32_t *lefts; /* one bucket's lefts, sorted */
-    size_t lefts_cap;
+    size_t cap; /* bytes of enc; s and the merger's arrays are sized from it */
+    model__merger m;
     int32_t *out;
     long n;
     int naive; /* every word through short_word (the tests' reference) */
@@ -120,193 +110,18 @@ static void emit_sym(work *w, const model__sym *s)
     }
 }
 
-/* A short word (most of them) merges without the heap: the rank of each symbol's pair with its
- * next neighbour is kept beside it, and each step scans them for the lowest (leftmost on ties),
- * which for a few symbols costs less than heap upkeep. Same order as the heap, so same ids. */
+/* Words up to this many symbols merge by the plain scan, longer ones from buckets. */
 #define SHORT_WORD 24
 
-static void pair_rank(work *w, int32_t i, int32_t *rank, int32_t *res)
+static void bpe_pair(void *arg, const model__sym *s, int32_t i, int32_t *rank, int32_t *res)
 {
-    int32_t j = w->s[i].next;
+    const model__vocab *v = arg;
+    int32_t j = s[i].next;
     const model__merge *m = NULL;
-    if (j >= 0 && w->s[i].id >= 0 && w->s[j].id >= 0)
-        m = model__vocab_merge(w->v, w->s[i].id, w->s[j].id);
+    if (j >= 0 && s[i].id >= 0 && s[j].id >= 0)
+        m = model__vocab_merge(v, s[i].id, s[j].id);
     rank[i] = m ? m->rank : INT32_MAX;
     res[i] = m ? m->result : -1;
-}
-
-static void short_word(work *w, int32_t ns)
-{
-    int32_t *rank = w->rank, *res = w->res;
-    for (int32_t i = 0; i < ns; i++)
-        pair_rank(w, i, rank, res);
-    for (;;) {
-        int32_t best = -1, br = INT32_MAX;
-        for (int32_t i = 0; i >= 0; i = w->s[i].next)
-            if (rank[i] < br) {
-                br = rank[i];
-                best = i;
-            }
-        if (best < 0)
-            break;
-        model__sym *l = &w->s[best], *r = &w->s[l->next];
-        l->len += r->len;
-        l->id = res[best];
-        r->len = 0;
-        l->next = r->next;
-        if (r->next >= 0)
-            w->s[r->next].prev = best;
-        pair_rank(w, best, rank, res);
-        if (l->prev >= 0)
-            pair_rank(w, l->prev, rank, res);
-    }
-    for (int32_t i = 0; i >= 0; i = w->s[i].next)
-        emit_sym(w, &w->s[i]);
-}
-
-/* A long word (a line without spaces can be a megabyte) merges rank by rank: every candidate
- * pair sits in the bucket of its rule's rank, and a heap holds the ranks whose bucket is not
- * empty. The lowest rank's bucket is taken whole and applied leftmost first. Applying rule r
- * never makes a new pair of rule r (the merged token is neither of r's halves), so the bucket
- * is complete when taken; a new pair of a lower rank (a vocabulary whose merges are not in
- * training order) puts the rest of the bucket back first. So the order is the heap's (rank,
- * then leftmost), with the heap of ranks small and the symbols visited left to right within a
- * rank, where one heap entry per pair made the 1 MB word cache-miss bound. A candidate is
- * stale when its left symbol's pair has another rank by now. */
-static int rheap_push(work *w, int32_t r)
-{
-    size_t i = w->nrh++;
-    while (i > 0 && w->rheap[(i - 1) / 2] > r) {
-        w->rheap[i] = w->rheap[(i - 1) / 2];
-        i = (i - 1) / 2;
-    }
-    w->rheap[i] = r;
-    return 0;
-}
-
-static int32_t rheap_pop(work *w)
-{
-    int32_t top = w->rheap[0], last = w->rheap[--w->nrh];
-    size_t i = 0, n = w->nrh;
-    for (;;) {
-        size_t l = 2 * i + 1, b = i;
-        int32_t bv = last;
-        if (l < n && w->rheap[l] < bv)
-            bv = w->rheap[b = l];
-        if (l + 1 < n && w->rheap[l + 1] < bv)
-            b = l + 1;
-        if (b == i)
-            break;
-        w->rheap[i] = w->rheap[b];
-        i = b;
-    }
-    if (n > 0)
-        w->rheap[i] = last;
-    return top;
-}
-
-static int bucket_push(work *w, int32_t left)
-{
-    int32_t r = w->rank[left];
-    if (r == INT32_MAX)
-        return 0;
-    if (w->npool == w->pool_cap) {
-        size_t cap = w->pool_cap ? w->pool_cap * 2 : 4096;
-        struct node *p = realloc(w->pool, cap * sizeof *p);
-        if (!p)
-            return -1;
-        w->pool = p;
-        w->pool_cap = cap;
-    }
-    if (w->head[r] < 0)
-        rheap_push(w, r);
-    w->pool[w->npool] = (struct node){left, w->head[r]};
-    w->head[r] = (int32_t)w->npool++;
-    return 0;
-}
-
-static int cmp_i32(const void *a, const void *b)
-{
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
-}
-
-static int long_word(work *w, int32_t ns)
-{
-    size_t nr = w->v->merges_mask + 1;
-    if (!w->head) {
-        w->head = malloc(nr * sizeof *w->head);
-        w->rheap = malloc(nr * sizeof *w->rheap);
-        if (!w->head || !w->rheap)
-            return -1;
-        memset(w->head, 0xFF, nr * sizeof *w->head);
-    }
-    w->npool = 0;
-    w->nrh = 0;
-    for (int32_t i = 0; i < ns; i++) {
-        pair_rank(w, i, w->rank, w->res);
-        if (bucket_push(w, i))
-            return -1;
-    }
-    while (w->nrh > 0) {
-        int32_t r = rheap_pop(w);
-        size_t n = 0;
-        int sorted = 1;
-        for (int32_t k = w->head[r]; k >= 0; k = w->pool[k].next) {
-            if (n == w->lefts_cap) {
-                size_t cap = w->lefts_cap ? w->lefts_cap * 2 : 1024;
-                int32_t *l = realloc(w->lefts, cap * sizeof *l);
-                if (!l)
-                    return -1;
-                w->lefts = l;
-                w->lefts_cap = cap;
-            }
-            w->lefts[n++] = w->pool[k].left;
-        }
-        w->head[r] = -1;
-        /* Chained newest first: reversed, the first pushes (left to right) come out sorted. */
-        for (size_t a = 0, b = n ? n - 1 : 0; a < b; a++, b--) {
-            int32_t t = w->lefts[a];
-            w->lefts[a] = w->lefts[b];
-            w->lefts[b] = t;
-        }
-        for (size_t k = 1; k < n && sorted; k++)
-            sorted = w->lefts[k - 1] <= w->lefts[k];
-        if (!sorted)
-            qsort(w->lefts, n, sizeof *w->lefts, cmp_i32);
-        for (size_t k = 0; k < n; k++) {
-            int32_t best = w->lefts[k];
-            if (w->rank[best] != r || (k > 0 && w->lefts[k - 1] == best))
-                continue;
-            model__sym *l = &w->s[best], *rs = &w->s[l->next];
-            l->len += rs->len;
-            l->id = w->res[best];
-            rs->len = 0;
-            w->rank[l->next] = INT32_MAX; /* absorbed: its pair is gone */
-            l->next = rs->next;
-            if (rs->next >= 0)
-                w->s[rs->next].prev = best;
-            pair_rank(w, best, w->rank, w->res);
-            if (bucket_push(w, best))
-                return -1;
-            int32_t lo = w->rank[best];
-            if (l->prev >= 0) {
-                pair_rank(w, l->prev, w->rank, w->res);
-                if (bucket_push(w, l->prev))
-                    return -1;
-                lo = w->rank[l->prev] < lo ? w->rank[l->prev] : lo;
-            }
-            if (lo < r) { /* a lower rank appeared: it goes first, the rest waits */
-                for (size_t j = k + 1; j < n; j++)
-                    if (w->rank[w->lefts[j]] == r && bucket_push(w, w->lefts[j]))
-                        return -1;
-                break;
-            }
-        }
-    }
-    for (int32_t i = 0; i >= 0; i = w->s[i].next)
-        emit_sym(w, &w->s[i]);
-    return 0;
 }
 
 static int word(void *arg, const char *text, size_t len)
@@ -321,13 +136,13 @@ static int word(void *arg, const char *text, size_t len)
             w->enc = enc;
         if (s)
             w->s = s;
-        int32_t *rank = s ? realloc(w->rank, cap * sizeof *rank) : NULL;
+        int32_t *rank = s ? realloc(w->m.rank, cap * sizeof *rank) : NULL;
         if (rank)
-            w->rank = rank;
-        int32_t *res = rank ? realloc(w->res, cap * sizeof *res) : NULL;
+            w->m.rank = rank;
+        int32_t *res = rank ? realloc(w->m.res, cap * sizeof *res) : NULL;
         if (!res)
             return -1;
-        w->res = res;
+        w->m.res = res;
         w->cap = cap;
     }
     /* Encode into the alphabet; the symbols are its characters. */
@@ -354,25 +169,26 @@ static int word(void *arg, const char *text, size_t len)
         emit_sym(w, &w->s[0]);
         return 0;
     }
-    if (ns <= SHORT_WORD || w->naive) {
-        short_word(w, ns);
-        return 0;
-    }
-    return long_word(w, ns);
+    w->m.s = w->s;
+    if (ns <= SHORT_WORD || w->naive)
+        model__merge_scan(&w->m, 0);
+    else if (model__merge_buckets(&w->m, 0))
+        return -1;
+    for (int32_t i = 0; i >= 0; i = w->s[i].next)
+        emit_sym(w, &w->s[i]);
+    return 0;
 }
 
 static long encode(const model__vocab *v, const char *text, size_t len, int32_t *out, int naive)
 {
     work w = {.v = v, .a = get_alphabet(), .out = out, .naive = naive};
+    w.m.pair = bpe_pair;
+    w.m.arg = (void *)v;
+    w.m.nranks = v->merges_mask + 1;
     int rc = model__pretok_split(v->pre, text, len, word, &w);
     free(w.enc);
     free(w.s);
-    free(w.rank);
-    free(w.res);
-    free(w.head);
-    free(w.rheap);
-    free(w.pool);
-    free(w.lefts);
+    model__merger_free(&w.m);
     return rc ? -1 : w.n;
 }
 

@@ -45,11 +45,14 @@ typedef struct model__vocab {
     int n;    /* tokens */
     const char **text;
     uint32_t *len;
-    float *score;  /* SPM: the merge priority of each token */
-    uint8_t *type; /* MODEL__TOK_* */
-    uint8_t *eog;  /* 1: this id ends generation */
-    char *blob;    /* storage of the texts and the decoded pieces */
-    int32_t *map;  /* open-addressed text -> id, -1 empty */
+    float *score;    /* SPM: the merge priority of each token */
+    int32_t *srank;  /* SPM: each token's score as a rank, 0 the highest (equal scores, equal
+                        ranks), for the merge loop's integer priorities */
+    int32_t n_srank; /* SPM: distinct scores */
+    uint8_t *type;   /* MODEL__TOK_* */
+    uint8_t *eog;    /* 1: this id ends generation */
+    char *blob;      /* storage of the texts and the decoded pieces */
+    int32_t *map;    /* open-addressed text -> id, -1 empty */
     size_t map_mask;
     int32_t bos, eos, eot, eom, unk, pad; /* -1: none */
     int add_bos, add_eos, add_space_prefix;
@@ -198,5 +201,36 @@ static inline size_t model__utf8_len(unsigned char c)
 }
 
 const model__merge *model__vocab_merge(const model__vocab *v, int32_t a, int32_t b);
+
+/* ---- The merge loop both encoders use ---------------------------------------------------------
+ * A word's symbols (a chain through next) merge pair by pair: the pair of lowest rank first
+ * (BPE: the merge rule's position; SentencePiece: the merged token's score as a rank), leftmost
+ * on ties, until no pair merges, exactly as the references' priority queues order them. The
+ * encoder says what a pair is through pair(): the rank of symbol i with its next one
+ * (INT32_MAX: they do not merge) and the token they make. Merging adds the right symbol's
+ * bytes to the left one (symbols are contiguous) and unlinks the right. */
+typedef struct model__merger {
+    model__sym *s;
+    int32_t *rank, *res; /* per symbol, room for as many as s: its pair's rank and token */
+    void (*pair)(void *arg, const model__sym *s, int32_t i, int32_t *rank, int32_t *res);
+    void *arg;
+    size_t nranks; /* ranks are below this */
+    /* Long words (model__merge_buckets): owned, kept across words, model__merger_free(). */
+    int32_t *head, *rheap;
+    size_t nrh;
+    struct model__mnode {
+        int32_t left, next;
+    } * pool;
+    size_t npool, pool_cap;
+    int32_t *lefts;
+    size_t lefts_cap;
+} model__merger;
+
+/* For a few symbols: each step scans the pairs' ranks for the lowest. O(n^2). */
+void model__merge_scan(model__merger *m, int32_t first);
+/* For many: rank by rank from buckets, O(n log n) with the symbols visited left to right.
+ * Returns 0, or -1 when out of memory. */
+int model__merge_buckets(model__merger *m, int32_t first);
+void model__merger_free(model__merger *m);
 
 #endif
