@@ -8,8 +8,9 @@
  * falls back to its bytes' "<0xHH>" tokens (the unknown token where a vocabulary has no byte
  * token). The merged symbols always are tokens, since a merge is only ever queued for one.
  *
- * Cost: the pairs wait in a heap, so a fragment of n characters takes O(n log n) whatever its
- * shape (the reference's priority queue does the same).
+ * Cost: vocab.c's merge loop, with the tokens' scores as integer ranks: a plain scan for short
+ * words, rank buckets for long ones, so a fragment of n characters takes O(n log n) whatever
+ * its shape, in the reference's order (highest score first, leftmost on ties).
  */
 #include "model.h"
 #include "vocab.h"
@@ -17,15 +18,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void consider(const model__vocab *v, const char *buf, model__sym *s, int32_t a, int32_t b,
-                     model__cand *h, size_t *nh)
+/* Words up to this many symbols merge by the plain scan, longer ones from buckets. */
+#define SHORT_WORD 24
+
+typedef struct spm_arg {
+    const model__vocab *v;
+    const char *buf;
+} spm_arg;
+
+/* A pair merges when its text is a token; its rank is that token's score rank. */
+static void spm_pair(void *arg, const model__sym *s, int32_t i, int32_t *rank, int32_t *res)
 {
-    if (a < 0 || b < 0)
-        return;
-    int32_t id = model__vocab_find(v, buf + s[a].off, (size_t)s[a].len + s[b].len);
-    if (id < 0)
-        return;
-    model__heap_push(h, nh, (model__cand){-(double)v->score[id], a, b, s[a].ver, s[b].ver, id});
+    const spm_arg *A = arg;
+    int32_t j = s[i].next,
+            id = j >= 0 ? model__vocab_find(A->v, A->buf + s[i].off, (size_t)s[i].len + s[j].len)
+                        : -1;
+    rank[i] = id >= 0 ? A->v->srank[id] : INT32_MAX;
+    res[i] = id;
 }
 
 static int is_space(const char *buf, const model__sym *s)
@@ -33,8 +42,8 @@ static int is_space(const char *buf, const model__sym *s)
     return s->len == 3 && memcmp(buf + s->off, "\xE2\x96\x81", 3) == 0;
 }
 
-long model__spm_encode(const model__vocab *v, const char *text, size_t len, int prefix,
-                       int32_t *out)
+static long encode(const model__vocab *v, const char *text, size_t len, int prefix, int32_t *out,
+                   int naive)
 {
     /* The escaped text: each space (and the prefix) is three bytes. */
     size_t spaces = 0;
@@ -43,9 +52,12 @@ long model__spm_encode(const model__vocab *v, const char *text, size_t len, int 
     size_t blen = len + 2 * spaces + (prefix ? 3 : 0);
     char *buf = malloc(blen + 1);
     model__sym *s = malloc((blen + 1) * sizeof *s);
-    model__cand *h = malloc((blen + 1) * 3 * sizeof *h);
+    spm_arg A = {v, buf};
+    model__merger m = {.s = s, .pair = spm_pair, .arg = &A, .nranks = (size_t)v->n_srank};
+    m.rank = malloc((blen + 1) * sizeof *m.rank);
+    m.res = malloc((blen + 1) * sizeof *m.res);
     long n_out = -1;
-    if (!buf || !s || !h)
+    if (!buf || !s || !m.rank || !m.res)
         goto out;
     size_t o = 0;
     if (prefix) {
@@ -83,26 +95,10 @@ long model__spm_encode(const model__vocab *v, const char *text, size_t len, int 
             b = ns;
         s[a].prev = -1;
         s[b - 1].next = -1;
-        size_t nh = 0;
-        for (int32_t i = a; i + 1 < b; i++)
-            consider(v, buf, s, i, i + 1, h, &nh);
-        while (nh > 0) {
-            model__cand c = model__heap_pop(h, &nh);
-            model__sym *l = &s[c.left], *r = &s[c.right];
-            if (l->len == 0 || r->len == 0 || l->ver != c.lver || r->ver != c.rver ||
-                l->next != c.right)
-                continue;
-            l->len += r->len;
-            l->id = c.id;
-            l->ver++;
-            r->len = 0;
-            r->ver++;
-            l->next = r->next;
-            if (r->next >= 0)
-                s[r->next].prev = c.left;
-            consider(v, buf, s, l->prev, c.left, h, &nh);
-            consider(v, buf, s, c.left, l->next, h, &nh);
-        }
+        if (b - a <= SHORT_WORD || naive)
+            model__merge_scan(&m, a);
+        else if (model__merge_buckets(&m, a))
+            goto out;
         for (int32_t i = a; i >= 0; i = s[i].next) {
             int32_t id = s[i].id >= 0 ? s[i].id : model__vocab_find(v, buf + s[i].off, s[i].len);
             if (id >= 0) {
@@ -119,6 +115,18 @@ long model__spm_encode(const model__vocab *v, const char *text, size_t len, int 
 out:
     free(buf);
     free(s);
-    free(h);
+    model__merger_free(&m);
     return n_out;
+}
+
+long model__spm_encode(const model__vocab *v, const char *text, size_t len, int prefix,
+                       int32_t *out)
+{
+    return encode(v, text, len, prefix, out, 0);
+}
+
+long model__spm_encode_naive(const model__vocab *v, const char *text, size_t len, int prefix,
+                             int32_t *out)
+{
+    return encode(v, text, len, prefix, out, 1);
 }

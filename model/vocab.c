@@ -211,6 +211,13 @@ static int special_cmp(const void *pa, const void *pb, void *arg)
 }
 
 /* The printed form of token id into dst (NULL: only measure). */
+static int score_cmp(const void *pa, const void *pb, void *arg)
+{
+    const model__vocab *v = arg;
+    float a = v->score[*(const int32_t *)pa], b = v->score[*(const int32_t *)pb];
+    return (a < b) - (a > b);
+}
+
 static size_t piece_of(const model__vocab *v, int32_t id, char *dst)
 {
     const char *s = v->text[id];
@@ -483,6 +490,27 @@ int model__vocab_load(const model__gguf *g, const char *path, int vocab, model__
         v->spec_next[r] = *head;
         *head = r;
     }
+    /* SentencePiece: the scores as dense ranks, highest first. */
+    if (k == MODEL__VOCAB_SPM) {
+        int32_t *ord = malloc((size_t)n * sizeof *ord);
+        v->srank = malloc((size_t)n * sizeof *v->srank);
+        if (!ord || !v->srank) {
+            free(ord);
+            rc = fail(msg, msglen, path, MODEL_ENOMEM, "out of memory");
+            goto out;
+        }
+        for (int i = 0; i < n; i++)
+            ord[i] = i;
+        qsort_r(ord, (size_t)n, sizeof *ord, score_cmp, v);
+        int32_t r = 0;
+        for (int i = 0; i < n; i++) {
+            if (i > 0 && v->score[ord[i]] != v->score[ord[i - 1]])
+                r++;
+            v->srank[ord[i]] = r;
+        }
+        v->n_srank = r + 1;
+        free(ord);
+    }
     /* SentencePiece words: does any token hold "▁" right after another character? */
     v->spm_words = k == MODEL__VOCAB_SPM;
     for (int i = 0; i < n && v->spm_words; i++) {
@@ -538,6 +566,7 @@ void model__vocab_free(model__vocab *v)
     free(v->text);
     free(v->len);
     free(v->score);
+    free(v->srank);
     free(v->type);
     free(v->eog);
     free(v->blob);

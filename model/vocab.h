@@ -104,8 +104,10 @@ int model__vocab_encode(const model__vocab *v, const char *text, size_t len, uns
 long model__spm_encode(const model__vocab *v, const char *s, size_t len, int prefix, int32_t *out);
 long model__bpe_encode(const model__vocab *v, const char *s, size_t len, int32_t *out);
 /* The same with every word merged by the plain quadratic scan (lowest rank, leftmost first)
- * that short words use: the reference the tests hold the long-word path to. */
+ * that short words use: the references the tests hold the long-word path to. */
 long model__bpe_encode_naive(const model__vocab *v, const char *s, size_t len, int32_t *out);
+long model__spm_encode_naive(const model__vocab *v, const char *s, size_t len, int prefix,
+                             int32_t *out);
 
 /* bpe.c: the byte-level alphabet (GPT-2's bytes_to_unicode): the UTF-8 of byte b's character
  * (1 or 2 bytes) in enc[b], and the inverse for a code point below 324 (-1: no byte). */

@@ -296,14 +296,16 @@ static void test_long_word(void)
     free(s);
 }
 
-/* Long words merge bucket by bucket (bpe.c's long_word); they must give exactly the ids of the
- * plain scan short words use, on words built to have many equal and overlapping pairs. */
+/* Long words merge bucket by bucket (vocab.c's model__merge_buckets); they must give exactly
+ * the ids of the plain scan short words use, on words built to have many equal and overlapping
+ * pairs, for byte-level BPE and SentencePiece. */
 static void test_long_word_order(void)
 {
-    static const char *const files[] = {VOCAB("gpt-2"), VOCAB("deepseek-llm"), VOCAB("falcon")};
+    static const char *const files[] = {VOCAB("gpt-2"), VOCAB("deepseek-llm"), VOCAB("falcon"),
+                                        VOCAB("llama-spm")};
     static const char *const alpha[] = {"ab", "abc", "aeinst", "abcdefghijklmnopqrstuvwxyz"};
     uint64_t seed = 42;
-    for (size_t f = 0; f < 3; f++) {
+    for (size_t f = 0; f < 4; f++) {
         FILE *fp = fopen(files[f], "rb");
         CHECK(fp != NULL);
         fseek(fp, 0, SEEK_END);
@@ -320,7 +322,8 @@ static void test_long_word_order(void)
         CHECK_MSG(model__vocab_load(&g, files[f], 0, &v, msg, sizeof msg) == 0, "%s", msg);
         size_t cap = 5000;
         char *s = malloc(cap);
-        int32_t *a = malloc((cap + 1) * sizeof *a), *b = malloc((cap + 1) * sizeof *b);
+        int32_t *a = malloc(model_encode_cap(cap) * sizeof *a),
+                *b = malloc(model_encode_cap(cap) * sizeof *b);
         for (int trial = 0; trial < 200; trial++) {
             const char *al = alpha[trial % 4];
             size_t nal = strlen(al), len = 25 + (size_t)(trial * 37 % 4000);
@@ -329,7 +332,10 @@ static void test_long_word_order(void)
                 /* runs of one letter now and then: "aaaa" overlaps itself */
                 s[i] = i > 0 && (seed >> 60) < 5 ? s[i - 1] : al[(seed >> 33) % nal];
             }
-            long na = model__bpe_encode(v, s, len, a), nb = model__bpe_encode_naive(v, s, len, b);
+            int spm = v->kind == MODEL__VOCAB_SPM;
+            long na = spm ? model__spm_encode(v, s, len, 1, a) : model__bpe_encode(v, s, len, a),
+                 nb = spm ? model__spm_encode_naive(v, s, len, 1, b)
+                          : model__bpe_encode_naive(v, s, len, b);
             CHECK(na > 0 && na == nb);
             CHECK_MSG(memcmp(a, b, (size_t)na * sizeof *a) == 0, "%s: trial %d differs", files[f],
                       trial);
