@@ -767,6 +767,7 @@ static void next(lexer *L)
         }
         if (p >= L->end)
             die(e, MODEL_EFORMAT, "chat template: unterminated string at line %d", L->line);
+        out[n] = 0; /* read as a C string where it names something (a test, a filter) */
         L->p = p + 1;
         t = (tok){T_STR, out, n};
     } else {
@@ -1856,7 +1857,10 @@ static val filter(rctx *R, node *n, val v)
         val test = arg(R, n, by_attr ? 1 : 0, NULL, v_none());
         for (size_t i = 0; i < l->n; i++) {
             val x = by_attr ? attr(R, l->v[i], at.u.s.p, at.u.s.n, line) : l->v[i];
-            int ok = test.t == V_STR ? run_test(R, test.u.s.p, x, n, by_attr ? 2 : 1) : truthy(x);
+            char tn[64]; /* a test's name, NUL-terminated (a string value need not be) */
+            snprintf(tn, sizeof tn, "%.*s", test.t == V_STR ? (int)test.u.s.n : 0,
+                     test.t == V_STR ? test.u.s.p : "");
+            int ok = test.t == V_STR ? run_test(R, tn, x, n, by_attr ? 2 : 1) : truthy(x);
             if (ok == keep_if)
                 list_push(e, r, l->v[i]);
         }

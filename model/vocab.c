@@ -703,7 +703,10 @@ int model__vocab_encode(const model__vocab *v, const char *text, size_t len, uns
     /* Room for the worst case: a space whose "▁" falls back to three byte tokens, and a prefix
      * "▁" after each special token (which took at least one byte). */
     size_t room = model_encode_cap(len);
-    int32_t *ids = room < SIZE_MAX / sizeof *ids ? malloc(room * sizeof *ids) : NULL;
+    /* Straight into out when it has that room (the usual caller sizes it so); else into a
+     * scratch array first (16 MB of page faults for 4 MB of text: a sixth of the time). */
+    int direct = cap >= room;
+    int32_t *ids = direct ? out : room < SIZE_MAX / sizeof *ids ? malloc(room * sizeof *ids) : NULL;
     int rc = MODEL_ENOMEM;
     if (!ids)
         return MODEL_ENOMEM;
@@ -737,11 +740,13 @@ int model__vocab_encode(const model__vocab *v, const char *text, size_t len, uns
         rc = MODEL_ERANGE;
         goto out;
     }
-    memcpy(out, ids, n * sizeof *ids);
+    if (!direct)
+        memcpy(out, ids, n * sizeof *ids);
     *n_out = n;
     rc = 0;
 out:
-    free(ids);
+    if (!direct)
+        free(ids);
     free(a.v);
     return rc;
 }

@@ -201,6 +201,9 @@ static void test_language(void)
         {"{{ 'x' if false }}|{{ 'a' if 1 > 2 else 'b' }}", "|b"},
         {"{{ ['b','a'] | sort | first }}{{ [1,1,2] | unique | list | length }}", "a2"},
         {"line\n", "line"},
+        /* A test named by a string that is no C string (a slice): read by its length. */
+        {"{{ [{'r': 'a'}, {'r': 'b'}] | selectattr('r', 'equaltoX'[:7], 'a') | list | length }}",
+         "1"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char msg[512];
