@@ -2,7 +2,7 @@
  *
  *   prefixd chat-template (--model FILE | --template FILE.jinja | --chat-template NAME|FILE)
  *                         --messages FILE.json [--add-generation-prompt] [--bos TEXT]
- *                         [--eos TEXT] [--vars FILE.json] [--segments] [--quiet]
+ *                         [--eos TEXT] [--vars FILE.json] [--segments | --ids] [--quiet]
  *   prefixd chat-template (--model FILE | --chat-template NAME|FILE) --show-template
  *
  * --model takes the template from a GGUF file's tokenizer.chat_template and BOS/EOS texts from
@@ -14,6 +14,9 @@
  * recognised ("chat template family: llama3 (...)"), or that none was and how to choose one
  * (--quiet drops the line, not the warning). --segments prints instead one line per segment:
  * "template" or "content", the turn it ends (0 for none) and its text as a JSON string.
+ * --ids (with --model) prints instead the ids the prompt encodes to, space-separated on one
+ * line: segment by segment, template text with its special tokens, contents as plain text, BOS
+ * first when the vocabulary adds one and the prompt has none (model_chat_tokenize()).
  * --show-template prints the template that would render (a family's built-in one, or the
  * model's own) instead, and needs no messages. */
 #include "chat_template.h"
@@ -85,7 +88,7 @@ int srv_cmd_chat_template(int argc, char **argv)
 {
     const char *model_path = NULL, *tpl_path = NULL, *msgs_path = NULL, *vars_path = NULL,
                *override = NULL;
-    int segments = 0, quiet = 0, show = 0;
+    int segments = 0, quiet = 0, show = 0, ids_out = 0;
     model_chat_opts o = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -112,6 +115,8 @@ int srv_cmd_chat_template(int argc, char **argv)
             quiet = 1;
         else if (!strcmp(a, "--show-template"))
             show = 1;
+        else if (!strcmp(a, "--ids"))
+            ids_out = 1;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
@@ -122,9 +127,10 @@ int srv_cmd_chat_template(int argc, char **argv)
         }
     }
     if ((!model_path && !tpl_path && !override) || (tpl_path && (model_path || override)) ||
-        (!msgs_path && !show)) {
+        (!msgs_path && !show) || (ids_out && (!model_path || segments))) {
         fprintf(stderr, "prefixd chat-template: give --messages and --model, --template or "
-                        "--chat-template (--template stands alone)\n");
+                        "--chat-template (--template stands alone; --ids needs --model and no "
+                        "--segments)\n");
         usage(stderr);
         return 2;
     }
@@ -215,16 +221,29 @@ int srv_cmd_chat_template(int argc, char **argv)
         goto out;
     }
     o.vars_json = vars;
-    int r = segments ? model_chat_template_render_segments(t, msgs, msgs_len, &o, &out, &out_len,
-                                                           &segs, &nsegs, msg, sizeof msg)
-                     : model_chat_template_render(t, msgs, msgs_len, &o, &out, &out_len, msg,
-                                                  sizeof msg);
+    int r =
+        segments || ids_out
+            ? model_chat_template_render_segments(t, msgs, msgs_len, &o, &out, &out_len, &segs,
+                                                  &nsegs, msg, sizeof msg)
+            : model_chat_template_render(t, msgs, msgs_len, &o, &out, &out_len, msg, sizeof msg);
     if (r != 0) {
         fprintf(stderr, "prefixd: %s\n", msg);
         rc = r == MODEL_EINVAL ? 2 : 1;
         goto out;
     }
-    if (segments)
+    if (ids_out) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        if (model_chat_tokenize(tok, out, segs, nsegs, 1, &ids, &n, NULL) != 0) {
+            fprintf(stderr, "prefixd: out of memory\n");
+            rc = 1;
+            goto out;
+        }
+        for (size_t i = 0; i < n; i++)
+            printf("%s%d", i ? " " : "", ids[i]);
+        putchar('\n');
+        free(ids);
+    } else if (segments)
         for (size_t i = 0; i < nsegs; i++) {
             printf("%s %d ", segs[i].content ? "content" : "template", segs[i].turn);
             put_json(stdout, out + segs[i].off, segs[i].len);

@@ -68,6 +68,19 @@ def case_model():
     check(rc == 0 and "<|system|>\nYou are a helpful assistant<|endoftext|>\n" in out, out + err)
 
 
+def case_ids():
+    """--ids: the template's EOS text is the EOS token, the same text in a content is not."""
+    d = tempfile.mkdtemp()
+    path = os.path.join(d, "m.json")
+    json.dump([{"role": "user", "content": "a <|endoftext|>"}], open(path, "w"))
+    rc, out, err = run("--model", VOCAB, "--chat-template", "zephyr", "--messages", path, "--ids")
+    check(rc == 0, err)
+    ids = [int(x) for x in out.split()]
+    check(ids.count(50256) == 1, out)
+    rc, _, err = run("--chat-template", "zephyr", "--messages", path, "--ids")
+    check(rc == 2 and "--ids needs --model" in err, err)
+
+
 def case_unrecognised():
     """A template of no known family renders as written, with a warning naming the override."""
     d = tempfile.mkdtemp()
