@@ -37,6 +37,10 @@ struct model_tokenizer {
     size_t map_mask;        /* map size - 1 */
     int byte_id[256];       /* id of "<0xHH>" for each byte, -1 if absent */
     unsigned char raw[512]; /* byte b as a one-byte string at raw[2b] */
+    int32_t *srank;         /* (vocab) each score as a dense rank, 0 the highest */
+    int32_t n_srank;
+    int words; /* no piece holds a space right after another character: a space that follows
+                  a character starts a word no merge crosses */
 };
 
 static size_t hash_bytes(const void *p, size_t n)
@@ -57,6 +61,13 @@ static int lookup(const model_tokenizer *t, const char *s, size_t n)
     }
 }
 
+static int score_cmp(const void *pa, const void *pb, void *arg)
+{
+    const float *sc = arg;
+    float a = sc[*(const int32_t *)pa], b = sc[*(const int32_t *)pb];
+    return (a < b) - (a > b);
+}
+
 static int build_map(model_tokenizer *t)
 {
     size_t cap = 16;
@@ -75,6 +86,29 @@ static int build_map(model_tokenizer *t)
             i = (i + 1) & t->map_mask;
         t->map[i] = id;
     }
+    /* Scores as ranks for vocab.c's merge loop, and whether words can merge apart. */
+    int32_t *ord = malloc((size_t)t->vocab * sizeof *ord);
+    t->srank = malloc((size_t)t->vocab * sizeof *t->srank);
+    if (!ord || !t->srank) {
+        free(ord);
+        return -1;
+    }
+    for (int i = 0; i < t->vocab; i++)
+        ord[i] = i;
+    qsort_r(ord, (size_t)t->vocab, sizeof *ord, score_cmp, t->scores);
+    int32_t r = 0;
+    for (int i = 0; i < t->vocab; i++) {
+        if (i > 0 && t->scores[ord[i]] != t->scores[ord[i - 1]])
+            r++;
+        t->srank[ord[i]] = r;
+    }
+    t->n_srank = r + 1;
+    free(ord);
+    t->words = 1;
+    for (int id = 0; id < t->vocab && t->words; id++)
+        for (int j = 1; j < t->lens[id] && t->words; j++)
+            if (t->pieces[id][j] == ' ' && t->pieces[id][j - 1] != ' ')
+                t->words = 0;
     for (int b = 0; b < 256; b++) {
         char name[8];
         snprintf(name, sizeof name, "<0x%02X>", b);
@@ -281,6 +315,7 @@ void model_tokenizer_free(model_tokenizer *t)
     free(t->lens);
     free(t->blob);
     free(t->map);
+    free(t->srank);
     free(t);
 }
 
@@ -413,31 +448,29 @@ const char *model_detok_flush(model_detok *d, size_t *len)
 
 /* ---- Encoding ------------------------------------------------------------------------------- */
 
-typedef struct sym {
-    int id;
-    int prev, next; /* indices in the symbol array, -1 at the ends */
-    unsigned ver;   /* bumped when the symbol changes or dies */
-    int dead;
-} sym;
+/* Merges go through vocab.c's loop (model__merger) with the scores as ranks: the highest score
+ * first, then the leftmost pair, as llama2.c merges. A pair merges when the concatenation of
+ * its two pieces is a token. */
+typedef struct l2_arg {
+    const model_tokenizer *t;
+    char *buf; /* 2 * max_len + 8 bytes */
+} l2_arg;
 
-/* Merge candidates go through the shared heap of vocab.h (model__cand, smallest key first):
- * the key is minus the merged token's score, so the highest score comes first, then the
- * leftmost pair, as llama2.c merges. */
-/* Pushes the merge of symbols a and b if their concatenation is a token. buf: scratch of at least
- * 2 * max_len + 1 bytes. */
-static void consider(const model_tokenizer *t, const sym *s, int a, int b, model__cand *h,
-                     size_t *nh, char *buf)
+static void l2_pair(void *arg, const model__sym *s, int32_t i, int32_t *rank, int32_t *res)
 {
-    if (a < 0 || b < 0)
-        return;
-    size_t la = (size_t)t->lens[s[a].id], lb = (size_t)t->lens[s[b].id];
-    memcpy(buf, t->pieces[s[a].id], la);
-    memcpy(buf + la, t->pieces[s[b].id], lb);
-    int id = lookup(t, buf, la + lb);
-    if (id < 0)
-        return;
-    model__cand c = {-(double)t->scores[id], a, b, s[a].ver, s[b].ver, id};
-    model__heap_push(h, nh, c);
+    const l2_arg *A = arg;
+    const model_tokenizer *t = A->t;
+    int32_t j = s[i].next, id = -1;
+    if (j >= 0) {
+        size_t la = (size_t)t->lens[s[i].id], lb = (size_t)t->lens[s[j].id];
+        if (la + lb <= 2 * (size_t)t->max_len + 8) {
+            memcpy(A->buf, t->pieces[s[i].id], la);
+            memcpy(A->buf + la, t->pieces[s[j].id], lb);
+            id = lookup(t, A->buf, la + lb);
+        }
+    }
+    rank[i] = id >= 0 ? t->srank[id] : INT32_MAX;
+    res[i] = id;
 }
 
 size_t model_encode_cap(size_t len)
@@ -459,21 +492,22 @@ int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsig
         return model__vocab_encode(t->v, text, len, flags, out, cap, n_out);
     *n_out = 0;
     /* Symbols: at most one per byte plus the dummy prefix. */
-    sym *s = malloc((len + 1) * sizeof *s);
-    model__cand *h = malloc((len + 1) * 3 * sizeof *h + sizeof *h);
+    model__sym *s = malloc((len + 1) * sizeof *s);
     char *buf = malloc(2 * (size_t)t->max_len + 8);
-    if (!s || !h || !buf) {
+    l2_arg A = {t, buf};
+    model__merger m = {.s = s, .pair = l2_pair, .arg = &A, .nranks = (size_t)t->n_srank};
+    m.rank = malloc((len + 1) * sizeof *m.rank);
+    m.res = malloc((len + 1) * sizeof *m.res);
+    if (!s || !buf || !m.rank || !m.res) {
         free(s);
-        free(h);
         free(buf);
+        model__merger_free(&m);
         return MODEL_ENOMEM;
     }
     int ns = 0;
-    if (len > 0 && !(flags & MODEL_ENC_CONTINUE)) {
-        int sp = lookup(t, " ", 1);
-        if (sp >= 0)
-            s[ns++] = (sym){sp, -1, -1, 0, 0};
-    }
+    int sp = lookup(t, " ", 1);
+    if (len > 0 && !(flags & MODEL_ENC_CONTINUE) && sp >= 0)
+        s[ns++] = (model__sym){0, 1, sp, -1, -1, 0};
     /* Code points as the reference reads them: a byte that is not a continuation byte starts a
      * new one, and up to three continuation bytes join it. */
     const unsigned char *u = (const unsigned char *)text;
@@ -483,46 +517,52 @@ int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsig
             j++;
         int id = lookup(t, text + i, j - i);
         if (id >= 0) {
-            s[ns++] = (sym){id, -1, -1, 0, 0};
+            s[ns++] = (model__sym){i, (uint32_t)(j - i), id, -1, -1, 0};
         } else {
             /* Byte fallback: "<0xHH>" is id HH + 3 in every llama2.c vocabulary, where the
              * reference assumes it; a vocabulary without it (a GGUF's may be anything) gets
              * <unk> rather than an id past its end. */
             for (size_t k = i; k < j; k++) {
                 int b = t->byte_id[u[k]];
-                s[ns++] = (sym){b >= 0 ? b : MODEL_TOK_UNK, -1, -1, 0, 0};
+                s[ns++] = (model__sym){k, 1, b >= 0 ? b : MODEL_TOK_UNK, -1, -1, 0};
             }
         }
         i = j;
     }
-    for (int i = 0; i < ns; i++) {
-        s[i].prev = i - 1;
-        s[i].next = i + 1 < ns ? i + 1 : -1;
+    /* Words: cut before a space that follows another symbol, when no piece could span the cut;
+     * else the whole text is one. Each word merges on its own. */
+    int rc = 0;
+    for (int a = 0, b; a < ns && rc == 0; a = b) {
+        b = a + 1;
+        if (t->words)
+            while (b < ns && !(s[b].id == sp && s[b - 1].id != sp))
+                b++;
+        else
+            b = ns;
+        for (int i = a; i < b; i++) {
+            s[i].prev = i > a ? i - 1 : -1;
+            s[i].next = i + 1 < b ? i + 1 : -1;
+        }
+        if (b - a <= 24)
+            model__merge_scan(&m, a);
+        else if (model__merge_buckets(&m, a))
+            rc = MODEL_ENOMEM;
+        /* Chain the word's survivors to the next word for the output below. */
+        int last = a;
+        while (s[last].next >= 0)
+            last = s[last].next;
+        s[last].next = b < ns ? b : -1;
     }
-    size_t nh = 0;
-    for (int i = 0; i + 1 < ns; i++)
-        consider(t, s, i, i + 1, h, &nh, buf);
-    while (nh > 0) {
-        model__cand c = model__heap_pop(h, &nh);
-        if (s[c.left].dead || s[c.right].dead || s[c.left].ver != c.lver ||
-            s[c.right].ver != c.rver || s[c.left].next != c.right)
-            continue;
-        /* Merge: the left symbol becomes the merged token, the right one dies. */
-        sym *l = &s[c.left], *r = &s[c.right];
-        l->id = c.id;
-        l->ver++;
-        r->dead = 1;
-        r->ver++;
-        l->next = r->next;
-        if (r->next >= 0)
-            s[r->next].prev = c.left;
-        consider(t, s, l->prev, c.left, h, &nh, buf);
-        consider(t, s, c.left, l->next, h, &nh, buf);
+    if (rc) {
+        free(s);
+        free(buf);
+        model__merger_free(&m);
+        return rc;
     }
     size_t count = bos ? 1 : 0;
     for (int i = ns > 0 ? 0 : -1; i >= 0; i = s[i].next)
         count++;
-    int rc = count > cap ? MODEL_ERANGE : 0;
+    rc = count > cap ? MODEL_ERANGE : 0;
     size_t n = 0;
     if (rc == 0) {
         if (bos)
@@ -531,8 +571,8 @@ int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsig
             out[n++] = s[i].id;
     }
     free(s);
-    free(h);
     free(buf);
+    model__merger_free(&m);
     if (rc == 0)
         *n_out = n;
     return rc;

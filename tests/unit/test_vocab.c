@@ -349,6 +349,46 @@ static void test_long_word_order(void)
     }
 }
 
+/* The llama2.c tokenizer (tokenizer32k.bin, merged word by word since no piece spans a space
+ * after a character) and the GGUF SentencePiece path (llama-spm, the same Llama 2 vocabulary)
+ * are separate code with the same rules: they must agree on any text, including long words
+ * (merged from buckets), runs of spaces and characters without a token (byte fallback). */
+static void test_llama2c_vs_spm(void)
+{
+    model_tokenizer *a = open_tok(PREFIXD_MODELS_DIR "/tokenizer32k.bin"),
+                    *b = open_tok(VOCAB("llama-spm"));
+    static const char *const parts[] = {"the",   " ",    "  ", "quick",    "brown",  ",",
+                                        ".",     "\n",   "\t", "Ça",       "🙂",   "日本語",
+                                        "don't", "1234", "x",  "aaaaaaaa", "<0x41>", "   "};
+    uint64_t seed = 7;
+    char *s = malloc(70000);
+    for (int trial = 0; trial < 120; trial++) {
+        size_t len = 0, want = 1 + (size_t)(trial * 97 % 600);
+        if (trial % 10 == 9)
+            want = 60000; /* a long text */
+        while (len < want) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            const char *p = parts[(seed >> 33) % (sizeof parts / sizeof parts[0])];
+            size_t pl = strlen(p);
+            if ((seed >> 20) % 5 == 0 && trial % 3 == 0) { /* long runs without spaces */
+                p = "abcabcabdabcab";
+                pl = 14;
+            }
+            memcpy(s + len, p, pl);
+            len += pl;
+        }
+        size_t na, nb;
+        int32_t *ia = encode(a, s, len, 0, &na), *ib = encode(b, s, len, 0, &nb);
+        CHECK_MSG(na == nb && memcmp(ia, ib, na * sizeof *ia) == 0,
+                  "trial %d (%zu bytes): %zu ids against %zu", trial, len, na, nb);
+        free(ia);
+        free(ib);
+    }
+    free(s);
+    model_tokenizer_free(a);
+    model_tokenizer_free(b);
+}
+
 static const harness_case cases[] = {
     {"llama_spm", test_llama_spm, NULL},
     {"gpt2", test_gpt2, NULL},
@@ -359,6 +399,7 @@ static const harness_case cases[] = {
     {"refused", test_refused, NULL},
     {"long_word", test_long_word, NULL},
     {"long_word_order", test_long_word_order, NULL},
+    {"llama2c_vs_spm", test_llama2c_vs_spm, NULL},
 };
 
 HARNESS_MAIN(cases)
