@@ -37,6 +37,7 @@ struct model_tokenizer {
     size_t map_mask;        /* map size - 1 */
     int byte_id[256];       /* id of "<0xHH>" for each byte, -1 if absent */
     unsigned char raw[512]; /* byte b as a one-byte string at raw[2b] */
+    int ascii_id[128];      /* the id of each one-byte ASCII piece, -1 if none */
     int32_t *srank;         /* (vocab) each score as a dense rank, 0 the highest */
     int32_t n_srank;
     int words; /* no piece holds a space right after another character: a space that follows
@@ -109,6 +110,10 @@ static int build_map(model_tokenizer *t)
         for (int j = 1; j < t->lens[id] && t->words; j++)
             if (t->pieces[id][j] == ' ' && t->pieces[id][j - 1] != ' ')
                 t->words = 0;
+    for (int c = 0; c < 128; c++) {
+        char ch = (char)c;
+        t->ascii_id[c] = lookup(t, &ch, 1);
+    }
     for (int b = 0; b < 256; b++) {
         char name[8];
         snprintf(name, sizeof name, "<0x%02X>", b);
@@ -515,7 +520,7 @@ int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsig
         size_t j = i + 1;
         while (j < len && (u[j] & 0xC0) == 0x80 && j - i < 4)
             j++;
-        int id = lookup(t, text + i, j - i);
+        int id = j - i == 1 && u[i] < 0x80 ? t->ascii_id[u[i]] : lookup(t, text + i, j - i);
         if (id >= 0) {
             s[ns++] = (model__sym){i, (uint32_t)(j - i), id, -1, -1, 0};
         } else {
@@ -532,6 +537,9 @@ int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsig
     /* Words: cut before a space that follows another symbol, when no piece could span the cut;
      * else the whole text is one. Each word merges on its own. */
     int rc = 0;
+    size_t n = 0;
+    if (bos && n++ < cap)
+        out[0] = MODEL_TOK_BOS;
     for (int a = 0, b; a < ns && rc == 0; a = b) {
         b = a + 1;
         if (t->words)
@@ -547,29 +555,13 @@ int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsig
             model__merge_scan(&m, a);
         else if (model__merge_buckets(&m, a))
             rc = MODEL_ENOMEM;
-        /* Chain the word's survivors to the next word for the output below. */
-        int last = a;
-        while (s[last].next >= 0)
-            last = s[last].next;
-        s[last].next = b < ns ? b : -1;
+        /* The word's ids while it is in cache (counted past cap: ERANGE below). */
+        for (int i = a; i >= 0; i = s[i].next, n++)
+            if (n < cap)
+                out[n] = s[i].id;
     }
-    if (rc) {
-        free(s);
-        free(buf);
-        model__merger_free(&m);
-        return rc;
-    }
-    size_t count = bos ? 1 : 0;
-    for (int i = ns > 0 ? 0 : -1; i >= 0; i = s[i].next)
-        count++;
-    rc = count > cap ? MODEL_ERANGE : 0;
-    size_t n = 0;
-    if (rc == 0) {
-        if (bos)
-            out[n++] = MODEL_TOK_BOS;
-        for (int i = ns > 0 ? 0 : -1; i >= 0; i = s[i].next)
-            out[n++] = s[i].id;
-    }
+    if (rc == 0 && n > cap)
+        rc = MODEL_ERANGE;
     free(s);
     free(buf);
     model__merger_free(&m);
