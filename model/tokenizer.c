@@ -478,6 +478,49 @@ static void l2_pair(void *arg, const model__sym *s, int32_t i, int32_t *rank, in
     res[i] = id;
 }
 
+/* The symbol buffer of one word, and its merger arrays. */
+typedef struct l2_buf {
+    model__sym *s;
+    int32_t *rank, *res;
+    size_t cap;
+} l2_buf;
+
+static int l2_room(l2_buf *B, model__merger *m, size_t cap)
+{
+    model__sym *s = realloc(B->s, cap * sizeof *s);
+    if (s)
+        B->s = s;
+    int32_t *r = s ? realloc(B->rank, cap * sizeof *r) : NULL;
+    if (r)
+        B->rank = r;
+    int32_t *q = r ? realloc(B->res, cap * sizeof *q) : NULL;
+    if (!q)
+        return MODEL_ENOMEM;
+    B->res = q;
+    B->cap = cap;
+    m->s = B->s;
+    m->rank = B->rank;
+    m->res = B->res;
+    return 0;
+}
+
+/* Merges the ns symbols in B and appends their ids (counted past cap). */
+static int l2_word(l2_buf *B, model__merger *m, int32_t ns, int32_t *out, size_t cap, size_t *n)
+{
+    for (int32_t i = 0; i < ns; i++) {
+        B->s[i].prev = i - 1;
+        B->s[i].next = i + 1 < ns ? i + 1 : -1;
+    }
+    if (ns <= 24)
+        model__merge_scan(m, 0);
+    else if (model__merge_buckets(m, 0))
+        return MODEL_ENOMEM;
+    for (int32_t i = 0; i >= 0; i = B->s[i].next, (*n)++)
+        if (*n < cap)
+            out[*n] = B->s[i].id;
+    return 0;
+}
+
 size_t model_encode_cap(size_t len)
 {
     return len > (SIZE_MAX - 8) / 4 ? SIZE_MAX : 4 * len + 8;
@@ -496,75 +539,61 @@ int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsig
     if (t->v)
         return model__vocab_encode(t->v, text, len, flags, out, cap, n_out);
     *n_out = 0;
-    /* Symbols: at most one per byte plus the dummy prefix. */
-    model__sym *s = malloc((len + 1) * sizeof *s);
+    /* Symbols of one word at a time (the whole text when words can merge across spaces), in
+     * a buffer grown to the longest word: merged and written out while in cache, rather than
+     * 32 bytes of symbol per byte of text allocated up front. */
+    l2_buf B = {0};
     char *buf = malloc(2 * (size_t)t->max_len + 8);
     l2_arg A = {t, buf};
-    model__merger m = {.s = s, .pair = l2_pair, .arg = &A, .nranks = (size_t)t->n_srank};
-    m.rank = malloc((len + 1) * sizeof *m.rank);
-    m.res = malloc((len + 1) * sizeof *m.res);
-    if (!s || !buf || !m.rank || !m.res) {
-        free(s);
-        free(buf);
-        model__merger_free(&m);
-        return MODEL_ENOMEM;
-    }
-    int ns = 0;
+    model__merger m = {.pair = l2_pair, .arg = &A, .nranks = (size_t)t->n_srank};
+    int rc = buf && l2_room(&B, &m, 64) == 0 ? 0 : MODEL_ENOMEM;
+    size_t n = 0;
+    if (bos && n++ < cap)
+        out[0] = MODEL_TOK_BOS;
     int sp = lookup(t, " ", 1);
-    if (len > 0 && !(flags & MODEL_ENC_CONTINUE) && sp >= 0)
-        s[ns++] = (model__sym){0, 1, sp, -1, -1, 0};
+    int32_t ns = 0;
+    if (rc == 0 && len > 0 && !(flags & MODEL_ENC_CONTINUE) && sp >= 0)
+        B.s[ns++] = (model__sym){0, 1, sp, -1, -1, 0};
     /* Code points as the reference reads them: a byte that is not a continuation byte starts a
      * new one, and up to three continuation bytes join it. */
     const unsigned char *u = (const unsigned char *)text;
-    for (size_t i = 0; i < len;) {
+    for (size_t i = 0; i < len && rc == 0;) {
         size_t j = i + 1;
         while (j < len && (u[j] & 0xC0) == 0x80 && j - i < 4)
             j++;
         int id = j - i == 1 && u[i] < 0x80 ? t->ascii_id[u[i]] : lookup(t, text + i, j - i);
+        /* A space after another symbol starts a word no merge crosses (t->words). */
+        if (t->words && id == sp && ns > 0 && B.s[ns - 1].id != sp) {
+            rc = l2_word(&B, &m, ns, out, cap, &n);
+            ns = 0;
+        }
+        if (rc == 0 && (size_t)ns + (j - i) > B.cap)
+            rc = l2_room(&B, &m, 2 * B.cap + (j - i));
+        if (rc)
+            break;
         if (id >= 0) {
-            s[ns++] = (model__sym){i, (uint32_t)(j - i), id, -1, -1, 0};
+            B.s[ns++] = (model__sym){i, (uint32_t)(j - i), id, -1, -1, 0};
         } else {
             /* Byte fallback: "<0xHH>" is id HH + 3 in every llama2.c vocabulary, where the
              * reference assumes it; a vocabulary without it (a GGUF's may be anything) gets
              * <unk> rather than an id past its end. */
             for (size_t k = i; k < j; k++) {
                 int b = t->byte_id[u[k]];
-                s[ns++] = (model__sym){k, 1, b >= 0 ? b : MODEL_TOK_UNK, -1, -1, 0};
+                B.s[ns++] = (model__sym){k, 1, b >= 0 ? b : MODEL_TOK_UNK, -1, -1, 0};
             }
         }
         i = j;
     }
-    /* Words: cut before a space that follows another symbol, when no piece could span the cut;
-     * else the whole text is one. Each word merges on its own. */
-    int rc = 0;
-    size_t n = 0;
-    if (bos && n++ < cap)
-        out[0] = MODEL_TOK_BOS;
-    for (int a = 0, b; a < ns && rc == 0; a = b) {
-        b = a + 1;
-        if (t->words)
-            while (b < ns && !(s[b].id == sp && s[b - 1].id != sp))
-                b++;
-        else
-            b = ns;
-        for (int i = a; i < b; i++) {
-            s[i].prev = i > a ? i - 1 : -1;
-            s[i].next = i + 1 < b ? i + 1 : -1;
-        }
-        if (b - a <= 24)
-            model__merge_scan(&m, a);
-        else if (model__merge_buckets(&m, a))
-            rc = MODEL_ENOMEM;
-        /* The word's ids while it is in cache (counted past cap: ERANGE below). */
-        for (int i = a; i >= 0; i = s[i].next, n++)
-            if (n < cap)
-                out[n] = s[i].id;
-    }
+    if (rc == 0 && ns > 0)
+        rc = l2_word(&B, &m, ns, out, cap, &n);
     if (rc == 0 && n > cap)
         rc = MODEL_ERANGE;
-    free(s);
-    free(buf);
+    m.rank = m.res = NULL; /* B's */
     model__merger_free(&m);
+    free(B.s);
+    free(B.rank);
+    free(B.res);
+    free(buf);
     if (rc == 0)
         *n_out = n;
     return rc;
