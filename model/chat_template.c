@@ -1,5 +1,6 @@
 /* chat_template.c — a Jinja-subset interpreter for models' chat templates (chat_template.h says
- * what is supported).
+ * what is supported), the segments of a rendering (found with placeholder contents), and the
+ * template families (recognition by marker strings, built-in templates, --chat-template).
  *
  * Three stages. The splitter cuts the source into text, {{ expression }} and {% statement %}
  * parts and applies the whitespace rules Hugging Face renders with (trim_blocks: the newline

@@ -5,8 +5,8 @@
  * owns copies of everything (the file may be unmapped afterwards): the token texts, scores and
  * types, the merges, the special ids and the pre-tokenizer. The encoders are spm.c (model
  * "llama") and bpe.c with pretok.c (model "gpt2"); vocab.c holds the loader, the special-token
- * split shared by both, and decoding. Everything follows llama.cpp's llama-vocab.cpp, whose test
- * files (HF tokenizers' ids) the tests check byte for byte.
+ * split and the merge loop shared by both, and decoding. Everything follows llama.cpp's
+ * llama-vocab.cpp, whose test files (HF tokenizers' ids) the tests check byte for byte.
  */
 #ifndef PREFIXD_MODEL_VOCAB_H
 #define PREFIXD_MODEL_VOCAB_H

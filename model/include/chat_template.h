@@ -1,4 +1,6 @@
-/* chat_template.h — chat templates: the Jinja subset that models' tokenizer.chat_template uses.
+/* chat_template.h — chat templates: the Jinja subset that models' tokenizer.chat_template uses,
+ * the segments of a rendering (template text vs message content, turn ends) that keep rendered
+ * chats token-prefix stable, and the template families with their built-in templates.
  *
  * A model ships its chat format as a Jinja template (Hugging Face's apply_chat_template renders
  * it with jinja2, trim_blocks and lstrip_blocks on). This is a small interpreter of our own for
