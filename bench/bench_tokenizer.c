@@ -1,7 +1,8 @@
 /* bench_tokenizer.c — encoding speed of the tokenizers, in MB/s of English text, and the time
  * of a 1 MB line without spaces (the case a quadratic merge loop would take minutes on).
  *
- *   bench_tokenizer [MODELS_DIR]   (default: tests/data)
+ *   bench_tokenizer [MODELS_DIR [ONLY]]   (default: tests/data; ONLY: the tokenizers whose
+ *                                          label contains that text, for a profiler)
  *
  * English text: the vocabulary test files' English lines and a TinyStories-like paragraph,
  * repeated to 4 MB. Tokenizers: llama2.c's tokenizer32k.bin (today's path), and the GGUF
@@ -23,11 +24,15 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static const char *only;
+
 static void bench(const char *label, const char *path, const char *text, size_t len,
                   const char *word, size_t wlen)
 {
     char msg[512];
     model_tokenizer *t = NULL;
+    if (only && !strstr(label, only))
+        return;
     if (model_tokenizer_open(path, &t, msg, sizeof msg) != 0) {
         printf("%-28s %s\n", label, msg);
         return;
@@ -54,6 +59,7 @@ static void bench(const char *label, const char *path, const char *text, size_t 
 int main(int argc, char **argv)
 {
     const char *dir = argc > 1 ? argv[1] : "tests/data";
+    only = argc > 2 ? argv[2] : NULL;
     static const char para[] =
         "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
         "park with her friends. One day, she found a shiny red ball under a big tree. \"Can I "

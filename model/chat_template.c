@@ -1,5 +1,6 @@
 /* chat_template.c — a Jinja-subset interpreter for models' chat templates (chat_template.h says
- * what is supported).
+ * what is supported), the segments of a rendering (found with placeholder contents), and the
+ * template families (recognition by marker strings, built-in templates, --chat-template).
  *
  * Three stages. The splitter cuts the source into text, {{ expression }} and {% statement %}
  * parts and applies the whitespace rules Hugging Face renders with (trim_blocks: the newline
@@ -767,6 +768,7 @@ static void next(lexer *L)
         }
         if (p >= L->end)
             die(e, MODEL_EFORMAT, "chat template: unterminated string at line %d", L->line);
+        out[n] = 0; /* read as a C string where it names something (a test, a filter) */
         L->p = p + 1;
         t = (tok){T_STR, out, n};
     } else {
@@ -1856,7 +1858,10 @@ static val filter(rctx *R, node *n, val v)
         val test = arg(R, n, by_attr ? 1 : 0, NULL, v_none());
         for (size_t i = 0; i < l->n; i++) {
             val x = by_attr ? attr(R, l->v[i], at.u.s.p, at.u.s.n, line) : l->v[i];
-            int ok = test.t == V_STR ? run_test(R, test.u.s.p, x, n, by_attr ? 2 : 1) : truthy(x);
+            char tn[64]; /* a test's name, NUL-terminated (a string value need not be) */
+            snprintf(tn, sizeof tn, "%.*s", test.t == V_STR ? (int)test.u.s.n : 0,
+                     test.t == V_STR ? test.u.s.p : "");
+            int ok = test.t == V_STR ? run_test(R, tn, x, n, by_attr ? 2 : 1) : truthy(x);
             if (ok == keep_if)
                 list_push(e, r, l->v[i]);
         }
@@ -2528,6 +2533,40 @@ static val parse_json(err *e, const char *s, size_t n, const char *what)
     return v;
 }
 
+static val parse_vars(err *e, const model_chat_opts *o)
+{
+    if (!o || !o->vars_json)
+        return v_none();
+    val vars = parse_json(e, o->vars_json, strlen(o->vars_json), "the variables");
+    if (vars.t != V_DICT)
+        die(e, MODEL_EINVAL, "chat template: the variables are not a JSON object");
+    return vars;
+}
+
+static val parse_messages(err *e, const char *messages_json, size_t json_len)
+{
+    val msgs = parse_json(e, messages_json, json_len, "the messages");
+    if (msgs.t != V_LIST)
+        die(e, MODEL_EINVAL, "chat template: the messages are not a JSON array");
+    return msgs;
+}
+
+/* Runs t on msgs into ob, with a fresh global scope. */
+static void render_into(err *e, const model_chat_template *t, val msgs, val vars,
+                        const model_chat_opts *o, int gen, buf *ob)
+{
+    scope global = {dict_new(e), NULL};
+    rctx R = {e, ob, &global, 0, 0, 0};
+    if (vars.t == V_DICT)
+        for (size_t i = 0; i < vars.u.d->n; i++)
+            dict_set(e, global.vars, vars.u.d->k[i].u.s.p, vars.u.d->k[i].u.s.n, vars.u.d->v[i]);
+    set_var(&R, "messages", msgs);
+    set_var(&R, "add_generation_prompt", v_bool(gen));
+    set_var(&R, "bos_token", v_cstr(o && o->bos_token ? o->bos_token : ""));
+    set_var(&R, "eos_token", v_cstr(o && o->eos_token ? o->eos_token : ""));
+    exec(&R, &t->top);
+}
+
 int model_chat_template_render(const model_chat_template *t, const char *messages_json,
                                size_t json_len, const model_chat_opts *o, char **out,
                                size_t *out_len, char *msg, size_t msglen)
@@ -2543,25 +2582,715 @@ int model_chat_template_render(const model_chat_template *t, const char *message
         return e.code;
     }
     put(&ob, "", 0);
-    val msgs = parse_json(&e, messages_json, json_len, "the messages");
-    if (msgs.t != V_LIST)
-        die(&e, MODEL_EINVAL, "chat template: the messages are not a JSON array");
-    scope global = {dict_new(&e), NULL};
-    rctx R = {&e, &ob, &global, 0, 0, 0};
-    if (o && o->vars_json) {
-        val vars = parse_json(&e, o->vars_json, strlen(o->vars_json), "the variables");
-        if (vars.t != V_DICT)
-            die(&e, MODEL_EINVAL, "chat template: the variables are not a JSON object");
-        for (size_t i = 0; i < vars.u.d->n; i++)
-            dict_set(&e, global.vars, vars.u.d->k[i].u.s.p, vars.u.d->k[i].u.s.n, vars.u.d->v[i]);
-    }
-    set_var(&R, "messages", msgs);
-    set_var(&R, "add_generation_prompt", v_bool(o && o->add_generation_prompt));
-    set_var(&R, "bos_token", v_cstr(o && o->bos_token ? o->bos_token : ""));
-    set_var(&R, "eos_token", v_cstr(o && o->eos_token ? o->eos_token : ""));
-    exec(&R, &t->top);
+    val msgs = parse_messages(&e, messages_json, json_len);
+    val vars = parse_vars(&e, o);
+    render_into(&e, t, msgs, vars, o, o && o->add_generation_prompt, &ob);
     arena_free(&a);
     *out = ob.p;
     *out_len = ob.n;
+    return 0;
+}
+
+/* ---- Segments ------------------------------------------------------------------------------
+ * Which bytes of a rendering are message content: the messages are rendered a second time with
+ * each non-empty content string replaced by a placeholder ("\x1b" TAG index "\x1b", with a TAG
+ * letter that occurs nowhere in the contents or the output), so the text between placeholders
+ * is the template's own. That text must then occur in the real rendering in the same order,
+ * with each content in between as it is, or trimmed as templates trim it (| trim, .strip(),
+ * rstrip, lstrip); anything else (a template that edits contents) is refused. Message
+ * boundaries: the first k messages are rendered (placeholders, no generation prompt) for each
+ * k; where that rendering is a prefix of the whole, up to a trailer the next turn drops (an EOS
+ * that only ends a conversation), and holds every placeholder of its own, the k-th turn ends
+ * there. A trailer is cut where a token can start (after a newline or '>', ']', '}'), so the
+ * boundary never splits a special token's text. */
+
+typedef struct piece {
+    size_t poff, plen; /* in the placeholder rendering */
+    size_t roff, rlen; /* in the real rendering */
+    int ph;            /* the placeholder's index, -1 for template text */
+} piece;
+
+typedef struct phs {
+    val *orig; /* each placeholder's content */
+    size_t n, cap;
+    char tag;
+} phs;
+
+static val placeholder(err *e, phs *P, val content)
+{
+    if (P->n == P->cap) {
+        size_t cap = P->cap ? P->cap * 2 : 16;
+        val *nv = amalloc(e, cap * sizeof *nv);
+        if (P->n)
+            memcpy(nv, P->orig, P->n * sizeof *nv);
+        P->orig = nv;
+        P->cap = cap;
+    }
+    P->orig[P->n] = content;
+    char tmp[32];
+    int l = snprintf(tmp, sizeof tmp, "\x1b%c%zu\x1b", P->tag, P->n);
+    P->n++;
+    return v_str(astrdup(e, tmp, (size_t)l), (size_t)l);
+}
+
+static dict *dict_copy(err *e, const dict *d)
+{
+    dict *c = dict_new(e);
+    for (size_t i = 0; i < d->n; i++)
+        dict_set(e, c, d->k[i].u.s.p, d->k[i].u.s.n, d->v[i]);
+    return c;
+}
+
+/* msgs with every non-empty content string (and the "text" of content parts) a placeholder. */
+static val with_placeholders(err *e, val msgs, phs *P)
+{
+    list *l = list_new(e);
+    for (size_t i = 0; i < msgs.u.l->n; i++) {
+        val m = msgs.u.l->v[i];
+        val *c = m.t == V_DICT ? dict_get(m.u.d, "content", 7) : NULL;
+        if (c && c->t == V_STR && c->u.s.n > 0) {
+            dict *d = dict_copy(e, m.u.d);
+            dict_set(e, d, "content", 7, placeholder(e, P, *c));
+            m = v_dict(d);
+        } else if (c && c->t == V_LIST) {
+            list *cparts = list_new(e);
+            for (size_t j = 0; j < c->u.l->n; j++) {
+                val cp = c->u.l->v[j];
+                val *tx = cp.t == V_DICT ? dict_get(cp.u.d, "text", 4) : NULL;
+                if (tx && tx->t == V_STR && tx->u.s.n > 0) {
+                    dict *pd = dict_copy(e, cp.u.d);
+                    dict_set(e, pd, "text", 4, placeholder(e, P, *tx));
+                    cp = v_dict(pd);
+                }
+                list_push(e, cparts, cp);
+            }
+            dict *d = dict_copy(e, m.u.d);
+            dict_set(e, d, "content", 7, v_list(cparts));
+            m = v_dict(d);
+        }
+        list_push(e, l, m);
+    }
+    return v_list(l);
+}
+
+static int has_tag(const char *p, size_t n, char tag)
+{
+    for (const char *q = p; (q = memchr(q, 0x1b, (size_t)(p + n - q))) != NULL; q++)
+        if (q + 1 < p + n && q[1] == tag)
+            return 1;
+    return 0;
+}
+
+/* Whether any string in v (recursively) contains ESC tag. */
+static int val_has_tag(val v, char tag, int depth)
+{
+    if (depth > MAX_DEPTH)
+        return 0;
+    if (v.t == V_STR)
+        return has_tag(v.u.s.p, v.u.s.n, tag);
+    if (v.t == V_LIST)
+        for (size_t i = 0; i < v.u.l->n; i++)
+            if (val_has_tag(v.u.l->v[i], tag, depth + 1))
+                return 1;
+    if (v.t == V_DICT)
+        for (size_t i = 0; i < v.u.d->n; i++)
+            if (val_has_tag(v.u.d->v[i], tag, depth + 1))
+                return 1;
+    return 0;
+}
+
+/* The placeholder starting at p (ESC tag digits ESC): its index and length, or 0. */
+static size_t ph_at(const char *p, const char *end, char tag, size_t *idx)
+{
+    if (end - p < 4 || p[0] != 0x1b || p[1] != tag)
+        return 0;
+    size_t i = 0;
+    const char *q = p + 2;
+    while (q < end && *q >= '0' && *q <= '9')
+        i = i * 10 + (size_t)(*q++ - '0');
+    if (q == p + 2 || q >= end || *q != 0x1b)
+        return 0;
+    *idx = i;
+    return (size_t)(q + 1 - p);
+}
+
+/* A rendering that may fail as templates do (a prefix of the conversation a template refuses):
+ * 0, or -1 for a template error; running out of memory or the caps still unwinds. */
+static int try_render(err *e, const model_chat_template *t, val msgs, val vars,
+                      const model_chat_opts *o, int gen, buf *ob, char *why, size_t whylen)
+{
+    err inner = *e;
+    inner.msg = why;
+    inner.msglen = whylen;
+    buf b = {.e = &inner, .heap = 0};
+    if (setjmp(inner.jb)) {
+        if (inner.code != MODEL_EINVAL) {
+            snprintf(e->msg, e->msglen, "%s", why);
+            e->code = inner.code;
+            longjmp(e->jb, 1);
+        }
+        return -1;
+    }
+    put(&b, "", 0);
+    render_into(&inner, t, msgs, vars, o, gen, &b);
+    b.e = e;
+    *ob = b;
+    return 0;
+}
+
+static size_t lcp(const buf *a, const buf *b)
+{
+    size_t n = a->n < b->n ? a->n : b->n, i = 0;
+    while (i < n && a->p[i] == b->p[i])
+        i++;
+    return i;
+}
+
+/* Counts the placeholders in p[0, n). */
+static size_t count_ph(const char *p, size_t n, char tag)
+{
+    size_t c = 0, idx;
+    for (const char *q = p, *end = p + n; q < end; q++) {
+        size_t l = ph_at(q, end, tag, &idx);
+        if (l) {
+            c++;
+            q += l - 1;
+        }
+    }
+    return c;
+}
+
+typedef struct cut {
+    size_t roff;
+    int turn;
+} cut;
+
+int model_chat_template_render_segments(const model_chat_template *t, const char *messages_json,
+                                        size_t json_len, const model_chat_opts *o, char **out,
+                                        size_t *out_len, model_chat_segment **segs, size_t *nsegs,
+                                        char *msg, size_t msglen)
+{
+    *out = NULL;
+    *out_len = 0;
+    *segs = NULL;
+    *nsegs = 0;
+    arena a = {0};
+    err e = {.msg = msg, .msglen = msglen, .a = &a};
+    buf ob = {.e = &e, .heap = 1};
+    model_chat_segment *sv = NULL;
+    if (setjmp(e.jb)) {
+        free(ob.p);
+        free(sv);
+        arena_free(&a);
+        return e.code;
+    }
+    put(&ob, "", 0);
+    val msgs = parse_messages(&e, messages_json, json_len);
+    val vars = parse_vars(&e, o);
+    int gen = o && o->add_generation_prompt;
+    render_into(&e, t, msgs, vars, o, gen, &ob);
+
+    phs P = {0};
+    for (P.tag = 'A'; P.tag <= 'Z'; P.tag++)
+        if (!val_has_tag(msgs, P.tag, 0) && !has_tag(ob.p, ob.n, P.tag) &&
+            !val_has_tag(vars, P.tag, 0))
+            break;
+    if (P.tag > 'Z')
+        die(&e, MODEL_EINVAL, "chat template: the messages hold every placeholder sequence");
+    val pm = with_placeholders(&e, msgs, &P);
+    char why[512];
+    buf full;
+    if (try_render(&e, t, pm, vars, o, gen, &full, why, sizeof why))
+        die(&e, MODEL_EINVAL, "chat template: cannot tell message contents from template text (%s)",
+            why);
+
+    /* The pieces of the placeholder rendering, matched against the real one. */
+    size_t np = 0, capp = 16;
+    piece *pv = amalloc(&e, capp * sizeof *pv);
+    const char *fp = full.p, *fend = full.p + full.n;
+    size_t at = 0, rpos = 0;
+    for (size_t i = 0; i <= full.n;) {
+        size_t idx = 0, l = i < full.n ? ph_at(fp + i, fend, P.tag, &idx) : 0;
+        if (i < full.n && !l) {
+            i++;
+            continue;
+        }
+        if (np + 2 > capp) {
+            piece *nv = amalloc(&e, 2 * capp * sizeof *nv);
+            memcpy(nv, pv, np * sizeof *nv);
+            pv = nv;
+            capp *= 2;
+        }
+        if (i > at) { /* template text [at, i) */
+            if (rpos + (i - at) > ob.n || memcmp(ob.p + rpos, fp + at, i - at) != 0)
+                die(&e, MODEL_EINVAL,
+                    "chat template: the template's text differs between two renderings of the "
+                    "same messages, so contents cannot be told from it");
+            pv[np++] = (piece){at, i - at, rpos, i - at, -1};
+            rpos += i - at;
+        }
+        if (i == full.n)
+            break;
+        if (idx >= P.n)
+            die(&e, MODEL_EINVAL, "chat template: a placeholder the template made up");
+        /* The content as it appears: as given or trimmed; the template text after it must
+         * follow. */
+        size_t nxt = i + l, nend = nxt;
+        while (nend < full.n && !ph_at(fp + nend, fend, P.tag, &(size_t){0}))
+            nend++;
+        val c = P.orig[idx], cands[4] = {c, strip(c, 1, 1, v_none()), strip(c, 0, 1, v_none()),
+                                         strip(c, 1, 0, v_none())};
+        int found = 0;
+        for (int k = 0; k < 4 && !found; k++) {
+            size_t cl = cands[k].u.s.n;
+            if (rpos + cl > ob.n || memcmp(ob.p + rpos, cands[k].u.s.p, cl) != 0)
+                continue;
+            if (nend == full.n && nend == nxt ? rpos + cl != ob.n
+                                              : (rpos + cl + (nend - nxt) > ob.n ||
+                                                 memcmp(ob.p + rpos + cl, fp + nxt, nend - nxt)))
+                continue;
+            pv[np++] = (piece){i, l, rpos, cl, (int)idx};
+            rpos += cl;
+            found = 1;
+        }
+        if (!found)
+            die(&e, MODEL_EINVAL,
+                "chat template: the template changes a message's content (beyond trimming it), "
+                "so its segments cannot be told apart");
+        i += l;
+        at = i;
+    }
+    if (rpos != ob.n)
+        die(&e, MODEL_EINVAL, "chat template: the rendering has text the template did not make");
+
+    /* Turn boundaries, as offsets of the real rendering. */
+    size_t nm = msgs.u.l->n, nc = 0;
+    cut *cuts = amalloc(&e, (nm + 1) * sizeof *cuts);
+    size_t last = 0;
+    for (size_t k = 1; k <= nm; k++) {
+        list sub = *pm.u.l;
+        sub.n = k;
+        buf pk, gk;
+        if (try_render(&e, t, v_list(&sub), vars, o, 0, &pk, why, sizeof why))
+            continue;
+        size_t L = lcp(&pk, &full);
+        if (try_render(&e, t, v_list(&sub), vars, o, 1, &gk, why, sizeof why) == 0) {
+            size_t g = lcp(&pk, &gk);
+            L = g < L ? g : L;
+        }
+        if (L < pk.n) /* a trailer: back to where a token can start */
+            while (L > 0 && !strchr("\n>]}", pk.p[L - 1]))
+                L--;
+        if (L <= last || count_ph(pk.p, L, P.tag) != count_ph(pk.p, pk.n, P.tag))
+            continue;
+        /* To the real rendering: L must fall in template text or at a piece's edge. */
+        int ok = 0;
+        size_t roff = 0;
+        for (size_t j = 0; j < np && !ok; j++) {
+            const piece *q = &pv[j];
+            if (L == q->poff + q->plen) {
+                roff = q->roff + q->rlen;
+                ok = 1;
+            } else if (q->ph < 0 && L > q->poff && L < q->poff + q->plen) {
+                roff = q->roff + (L - q->poff);
+                ok = 1;
+            }
+        }
+        if (!ok)
+            continue;
+        last = L;
+        if (nc > 0 && cuts[nc - 1].roff == roff)
+            cuts[nc - 1].turn = (int)k;
+        else
+            cuts[nc++] = (cut){roff, (int)k};
+    }
+
+    /* Segments: the pieces, cut at the boundaries. */
+    size_t ns = 0, caps = np + nc + 1;
+    sv = malloc(caps * sizeof *sv);
+    if (!sv)
+        die(&e, MODEL_ENOMEM, "chat template: out of memory");
+    size_t ci = 0;
+    for (size_t j = 0; j <= np; j++) {
+        size_t pos = j < np ? pv[j].roff : ob.n, b0 = j < np ? pv[j].roff + pv[j].rlen : ob.n;
+        for (;;) {
+            /* A cut at pos ends the segment before it. */
+            for (; ci < nc && cuts[ci].roff <= pos; ci++)
+                if (cuts[ci].roff == pos && ns > 0 && sv[ns - 1].off + sv[ns - 1].len == pos)
+                    sv[ns - 1].turn = cuts[ci].turn;
+            size_t end = ci < nc && cuts[ci].roff < b0 ? cuts[ci].roff : b0;
+            if (end > pos)
+                sv[ns++] = (model_chat_segment){pos, end - pos, j < np && pv[j].ph >= 0, 0};
+            if (end == b0)
+                break;
+            pos = end;
+        }
+    }
+    /* Spaces that end template text before content go with the content (byte-level BPE and
+     * SentencePiece both join a space to the word after it). */
+    for (size_t j = 0; j + 1 < ns; j++)
+        if (!sv[j].content && !sv[j].turn && sv[j + 1].content) {
+            while (sv[j].len > 0 && ob.p[sv[j].off + sv[j].len - 1] == ' ') {
+                sv[j].len--;
+                sv[j + 1].off--;
+                sv[j + 1].len++;
+            }
+        }
+    size_t w = 0;
+    for (size_t j = 0; j < ns; j++)
+        if (sv[j].len > 0)
+            sv[w++] = sv[j];
+    arena_free(&a);
+    *out = ob.p;
+    *out_len = ob.n;
+    *segs = sv;
+    *nsegs = w;
+    return 0;
+}
+
+int model_chat_tokenize(const model_tokenizer *tk, const char *text, const model_chat_segment *segs,
+                        size_t nsegs, int add_bos, int32_t **ids, size_t *n_ids, size_t *ends)
+{
+    *ids = NULL;
+    *n_ids = 0;
+    size_t total = 0;
+    for (size_t i = 0; i < nsegs; i++)
+        total += segs[i].len;
+    size_t cap = model_encode_cap(total) + 2 * nsegs + 2, n = 0;
+    int32_t *v = malloc(cap * sizeof *v);
+    if (!v)
+        return MODEL_ENOMEM;
+    int32_t bos = model_token_bos(tk);
+    if (add_bos && bos >= 0) {
+        /* BOS when the vocabulary adds one (add_bos_token) and the rendering has none. */
+        int32_t tmp[4];
+        size_t k = 0;
+        int has = nsegs > 0 && !segs[0].content;
+        size_t bl;
+        const char *bt = model_token_text(tk, bos, &bl);
+        if (has)
+            has = bl > 0 && segs[0].len >= bl && memcmp(text + segs[0].off, bt, bl) == 0;
+        if (!has && model_tokenize(tk, "", 0, MODEL_ENC_ADD_SPECIAL, tmp, 4, &k) == 0 && k > 0 &&
+            tmp[0] == bos)
+            v[n++] = bos;
+    }
+    for (size_t i = 0; i < nsegs; i++) {
+        unsigned flags = segs[i].content ? 0 : MODEL_ENC_SPECIAL;
+        if (i > 0 && !(n > 0 && model_token_is_special(tk, v[n - 1])))
+            flags |= MODEL_ENC_CONTINUE;
+        size_t k = 0;
+        int rc = model_tokenize(tk, text + segs[i].off, segs[i].len, flags, v + n, cap - n, &k);
+        if (rc) {
+            free(v);
+            return rc;
+        }
+        n += k;
+        if (ends)
+            ends[i] = n;
+    }
+    *ids = v;
+    *n_ids = n;
+    return 0;
+}
+
+/* ---- Families ------------------------------------------------------------------------------
+ * Each family's built-in template, written here from its published format (the sources are in
+ * tests/data/templates/families/README.md, with each family's expected rendering). They keep
+ * what the published format fixes and nothing that would move earlier text when a turn is
+ * added, so every one has the token-prefix property; where a vendor's own template puts the
+ * system prompt into the last user turn (Mistral v3 and Tekken), the built-in puts it into the
+ * first, as Mistral's v1 format and llama.cpp do. */
+
+// clang-format off
+static const struct family_def {
+    const char *name, *aliases, *about, *bos, *eos, *src;
+} families[MODEL_CHAT_NFAMILIES] = {
+    [MODEL_CHAT_LLAMA2] = {"llama2", "llama-2,llama2-chat,codellama",
+        "Llama 2 chat: <s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {assistant} </s>",
+        "<s>", "</s>",
+        "{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}"
+        "{% set msgs = messages[1:] %}{% else %}{% set sys = none %}{% set msgs = messages %}{% endif %}"
+        "{% for m in msgs %}"
+        "{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' }}"
+        "{% if loop.first and sys is not none %}{{ '<<SYS>>\\n' + sys + '\\n<</SYS>>\\n\\n' }}{% endif %}"
+        "{{ m['content'] | trim + ' [/INST]' }}"
+        "{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'] | trim + ' ' + eos_token }}"
+        "{% else %}{{ raise_exception('llama2: a message role must be system (first), user or assistant, not ' + m['role']) }}"
+        "{% endif %}{% endfor %}"},
+    [MODEL_CHAT_LLAMA3] = {"llama3", "llama-3,llama3.1,llama3.2,llama3.3,llama-3.1",
+        "Llama 3.x: <|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>",
+        "<|begin_of_text|>", "<|eot_id|>",
+        "{{ bos_token }}{% for m in messages %}"
+        "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"},
+    [MODEL_CHAT_CHATML] = {"chatml", "qwen,qwen2,qwen2.5,qwen3,smollm,hermes",
+        "ChatML (Qwen, SmolLM, Hermes): <|im_start|>{role}\\n{content}<|im_end|>\\n",
+        "", "<|im_end|>",
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"},
+    [MODEL_CHAT_MISTRAL_V1] = {"mistral-v1", "mistral-v2,mixtral",
+        "Mistral v1 (SentencePiece): <s> [INST] {user} [/INST] {assistant}</s>",
+        "<s>", "</s>",
+        "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{% set ns.sys = ns.sys + m['content'] + '\\n\\n' %}"
+        "{% elif m['role'] == 'user' %}{{ ' [INST] ' + ns.sys + m['content'] + ' [/INST]' }}{% set ns.sys = '' %}"
+        "{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'] + eos_token }}"
+        "{% else %}{{ raise_exception('mistral: a message role must be system, user or assistant, not ' + m['role']) }}"
+        "{% endif %}{% endfor %}"},
+    [MODEL_CHAT_MISTRAL_V3] = {"mistral-v3", "mistral",
+        "Mistral v3 (SentencePiece, control tokens): <s>[INST] {user}[/INST] {assistant}</s>",
+        "<s>", "</s>",
+        "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{% set ns.sys = ns.sys + m['content'] + '\\n\\n' %}"
+        "{% elif m['role'] == 'user' %}{{ '[INST] ' + ns.sys + m['content'] + '[/INST]' }}{% set ns.sys = '' %}"
+        "{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'] + eos_token }}"
+        "{% else %}{{ raise_exception('mistral: a message role must be system, user or assistant, not ' + m['role']) }}"
+        "{% endif %}{% endfor %}"},
+    [MODEL_CHAT_MISTRAL_V3_TEKKEN] = {"mistral-v3-tekken", "tekken,mistral-nemo,ministral",
+        "Mistral v3 Tekken (Nemo): <s>[INST]{user}[/INST]{assistant}</s>",
+        "<s>", "</s>",
+        "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{% set ns.sys = ns.sys + m['content'] + '\\n\\n' %}"
+        "{% elif m['role'] == 'user' %}{{ '[INST]' + ns.sys + m['content'] + '[/INST]' }}{% set ns.sys = '' %}"
+        "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}"
+        "{% else %}{{ raise_exception('mistral: a message role must be system, user or assistant, not ' + m['role']) }}"
+        "{% endif %}{% endfor %}"},
+    [MODEL_CHAT_MISTRAL_V7] = {"mistral-v7", "mistral-large",
+        "Mistral v7: <s>[SYSTEM_PROMPT] {system}[/SYSTEM_PROMPT][INST] {user}[/INST] {assistant}</s>",
+        "<s>", "</s>",
+        "{{ bos_token }}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{{ '[SYSTEM_PROMPT] ' + m['content'] + '[/SYSTEM_PROMPT]' }}"
+        "{% elif m['role'] == 'user' %}{{ '[INST] ' + m['content'] + '[/INST]' }}"
+        "{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'] + eos_token }}"
+        "{% else %}{{ raise_exception('mistral: a message role must be system, user or assistant, not ' + m['role']) }}"
+        "{% endif %}{% endfor %}"},
+    [MODEL_CHAT_MISTRAL_V7_TEKKEN] = {"mistral-v7-tekken", "mistral-small",
+        "Mistral v7 Tekken (Small 3.x): <s>[SYSTEM_PROMPT]{system}[/SYSTEM_PROMPT][INST]{user}[/INST]{assistant}</s>",
+        "<s>", "</s>",
+        "{{ bos_token }}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{{ '[SYSTEM_PROMPT]' + m['content'] + '[/SYSTEM_PROMPT]' }}"
+        "{% elif m['role'] == 'user' %}{{ '[INST]' + m['content'] + '[/INST]' }}"
+        "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}"
+        "{% else %}{{ raise_exception('mistral: a message role must be system, user or assistant, not ' + m['role']) }}"
+        "{% endif %}{% endfor %}"},
+    [MODEL_CHAT_PHI3] = {"phi3", "phi-3,phi3.5,phi-3.5",
+        "Phi-3: <|{role}|>\\n{content}<|end|>\\n",
+        "<s>", "<|endoftext|>",
+        "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"},
+    [MODEL_CHAT_GEMMA] = {"gemma", "gemma2,gemma3,gemma-2,gemma-3",
+        "Gemma: <start_of_turn>user\\n{content}<end_of_turn>\\n<start_of_turn>model\\n...",
+        "<bos>", "<eos>",
+        "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{% set ns.sys = ns.sys + m['content'] | trim + '\\n\\n' %}"
+        "{% else %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\\n' + ns.sys + m['content'] | trim + '<end_of_turn>\\n' }}"
+        "{% set ns.sys = '' %}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"},
+    [MODEL_CHAT_ZEPHYR] = {"zephyr", "",
+        "Zephyr: <|{role}|>\\n{content}</s>\\n",
+        "<s>", "</s>",
+        "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + eos_token + '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"},
+    [MODEL_CHAT_DEEPSEEK] = {"deepseek", "deepseek-llm,deepseek2,deepseek-v2",
+        "DeepSeek LLM / V2: User: {user}\\n\\nAssistant: {assistant}<｜end▁of▁sentence｜>",
+        "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>",
+        "{{ bos_token }}{% for m in messages %}"
+        "{% if m['role'] == 'user' %}{{ 'User: ' + m['content'] + '\\n\\n' }}"
+        "{% elif m['role'] == 'assistant' %}{{ 'Assistant: ' + m['content'] + eos_token }}"
+        "{% elif m['role'] == 'system' %}{{ m['content'] + '\\n\\n' }}"
+        "{% else %}{{ raise_exception('deepseek: a message role must be system, user or assistant, not ' + m['role']) }}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"},
+    [MODEL_CHAT_DEEPSEEK3] = {"deepseek3", "deepseek-v3,deepseek-r1",
+        "DeepSeek V3 / R1: {system}<｜User｜>{user}<｜Assistant｜>{assistant}<｜end▁of▁sentence｜>",
+        "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>",
+        "{{ bos_token }}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{{ m['content'] }}"
+        "{% elif m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}"
+        "{% elif m['role'] == 'assistant' %}{{ '<｜Assistant｜>' + m['content'] + eos_token }}"
+        "{% else %}{{ raise_exception('deepseek3: a message role must be system, user or assistant, not ' + m['role']) }}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"},
+    [MODEL_CHAT_GRANITE] = {"granite", "granite3",
+        "Granite 3.x: <|start_of_role|>{role}<|end_of_role|>{content}<|end_of_text|>\\n",
+        "", "<|end_of_text|>",
+        "{% for m in messages %}{{ '<|start_of_role|>' + m['role'] + '<|end_of_role|>' + m['content'] + '<|end_of_text|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_of_role|>assistant<|end_of_role|>' }}{% endif %}"},
+};
+// clang-format on
+
+const char *model_chat_family_name(int f)
+{
+    return f > 0 && f < MODEL_CHAT_NFAMILIES ? families[f].name : "unknown";
+}
+
+const char *model_chat_family_about(int f)
+{
+    return f > 0 && f < MODEL_CHAT_NFAMILIES ? families[f].about : "not a known family";
+}
+
+const char *model_chat_family_source(int f)
+{
+    return f > 0 && f < MODEL_CHAT_NFAMILIES ? families[f].src : NULL;
+}
+
+void model_chat_family_tokens(int f, const char **bos, const char **eos)
+{
+    *bos = f > 0 && f < MODEL_CHAT_NFAMILIES ? families[f].bos : "";
+    *eos = f > 0 && f < MODEL_CHAT_NFAMILIES ? families[f].eos : "";
+}
+
+const char *model_chat_family_names(void)
+{
+    static const char names[] =
+        "llama2, llama3, chatml, mistral-v1, mistral-v3, mistral-v3-tekken, "
+        "mistral-v7, mistral-v7-tekken, phi3, gemma, zephyr, deepseek, "
+        "deepseek3, granite";
+    return names;
+}
+
+static int name_eq(const char *a, size_t n, const char *b)
+{
+    if (strlen(b) != n)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char x = a[i] >= 'A' && a[i] <= 'Z' ? (char)(a[i] + 32) : a[i];
+        if (x != b[i])
+            return 0;
+    }
+    return 1;
+}
+
+int model_chat_family_find(const char *name)
+{
+    size_t n = strlen(name);
+    for (int f = 1; f < MODEL_CHAT_NFAMILIES; f++) {
+        if (name_eq(name, n, families[f].name))
+            return f;
+        for (const char *p = families[f].aliases; *p;) {
+            const char *c = strchr(p, ',');
+            size_t l = c ? (size_t)(c - p) : strlen(p);
+            char a[64];
+            if (l < sizeof a) {
+                memcpy(a, p, l);
+                a[l] = 0;
+                if (name_eq(name, n, a))
+                    return f;
+            }
+            p += l + (c != NULL);
+        }
+    }
+    return MODEL_CHAT_UNKNOWN;
+}
+
+static int has(const char *src, size_t len, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= len; i++)
+        if (src[i] == needle[0] && memcmp(src + i, needle, n) == 0)
+            return 1;
+    return 0;
+}
+
+int model_chat_family_detect(const char *src, size_t len)
+{
+    if (has(src, len, "<|start_header_id|>"))
+        return MODEL_CHAT_LLAMA3;
+    if (has(src, len, "<|im_start|>"))
+        return MODEL_CHAT_CHATML;
+    if (has(src, len, "<|start_of_role|>"))
+        return MODEL_CHAT_GRANITE;
+    if (has(src, len, "<start_of_turn>"))
+        return MODEL_CHAT_GEMMA;
+    if (has(src, len, "<｜User｜>"))
+        return MODEL_CHAT_DEEPSEEK3;
+    if (has(src, len, "[SYSTEM_PROMPT]"))
+        return has(src, len, "[INST] ") ? MODEL_CHAT_MISTRAL_V7 : MODEL_CHAT_MISTRAL_V7_TEKKEN;
+    if (has(src, len, "[INST]")) {
+        if (has(src, len, "<<SYS>>"))
+            return MODEL_CHAT_LLAMA2;
+        if (has(src, len, " [/INST]"))
+            return MODEL_CHAT_MISTRAL_V1;
+        if (has(src, len, "[INST] "))
+            return MODEL_CHAT_MISTRAL_V3;
+        return MODEL_CHAT_MISTRAL_V3_TEKKEN;
+    }
+    if (has(src, len, "<|user|>") || has(src, len, "<|assistant|>"))
+        return has(src, len, "<|end|>") ? MODEL_CHAT_PHI3 : MODEL_CHAT_ZEPHYR;
+    if (has(src, len, "User: ") && has(src, len, "Assistant:"))
+        return MODEL_CHAT_DEEPSEEK;
+    return MODEL_CHAT_UNKNOWN;
+}
+
+int model_chat_template_choose(const char *override, const char *model_src,
+                               model_chat_template **out, int *family, char *note, size_t notelen,
+                               char *msg, size_t msglen)
+{
+    *out = NULL;
+    *family = MODEL_CHAT_UNKNOWN;
+    if (note && notelen)
+        note[0] = 0;
+    const char *src = model_src, *what = "the model's chat template";
+    char *file = NULL;
+    char whatbuf[600];
+    int f = override ? model_chat_family_find(override) : MODEL_CHAT_UNKNOWN;
+    if (f) {
+        src = families[f].src;
+        what = "the built-in template";
+    } else if (override) {
+        FILE *fp = fopen(override, "rb");
+        if (!fp) {
+            snprintf(msg, msglen,
+                     "--chat-template '%s' is neither a template family (%s) nor a readable file",
+                     override, model_chat_family_names());
+            return MODEL_EINVAL;
+        }
+        size_t cap = 4096, n = 0;
+        file = malloc(cap + 1);
+        for (size_t k; file && (k = fread(file + n, 1, cap - n, fp)) > 0;) {
+            n += k;
+            if (n == cap) {
+                char *nf = cap < MEM_CAP ? realloc(file, (cap *= 2) + 1) : NULL;
+                if (!nf) {
+                    free(file);
+                    file = NULL;
+                }
+                file = nf;
+            }
+        }
+        fclose(fp);
+        if (!file) {
+            snprintf(msg, msglen, "cannot read chat template '%s': out of memory or too long",
+                     override);
+            return MODEL_ENOMEM;
+        }
+        file[n] = 0;
+        src = file;
+        snprintf(whatbuf, sizeof whatbuf, "the chat template in '%s'", override);
+        what = whatbuf;
+    } else if (!model_src) {
+        snprintf(msg, msglen,
+                 "the model carries no chat template (tokenizer.chat_template); give "
+                 "--chat-template NAME (%s) or --chat-template FILE.jinja",
+                 model_chat_family_names());
+        return MODEL_EINVAL;
+    }
+    size_t len = strlen(src);
+    char why[512];
+    int rc = model_chat_template_parse(src, len, out, why, sizeof why);
+    if (rc) {
+        snprintf(msg, msglen,
+                 "%s does not parse: %s; give --chat-template NAME (%s) to use a "
+                 "built-in one",
+                 what, why, model_chat_family_names());
+        free(file);
+        return rc;
+    }
+    *family = f ? f : model_chat_family_detect(src, len);
+    if (!*family && note && notelen)
+        snprintf(note, notelen,
+                 "%s is not one of the known families (%s); it is rendered as written, which "
+                 "keeps the token-prefix property only where its turns allow; give "
+                 "--chat-template NAME to use a built-in one",
+                 what, model_chat_family_names());
+    free(file);
     return 0;
 }

@@ -37,6 +37,11 @@ struct model_tokenizer {
     size_t map_mask;        /* map size - 1 */
     int byte_id[256];       /* id of "<0xHH>" for each byte, -1 if absent */
     unsigned char raw[512]; /* byte b as a one-byte string at raw[2b] */
+    int ascii_id[128];      /* the id of each one-byte ASCII piece, -1 if none */
+    int32_t *srank;         /* (vocab) each score as a dense rank, 0 the highest */
+    int32_t n_srank;
+    int words; /* no piece holds a space right after another character: a space that follows
+                  a character starts a word no merge crosses */
 };
 
 static size_t hash_bytes(const void *p, size_t n)
@@ -57,6 +62,13 @@ static int lookup(const model_tokenizer *t, const char *s, size_t n)
     }
 }
 
+static int score_cmp(const void *pa, const void *pb, void *arg)
+{
+    const float *sc = arg;
+    float a = sc[*(const int32_t *)pa], b = sc[*(const int32_t *)pb];
+    return (a < b) - (a > b);
+}
+
 static int build_map(model_tokenizer *t)
 {
     size_t cap = 16;
@@ -74,6 +86,33 @@ static int build_map(model_tokenizer *t)
         while (t->map[i] >= 0)
             i = (i + 1) & t->map_mask;
         t->map[i] = id;
+    }
+    /* Scores as ranks for vocab.c's merge loop, and whether words can merge apart. */
+    int32_t *ord = malloc((size_t)t->vocab * sizeof *ord);
+    t->srank = malloc((size_t)t->vocab * sizeof *t->srank);
+    if (!ord || !t->srank) {
+        free(ord);
+        return -1;
+    }
+    for (int i = 0; i < t->vocab; i++)
+        ord[i] = i;
+    qsort_r(ord, (size_t)t->vocab, sizeof *ord, score_cmp, t->scores);
+    int32_t r = 0;
+    for (int i = 0; i < t->vocab; i++) {
+        if (i > 0 && t->scores[ord[i]] != t->scores[ord[i - 1]])
+            r++;
+        t->srank[ord[i]] = r;
+    }
+    t->n_srank = r + 1;
+    free(ord);
+    t->words = 1;
+    for (int id = 0; id < t->vocab && t->words; id++)
+        for (int j = 1; j < t->lens[id] && t->words; j++)
+            if (t->pieces[id][j] == ' ' && t->pieces[id][j - 1] != ' ')
+                t->words = 0;
+    for (int c = 0; c < 128; c++) {
+        char ch = (char)c;
+        t->ascii_id[c] = lookup(t, &ch, 1);
     }
     for (int b = 0; b < 256; b++) {
         char name[8];
@@ -281,6 +320,7 @@ void model_tokenizer_free(model_tokenizer *t)
     free(t->lens);
     free(t->blob);
     free(t->map);
+    free(t->srank);
     free(t);
 }
 
@@ -294,6 +334,15 @@ int model_token_is_eog(const model_tokenizer *t, int32_t id)
     if (t->v)
         return id >= 0 && id < t->v->n && t->v->eog[id];
     /* llama2.c: BOS or EOS ends the text (the reference stops on BOS). */
+    return id == MODEL_TOK_BOS || id == MODEL_TOK_EOS;
+}
+
+int model_token_is_special(const model_tokenizer *t, int32_t id)
+{
+    if (t->v)
+        return id >= 0 && id < t->v->n &&
+               (t->v->type[id] == MODEL__TOK_CONTROL || t->v->type[id] == MODEL__TOK_USER ||
+                t->v->type[id] == MODEL__TOK_UNKNOWN);
     return id == MODEL_TOK_BOS || id == MODEL_TOK_EOS;
 }
 
@@ -404,31 +453,72 @@ const char *model_detok_flush(model_detok *d, size_t *len)
 
 /* ---- Encoding ------------------------------------------------------------------------------- */
 
-typedef struct sym {
-    int id;
-    int prev, next; /* indices in the symbol array, -1 at the ends */
-    unsigned ver;   /* bumped when the symbol changes or dies */
-    int dead;
-} sym;
+/* Merges go through vocab.c's loop (model__merger) with the scores as ranks: the highest score
+ * first, then the leftmost pair, as llama2.c merges. A pair merges when the concatenation of
+ * its two pieces is a token. */
+typedef struct l2_arg {
+    const model_tokenizer *t;
+    char *buf; /* 2 * max_len + 8 bytes */
+} l2_arg;
 
-/* Merge candidates go through the shared heap of vocab.h (model__cand, smallest key first):
- * the key is minus the merged token's score, so the highest score comes first, then the
- * leftmost pair, as llama2.c merges. */
-/* Pushes the merge of symbols a and b if their concatenation is a token. buf: scratch of at least
- * 2 * max_len + 1 bytes. */
-static void consider(const model_tokenizer *t, const sym *s, int a, int b, model__cand *h,
-                     size_t *nh, char *buf)
+static void l2_pair(void *arg, const model__sym *s, int32_t i, int32_t *rank, int32_t *res)
 {
-    if (a < 0 || b < 0)
-        return;
-    size_t la = (size_t)t->lens[s[a].id], lb = (size_t)t->lens[s[b].id];
-    memcpy(buf, t->pieces[s[a].id], la);
-    memcpy(buf + la, t->pieces[s[b].id], lb);
-    int id = lookup(t, buf, la + lb);
-    if (id < 0)
-        return;
-    model__cand c = {-(double)t->scores[id], a, b, s[a].ver, s[b].ver, id};
-    model__heap_push(h, nh, c);
+    const l2_arg *A = arg;
+    const model_tokenizer *t = A->t;
+    int32_t j = s[i].next, id = -1;
+    if (j >= 0) {
+        size_t la = (size_t)t->lens[s[i].id], lb = (size_t)t->lens[s[j].id];
+        if (la + lb <= 2 * (size_t)t->max_len + 8) {
+            memcpy(A->buf, t->pieces[s[i].id], la);
+            memcpy(A->buf + la, t->pieces[s[j].id], lb);
+            id = lookup(t, A->buf, la + lb);
+        }
+    }
+    rank[i] = id >= 0 ? t->srank[id] : INT32_MAX;
+    res[i] = id;
+}
+
+/* The symbol buffer of one word, and its merger arrays. */
+typedef struct l2_buf {
+    model__sym *s;
+    int32_t *rank, *res;
+    size_t cap;
+} l2_buf;
+
+static int l2_room(l2_buf *B, model__merger *m, size_t cap)
+{
+    model__sym *s = realloc(B->s, cap * sizeof *s);
+    if (s)
+        B->s = s;
+    int32_t *r = s ? realloc(B->rank, cap * sizeof *r) : NULL;
+    if (r)
+        B->rank = r;
+    int32_t *q = r ? realloc(B->res, cap * sizeof *q) : NULL;
+    if (!q)
+        return MODEL_ENOMEM;
+    B->res = q;
+    B->cap = cap;
+    m->s = B->s;
+    m->rank = B->rank;
+    m->res = B->res;
+    return 0;
+}
+
+/* Merges the ns symbols in B and appends their ids (counted past cap). */
+static int l2_word(l2_buf *B, model__merger *m, int32_t ns, int32_t *out, size_t cap, size_t *n)
+{
+    for (int32_t i = 0; i < ns; i++) {
+        B->s[i].prev = i - 1;
+        B->s[i].next = i + 1 < ns ? i + 1 : -1;
+    }
+    if (ns <= 24)
+        model__merge_scan(m, 0);
+    else if (model__merge_buckets(m, 0))
+        return MODEL_ENOMEM;
+    for (int32_t i = 0; i >= 0; i = B->s[i].next, (*n)++)
+        if (*n < cap)
+            out[*n] = B->s[i].id;
+    return 0;
 }
 
 size_t model_encode_cap(size_t len)
@@ -450,7 +540,8 @@ int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsig
 {
     if (t->v)
         return model__vocab_encode(t->v, text, len, flags, NULL, out, cap, n_out);
-    return l2c_encode(t, text, len, (flags & MODEL_ENC_ADD_SPECIAL) != 0, 1, out, cap, n_out);
+    return l2c_encode(t, text, len, (flags & MODEL_ENC_ADD_SPECIAL) != 0,
+                      !(flags & MODEL_ENC_CONTINUE), out, cap, n_out);
 }
 
 int model_tokenize_chat(const model_tokenizer *t, const char *text, size_t len, unsigned flags,
@@ -490,80 +581,60 @@ static int l2c_encode(const model_tokenizer *t, const char *text, size_t len, in
                       int32_t *out, size_t cap, size_t *n_out)
 {
     *n_out = 0;
-    /* Symbols: at most one per byte plus the dummy prefix. */
-    sym *s = malloc((len + 1) * sizeof *s);
-    model__cand *h = malloc((len + 1) * 3 * sizeof *h + sizeof *h);
+    /* Symbols of one word at a time (the whole text when words can merge across spaces), in
+     * a buffer grown to the longest word: merged and written out while in cache, rather than
+     * 32 bytes of symbol per byte of text allocated up front. */
+    l2_buf B = {0};
     char *buf = malloc(2 * (size_t)t->max_len + 8);
-    if (!s || !h || !buf) {
-        free(s);
-        free(h);
-        free(buf);
-        return MODEL_ENOMEM;
-    }
-    int ns = 0;
-    if (len > 0 && dummy) {
-        int sp = lookup(t, " ", 1);
-        if (sp >= 0)
-            s[ns++] = (sym){sp, -1, -1, 0, 0};
-    }
+    l2_arg A = {t, buf};
+    model__merger m = {.pair = l2_pair, .arg = &A, .nranks = (size_t)t->n_srank};
+    int rc = buf && l2_room(&B, &m, 64) == 0 ? 0 : MODEL_ENOMEM;
+    size_t n = 0;
+    if (bos && n++ < cap)
+        out[0] = MODEL_TOK_BOS;
+    int sp = lookup(t, " ", 1);
+    int32_t ns = 0;
+    if (rc == 0 && len > 0 && dummy && sp >= 0)
+        B.s[ns++] = (model__sym){0, 1, sp, -1, -1, 0};
     /* Code points as the reference reads them: a byte that is not a continuation byte starts a
      * new one, and up to three continuation bytes join it. */
     const unsigned char *u = (const unsigned char *)text;
-    for (size_t i = 0; i < len;) {
+    for (size_t i = 0; i < len && rc == 0;) {
         size_t j = i + 1;
         while (j < len && (u[j] & 0xC0) == 0x80 && j - i < 4)
             j++;
-        int id = lookup(t, text + i, j - i);
+        int id = j - i == 1 && u[i] < 0x80 ? t->ascii_id[u[i]] : lookup(t, text + i, j - i);
+        /* A space after another symbol starts a word no merge crosses (t->words). */
+        if (t->words && id == sp && ns > 0 && B.s[ns - 1].id != sp) {
+            rc = l2_word(&B, &m, ns, out, cap, &n);
+            ns = 0;
+        }
+        if (rc == 0 && (size_t)ns + (j - i) > B.cap)
+            rc = l2_room(&B, &m, 2 * B.cap + (j - i));
+        if (rc)
+            break;
         if (id >= 0) {
-            s[ns++] = (sym){id, -1, -1, 0, 0};
+            B.s[ns++] = (model__sym){i, (uint32_t)(j - i), id, -1, -1, 0};
         } else {
             /* Byte fallback: "<0xHH>" is id HH + 3 in every llama2.c vocabulary, where the
              * reference assumes it; a vocabulary without it (a GGUF's may be anything) gets
              * <unk> rather than an id past its end. */
             for (size_t k = i; k < j; k++) {
                 int b = t->byte_id[u[k]];
-                s[ns++] = (sym){b >= 0 ? b : MODEL_TOK_UNK, -1, -1, 0, 0};
+                B.s[ns++] = (model__sym){k, 1, b >= 0 ? b : MODEL_TOK_UNK, -1, -1, 0};
             }
         }
         i = j;
     }
-    for (int i = 0; i < ns; i++) {
-        s[i].prev = i - 1;
-        s[i].next = i + 1 < ns ? i + 1 : -1;
-    }
-    size_t nh = 0;
-    for (int i = 0; i + 1 < ns; i++)
-        consider(t, s, i, i + 1, h, &nh, buf);
-    while (nh > 0) {
-        model__cand c = model__heap_pop(h, &nh);
-        if (s[c.left].dead || s[c.right].dead || s[c.left].ver != c.lver ||
-            s[c.right].ver != c.rver || s[c.left].next != c.right)
-            continue;
-        /* Merge: the left symbol becomes the merged token, the right one dies. */
-        sym *l = &s[c.left], *r = &s[c.right];
-        l->id = c.id;
-        l->ver++;
-        r->dead = 1;
-        r->ver++;
-        l->next = r->next;
-        if (r->next >= 0)
-            s[r->next].prev = c.left;
-        consider(t, s, l->prev, c.left, h, &nh, buf);
-        consider(t, s, c.left, l->next, h, &nh, buf);
-    }
-    size_t count = bos ? 1 : 0;
-    for (int i = ns > 0 ? 0 : -1; i >= 0; i = s[i].next)
-        count++;
-    int rc = count > cap ? MODEL_ERANGE : 0;
-    size_t n = 0;
-    if (rc == 0) {
-        if (bos)
-            out[n++] = MODEL_TOK_BOS;
-        for (int i = ns > 0 ? 0 : -1; i >= 0; i = s[i].next)
-            out[n++] = s[i].id;
-    }
-    free(s);
-    free(h);
+    if (rc == 0 && ns > 0)
+        rc = l2_word(&B, &m, ns, out, cap, &n);
+    if (rc == 0 && n > cap)
+        rc = MODEL_ERANGE;
+    m.rank = m.res = NULL; /* B's */
+    model__merger_free(&m);
+    free(B.s);
+    free(B.rank);
+    free(B.res);
     free(buf);
     if (rc == 0)
         *n_out = n;

@@ -5,8 +5,8 @@
  * owns copies of everything (the file may be unmapped afterwards): the token texts, scores and
  * types, the merges, the special ids and the pre-tokenizer. The encoders are spm.c (model
  * "llama") and bpe.c with pretok.c (model "gpt2"); vocab.c holds the loader, the special-token
- * split shared by both, and decoding. Everything follows llama.cpp's llama-vocab.cpp, whose test
- * files (HF tokenizers' ids) the tests check byte for byte.
+ * split and the merge loop shared by both, and decoding. Everything follows llama.cpp's
+ * llama-vocab.cpp, whose test files (HF tokenizers' ids) the tests check byte for byte.
  */
 #ifndef PREFIXD_MODEL_VOCAB_H
 #define PREFIXD_MODEL_VOCAB_H
@@ -47,11 +47,14 @@ typedef struct model__vocab {
     int n;    /* tokens */
     const char **text;
     uint32_t *len;
-    float *score;  /* SPM: the merge priority of each token */
-    uint8_t *type; /* MODEL__TOK_* */
-    uint8_t *eog;  /* 1: this id ends generation */
-    char *blob;    /* storage of the texts and the decoded pieces */
-    int32_t *map;  /* open-addressed text -> id, -1 empty */
+    float *score;    /* SPM: the merge priority of each token */
+    int32_t *srank;  /* SPM: each token's score as a rank, 0 the highest (equal scores, equal
+                        ranks), for the merge loop's integer priorities */
+    int32_t n_srank; /* SPM: distinct scores */
+    uint8_t *type;   /* MODEL__TOK_* */
+    uint8_t *eog;    /* 1: this id ends generation */
+    char *blob;      /* storage of the texts and the decoded pieces */
+    int32_t *map;    /* open-addressed text -> id, -1 empty */
     size_t map_mask;
     int32_t bos, eos, eot, eom, unk, pad; /* -1: none */
     int add_bos, add_eos, add_space_prefix;
@@ -114,6 +117,11 @@ int model__vocab_encode(const model__vocab *v, const char *text, size_t len, uns
  * spm.c: prefix: prepend the SentencePiece space. */
 long model__spm_encode(const model__vocab *v, const char *s, size_t len, int prefix, int32_t *out);
 long model__bpe_encode(const model__vocab *v, const char *s, size_t len, int32_t *out);
+/* The same with every word merged by the plain quadratic scan (lowest rank, leftmost first)
+ * that short words use: the references the tests hold the long-word path to. */
+long model__bpe_encode_naive(const model__vocab *v, const char *s, size_t len, int32_t *out);
+long model__spm_encode_naive(const model__vocab *v, const char *s, size_t len, int prefix,
+                             int32_t *out);
 
 /* bpe.c: the byte-level alphabet (GPT-2's bytes_to_unicode): the UTF-8 of byte b's character
  * (1 or 2 bytes) in enc[b], and the inverse for a code point below 324 (-1: no byte). */
@@ -209,5 +217,36 @@ static inline size_t model__utf8_len(unsigned char c)
 }
 
 const model__merge *model__vocab_merge(const model__vocab *v, int32_t a, int32_t b);
+
+/* ---- The merge loop both encoders use ---------------------------------------------------------
+ * A word's symbols (a chain through next) merge pair by pair: the pair of lowest rank first
+ * (BPE: the merge rule's position; SentencePiece: the merged token's score as a rank), leftmost
+ * on ties, until no pair merges, exactly as the references' priority queues order them. The
+ * encoder says what a pair is through pair(): the rank of symbol i with its next one
+ * (INT32_MAX: they do not merge) and the token they make. Merging adds the right symbol's
+ * bytes to the left one (symbols are contiguous) and unlinks the right. */
+typedef struct model__merger {
+    model__sym *s;
+    int32_t *rank, *res; /* per symbol, room for as many as s: its pair's rank and token */
+    void (*pair)(void *arg, const model__sym *s, int32_t i, int32_t *rank, int32_t *res);
+    void *arg;
+    size_t nranks; /* ranks are below this */
+    /* Long words (model__merge_buckets): owned, kept across words, model__merger_free(). */
+    int32_t *head, *rheap;
+    size_t nrh;
+    struct model__mnode {
+        int32_t left, next;
+    } * pool;
+    size_t npool, pool_cap;
+    int32_t *lefts;
+    size_t lefts_cap;
+} model__merger;
+
+/* For a few symbols: each step scans the pairs' ranks for the lowest. O(n^2). */
+void model__merge_scan(model__merger *m, int32_t first);
+/* For many: rank by rank from buckets, O(n log n) with the symbols visited left to right.
+ * Returns 0, or -1 when out of memory. */
+int model__merge_buckets(model__merger *m, int32_t first);
+void model__merger_free(model__merger *m);
 
 #endif

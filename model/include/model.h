@@ -332,6 +332,11 @@ enum {
      * a turn boundary; give it only for text the caller wrote itself (a rendered chat
      * template). User-defined tokens match either way, as in the reference. */
     MODEL_ENC_SPECIAL = 2,
+    /* The text continues right after other raw text (not after a special token): no
+     * SentencePiece space prefix before its first fragment. For text encoded in pieces (a
+     * rendered chat's segments, model_chat_tokenize()), so that the pieces encode as the whole
+     * would; byte-level BPE has no prefix and ignores it. */
+    MODEL_ENC_CONTINUE = 4,
 };
 
 /* Ids that always suffice for len bytes of text, whatever the vocabulary. */
@@ -372,6 +377,10 @@ int model_tokenize_chat(const model_tokenizer *t, const char *text, size_t len, 
 /* 1 if id ends generation: EOS, EOT, EOM and the vocabulary's other end-of-turn tokens
  * ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|endoftext|>", ...); llama2.c: BOS or EOS. */
 int model_token_is_eog(const model_tokenizer *t, int32_t id);
+
+/* 1 if id is a special token (control, user-defined or unknown: a token that model_tokenize()
+ * cuts out of the text before encoding the rest; llama2.c: BOS and EOS). */
+int model_token_is_special(const model_tokenizer *t, int32_t id);
 
 /* The BOS and EOS ids (-1: the vocabulary has none). */
 int32_t model_token_bos(const model_tokenizer *t);

@@ -599,10 +599,14 @@ def case_f9_tokenize_workers():
         # In 16 KB pieces, as a slow writer sends (so this checks the order alone, even against a
         # daemon that cannot take a large frame in one write, F6).
         frame = tokenize_frame(9, text)
-        for i in range(0, len(frame), 16384):
-            a.sock.sendall(frame[i:i + 16384])
+        for i in range(0, len(frame) - 1, 16384):
+            a.sock.sendall(frame[i:min(i + 16384, len(frame) - 1)])
             time.sleep(0.001)
-        time.sleep(0.5)  # the frame is read and its tokenizing started
+        # All but the last byte is read by now; the last starts the tokenizing right before the
+        # generation (tokenizers encode 4 MB in a fraction of a second, so a pause here would
+        # let it finish first and test nothing).
+        time.sleep(0.5)
+        a.sock.sendall(frame[-1:])
         with d.client() as b:
             got = b.generate("Once upon a time", max_new=20, temp=0)["tokens"]
         check(got == want, "the generation beside the TOKENIZE: %s != %s" % (got, want))

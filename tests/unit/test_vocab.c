@@ -3,6 +3,8 @@
  * and a count of work on a long text without spaces. */
 #include "harness.h"
 #include "model.h"
+#include "../../model/gguf.h"
+#include "../../model/vocab.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -294,6 +296,99 @@ static void test_long_word(void)
     free(s);
 }
 
+/* Long words merge bucket by bucket (vocab.c's model__merge_buckets); they must give exactly
+ * the ids of the plain scan short words use, on words built to have many equal and overlapping
+ * pairs, for byte-level BPE and SentencePiece. */
+static void test_long_word_order(void)
+{
+    static const char *const files[] = {VOCAB("gpt-2"), VOCAB("deepseek-llm"), VOCAB("falcon"),
+                                        VOCAB("llama-spm")};
+    static const char *const alpha[] = {"ab", "abc", "aeinst", "abcdefghijklmnopqrstuvwxyz"};
+    uint64_t seed = 42;
+    for (size_t f = 0; f < 4; f++) {
+        FILE *fp = fopen(files[f], "rb");
+        CHECK(fp != NULL);
+        fseek(fp, 0, SEEK_END);
+        long fl = ftell(fp);
+        rewind(fp);
+        char *buf = malloc((size_t)fl);
+        CHECK(fread(buf, 1, (size_t)fl, fp) == (size_t)fl);
+        fclose(fp);
+        char msg[512];
+        model__gguf g;
+        CHECK_MSG(model__gguf_parse(buf, (size_t)fl, files[f], &g, msg, sizeof msg) == 0, "%s",
+                  msg);
+        model__vocab *v = NULL;
+        CHECK_MSG(model__vocab_load(&g, files[f], 0, &v, msg, sizeof msg) == 0, "%s", msg);
+        size_t cap = 5000;
+        char *s = malloc(cap);
+        int32_t *a = malloc(model_encode_cap(cap) * sizeof *a),
+                *b = malloc(model_encode_cap(cap) * sizeof *b);
+        for (int trial = 0; trial < 200; trial++) {
+            const char *al = alpha[trial % 4];
+            size_t nal = strlen(al), len = 25 + (size_t)(trial * 37 % 4000);
+            for (size_t i = 0; i < len; i++) {
+                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                /* runs of one letter now and then: "aaaa" overlaps itself */
+                s[i] = i > 0 && (seed >> 60) < 5 ? s[i - 1] : al[(seed >> 33) % nal];
+            }
+            int spm = v->kind == MODEL__VOCAB_SPM;
+            long na = spm ? model__spm_encode(v, s, len, 1, a) : model__bpe_encode(v, s, len, a),
+                 nb = spm ? model__spm_encode_naive(v, s, len, 1, b)
+                          : model__bpe_encode_naive(v, s, len, b);
+            CHECK(na > 0 && na == nb);
+            CHECK_MSG(memcmp(a, b, (size_t)na * sizeof *a) == 0, "%s: trial %d differs", files[f],
+                      trial);
+        }
+        free(s);
+        free(a);
+        free(b);
+        model__vocab_free(v);
+        model__gguf_free(&g);
+        free(buf);
+    }
+}
+
+/* The llama2.c tokenizer (tokenizer32k.bin, merged word by word since no piece spans a space
+ * after a character) and the GGUF SentencePiece path (llama-spm, the same Llama 2 vocabulary)
+ * are separate code with the same rules: they must agree on any text, including long words
+ * (merged from buckets), runs of spaces and characters without a token (byte fallback). */
+static void test_llama2c_vs_spm(void)
+{
+    model_tokenizer *a = open_tok(PREFIXD_MODELS_DIR "/tokenizer32k.bin"),
+                    *b = open_tok(VOCAB("llama-spm"));
+    static const char *const parts[] = {"the",   " ",    "  ", "quick",    "brown",  ",",
+                                        ".",     "\n",   "\t", "Ça",       "🙂",   "日本語",
+                                        "don't", "1234", "x",  "aaaaaaaa", "<0x41>", "   "};
+    uint64_t seed = 7;
+    char *s = malloc(70000);
+    for (int trial = 0; trial < 120; trial++) {
+        size_t len = 0, want = 1 + (size_t)(trial * 97 % 600);
+        if (trial % 10 == 9)
+            want = 60000; /* a long text */
+        while (len < want) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            const char *p = parts[(seed >> 33) % (sizeof parts / sizeof parts[0])];
+            size_t pl = strlen(p);
+            if ((seed >> 20) % 5 == 0 && trial % 3 == 0) { /* long runs without spaces */
+                p = "abcabcabdabcab";
+                pl = 14;
+            }
+            memcpy(s + len, p, pl);
+            len += pl;
+        }
+        size_t na, nb;
+        int32_t *ia = encode(a, s, len, 0, &na), *ib = encode(b, s, len, 0, &nb);
+        CHECK_MSG(na == nb && memcmp(ia, ib, na * sizeof *ia) == 0,
+                  "trial %d (%zu bytes): %zu ids against %zu", trial, len, na, nb);
+        free(ia);
+        free(ib);
+    }
+    free(s);
+    model_tokenizer_free(a);
+    model_tokenizer_free(b);
+}
+
 static const harness_case cases[] = {
     {"llama_spm", test_llama_spm, NULL},
     {"gpt2", test_gpt2, NULL},
@@ -303,6 +398,8 @@ static const harness_case cases[] = {
     {"stream_detok", test_stream_detok, NULL},
     {"refused", test_refused, NULL},
     {"long_word", test_long_word, NULL},
+    {"long_word_order", test_long_word_order, NULL},
+    {"llama2c_vs_spm", test_llama2c_vs_spm, NULL},
 };
 
 HARNESS_MAIN(cases)
