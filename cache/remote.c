@@ -28,6 +28,7 @@
 #include "cache_remote.h"
 
 #include "cache_value.h"
+#include "remote_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -69,6 +70,7 @@ struct cache_remote {
     size_t cmd_cap;
     cache_remote_stats st;
     char msg[512];
+    char redirect[CACHE__REDIRECT_LEN]; /* the last GET's MOVED or ASK reply (a cluster's) */
 };
 
 /* ---- small helpers ---- */
@@ -303,6 +305,11 @@ static int io_wait(cache_remote *r, short events, double deadline)
 static double hard_ms(const cache_remote *r)
 {
     return 20 * r->timeout_ms < 1000 ? 1000 : 20 * r->timeout_ms;
+}
+
+double cache__remote_hard_ms(const cache_remote *r)
+{
+    return hard_ms(r);
 }
 
 /* Writes every byte of iov[0..n) (modified), waiting for room up to the deadline. */
@@ -587,7 +594,7 @@ static int in_line(cache_remote *r, char **line, double deadline, const char *wh
 }
 
 /* What one GET reply was. */
-enum { GOT_VALUE, GOT_NIL, GOT_ERROR, GOT_BAD };
+enum { GOT_VALUE, GOT_NIL, GOT_ERROR, GOT_BAD, GOT_MOVED, GOT_ASK };
 
 /* Reads one GET reply. With want, a value of the right length goes into r->head and dst (its
  * payload), unverified; without, or of another length, its bytes are dropped (GOT_BAD for a
@@ -602,8 +609,13 @@ static int get_reply(cache_remote *r, int want, float *dst, int *got, double dea
     if (line[0] == '-') {
         snprintf(r->msg, sizeof r->msg, "remote '%s': GET: the server says: %.200s", r->url,
                  line + 1);
-        /* Something else than a string under our key is as bad as a corrupt value. */
+        /* Something else than a string under our key is as bad as a corrupt value. A cluster
+         * node's redirection is kept for remote_cluster.c. */
         *got = strncmp(line + 1, "WRONGTYPE", 9) == 0 ? GOT_BAD : GOT_ERROR;
+        if (strncmp(line + 1, "MOVED ", 6) == 0 || strncmp(line + 1, "ASK ", 4) == 0) {
+            *got = line[1] == 'M' ? GOT_MOVED : GOT_ASK;
+            snprintf(r->redirect, sizeof r->redirect, "%s", line + 1);
+        }
         return 0;
     }
     errno = 0;
@@ -673,7 +685,7 @@ static int take_value(cache_remote *r, int got, cache_key key, cache_key parent,
         r->st.misses++;
         return 0;
     }
-    if (got == GOT_ERROR) {
+    if (got == GOT_ERROR || got == GOT_MOVED || got == GOT_ASK) {
         r->st.errors++;
         return 0;
     }
@@ -822,4 +834,173 @@ int cache_remote_put(cache_remote *r, const cache_remote_item *items, size_t n, 
         return CACHE_EFULL;
     }
     return 0;
+}
+
+/* ---- one cluster node's halves of an exchange (remote_int.h) ----
+ *
+ * The same commands, replies and verification as above, cut where the round trip is, so that
+ * remote_cluster.c can have every node working on its share of a batch at once. */
+
+static const char asking_cmd[] = "*1\r\n$6\r\nASKING\r\n";
+
+int cache__remote_get_send(cache_remote *r, const cache_key *keys, const size_t *idx,
+                           const uint8_t *asking, size_t m, double deadline)
+{
+    r->msg[0] = 0;
+    if (!r->c)
+        return CACHE_ENOCONN;
+    size_t len = 0;
+    for (size_t j = 0; j < m; j++) {
+        if (asking && asking[j]) {
+            const char *argv[] = {"ASKING"};
+            size_t argl[] = {6};
+            if (cmd_append(r, &len, 1, argv, argl) != 0)
+                return conn_fail(r, CACHE_ENOMEM, "loading blocks", "out of memory");
+        }
+        char k[CACHE_REMOTE_KEY_LEN + 1];
+        cache_remote_key_name(keys[idx[j]], k);
+        const char *argv[] = {"GET", k};
+        size_t argl[] = {3, CACHE_REMOTE_KEY_LEN};
+        if (cmd_append(r, &len, 2, argv, argl) != 0)
+            return conn_fail(r, CACHE_ENOMEM, "loading blocks", "out of memory");
+    }
+    int rc = send_buf(r, r->cmd, len, deadline, "loading blocks");
+    if (rc == 0)
+        r->st.gets += m;
+    return rc;
+}
+
+/* Reads the +OK of an ASKING (anything else is out of step). */
+static int asking_reply(cache_remote *r, double deadline, const char *what)
+{
+    char *line;
+    int rc = in_line(r, &line, deadline, what);
+    if (rc == 0 && line[0] != '+')
+        return conn_fail(r, CACHE_EIO, what, "ASKING was not answered +OK");
+    return rc;
+}
+
+int cache__remote_get_recv(cache_remote *r, cache_key parent, const cache_key *keys,
+                           const int32_t *tokens, float *const *dst, const size_t *idx,
+                           const uint8_t *asking, size_t m, uint8_t *out, cache__redirect *redirect,
+                           double deadline)
+{
+    size_t B = r->fmt.block_tokens;
+    int want = 1, bad = 0;
+    cache_key bad_key = {0, 0};
+    for (size_t j = 0; j < m; j++) {
+        size_t i = idx[j];
+        int got, rc;
+        out[j] = CACHE__KEY_NONE;
+        if (asking && asking[j] && (rc = asking_reply(r, deadline, "loading blocks")) != 0)
+            return rc;
+        if ((rc = get_reply(r, want, dst[i], &got, deadline)) != 0)
+            return rc;
+        if (!want) {
+            out[j] = CACHE__KEY_SKIP;
+        } else if (got == GOT_MOVED || got == GOT_ASK) {
+            out[j] = got == GOT_MOVED ? CACHE__KEY_MOVED : CACHE__KEY_ASK;
+            memcpy(redirect[j].text, r->redirect, sizeof r->redirect);
+        } else {
+            int b = 0;
+            if (take_value(r, got, keys[i], i ? keys[i - 1] : parent, tokens + i * B, dst[i], &b)) {
+                out[j] = CACHE__KEY_OK;
+            } else {
+                out[j] = b ? CACHE__KEY_BAD : got == GOT_NIL ? CACHE__KEY_MISS : CACHE__KEY_ERROR;
+                want = 0; /* the node's later keys in the chain are useless without this one */
+                if (b) {
+                    bad = 1;
+                    bad_key = keys[i];
+                }
+            }
+        }
+    }
+    if (r->ib_pos != r->ib_len)
+        return conn_fail(r, CACHE_EIO, "loading blocks", "bytes after the last reply");
+    if (bad)
+        delete_bad(r, &bad_key, 1);
+    return 0;
+}
+
+int cache__remote_put_send(cache_remote *r, const cache_remote_item *items, const size_t *idx,
+                           const uint8_t *asking, size_t m, double deadline)
+{
+    r->msg[0] = 0;
+    if (!r->c)
+        return CACHE_ENOCONN;
+    size_t head = sizeof(cache_value_hdr) + r->fmt.tok_bytes;
+    char ttl[16];
+    int ttl_len = snprintf(ttl, sizeof ttl, "%u", (unsigned)r->ttl_s);
+    for (size_t j = 0; j < m; j++) {
+        const cache_remote_item *it = &items[idx[j]];
+        char pre[CMD_MAX], post[CMD_MAX], k[CACHE_REMOTE_KEY_LEN + 1];
+        cache_remote_key_name(it->key, k);
+        int al = asking && asking[j] ? (int)sizeof asking_cmd - 1 : 0;
+        memcpy(pre, asking_cmd, (size_t)al);
+        int pl = al + snprintf(pre + al, sizeof pre - (size_t)al,
+                               "*5\r\n$3\r\nSET\r\n$%zu\r\n%s\r\n$%zu\r\n", CACHE_REMOTE_KEY_LEN, k,
+                               r->fmt.val_bytes);
+        int ql = snprintf(post, sizeof post, "\r\n$2\r\nEX\r\n$%d\r\n%s\r\n", ttl_len, ttl);
+        cache_value_build_head(&r->fmt, r->head, it->key, it->parent, it->tokens, it->data);
+        struct iovec iov[4] = {{pre, (size_t)pl},
+                               {r->head, head},
+                               {(void *)it->data, r->fmt.payload_bytes},
+                               {post, (size_t)ql}};
+        int rc = send_iov(r, iov, 4, deadline, "storing blocks");
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int cache__remote_put_recv(cache_remote *r, const uint8_t *asking, size_t m, uint8_t *out,
+                           cache__redirect *redirect, double deadline)
+{
+    const char *what = "storing blocks";
+    for (size_t j = 0; j < m; j++) {
+        redisReply *rep;
+        int rc;
+        out[j] = CACHE__KEY_NONE;
+        if (asking && asking[j]) {
+            if ((rc = read_reply(r, &rep, deadline, what)) != 0)
+                return rc;
+            freeReplyObject(rep);
+        }
+        if ((rc = read_reply(r, &rep, deadline, what)) != 0)
+            return rc;
+        if (rep->type == REDIS_REPLY_STATUS) {
+            out[j] = CACHE__KEY_OK;
+            r->st.puts++;
+            r->st.bytes_out += r->fmt.val_bytes;
+        } else if (rep->type == REDIS_REPLY_ERROR &&
+                   (strncmp(rep->str, "MOVED ", 6) == 0 || strncmp(rep->str, "ASK ", 4) == 0)) {
+            out[j] = rep->str[0] == 'M' ? CACHE__KEY_MOVED : CACHE__KEY_ASK;
+            snprintf(redirect[j].text, sizeof redirect[j].text, "%s", rep->str);
+        } else {
+            out[j] = CACHE__KEY_ERROR;
+            r->st.put_refused++;
+            if (!r->msg[0])
+                snprintf(r->msg, sizeof r->msg, "remote '%s': the server refused a block: %.200s",
+                         r->url, rep->type == REDIS_REPLY_ERROR ? rep->str : "an unexpected reply");
+        }
+        freeReplyObject(rep);
+    }
+    return 0;
+}
+
+int cache__remote_command(cache_remote *r, int argc, const char *const *argv, const size_t *argl,
+                          redisReply **out)
+{
+    *out = NULL;
+    r->msg[0] = 0;
+    if (!r->c)
+        return CACHE_ENOCONN;
+    double deadline = base_now_ms() + hard_ms(r);
+    size_t len = 0;
+    if (cmd_append(r, &len, argc, argv, argl) != 0)
+        return conn_fail(r, CACHE_ENOMEM, argv[0], "out of memory");
+    int rc = send_buf(r, r->cmd, len, deadline, argv[0]);
+    if (rc == 0)
+        rc = read_reply(r, out, deadline, argv[0]);
+    return rc;
 }

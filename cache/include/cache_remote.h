@@ -125,6 +125,12 @@ typedef struct cache_remote_stats {
     uint64_t round_trips;     /* pipelined batches (gets and puts) */
     double get_ms;            /* time in get batches */
     double put_ms;            /* time in put batches */
+    /* A Redis Cluster's (cache_remote_cluster.h; 0 for one server): */
+    uint64_t moved;         /* MOVED redirections followed (the slot map refreshed) */
+    uint64_t asked;         /* ASK redirections followed (a slot being migrated) */
+    uint64_t map_refreshes; /* slot maps read (CLUSTER SLOTS) */
+    uint32_t nodes;         /* primaries in the slot map */
+    uint32_t nodes_up;      /* of those, connected now */
     /* Round trips by latency: < 1, 2, 5, 10, 20, 50, 100, 200, 500 ms, and the rest. */
     uint64_t latency_hist[CACHE_REMOTE_HIST];
 } cache_remote_stats;

@@ -1021,6 +1021,7 @@ static int open_remote(engine *e, const cache_opts *co, char *msg, size_t msglen
     const engine_opts *o = &e->o;
     remote_thread_opts ro = {0};
     ro.remote.url = o->remote_url;
+    ro.cluster = o->remote_cluster;
     ro.remote.password = o->remote_password;
     memcpy(ro.remote.fingerprint, co->fingerprint, 16);
     ro.remote.block_tokens = co->block_tokens;

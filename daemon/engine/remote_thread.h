@@ -33,11 +33,14 @@
 
 #include "cache.h"
 #include "cache_remote.h"
+#include "cache_remote_cluster.h"
 
 typedef struct remote_thread remote_thread;
 
 typedef struct remote_thread_opts {
     cache_remote_opts remote; /* the store (see cache_remote.h) */
+    int cluster;              /* 1: remote.url is a Redis Cluster seed list
+                                 (cache_remote_cluster.h) */
     size_t queue_bytes;       /* write-behind queue, in bytes of values; 0: 256 MiB; at least
                                  4 blocks */
     void (*wake)(void *arg);  /* optional: called on the remote thread when a load has ended or

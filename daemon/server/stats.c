@@ -67,6 +67,13 @@ static void add_remote(server *s, cJSON *j)
     add(j, "remote_round_trips", (double)c->round_trips);
     add(j, "remote_get_ms", c->get_ms);
     add(j, "remote_put_ms", c->put_ms);
+    if (s->o.engine.remote_cluster) { /* a Redis Cluster (--remote-cluster) */
+        add(j, "remote_cluster_nodes", c->nodes);
+        add(j, "remote_cluster_nodes_up", c->nodes_up);
+        add(j, "remote_cluster_moved", (double)c->moved);
+        add(j, "remote_cluster_asked", (double)c->asked);
+        add(j, "remote_cluster_map_refreshes", (double)c->map_refreshes);
+    }
     /* The latency histogram: counts of round trips under each bound (ms; the last is +inf). */
     cJSON *h = cJSON_AddObjectToObject(j, "remote_latency_ms");
     for (int i = 0; h && i < CACHE_REMOTE_HIST; i++) {

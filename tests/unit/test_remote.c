@@ -5,6 +5,7 @@
  * and a server that is gone. Cases that need redis-server say so and pass when it is missing. */
 #include "base.h"
 #include "cache_remote.h"
+#include "cache_remote_cluster.h"
 #include "cache_value.h"
 #include "harness.h"
 #include "redis_server.h"
@@ -118,6 +119,38 @@ static void test_urls(void)
     cache_remote_key_name((cache_key){0x0123456789abcdefull, 0xfedcba9876543210ull}, name);
     CHECK_STR_EQ(name, "prefixd:v1:fedcba98765432100123456789abcdef");
     CHECK_EQ_U64(strlen(name), CACHE_REMOTE_KEY_LEN);
+}
+
+/* Redis Cluster's key slots (CRC16/XMODEM mod 16384, hash tags) against the values Redis's
+ * documentation and a real server (CLUSTER KEYSLOT) give; seed lists. */
+static void test_cluster_slots(void)
+{
+    CHECK_EQ_INT(cache_remote_cluster_key_slot("123456789", 9), 0x31C3 & 16383);
+    CHECK_EQ_INT(cache_remote_cluster_key_slot("foo", 3), 12182);
+    CHECK_EQ_INT(cache_remote_cluster_key_slot("", 0), 0);
+    CHECK_EQ_INT(cache_remote_cluster_key_slot("{user1000}.following", 20),
+                 cache_remote_cluster_key_slot("user1000", 8));
+    /* An empty tag hashes the whole key (redis-server 7.0: CLUSTER KEYSLOT {}x is 10595). */
+    CHECK_EQ_INT(cache_remote_cluster_key_slot("{}x", 3), 10595);
+    CHECK_EQ_INT(cache_remote_cluster_key_slot("x", 1), 16287);
+    /* Our keys have no tag: the whole name is hashed (CLUSTER KEYSLOT of this name: 5204). */
+    const char *k = "prefixd:v1:fedcba98765432100123456789abcdef";
+    CHECK_EQ_INT(cache_remote_cluster_key_slot(k, strlen(k)), 5204);
+    char msg[256];
+    const char *good[] = {"h:1", "127.0.0.1:7000,127.0.0.1:7001", "[::1]:7000,host.example:65535"};
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++)
+        CHECK_MSG(cache_remote_cluster_seeds_check(good[i], msg, sizeof msg) == 0, "%s: %s",
+                  good[i], msg);
+    const struct {
+        const char *seeds, *says;
+    } bad[] = {{"", "empty"},          {"h:1,", "an empty entry"}, {"h", "expected HOST:PORT"},
+               {":7000", "HOST:PORT"}, {"h:0", "1..65535"},        {"h:70000", "1..65535"},
+               {"[::1]7000", "IPv6"},  {"h:12x", "1..65535"}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        msg[0] = 0;
+        CHECK_EQ_INT(cache_remote_cluster_seeds_check(bad[i].seeds, msg, sizeof msg), CACHE_EINVAL);
+        CHECK_STR_CONTAINS(msg, bad[i].says);
+    }
 }
 
 /* ---- against a real redis-server ---- */
@@ -286,9 +319,8 @@ static void test_store_faults(void)
 }
 
 static const harness_case cases[] = {
-    {"value_verify", test_value_verify},
-    {"urls", test_urls},
-    {"store_chain", test_store_chain},
+    {"value_verify", test_value_verify},   {"urls", test_urls},
+    {"cluster_slots", test_cluster_slots}, {"store_chain", test_store_chain},
     {"store_faults", test_store_faults},
 };
 
