@@ -10,6 +10,7 @@ holds, a greedy output never changes. Needs redis-server (scripts/deps --test in
 case exits 0 with "skipped" in its output when it is missing.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -302,11 +303,15 @@ def reference(prompts, max_new=24, model=None):
 
 
 def gen(d, p, max_new=24, namespace=""):
-    """Generates on d; returns (result, cached_tokens_remote of this request) from STATS."""
+    """Generates on d; returns (result, cached_tokens_remote of this request): DONE's (the client
+    asks for it with capability 16), checked against the STATS counter's growth."""
     with prefixd.Client(d.sock) as c:
         before = c.stats().get("cached_tokens_remote", 0)
         res = c.generate(p, max_new=max_new, temp=0, namespace=namespace)
-        return res, c.stats().get("cached_tokens_remote", 0) - before
+        grown = c.stats().get("cached_tokens_remote", 0) - before
+        check(res["cached_tokens_remote"] == grown,
+              "DONE says %d remote tokens, STATS grew by %d" % (res["cached_tokens_remote"], grown))
+        return res, res["cached_tokens_remote"]
 
 
 def stats(d):
@@ -808,6 +813,124 @@ def case_cluster_options():
                        (["--remote-cluster", "h:1", "--remote", "unix:/x"], "one remote tier")]:
         p = subprocess.run(base + args, capture_output=True, text=True, timeout=30)
         check(p.returncode == 2 and want in p.stderr, "%s: %d %s" % (args, p.returncode, p.stderr))
+
+
+def http_get(sock_path, path, body=None):
+    """GET path (POST body, a JSON text, if given) over HTTP on a Unix socket; returns
+    (status, body text)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(60)
+    s.connect(sock_path)
+    if body is None:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path.encode())
+    else:
+        b = body.encode()
+        s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: "
+                  b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), len(b), b))
+    data = b""
+    while True:
+        k = s.recv(65536)
+        if not k:
+            break
+        data += k
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def metrics(text):
+    """{name with labels: value} of a Prometheus text page; checks every family is typed and
+    that counters end in _total."""
+    out, types = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            types[name] = kind
+            check((kind == "counter") == name.endswith("_total"), "counter name: %s" % line)
+        elif line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    for k in out:
+        base = k.split("{")[0]
+        fam = base[:-len(suffix)] if any(base.endswith(suffix := x) for x in
+                                         ("_bucket", "_sum", "_count")) else base
+        check(base in types or fam in types, "untyped metric %s" % k)
+    return out
+
+
+def case_protocol_and_metrics():
+    """HELLO_OK's capability 16 says the daemon has a remote tier; DONE carries the request's
+    cached_tokens_remote to a client that asked (capability 16) and stays 52 bytes for one that
+    did not; GET /metrics has the remote tier's counters and round-trip histogram."""
+    r = Redis()
+    p2 = STORY + TAILS[3]
+    want = reference([p2])
+    a = serve(r)
+    gen(a, STORY)
+    n = full_blocks(a, STORY)
+    written(a, n)
+    tmp = tempfile.mkdtemp(prefix="prefixd-it-")
+    hsock = os.path.join(tmp, "http.sock")
+    b = serve(r, "--http", "unix:" + hsock)
+    with prefixd.Client(b.sock) as c:
+        check(c.server["caps"] & 16, "HELLO_OK caps %d without the remote tier's bit" %
+              c.server["caps"])
+        res = c.generate(p2, max_new=24, temp=0)
+    check(res["tokens"] == want[p2] and res["cached_tokens_remote"] == n * 16,
+          "DONE: %s" % res)
+    # A client that does not ask gets DONE as before: no flag, 52 bytes.
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(b.sock)
+    s.sendall(prefixd.encode_hello())
+    s.sendall(prefixd.encode_generate(1, p2, None, max_new=2, temp=0, top_p=0, seed=0,
+                                      namespace=""))
+    buf, done = bytearray(), None
+    while done is None:
+        buf += s.recv(65536)
+        while True:
+            f, k = prefixd.decode_frame(buf)
+            if not f:
+                break
+            del buf[:k]
+            if f["type"] == prefixd.DONE:
+                done = (f, k)
+    s.close()
+    check(done[0]["flags"] == 0 and done[1] == 12 + 52, "unasked DONE: %s, %d bytes" % done)
+    d = serve(None)
+    with prefixd.Client(d.sock) as c:
+        check(not c.server["caps"] & 16, "caps %d without --remote" % c.server["caps"])
+        check(c.generate(STORY, max_new=2, temp=0)["cached_tokens_remote"] == 0, "no tier")
+    d.stop()
+    wait_for(lambda: os.path.exists(hsock), "the HTTP socket")
+    status, text = http_get(hsock, "/metrics")
+    check(status == 200, "/metrics: %d" % status)
+    m = metrics(text)
+    st = stats(b)
+    for k, v in [("prefixd_cached_tokens_remote_total", n * 16), ("prefixd_remote_up", 1),
+                 ("prefixd_remote_hit_blocks_total", st["remote_hit_blocks"]),
+                 ("prefixd_remote_miss_blocks_total", st["remote_misses"]),
+                 ('prefixd_remote_bytes_total{direction="in"}', st["remote_bytes_in"]),
+                 ('prefixd_remote_bytes_total{direction="out"}', st["remote_bytes_out"]),
+                 ('prefixd_remote_errors_total{kind="corrupt"}', 0),
+                 ('prefixd_remote_writes_total{outcome="dropped"}', 0),
+                 ("prefixd_remote_round_trip_seconds_count", st["remote_round_trips"]),
+                 ('prefixd_remote_round_trip_seconds_bucket{le="+Inf"}',
+                  st["remote_round_trips"])]:
+        check(m.get(k) == v, "%s = %s, want %s" % (k, m.get(k), v))
+    check(m["prefixd_remote_hit_blocks_total"] >= n and m["prefixd_remote_round_trip_seconds_sum"]
+          > 0 and m['prefixd_remote_bytes_total{direction="in"}'] > 0, "metrics %s" % m)
+    check("prefixd_remote_cluster_nodes" not in m, "cluster metrics without a cluster")
+    # Over HTTP, the request's usage has its remote share too.
+    esock = os.path.join(tmp, "http-e.sock")
+    e = serve(r, "--http", "unix:" + esock)
+    wait_for(lambda: os.path.exists(esock), "the HTTP socket")
+    status, text = http_get(esock, "/v1/completions", json.dumps(
+        {"prompt": p2, "max_tokens": 4, "temperature": 0}))
+    u = json.loads(text)
+    check(status == 200 and u["prefixd"]["cached_tokens_remote"] == n * 16, "HTTP: %s" % text)
+    for x in (a, b, e):
+        x.stop()
 
 
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
