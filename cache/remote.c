@@ -42,6 +42,8 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t */
+#include <xxhash.h>
 
 #define RBUF_BYTES ((size_t)1 << 20)    /* one read(): large, so a 1 MB value is a few syscalls */
 #define CMD_MAX 256                     /* a command's text around a value (key, lengths, TTL) */
@@ -88,6 +90,21 @@ void cache_remote_key_name(cache_key k, char *out)
 {
     snprintf(out, CACHE_REMOTE_KEY_LEN + 1, "%s%016llx%016llx", CACHE_REMOTE_KEY_PREFIX,
              (unsigned long long)k.hi, (unsigned long long)k.lo);
+}
+
+void cache_remote_partial_key_name(cache_key parent, const int32_t *tokens, size_t t, char *out)
+{
+    /* A tag keeps these hashes apart from block keys, whatever t is. */
+    static const char tag[8] = "partial";
+    XXH3_state_t st;
+    XXH3_128bits_reset(&st);
+    XXH3_128bits_update(&st, &parent.lo, 8);
+    XXH3_128bits_update(&st, &parent.hi, 8);
+    XXH3_128bits_update(&st, tag, sizeof tag);
+    XXH3_128bits_update(&st, tokens, t * sizeof(int32_t));
+    XXH128_hash_t h = XXH3_128bits_digest(&st);
+    snprintf(out, CACHE_REMOTE_PARTIAL_KEY_LEN + 1, "%s%016llx%016llx", CACHE_REMOTE_PARTIAL_PREFIX,
+             (unsigned long long)h.high64, (unsigned long long)h.low64);
 }
 
 /* ---- the URL ---- */
@@ -774,6 +791,38 @@ int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
 
 /* ---- writes ---- */
 
+/* After a block's SET: its partial pointers, "SET <partial key of its first t tokens> <its key>
+ * EX ttl" for t = 1 .. B - 1, so that a prompt whose full blocks end at this block's parent finds
+ * it by the tokens it has (cache_remote_get_partial()). About 100 bytes each. */
+static int send_partial_pointers(cache_remote *r, const cache_remote_item *it, const char *ttl,
+                                 double deadline)
+{
+    char k[CACHE_REMOTE_KEY_LEN + 1], pk[CACHE_REMOTE_PARTIAL_KEY_LEN + 1];
+    cache_remote_key_name(it->key, k);
+    size_t len = 0;
+    for (uint32_t t = 1; t < r->fmt.block_tokens; t++) {
+        cache_remote_partial_key_name(it->parent, it->tokens, t, pk);
+        const char *argv[] = {"SET", pk, k, "EX", ttl};
+        size_t argl[] = {3, CACHE_REMOTE_PARTIAL_KEY_LEN, CACHE_REMOTE_KEY_LEN, 2, strlen(ttl)};
+        if (cmd_append(r, &len, 5, argv, argl) != 0)
+            return conn_fail(r, CACHE_ENOMEM, "storing blocks", "out of memory");
+    }
+    return len ? send_buf(r, r->cmd, len, deadline, "storing blocks") : 0;
+}
+
+/* Reads n replies whatever they say (the partial pointers': one refused costs a shortcut). */
+static int skip_replies(cache_remote *r, size_t n, double deadline)
+{
+    for (size_t i = 0; i < n; i++) {
+        redisReply *rep;
+        int rc = read_reply(r, &rep, deadline, "storing blocks");
+        if (rc)
+            return rc;
+        freeReplyObject(rep);
+    }
+    return 0;
+}
+
 int cache_remote_put(cache_remote *r, const cache_remote_item *items, size_t n, size_t *n_stored)
 {
     if (n_stored)
@@ -798,6 +847,8 @@ int cache_remote_put(cache_remote *r, const cache_remote_item *items, size_t n, 
                                {(void *)items[i].data, r->fmt.payload_bytes},
                                {post, (size_t)ql}};
         int rc = send_iov(r, iov, 4, deadline, "storing blocks");
+        if (rc == 0)
+            rc = send_partial_pointers(r, &items[i], ttl, deadline);
         if (rc)
             return rc;
     }
@@ -809,6 +860,11 @@ int cache_remote_put(cache_remote *r, const cache_remote_item *items, size_t n, 
         int rc = read_reply(r, &rep, deadline, "storing blocks");
         if (rc)
             return rc;
+        int ptr_rc = skip_replies(r, r->fmt.block_tokens - 1, deadline);
+        if (ptr_rc) {
+            freeReplyObject(rep);
+            return ptr_rc;
+        }
         if (rep->type == REDIS_REPLY_STATUS) {
             ok++;
         } else {
@@ -833,6 +889,107 @@ int cache_remote_put(cache_remote *r, const cache_remote_item *items, size_t n, 
                  r->url, n - ok, n, refused);
         return CACHE_EFULL;
     }
+    return 0;
+}
+
+/* ---- the partial block after a chain ---- */
+
+/* Parses a block's Redis key (cache_remote_key_name()) into *k. */
+static int parse_key_name(const char *s, size_t len, cache_key *k)
+{
+    size_t pl = sizeof CACHE_REMOTE_KEY_PREFIX - 1;
+    if (len != CACHE_REMOTE_KEY_LEN || memcmp(s, CACHE_REMOTE_KEY_PREFIX, pl) != 0)
+        return -1;
+    s += pl;
+    uint64_t v[2] = {0, 0};
+    for (int i = 0; i < 32; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0)
+            return -1;
+        v[i / 16] = v[i / 16] << 4 | (uint64_t)d;
+    }
+    k->hi = v[0];
+    k->lo = v[1];
+    return 0;
+}
+
+/* Reads the pointer GETs' n replies (longest first): the first that names a block. */
+static int partial_pointer(cache_remote *r, size_t n, double deadline, cache_key *child,
+                           size_t *t_found)
+{
+    *t_found = 0;
+    for (size_t j = 0; j < n; j++) {
+        redisReply *rep;
+        int rc = read_reply(r, &rep, deadline, "loading a partial block");
+        if (rc)
+            return rc;
+        if (!*t_found && rep->type == REDIS_REPLY_STRING &&
+            parse_key_name(rep->str, rep->len, child) == 0)
+            *t_found = n - j;
+        freeReplyObject(rep);
+    }
+    return 0;
+}
+
+int cache_remote_get_partial(cache_remote *r, cache_key parent, const int32_t *tokens, size_t n,
+                             float *dst, size_t *k)
+{
+    *k = 0;
+    r->msg[0] = 0;
+    if (!r->c)
+        return CACHE_ENOCONN;
+    if (n >= r->fmt.block_tokens)
+        n = r->fmt.block_tokens - 1;
+    if (n == 0)
+        return 0;
+    double t0 = base_now_ms(), deadline = t0 + hard_ms(r);
+    /* One round trip for the pointers of every length (the longest that exists wins), one for
+     * the block they name. */
+    size_t len = 0;
+    for (size_t t = n; t >= 1; t--) {
+        char pk[CACHE_REMOTE_PARTIAL_KEY_LEN + 1];
+        cache_remote_partial_key_name(parent, tokens, t, pk);
+        const char *argv[] = {"GET", pk};
+        size_t argl[] = {3, CACHE_REMOTE_PARTIAL_KEY_LEN};
+        if (cmd_append(r, &len, 2, argv, argl) != 0)
+            return conn_fail(r, CACHE_ENOMEM, "loading a partial block", "out of memory");
+    }
+    cache_key child;
+    size_t t_found;
+    int rc = send_buf(r, r->cmd, len, deadline, "loading a partial block");
+    if (rc == 0)
+        rc = partial_pointer(r, n, deadline, &child, &t_found);
+    if (rc || !t_found)
+        return get_done(r, t0, rc);
+    char ck[CACHE_REMOTE_KEY_LEN + 1];
+    cache_remote_key_name(child, ck);
+    const char *argv[] = {"GET", ck};
+    size_t argl[] = {3, CACHE_REMOTE_KEY_LEN};
+    len = 0;
+    if (cmd_append(r, &len, 2, argv, argl) != 0)
+        return conn_fail(r, CACHE_ENOMEM, "loading a partial block", "out of memory");
+    int got;
+    if ((rc = send_buf(r, r->cmd, len, deadline, "loading a partial block")) != 0 ||
+        (rc = get_reply(r, 1, dst, &got, deadline)) != 0)
+        return get_done(r, t0, rc);
+    r->st.gets++;
+    /* The block is verified as any other, against its own token ids (we know only the first t);
+     * then those first t must be ours. A pointer is untrusted: it may name any block. */
+    const int32_t *own = (const int32_t *)(void *)(r->head + sizeof(cache_value_hdr));
+    int bad = 0;
+    if (take_value(r, got, child, parent, got == GOT_VALUE ? own : tokens, dst, &bad)) {
+        size_t m = 0;
+        while (m < t_found && own[m] == tokens[m])
+            m++;
+        *k = m;
+        r->st.hits--; /* counted as a partial block, not a full one */
+        r->st.partial_hits++;
+        r->st.partial_tokens += m;
+    }
+    get_done(r, t0, 0);
+    if (bad)
+        delete_bad(r, &child, 1);
     return 0;
 }
 

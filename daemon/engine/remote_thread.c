@@ -134,6 +134,7 @@ void remote_thread_load_async(remote_thread *w, remote_thread_load *job)
 {
     job->next = NULL;
     job->n_loaded = 0;
+    job->partial_loaded = 0;
     job->t_queued = base_now_ms();
     pthread_mutex_lock(&w->mu);
     if (w->load_tail)
@@ -242,6 +243,13 @@ static void serve_load(remote_thread *w, remote_thread_load *job, uint64_t *unav
     int rc = store_get(w, job);
     if (rc == 0 && store_errmsg(w)[0]) /* a bad value (deleted), or an error reply */
         base_log(BASE_LOG_WARN, "%s", store_errmsg(w));
+    if (rc == 0 && !w->cl && job->partial_n && job->n_loaded == job->n) {
+        rc = cache_remote_get_partial(w->r, job->n ? job->keys[job->n - 1] : job->parent,
+                                      job->partial_tokens, job->partial_n, job->partial_dst,
+                                      &job->partial_loaded);
+        if (rc == 0 && store_errmsg(w)[0])
+            base_log(BASE_LOG_WARN, "%s", store_errmsg(w));
+    }
     after_exchange(w, rc);
 }
 

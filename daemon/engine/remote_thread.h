@@ -58,9 +58,17 @@ typedef struct remote_thread_load {
     const int32_t *tokens;           /* n * block_tokens ids */
     float *const *dst;               /* n payload destinations (block_floats floats each) */
     size_t n;
-    size_t n_loaded; /* out: blocks [0, n_loaded) were loaded and verified */
-    double ms;       /* out: time from queueing to completion */
-    double t_queued; /* used by the worker */
+    /* Optional, after a chain loaded whole (one server only, not a cluster): the partial block
+     * after keys[n - 1] (cache_remote_get_partial()): the prompt's partial_n < B tokens after
+     * the chain, and the slot for their block. */
+    const int32_t *partial_tokens;
+    size_t partial_n;
+    float *partial_dst;
+    size_t n_loaded;       /* out: blocks [0, n_loaded) were loaded and verified */
+    size_t partial_loaded; /* out: rows [0, partial_loaded) of partial_dst hold the K/V of
+                              partial_tokens[0, partial_loaded) */
+    double ms;             /* out: time from queueing to completion */
+    double t_queued;       /* used by the worker */
 } remote_thread_load;
 
 /* Makes the handle (checking the URL) and starts the thread, which connects in the background.

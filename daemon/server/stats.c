@@ -50,7 +50,9 @@ static void add_remote(server *s, cJSON *j)
     add(j, "remote_load_ms", rs.load_ms);
     add(j, "remote_gets", (double)c->gets);
     add(j, "remote_hit_blocks", (double)c->hits);
-    add(j, "remote_hit_tokens", (double)c->hits * s->o.engine.block_tokens);
+    add(j, "remote_hit_tokens",
+        (double)c->hits * s->o.engine.block_tokens + (double)c->partial_tokens);
+    add(j, "remote_partial_hits", (double)c->partial_hits);
     add(j, "remote_misses", (double)c->misses);
     add(j, "remote_corrupt_deleted", (double)c->corrupt_deleted);
     add(j, "remote_foreign", (double)c->foreign);
