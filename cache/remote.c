@@ -737,6 +737,24 @@ static int get_done(cache_remote *r, double t0, int rc)
     return rc;
 }
 
+/* Sends the GETs of keys[from, from + m) in one write. */
+static int send_gets(cache_remote *r, const cache_key *keys, size_t from, size_t m, double deadline)
+{
+    size_t len = 0;
+    for (size_t j = 0; j < m; j++) {
+        char k[CACHE_REMOTE_KEY_LEN + 1];
+        cache_remote_key_name(keys[from + j], k);
+        const char *argv[] = {"GET", k};
+        size_t argl[] = {3, CACHE_REMOTE_KEY_LEN};
+        if (cmd_append(r, &len, 2, argv, argl) != 0)
+            return conn_fail(r, CACHE_ENOMEM, "loading blocks", "out of memory");
+    }
+    int rc = send_buf(r, r->cmd, len, deadline, "loading blocks");
+    if (rc == 0)
+        r->st.gets += m;
+    return rc;
+}
+
 int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
                      const int32_t *tokens, float *const *dst, size_t n, size_t *n_loaded)
 {
@@ -747,23 +765,23 @@ int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
     size_t per = CACHE_REMOTE_BATCH_BYTES / r->fmt.val_bytes;
     if (per < 1)
         per = 1;
-    size_t B = r->fmt.block_tokens;
-    for (size_t start = 0; start < n;) {
-        size_t m = n - start < per ? n - start : per, len = 0;
+    size_t B = r->fmt.block_tokens, sent = 0; /* keys [0, sent) have their GETs out */
+    int go_on = 1;
+    for (size_t start = 0; start < n && go_on;) {
+        size_t m = n - start < per ? n - start : per;
         double t0 = base_now_ms(), deadline = t0 + hard_ms(r);
-        for (size_t j = 0; j < m; j++) {
-            char k[CACHE_REMOTE_KEY_LEN + 1];
-            cache_remote_key_name(keys[start + j], k);
-            const char *argv[] = {"GET", k};
-            size_t argl[] = {3, CACHE_REMOTE_KEY_LEN};
-            if (cmd_append(r, &len, 2, argv, argl) != 0)
-                return conn_fail(r, CACHE_ENOMEM, "loading blocks", "out of memory");
-        }
-        int rc = send_buf(r, r->cmd, len, deadline, "loading blocks");
+        int rc = 0;
+        if (sent == start && (rc = send_gets(r, keys, sent, m, deadline)) == 0)
+            sent += m;
+        /* One batch ahead: the server looks up and writes the next batch while this one is
+         * read, so no batch waits for a request to cross (on a busy machine, for the server to
+         * be scheduled); it holds at most two batches of replies. */
+        size_t ahead = n - sent < per ? n - sent : per;
+        if (rc == 0 && ahead > 0 && (rc = send_gets(r, keys, sent, ahead, deadline)) == 0)
+            sent += ahead;
         if (rc)
             return get_done(r, t0, rc);
-        r->st.gets += m;
-        int go_on = 1, bad = 0;
+        int bad = 0;
         for (size_t j = 0; j < m; j++) {
             size_t i = start + j;
             int got;
@@ -776,15 +794,19 @@ int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
                     *n_loaded = i + 1;
             }
         }
-        if (r->ib_pos != r->ib_len)
+        start += m;
+        /* The chain ended: the replies of the batch asked ahead are read past. */
+        for (; !go_on && start < sent; start++) {
+            int got;
+            if ((rc = get_reply(r, 0, NULL, &got, deadline)) != 0)
+                return get_done(r, t0, rc);
+        }
+        if (start == sent && r->ib_pos != r->ib_len)
             return get_done(
                 r, t0, conn_fail(r, CACHE_EIO, "loading blocks", "bytes after the last reply"));
         get_done(r, t0, 0);
-        if (bad)
+        if (bad) /* nothing is owed now: the DEL's reply comes next */
             delete_bad(r, &keys[*n_loaded], 1);
-        if (!go_on)
-            break;
-        start += m;
     }
     return 0;
 }
@@ -975,8 +997,14 @@ int cache_remote_get_partial(cache_remote *r, cache_key parent, const int32_t *t
         return get_done(r, t0, rc);
     r->st.gets++;
     /* The block is verified as any other, against its own token ids (we know only the first t);
-     * then those first t must be ours. A pointer is untrusted: it may name any block. */
+     * then those first t must be ours. A pointer is untrusted: it may name any block; one of
+     * another parent is a stale or foreign pointer, not a bad block (it is left alone). */
     const int32_t *own = (const int32_t *)(void *)(r->head + sizeof(cache_value_hdr));
+    const cache_value_hdr *h = (const void *)r->head;
+    if (got == GOT_VALUE && !cache_key_eq(h->parent, parent)) {
+        r->st.misses++;
+        return get_done(r, t0, 0);
+    }
     int bad = 0;
     if (take_value(r, got, child, parent, got == GOT_VALUE ? own : tokens, dst, &bad)) {
         size_t m = 0;

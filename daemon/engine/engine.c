@@ -546,7 +546,7 @@ static void collect_remote(engine *e)
             continue;
         loaded_from(e, r, (int)l->n_loaded, 1);
         r->state = RQ_PREFILL;
-        if (l->n_loaded == l->n && l->partial_loaded > 0) {
+        if (l->partial_loaded > 0) {
             /* Rows of the next block, loaded into its private slot: its first tokens' K/V. */
             int k = (int)l->partial_loaded;
             r->kv_done += k;

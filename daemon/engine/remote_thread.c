@@ -243,9 +243,14 @@ static void serve_load(remote_thread *w, remote_thread_load *job, uint64_t *unav
     int rc = store_get(w, job);
     if (rc == 0 && store_errmsg(w)[0]) /* a bad value (deleted), or an error reply */
         base_log(BASE_LOG_WARN, "%s", store_errmsg(w));
-    if (rc == 0 && !w->cl && job->partial_n && job->n_loaded == job->n) {
-        rc = cache_remote_get_partial(w->r, job->n ? job->keys[job->n - 1] : job->parent,
-                                      job->partial_tokens, job->partial_n, job->partial_dst,
+    /* The block the chain ends before (a miss: the prompt diverges inside it), or the one
+     * after the chain: its first rows may be another prompt's, with the same tokens. */
+    size_t at = job->n_loaded, B = (size_t)w->o.remote.block_tokens;
+    const int32_t *ptok = at < job->n ? job->tokens + at * B : job->partial_tokens;
+    size_t pn = at < job->n ? B - 1 : job->partial_n;
+    float *pdst = at < job->n ? job->dst[at] : job->partial_dst;
+    if (rc == 0 && !w->cl && pn > 0 && cache_remote_connected(w->r)) {
+        rc = cache_remote_get_partial(w->r, at ? job->keys[at - 1] : job->parent, ptok, pn, pdst,
                                       &job->partial_loaded);
         if (rc == 0 && store_errmsg(w)[0])
             base_log(BASE_LOG_WARN, "%s", store_errmsg(w));

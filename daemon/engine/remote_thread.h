@@ -58,15 +58,16 @@ typedef struct remote_thread_load {
     const int32_t *tokens;           /* n * block_tokens ids */
     float *const *dst;               /* n payload destinations (block_floats floats each) */
     size_t n;
-    /* Optional, after a chain loaded whole (one server only, not a cluster): the partial block
-     * after keys[n - 1] (cache_remote_get_partial()): the prompt's partial_n < B tokens after
-     * the chain, and the slot for their block. */
+    /* Optional (one server only, not a cluster): the partial block after keys[n - 1]
+     * (cache_remote_get_partial()): the prompt's partial_n < B tokens after the chain, and the
+     * slot for their block. When the chain ends before keys[n - 1], the block where it ended is
+     * tried the same way (its first B - 1 tokens, into its dst[]). */
     const int32_t *partial_tokens;
     size_t partial_n;
     float *partial_dst;
     size_t n_loaded;       /* out: blocks [0, n_loaded) were loaded and verified */
-    size_t partial_loaded; /* out: rows [0, partial_loaded) of partial_dst hold the K/V of
-                              partial_tokens[0, partial_loaded) */
+    size_t partial_loaded; /* out: the first partial_loaded rows of the block after the
+                              n_loaded loaded ones hold the K/V of its first tokens */
     double ms;             /* out: time from queueing to completion */
     double t_queued;       /* used by the worker */
 } remote_thread_load;
