@@ -21,8 +21,10 @@
  *   but the batch's replies are still read, to keep the connection in step.
  * - Nothing is trusted: a reply's length is compared with the value size first (another length
  *   is read past and dropped, within the deadline), then cache_value_check_head() checks the
- *   header and token ids and cache_value_check_payload() the checksum of the payload where it
- *   landed. A bad value is deleted (DEL) so that nobody loads it again.
+ *   header and token ids and cache_value_check_sum() the checksum of the payload where it
+ *   landed (hashed piece by piece right after each read() put it there, while it is in the
+ *   CPU's cache, instead of in a second pass). A bad value is deleted (DEL) so that nobody loads it
+ * again.
  */
 #include "base.h"
 #include "cache_remote.h"
@@ -42,7 +44,7 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t */
+#define XXH_INLINE_ALL /* the payload's hash, chunk by chunk as it lands, at full speed */
 #include <xxhash.h>
 
 #define RBUF_BYTES ((size_t)1 << 20)    /* one read(): large, so a 1 MB value is a few syscalls */
@@ -67,8 +69,10 @@ struct cache_remote {
     char *rbuf;      /* RBUF_BYTES: what read_reply() feeds hiredis's reader */
     char *ib;        /* IB_BYTES: GET replies, parsed here (get_reply()) */
     size_t ib_pos, ib_len;
-    uint8_t *head; /* one value's header and token ids */
-    char *cmd;     /* commands being built (GET batches, DEL) */
+    uint8_t *head;     /* one value's header and token ids */
+    XXH3_state_t *hs;  /* the payload's hash as it is read (get_reply()) */
+    XXH128_hash_t sum; /* ... the last payload's */
+    char *cmd;         /* commands being built (GET batches, DEL) */
     size_t cmd_cap;
     cache_remote_stats st;
     char msg[512];
@@ -220,10 +224,11 @@ int cache_remote_open(const cache_remote_opts *o, cache_remote **out, char *msg,
     r->rbuf = malloc(RBUF_BYTES);
     r->ib = malloc(IB_BYTES);
     r->head = malloc(sizeof(cache_value_hdr) + r->fmt.tok_bytes);
+    r->hs = XXH3_createState();
     r->cmd_cap = 4096;
     r->cmd = malloc(r->cmd_cap);
     if (rc == 0 && (!r->url || (o->password && o->password[0] && !r->password) || !r->rbuf ||
-                    !r->ib || !r->head || !r->cmd)) {
+                    !r->ib || !r->head || !r->cmd || !r->hs)) {
         snprintf(msg, msglen, "remote tier: out of memory");
         rc = CACHE_ENOMEM;
     }
@@ -257,6 +262,7 @@ void cache_remote_close(cache_remote *r)
     free(r->rbuf);
     free(r->ib);
     free(r->head);
+    XXH3_freeState(r->hs);
     free(r->cmd);
     free(r);
 }
@@ -547,8 +553,10 @@ static int in_fill(cache_remote *r, double deadline, const char *what)
 }
 
 /* The next n bytes of the stream into out, or dropped (out NULL): what ib holds first, then
- * large pieces straight from the socket into out. */
-static int in_take(cache_remote *r, void *out, size_t n, double deadline, const char *what)
+ * large pieces straight from the socket into out. With hash, each piece is fed to r->hs where
+ * it landed, right after it landed (still in the CPU's cache). */
+static int in_take(cache_remote *r, void *out, size_t n, int hash, double deadline,
+                   const char *what)
 {
     uint8_t *o = out;
     while (n > 0) {
@@ -557,6 +565,8 @@ static int in_take(cache_remote *r, void *out, size_t n, double deadline, const 
             size_t m = have < n ? have : n;
             if (o) {
                 memcpy(o, r->ib + r->ib_pos, m);
+                if (hash)
+                    XXH3_128bits_update(r->hs, o, m);
                 o += m;
             }
             r->ib_pos += m;
@@ -572,6 +582,8 @@ static int in_take(cache_remote *r, void *out, size_t n, double deadline, const 
         }
         ssize_t k = read(r->c->fd, o, n);
         if (k > 0) {
+            if (hash)
+                XXH3_128bits_update(r->hs, o, (size_t)k);
             o += k;
             n -= (size_t)k;
             continue;
@@ -647,15 +659,17 @@ static int get_reply(cache_remote *r, int want, float *dst, int *got, double dea
     char crlf[2];
     if (!want || n != r->fmt.val_bytes) {
         *got = GOT_BAD;
-        rc = in_take(r, NULL, n, deadline, what);
+        rc = in_take(r, NULL, n, 0, deadline, what);
     } else {
         *got = GOT_VALUE;
-        rc = in_take(r, r->head, head, deadline, what);
+        rc = in_take(r, r->head, head, 0, deadline, what);
+        XXH3_128bits_reset(r->hs);
         if (rc == 0)
-            rc = in_take(r, dst, r->fmt.payload_bytes, deadline, what);
+            rc = in_take(r, dst, r->fmt.payload_bytes, 1, deadline, what);
+        r->sum = XXH3_128bits_digest(r->hs);
     }
     if (rc == 0)
-        rc = in_take(r, crlf, 2, deadline, what);
+        rc = in_take(r, crlf, 2, 0, deadline, what);
     if (rc == 0 && memcmp(crlf, "\r\n", 2) != 0)
         return conn_fail(r, CACHE_EIO, what, "a bulk string not ended by CRLF");
     return rc;
@@ -693,10 +707,10 @@ static void delete_bad(cache_remote *r, const cache_key *bad, size_t n)
 }
 
 /* Judges one GET reply for block key (got: what get_reply() found; the value's head in r->head,
- * its payload in dst): 1 if loaded and verified, 0 if the chain ends here (*bad set for a value
- * to delete). */
+ * its payload in its slot, the payload's hash in r->sum): 1 if loaded and verified, 0 if the chain
+ * ends here (*bad set for a value to delete). */
 static int take_value(cache_remote *r, int got, cache_key key, cache_key parent,
-                      const int32_t *tokens, const float *dst, int *bad)
+                      const int32_t *tokens, int *bad)
 {
     if (got == GOT_NIL) {
         r->st.misses++;
@@ -710,8 +724,8 @@ static int take_value(cache_remote *r, int got, cache_key key, cache_key parent,
     int rc = CACHE_ECORRUPT;
     if (got == GOT_VALUE) {
         rc = cache_value_check_head(&r->fmt, r->head, key, parent, tokens, &why);
-        if (rc == 0)
-            rc = cache_value_check_payload(&r->fmt, r->head, dst, &why);
+        if (rc == 0) /* the payload's hash, taken as it landed in its slot (get_reply()) */
+            rc = cache_value_check_sum(r->head, r->sum.low64, r->sum.high64, &why);
     }
     if (rc == 0) {
         r->st.hits++;
@@ -789,7 +803,7 @@ int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
                 return get_done(r, t0, rc); /* the blocks loaded so far stay loaded */
             if (go_on) {
                 cache_key pk = i ? keys[i - 1] : parent;
-                go_on = take_value(r, got, keys[i], pk, tokens + i * B, dst[i], &bad);
+                go_on = take_value(r, got, keys[i], pk, tokens + i * B, &bad);
                 if (go_on)
                     *n_loaded = i + 1;
             }
@@ -1006,7 +1020,7 @@ int cache_remote_get_partial(cache_remote *r, cache_key parent, const int32_t *t
         return get_done(r, t0, 0);
     }
     int bad = 0;
-    if (take_value(r, got, child, parent, got == GOT_VALUE ? own : tokens, dst, &bad)) {
+    if (take_value(r, got, child, parent, got == GOT_VALUE ? own : tokens, &bad)) {
         size_t m = 0;
         while (m < t_found && own[m] == tokens[m])
             m++;
@@ -1088,7 +1102,7 @@ int cache__remote_get_recv(cache_remote *r, cache_key parent, const cache_key *k
             memcpy(redirect[j].text, r->redirect, sizeof r->redirect);
         } else {
             int b = 0;
-            if (take_value(r, got, keys[i], i ? keys[i - 1] : parent, tokens + i * B, dst[i], &b)) {
+            if (take_value(r, got, keys[i], i ? keys[i - 1] : parent, tokens + i * B, &b)) {
                 out[j] = CACHE__KEY_OK;
             } else {
                 out[j] = b ? CACHE__KEY_BAD : got == GOT_NIL ? CACHE__KEY_MISS : CACHE__KEY_ERROR;
