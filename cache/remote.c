@@ -787,12 +787,6 @@ int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
         int rc = 0;
         if (sent == start && (rc = send_gets(r, keys, sent, m, deadline)) == 0)
             sent += m;
-        /* One batch ahead: the server looks up and writes the next batch while this one is
-         * read, so no batch waits for a request to cross (on a busy machine, for the server to
-         * be scheduled); it holds at most two batches of replies. */
-        size_t ahead = n - sent < per ? n - sent : per;
-        if (rc == 0 && ahead > 0 && (rc = send_gets(r, keys, sent, ahead, deadline)) == 0)
-            sent += ahead;
         if (rc)
             return get_done(r, t0, rc);
         int bad = 0;
@@ -801,6 +795,16 @@ int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
             int got;
             if ((rc = get_reply(r, go_on, dst[i], &got, deadline)) != 0)
                 return get_done(r, t0, rc); /* the blocks loaded so far stay loaded */
+            /* One batch ahead, once this one flows: the server prepares the next batch while
+             * this one is read, so no batch waits for its request to cross (on a busy machine,
+             * for the server to be scheduled). Not before: the server would copy both batches
+             * before its first byte. It holds at most two batches of replies. */
+            size_t ahead = n - sent < per ? n - sent : per;
+            if (j == 0 && go_on && ahead > 0 &&
+                (rc = send_gets(r, keys, sent, ahead, deadline)) == 0)
+                sent += ahead;
+            if (rc)
+                return get_done(r, t0, rc);
             if (go_on) {
                 cache_key pk = i ? keys[i - 1] : parent;
                 go_on = take_value(r, got, keys[i], pk, tokens + i * B, &bad);

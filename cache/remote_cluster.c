@@ -265,7 +265,7 @@ static int map_parse(cache_remote_cluster *c, const cnode *asked, const redisRep
         c->slot_new[s] = -1;
     if (rep->type == REDIS_REPLY_ERROR) {
         snprintf(c->msg, sizeof c->msg,
-                 "remote tier: cluster node %s:%d answers CLUSTER SLOTS with: %.200s (is it "
+                 "remote tier: cluster node %.100s:%d answers CLUSTER SLOTS with: %.200s (is it "
                  "started with --cluster-enabled yes?)",
                  asked->host, asked->port, rep->str);
         return CACHE_EIO;
@@ -296,7 +296,7 @@ static int map_parse(cache_remote_cluster *c, const cnode *asked, const redisRep
     return 0;
 bad:
     snprintf(c->msg, sizeof c->msg,
-             "remote tier: cluster node %s:%d: a CLUSTER SLOTS reply of an unknown shape",
+             "remote tier: cluster node %.100s:%d: a CLUSTER SLOTS reply of an unknown shape",
              asked->host, asked->port);
     return CACHE_EIO;
 }
