@@ -99,10 +99,10 @@ int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
 
 /* The partial block after a chain: the request's prompt goes on for n < B tokens after the block
  * whose key is parent (its last full block, or the last one loaded when the chain ended at a
- * block the server did not have: the prompt may diverge inside it). Looks up the partial pointers written beside every
- * block (cache_remote_put()) for tokens[0..t), t = n down to 1, in one round trip, and loads the
- * block the longest one names into dst (block_floats floats, caller's memory), verified as any
- * value (its parent must be parent). *k receives how many of its first rows hold the K/V of
+ * block the server did not have: the prompt may diverge inside it). Looks up the partial
+ * pointers written beside every block (cache_remote_put()) for tokens[0..t), t = n down to 1, in
+ * one round trip, and loads the block the longest one names into dst (block_floats floats,
+ * caller's memory), verified as any value (its parent must be parent). *k receives how many of its first rows hold the K/V of
  * tokens[0..k) (0: none; the other rows are another prompt's). Returns 0 (whatever *k), or as
  * cache_remote_get(). */
 int cache_remote_get_partial(cache_remote *r, cache_key parent, const int32_t *tokens, size_t n,
