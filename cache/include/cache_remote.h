@@ -102,9 +102,9 @@ int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
  * block the server did not have: the prompt may diverge inside it). Looks up the partial
  * pointers written beside every block (cache_remote_put()) for tokens[0..t), t = n down to 1, in
  * one round trip, and loads the block the longest one names into dst (block_floats floats,
- * caller's memory), verified as any value (its parent must be parent). *k receives how many of its first rows hold the K/V of
- * tokens[0..k) (0: none; the other rows are another prompt's). Returns 0 (whatever *k), or as
- * cache_remote_get(). */
+ * caller's memory), verified as any value (its parent must be parent). *k receives how many of its
+ * first rows hold the K/V of tokens[0..k) (0: none; the other rows are another prompt's). Returns 0
+ * (whatever *k), or as cache_remote_get(). */
 int cache_remote_get_partial(cache_remote *r, cache_key parent, const int32_t *tokens, size_t n,
                              float *dst, size_t *k);
 
