@@ -11,7 +11,9 @@ daemons, each with its own RAM:
   A  --remote: computes a fresh P-token prefix each run (+ N new tokens: the uncached TTFT), then
      the same prefix with other N tokens (the RAM TTFT)
   B  --remote, no disk tier: the same prefix with yet other N tokens: its first sight of the
-     prefix, loaded from Redis (the remote TTFT)
+     prefix, loaded from Redis (the remote TTFT); then with N more other tokens, the prefix now in
+     B's RAM (B's RAM TTFT: the same daemon's prefill without the load, to tell the load's cost
+     from the daemon's)
   D  no remote, a disk tier and a RAM budget for one prompt: the prefix, then an unrelated prompt
      of the same size (which evicts the prefix to disk), then the prefix again (the disk TTFT)
 Prompts are token ids (BOS first), each run's prefix new, so no run finds another's blocks.
@@ -98,6 +100,8 @@ def wait_writes(sock, n):
     sys.exit("writes did not finish: %s" % {k: v for k, v in st.items() if "remote" in k})
 
 
+with open("/proc/loadavg") as f:
+    load_start = f.read().split()[0]
 rsock = os.path.join(tmp, "redis.sock")
 start([redis_bin, "--port", "0", "--unixsocket", rsock, "--unixsocketperm", "700", "--save", "",
        "--appendonly", "no", "--dir", tmp, "--logfile", os.path.join(tmp, "redis.log")], rsock)
@@ -118,6 +122,7 @@ try:
         wait_writes(a, s0.get("remote_writes", 0) + P // 16)
         ram, _, _ = gen(a, prefix + tails[1])
         rem, s0, s1 = gen(b, prefix + tails[2])
+        b_ram, _, _ = gen(b, prefix + tails[3])  # B again: the same prefix, now in B's RAM
         load_ms = s1["remote_load_ms"] - s0["remote_load_ms"]
         get_ms = s1["remote_get_ms"] - s0["remote_get_ms"]
         mb = (s1["remote_bytes_in"] - s0["remote_bytes_in"]) / 1e6
@@ -128,11 +133,15 @@ try:
         dk, _, _ = gen(d, prefix + tails[3])
         row = {"run": run, "uncached_ms": un["server_ttft_ms"], "ram_ms": ram["server_ttft_ms"],
                "remote_ms": rem["server_ttft_ms"], "disk_ms": dk["server_ttft_ms"],
+               "b_ram_ms": b_ram["server_ttft_ms"],
                "remote_cached": rem["cached_tokens"], "disk_cached": dk["cached_tokens_disk"],
                "disk_cached_all": dk["cached_tokens"],
                "ram_cached": ram["cached_tokens"], "remote_load_ms": load_ms,
                "remote_get_ms": get_ms, "remote_mb": mb, "round_trips": rt,
                "remote_prefill_ms": rem["prefill_ms"],
+               "remote_partial_rows": rem["cached_tokens"] - 16 * (rem["cached_tokens"] // 16),
+               "remote_over_ram": rem["server_ttft_ms"] / ram["server_ttft_ms"],
+               "remote_over_disk": rem["server_ttft_ms"] / dk["server_ttft_ms"],
                "load_mb_s": mb / (get_ms / 1e3) if get_ms > 0 else 0}
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -140,6 +149,7 @@ try:
     med["remote_pct_of_uncached"] = 100 * med["remote_ms"] / med["uncached_ms"]
     with open("/proc/loadavg") as f:
         med["loadavg"] = f.read().split()[0]
+    med["loadavg_start"] = load_start
     print("medians over %d runs (P %d + %d new tokens, daemon-side TTFT):" % (runs, P, N))
     print("| tier | TTFT ms | cached tokens |")
     print("| --- | --- | --- |")
@@ -148,11 +158,16 @@ try:
     print("| disk | %.0f | %d |" % (med["disk_ms"], med["disk_cached"]))
     print("| remote (Redis, Unix socket) | %.0f (%.1f%% of uncached) | %d |" %
           (med["remote_ms"], med["remote_pct_of_uncached"], med["remote_cached"]))
+    print("| RAM on B, after the remote load | %.0f | |" % med["b_ram_ms"])
+    print("remote / RAM %.2fx, remote / disk %.2fx (medians of the runs' ratios); %d of the remote "
+          "tokens are rows of a partial block" % (med["remote_over_ram"], med["remote_over_disk"],
+                                                  med["remote_partial_rows"]))
     print("remote timeout: %s" % (rto[1] + " ms" if rto else "the default (50 ms)"))
     print("remote: %.1f MB in %.0f round trips, %.1f ms in GET batches (%.0f MB/s), load job "
           "%.1f ms, prefill of the new tokens %.1f ms; load average %s" %
           (med["remote_mb"], med["round_trips"], med["remote_get_ms"], med["load_mb_s"],
-           med["remote_load_ms"], med["remote_prefill_ms"], med["loadavg"]))
+           med["remote_load_ms"], med["remote_prefill_ms"],
+           "%s at the start, %s at the end" % (med["loadavg_start"], med["loadavg"])))
     if "--json" in args:
         with open(args["--json"], "w") as f:
             json.dump({"runs": rows, "medians": med, "prefix_tokens": P, "new_tokens": N}, f,

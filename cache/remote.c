@@ -21,13 +21,16 @@
  *   but the batch's replies are still read, to keep the connection in step.
  * - Nothing is trusted: a reply's length is compared with the value size first (another length
  *   is read past and dropped, within the deadline), then cache_value_check_head() checks the
- *   header and token ids and cache_value_check_payload() the checksum of the payload where it
- *   landed. A bad value is deleted (DEL) so that nobody loads it again.
+ *   header and token ids and cache_value_check_sum() the checksum of the payload where it
+ *   landed (hashed piece by piece right after each read() put it there, while it is in the
+ *   CPU's cache, instead of in a second pass). A bad value is deleted (DEL) so that nobody loads it
+ * again.
  */
 #include "base.h"
 #include "cache_remote.h"
 
 #include "cache_value.h"
+#include "remote_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +44,8 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#define XXH_INLINE_ALL /* the payload's hash, chunk by chunk as it lands, at full speed */
+#include <xxhash.h>
 
 #define RBUF_BYTES ((size_t)1 << 20)    /* one read(): large, so a 1 MB value is a few syscalls */
 #define CMD_MAX 256                     /* a command's text around a value (key, lengths, TTL) */
@@ -64,11 +69,14 @@ struct cache_remote {
     char *rbuf;      /* RBUF_BYTES: what read_reply() feeds hiredis's reader */
     char *ib;        /* IB_BYTES: GET replies, parsed here (get_reply()) */
     size_t ib_pos, ib_len;
-    uint8_t *head; /* one value's header and token ids */
-    char *cmd;     /* commands being built (GET batches, DEL) */
+    uint8_t *head;     /* one value's header and token ids */
+    XXH3_state_t *hs;  /* the payload's hash as it is read (get_reply()) */
+    XXH128_hash_t sum; /* ... the last payload's */
+    char *cmd;         /* commands being built (GET batches, DEL) */
     size_t cmd_cap;
     cache_remote_stats st;
     char msg[512];
+    char redirect[CACHE__REDIRECT_LEN]; /* the last GET's MOVED or ASK reply (a cluster's) */
 };
 
 /* ---- small helpers ---- */
@@ -86,6 +94,21 @@ void cache_remote_key_name(cache_key k, char *out)
 {
     snprintf(out, CACHE_REMOTE_KEY_LEN + 1, "%s%016llx%016llx", CACHE_REMOTE_KEY_PREFIX,
              (unsigned long long)k.hi, (unsigned long long)k.lo);
+}
+
+void cache_remote_partial_key_name(cache_key parent, const int32_t *tokens, size_t t, char *out)
+{
+    /* A tag keeps these hashes apart from block keys, whatever t is. */
+    static const char tag[8] = "partial";
+    XXH3_state_t st;
+    XXH3_128bits_reset(&st);
+    XXH3_128bits_update(&st, &parent.lo, 8);
+    XXH3_128bits_update(&st, &parent.hi, 8);
+    XXH3_128bits_update(&st, tag, sizeof tag);
+    XXH3_128bits_update(&st, tokens, t * sizeof(int32_t));
+    XXH128_hash_t h = XXH3_128bits_digest(&st);
+    snprintf(out, CACHE_REMOTE_PARTIAL_KEY_LEN + 1, "%s%016llx%016llx", CACHE_REMOTE_PARTIAL_PREFIX,
+             (unsigned long long)h.high64, (unsigned long long)h.low64);
 }
 
 /* ---- the URL ---- */
@@ -201,10 +224,11 @@ int cache_remote_open(const cache_remote_opts *o, cache_remote **out, char *msg,
     r->rbuf = malloc(RBUF_BYTES);
     r->ib = malloc(IB_BYTES);
     r->head = malloc(sizeof(cache_value_hdr) + r->fmt.tok_bytes);
+    r->hs = XXH3_createState();
     r->cmd_cap = 4096;
     r->cmd = malloc(r->cmd_cap);
     if (rc == 0 && (!r->url || (o->password && o->password[0] && !r->password) || !r->rbuf ||
-                    !r->ib || !r->head || !r->cmd)) {
+                    !r->ib || !r->head || !r->cmd || !r->hs)) {
         snprintf(msg, msglen, "remote tier: out of memory");
         rc = CACHE_ENOMEM;
     }
@@ -238,6 +262,7 @@ void cache_remote_close(cache_remote *r)
     free(r->rbuf);
     free(r->ib);
     free(r->head);
+    XXH3_freeState(r->hs);
     free(r->cmd);
     free(r);
 }
@@ -303,6 +328,11 @@ static int io_wait(cache_remote *r, short events, double deadline)
 static double hard_ms(const cache_remote *r)
 {
     return 20 * r->timeout_ms < 1000 ? 1000 : 20 * r->timeout_ms;
+}
+
+double cache__remote_hard_ms(const cache_remote *r)
+{
+    return hard_ms(r);
 }
 
 /* Writes every byte of iov[0..n) (modified), waiting for room up to the deadline. */
@@ -523,8 +553,10 @@ static int in_fill(cache_remote *r, double deadline, const char *what)
 }
 
 /* The next n bytes of the stream into out, or dropped (out NULL): what ib holds first, then
- * large pieces straight from the socket into out. */
-static int in_take(cache_remote *r, void *out, size_t n, double deadline, const char *what)
+ * large pieces straight from the socket into out. With hash, each piece is fed to r->hs where
+ * it landed, right after it landed (still in the CPU's cache). */
+static int in_take(cache_remote *r, void *out, size_t n, int hash, double deadline,
+                   const char *what)
 {
     uint8_t *o = out;
     while (n > 0) {
@@ -533,6 +565,8 @@ static int in_take(cache_remote *r, void *out, size_t n, double deadline, const 
             size_t m = have < n ? have : n;
             if (o) {
                 memcpy(o, r->ib + r->ib_pos, m);
+                if (hash)
+                    XXH3_128bits_update(r->hs, o, m);
                 o += m;
             }
             r->ib_pos += m;
@@ -548,6 +582,8 @@ static int in_take(cache_remote *r, void *out, size_t n, double deadline, const 
         }
         ssize_t k = read(r->c->fd, o, n);
         if (k > 0) {
+            if (hash)
+                XXH3_128bits_update(r->hs, o, (size_t)k);
             o += k;
             n -= (size_t)k;
             continue;
@@ -587,7 +623,7 @@ static int in_line(cache_remote *r, char **line, double deadline, const char *wh
 }
 
 /* What one GET reply was. */
-enum { GOT_VALUE, GOT_NIL, GOT_ERROR, GOT_BAD };
+enum { GOT_VALUE, GOT_NIL, GOT_ERROR, GOT_BAD, GOT_MOVED, GOT_ASK };
 
 /* Reads one GET reply. With want, a value of the right length goes into r->head and dst (its
  * payload), unverified; without, or of another length, its bytes are dropped (GOT_BAD for a
@@ -602,8 +638,13 @@ static int get_reply(cache_remote *r, int want, float *dst, int *got, double dea
     if (line[0] == '-') {
         snprintf(r->msg, sizeof r->msg, "remote '%s': GET: the server says: %.200s", r->url,
                  line + 1);
-        /* Something else than a string under our key is as bad as a corrupt value. */
+        /* Something else than a string under our key is as bad as a corrupt value. A cluster
+         * node's redirection is kept for remote_cluster.c. */
         *got = strncmp(line + 1, "WRONGTYPE", 9) == 0 ? GOT_BAD : GOT_ERROR;
+        if (strncmp(line + 1, "MOVED ", 6) == 0 || strncmp(line + 1, "ASK ", 4) == 0) {
+            *got = line[1] == 'M' ? GOT_MOVED : GOT_ASK;
+            snprintf(r->redirect, sizeof r->redirect, "%s", line + 1);
+        }
         return 0;
     }
     errno = 0;
@@ -618,15 +659,17 @@ static int get_reply(cache_remote *r, int want, float *dst, int *got, double dea
     char crlf[2];
     if (!want || n != r->fmt.val_bytes) {
         *got = GOT_BAD;
-        rc = in_take(r, NULL, n, deadline, what);
+        rc = in_take(r, NULL, n, 0, deadline, what);
     } else {
         *got = GOT_VALUE;
-        rc = in_take(r, r->head, head, deadline, what);
+        rc = in_take(r, r->head, head, 0, deadline, what);
+        XXH3_128bits_reset(r->hs);
         if (rc == 0)
-            rc = in_take(r, dst, r->fmt.payload_bytes, deadline, what);
+            rc = in_take(r, dst, r->fmt.payload_bytes, 1, deadline, what);
+        r->sum = XXH3_128bits_digest(r->hs);
     }
     if (rc == 0)
-        rc = in_take(r, crlf, 2, deadline, what);
+        rc = in_take(r, crlf, 2, 0, deadline, what);
     if (rc == 0 && memcmp(crlf, "\r\n", 2) != 0)
         return conn_fail(r, CACHE_EIO, what, "a bulk string not ended by CRLF");
     return rc;
@@ -664,16 +707,16 @@ static void delete_bad(cache_remote *r, const cache_key *bad, size_t n)
 }
 
 /* Judges one GET reply for block key (got: what get_reply() found; the value's head in r->head,
- * its payload in dst): 1 if loaded and verified, 0 if the chain ends here (*bad set for a value
- * to delete). */
+ * its payload in its slot, the payload's hash in r->sum): 1 if loaded and verified, 0 if the chain
+ * ends here (*bad set for a value to delete). */
 static int take_value(cache_remote *r, int got, cache_key key, cache_key parent,
-                      const int32_t *tokens, const float *dst, int *bad)
+                      const int32_t *tokens, int *bad)
 {
     if (got == GOT_NIL) {
         r->st.misses++;
         return 0;
     }
-    if (got == GOT_ERROR) {
+    if (got == GOT_ERROR || got == GOT_MOVED || got == GOT_ASK) {
         r->st.errors++;
         return 0;
     }
@@ -681,8 +724,8 @@ static int take_value(cache_remote *r, int got, cache_key key, cache_key parent,
     int rc = CACHE_ECORRUPT;
     if (got == GOT_VALUE) {
         rc = cache_value_check_head(&r->fmt, r->head, key, parent, tokens, &why);
-        if (rc == 0)
-            rc = cache_value_check_payload(&r->fmt, r->head, dst, &why);
+        if (rc == 0) /* the payload's hash, taken as it landed in its slot (get_reply()) */
+            rc = cache_value_check_sum(r->head, r->sum.low64, r->sum.high64, &why);
     }
     if (rc == 0) {
         r->st.hits++;
@@ -708,6 +751,24 @@ static int get_done(cache_remote *r, double t0, int rc)
     return rc;
 }
 
+/* Sends the GETs of keys[from, from + m) in one write. */
+static int send_gets(cache_remote *r, const cache_key *keys, size_t from, size_t m, double deadline)
+{
+    size_t len = 0;
+    for (size_t j = 0; j < m; j++) {
+        char k[CACHE_REMOTE_KEY_LEN + 1];
+        cache_remote_key_name(keys[from + j], k);
+        const char *argv[] = {"GET", k};
+        size_t argl[] = {3, CACHE_REMOTE_KEY_LEN};
+        if (cmd_append(r, &len, 2, argv, argl) != 0)
+            return conn_fail(r, CACHE_ENOMEM, "loading blocks", "out of memory");
+    }
+    int rc = send_buf(r, r->cmd, len, deadline, "loading blocks");
+    if (rc == 0)
+        r->st.gets += m;
+    return rc;
+}
+
 int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
                      const int32_t *tokens, float *const *dst, size_t n, size_t *n_loaded)
 {
@@ -718,49 +779,89 @@ int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
     size_t per = CACHE_REMOTE_BATCH_BYTES / r->fmt.val_bytes;
     if (per < 1)
         per = 1;
-    size_t B = r->fmt.block_tokens;
-    for (size_t start = 0; start < n;) {
-        size_t m = n - start < per ? n - start : per, len = 0;
+    size_t B = r->fmt.block_tokens, sent = 0; /* keys [0, sent) have their GETs out */
+    int go_on = 1;
+    for (size_t start = 0; start < n && go_on;) {
+        size_t m = n - start < per ? n - start : per;
         double t0 = base_now_ms(), deadline = t0 + hard_ms(r);
-        for (size_t j = 0; j < m; j++) {
-            char k[CACHE_REMOTE_KEY_LEN + 1];
-            cache_remote_key_name(keys[start + j], k);
-            const char *argv[] = {"GET", k};
-            size_t argl[] = {3, CACHE_REMOTE_KEY_LEN};
-            if (cmd_append(r, &len, 2, argv, argl) != 0)
-                return conn_fail(r, CACHE_ENOMEM, "loading blocks", "out of memory");
-        }
-        int rc = send_buf(r, r->cmd, len, deadline, "loading blocks");
+        int rc = 0;
+        if (sent == start && (rc = send_gets(r, keys, sent, m, deadline)) == 0)
+            sent += m;
         if (rc)
             return get_done(r, t0, rc);
-        r->st.gets += m;
-        int go_on = 1, bad = 0;
+        int bad = 0;
         for (size_t j = 0; j < m; j++) {
             size_t i = start + j;
             int got;
             if ((rc = get_reply(r, go_on, dst[i], &got, deadline)) != 0)
                 return get_done(r, t0, rc); /* the blocks loaded so far stay loaded */
+            /* One batch ahead, once this one flows: the server prepares the next batch while
+             * this one is read, so no batch waits for its request to cross (on a busy machine,
+             * for the server to be scheduled). Not before: the server would copy both batches
+             * before its first byte. It holds at most two batches of replies. */
+            size_t ahead = n - sent < per ? n - sent : per;
+            if (j == 0 && go_on && ahead > 0 &&
+                (rc = send_gets(r, keys, sent, ahead, deadline)) == 0)
+                sent += ahead;
+            if (rc)
+                return get_done(r, t0, rc);
             if (go_on) {
                 cache_key pk = i ? keys[i - 1] : parent;
-                go_on = take_value(r, got, keys[i], pk, tokens + i * B, dst[i], &bad);
+                go_on = take_value(r, got, keys[i], pk, tokens + i * B, &bad);
                 if (go_on)
                     *n_loaded = i + 1;
             }
         }
-        if (r->ib_pos != r->ib_len)
+        start += m;
+        /* The chain ended: the replies of the batch asked ahead are read past. */
+        for (; !go_on && start < sent; start++) {
+            int got;
+            if ((rc = get_reply(r, 0, NULL, &got, deadline)) != 0)
+                return get_done(r, t0, rc);
+        }
+        if (start == sent && r->ib_pos != r->ib_len)
             return get_done(
                 r, t0, conn_fail(r, CACHE_EIO, "loading blocks", "bytes after the last reply"));
         get_done(r, t0, 0);
-        if (bad)
+        if (bad) /* nothing is owed now: the DEL's reply comes next */
             delete_bad(r, &keys[*n_loaded], 1);
-        if (!go_on)
-            break;
-        start += m;
     }
     return 0;
 }
 
 /* ---- writes ---- */
+
+/* After a block's SET: its partial pointers, "SET <partial key of its first t tokens> <its key>
+ * EX ttl" for t = 1 .. B - 1, so that a prompt whose full blocks end at this block's parent finds
+ * it by the tokens it has (cache_remote_get_partial()). About 100 bytes each. */
+static int send_partial_pointers(cache_remote *r, const cache_remote_item *it, const char *ttl,
+                                 double deadline)
+{
+    char k[CACHE_REMOTE_KEY_LEN + 1], pk[CACHE_REMOTE_PARTIAL_KEY_LEN + 1];
+    cache_remote_key_name(it->key, k);
+    size_t len = 0;
+    for (uint32_t t = 1; t < r->fmt.block_tokens; t++) {
+        cache_remote_partial_key_name(it->parent, it->tokens, t, pk);
+        const char *argv[] = {"SET", pk, k, "EX", ttl};
+        size_t argl[] = {3, CACHE_REMOTE_PARTIAL_KEY_LEN, CACHE_REMOTE_KEY_LEN, 2, strlen(ttl)};
+        if (cmd_append(r, &len, 5, argv, argl) != 0)
+            return conn_fail(r, CACHE_ENOMEM, "storing blocks", "out of memory");
+    }
+    return len ? send_buf(r, r->cmd, len, deadline, "storing blocks") : 0;
+}
+
+/* Reads n replies whatever they say (the partial pointers': one refused costs a shortcut). */
+static int skip_replies(cache_remote *r, size_t n, double deadline)
+{
+    for (size_t i = 0; i < n; i++) {
+        redisReply *rep;
+        int rc = read_reply(r, &rep, deadline, "storing blocks");
+        if (rc)
+            return rc;
+        freeReplyObject(rep);
+    }
+    return 0;
+}
 
 int cache_remote_put(cache_remote *r, const cache_remote_item *items, size_t n, size_t *n_stored)
 {
@@ -786,6 +887,8 @@ int cache_remote_put(cache_remote *r, const cache_remote_item *items, size_t n, 
                                {(void *)items[i].data, r->fmt.payload_bytes},
                                {post, (size_t)ql}};
         int rc = send_iov(r, iov, 4, deadline, "storing blocks");
+        if (rc == 0)
+            rc = send_partial_pointers(r, &items[i], ttl, deadline);
         if (rc)
             return rc;
     }
@@ -797,6 +900,11 @@ int cache_remote_put(cache_remote *r, const cache_remote_item *items, size_t n, 
         int rc = read_reply(r, &rep, deadline, "storing blocks");
         if (rc)
             return rc;
+        int ptr_rc = skip_replies(r, r->fmt.block_tokens - 1, deadline);
+        if (ptr_rc) {
+            freeReplyObject(rep);
+            return ptr_rc;
+        }
         if (rep->type == REDIS_REPLY_STATUS) {
             ok++;
         } else {
@@ -822,4 +930,280 @@ int cache_remote_put(cache_remote *r, const cache_remote_item *items, size_t n, 
         return CACHE_EFULL;
     }
     return 0;
+}
+
+/* ---- the partial block after a chain ---- */
+
+/* Parses a block's Redis key (cache_remote_key_name()) into *k. */
+static int parse_key_name(const char *s, size_t len, cache_key *k)
+{
+    size_t pl = sizeof CACHE_REMOTE_KEY_PREFIX - 1;
+    if (len != CACHE_REMOTE_KEY_LEN || memcmp(s, CACHE_REMOTE_KEY_PREFIX, pl) != 0)
+        return -1;
+    s += pl;
+    uint64_t v[2] = {0, 0};
+    for (int i = 0; i < 32; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0)
+            return -1;
+        v[i / 16] = v[i / 16] << 4 | (uint64_t)d;
+    }
+    k->hi = v[0];
+    k->lo = v[1];
+    return 0;
+}
+
+/* Reads the pointer GETs' n replies (longest first): the first that names a block. */
+static int partial_pointer(cache_remote *r, size_t n, double deadline, cache_key *child,
+                           size_t *t_found)
+{
+    *t_found = 0;
+    for (size_t j = 0; j < n; j++) {
+        redisReply *rep;
+        int rc = read_reply(r, &rep, deadline, "loading a partial block");
+        if (rc)
+            return rc;
+        if (!*t_found && rep->type == REDIS_REPLY_STRING &&
+            parse_key_name(rep->str, rep->len, child) == 0)
+            *t_found = n - j;
+        freeReplyObject(rep);
+    }
+    return 0;
+}
+
+int cache_remote_get_partial(cache_remote *r, cache_key parent, const int32_t *tokens, size_t n,
+                             float *dst, size_t *k)
+{
+    *k = 0;
+    r->msg[0] = 0;
+    if (!r->c)
+        return CACHE_ENOCONN;
+    if (n >= r->fmt.block_tokens)
+        n = r->fmt.block_tokens - 1;
+    if (n == 0)
+        return 0;
+    double t0 = base_now_ms(), deadline = t0 + hard_ms(r);
+    /* One round trip for the pointers of every length (the longest that exists wins), one for
+     * the block they name. */
+    size_t len = 0;
+    for (size_t t = n; t >= 1; t--) {
+        char pk[CACHE_REMOTE_PARTIAL_KEY_LEN + 1];
+        cache_remote_partial_key_name(parent, tokens, t, pk);
+        const char *argv[] = {"GET", pk};
+        size_t argl[] = {3, CACHE_REMOTE_PARTIAL_KEY_LEN};
+        if (cmd_append(r, &len, 2, argv, argl) != 0)
+            return conn_fail(r, CACHE_ENOMEM, "loading a partial block", "out of memory");
+    }
+    cache_key child;
+    size_t t_found;
+    int rc = send_buf(r, r->cmd, len, deadline, "loading a partial block");
+    if (rc == 0)
+        rc = partial_pointer(r, n, deadline, &child, &t_found);
+    if (rc || !t_found)
+        return get_done(r, t0, rc);
+    char ck[CACHE_REMOTE_KEY_LEN + 1];
+    cache_remote_key_name(child, ck);
+    const char *argv[] = {"GET", ck};
+    size_t argl[] = {3, CACHE_REMOTE_KEY_LEN};
+    len = 0;
+    if (cmd_append(r, &len, 2, argv, argl) != 0)
+        return conn_fail(r, CACHE_ENOMEM, "loading a partial block", "out of memory");
+    int got;
+    if ((rc = send_buf(r, r->cmd, len, deadline, "loading a partial block")) != 0 ||
+        (rc = get_reply(r, 1, dst, &got, deadline)) != 0)
+        return get_done(r, t0, rc);
+    r->st.gets++;
+    /* The block is verified as any other, against its own token ids (we know only the first t);
+     * then those first t must be ours. A pointer is untrusted: it may name any block; one of
+     * another parent is a stale or foreign pointer, not a bad block (it is left alone). */
+    const int32_t *own = (const int32_t *)(void *)(r->head + sizeof(cache_value_hdr));
+    const cache_value_hdr *h = (const void *)r->head;
+    if (got == GOT_VALUE && !cache_key_eq(h->parent, parent)) {
+        r->st.misses++;
+        return get_done(r, t0, 0);
+    }
+    int bad = 0;
+    if (take_value(r, got, child, parent, got == GOT_VALUE ? own : tokens, &bad)) {
+        size_t m = 0;
+        while (m < t_found && own[m] == tokens[m])
+            m++;
+        *k = m;
+        r->st.hits--; /* counted as a partial block, not a full one */
+        r->st.partial_hits++;
+        r->st.partial_tokens += m;
+    }
+    get_done(r, t0, 0);
+    if (bad)
+        delete_bad(r, &child, 1);
+    return 0;
+}
+
+/* ---- one cluster node's halves of an exchange (remote_int.h) ----
+ *
+ * The same commands, replies and verification as above, cut where the round trip is, so that
+ * remote_cluster.c can have every node working on its share of a batch at once. */
+
+static const char asking_cmd[] = "*1\r\n$6\r\nASKING\r\n";
+
+int cache__remote_get_send(cache_remote *r, const cache_key *keys, const size_t *idx,
+                           const uint8_t *asking, size_t m, double deadline)
+{
+    r->msg[0] = 0;
+    if (!r->c)
+        return CACHE_ENOCONN;
+    size_t len = 0;
+    for (size_t j = 0; j < m; j++) {
+        if (asking && asking[j]) {
+            const char *argv[] = {"ASKING"};
+            size_t argl[] = {6};
+            if (cmd_append(r, &len, 1, argv, argl) != 0)
+                return conn_fail(r, CACHE_ENOMEM, "loading blocks", "out of memory");
+        }
+        char k[CACHE_REMOTE_KEY_LEN + 1];
+        cache_remote_key_name(keys[idx[j]], k);
+        const char *argv[] = {"GET", k};
+        size_t argl[] = {3, CACHE_REMOTE_KEY_LEN};
+        if (cmd_append(r, &len, 2, argv, argl) != 0)
+            return conn_fail(r, CACHE_ENOMEM, "loading blocks", "out of memory");
+    }
+    int rc = send_buf(r, r->cmd, len, deadline, "loading blocks");
+    if (rc == 0)
+        r->st.gets += m;
+    return rc;
+}
+
+/* Reads the +OK of an ASKING (anything else is out of step). */
+static int asking_reply(cache_remote *r, double deadline, const char *what)
+{
+    char *line;
+    int rc = in_line(r, &line, deadline, what);
+    if (rc == 0 && line[0] != '+')
+        return conn_fail(r, CACHE_EIO, what, "ASKING was not answered +OK");
+    return rc;
+}
+
+int cache__remote_get_recv(cache_remote *r, cache_key parent, const cache_key *keys,
+                           const int32_t *tokens, float *const *dst, const size_t *idx,
+                           const uint8_t *asking, size_t m, uint8_t *out, cache__redirect *redirect,
+                           double deadline)
+{
+    size_t B = r->fmt.block_tokens;
+    int want = 1, bad = 0;
+    cache_key bad_key = {0, 0};
+    for (size_t j = 0; j < m; j++) {
+        size_t i = idx[j];
+        int got, rc;
+        out[j] = CACHE__KEY_NONE;
+        if (asking && asking[j] && (rc = asking_reply(r, deadline, "loading blocks")) != 0)
+            return rc;
+        if ((rc = get_reply(r, want, dst[i], &got, deadline)) != 0)
+            return rc;
+        if (!want) {
+            out[j] = CACHE__KEY_SKIP;
+        } else if (got == GOT_MOVED || got == GOT_ASK) {
+            out[j] = got == GOT_MOVED ? CACHE__KEY_MOVED : CACHE__KEY_ASK;
+            memcpy(redirect[j].text, r->redirect, sizeof r->redirect);
+        } else {
+            int b = 0;
+            if (take_value(r, got, keys[i], i ? keys[i - 1] : parent, tokens + i * B, &b)) {
+                out[j] = CACHE__KEY_OK;
+            } else {
+                out[j] = b ? CACHE__KEY_BAD : got == GOT_NIL ? CACHE__KEY_MISS : CACHE__KEY_ERROR;
+                want = 0; /* the node's later keys in the chain are useless without this one */
+                if (b) {
+                    bad = 1;
+                    bad_key = keys[i];
+                }
+            }
+        }
+    }
+    if (r->ib_pos != r->ib_len)
+        return conn_fail(r, CACHE_EIO, "loading blocks", "bytes after the last reply");
+    if (bad)
+        delete_bad(r, &bad_key, 1);
+    return 0;
+}
+
+int cache__remote_put_send(cache_remote *r, const cache_remote_item *items, const size_t *idx,
+                           const uint8_t *asking, size_t m, double deadline)
+{
+    r->msg[0] = 0;
+    if (!r->c)
+        return CACHE_ENOCONN;
+    size_t head = sizeof(cache_value_hdr) + r->fmt.tok_bytes;
+    char ttl[16];
+    int ttl_len = snprintf(ttl, sizeof ttl, "%u", (unsigned)r->ttl_s);
+    for (size_t j = 0; j < m; j++) {
+        const cache_remote_item *it = &items[idx[j]];
+        char pre[CMD_MAX], post[CMD_MAX], k[CACHE_REMOTE_KEY_LEN + 1];
+        cache_remote_key_name(it->key, k);
+        int al = asking && asking[j] ? (int)sizeof asking_cmd - 1 : 0;
+        memcpy(pre, asking_cmd, (size_t)al);
+        int pl = al + snprintf(pre + al, sizeof pre - (size_t)al,
+                               "*5\r\n$3\r\nSET\r\n$%zu\r\n%s\r\n$%zu\r\n", CACHE_REMOTE_KEY_LEN, k,
+                               r->fmt.val_bytes);
+        int ql = snprintf(post, sizeof post, "\r\n$2\r\nEX\r\n$%d\r\n%s\r\n", ttl_len, ttl);
+        cache_value_build_head(&r->fmt, r->head, it->key, it->parent, it->tokens, it->data);
+        struct iovec iov[4] = {{pre, (size_t)pl},
+                               {r->head, head},
+                               {(void *)it->data, r->fmt.payload_bytes},
+                               {post, (size_t)ql}};
+        int rc = send_iov(r, iov, 4, deadline, "storing blocks");
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int cache__remote_put_recv(cache_remote *r, const uint8_t *asking, size_t m, uint8_t *out,
+                           cache__redirect *redirect, double deadline)
+{
+    const char *what = "storing blocks";
+    for (size_t j = 0; j < m; j++) {
+        redisReply *rep;
+        int rc;
+        out[j] = CACHE__KEY_NONE;
+        if (asking && asking[j]) {
+            if ((rc = read_reply(r, &rep, deadline, what)) != 0)
+                return rc;
+            freeReplyObject(rep);
+        }
+        if ((rc = read_reply(r, &rep, deadline, what)) != 0)
+            return rc;
+        if (rep->type == REDIS_REPLY_STATUS) {
+            out[j] = CACHE__KEY_OK;
+            r->st.puts++;
+            r->st.bytes_out += r->fmt.val_bytes;
+        } else if (rep->type == REDIS_REPLY_ERROR &&
+                   (strncmp(rep->str, "MOVED ", 6) == 0 || strncmp(rep->str, "ASK ", 4) == 0)) {
+            out[j] = rep->str[0] == 'M' ? CACHE__KEY_MOVED : CACHE__KEY_ASK;
+            snprintf(redirect[j].text, sizeof redirect[j].text, "%s", rep->str);
+        } else {
+            out[j] = CACHE__KEY_ERROR;
+            r->st.put_refused++;
+            if (!r->msg[0])
+                snprintf(r->msg, sizeof r->msg, "remote '%s': the server refused a block: %.200s",
+                         r->url, rep->type == REDIS_REPLY_ERROR ? rep->str : "an unexpected reply");
+        }
+        freeReplyObject(rep);
+    }
+    return 0;
+}
+
+int cache__remote_command(cache_remote *r, int argc, const char *const *argv, const size_t *argl,
+                          redisReply **out)
+{
+    *out = NULL;
+    r->msg[0] = 0;
+    if (!r->c)
+        return CACHE_ENOCONN;
+    double deadline = base_now_ms() + hard_ms(r);
+    size_t len = 0;
+    if (cmd_append(r, &len, argc, argv, argl) != 0)
+        return conn_fail(r, CACHE_ENOMEM, argv[0], "out of memory");
+    int rc = send_buf(r, r->cmd, len, deadline, argv[0]);
+    if (rc == 0)
+        rc = read_reply(r, out, deadline, argv[0]);
+    return rc;
 }

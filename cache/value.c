@@ -105,18 +105,23 @@ int cache_value_check_head(const cache_value_fmt *f, const void *head, cache_key
     return *why ? CACHE_ECORRUPT : 0;
 }
 
-int cache_value_check_payload(const cache_value_fmt *f, const void *head, const float *payload,
-                              const char **why)
+int cache_value_check_sum(const void *head, uint64_t sum_lo, uint64_t sum_hi, const char **why)
 {
     cache_value_hdr h;
     memcpy(&h, head, sizeof h);
-    XXH128_hash_t sum = XXH3_128bits(payload, f->payload_bytes);
     *why = NULL;
-    if (sum.low64 != h.checksum[0] || sum.high64 != h.checksum[1]) {
+    if (sum_lo != h.checksum[0] || sum_hi != h.checksum[1]) {
         *why = "payload checksum mismatch";
         return CACHE_ECORRUPT;
     }
     return 0;
+}
+
+int cache_value_check_payload(const cache_value_fmt *f, const void *head, const float *payload,
+                              const char **why)
+{
+    XXH128_hash_t sum = XXH3_128bits(payload, f->payload_bytes);
+    return cache_value_check_sum(head, sum.low64, sum.high64, why);
 }
 
 int cache_value_verify(const cache_value_fmt *f, const void *val, size_t len, cache_key key,

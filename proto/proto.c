@@ -221,6 +221,11 @@ long proto_decode(const uint8_t *buf, size_t len, size_t max_frame, proto_msg *o
         d->prefill_ms = rd_f64(&r);
         d->decode_tokens_per_s = rd_f64(&r);
         d->total_ms = rd_f64(&r);
+        d->cached_tokens_remote = out->flags & PROTO_DONE_REMOTE ? rd_u(&r, 4) : 0;
+        if (!r.bad && (out->flags & ~PROTO_DONE_REMOTE)) {
+            invalid(out, PROTO_ERR_BAD_FRAME, "DONE: unknown flag bits");
+            return consumed;
+        }
         break;
     }
     case PROTO_ERROR:
@@ -372,6 +377,8 @@ size_t proto_encode(const proto_msg *m, uint8_t *buf, size_t cap)
         wr_f64(&w, m->u.done.prefill_ms);
         wr_f64(&w, m->u.done.decode_tokens_per_s);
         wr_f64(&w, m->u.done.total_ms);
+        if (m->flags & PROTO_DONE_REMOTE)
+            wr_u(&w, m->u.done.cached_tokens_remote, 4);
         break;
     case PROTO_ERROR:
         wr_u(&w, m->u.error.code, 4);

@@ -12,7 +12,10 @@
  * timeouts, at least 1 s).
  *
  * Format: one Redis string per block, under the key "prefixd:v1:" followed by the block's
- * 128-bit key in 32 lower-case hex digits (hi, then lo). The value is the tiers' shared value
+ * 128-bit key in 32 lower-case hex digits (hi, then lo). Beside it, B - 1 partial pointers:
+ * "prefixd:v1:p:" and XXH3-128 of (parent key, the block's first t tokens) in hex, whose value is
+ * the block's Redis key, so that a prompt which ends t tokens into the block finds it without
+ * knowing its other tokens (cache_remote_get_partial()). The value is the tiers' shared value
  * (cache_value.h: header, token ids, payload), written with SET ... EX ttl so that Redis's own
  * eviction (maxmemory with allkeys-lru, or the TTL) manages space. The block key chains over the
  * root key, which folds in the model fingerprint, the K/V geometry and the namespace (the
@@ -33,8 +36,10 @@
 
 #define CACHE_REMOTE_KEY_PREFIX "prefixd:v1:"
 #define CACHE_REMOTE_KEY_LEN (sizeof CACHE_REMOTE_KEY_PREFIX - 1 + 32) /* 43 */
-#define CACHE_REMOTE_DEFAULT_TTL 86400                                 /* seconds: one day */
-#define CACHE_REMOTE_DEFAULT_TIMEOUT 50.0                              /* ms */
+#define CACHE_REMOTE_PARTIAL_PREFIX "prefixd:v1:p:"
+#define CACHE_REMOTE_PARTIAL_KEY_LEN (sizeof CACHE_REMOTE_PARTIAL_PREFIX - 1 + 32) /* 45 */
+#define CACHE_REMOTE_DEFAULT_TTL 86400             /* seconds: one day */
+#define CACHE_REMOTE_DEFAULT_TIMEOUT 50.0          /* ms */
 #define CACHE_REMOTE_BATCH_BYTES ((size_t)8 << 20) /* values per pipelined round trip */
 #define CACHE_REMOTE_HIST 10                       /* latency histogram buckets */
 
@@ -93,6 +98,17 @@ int cache_remote_connected(const cache_remote *r);
 int cache_remote_get(cache_remote *r, cache_key parent, const cache_key *keys,
                      const int32_t *tokens, float *const *dst, size_t n, size_t *n_loaded);
 
+/* The partial block after a chain: the request's prompt goes on for n < B tokens after the block
+ * whose key is parent (its last full block, or the last one loaded when the chain ended at a
+ * block the server did not have: the prompt may diverge inside it). Looks up the partial
+ * pointers written beside every block (cache_remote_put()) for tokens[0..t), t = n down to 1, in
+ * one round trip, and loads the block the longest one names into dst (block_floats floats,
+ * caller's memory), verified as any value (its parent must be parent). *k receives how many of its
+ * first rows hold the K/V of tokens[0..k) (0: none; the other rows are another prompt's). Returns 0
+ * (whatever *k), or as cache_remote_get(). */
+int cache_remote_get_partial(cache_remote *r, cache_key parent, const int32_t *tokens, size_t n,
+                             float *dst, size_t *k);
+
 /* Stores items[0..n) with SET ... EX ttl, pipelined in one round trip. *n_stored (optional)
  * receives how many the server accepted. Returns 0; CACHE_EFULL if the server refused some
  * (out of memory: maxmemory with a noeviction policy; the connection stays up);
@@ -102,6 +118,10 @@ int cache_remote_put(cache_remote *r, const cache_remote_item *items, size_t n, 
 
 /* The Redis key of block key k: CACHE_REMOTE_KEY_LEN characters and a NUL into out. */
 void cache_remote_key_name(cache_key k, char *out);
+
+/* The Redis key of the partial pointer for the first t tokens of a block after parent:
+ * CACHE_REMOTE_PARTIAL_KEY_LEN characters and a NUL into out. */
+void cache_remote_partial_key_name(cache_key parent, const int32_t *tokens, size_t t, char *out);
 
 /* The URL given at open, for messages ("redis://host:6379/0", "unix:/path"). */
 const char *cache_remote_url(const cache_remote *r);
@@ -117,6 +137,8 @@ typedef struct cache_remote_stats {
     uint64_t misses;          /* GETs that found no value */
     uint64_t corrupt_deleted; /* values that failed verification (deleted) */
     uint64_t foreign;         /* of those, another model's (a well-formed value under our key) */
+    uint64_t partial_hits;    /* partial blocks loaded (cache_remote_get_partial()) */
+    uint64_t partial_tokens;  /* rows of them usable */
     uint64_t puts;            /* blocks stored */
     uint64_t put_refused;     /* SETs the server refused (out of memory, or another error) */
     uint64_t errors;          /* exchanges that failed: I/O errors, protocol errors */
@@ -126,6 +148,12 @@ typedef struct cache_remote_stats {
     uint64_t round_trips;     /* pipelined batches (gets and puts) */
     double get_ms;            /* time in get batches */
     double put_ms;            /* time in put batches */
+    /* A Redis Cluster's (cache_remote_cluster.h; 0 for one server): */
+    uint64_t moved;         /* MOVED redirections followed (the slot map refreshed) */
+    uint64_t asked;         /* ASK redirections followed (a slot being migrated) */
+    uint64_t map_refreshes; /* slot maps read (CLUSTER SLOTS) */
+    uint32_t nodes;         /* primaries in the slot map */
+    uint32_t nodes_up;      /* of those, connected now */
     /* Round trips by latency: < 1, 2, 5, 10, 20, 50, 100, 200, 500 ms, and the rest. */
     uint64_t latency_hist[CACHE_REMOTE_HIST];
 } cache_remote_stats;

@@ -88,4 +88,10 @@ int cache_value_check_head(const cache_value_fmt *f, const void *head, cache_key
 int cache_value_check_payload(const cache_value_fmt *f, const void *head, const float *payload,
                               const char **why);
 
+/* check_payload's comparison alone, for a reader that has hashed the payload (XXH3-128) as it
+ * landed in its destination, while it was still in the CPU's cache (the remote tier: the
+ * separate pass over a cold 1.2 MB block cost as much as reading it from the socket). sum_lo
+ * and sum_hi are the hash of the destination's bytes. Same returns and reason. */
+int cache_value_check_sum(const void *head, uint64_t sum_lo, uint64_t sum_hi, const char **why);
+
 #endif

@@ -33,6 +33,8 @@ HELLO, HELLO_OK, GENERATE, WARM, CANCEL, TOKEN, DONE, ERROR = 1, 2, 3, 4, 5, 6, 
 STATS, STATS_REPLY, TOKENIZE, TOKENS, DETOKENIZE, TEXT, CHAT = 9, 10, 11, 12, 13, 14, 15
 GEN_TOKENS, GEN_PIN = 1, 2
 CAP_CHAT = 16  # HELLO_OK: the model has a chat template (CHAT works)
+CAP_REMOTE = 32  # HELLO: we read DONE's cached_tokens_remote (flag DONE_REMOTE)
+DONE_REMOTE = 1
 DEFAULT_TEMP, DEFAULT_TOP_P = 0.8, 0.95  # as PROTO_DEFAULT_TEMP / _TOP_P in proto.h
 FINISH = {0: "stop", 1: "length", 2: "cancelled"}
 ERRORS = {1: "BAD_FRAME", 2: "TOO_BIG", 3: "UNKNOWN_TYPE", 4: "BAD_VERSION", 5: "BAD_REQUEST",
@@ -83,8 +85,8 @@ def encode_frame(ftype, rid, body=b"", flags=0):
     return struct.pack("<IHHI", 8 + len(body), ftype, flags, rid) + body
 
 
-def encode_hello():
-    return encode_frame(HELLO, 0, struct.pack("<IHHI", MAGIC, VERSION, 0, 0))
+def encode_hello(caps=0):
+    return encode_frame(HELLO, 0, struct.pack("<IHHI", MAGIC, VERSION, 0, caps))
 
 
 def encode_generate(rid, prompt=None, ids=None, max_new=64, temp=0.0, top_p=0.0, seed=0,
@@ -141,7 +143,9 @@ def decode_frame(buf):
         v = struct.unpack_from("<B3xIIII4d", body)
         f.update(finish=v[0], prompt_tokens=v[1], cached_tokens=v[2], cached_tokens_disk=v[3],
                  new_tokens=v[4], ttft_ms=v[5], prefill_ms=v[6], decode_tokens_per_s=v[7],
-                 total_ms=v[8])
+                 total_ms=v[8], cached_tokens_remote=0)
+        if flags & DONE_REMOTE:
+            (f["cached_tokens_remote"],) = struct.unpack_from("<I", body, 52)
     elif ftype == ERROR:
         code, n = struct.unpack_from("<II", body)
         f["code"], f["message"] = code, body[8:8 + n].decode("utf-8", "replace")
@@ -180,7 +184,7 @@ class Client:
         self.pending = []  # frames read while waiting for another request's, in arrival order
         self.pending_bytes = 0  # their sizes on the wire
         self.pending_max = PENDING_MAX
-        self.sock.sendall(encode_hello())
+        self.sock.sendall(encode_hello(CAP_REMOTE))
         f = self.read_frame()
         if f["type"] == ERROR:
             raise PrefixdError(f["code"], f["message"])
@@ -282,7 +286,8 @@ class Client:
     def generate(self, prompt=None, ids=None, max_new=64, temp=DEFAULT_TEMP, top_p=DEFAULT_TOP_P,
                  seed=None, namespace="", on_token=None):
         """Streams one generation; returns a dict with text, tokens, prompt_tokens,
-        cached_tokens, cached_tokens_disk, ttft_ms (client side), server_ttft_ms, prefill_ms,
+        cached_tokens, cached_tokens_disk, cached_tokens_remote (0 from a daemon without a remote
+        tier), ttft_ms (client side), server_ttft_ms, prefill_ms,
         decode_tokens_per_s, total_ms, finish_reason. on_token(id, piece) may return True to
         cancel. temp=0 is greedy; seed None draws a random one (sampled calls then differ)."""
         t0 = time.monotonic()
@@ -308,6 +313,7 @@ class Client:
                 return {"text": text.decode("utf-8", "replace"), "tokens": toks,
                         "prompt_tokens": f["prompt_tokens"], "cached_tokens": f["cached_tokens"],
                         "cached_tokens_disk": f["cached_tokens_disk"],
+                        "cached_tokens_remote": f["cached_tokens_remote"],
                         "ttft_ms": ttft if ttft is not None else (time.monotonic() - t0) * 1e3,
                         "server_ttft_ms": f["ttft_ms"], "prefill_ms": f["prefill_ms"],
                         "decode_tokens_per_s": f["decode_tokens_per_s"],

@@ -6,6 +6,7 @@
 #include "server.h"
 
 #include "cache_remote.h"
+#include "cache_remote_cluster.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -41,8 +42,13 @@ static void usage(FILE *f)
         "                          block geometry instead of refusing it\n"
         "  --remote URL            remote tier shared by several daemons: a Redis or Valkey\n"
         "                          server, redis://HOST:PORT[/DB] or unix:/path/redis.sock\n"
-        "  --remote-password-file F  AUTH password for it (the file's first line; the file\n"
-        "                          must not be readable by group or others)\n"
+        "  --remote-cluster HOST:PORT,...  the remote tier on a Redis Cluster (or Valkey\n"
+        "                          cluster), given by seed nodes: blocks spread over its\n"
+        "                          primaries by hash slot; MOVED/ASK followed; a node down\n"
+        "                          costs only its blocks\n"
+        "  --remote-password-file F  AUTH password for it, for every node of a cluster (the\n"
+        "                          file's first line; the file must not be readable by\n"
+        "                          group or others)\n"
         "  --remote-ttl DURATION   expiry of the blocks written there (default 1d; s, m, h, d)\n"
         "  --remote-timeout MS     how long it may stay silent in an exchange (default 50;\n"
         "                          a batch ends after 20 of these); past it a request\n"
@@ -219,6 +225,7 @@ int srv_cmd_serve(int argc, char **argv)
         O_API_KEYS,
         O_HTTP_INSECURE,
         O_REMOTE,
+        O_REMOTE_CLUSTER,
         O_REMOTE_PW,
         O_REMOTE_TTL,
         O_REMOTE_TO,
@@ -258,6 +265,7 @@ int srv_cmd_serve(int argc, char **argv)
         {"api-key-file", required_argument, 0, O_API_KEYS},
         {"http-insecure", no_argument, 0, O_HTTP_INSECURE},
         {"remote", required_argument, 0, O_REMOTE},
+        {"remote-cluster", required_argument, 0, O_REMOTE_CLUSTER},
         {"remote-password-file", required_argument, 0, O_REMOTE_PW},
         {"remote-ttl", required_argument, 0, O_REMOTE_TTL},
         {"remote-timeout", required_argument, 0, O_REMOTE_TO},
@@ -404,7 +412,22 @@ int srv_cmd_serve(int argc, char **argv)
                 fprintf(stderr, "prefixd serve: --remote: %s\n", msg);
                 return 2;
             }
+            if (o.engine.remote_cluster)
+                return bad("--remote", optarg, "one remote tier: --remote or --remote-cluster");
             o.engine.remote_url = optarg;
+            break;
+        }
+        case O_REMOTE_CLUSTER: {
+            char msg[512];
+            if (cache_remote_cluster_seeds_check(optarg, msg, sizeof msg) != 0) {
+                fprintf(stderr, "prefixd serve: --remote-cluster: %s\n", msg);
+                return 2;
+            }
+            if (o.engine.remote_url && !o.engine.remote_cluster)
+                return bad("--remote-cluster", optarg,
+                           "one remote tier: --remote or --remote-cluster");
+            o.engine.remote_url = optarg;
+            o.engine.remote_cluster = 1;
             break;
         }
         case O_REMOTE_PW:

@@ -435,6 +435,12 @@ static int load_remote(engine *e, request *r)
     l->tokens = r->tok + (size_t)from * B;
     l->dst = r->ptr + from;
     l->n = (size_t)(r->load_end - from);
+    /* The prompt's tokens after its full blocks (but its last, prefilled for its logits): if the
+     * whole chain comes, the block that goes on with them may be in the remote tier too. */
+    int rem = r->n_prompt - 1 - r->load_end * B;
+    l->partial_n = rem > 0 && r->load_end < r->n_blk ? (size_t)(rem < B ? rem : B - 1) : 0;
+    l->partial_tokens = r->tok + (size_t)r->load_end * B;
+    l->partial_dst = l->partial_n ? r->ptr[r->load_end] : NULL;
     r->state = RQ_LOADING;
     e->n_loading++;
     e->n_loading_remote++;
@@ -575,6 +581,16 @@ static void collect_remote(engine *e)
             continue;
         loaded_from(e, r, (int)l->n_loaded, 1);
         r->state = RQ_PREFILL;
+        if (l->partial_loaded > 0) {
+            /* Rows of the next block, loaded into its private slot: its first tokens' K/V. */
+            int k = (int)l->partial_loaded;
+            r->kv_done += k;
+            r->cached += k;
+            r->cached_remote += k;
+            e->st.cached_tokens += (uint64_t)k;
+            e->st.cached_tokens_remote += (uint64_t)k;
+            continue;
+        }
         reuse_partial(e, r);
     }
 }
@@ -1105,6 +1121,7 @@ static int open_remote(engine *e, const cache_opts *co, char *msg, size_t msglen
     const engine_opts *o = &e->o;
     remote_thread_opts ro = {0};
     ro.remote.url = o->remote_url;
+    ro.cluster = o->remote_cluster;
     ro.remote.password = o->remote_password;
     memcpy(ro.remote.fingerprint, co->fingerprint, 16);
     ro.remote.block_tokens = co->block_tokens;

@@ -160,6 +160,7 @@ typedef struct engine_opts {
 
     /* The remote tier (Redis/Valkey, shared by several daemons; see remote_thread.h). */
     const char *remote_url;      /* "redis://HOST:PORT[/DB]" or "unix:/path"; NULL: none */
+    int remote_cluster;          /* 1: remote_url is a Redis Cluster seed list, HOST:PORT,... */
     const char *remote_password; /* AUTH password, or NULL; copied by engine_new() */
     uint32_t remote_ttl_s;       /* expiry of the values written (0: one day) */
     double remote_timeout_ms;    /* how long the server may stay silent (0: 50 ms) */

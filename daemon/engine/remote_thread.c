@@ -33,7 +33,8 @@ typedef struct wentry {
 
 struct remote_thread {
     remote_thread_opts o;
-    cache_remote *r;
+    cache_remote *r;          /* one server, or */
+    cache_remote_cluster *cl; /* a cluster */
     size_t val_bytes;
     pthread_t thread;
     int started;
@@ -53,6 +54,50 @@ struct remote_thread {
     double full_logged_ms; /* when a refused write was last logged (at most once a minute) */
     uint64_t refused_unlogged;
 };
+
+/* ---- The store: one server or a cluster, behind the same calls ----------------------------- */
+
+static int store_connect(remote_thread *w)
+{
+    return w->cl ? cache_remote_cluster_connect(w->cl) : cache_remote_connect(w->r);
+}
+
+static int store_connected(const remote_thread *w)
+{
+    return w->cl ? cache_remote_cluster_connected(w->cl) : cache_remote_connected(w->r);
+}
+
+static const char *store_errmsg(const remote_thread *w)
+{
+    return w->cl ? cache_remote_cluster_errmsg(w->cl) : cache_remote_errmsg(w->r);
+}
+
+static const char *store_url(const remote_thread *w)
+{
+    return w->cl ? cache_remote_cluster_url(w->cl) : cache_remote_url(w->r);
+}
+
+static int store_get(remote_thread *w, remote_thread_load *j)
+{
+    return w->cl
+               ? cache_remote_cluster_get(w->cl, j->parent, j->keys, j->tokens, j->dst, j->n,
+                                          &j->n_loaded)
+               : cache_remote_get(w->r, j->parent, j->keys, j->tokens, j->dst, j->n, &j->n_loaded);
+}
+
+static int store_put(remote_thread *w, const cache_remote_item *items, size_t n, size_t *stored)
+{
+    return w->cl ? cache_remote_cluster_put(w->cl, items, n, stored)
+                 : cache_remote_put(w->r, items, n, stored);
+}
+
+static void store_stats(const remote_thread *w, cache_remote_stats *out)
+{
+    if (w->cl)
+        cache_remote_cluster_get_stats(w->cl, out);
+    else
+        cache_remote_get_stats(w->r, out);
+}
 
 /* ---- The engine thread's side --------------------------------------------------------------- */
 
@@ -89,6 +134,7 @@ void remote_thread_load_async(remote_thread *w, remote_thread_load *job)
 {
     job->next = NULL;
     job->n_loaded = 0;
+    job->partial_loaded = 0;
     job->t_queued = base_now_ms();
     pthread_mutex_lock(&w->mu);
     if (w->load_tail)
@@ -170,11 +216,11 @@ static void went_down(remote_thread *w, const char *what)
 
 static void try_connect(remote_thread *w)
 {
-    if (cache_remote_connect(w->r) != 0) {
-        went_down(w, cache_remote_errmsg(w->r));
+    if (store_connect(w) != 0) {
+        went_down(w, store_errmsg(w));
         return;
     }
-    base_log(BASE_LOG_INFO, "remote tier: connected to %s%s", cache_remote_url(w->r),
+    base_log(BASE_LOG_INFO, "remote tier: connected to %s%s", store_url(w),
              w->ever_connected ? " again" : "");
     w->ever_connected = 1;
     w->logged_down = 0;
@@ -185,19 +231,30 @@ static void try_connect(remote_thread *w)
 static void after_exchange(remote_thread *w, int rc)
 {
     if (rc == CACHE_ETIMEDOUT || rc == CACHE_EIO || rc == CACHE_ENOMEM)
-        went_down(w, cache_remote_errmsg(w->r));
+        went_down(w, store_errmsg(w));
 }
 
 static void serve_load(remote_thread *w, remote_thread_load *job, uint64_t *unavailable)
 {
-    if (!cache_remote_connected(w->r)) {
+    if (!store_connected(w)) {
         ++*unavailable;
         return;
     }
-    int rc = cache_remote_get(w->r, job->parent, job->keys, job->tokens, job->dst, job->n,
-                              &job->n_loaded);
-    if (rc == 0 && cache_remote_errmsg(w->r)[0]) /* a bad value (deleted), or an error reply */
-        base_log(BASE_LOG_WARN, "%s", cache_remote_errmsg(w->r));
+    int rc = store_get(w, job);
+    if (rc == 0 && store_errmsg(w)[0]) /* a bad value (deleted), or an error reply */
+        base_log(BASE_LOG_WARN, "%s", store_errmsg(w));
+    /* The block the chain ends before (a miss: the prompt diverges inside it), or the one
+     * after the chain: its first rows may be another prompt's, with the same tokens. */
+    size_t at = job->n_loaded, B = (size_t)w->o.remote.block_tokens;
+    const int32_t *ptok = at < job->n ? job->tokens + at * B : job->partial_tokens;
+    size_t pn = at < job->n ? B - 1 : job->partial_n;
+    float *pdst = at < job->n ? job->dst[at] : job->partial_dst;
+    if (rc == 0 && !w->cl && pn > 0 && cache_remote_connected(w->r)) {
+        rc = cache_remote_get_partial(w->r, at ? job->keys[at - 1] : job->parent, ptok, pn, pdst,
+                                      &job->partial_loaded);
+        if (rc == 0 && store_errmsg(w)[0])
+            base_log(BASE_LOG_WARN, "%s", store_errmsg(w));
+    }
     after_exchange(w, rc);
 }
 
@@ -207,10 +264,10 @@ static uint64_t write_batch(remote_thread *w, uint64_t from, size_t n)
     cache_remote_item items[REMOTE_BATCH_MAX];
     for (size_t i = 0; i < n; i++)
         items[i] = w->ring[(from + i) % w->cap].item;
-    if (!cache_remote_connected(w->r))
+    if (!store_connected(w))
         return n;
     size_t stored = 0;
-    int rc = cache_remote_put(w->r, items, n, &stored);
+    int rc = store_put(w, items, n, &stored);
     if (rc == CACHE_EFULL) {
         /* A server at its maxmemory refuses some writes and takes others as its memory moves:
          * logged at most once a minute, with the count since. */
@@ -220,7 +277,7 @@ static uint64_t write_batch(remote_thread *w, uint64_t from, size_t n)
             base_log(BASE_LOG_WARN,
                      "remote tier: %s (%llu writes refused since the last message; counted, "
                      "serving continues)",
-                     cache_remote_errmsg(w->r), (unsigned long long)w->refused_unlogged);
+                     store_errmsg(w), (unsigned long long)w->refused_unlogged);
             w->full_logged_ms = now;
             w->refused_unlogged = 0;
         }
@@ -238,7 +295,7 @@ static void *remote_main(void *arg)
             int work = w->load_head || w->sent < w->head;
             if (work || (w->stop && !work))
                 break;
-            if (cache_remote_connected(w->r)) {
+            if (store_connected(w)) {
                 pthread_cond_wait(&w->work_cv, &w->mu);
                 continue;
             }
@@ -264,7 +321,7 @@ static void *remote_main(void *arg)
         pthread_mutex_unlock(&w->mu);
 
         /* Connecting when it is time (never while stopping: shutdown does not wait for it). */
-        if (!cache_remote_connected(w->r) && !stopping && base_now_ms() >= w->next_try_ms)
+        if (!store_connected(w) && !stopping && base_now_ms() >= w->next_try_ms)
             try_connect(w);
         /* Loads first: requests are waiting for them. */
         uint64_t blocks = 0, n_loads = 0, unavailable = 0;
@@ -287,8 +344,8 @@ static void *remote_main(void *arg)
         w->st.load_blocks += blocks;
         w->st.loads_unavailable += unavailable;
         w->st.load_ms += t1 - t0;
-        w->st.connected = cache_remote_connected(w->r);
-        cache_remote_get_stats(w->r, &w->st.remote);
+        w->st.connected = store_connected(w);
+        store_stats(w, &w->st.remote);
         if (loads) {
             remote_thread_load *tail = loads;
             while (tail->next)
@@ -324,7 +381,8 @@ int remote_thread_open(const remote_thread_opts *o, remote_thread **out, char *m
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->work_cv, NULL);
     pthread_cond_init(&w->done_cv, NULL);
-    int rc = cache_remote_open(&o->remote, &w->r, msg, msglen);
+    int rc = o->cluster ? cache_remote_cluster_open(&o->remote, &w->cl, msg, msglen)
+                        : cache_remote_open(&o->remote, &w->r, msg, msglen);
     if (rc != 0) {
         remote_thread_free(w);
         return rc;
@@ -371,6 +429,7 @@ void remote_thread_free(remote_thread *w)
         return;
     remote_thread_stop(w);
     cache_remote_close(w->r);
+    cache_remote_cluster_close(w->cl);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->work_cv);
     pthread_cond_destroy(&w->done_cv);

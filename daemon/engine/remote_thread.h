@@ -33,11 +33,14 @@
 
 #include "cache.h"
 #include "cache_remote.h"
+#include "cache_remote_cluster.h"
 
 typedef struct remote_thread remote_thread;
 
 typedef struct remote_thread_opts {
     cache_remote_opts remote; /* the store (see cache_remote.h) */
+    int cluster;              /* 1: remote.url is a Redis Cluster seed list
+                                 (cache_remote_cluster.h) */
     size_t queue_bytes;       /* write-behind queue, in bytes of values; 0: 256 MiB; at least
                                  4 blocks */
     void (*wake)(void *arg);  /* optional: called on the remote thread when a load has ended or
@@ -55,9 +58,18 @@ typedef struct remote_thread_load {
     const int32_t *tokens;           /* n * block_tokens ids */
     float *const *dst;               /* n payload destinations (block_floats floats each) */
     size_t n;
-    size_t n_loaded; /* out: blocks [0, n_loaded) were loaded and verified */
-    double ms;       /* out: time from queueing to completion */
-    double t_queued; /* used by the worker */
+    /* Optional (one server only, not a cluster): the partial block after keys[n - 1]
+     * (cache_remote_get_partial()): the prompt's partial_n < B tokens after the chain, and the
+     * slot for their block. When the chain ends before keys[n - 1], the block where it ended is
+     * tried the same way (its first B - 1 tokens, into its dst[]). */
+    const int32_t *partial_tokens;
+    size_t partial_n;
+    float *partial_dst;
+    size_t n_loaded;       /* out: blocks [0, n_loaded) were loaded and verified */
+    size_t partial_loaded; /* out: the first partial_loaded rows of the block after the
+                              n_loaded loaded ones hold the K/V of its first tokens */
+    double ms;             /* out: time from queueing to completion */
+    double t_queued;       /* used by the worker */
 } remote_thread_load;
 
 /* Makes the handle (checking the URL) and starts the thread, which connects in the background.

@@ -455,6 +455,11 @@ static void handle_frame(conn *c, const proto_msg *m)
             r.u.hello_ok.caps |= PROTO_CAP_DISK;
         if (s->chat && s->tok)
             r.u.hello_ok.caps |= PROTO_CAP_CHAT;
+        if (c->srv->o.engine.remote_url && !c->srv->o.engine.no_cache)
+            r.u.hello_ok.caps |= PROTO_CAP_REMOTE;
+        /* The engine thread reads this when it sends this connection's DONE frames. */
+        atomic_store_explicit(&s->done_remote[c->id % SRV_MAX_CONNS],
+                              m->u.hello.caps & PROTO_CAP_REMOTE ? c->id : 0, memory_order_relaxed);
         r.u.hello_ok.vocab_size = (uint32_t)mc->vocab_size;
         r.u.hello_ok.seq_len = (uint32_t)mc->seq_len;
         r.u.hello_ok.block_tokens = (uint32_t)s->o.engine.block_tokens;

@@ -218,6 +218,11 @@ void srv__engine_emit_cb(void *arg, const engine_event *ev)
                                 .prefill_ms = d->prefill_ms,
                                 .decode_tokens_per_s = d->decode_tokens_per_s,
                                 .total_ms = d->total_ms};
+        if (atomic_load_explicit(&s->done_remote[conn_id % SRV_MAX_CONNS], memory_order_relaxed) ==
+            conn_id) {
+            m.flags = PROTO_DONE_REMOTE;
+            m.u.done.cached_tokens_remote = d->cached_tokens_remote;
+        }
         base_log(BASE_LOG_INFO,
                  "request %u:%u: prompt %u tokens, cached %u (disk %u, remote %u), TTFT %.1f ms, "
                  "%u new tokens, %.1f ms, finish %s",

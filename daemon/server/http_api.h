@@ -157,7 +157,8 @@ int oai_fail(oai_error *e, int status, const char *param, const char *code, cons
 
 /* A request's figures at its end, for `usage` and `prefixd`. */
 typedef struct oai_usage {
-    uint32_t prompt_tokens, cached_tokens, cached_tokens_disk, completion_tokens;
+    uint32_t prompt_tokens, cached_tokens, cached_tokens_disk, cached_tokens_remote,
+        completion_tokens;
     double ttft_ms, prefill_ms, decode_tokens_per_s, total_ms;
 } oai_usage;
 

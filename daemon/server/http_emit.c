@@ -129,6 +129,7 @@ static void render_done(oai_out *o, const engine_event *ev, hbuf *wire)
     oai_usage u = {.prompt_tokens = d->prompt_tokens,
                    .cached_tokens = d->cached_tokens,
                    .cached_tokens_disk = d->cached_tokens_disk,
+                   .cached_tokens_remote = d->cached_tokens_remote,
                    .completion_tokens = d->new_tokens,
                    .ttft_ms = d->ttft_ms,
                    .prefill_ms = d->prefill_ms,

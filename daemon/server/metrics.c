@@ -10,6 +10,7 @@
 
 #include "disk_thread.h"
 #include "http_api.h"
+#include "remote_thread.h"
 
 /* Bucket bounds in seconds; the last is +Inf. */
 static const double bounds[SRV_HIST_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25,
@@ -53,6 +54,82 @@ static void histogram(hbuf *b, const char *name, const char *help, const srv_his
                 (unsigned long long)h->count);
 }
 
+/* A counter with one label whose values are given in pairs (label value, count). */
+static void labelled(hbuf *b, const char *name, const char *help, const char *label, int n,
+                     const char *const *values, const double *counts)
+{
+    hbuf_printf(b, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    for (int i = 0; i < n; i++)
+        hbuf_printf(b, "%s{%s=\"%s\"} %.17g\n", name, label, values[i], counts[i]);
+}
+
+/* The remote tier (--remote, --remote-cluster): its counters, and its round trips' latency as a
+ * histogram (the store's buckets, in seconds). */
+static void render_remote(server *s, hbuf *b)
+{
+    remote_thread_stats rs;
+    if (engine_remote_stats(s->engine, &rs) != 0)
+        return;
+    const cache_remote_stats *c = &rs.remote;
+    engine_stats es;
+    engine_get_stats(s->engine, &es);
+    metric(b, "prefixd_cached_tokens_remote_total", "counter",
+           "Prompt tokens loaded from the remote tier.", (double)es.cached_tokens_remote);
+    metric(b, "prefixd_remote_up", "gauge", "1 while the remote tier is connected.", rs.connected);
+    metric(b, "prefixd_remote_hit_blocks_total", "counter",
+           "Blocks loaded from the remote tier and verified.", (double)c->hits);
+    metric(b, "prefixd_remote_miss_blocks_total", "counter",
+           "Blocks asked of the remote tier that it did not have.", (double)c->misses);
+    metric(b, "prefixd_remote_loads_total", "counter", "Lookups that went on to the remote tier.",
+           (double)rs.loads);
+    const char *dir[] = {"in", "out"};
+    double bytes[] = {(double)c->bytes_in, (double)c->bytes_out};
+    labelled(b, "prefixd_remote_bytes_total",
+             "Value bytes loaded from (in) and stored to (out) the remote tier.", "direction", 2,
+             dir, bytes);
+    const char *kinds[] = {"io", "timeout", "corrupt"};
+    double errs[] = {(double)c->errors, (double)c->timeouts, (double)c->corrupt_deleted};
+    labelled(b, "prefixd_remote_errors_total",
+             "Remote tier failures: failed exchanges (io), exchanges past the deadline "
+             "(timeout), values that failed verification and were deleted (corrupt).",
+             "kind", 3, kinds, errs);
+    const char *outcomes[] = {"stored", "dropped", "failed"};
+    double writes[] = {(double)c->puts, (double)rs.writes_dropped, (double)rs.writes_failed};
+    labelled(b, "prefixd_remote_writes_total",
+             "Blocks written behind to the remote tier: stored, dropped (the queue was full), "
+             "failed (not connected, an error, or refused by the server).",
+             "outcome", 3, outcomes, writes);
+    metric(b, "prefixd_remote_write_pending_blocks", "gauge",
+           "Blocks queued for the remote tier now.", (double)rs.write_pending);
+    const char *name = "prefixd_remote_round_trip_seconds";
+    hbuf_printf(b,
+                "# HELP %s Pipelined round trips to the remote tier (a batch of loads or "
+                "writes).\n# TYPE %s histogram\n",
+                name, name);
+    uint64_t cum = 0;
+    for (int i = 0; i < CACHE_REMOTE_HIST; i++) {
+        cum += c->latency_hist[i];
+        if (i < CACHE_REMOTE_HIST - 1)
+            hbuf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, cache_remote_hist_ms[i] / 1e3,
+                        (unsigned long long)cum);
+        else
+            hbuf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    }
+    hbuf_printf(b, "%s_sum %.17g\n%s_count %llu\n", name, (c->get_ms + c->put_ms) / 1e3, name,
+                (unsigned long long)c->round_trips);
+    if (!s->o.engine.remote_cluster)
+        return;
+    metric(b, "prefixd_remote_cluster_nodes", "gauge", "Primaries in the cluster's slot map.",
+           c->nodes);
+    metric(b, "prefixd_remote_cluster_nodes_up", "gauge", "Of those, connected now.", c->nodes_up);
+    const char *rk[] = {"moved", "ask"};
+    double rv[] = {(double)c->moved, (double)c->asked};
+    labelled(b, "prefixd_remote_cluster_redirects_total",
+             "Redirections followed: MOVED (a slot moved; the map read again) and ASK (a slot "
+             "being migrated).",
+             "kind", 2, rk, rv);
+}
+
 static void render(server *s, hbuf *b)
 {
     engine_stats es;
@@ -73,7 +150,8 @@ static void render(server *s, hbuf *b)
     metric(b, "prefixd_prompt_tokens_total", "counter", "Prompt tokens of all requests.",
            (double)es.prompt_tokens);
     metric(b, "prefixd_cached_tokens_total", "counter",
-           "Prompt tokens taken from the cache (RAM and disk).", (double)es.cached_tokens);
+           "Prompt tokens taken from the cache (RAM, disk and remote tiers).",
+           (double)es.cached_tokens);
     metric(b, "prefixd_cached_tokens_disk_total", "counter",
            "Prompt tokens loaded from the disk tier.", (double)es.cached_tokens_disk);
     metric(b, "prefixd_prefill_tokens_total", "counter", "Prompt tokens computed.",
@@ -110,6 +188,7 @@ static void render(server *s, hbuf *b)
         metric(b, "prefixd_disk_bytes", "gauge", "Bytes of the disk tier.",
                (double)ds.disk.bytes_on_disk);
     }
+    render_remote(s, b);
     metric(b, "prefixd_connections_total", "counter", "Native socket connections accepted.",
            (double)s->connections);
     histogram(b, "prefixd_time_to_first_token_seconds",

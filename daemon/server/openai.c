@@ -909,6 +909,7 @@ static void add_usage(const oai_out *o, cJSON *j, const oai_usage *u)
     cJSON_AddNumberToObject(d, "cached_tokens", u->cached_tokens);
     cJSON *p = cJSON_AddObjectToObject(j, "prefixd");
     cJSON_AddNumberToObject(p, "cached_tokens_disk", u->cached_tokens_disk);
+    cJSON_AddNumberToObject(p, "cached_tokens_remote", u->cached_tokens_remote);
     cJSON_AddNumberToObject(p, "ttft_ms", u->ttft_ms);
     cJSON_AddNumberToObject(p, "prefill_ms", u->prefill_ms);
     cJSON_AddNumberToObject(p, "decode_tokens_per_s", u->decode_tokens_per_s);

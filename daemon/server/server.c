@@ -291,9 +291,10 @@ static void log_start(server *s)
     if (eff->remote_url && !eff->no_cache)
         base_log(
             BASE_LOG_INFO,
-            "remote tier %s: blocks written behind with a TTL of %u s, server silence deadline "
+            "remote tier %s%s: blocks written behind with a TTL of %u s, server silence deadline "
             "%.0f ms",
-            eff->remote_url, eff->remote_ttl_s ? eff->remote_ttl_s : CACHE_REMOTE_DEFAULT_TTL,
+            eff->remote_cluster ? "cluster " : "", eff->remote_url,
+            eff->remote_ttl_s ? eff->remote_ttl_s : CACHE_REMOTE_DEFAULT_TTL,
             eff->remote_timeout_ms > 0 ? eff->remote_timeout_ms : CACHE_REMOTE_DEFAULT_TIMEOUT);
 }
 

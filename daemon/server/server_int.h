@@ -132,6 +132,10 @@ typedef struct server {
     size_t input_bytes;       /* all connections' input buffers (--max-input-mem) */
     struct tok_job *tok_jobs; /* tokenizing on workers now (tokenize.c) */
     uint32_t next_id;
+    /* Per connection slot: the id of the connection there if its HELLO asked for DONE's
+     * cached_tokens_remote (PROTO_CAP_REMOTE); written by the loop thread at HELLO, read by the
+     * engine thread (a request is submitted after its connection's HELLO, through a queue). */
+    _Atomic uint32_t done_remote[SRV_MAX_CONNS];
     int draining;
     double drain_start;
     int listener_open;

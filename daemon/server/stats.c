@@ -50,7 +50,9 @@ static void add_remote(server *s, cJSON *j)
     add(j, "remote_load_ms", rs.load_ms);
     add(j, "remote_gets", (double)c->gets);
     add(j, "remote_hit_blocks", (double)c->hits);
-    add(j, "remote_hit_tokens", (double)c->hits * s->o.engine.block_tokens);
+    add(j, "remote_hit_tokens",
+        (double)c->hits * s->o.engine.block_tokens + (double)c->partial_tokens);
+    add(j, "remote_partial_hits", (double)c->partial_hits);
     add(j, "remote_misses", (double)c->misses);
     add(j, "remote_corrupt_deleted", (double)c->corrupt_deleted);
     add(j, "remote_foreign", (double)c->foreign);
@@ -67,6 +69,13 @@ static void add_remote(server *s, cJSON *j)
     add(j, "remote_round_trips", (double)c->round_trips);
     add(j, "remote_get_ms", c->get_ms);
     add(j, "remote_put_ms", c->put_ms);
+    if (s->o.engine.remote_cluster) { /* a Redis Cluster (--remote-cluster) */
+        add(j, "remote_cluster_nodes", c->nodes);
+        add(j, "remote_cluster_nodes_up", c->nodes_up);
+        add(j, "remote_cluster_moved", (double)c->moved);
+        add(j, "remote_cluster_asked", (double)c->asked);
+        add(j, "remote_cluster_map_refreshes", (double)c->map_refreshes);
+    }
     /* The latency histogram: counts of round trips under each bound (ms; the last is +inf). */
     cJSON *h = cJSON_AddObjectToObject(j, "remote_latency_ms");
     for (int i = 0; h && i < CACHE_REMOTE_HIST; i++) {

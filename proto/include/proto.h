@@ -49,14 +49,21 @@ enum {
     PROTO_CAP_TOKEN_PROMPT = 1u << 0, /* prompts as token ids */
     PROTO_CAP_WARM = 1u << 1,
     PROTO_CAP_PIN = 1u << 2,
-    PROTO_CAP_DISK = 1u << 3, /* the daemon has a disk tier */
-    PROTO_CAP_CHAT = 1u << 4, /* CHAT: the model has a chat template the daemon renders */
+    PROTO_CAP_DISK = 1u << 3,   /* the daemon has a disk tier */
+    PROTO_CAP_CHAT = 1u << 4,   /* CHAT: the model has a chat template the daemon renders */
+    PROTO_CAP_REMOTE = 1u << 5, /* HELLO_OK: the daemon has a remote tier; HELLO: the client
+                                   reads DONE with flag PROTO_DONE_REMOTE */
 };
 
 /* GENERATE / WARM flags (frame header flags). */
 enum {
     PROTO_GEN_TOKENS = 1u << 0, /* the prompt is token ids (BOS included by the client) */
     PROTO_GEN_PIN = 1u << 1,    /* WARM: pin the prompt's full blocks */
+};
+
+/* DONE flags (frame header flags): sent only to a client whose HELLO had PROTO_CAP_REMOTE. */
+enum {
+    PROTO_DONE_REMOTE = 1u << 0, /* a u32 cached_tokens_remote follows total_ms */
 };
 
 /* Finish reasons (DONE). */
@@ -182,6 +189,8 @@ typedef struct proto_done {
     double prefill_ms; /* engine time spent prefilling this request */
     double decode_tokens_per_s;
     double total_ms;
+    uint32_t cached_tokens_remote; /* of cached_tokens, from the remote tier: with flag
+                                      PROTO_DONE_REMOTE only (0 without) */
 } proto_done;
 
 typedef struct proto_error {

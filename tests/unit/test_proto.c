@@ -54,6 +54,28 @@ static void test_roundtrip(void)
     CHECK(d.u.done.finish == PROTO_FINISH_LENGTH && d.u.done.cached_tokens == 1536 &&
           d.u.done.cached_tokens_disk == 16 && d.u.done.ttft_ms == 12.5 &&
           d.u.done.total_ms == 99.25);
+    CHECK_EQ_INT(n, 4 + 8 + 52);
+    CHECK_EQ_INT(d.u.done.cached_tokens_remote, 0);
+    /* With flag REMOTE (asked for by capability 32): 4 more bytes, cached_tokens_remote. */
+    t.flags = PROTO_DONE_REMOTE;
+    t.u.done.cached_tokens_remote = 1520;
+    n = enc(&t, buf, sizeof buf);
+    CHECK_EQ_INT(n, 4 + 8 + 56);
+    CHECK_EQ_INT(proto_decode(buf, n, 4096, &d), n);
+    CHECK(d.flags == PROTO_DONE_REMOTE && d.u.done.cached_tokens_remote == 1520 &&
+          d.u.done.total_ms == 99.25);
+    /* The flag without the field, the field without the flag, or another flag: refused. */
+    buf[0] = (uint8_t)(buf[0] - 4);
+    CHECK_EQ_INT(proto_decode(buf, n - 4, 4096, &d), n - 4);
+    CHECK_EQ_INT(d.type, PROTO_TYPE_INVALID);
+    buf[0] = (uint8_t)(buf[0] + 4);
+    buf[6] = 0;
+    CHECK_EQ_INT(proto_decode(buf, n, 4096, &d), n);
+    CHECK_EQ_INT(d.type, PROTO_TYPE_INVALID);
+    buf[6] = 2;
+    CHECK_EQ_INT(proto_decode(buf, n, 4096, &d), n);
+    CHECK_EQ_INT(d.type, PROTO_TYPE_INVALID);
+    t.flags = 0;
     /* Every type survives a round trip. */
     for (int type = PROTO_HELLO; type <= PROTO_TEXT; type++) {
         proto_msg x = {0};

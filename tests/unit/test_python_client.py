@@ -36,7 +36,13 @@ done = prefixd.encode_frame(prefixd.DONE, 3, struct.pack("<B3xIIII4d", 1, 10, 8,
                                                         9.0, 20.0))
 f, _ = prefixd.decode_frame(done)
 check(f["finish"] == 1 and f["cached_tokens"] == 8 and f["cached_tokens_disk"] == 2
-      and f["ttft_ms"] == 1.5, "DONE")
+      and f["ttft_ms"] == 1.5 and f["cached_tokens_remote"] == 0, "DONE")
+done = prefixd.encode_frame(prefixd.DONE, 3, struct.pack("<B3xIIII4dI", 1, 10, 8, 2, 5, 1.5, 1.0,
+                                                        9.0, 20.0, 6), flags=prefixd.DONE_REMOTE)
+f, _ = prefixd.decode_frame(done)
+check(f["cached_tokens"] == 8 and f["cached_tokens_remote"] == 6 and f["total_ms"] == 20.0,
+      "DONE with flag REMOTE")
+check(prefixd.encode_hello(prefixd.CAP_REMOTE)[-4:] == struct.pack("<I", 32), "HELLO caps")
 err = prefixd.encode_frame(prefixd.ERROR, 4, struct.pack("<II", 10, 4) + b"busy")
 f, _ = prefixd.decode_frame(err)
 check(f["code"] == 10 and f["message"] == "busy", "ERROR")

@@ -5,6 +5,7 @@
  * and a server that is gone. Cases that need redis-server say so and pass when it is missing. */
 #include "base.h"
 #include "cache_remote.h"
+#include "cache_remote_cluster.h"
 #include "cache_value.h"
 #include "harness.h"
 #include "redis_server.h"
@@ -125,6 +126,38 @@ static void test_urls(void)
     cache_remote_key_name((cache_key){0x0123456789abcdefull, 0xfedcba9876543210ull}, name);
     CHECK_STR_EQ(name, "prefixd:v1:fedcba98765432100123456789abcdef");
     CHECK_EQ_U64(strlen(name), CACHE_REMOTE_KEY_LEN);
+}
+
+/* Redis Cluster's key slots (CRC16/XMODEM mod 16384, hash tags) against the values Redis's
+ * documentation and a real server (CLUSTER KEYSLOT) give; seed lists. */
+static void test_cluster_slots(void)
+{
+    CHECK_EQ_INT(cache_remote_cluster_key_slot("123456789", 9), 0x31C3 & 16383);
+    CHECK_EQ_INT(cache_remote_cluster_key_slot("foo", 3), 12182);
+    CHECK_EQ_INT(cache_remote_cluster_key_slot("", 0), 0);
+    CHECK_EQ_INT(cache_remote_cluster_key_slot("{user1000}.following", 20),
+                 cache_remote_cluster_key_slot("user1000", 8));
+    /* An empty tag hashes the whole key (redis-server 7.0: CLUSTER KEYSLOT {}x is 10595). */
+    CHECK_EQ_INT(cache_remote_cluster_key_slot("{}x", 3), 10595);
+    CHECK_EQ_INT(cache_remote_cluster_key_slot("x", 1), 16287);
+    /* Our keys have no tag: the whole name is hashed (CLUSTER KEYSLOT of this name: 5204). */
+    const char *k = "prefixd:v1:fedcba98765432100123456789abcdef";
+    CHECK_EQ_INT(cache_remote_cluster_key_slot(k, strlen(k)), 5204);
+    char msg[256];
+    const char *good[] = {"h:1", "127.0.0.1:7000,127.0.0.1:7001", "[::1]:7000,host.example:65535"};
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++)
+        CHECK_MSG(cache_remote_cluster_seeds_check(good[i], msg, sizeof msg) == 0, "%s: %s",
+                  good[i], msg);
+    const struct {
+        const char *seeds, *says;
+    } bad[] = {{"", "empty"},          {"h:1,", "an empty entry"}, {"h", "expected HOST:PORT"},
+               {":7000", "HOST:PORT"}, {"h:0", "1..65535"},        {"h:70000", "1..65535"},
+               {"[::1]7000", "IPv6"},  {"h:12x", "1..65535"}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        msg[0] = 0;
+        CHECK_EQ_INT(cache_remote_cluster_seeds_check(bad[i].seeds, msg, sizeof msg), CACHE_EINVAL);
+        CHECK_STR_CONTAINS(msg, bad[i].says);
+    }
 }
 
 /* ---- against a real redis-server ---- */
@@ -292,11 +325,80 @@ static void test_store_faults(void)
     free(out);
 }
 
+/* The partial block after a chain: found by the tokens a prompt has of it (the longest partial
+ * pointer), loaded and verified, its usable rows counted; none without a pointer; a pointer
+ * moved to the latest block with those tokens; a block of another parent named by a pointer is
+ * not taken (nor deleted). */
+static void test_store_partial(void)
+{
+    if (!have_redis()) {
+        printf("skipped: no redis-server\n");
+        CHECK(1);
+        return;
+    }
+    redis_start("");
+    size_t floats = 4096;
+    cache_remote *r = open_store(floats, 2000);
+    int32_t tok[3 * B];
+    float *data[3], *out = malloc(floats * 4);
+    for (int i = 0; i < 3; i++) {
+        data[i] = malloc(floats * 4);
+        fill_block((uint64_t)i, tok + i * B, data[i], floats);
+    }
+    /* Blocks 1 and 2 are both children of block 0; 2 shares 1's first 5 tokens. */
+    memcpy(tok + 2 * B, tok + B, 5 * sizeof(int32_t));
+    cache_remote_item items[3] = {{key_of(0), key_of(999), tok, data[0]},
+                                  {key_of(1), key_of(0), tok + B, data[1]},
+                                  {key_of(2), key_of(0), tok + 2 * B, data[2]}};
+    CHECK_EQ_INT(cache_remote_put(r, items, 2, NULL), 0);
+    int32_t ask[B];
+    memcpy(ask, tok + B, sizeof ask);
+    ask[10] = -5; /* the prompt has block 1's first 10 tokens, then others */
+    size_t k = 99;
+    CHECK_EQ_INT(cache_remote_get_partial(r, key_of(0), ask, 12, out, &k), 0);
+    CHECK_EQ_U64(k, 10);
+    CHECK(memcmp(out, data[1], floats * 4) == 0);
+    CHECK_EQ_INT(cache_remote_get_partial(r, key_of(0), ask, 0, out, &k), 0);
+    CHECK_EQ_U64(k, 0);
+    CHECK_EQ_INT(cache_remote_get_partial(r, key_of(5), ask, 12, out, &k), 0);
+    CHECK_EQ_U64(k, 0); /* no pointer under another parent */
+    /* Block 2 written later: the pointers of the first 5 tokens name it now, those of 6 and more
+     * still name block 1. */
+    CHECK_EQ_INT(cache_remote_put(r, items + 2, 1, NULL), 0);
+    ask[5] = -6;
+    CHECK_EQ_INT(cache_remote_get_partial(r, key_of(0), ask, 12, out, &k), 0);
+    CHECK_EQ_U64(k, 5);
+    CHECK(memcmp(out, data[2], floats * 4) == 0);
+    /* A pointer planted to name a block of another parent (block 0, whose parent is 999): not
+     * taken, and block 0 not deleted. */
+    char pk[CACHE_REMOTE_PARTIAL_KEY_LEN + 1], k0[CACHE_REMOTE_KEY_LEN + 1], cmd[1024];
+    cache_remote_partial_key_name(key_of(0), ask, 5, pk);
+    cache_remote_key_name(key_of(0), k0);
+    CHECK_EQ_INT(cache_remote_put(r, items, 1, NULL), 0);
+    snprintf(cmd, sizeof cmd, "redis-cli -s %s SET %s %s >/dev/null", redis_sock, pk, k0);
+    CHECK_EQ_INT(system(cmd), 0);
+    CHECK_EQ_INT(cache_remote_get_partial(r, key_of(0), ask, 12, out, &k), 0);
+    CHECK_EQ_U64(k, 0);
+    size_t got = 0;
+    cache_key first = key_of(0);
+    CHECK_EQ_INT(cache_remote_get(r, key_of(999), &first, tok, &out, 1, &got), 0);
+    CHECK_EQ_U64(got, 1); /* block 0 is still there */
+    cache_remote_stats st;
+    cache_remote_get_stats(r, &st);
+    CHECK_EQ_U64(st.partial_hits, 2);
+    CHECK_EQ_U64(st.partial_tokens, 15);
+    CHECK_EQ_U64(st.corrupt_deleted, 0);
+    cache_remote_close(r);
+    redis_stop();
+    for (int i = 0; i < 3; i++)
+        free(data[i]);
+    free(out);
+}
+
 static const harness_case cases[] = {
-    {"value_verify", test_value_verify},
-    {"urls", test_urls},
-    {"store_chain", test_store_chain},
-    {"store_faults", test_store_faults},
+    {"value_verify", test_value_verify},   {"urls", test_urls},
+    {"cluster_slots", test_cluster_slots}, {"store_chain", test_store_chain},
+    {"store_partial", test_store_partial}, {"store_faults", test_store_faults},
 };
 
 HARNESS_MAIN(cases)
