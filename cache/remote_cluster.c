@@ -641,7 +641,7 @@ int cache_remote_cluster_get(cache_remote_cluster *c, cache_key parent, const ca
     if (!cache_remote_cluster_connected(c))
         return CACHE_ENOCONN;
     cache_value_fmt f;
-    cache_value_fmt_init(&f, c->o.fingerprint, c->o.block_tokens, c->o.block_floats);
+    cache_value_fmt_init(&f, c->o.fingerprint, c->o.block_tokens, c->o.block_floats, c->o.kv_type);
     size_t per = CACHE_REMOTE_BATCH_BYTES / f.val_bytes;
     if (per < 1)
         per = 1;
