@@ -623,10 +623,16 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
         return MODEL_ENOMEM;
     }
     /* RoPE: angle = pos / theta^(i / head_size) for even i, computed once as llama2.c does
-     * (theta 10000 for Llama 2). */
+     * (theta 10000 for Llama 2); with rotary scaling, pair j's frequency is divided by its
+     * rope_freqs factor (Llama 3.1) and by the linear factor, as llama.cpp divides them. */
+    const float *ff = s->w.rope_freqs.data ? model_tensor_f32(&s->w.rope_freqs) : NULL;
     for (int p = 0; p < c->seq_len; p++)
         for (size_t j = 0; j < half; j++) {
             float freq = 1.0f / powf(c->rope_theta, (float)(2 * j) / (float)c->head_size);
+            if (ff)
+                freq /= ff[j];
+            if (c->rope_factor != 1.0f)
+                freq /= c->rope_factor;
             float val = (float)p * freq;
             s->rope_cos[(size_t)p * half + j] = cosf(val);
             s->rope_sin[(size_t)p * half + j] = sinf(val);

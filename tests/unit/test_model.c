@@ -238,6 +238,62 @@ static void test_reference_types(void)
         }
 }
 
+/* Rotary scaling: synthetic GGUF models with Llama 3.1's rope_freqs factors (the context of 160
+ * as the original one, so pairs get factors 1, 8 and between) and with linear scaling by 4, both
+ * architectures, against the reference forward computing the scaled angles in float64: the
+ * F32 tolerance, since scaling changes only the rotary table. The same logits against the
+ * reference without the scaling differ by far more, so the check sees the factors. */
+static void test_reference_rope_scaling(void)
+{
+    for (int v = 0; v < 4; v++) {
+        const char *arch = v % 2 ? "qwen2" : "llama";
+        int freqs = v < 2;
+        note("%s %s", arch, freqs ? "rope_freqs" : "linear 4");
+        char msg[512], name[64];
+        model_config c;
+        CHECK(model_shape_parse(QSHAPE, &c, msg, sizeof msg) == 0);
+        c.rope_factor = freqs ? 1.0f : 4.0f;
+        snprintf(name, sizeof name, "rope-%d.gguf", v);
+        const char *p = tmp_path(name);
+        CHECK_MSG(model_synth_write_gguf_rope(p, &c, arch, MODEL_TYPE_Q8_0, 7, freqs, msg,
+                                              sizeof msg) == 0,
+                  "%s", msg);
+        model *m = load_ok(p);
+        const model_config *mc = model_get_config(m);
+        const model_tensor *ff = &model_get_weights(m)->rope_freqs;
+        CHECK(freqs ? ff->data != NULL : ff->data == NULL);
+        CHECK(mc->rope_factor == (freqs ? 1.0f : 4.0f));
+        if (freqs) { /* pair 0 keeps its frequency, the last is slowed 8 times */
+            CHECK_NEAR(model_tensor_f32(ff)[0], 1.0f, 0.0f);
+            CHECK_NEAR(model_tensor_f32(ff)[mc->head_size / 2 - 1], 8.0f, 0.0f);
+        }
+        check_against_reference_tol(m, 12, 16, 1e-4f);
+        /* Without the scaling the reference is another model. */
+        int n = 12;
+        int32_t t[12];
+        tokens_for(t, n, mc->vocab_size, 11);
+        ref_state *r = ref_new(m);
+        r->rope_freqs = NULL;
+        r->rope_factor = 1.0;
+        const float *lr = NULL;
+        for (int i = 0; i < n; i++)
+            lr = ref_step(r, t[i], i);
+        model_state *s;
+        model_state_opts o = {16, 512, 8, 2};
+        CHECK(model_state_new(m, &o, &s) == 0);
+        float *lg = malloc((size_t)mc->vocab_size * sizeof(float));
+        kvbuf k = kv_new(mc, 16);
+        CHECK(model_prefill(s, &k.kv, 0, t, n, lg) == 0);
+        float d = max_abs_diff(lg, lr, mc->vocab_size);
+        CHECK_MSG(d > 1e-2f, "unscaled reference differs by only %g", d);
+        kv_free(&k);
+        free(lg);
+        model_state_free(s);
+        ref_free(r);
+        model_free(m);
+    }
+}
+
 /* Prefill of k tokens, then the rest reading the first k back from blocks, gives bitwise the
  * logits and K/V of one prefill of everything: every kernel computes a row's outputs the same
  * way whatever the row count and tiling. */
@@ -906,6 +962,7 @@ static const harness_case cases[] = {
     {"determinism_split", test_determinism_split},
     {"determinism_with_hog", test_determinism_with_hog},
     {"reference_types", test_reference_types},
+    {"reference_rope_scaling", test_reference_rope_scaling},
     {"split_prefill_types", test_split_prefill_types},
     {"decode_batch_invariant_types", test_decode_batch_invariant_types},
     {"range_errors", test_range_errors},
