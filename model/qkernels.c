@@ -291,6 +291,7 @@ void model__quantize_x(void *dst, const float *x, int n)
     }
 }
 
+#if QI8
 static uint16_t rd16(const uint8_t *p)
 {
     return (uint16_t)(p[0] | (p[1] << 8));
@@ -307,92 +308,179 @@ static void kscale(const uint8_t *q, int j, int *sc, int *m)
     }
 }
 
-/* Lanes [l0, l0 + n) of s and o set to (sv, ov). */
-static inline void lanes(float *s, float *o, int l0, int n, float sv, float ov)
+/* Chunk c (weights 64 c .. 64 c + 63) of a weight row of type at row: the byte codes u, and
+ * the scale and offset of each lane of 4 (a chunk past n / 64, the 32-weight tail of a Q8_0 or
+ * Q4_0 row, has zero codes, scales and offsets in its upper half). The scales are computed with
+ * the same float operations wherever a chunk is decoded, so the integer products give one row's
+ * outputs bitwise the same through either of their paths below. */
+ALWAYS_INLINE void qchunk(int type, const uint8_t *row, int c, int n, __m512i *u, __m512 *sv,
+                          __m512 *ov)
 {
-    for (int k = 0; k < n; k++) {
-        s[l0 + k] = sv;
-        o[l0 + k] = ov;
-    }
-}
-
-/* Decodes a row of n weights of type into u (n bytes), s and o (n / 4 floats each). */
-static void qw_decode(int type, const uint8_t *b, uint8_t *u, float *s, float *o, int n)
-{
+    const __m512i lo4 = _mm512_set1_epi8(0x0F);
+    int half = n - 64 * c < 64; /* only the first block of 32 */
     switch (type) {
-    case MODEL_TYPE_Q8_0:
-        for (int i = 0; i < n / 32; i++, b += 34) {
-            float d = model__f16_to_f32(rd16(b));
-            for (int l = 0; l < 32; l++)
-                u[i * 32 + l] = (uint8_t)(b[2 + l] ^ 0x80);
-            lanes(s, o, i * 8, 8, d, -128.0f * d);
-        }
+    case MODEL_TYPE_Q8_0: {
+        const uint8_t *b = row + (size_t)c * 68;
+        float d0 = model__f16_to_f32(rd16(b)), d1 = half ? 0.0f : model__f16_to_f32(rd16(b + 34));
+        __m256i q0 = _mm256_loadu_si256((const __m256i *)(b + 2));
+        __m256i q1 =
+            half ? _mm256_set1_epi8((char)0x80) : _mm256_loadu_si256((const __m256i *)(b + 36));
+        *u = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1),
+                              _mm512_set1_epi8((char)0x80));
+        *sv = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
+        *ov = _mm512_mul_ps(*sv, _mm512_set1_ps(-128.0f));
         break;
-    case MODEL_TYPE_Q4_0:
-        for (int i = 0; i < n / 32; i++, b += 18) {
-            float d = model__f16_to_f32(rd16(b));
-            for (int l = 0; l < 16; l++) {
-                u[i * 32 + l] = b[2 + l] & 0xF;
-                u[i * 32 + l + 16] = b[2 + l] >> 4;
-            }
-            lanes(s, o, i * 8, 8, d, -8.0f * d);
-        }
+    }
+    case MODEL_TYPE_Q4_0: {
+        const uint8_t *b = row + (size_t)c * 36;
+        float d0 = model__f16_to_f32(rd16(b)), d1 = half ? 0.0f : model__f16_to_f32(rd16(b + 18));
+        __m128i x0 = _mm_loadu_si128((const __m128i *)(b + 2));
+        __m128i x1 = half ? _mm_setzero_si128() : _mm_loadu_si128((const __m128i *)(b + 20));
+        __m512i z = _mm512_castsi128_si512(x0);
+        z = _mm512_inserti32x4(z, x0, 1);
+        z = _mm512_inserti32x4(z, x1, 2);
+        z = _mm512_inserti32x4(z, x1, 3);
+        *u = _mm512_and_si512(_mm512_mask_blend_epi64(0xCC, z, _mm512_srli_epi16(z, 4)), lo4);
+        *sv = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
+        *ov = _mm512_mul_ps(*sv, _mm512_set1_ps(-8.0f));
         break;
+    }
     case MODEL_TYPE_Q4_K:
     case MODEL_TYPE_Q5_K: {
-        int five = type == MODEL_TYPE_Q5_K, bytes = five ? 176 : 144;
-        for (int i = 0; i < n / 256; i++, b += bytes) {
-            float d = model__f16_to_f32(rd16(b)), dmin = model__f16_to_f32(rd16(b + 2));
-            const uint8_t *sc = b + 4, *qh = b + 16, *q = b + (five ? 48 : 16);
-            uint8_t *ui = u + i * 256;
-            for (int c = 0; c < 4; c++, q += 32) {
-                for (int h = 0; h < 2; h++) {
-                    int scv, mv;
-                    kscale(sc, 2 * c + h, &scv, &mv);
-                    lanes(s, o, i * 64 + (2 * c + h) * 8, 8, d * (float)scv, -(dmin * (float)mv));
-                }
-                for (int l = 0; l < 32; l++) {
-                    ui[c * 64 + l] = q[l] & 0xF;
-                    ui[c * 64 + 32 + l] = q[l] >> 4;
-                }
-                if (five)
-                    for (int l = 0; l < 32; l++) {
-                        ui[c * 64 + l] |= (uint8_t)(((qh[l] >> (2 * c)) & 1) << 4);
-                        ui[c * 64 + 32 + l] |= (uint8_t)(((qh[l] >> (2 * c + 1)) & 1) << 4);
-                    }
-            }
+        int five = type == MODEL_TYPE_Q5_K, k = c & 3;
+        const uint8_t *b = row + (size_t)(c >> 2) * (five ? 176 : 144);
+        float d = model__f16_to_f32(rd16(b)), dmin = model__f16_to_f32(rd16(b + 2));
+        int s0, m0, s1, m1;
+        kscale(b + 4, 2 * k, &s0, &m0);
+        kscale(b + 4, 2 * k + 1, &s1, &m1);
+        __m256i q = _mm256_loadu_si256((const __m256i *)(b + (five ? 48 : 16) + 32 * k));
+        __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(q), q, 1);
+        *u = _mm512_and_si512(_mm512_mask_blend_epi64(0xF0, z, _mm512_srli_epi16(z, 4)), lo4);
+        if (five) {
+            __m256i h = _mm256_loadu_si256((const __m256i *)(b + 16));
+            __m512i hz = _mm512_inserti64x4(_mm512_castsi256_si512(h), h, 1);
+            __m512i sh =
+                _mm512_mask_blend_epi64(0xF0, _mm512_srl_epi16(hz, _mm_cvtsi32_si128(2 * k)),
+                                        _mm512_srl_epi16(hz, _mm_cvtsi32_si128(2 * k + 1)));
+            sh = _mm512_and_si512(sh, _mm512_set1_epi8(1));
+            *u = _mm512_or_si512(*u, _mm512_slli_epi16(sh, 4));
         }
+        *sv = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d * (float)s0),
+                                   _mm512_set1_ps(d * (float)s1));
+        *ov = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(-(dmin * (float)m0)),
+                                   _mm512_set1_ps(-(dmin * (float)m1)));
         break;
     }
-    case MODEL_TYPE_Q6_K:
-        for (int i = 0; i < n / 256; i++, b += 210) {
-            const uint8_t *ql = b, *qh = b + 128;
-            const int8_t *sc = (const int8_t *)(b + 192);
-            float d = model__f16_to_f32(rd16(b + 208));
-            uint8_t *ui = u + i * 256;
-            for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8, ui += 128) {
-                for (int l = 0; l < 32; l++) {
-                    ui[l] = (uint8_t)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4));
-                    ui[l + 32] = (uint8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
-                    ui[l + 64] = (uint8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
-                    ui[l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
-                }
-                /* As in dq_q6_k: weight 32 j + l of this half takes sc[l / 16 + 2 j]. */
-                for (int j = 0; j < 4; j++)
-                    for (int half = 0; half < 2; half++) {
-                        float ds = d * (float)sc[half + 2 * j];
-                        lanes(s, o, i * 64 + h * 32 + j * 8 + half * 4, 4, ds, -32.0f * ds);
-                    }
-            }
-        }
+    case MODEL_TYPE_Q6_K: {
+        /* Chunk c: half h = (c & 3) / 2 of super-block c / 4, its first or second 64 weights
+         * (j = 0, 1 or j = 2, 3 in dq_q6_k's y[l + 32 j]). */
+        const uint8_t *b = row + (size_t)(c >> 2) * 210;
+        int h = (c & 3) >> 1, second = c & 1;
+        const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+        const int8_t *sc = (const int8_t *)(b + 192) + 8 * h + 4 * second;
+        float d = model__f16_to_f32(rd16(b + 208));
+        __m512i Q = _mm512_loadu_si512(ql);
+        __m256i hh = _mm256_loadu_si256((const __m256i *)qh);
+        __m512i hz = _mm512_inserti64x4(_mm512_castsi256_si512(hh), hh, 1);
+        int s0 = second ? 4 : 0;
+        __m512i hs = _mm512_mask_blend_epi64(0xF0, _mm512_srl_epi16(hz, _mm_cvtsi32_si128(s0)),
+                                             _mm512_srl_epi16(hz, _mm_cvtsi32_si128(s0 + 2)));
+        hs = _mm512_slli_epi16(_mm512_and_si512(hs, _mm512_set1_epi8(3)), 4);
+        __m512i lo = second ? _mm512_srli_epi16(Q, 4) : Q;
+        *u = _mm512_or_si512(_mm512_and_si512(lo, lo4), hs);
+        float ds[4];
+        for (int i = 0; i < 4; i++)
+            ds[i] = d * (float)sc[i];
+        /* Lanes 4 i .. 4 i + 3 (weights 16 i .. 16 i + 15) take ds[i]. */
+        __m512 v = _mm512_castps128_ps512(_mm_loadu_ps(ds));
+        *sv = _mm512_permutexvar_ps(
+            _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0), v);
+        *ov = _mm512_mul_ps(*sv, _mm512_set1_ps(-32.0f));
         break;
+    }
+    default:
+        *u = _mm512_setzero_si512();
+        *sv = *ov = _mm512_setzero_ps();
     }
 }
 
-#if QI8
-/* Y (mr, nw) += ... : rows of activations (qx layout of model__quantize_x) against nw <= 4
- * decoded weight rows; each output one chain over 64-weight chunks (masked at a 32 tail), then
- * hsum16. */
+/* One step of an output's chain: the chunk's 16 lanes of products, scaled, then the offsets. */
+ALWAYS_INLINE __m512 qstep(__m512 acc, __m512i u, __m512 sv, __m512 ov, __m512i q, __m512 dx,
+                           __m512 sx)
+{
+    __m512 t =
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u, q)), dx);
+    acc = _mm512_fmadd_ps(t, sv, acc);
+    return _mm512_fmadd_ps(ov, sx, acc);
+}
+
+/* Direct path (decode, m <= 8): each weight row decoded chunk by chunk in registers, straight
+ * from the mapping, and run against all m activation rows. */
+ALWAYS_INLINE void qi8_direct(int m, float *y, size_t ldy, const uint8_t *xq, size_t xs,
+                              const uint8_t *row, int type, int n)
+{
+    __m512 acc[8];
+    for (int i = 0; i < m; i++)
+        acc[i] = _mm512_setzero_ps();
+    for (int c = 0; c < (n + 63) / 64; c++) {
+        __mmask64 mb = n - 64 * c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (n - 64 * c)) - 1);
+        __mmask16 mf = n - 64 * c >= 64 ? (__mmask16)0xFFFF : (__mmask16)0x00FF;
+        __m512i u;
+        __m512 sv, ov;
+        qchunk(type, row, c, n, &u, &sv, &ov);
+        for (int i = 0; i < m; i++) {
+            const uint8_t *xr = xq + (size_t)i * xs;
+            const float *dxp = (const float *)(xr + n) + 16 * c;
+            __m512i q = _mm512_maskz_loadu_epi8(mb, xr + 64 * c);
+            acc[i] = qstep(acc[i], u, sv, ov, q, _mm512_maskz_loadu_ps(mf, dxp),
+                           _mm512_maskz_loadu_ps(mf, dxp + n / 4));
+        }
+    }
+    for (int i = 0; i < m; i++)
+        y[(size_t)i * ldy] = _mm512_reduce_add_ps(acc[i]);
+}
+
+#define QI8_DIRECT(M)                                                                              \
+    static void qi8_direct_##M(float *y, size_t ldy, const uint8_t *xq, size_t xs,                 \
+                               const uint8_t *row, int type, int n)                                \
+    {                                                                                              \
+        qi8_direct(M, y, ldy, xq, xs, row, type, n);                                               \
+    }
+QI8_DIRECT(1)
+QI8_DIRECT(2)
+QI8_DIRECT(3)
+QI8_DIRECT(4)
+QI8_DIRECT(5)
+QI8_DIRECT(6)
+QI8_DIRECT(7)
+QI8_DIRECT(8)
+
+static void (*const qi8_directs[9])(float *, size_t, const uint8_t *, size_t, const uint8_t *, int,
+                                    int) = {NULL,         qi8_direct_1, qi8_direct_2,
+                                            qi8_direct_3, qi8_direct_4, qi8_direct_5,
+                                            qi8_direct_6, qi8_direct_7, qi8_direct_8};
+
+/* Decodes a row into scratch (u: n bytes, then s and o: n / 4 floats each) chunk by chunk. */
+static void qw_decode(int type, const uint8_t *row, uint8_t *u, float *s, float *o, int n)
+{
+    for (int c = 0; c < (n + 63) / 64; c++) {
+        __m512i uv;
+        __m512 sv, ov;
+        qchunk(type, row, c, n, &uv, &sv, &ov);
+        if (n - 64 * c >= 64) {
+            _mm512_storeu_si512(u + 64 * c, uv);
+            _mm512_storeu_ps(s + 16 * c, sv);
+            _mm512_storeu_ps(o + 16 * c, ov);
+        } else {
+            _mm256_storeu_si256((__m256i *)(u + 64 * c), _mm512_castsi512_si256(uv));
+            _mm256_storeu_ps(s + 16 * c, _mm512_castps512_ps256(sv));
+            _mm256_storeu_ps(o + 16 * c, _mm512_castps512_ps256(ov));
+        }
+    }
+}
+
+/* Scratch path (prefill): rows of activations against nw <= 4 decoded weight rows; each output
+ * the same chain as the direct path's. */
 ALWAYS_INLINE void qi8_tile(int mr, int nw, float *y, size_t ldy, const uint8_t *xq, size_t xstride,
                             const uint8_t *wd, size_t wstride, int n)
 {
@@ -400,10 +488,9 @@ ALWAYS_INLINE void qi8_tile(int mr, int nw, float *y, size_t ldy, const uint8_t 
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < nw; j++)
             acc[i][j] = _mm512_setzero_ps();
-    const __m512i zero = _mm512_setzero_si512();
     for (int c = 0; c < n; c += 64) {
         __mmask64 mb = n - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (n - c)) - 1);
-        __mmask16 mf = n - c >= 64 ? (__mmask16)0xFFFF : (__mmask16)((1u << ((n - c) / 4)) - 1);
+        __mmask16 mf = n - c >= 64 ? (__mmask16)0xFFFF : (__mmask16)0x00FF;
         __m512i u[4];
         for (int j = 0; j < nw; j++)
             u[j] = _mm512_maskz_loadu_epi8(mb, wd + (size_t)j * wstride + c);
@@ -414,12 +501,8 @@ ALWAYS_INLINE void qi8_tile(int mr, int nw, float *y, size_t ldy, const uint8_t 
             __m512 dx = _mm512_maskz_loadu_ps(mf, dxp), sx = _mm512_maskz_loadu_ps(mf, sxp);
             for (int j = 0; j < nw; j++) {
                 const float *sp = (const float *)(wd + (size_t)j * wstride + n) + c / 4;
-                __m512 sv = _mm512_maskz_loadu_ps(mf, sp),
-                       ov = _mm512_maskz_loadu_ps(mf, sp + n / 4);
-                __m512 t =
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, u[j], q)), dx);
-                acc[i][j] = _mm512_fmadd_ps(t, sv, acc[i][j]);
-                acc[i][j] = _mm512_fmadd_ps(ov, sx, acc[i][j]);
+                acc[i][j] = qstep(acc[i][j], u[j], _mm512_maskz_loadu_ps(mf, sp),
+                                  _mm512_maskz_loadu_ps(mf, sp + n / 4), q, dx, sx);
             }
         }
     }
@@ -449,6 +532,15 @@ void model__qgemm_i8(float *y, size_t ldy, const void *xq, const model__qmat *w,
     int n = w->n, d = w->d;
     size_t ws = qw_row_bytes(n), xs = model__qx_row_bytes(n);
     uint8_t *wd = scratch;
+    if (m <= 8) {
+        int rend = g1 * NRQ < d ? g1 * NRQ : d;
+        for (int r = g0 * NRQ; r < rend; r++) {
+            int type;
+            const uint8_t *row = row_of(w, r, &type);
+            qi8_directs[m](y + r, ldy, xq, xs, row, type, n);
+        }
+        return;
+    }
     for (int r0 = g0 * NRQ; r0 < g1 * NRQ && r0 < d; r0 += GROW) {
         int rend = g1 * NRQ < d ? g1 * NRQ : d;
         int nr = rend - r0 < GROW ? rend - r0 : GROW;
@@ -491,6 +583,5 @@ void model__qgemm_i8(float *y, size_t ldy, const void *xq, const model__qmat *w,
     }
 #else
     (void)y, (void)ldy, (void)xq, (void)w, (void)m, (void)g0, (void)g1, (void)scratch;
-    (void)qw_decode;
 #endif
 }
