@@ -1049,11 +1049,17 @@ static void test_kernel_qi8(void)
                         double e = fabs(y[(size_t)i * d + r] - ref);
                         CHECK_MSG(e <= 1e-5 * mag + 1e-6, "m %d row %d out %d: %g vs %g", mm, i, r,
                                   (double)y[(size_t)i * d + r], ref);
-                        /* ... and the quantized activations are within half a step of x. */
-                        if (r == 0)
+                        /* ... and the quantized activations are within half a step of x,
+                         * with each lane's sum of 4 codes times the scale beside them. */
+                        if (r == 0) {
+                            const float *sx = dx + n / 4;
                             for (int k = 0; k < n; k++)
                                 CHECK(fabsf(dx[k / 4] * q[k] - x[(size_t)i * n + k]) <=
                                       0.5001f * dx[k / 4] + 1e-6f);
+                            for (int l = 0; l < n / 4; l++)
+                                CHECK(sx[l] == dx[l] * (float)(q[4 * l] + q[4 * l + 1] +
+                                                               q[4 * l + 2] + q[4 * l + 3]));
+                        }
                     }
                 }
             }
