@@ -987,8 +987,10 @@ static void test_quant_formats(void)
  * matrix of two segments of different types, and output rows past a whole group. */
 static void test_kernel_qi8(void)
 {
-    if (!model__qi8_available()) {
+    if (!model__qi8_available()) { /* every matrix then takes the float products */
         note("this build has no integer products");
+        model__qmat w = {{{NULL, MODEL_TYPE_Q8_0, 8, 34}}, 1, 8, 32};
+        CHECK(!model__qi8_takes(&w));
         return;
     }
     static const int types[] = {MODEL_TYPE_Q8_0, MODEL_TYPE_Q4_0, MODEL_TYPE_Q4_K, MODEL_TYPE_Q5_K,
