@@ -296,6 +296,14 @@ static void test_reference_rope_scaling(void)
             CHECK_NEAR(model_tensor_f32(ff)[mc->head_size / 2 - 1], 8.0f, 0.0f);
         }
         check_against_reference_tol(m, 12, 16, 1e-4f);
+        if (freqs) { /* a conversion keeps the factors, bit for bit */
+            const char *p2 = tmp_path("rope-converted.gguf");
+            CHECK_MSG(model_convert_gguf(m, p2, MODEL_TYPE_F16, msg, sizeof msg) == 0, "%s", msg);
+            model *m2 = load_ok(p2);
+            const model_tensor *f2 = &model_get_weights(m2)->rope_freqs;
+            CHECK(f2->data && memcmp(f2->data, ff->data, (size_t)mc->head_size / 2 * 4) == 0);
+            model_free(m2);
+        }
         /* Without the scaling the reference is another model. */
         int n = 12;
         int32_t t[12];
