@@ -1,7 +1,8 @@
 /* bench_gguf.c — the forward pass on GGUF models of each weight type, against the machine's
- * memory bandwidth.
+ * memory bandwidth and compute peak.
  *
- *   bench_gguf [--types f32,q8_0,q4_k_m] [--rss-types LIST] [--threads 2] [--runs 5]
+ *   bench_gguf [--types f32,q8_0,q4_k_m] [--rss-types LIST|none] [--threads 2] [--runs 5]
+ *              [--kernels default|float|both]
  *
  * For each type: a stories110M-shaped GGUF of random weights (768, 2048, 12 layers, 12 heads,
  * vocab 32000, context 1024; written once to /tmp/prefixd-bench-110M-TYPE.gguf by the same code
@@ -9,8 +10,15 @@
  * 512 tokens, and decode at batch 1 and 8 at position ~512, medians of --runs runs. Each decode
  * rate is set beside the bandwidth bound: the weights are streamed once per step, so a step
  * cannot take less than file size / bandwidth (the bandwidth measured here, 1 GiB summed by
- * --threads threads). Also the resident memory after load and state creation (VmRSS) for every
- * type in --rss-types (default: all): about the file's size, never an expanded copy.
+ * --threads threads). Prefill is set beside the compute bound: the products' multiply-adds per
+ * token (2 x the matrices' weights, the classifier once per prefill is left out as the forward
+ * pass computes only the last row's logits) at the peak of --threads threads running
+ * independent AVX-512 FMAs (float products) or VNNI vpdpbusd (integer products, 64 multiply-adds
+ * an instruction), measured here. --kernels both measures each quantized type with the float
+ * products (PREFIXD_QKERNELS=float) and with the default ones, alternately in one process, so
+ * the two rows share the machine's load. Also the resident memory after load and state creation
+ * (VmRSS) for every type in --rss-types (default: all): about the file's size, never an
+ * expanded copy.
  */
 #include "base.h"
 #include "bench_util.h"
@@ -23,6 +31,10 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 /* Resident memory of this process, in MB (VmRSS). */
 static double rss_mb(void)
@@ -108,6 +120,71 @@ static double bandwidth_gbs(int threads, int runs)
     return bench_median(v, runs);
 }
 
+/* Peak multiply-adds per second (x 2: operations) of threads threads: 12 independent chains of
+ * AVX-512 FMAs (vnni 0) or of vpdpbusd (vnni 1; 64 byte products each), in G op/s. 0 when the
+ * build lacks the instructions. */
+typedef struct peak_arg {
+    int vnni;
+    double ops;
+} peak_arg;
+
+static void *peak_thread(void *a)
+{
+    peak_arg *p = a;
+    long iters = 20000000;
+    (void)iters; /* a build without AVX-512 measures no peak */
+    p->ops = 0;
+#ifdef __AVX512F__
+    if (!p->vnni) {
+        __m512 acc[12], m = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(0.001f);
+        for (int i = 0; i < 12; i++)
+            acc[i] = _mm512_set1_ps((float)i);
+        for (long k = 0; k < iters; k++)
+            for (int i = 0; i < 12; i++)
+                acc[i] = _mm512_fmadd_ps(acc[i], m, c);
+        float s = 0;
+        for (int i = 0; i < 12; i++)
+            s += _mm512_reduce_add_ps(acc[i]);
+        p->ops = s == 12345.0f ? 0 : (double)iters * 12 * 16 * 2;
+    }
+#endif
+#if defined(__AVX512VNNI__)
+    if (p->vnni) {
+        __m512i acc[12], ua = _mm512_set1_epi8(3), sb = _mm512_set1_epi8(-2);
+        for (int i = 0; i < 12; i++)
+            acc[i] = _mm512_set1_epi32(i);
+        for (long k = 0; k < iters; k++)
+            for (int i = 0; i < 12; i++)
+                acc[i] = _mm512_dpbusd_epi32(acc[i], ua, sb);
+        int s = 0;
+        for (int i = 0; i < 12; i++)
+            s += _mm512_reduce_add_epi32(acc[i]);
+        p->ops = s == 12345 ? 0 : (double)iters * 12 * 64 * 2;
+    }
+#endif
+    return NULL;
+}
+
+static double peak_gops(int threads, int vnni, int runs)
+{
+    double v[16];
+    for (int r = 0; r < runs; r++) {
+        pthread_t t[16];
+        peak_arg a[16];
+        double t0 = base_now_ms(), ops = 0;
+        for (int i = 0; i < threads; i++) {
+            a[i] = (peak_arg){vnni, 0};
+            pthread_create(&t[i], NULL, peak_thread, &a[i]);
+        }
+        for (int i = 0; i < threads; i++) {
+            pthread_join(t[i], NULL);
+            ops += a[i].ops;
+        }
+        v[r] = ops / ((base_now_ms() - t0) / 1e3) / 1e9;
+    }
+    return bench_median(v, runs);
+}
+
 /* The file for type, written on first use. */
 static const char *model_file(const char *type, char *buf, size_t len)
 {
@@ -132,7 +209,7 @@ static const char *model_file(const char *type, char *buf, size_t len)
 }
 
 typedef struct result {
-    double mb, rss, p512, d1, d8;
+    double mb, rss, p512, d1, d8, flops; /* flops: the products' operations per prefill token */
 } result;
 
 static int measure(const char *type, int threads, int runs, int speed, result *out)
@@ -150,6 +227,9 @@ static int measure(const char *type, int threads, int runs, int speed, result *o
         return -1;
     }
     const model_config *c = model_get_config(m);
+    out->flops = 2.0 * c->n_layers *
+                 ((double)c->dim * (c->dim + 2 * c->kv_dim) + (double)c->dim * c->dim +
+                  3.0 * c->dim * c->hidden_dim);
     model_state *s;
     model_state_opts so = {16, 512, 8, threads, MODEL_TYPE_F32};
     if (model_state_new(m, &so, &s) != 0)
@@ -205,37 +285,88 @@ static int measure(const char *type, int threads, int runs, int speed, result *o
     return 0;
 }
 
+static int quantized(const char *type)
+{
+    return type[0] == 'q';
+}
+
 int main(int argc, char **argv)
 {
     char types[256] = "f32,q8_0,q4_k_m";
     char rss_types[256] = "f32,f16,bf16,q8_0,q4_0,q4_k,q5_k,q6_k,q4_k_m";
+    const char *kernels = "default";
     int threads = 2, runs = 5;
-    for (int i = 1; i + 1 < argc; i += 2) {
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: bench_gguf [--types f32,q8_0,q4_k_m] [--rss-types LIST|none] "
+                   "[--threads 2] [--runs 5] [--kernels default|float|both]\n");
+            return 0;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "bench_gguf: %s needs a value (--help)\n", argv[i]);
+            return 2;
+        }
         if (!strcmp(argv[i], "--types"))
             snprintf(types, sizeof types, "%s", argv[i + 1]);
         else if (!strcmp(argv[i], "--rss-types"))
-            snprintf(rss_types, sizeof rss_types, "%s", argv[i + 1]);
+            snprintf(rss_types, sizeof rss_types, "%s",
+                     strcmp(argv[i + 1], "none") ? argv[i + 1] : "");
         else if (!strcmp(argv[i], "--threads"))
             threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--runs"))
             runs = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--kernels"))
+            kernels = argv[i + 1];
+        else {
+            fprintf(stderr, "bench_gguf: unknown option '%s' (--help)\n", argv[i]);
+            return 2;
+        }
+        i++;
+    }
+    if (strcmp(kernels, "default") && strcmp(kernels, "float") && strcmp(kernels, "both")) {
+        fprintf(stderr, "bench_gguf: --kernels '%s': expected default, float or both\n", kernels);
+        return 2;
     }
     runs = runs < 1 ? 1 : runs > 16 ? 16 : runs;
     threads = threads < 1 ? 1 : threads > 16 ? 16 : threads;
     double bw = bandwidth_gbs(threads, runs);
-    printf("stories110M shape, %d threads, medians of %d runs; memory bandwidth %.1f GB/s\n\n",
-           threads, runs, bw);
-    printf("| type | file MB | prefill 512 tok/s | decode b1 tok/s | b1 bound (bw / file) | "
-           "b1 share | decode b8 tok/s | b8 / b1 |\n|---|---|---|---|---|---|---|---|\n");
-    for (char *save = NULL, *t = strtok_r(types, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        result r;
-        if (measure(t, threads, runs, 1, &r) != 0)
-            return 1;
-        double bound = bw * 1e3 / r.mb;
-        printf("| %s | %.0f | %.0f | %.0f | %.0f | %.0f%% | %.0f | %.1fx |\n", t, r.mb, r.p512,
-               r.d1, bound, 100 * r.d1 / bound, r.d8, r.d8 / r.d1);
-        fflush(stdout);
+    double fma = peak_gops(threads, 0, runs), vnni = peak_gops(threads, 1, runs);
+    double load[3] = {0};
+    FILE *la = fopen("/proc/loadavg", "r");
+    if (la) {
+        if (fscanf(la, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3)
+            load[0] = -1;
+        fclose(la);
     }
+    printf("stories110M shape, %d threads, medians of %d runs; memory bandwidth %.1f GB/s; peak "
+           "%.0f GFLOP/s (FMA), %.0f GOP/s (VNNI); load average %.1f %.1f %.1f\n\n",
+           threads, runs, bw, fma, vnni, load[0], load[1], load[2]);
+    printf("| type | kernels | file MB | prefill 512 tok/s | compute bound | decode b1 tok/s | "
+           "b1 bound (bw / file) | b1 share | decode b8 tok/s | b8 / b1 |\n"
+           "|---|---|---|---|---|---|---|---|---|---|\n");
+    for (char *save = NULL, *t = strtok_r(types, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        for (int pass = 0; pass < 2; pass++) {
+            int flt = !strcmp(kernels, "float") || (!strcmp(kernels, "both") && pass == 0);
+            if (pass == 1 && (strcmp(kernels, "both") || !quantized(t)))
+                break;
+            if (flt)
+                setenv("PREFIXD_QKERNELS", "float", 1);
+            else
+                unsetenv("PREFIXD_QKERNELS");
+            int i8 = !flt && quantized(t) && vnni > 0;
+            result r;
+            if (measure(t, threads, runs, 1, &r) != 0)
+                return 1;
+            double bound = bw * 1e3 / r.mb, cbound = (i8 ? vnni : fma) * 1e9 / r.flops;
+            printf("| %s | %s | %.0f | %.0f | %.0f (%s) | %.0f | %.0f | %.0f%% | %.0f | %.1fx |\n",
+                   t, i8 ? "int8" : "float", r.mb, r.p512, cbound, i8 ? "VNNI" : "FMA", r.d1, bound,
+                   100 * r.d1 / bound, r.d8, r.d8 / r.d1);
+            fflush(stdout);
+        }
+    }
+    unsetenv("PREFIXD_QKERNELS");
+    if (!rss_types[0])
+        return 0;
     printf("\n| type | file MB | RSS after load MiB |\n|---|---|---|\n");
     for (char *save = NULL, *t = strtok_r(rss_types, ",", &save); t;
          t = strtok_r(NULL, ",", &save)) {

@@ -92,6 +92,8 @@ static int config_check(const model_config *c, char *why, size_t len)
 static void config_derive(model_config *c)
 {
     c->head_size = c->dim / c->n_heads;
+    if (!(c->rope_factor > 0.0f)) /* unset: no scaling */
+        c->rope_factor = 1.0f;
     c->kv_dim = c->head_size * c->n_kv_heads;
 }
 

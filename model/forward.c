@@ -135,6 +135,11 @@ struct model_state {
     model__qmat qcls;
     float *qscratch; /* (threads, qscratch_n) */
     size_t qscratch_n;
+    /* The integer products (qkernels.h) for every matrix of the types they take, where the build
+     * has them, unless PREFIXD_QKERNELS=float asks for the float ones (for comparisons): chosen
+     * once, so a process never mixes the two for one matrix. */
+    int qi8;
+    uint8_t *qx; /* (rows, model__qx_row_bytes(max(dim, hidden))) quantized activations */
     size_t wqkv_n, wo_n, w13_n, w2_n; /* floats per layer of each packed matrix */
     float *x;                         /* (rows, dim) residual stream */
     float *xb;                        /* (rows, dim) */
@@ -262,9 +267,45 @@ static void qgemm_task(void *arg, int task, int worker)
                              scratch);
 }
 
+/* The integer product: the rows of x quantized on this thread (the activations' blocks, m x n
+ * work against the product's m x n x d), then 8-row weight groups over the pool. */
+typedef struct qi8_job {
+    model_state *s;
+    float *y;
+    const model__qmat *w;
+    int rows, per_task, units;
+} qi8_job;
+
+static void qi8_task(void *arg, int task, int worker)
+{
+    const qi8_job *j = arg;
+    int u0 = task * j->per_task, u1 = u0 + j->per_task < j->units ? u0 + j->per_task : j->units;
+    model__qgemm_i8(j->y, (size_t)j->w->d, j->s->qx, j->w, j->rows, u0, u1,
+                    j->s->qscratch + (size_t)worker * j->s->qscratch_n);
+}
+
+static void qgemm_i8(model_state *s, float *y, const float *x, const model__qmat *w, int rows)
+{
+    size_t xs = model__qx_row_bytes(w->n);
+    for (int r = 0; r < rows; r++)
+        model__quantize_x(s->qx + (size_t)r * xs, x + (size_t)r * w->n, w->n);
+    int units = (w->d + MODEL__QNR - 1) / MODEL__QNR;
+    int tasks = model__pool_threads(s->pool) * 4;
+    if (tasks > units)
+        tasks = units;
+    int per = (units + tasks - 1) / tasks;
+    qi8_job j = {s, y, w, rows, per, units};
+    model__pool_run(s->pool, qi8_task, &j, (units + per - 1) / per,
+                    2.0 * rows * (double)w->n * w->d);
+}
+
 static void qgemm(model_state *s, float *y, const float *x, const model__qmat *w, int rows,
                   int decode)
 {
+    if (s->qi8 && model__qi8_takes(w)) {
+        qgemm_i8(s, y, x, w, rows);
+        return;
+    }
     int width = decode ? MODEL__QNR : MODEL__NR;
     int units = (w->d + width - 1) / width;
     int tasks = model__pool_threads(s->pool) * 4;
@@ -659,6 +700,15 @@ static int map_quant(model_state *s)
     s->qw13 = calloc(L, sizeof *s->qw13);
     s->qw2 = calloc(L, sizeof *s->qw2);
     s->qscratch_n = model__qgemm_scratch(n);
+    const char *kq = getenv("PREFIXD_QKERNELS");
+    s->qi8 = model__qi8_available() && !(kq && strcmp(kq, "float") == 0);
+    if (s->qi8) {
+        size_t need = (model__qi8_scratch_bytes(n) + sizeof(float) - 1) / sizeof(float);
+        s->qscratch_n = s->qscratch_n > need ? s->qscratch_n : need;
+        s->qx = malloc((size_t)s->rows * model__qx_row_bytes(n));
+        if (!s->qx)
+            return MODEL_ENOMEM;
+    }
     s->qscratch = base_huge_alloc((size_t)s->o.threads * s->qscratch_n * sizeof(float), 0);
     if (!s->qqkv || !s->qwo || !s->qw13 || !s->qw2 || !s->qscratch)
         return MODEL_ENOMEM;
@@ -727,10 +777,16 @@ int model_state_new(const model *m, const model_state_opts *opts, model_state **
         return MODEL_ENOMEM;
     }
     /* RoPE: angle = pos / theta^(i / head_size) for even i, computed once as llama2.c does
-     * (theta 10000 for Llama 2). */
+     * (theta 10000 for Llama 2); with rotary scaling, pair j's frequency is divided by its
+     * rope_freqs factor (Llama 3.1) and by the linear factor, as llama.cpp divides them. */
+    const float *ff = s->w.rope_freqs.data ? model_tensor_f32(&s->w.rope_freqs) : NULL;
     for (int p = 0; p < c->seq_len; p++)
         for (size_t j = 0; j < half; j++) {
             float freq = 1.0f / powf(c->rope_theta, (float)(2 * j) / (float)c->head_size);
+            if (ff)
+                freq /= ff[j];
+            if (c->rope_factor != 1.0f)
+                freq /= c->rope_factor;
             float val = (float)p * freq;
             s->rope_cos[(size_t)p * half + j] = cosf(val);
             s->rope_sin[(size_t)p * half + j] = sinf(val);
@@ -756,6 +812,7 @@ void model_state_free(model_state *s)
     free(s->qw13);
     free(s->qw2);
     base_huge_free(s->qscratch);
+    free(s->qx);
     free(s->x);
     free(s->xb);
     free(s->att);

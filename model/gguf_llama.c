@@ -4,8 +4,9 @@
  * ...), the vocabulary size from the token embedding's shape, and every tensor is found by name,
  * checked for its type and for the shape those hyper-parameters imply, and used in place (the
  * weights stay in the mapping, in their stored type). A file that asks for something the forward
- * pass does not do (partial or scaled rotary, experts, extra tensors such as biases) is refused
- * with its name rather than run wrong.
+ * pass does not do (partial rotary, YaRN or other rotary scaling than linear and Llama 3.1's
+ * rope_freqs factors, experts, extra tensors such as biases) is refused with its name rather
+ * than run wrong.
  *
  * Rotary layout: llama.cpp's converter stores a `llama` model's Q and K rows so that ggml's
  * "normal" rope mode, which rotates adjacent pairs (2i, 2i+1), is right for them. That is the
@@ -154,6 +155,38 @@ static int tensor(loader *ld, const char *name, int rows, int cols, int optional
     return 0;
 }
 
+/* Rotary scaling as llama.cpp reads it: `ARCH.rope.scaling.type` (linear when absent) and the
+ * factor `ARCH.rope.scaling.factor` (or the older `ARCH.rope.scale_linear`; absent or 0: none).
+ * Linear scaling divides every angle by the factor; type none ignores the factor, as llama.cpp
+ * does. YaRN and the other types change the attention too and are refused by name. Llama 3.1's
+ * scaling is not a type: its converter writes the per-pair factors as `rope_freqs.weight`. */
+static int read_rope_scaling(loader *ld, model_config *c)
+{
+    const model__gguf_kv *type = model__gguf_find(ld->g, akey(ld, "rope.scaling.type"));
+    float factor = 0.0f;
+    int rc;
+    if (type && type->type != MODEL__GGUF_STRING)
+        return fail(ld, MODEL_EFORMAT, "metadata key '%s.rope.scaling.type' is not a string",
+                    ld->arch);
+    if (type && str_is(type, "none") != 1 && str_is(type, "linear") != 1)
+        return fail(ld, MODEL_ENOTSUP,
+                    "rotary scaling type '%.*s' (%s.rope.scaling.type) is not supported (only "
+                    "linear, and Llama 3's rope_freqs factors)",
+                    type->v.s.len > 32 ? 32 : (int)type->v.s.len, type->v.s.p, ld->arch);
+    const char *key = akey(ld, "rope.scaling.factor");
+    if (!model__gguf_find(ld->g, key))
+        key = akey(ld, "rope.scale_linear");
+    char k[128];
+    snprintf(k, sizeof k, "%s", key);
+    if ((rc = get_float(ld, k, 0.0, &factor)))
+        return rc;
+    if (!(factor >= 0.0f) || factor > 1e6f || (factor > 0.0f && factor < 1e-6f))
+        return fail(ld, MODEL_ERANGE, "metadata key '%s': rotary scaling factor %g is out of range",
+                    k, (double)factor);
+    c->rope_factor = factor == 0.0f || str_is(type, "none") == 1 ? 1.0f : factor;
+    return 0;
+}
+
 static int read_config(loader *ld, model_config *c)
 {
     const model__gguf_kv *arch = model__gguf_find(ld->g, "general.architecture");
@@ -185,10 +218,8 @@ static int read_config(loader *ld, model_config *c)
         return fail(ld, MODEL_ENOTSUP,
                     "mixture of experts (%s.expert_count %d) is not supported yet", ld->arch,
                     experts);
-    const model__gguf_kv *scaling = model__gguf_find(ld->g, akey(ld, "rope.scaling.type"));
-    if (scaling && str_is(scaling, "none") != 1)
-        return fail(ld, MODEL_ENOTSUP, "rotary scaling (%s.rope.scaling.type) is not supported yet",
-                    ld->arch);
+    if ((rc = read_rope_scaling(ld, c)))
+        return rc;
     /* The vocabulary is the token embedding's row count. */
     const model__gguf_tensor *emb = model__gguf_tensor_find(ld->g, "token_embd.weight");
     if (!emb)
@@ -247,6 +278,23 @@ static int map_layer(loader *ld, const model_config *c, int l, model_layer *y)
     return 0;
 }
 
+/* Llama 3.1's rotary frequency divisors, when the file has them: one F32 per rotated pair, each
+ * positive and finite (a zero would make every angle of its pair infinite). */
+static int rope_freqs(loader *ld, const model_config *c, model_tensor *out)
+{
+    int rc = tensor(ld, "rope_freqs.weight", 0, c->head_size / 2, 1, out);
+    if (rc || !out->data)
+        return rc;
+    const float *f = model_tensor_f32(out);
+    for (int i = 0; i < c->head_size / 2; i++)
+        if (!(f[i] > 0.0f) || !(f[i] < 1e30f))
+            return fail(ld, MODEL_ERANGE,
+                        "tensor 'rope_freqs.weight': factor %d is %g (each must be positive and "
+                        "finite)",
+                        i, (double)f[i]);
+    return 0;
+}
+
 int model__gguf_llama(const model__gguf *g, const char *path, model_config *c, model_weights *w,
                       model_layer **layers, char *msg, size_t msglen)
 {
@@ -272,17 +320,15 @@ int model__gguf_llama(const model__gguf *g, const char *path, model_config *c, m
         goto out;
     if (!w->wcls.data)
         w->wcls = w->token_embedding;
+    if ((rc = rope_freqs(&ld, c, &w->rope_freqs)))
+        goto out;
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         if (ld.used[i])
             continue;
-        if (strcmp(g->tensors[i].name, "rope_freqs.weight") == 0)
-            rc = fail(&ld, MODEL_ENOTSUP,
-                      "rotary scaling factors (tensor 'rope_freqs.weight') are not supported yet");
-        else
-            rc = fail(&ld, MODEL_EFORMAT,
-                      "tensor '%s' is not part of a llama model this loader knows (biases or "
-                      "another variant?)",
-                      g->tensors[i].name);
+        rc = fail(&ld, MODEL_EFORMAT,
+                  "tensor '%s' is not part of a llama model this loader knows (biases or "
+                  "another variant?)",
+                  g->tensors[i].name);
         goto out;
     }
     w->layers = ly;

@@ -69,7 +69,7 @@ int model__gguf_fallback_type(int type, int cols)
 
 /* ---- The plan ------------------------------------------------------------------------------- */
 
-enum src_kind { SRC_RANDOM, SRC_FILL, SRC_TENSOR };
+enum src_kind { SRC_RANDOM, SRC_FILL, SRC_TENSOR, SRC_ROPE };
 
 typedef struct wtensor {
     char name[64];
@@ -78,6 +78,7 @@ typedef struct wtensor {
     enum src_kind src;
     float scale;            /* SRC_RANDOM: uniform in [-scale, scale]; SRC_FILL: the value */
     const model_tensor *in; /* SRC_TENSOR */
+    const model_config *c;  /* SRC_ROPE: Llama 3.1's factors for this shape */
     uint64_t offset, bytes;
 } wtensor;
 
@@ -124,8 +125,27 @@ static int matrix_type(int type, const char *suffix, int l, int n)
     return MODEL_TYPE_Q4_K;
 }
 
-/* The tensors of a model of config c in file order; w (may be NULL) gives their sources. */
-static int plan_model(plan *p, const model_config *c, const model_weights *w, int type)
+/* Llama 3.1's rotary factor of pair i, by llama.cpp's converter's formula (factor 8, low and high
+ * frequency factors 1 and 4), with c->seq_len as the original context: pairs whose wavelength
+ * is under a quarter of it keep their frequency, those over all of it are slowed 8 times, and
+ * those between are smoothed. */
+static float llama3_factor(const model_config *c, int i)
+{
+    const double factor = 8.0, lo = 1.0, hi = 4.0, ctx = c->seq_len, pi = 3.14159265358979323846;
+    double freq = 1.0 / pow(c->rope_theta, (double)(2 * i) / c->head_size);
+    double wavelen = 2.0 * pi / freq;
+    if (wavelen < ctx / hi)
+        return 1.0f;
+    if (wavelen > ctx / lo)
+        return (float)factor;
+    double smooth = (ctx / wavelen - lo) / (hi - lo);
+    return (float)(1.0 / ((1.0 - smooth) / factor + smooth));
+}
+
+/* The tensors of a model of config c in file order; w (may be NULL) gives their sources;
+ * rope_freqs (synthetic models only) adds Llama 3.1's rotary factors. */
+static int plan_model(plan *p, const model_config *c, const model_weights *w, int type,
+                      int rope_freqs)
 {
     int d = c->dim, kv = c->kv_dim, h = c->hidden_dim, L = c->n_layers;
     float a_d = sqrtf(3.0f / (float)d), a_h = sqrtf(3.0f / (float)h);
@@ -183,6 +203,13 @@ static int plan_model(plan *p, const model_config *c, const model_weights *w, in
             return -1;
         t->scale = a_d;
         t->in = w ? &w->wcls : NULL;
+    }
+    if (rope_freqs || (w && w->rope_freqs.data)) {
+        if (!(t = plan_add(p, "rope_freqs.weight", 0, c->head_size / 2, MODEL_TYPE_F32)))
+            return -1;
+        t->src = SRC_ROPE;
+        t->c = c;
+        t->in = w ? &w->rope_freqs : NULL;
     }
     uint64_t off = 0;
     for (int i = 0; i < p->n; i++) {
@@ -341,6 +368,9 @@ static int write_tensors(out *o, const plan *p, uint64_t *rng, char *msg, size_t
                 size_t ib = model__quant_row_bytes(in->type, in->cols);
                 model__dequant_row(in->type, (const uint8_t *)in->data + (size_t)r * ib, row,
                                    t->cols);
+            } else if (t->src == SRC_ROPE) {
+                for (int k = 0; k < t->cols; k++)
+                    row[k] = llama3_factor(t->c, k);
             } else {
                 for (int k = 0; k < t->cols; k++) {
                     double u = (double)(splitmix(rng) >> 11) * (1.0 / 9007199254740992.0);
@@ -395,6 +425,12 @@ static int type_ok(int type)
 int model_synth_write_gguf(const char *path, const model_config *cfg, const char *arch, int type,
                            uint64_t seed, char *msg, size_t msglen)
 {
+    return model_synth_write_gguf_rope(path, cfg, arch, type, seed, 0, msg, msglen);
+}
+
+int model_synth_write_gguf_rope(const char *path, const model_config *cfg, const char *arch,
+                                int type, uint64_t seed, int rope_freqs, char *msg, size_t msglen)
+{
     model_config c = *cfg;
     char why[200];
     int rc = model__config_check(&c, why, sizeof why);
@@ -410,7 +446,7 @@ int model_synth_write_gguf(const char *path, const model_config *cfg, const char
                     type);
     c.qkv_bias = qwen;
     plan p = {0};
-    if (plan_model(&p, &c, NULL, type) != 0) {
+    if (plan_model(&p, &c, NULL, type, rope_freqs) != 0) {
         free(p.t);
         return fail(msg, msglen, MODEL_ENOMEM, "out of memory");
     }
@@ -424,7 +460,8 @@ int model_synth_write_gguf(const char *path, const model_config *cfg, const char
     put_u32(&o, 3);
     put_u64(&o, (uint64_t)p.n);
     int vocab = c.vocab_size >= 259; /* room for the byte pieces */
-    put_u64(&o, vocab ? 13 : 10);
+    int linear = c.rope_factor != 1.0f;
+    put_u64(&o, (uint64_t)(10 + 3 * vocab + 2 * linear));
     kv_str(&o, "general.architecture", arch);
     kv_str(&o, "general.name", "prefixd synth");
     kv_u32(&o, arch, "context_length", (uint32_t)c.seq_len);
@@ -435,6 +472,12 @@ int model_synth_write_gguf(const char *path, const model_config *cfg, const char
     kv_u32(&o, arch, "attention.head_count_kv", (uint32_t)c.n_kv_heads);
     kv_f32(&o, arch, "rope.freq_base", c.rope_theta);
     kv_f32(&o, arch, "attention.layer_norm_rms_epsilon", c.norm_eps);
+    if (linear) {
+        char k[128];
+        snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
+        kv_str(&o, k, "linear");
+        kv_f32(&o, arch, "rope.scaling.factor", c.rope_factor);
+    }
     if (vocab)
         put_vocab(&o, c.vocab_size);
     uint64_t rng = seed ^ 0x5eed5eed5eed5eedull;
@@ -453,7 +496,7 @@ int model_convert_gguf(const model *m, const char *path, int type, char *msg, si
     if (!type_ok(type))
         return fail(msg, msglen, MODEL_EINVAL, "convert: weight type %d not supported", type);
     plan p = {0};
-    if (plan_model(&p, model_get_config(m), model_get_weights(m), type) != 0) {
+    if (plan_model(&p, model_get_config(m), model_get_weights(m), type, 0) != 0) {
         free(p.t);
         return fail(msg, msglen, MODEL_ENOMEM, "out of memory");
     }

@@ -15,7 +15,8 @@
  *     fixed tree. Each output depends on its own two rows only, never on the batch size.
  * The two give different roundings of the same sums; a request's prefill rows always take the
  * first and its decode steps the second, so each guarantee holds on its own path. The classifier
- * takes the second in both (its logits feed no K/V).
+ * takes the second in both (its logits feed no K/V). Where the build has AVX-512 VNNI, matrices
+ * of the quantized types take the integer products below instead, for prefill and decode alike.
  */
 #ifndef PREFIXD_MODEL_QKERNELS_H
 #define PREFIXD_MODEL_QKERNELS_H
@@ -53,5 +54,31 @@ void model__qgemm_prefill(float *y, size_t ldy, const float *x, size_t ldx, cons
 /* Y (m, d) = X (m, n) @ W^T for the output columns of 8-row groups [g0, g1) (decode). */
 void model__qgemm_rows(float *y, size_t ldy, const float *x, size_t ldx, const model__qmat *w,
                        int m, int g0, int g1, float *scratch);
+
+/* ---- Integer products (qkernels.c says how): 8-bit activations against the weights' codes,
+ * with AVX-512 VNNI. Each output is one chain over its row's 64-weight chunks, then a fixed
+ * 16-lane sum; the activation row is quantized by itself (blocks of 32, scale max|x| / 127), so an
+ * output depends on its own weight row and input row only: not on the batch size, the tile or
+ * whether the row came in a prefill or a decode. */
+
+/* 1 when this build has the integer products (compiled with AVX-512 VNNI and BW). */
+int model__qi8_available(void);
+
+/* 1 when every segment of w has a type the integer products take (Q8_0, Q4_0, Q4_K, Q5_K,
+ * Q6_K) and the build has them. */
+int model__qi8_takes(const model__qmat *w);
+
+/* Bytes one quantized activation row of n (a multiple of 32) takes, and the quantizer (x: n
+ * floats; dst: that many bytes). */
+size_t model__qx_row_bytes(int n);
+void model__quantize_x(void *dst, const float *x, int n);
+
+/* Bytes of per-thread scratch model__qgemm_i8() needs for inner size n. */
+size_t model__qi8_scratch_bytes(int n);
+
+/* Y (m, d) = X (m, n) @ W^T for the output rows of 8-row groups [g0, g1); xq: the m rows
+ * quantized by model__quantize_x(), model__qx_row_bytes(n) apart. */
+void model__qgemm_i8(float *y, size_t ldy, const void *xq, const model__qmat *w, int m, int g0,
+                     int g1, void *scratch);
 
 #endif

@@ -16,14 +16,17 @@ static void usage(FILE *f)
             "usage: prefixd synth --shape NAME|dim,hidden,layers,heads,kv_heads,vocab,seq_len "
             "-o PATH [--seed S] [--no-tokenizer]\n"
             "                     [--format llama2c|gguf] [--type T] [--arch llama|qwen2]\n"
+            "                     [--rope-freqs] [--rope-scale F]\n"
             "       prefixd synth --from MODEL.gguf --type T -o PATH\n"
             "\n"
             "Writes a model with random weights, and PATH.tok, a byte-level tokenizer of the\n"
             "same vocabulary. Named shapes: stories260K, stories15M, stories42M, stories110M.\n"
             "--format gguf writes a GGUF file whose matrices have type T: f32, f16, bf16, q8_0,\n"
             "q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k or q4_k_m (llama.cpp's mix); --arch qwen2\n"
-            "adds Q/K/V biases and NeoX rotary. --from converts a GGUF model's weights to type T,\n"
-            "keeping its metadata and vocabulary.\n");
+            "adds Q/K/V biases and NeoX rotary. --rope-freqs adds Llama 3.1's rotary factors\n"
+            "(rope_freqs.weight, computed with the shape's context as the original one);\n"
+            "--rope-scale F writes linear rotary scaling by F (both GGUF only). --from converts a\n"
+            "GGUF model's weights to type T, keeping its metadata and vocabulary.\n");
 }
 
 int srv_cmd_synth(int argc, char **argv)
@@ -31,8 +34,20 @@ int srv_cmd_synth(int argc, char **argv)
     const char *shape = NULL, *out = NULL, *format = "llama2c", *arch = "llama", *from = NULL;
     const char *type_name = NULL;
     uint64_t seed = 1;
-    int no_tok = 0, type = MODEL_TYPE_F32;
-    enum { O_SHAPE = 256, O_SEED, O_NOTOK, O_HELP, O_FORMAT, O_TYPE, O_ARCH, O_FROM };
+    int no_tok = 0, type = MODEL_TYPE_F32, rope_freqs = 0;
+    float rope_scale = 1.0f;
+    enum {
+        O_SHAPE = 256,
+        O_SEED,
+        O_NOTOK,
+        O_HELP,
+        O_FORMAT,
+        O_TYPE,
+        O_ARCH,
+        O_FROM,
+        O_ROPE_FREQS,
+        O_ROPE_SCALE
+    };
     static const struct option opts[] = {{"shape", required_argument, 0, O_SHAPE},
                                          {"seed", required_argument, 0, O_SEED},
                                          {"no-tokenizer", no_argument, 0, O_NOTOK},
@@ -40,6 +55,8 @@ int srv_cmd_synth(int argc, char **argv)
                                          {"type", required_argument, 0, O_TYPE},
                                          {"arch", required_argument, 0, O_ARCH},
                                          {"from", required_argument, 0, O_FROM},
+                                         {"rope-freqs", no_argument, 0, O_ROPE_FREQS},
+                                         {"rope-scale", required_argument, 0, O_ROPE_SCALE},
                                          {"help", no_argument, 0, O_HELP},
                                          {0, 0, 0, 0}};
     optind = 1;
@@ -74,6 +91,17 @@ int srv_cmd_synth(int argc, char **argv)
             break;
         case O_FROM:
             from = optarg;
+            break;
+        case O_ROPE_FREQS:
+            rope_freqs = 1;
+            break;
+        case O_ROPE_SCALE:
+            rope_scale = strtof(optarg, &end);
+            if (*end || end == optarg || !(rope_scale >= 1.0f) || rope_scale > 1e6f) {
+                fprintf(stderr, "prefixd synth: --rope-scale '%s': expected a number >= 1\n",
+                        optarg);
+                return 2;
+            }
             break;
         case 'h':
         case O_HELP:
@@ -125,8 +153,8 @@ int srv_cmd_synth(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (!gguf && (type_name || strcmp(arch, "llama") != 0)) {
-        fprintf(stderr, "prefixd synth: --type and --arch need --format gguf\n");
+    if (!gguf && (type_name || strcmp(arch, "llama") != 0 || rope_freqs || rope_scale != 1.0f)) {
+        fprintf(stderr, "prefixd synth: --type, --arch and --rope-* need --format gguf\n");
         return 2;
     }
     model_config c;
@@ -134,7 +162,8 @@ int srv_cmd_synth(int argc, char **argv)
         fprintf(stderr, "prefixd synth: %s\n", msg);
         return 2;
     }
-    if ((gguf ? model_synth_write_gguf(out, &c, arch, type, seed, msg, sizeof msg)
+    c.rope_factor = rope_scale;
+    if ((gguf ? model_synth_write_gguf_rope(out, &c, arch, type, seed, rope_freqs, msg, sizeof msg)
               : model_synth_write(out, &c, seed, msg, sizeof msg)) != 0) {
         fprintf(stderr, "prefixd synth: %s\n", msg);
         return 1;

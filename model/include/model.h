@@ -63,6 +63,10 @@ typedef struct model_config {
     float norm_eps;   /* RMS norm epsilon: x / sqrt(mean(x^2) + norm_eps); 1e-5 in Llama 2 */
     int rope_neox; /* 1: rotary pairs (i, i + head_size / 2) as GPT-NeoX and qwen2; 0: (2i, 2i+1) */
     int qkv_bias;  /* 1: the layers have Q, K and V biases (qwen2) */
+    /* Linear rotary scaling (GGUF `rope.scaling.type` linear, `rope.scaling.factor`): every
+     * angle is divided by it, so a model stretched to rope_factor times its trained context sees
+     * positions as it did in training. 1: none (llama2.c files, most GGUFs). */
+    float rope_factor;
 } model_config;
 
 /* Weight types: ggml's type ids, as GGUF files store them; the ones the kernels take. A file with
@@ -121,6 +125,10 @@ typedef struct model_weights {
     const model_layer *layers;    /* (n_layers) */
     model_tensor rms_final;       /* (dim) */
     model_tensor wcls;            /* (vocab, dim); the token embedding's when shared */
+    /* (head_size / 2) F32 rotary frequency divisors (Llama 3.1's `rope_freqs.weight`): pair i's
+     * angle is pos * theta^(-2i / head_size) / rope_freqs[i] / rope_factor, as llama.cpp
+     * computes it. data NULL: all 1. */
+    model_tensor rope_freqs;
 } model_weights;
 
 typedef struct model model; /* opaque: a loaded checkpoint */
@@ -223,6 +231,14 @@ int model_type_parse(const char *name, int *type);
  * or MODEL_EIO, with msg. */
 int model_synth_write_gguf(const char *path, const model_config *c, const char *arch, int type,
                            uint64_t seed, char *msg, size_t msglen);
+
+/* The same, with rotary scaling: c->rope_factor other than 1 writes `ARCH.rope.scaling.type`
+ * linear and `ARCH.rope.scaling.factor`; rope_freqs 1 adds a `rope_freqs.weight` tensor of Llama
+ * 3.1's factors (llama.cpp's converter's formula: factor 8, low and high frequency factors 1 and
+ * 4) computed for c's head size and rotary base, with c->seq_len as the original context so that
+ * a small model's pairs get every kind of factor (1, 8 and the smoothed ones between). */
+int model_synth_write_gguf_rope(const char *path, const model_config *c, const char *arch, int type,
+                                uint64_t seed, int rope_freqs, char *msg, size_t msglen);
 
 /* Writes the weights of a loaded GGUF model m as a new GGUF file with every matrix in type
  * (norms and biases stay F32; fallbacks as above), the metadata copied unchanged (vocabulary

@@ -3,7 +3,8 @@
  * obviously right; the real kernels are checked against it. Weights of any stored type are
  * dequantized once (model/quant.c's dequantizer, checked on its own in test_model) into float
  * copies, so the reference computes in float64 from exactly the weights the kernels read.
- * Handles qwen2's Q/K/V biases and NeoX rotary pairs. */
+ * Handles qwen2's Q/K/V biases, NeoX rotary pairs and rotary scaling (rope_freqs factors and a
+ * linear factor). */
 #ifndef PREFIXD_REF_FORWARD_H
 #define PREFIXD_REF_FORWARD_H
 
@@ -21,6 +22,8 @@ typedef struct ref_state {
     model_layer *flayers;   /* what fw.layers points to */
     float *kcache, *vcache; /* (layer, seq_len, kv_dim) */
     float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *logits;
+    const float *rope_freqs; /* the model's rotary factors (NULL: none); a test may clear it */
+    double rope_factor;      /* the model's linear rotary factor; a test may change it */
 } ref_state;
 
 static void ref_matvec(float *y, const float *w, const float *x, int n, int d)
@@ -90,6 +93,8 @@ static ref_state *ref_new(const model *m)
         f->bv = ref_float(&y->bv);
     }
     r->fw.layers = r->flayers;
+    r->rope_freqs = mw->rope_freqs.data ? model_tensor_f32(&mw->rope_freqs) : NULL;
+    r->rope_factor = r->c->rope_factor;
     r->w = &r->fw;
     const model_config *c = r->c;
     size_t kvn = (size_t)c->n_layers * c->seq_len * c->kv_dim;
@@ -138,13 +143,22 @@ static void ref_free(ref_state *r)
     free(r);
 }
 
-static void ref_rope(float *v, int n, int head_size, int pos, double theta, int neox)
+/* Pair i's angle at pos: pos / theta^(2i / head_size), divided by its rope_freqs factor (ff,
+ * NULL: 1) and the linear factor. */
+static double ref_angle(int pos, int i, int head_size, double theta, const float *ff, double factor)
+{
+    double ang = pos / pow(theta, (double)(2 * i) / head_size) / factor;
+    return ff ? ang / ff[i] : ang;
+}
+
+static void ref_rope(float *v, int n, int head_size, int pos, double theta, int neox,
+                     const float *ff, double factor)
 {
     if (neox) { /* pairs (i, i + head_size / 2) within each head */
         int half = head_size / 2;
         for (int h = 0; h < n; h += head_size)
             for (int i = 0; i < half; i++) {
-                double ang = pos / pow(theta, (double)(2 * i) / head_size);
+                double ang = ref_angle(pos, i, head_size, theta, ff, factor);
                 float c = (float)cos(ang), s = (float)sin(ang);
                 float a = v[h + i], b = v[h + i + half];
                 v[h + i] = a * c - b * s;
@@ -154,7 +168,7 @@ static void ref_rope(float *v, int n, int head_size, int pos, double theta, int 
     }
     for (int i = 0; i < n; i += 2) {
         int hi = i % head_size;
-        double ang = pos / pow(theta, (double)hi / head_size);
+        double ang = ref_angle(pos, hi / 2, head_size, theta, ff, factor);
         float c = (float)cos(ang), s = (float)sin(ang);
         float a = v[i], b = v[i + 1];
         v[i] = a * c - b * s;
@@ -185,8 +199,9 @@ static const float *ref_step(ref_state *r, int token, int pos)
                 r->v[i] += model_tensor_f32(&y->bv)[i];
             }
         }
-        ref_rope(r->q, dim, hs, pos, theta, c->rope_neox);
-        ref_rope(r->k, kvd, hs, pos, theta, c->rope_neox);
+        const float *ff = r->rope_freqs;
+        ref_rope(r->q, dim, hs, pos, theta, c->rope_neox, ff, r->rope_factor);
+        ref_rope(r->k, kvd, hs, pos, theta, c->rope_neox, ff, r->rope_factor);
         float *kc = r->kcache + ((size_t)l * c->seq_len) * kvd;
         float *vc = r->vcache + ((size_t)l * c->seq_len) * kvd;
         memcpy(kc + (size_t)pos * kvd, r->k, (size_t)kvd * sizeof(float));

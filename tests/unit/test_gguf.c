@@ -68,9 +68,11 @@ static void kv_str(gb *g, const char *k, const char *v)
 typedef struct spec {
     const char *arch;
     int dim, hidden, layers, heads, kv_heads, vocab, ctx;
-    int rope_dim;          /* 0: leave the key out */
-    const char *drop;      /* a tensor left out */
-    const char *extra;     /* an extra tensor (dim floats) */
+    int rope_dim;      /* 0: leave the key out */
+    const char *drop;  /* a tensor left out */
+    const char *extra; /* an extra tensor (dim floats, or extra_cols) */
+    int extra_cols;
+    const char *scaling;   /* llama.rope.scaling.type, if any */
     const char *bad_shape; /* a tensor whose first dimension is one larger */
     const char *retype;    /* a tensor stored with type `type` */
     uint32_t type;
@@ -137,7 +139,7 @@ static int tensors_of(const spec *s, tdesc *t)
             ADD(nm, sz[per[i].c], per[i].r < 0 ? 0 : sz[per[i].r]);
         }
     if (s->extra)
-        ADD(s->extra, s->dim, 0);
+        ADD(s->extra, s->extra_cols ? s->extra_cols : s->dim, 0);
 #undef ADD
     for (int i = 0; i < n; i++) {
         if (s->bad_shape && strcmp(t[i].name, s->bad_shape) == 0)
@@ -153,7 +155,7 @@ static void build(gb *g, const spec *s)
 {
     tdesc t[64];
     int nt = tensors_of(s, t);
-    int nkv = 10 + (s->rope_dim ? 1 : 0) + (s->with_vocab ? 3 : 0);
+    int nkv = 10 + (s->rope_dim ? 1 : 0) + (s->with_vocab ? 3 : 0) + (s->scaling ? 1 : 0);
     put(g, "GGUF", 4);
     u32(g, 3);
     u64(g, (uint64_t)nt);
@@ -170,6 +172,8 @@ static void build(gb *g, const spec *s)
     kv_f32(g, "llama.rope.freq_base", 10000.0f);
     if (s->rope_dim)
         kv_u32(g, "llama.rope.dimension_count", (uint32_t)s->rope_dim);
+    if (s->scaling)
+        kv_str(g, "llama.rope.scaling.type", s->scaling);
     if (s->with_vocab) {
         kv_str(g, "tokenizer.ggml.model", "llama");
         str(g, "tokenizer.ggml.tokens");
@@ -575,9 +579,31 @@ static void test_llama_refusals(void)
     s = tiny;
     s.extra = "blk.0.attn_q.bias";
     expect_load(&s, MODEL_EFORMAT, "tensor 'blk.0.attn_q.bias' is not part of a llama model");
+    /* Rotary scaling: Llama 3's factors are one per pair (head size 8: 4), each positive (the
+     * builder's values are uniform in [-0.5, 0.5)); YaRN is refused by name. */
     s = tiny;
     s.extra = "rope_freqs.weight";
-    expect_load(&s, MODEL_ENOTSUP, "rope_freqs.weight') are not supported yet");
+    expect_load(&s, MODEL_ESHAPE, "tensor 'rope_freqs.weight' has shape [32], expected [4]");
+    s.extra_cols = 4;
+    expect_load(&s, MODEL_ERANGE, "tensor 'rope_freqs.weight': factor 0 is -0.04");
+    s = tiny;
+    s.scaling = "yarn";
+    expect_load(&s, MODEL_ENOTSUP,
+                "rotary scaling type 'yarn' (llama.rope.scaling.type) is not supported (only "
+                "linear, and Llama 3's rope_freqs factors)");
+    s.scaling = "none";
+    gb gn = {0};
+    build(&gn, &s);
+    write_file(tmp_path("none.gguf"), gn.b, gn.n);
+    free(gn.b);
+    {
+        char m2[512];
+        model *mn = NULL;
+        CHECK_MSG(model_load(tmp_path("none.gguf"), &mn, m2, sizeof m2) == 0, "%s", m2);
+        CHECK(model_get_config(mn)->rope_factor == 1.0f);
+        CHECK(model_get_weights(mn)->rope_freqs.data == NULL);
+        model_free(mn);
+    }
     s = tiny;
     s.rope_dim = 4;
     expect_load(&s, MODEL_ENOTSUP, "partial rotary embedding is not supported yet");
