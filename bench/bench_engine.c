@@ -410,7 +410,7 @@ static int hog_mode(const char *path, const char *small, int nhog, int runs)
                 for (int k = 0; k < nhog; k++)
                     fprintf(stderr, " %d", (int)hog_pids[k]);
                 fprintf(stderr, "\n");
-                usleep(100 * 1000); /* let them take their share of the CPUs */
+                usleep(200 * 1000); /* let them take their share of the CPUs */
             }
             for (int k = 0; k < 2; k++) {
                 hog_fig f = hog_measure(st[k], &s, sb, t, logits);
