@@ -2,11 +2,14 @@
  * memory bandwidth and compute peak.
  *
  *   bench_gguf [--types f32,q8_0,q4_k_m] [--rss-types LIST|none] [--threads 2] [--runs 5]
- *              [--kernels default|float|both]
+ *              [--kernels default|float|both] [--prefix /tmp/prefixd-bench-110M]
  *
  * For each type: a stories110M-shaped GGUF of random weights (768, 2048, 12 layers, 12 heads,
- * vocab 32000, context 1024; written once to /tmp/prefixd-bench-110M-TYPE.gguf by the same code
- * as `prefixd synth --format gguf --type TYPE`), loaded as the daemon loads it; then prefill of
+ * vocab 32000, context 1024; written once to PREFIX-TYPE.gguf, by default
+ * /tmp/prefixd-bench-110M-TYPE.gguf, by the same code as `prefixd synth --format gguf --type
+ * TYPE`; an existing file is used as it is, so bench/vs_llama_bench.sh gives its own --prefix
+ * rather than trust files an older build left without a vocabulary, which llama.cpp refuses),
+ * loaded as the daemon loads it; then prefill of
  * 512 tokens, and decode at batch 1 and 8 at position ~512, medians of --runs runs. Each decode
  * rate is set beside the bandwidth bound: the weights are streamed once per step, so a step
  * cannot take less than file size / bandwidth (the bandwidth measured here, 1 GiB summed by
@@ -185,10 +188,12 @@ static double peak_gops(int threads, int vnni, int runs)
     return bench_median(v, runs);
 }
 
+static const char *file_prefix = "/tmp/prefixd-bench-110M";
+
 /* The file for type, written on first use. */
 static const char *model_file(const char *type, char *buf, size_t len)
 {
-    snprintf(buf, len, "/tmp/prefixd-bench-110M-%s.gguf", type);
+    snprintf(buf, len, "%s-%s.gguf", file_prefix, type);
     struct stat st;
     if (stat(buf, &st) == 0)
         return buf;
@@ -315,6 +320,8 @@ int main(int argc, char **argv)
             threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--runs"))
             runs = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--prefix"))
+            file_prefix = argv[i + 1];
         else if (!strcmp(argv[i], "--kernels"))
             kernels = argv[i + 1];
         else {

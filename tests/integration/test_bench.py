@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -272,6 +273,76 @@ def case_bad_params():
         check("other columns" in r.stderr and r.stdout == "", "old CSV: %r" % r.stderr)
         check(open(old).read() == ",".join(COLUMNS[:-1]) + "\n", "old CSV left as it was")
     with_daemon(body)
+
+
+def pid_gone(pid):
+    """True if process pid has ended (a zombie has ended too: only its entry is left)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def hog_pids(line):
+    # "hog: 1 busy loop, pids 123 456"
+    return [int(x) for x in line.split("pids", 1)[1].split()]
+
+
+def case_engine_hog():
+    """bench_engine --hog N (issue 11): bad counts are refused with exit 2 naming the option;
+    a run prints both halves (idle, N busy loops) and leaves no busy loop behind, whether it
+    ends normally or by SIGTERM in the middle of its busy half."""
+    engine = os.environ.get("BENCH_ENGINE")
+    check(engine and os.access(engine, os.X_OK), "BENCH_ENGINE=%r: not an executable" % engine)
+    for bad in (["--hog", "17"], ["--hog", "-1"], ["--hog", "x"], ["--hog", "2x"], ["--hog"]):
+        r = subprocess.run([engine] + bad, capture_output=True, text=True, timeout=30)
+        check(r.returncode == 2 and "--hog" in r.stderr and "0..16" in r.stderr,
+              "bench_engine %s: exit %d, stderr %r" % (" ".join(bad), r.returncode, r.stderr))
+    tmp = tempfile.mkdtemp()
+    # A tiny model (fast in the sanitizer build too), of context 1024: the decode figures run
+    # at positions 512.. after a 512-token prefill.
+    tiny = os.path.join(tmp, "tiny.bin")
+    subprocess.run([PREFIXD, "synth", "--shape", "64,128,2,2,2,512,1024", "-o", tiny], check=True,
+                   capture_output=True, timeout=60)
+    s260 = os.path.join(MODELS, "stories260K.bin")
+
+    r = subprocess.run([engine, "--hog", "2", "--runs", "1", "--model", tiny, "--small", s260],
+                       capture_output=True, text=True, timeout=120)
+    check(r.returncode == 0, "bench_engine --hog 2: exit %d\n%s" % (r.returncode, r.stderr))
+    check("| 2 hogs, 1 thread | 2 hogs, 2 threads |" in r.stdout, "no hog columns:\n" + r.stdout)
+    for row in ("prefill 512", "decode batch 1", "decode batch 8", "stories260K decode"):
+        check(any(row in line and line.count("tokens/s") == 4 for line in r.stdout.splitlines()),
+              "row %r with 4 figures missing:\n%s" % (row, r.stdout))
+    check("run-to-run spread" in r.stdout, "no spread line:\n" + r.stdout)
+    pids = [p for line in r.stderr.splitlines() if line.startswith("hog:") for p in hog_pids(line)]
+    check(len(pids) == 2, "hog pids in stderr: %r" % r.stderr)
+    check(all(pid_gone(p) for p in pids), "busy loops left running after exit: %r" % pids)
+
+    # SIGTERM while the busy loops run (run 1 measures idle first, then busy; bench_engine
+    # prints the pids, then lets the loops settle for 200 ms before it measures).
+    p = subprocess.Popen([engine, "--hog", "1", "--runs", "1", "--model", tiny, "--small", s260],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        pids = []
+        for line in p.stderr:
+            if line.startswith("hog:"):
+                pids = hog_pids(line)
+                break
+        check(pids, "no 'hog:' line before the end")
+        check(not pid_gone(pids[0]), "the busy loop is not running during the busy half")
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    check(rc == -signal.SIGTERM, "bench_engine after SIGTERM: exit %r, expected -15" % rc)
+    for _ in range(50):
+        if all(pid_gone(x) for x in pids):
+            break
+        time.sleep(0.1)
+    check(all(pid_gone(x) for x in pids), "busy loops left running after SIGTERM: %r" % pids)
 
 
 def main():
