@@ -21,6 +21,7 @@
 #include "model.h"
 
 #include <cJSON.h>
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <setjmp.h>
@@ -3285,7 +3286,14 @@ int model_chat_template_choose(const char *override, const char *model_src,
                 file = nf;
             }
         }
+        int bad = ferror(fp), eno = errno;
         fclose(fp);
+        if (file && bad) {
+            free(file);
+            snprintf(msg, msglen, "--chat-template '%s': cannot read it: %s", override,
+                     strerror(eno));
+            return MODEL_EINVAL;
+        }
         if (!file) {
             snprintf(msg, msglen, "cannot read chat template '%s': out of memory or too long",
                      override);
