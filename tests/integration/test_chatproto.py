@@ -189,12 +189,17 @@ def case_chat_template_option():
                          capture_output=True, text=True, timeout=60)
     check(cli.returncode == 0, cli.stderr)
     ids = [int(x) for x in cli.stdout.split()]
-    d = Daemon("--chat-template", "chatml", model=bare)
+    d = Daemon("--chat-template", "chatml", "--http", "127.0.0.1:0", model=bare)
     with d.client() as c:
         check(c.has_chat(), c.server)
         r = c.chat(msgs, system=SYSTEM, max_new=12, temp=0)
         g = c.generate(ids=ids, max_new=12, temp=0)
         check(r["prompt_tokens"] == len(ids) and r["text"] == g["text"], (r, g, ids))
+    # /v1/chat/completions renders with it too (not the role-prefixed fallback).
+    status, h = http_chat(http_base(d), {"messages": [{"role": "system", "content": SYSTEM}] +
+                                         msgs, "max_tokens": 12, "temperature": 0})
+    check(status == 200 and h["usage"]["prompt_tokens"] == len(ids) and
+          h["choices"][0]["message"]["content"] == r["text"], (status, h, r))
     d.stop()
     check("family chatml" in d.logtext(), d.logtext()[-2000:])
     d = Daemon()  # the same format as the model's own template
