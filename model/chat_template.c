@@ -21,6 +21,7 @@
 #include "model.h"
 
 #include <cJSON.h>
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <setjmp.h>
@@ -97,6 +98,29 @@ static void arena_free(arena *a)
     }
     a->head = NULL;
     a->total = 0;
+}
+
+/* A point in an arena to go back to: what is allocated after it is freed by arena_release(). */
+typedef struct arena_mark {
+    chunk *head;
+    size_t used, total;
+} arena_mark;
+
+static arena_mark arena_mark_of(const arena *a)
+{
+    return (arena_mark){a->head, a->head ? a->head->used : 0, a->total};
+}
+
+static void arena_release(arena *a, arena_mark m)
+{
+    while (a->head != m.head) {
+        chunk *n = a->head->next;
+        free(a->head);
+        a->head = n;
+    }
+    if (a->head)
+        a->head->used = m.used;
+    a->total = m.total;
 }
 
 static char *astrdup(err *e, const char *s, size_t n)
@@ -2005,7 +2029,8 @@ static int run_test(rctx *R, const char *t, val v, node *n, int argi)
 
 static int contains(rctx *R, val hay, val needle, int line)
 {
-    need_defined(R, hay, line);
+    if (hay.t == V_UNDEF) /* jinja2 iterates an undefined value as empty: nothing is in it */
+        return 0;
     if (hay.t == V_STR) {
         val s = str_arg(R, needle, line);
         return s.u.s.n == 0 || memmem(hay.u.s.p, hay.u.s.n, s.u.s.p, s.u.s.n) != NULL;
@@ -2855,8 +2880,9 @@ int model_chat_template_render_segments(const model_chat_template *t, const char
         }
         if (!found)
             die(&e, MODEL_EINVAL,
-                "chat template: the template changes a message's content (beyond trimming it), "
-                "so its segments cannot be told apart");
+                "chat template: the template changes the content of message %zu (beyond trimming "
+                "it), so it cannot be kept apart from the template's control tokens",
+                idx);
         i += l;
         at = i;
     }
@@ -2867,7 +2893,11 @@ int model_chat_template_render_segments(const model_chat_template *t, const char
     size_t nm = msgs.u.l->n, nc = 0;
     cut *cuts = amalloc(&e, (nm + 1) * sizeof *cuts);
     size_t last = 0;
+    /* Each prefix's renderings are dropped before the next: the memory stays that of one
+     * rendering, not of all n. */
+    arena_mark mark = arena_mark_of(&a);
     for (size_t k = 1; k <= nm; k++) {
+        arena_release(&a, mark);
         list sub = *pm.u.l;
         sub.n = k;
         buf pk, gk;
@@ -3256,7 +3286,14 @@ int model_chat_template_choose(const char *override, const char *model_src,
                 file = nf;
             }
         }
+        int bad = ferror(fp), eno = errno;
         fclose(fp);
+        if (file && bad) {
+            free(file);
+            snprintf(msg, msglen, "--chat-template '%s': cannot read it: %s", override,
+                     strerror(eno));
+            return MODEL_EINVAL;
+        }
         if (!file) {
             snprintf(msg, msglen, "cannot read chat template '%s': out of memory or too long",
                      override);

@@ -539,40 +539,9 @@ int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsig
                    int32_t *out, size_t cap, size_t *n_out)
 {
     if (t->v)
-        return model__vocab_encode(t->v, text, len, flags, NULL, out, cap, n_out);
+        return model__vocab_encode(t->v, text, len, flags, out, cap, n_out);
     return l2c_encode(t, text, len, (flags & MODEL_ENC_ADD_SPECIAL) != 0,
                       !(flags & MODEL_ENC_CONTINUE), out, cap, n_out);
-}
-
-int model_tokenize_chat(const model_tokenizer *t, const char *text, size_t len, unsigned flags,
-                        const model_span *raw, size_t n_raw, const size_t *cuts, size_t n_cuts,
-                        int32_t *out, size_t cap, size_t *n_out, size_t *cut_ids)
-{
-    if (t->v) {
-        model__enc_guard g = {raw, n_raw, cuts, n_cuts, cut_ids};
-        return model__vocab_encode(t->v, text, len, flags | MODEL_ENC_SPECIAL, &g, out, cap, n_out);
-    }
-    /* llama2.c: no control tokens; piece by piece, the dummy prefix only before the first. */
-    size_t n = 0, at = 0;
-    if (flags & MODEL_ENC_ADD_SPECIAL) {
-        if (cap < 1)
-            return MODEL_ERANGE;
-        out[n++] = MODEL_TOK_BOS;
-    }
-    for (size_t k = 0; k <= n_cuts; k++) {
-        size_t stop = k < n_cuts ? cuts[k] : len, got = 0;
-        if (stop > at) {
-            int rc = l2c_encode(t, text + at, stop - at, 0, at == 0, out + n, cap - n, &got);
-            if (rc != 0)
-                return rc;
-            n += got;
-            at = stop;
-        }
-        if (k < n_cuts)
-            cut_ids[k] = n;
-    }
-    *n_out = n;
-    return 0;
 }
 
 /* The llama2.c tokenizer's encoder: BOS first when bos is set; the dummy-prefix space before a

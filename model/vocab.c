@@ -633,9 +633,8 @@ static int occ_pos_cmp(const void *pa, const void *pb)
  * the first-byte chains, then taken in (token, position) order when none of its bytes is taken
  * yet, which is exactly what the passes take. */
 static int split_special(const model__vocab *v, const char *text, size_t len, unsigned flags,
-                         const model__enc_guard *g, frags *out)
+                         frags *out)
 {
-    size_t ri = 0, ci = 0; /* the first raw span not wholly before i; the first cut past i */
     occ *o = NULL;
     size_t no = 0, cap = 0;
     unsigned char *taken = NULL;
@@ -651,21 +650,6 @@ static int split_special(const model__vocab *v, const char *text, size_t len, un
                     continue;
                 if (v->len[id] > len - i || memcmp(text + i, v->text[id], v->len[id]) != 0)
                     continue;
-                /* A guarded chat: no control token inside a message's content, and none
-                 * across a cut (each piece encodes as if on its own). */
-                size_t end = i + v->len[id];
-                if (g && v->type[id] != MODEL__TOK_USER) {
-                    while (ri < g->n_raw && g->raw[ri].off + g->raw[ri].len <= i)
-                        ri++;
-                    if (ri < g->n_raw && g->raw[ri].off < end)
-                        continue;
-                }
-                if (g) {
-                    while (ci < g->n_cuts && g->cuts[ci] <= i)
-                        ci++;
-                    if (ci < g->n_cuts && g->cuts[ci] < end)
-                        continue;
-                }
                 if (no == cap) {
                     cap = cap ? cap * 2 : 64;
                     occ *n2 = realloc(o, cap * sizeof *o);
@@ -712,7 +696,7 @@ out:
 }
 
 int model__vocab_encode(const model__vocab *v, const char *text, size_t len, unsigned flags,
-                        const model__enc_guard *g, int32_t *out, size_t cap, size_t *n_out)
+                        int32_t *out, size_t cap, size_t *n_out)
 {
     *n_out = 0;
     frags a = {0};
@@ -726,7 +710,7 @@ int model__vocab_encode(const model__vocab *v, const char *text, size_t len, uns
     int rc = MODEL_ENOMEM;
     if (!ids)
         return MODEL_ENOMEM;
-    if (len > 0 && split_special(v, text, len, flags, g, &a))
+    if (len > 0 && split_special(v, text, len, flags, &a))
         goto out;
     size_t n = 0;
     if ((flags & MODEL_ENC_ADD_SPECIAL) && v->add_bos)
@@ -734,33 +718,22 @@ int model__vocab_encode(const model__vocab *v, const char *text, size_t len, uns
     /* SentencePiece: a space before the first text (unless it continues other text) and after
      * a special token. */
     int prev_special = !(flags & MODEL_ENC_CONTINUE);
-    size_t n_cuts = g ? g->n_cuts : 0, ci = 0;
     for (size_t i = 0; i < a.n; i++) {
         frag f = a.v[i];
-        for (; ci < n_cuts && g->cuts[ci] <= f.off; ci++)
-            g->cut_ids[ci] = n;
         if (f.id >= 0) {
             ids[n++] = f.id;
             prev_special = 1;
             continue;
         }
-        /* Raw text, in pieces at the cuts inside it: no merge crosses a cut. */
-        for (size_t off = f.off, end = f.off + f.len; off < end;) {
-            size_t stop = ci < n_cuts && g->cuts[ci] < end ? g->cuts[ci] : end;
-            long k = v->kind == MODEL__VOCAB_SPM
-                         ? model__spm_encode(v, text + off, stop - off,
-                                             v->add_space_prefix && prev_special, ids + n)
-                         : model__bpe_encode(v, text + off, stop - off, ids + n);
-            if (k < 0)
-                goto out;
-            n += (size_t)k;
-            prev_special = 0;
-            for (off = stop; ci < n_cuts && g->cuts[ci] <= off; ci++)
-                g->cut_ids[ci] = n;
-        }
+        long k = v->kind == MODEL__VOCAB_SPM
+                     ? model__spm_encode(v, text + f.off, f.len,
+                                         v->add_space_prefix && prev_special, ids + n)
+                     : model__bpe_encode(v, text + f.off, f.len, ids + n);
+        if (k < 0)
+            goto out;
+        n += (size_t)k;
+        prev_special = 0;
     }
-    for (; ci < n_cuts; ci++)
-        g->cut_ids[ci] = n;
     if ((flags & MODEL_ENC_ADD_SPECIAL) && v->add_eos)
         ids[n++] = v->eos;
     if (n > cap) {

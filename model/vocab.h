@@ -95,22 +95,10 @@ void model__vocab_free(model__vocab *v);
 /* The id of a text, or -1. */
 int32_t model__vocab_find(const model__vocab *v, const char *s, size_t n);
 
-/* What model_tokenize_chat() adds to an encoding: raw spans where no control token matches,
- * and cuts where the text is encoded piece by piece (cut_ids[i] receives the ids before
- * cuts[i]). */
-typedef struct model__enc_guard {
-    const model_span *raw;
-    size_t n_raw;
-    const size_t *cuts;
-    size_t n_cuts;
-    size_t *cut_ids;
-} model__enc_guard;
-
 /* Encodes text (flags: model.h's MODEL_ENC_*) into out (cap ids; model_encode_cap(len) always
- * suffices); g: NULL, or the guard of a chat (see model_tokenize_chat()). Returns 0,
- * MODEL_ERANGE (cap too small) or MODEL_ENOMEM. */
+ * suffices). Returns 0, MODEL_ERANGE (cap too small) or MODEL_ENOMEM. */
 int model__vocab_encode(const model__vocab *v, const char *text, size_t len, unsigned flags,
-                        const model__enc_guard *g, int32_t *out, size_t cap, size_t *n_out);
+                        int32_t *out, size_t cap, size_t *n_out);
 
 /* The encoders of one fragment of raw text (no special tokens in it), appending to out, which
  * has room for at least len + 1 more ids. Return the ids written, or -1 (out of memory).

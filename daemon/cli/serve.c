@@ -7,6 +7,7 @@
 
 #include "cache_remote.h"
 #include "cache_remote_cluster.h"
+#include "chat_template.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -84,6 +85,11 @@ static void usage(FILE *f)
         "                          FILE ('KEY [TENANT]' lines); each tenant is its own cache\n"
         "                          namespace\n"
         "  --http-insecure         allow a non-loopback --http address without API keys\n"
+        "  --chat-template NAME|FILE  render chats (CHAT, /v1/chat/completions) with a\n"
+        "                          built-in family's template or a Jinja file instead of the\n"
+        "                          model's tokenizer.chat_template (needed when the model has\n"
+        "                          none); NAME: llama3, chatml, gemma, ... (every family:\n"
+        "                          prefixd chat-template --help)\n"
         "  --log-level LEVEL       error, warn, info or debug (default info)\n");
 }
 
@@ -230,6 +236,7 @@ int srv_cmd_serve(int argc, char **argv)
         O_REMOTE_TTL,
         O_REMOTE_TO,
         O_KV_TYPE,
+        O_CHAT_TEMPLATE,
         O_HELP
     };
     static const struct option opts[] = {
@@ -269,6 +276,7 @@ int srv_cmd_serve(int argc, char **argv)
         {"remote-password-file", required_argument, 0, O_REMOTE_PW},
         {"remote-ttl", required_argument, 0, O_REMOTE_TTL},
         {"remote-timeout", required_argument, 0, O_REMOTE_TO},
+        {"chat-template", required_argument, 0, O_CHAT_TEMPLATE},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0}};
     optind = 1;
@@ -445,6 +453,20 @@ int srv_cmd_serve(int argc, char **argv)
                 !(o.engine.remote_timeout_ms >= 1 && o.engine.remote_timeout_ms <= 600000))
                 return bad("--remote-timeout", optarg, "milliseconds, 1..600000");
             break;
+        case O_CHAT_TEMPLATE: {
+            /* Checked now, before the model loads: a family's name, or a file that parses. */
+            model_chat_template *t = NULL;
+            int family;
+            char msg[1024];
+            if (model_chat_template_choose(optarg, NULL, &t, &family, NULL, 0, msg, sizeof msg) !=
+                0) {
+                fprintf(stderr, "prefixd serve: %s\n", msg);
+                return 2;
+            }
+            model_chat_template_free(t);
+            o.chat_template = optarg;
+            break;
+        }
         case O_LOG:
             if ((o.log_level = base_log_parse_level(optarg)) < 0)
                 return bad("--log-level", optarg, "error, warn, info or debug");

@@ -315,34 +315,54 @@ static void flush_to_disk(server *s)
              base_now_ms() - t0, (unsigned long long)ds.disk.entries, ds.disk.bytes_on_disk / 1e6);
 }
 
-/* The model's chat template for CHAT, parsed once (rendering reads it from the workers). A
- * model without one, or with one the interpreter refuses, serves everything else; CHAT then
- * gets NO_TEMPLATE with the reason. */
-static void load_chat_template(server *s)
+/* The chat template CHAT and the HTTP chat render with, parsed once (rendering reads it from
+ * the workers): --chat-template's (a family's built-in template or a file) when given, else the
+ * model's own. A model without one, or with one the interpreter refuses, serves everything
+ * else; CHAT then gets NO_TEMPLATE with the reason, which names --chat-template. Returns 0, or
+ * 2 (the exit code) when --chat-template names no family and no readable, parsable file. */
+static int load_chat_template(server *s)
 {
     const char *src = s->tok ? model_tokenizer_chat_template(s->tok) : NULL;
     const char *base = strrchr(s->o.model_path, '/');
     base = base ? base + 1 : s->o.model_path;
+    char msg[1024], note[1024];
+    int family = MODEL_CHAT_UNKNOWN;
+    if (s->o.chat_template) {
+        if (model_chat_template_choose(s->o.chat_template, NULL, &s->chat, &family, note,
+                                       sizeof note, msg, sizeof msg) != 0) {
+            base_log(BASE_LOG_ERROR, "%s", msg);
+            return 2;
+        }
+        if (family == MODEL_CHAT_UNKNOWN)
+            base_log(BASE_LOG_WARN, "chat template: %s", note);
+        base_log(BASE_LOG_INFO, "chat template: --chat-template %s (family %s)%s",
+                 s->o.chat_template, model_chat_family_name(family),
+                 src ? ", in place of the model's" : "");
+        return 0;
+    }
     if (!src) {
         snprintf(s->chat_why, sizeof s->chat_why,
                  "the model '%s' has no chat template (tokenizer.chat_template): the daemon "
-                 "renders chats only with one; start it with --chat-template NAME, or send the "
-                 "prompt as text with GENERATE",
-                 base);
-        return;
+                 "renders chats only with one; start it with --chat-template NAME (%s) or "
+                 "--chat-template FILE.jinja, or send the prompt as text with GENERATE",
+                 base, model_chat_family_names());
+        base_log(BASE_LOG_INFO, "chat template: none (CHAT answers NO_TEMPLATE)");
+        return 0;
     }
-    char msg[200];
-    if (model_chat_template_parse(src, strlen(src), &s->chat, msg, sizeof msg) != 0) {
+    if (model_chat_template_choose(NULL, src, &s->chat, &family, note, sizeof note, msg,
+                                   sizeof msg) != 0) {
         s->chat = NULL;
         snprintf(s->chat_why, sizeof s->chat_why,
-                 "the chat template of model '%s' cannot be used (%s): start the daemon with "
-                 "--chat-template NAME",
-                 base, msg);
+                 "the chat template of model '%s' cannot be used (%s)", base, msg);
         base_log(BASE_LOG_WARN, "%s", s->chat_why);
-        return;
+        return 0;
     }
-    base_log(BASE_LOG_INFO, "chat template: the model's (%zu bytes); CHAT renders with it",
-             strlen(src));
+    if (family == MODEL_CHAT_UNKNOWN)
+        base_log(BASE_LOG_WARN, "chat template: %s", note);
+    base_log(BASE_LOG_INFO,
+             "chat template: the model's (%zu bytes, family %s); CHAT renders with it", strlen(src),
+             model_chat_family_name(family));
+    return 0;
 }
 
 int srv_run(const srv_opts *o, const model *m, const model_tokenizer *tok)
@@ -356,7 +376,10 @@ int srv_run(const srv_opts *o, const model *m, const model_tokenizer *tok)
     s->o = *o;
     s->m = m;
     s->tok = tok;
-    load_chat_template(s);
+    if (load_chat_template(s) != 0) {
+        free(s);
+        return 2;
+    }
     s->loop = uv_default_loop();
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);

@@ -44,6 +44,9 @@ typedef struct srv_opts {
     const char *api_key_file; /* "key [tenant]" lines: bearer authentication, one namespace
                                * per tenant */
     int http_insecure;        /* allow a non-loopback address without API keys */
+    /* --chat-template: a family's name or a Jinja file, rendering chats in place of the
+     * model's template (model_chat_template_choose()); NULL: the model's. */
+    const char *chat_template;
 } srv_opts;
 
 /* Runs the daemon until SIGINT/SIGTERM: binds the socket, starts the engine thread, serves.

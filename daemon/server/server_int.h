@@ -143,7 +143,7 @@ typedef struct server {
     const model *m;
     const model_tokenizer *tok;
     model_chat_template *chat; /* the model's chat template (CHAT), or NULL: chat_why says why */
-    char chat_why[320];
+    char chat_why[1200];
     engine *engine;
     pthread_t thread;
     int thread_started;

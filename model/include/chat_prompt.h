@@ -7,20 +7,20 @@
  *     are a prefix of the tokens of any continuation of it, so the next turn of a chat finds
  *     the earlier turns in the cache, block for block.
  *
- * How: the template is rendered once with the real contents and once more with a placeholder
- * in place of each content (a byte string no template writes), which shows where every
- * content lies in the rendering (the template may insert it as written or trimmed; any other
- * change to a content is refused). The conversation's prefixes are rendered with placeholders
- * too: where the rendering of the first k messages is a prefix of the whole one, the text is
- * cut there, and each piece is tokenized as a text of its own (model_tokenize_chat()). A
- * template whose rendering of k messages is not a prefix of that of k+1 (one that treats the
- * last message apart) is simply not cut there: its tokens are still right, only less of them
- * are shared.
+ * How: model_chat_template_render_segments() renders the conversation, finds where each content
+ * lies (rendering once more with a placeholder for each: the template may insert a content as
+ * written or trimmed; any other change is refused) and where the rendering of the first k
+ * messages ends (the turn ends, where the template keeps earlier turns as they were), and
+ * model_chat_tokenize() encodes the segments one after the other, template text with its
+ * control tokens matched and contents without. A template whose rendering of k messages is not
+ * a prefix of that of k+1 (one that treats the last message apart) is simply not cut there:
+ * its tokens are still right, only less of them are shared.
  *
- * Cost: rendering the conversation's prefixes is O(n^2) in the number of messages n (on short
- * placeholder texts): measured on the 2-core Xeon under a load average of ~14 with the Qwen2.5
- * and Llama 3.1 templates, 0.3 ms for 10 messages, 25-50 ms for 100, 3-3.7 s for 1,000 (a libuv
- * worker's time, not the engine's); callers bound n (MODEL_CHAT_MAX_MESSAGES).
+ * Cost: the turn ends take a rendering of each prefix of the conversation (of placeholders, so
+ * not of the contents' length), O(n^2) in the number of messages n on short texts: measured with
+ * the Qwen2.5 and Llama 3.1 templates on the 2-core Xeon (load average ~5), 10 ms for 100
+ * messages, 1.5-1.7 s for 1,000 (a libuv worker's time, not the engine's; memory stays that of
+ * one rendering); callers bound n (MODEL_CHAT_MAX_MESSAGES).
  */
 #ifndef PREFIXD_CHAT_PROMPT_H
 #define PREFIXD_CHAT_PROMPT_H

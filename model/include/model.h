@@ -367,29 +367,6 @@ size_t model_encode_cap(size_t len);
 int model_tokenize(const model_tokenizer *t, const char *text, size_t len, unsigned flags,
                    int32_t *out, size_t cap, size_t *n_out);
 
-/* A byte range of a text. */
-typedef struct model_span {
-    size_t off, len;
-} model_span;
-
-/* model_tokenize() for a rendered chat, where the template's own markers are control tokens and
- * the messages' contents must never become any:
- *   - control tokens match (MODEL_ENC_SPECIAL) except where they would overlap one of the n_raw
- *     byte ranges raw (sorted, disjoint: the contents), which encode as the characters they are
- *     (user-defined tokens match everywhere, as in model_tokenize());
- *   - the text is cut at the n_cuts offsets cuts (increasing, in [0, len]): each piece encodes
- *     as if it were a text of its own (no merge and no special token crosses a cut), but as the
- *     continuation of what precedes it (SentencePiece's space prefix goes only at the start and
- *     after a special token, as in one text). So the ids of text[0, cuts[k]) are always the
- *     first cut_ids[k] ids of the whole text's, whatever follows the cut: cut at message
- *     boundaries, a conversation's tokens are a prefix of its continuation's.
- * A llama2.c tokenizer has no control tokens; its pieces are cut in the same way (the dummy
- * prefix only at the start). cut_ids: n_cuts entries (NULL when n_cuts is 0). Returns as
- * model_tokenize(). */
-int model_tokenize_chat(const model_tokenizer *t, const char *text, size_t len, unsigned flags,
-                        const model_span *raw, size_t n_raw, const size_t *cuts, size_t n_cuts,
-                        int32_t *out, size_t cap, size_t *n_out, size_t *cut_ids);
-
 /* 1 if id ends generation: EOS, EOT, EOM and the vocabulary's other end-of-turn tokens
  * ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|endoftext|>", ...); llama2.c: BOS or EOS. */
 int model_token_is_eog(const model_tokenizer *t, int32_t id);

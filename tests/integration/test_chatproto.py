@@ -147,6 +147,9 @@ def case_template_refuses():
         e = error_of(lambda: c.chat([{"role": "user", "content": "x"}], system="Be brief."))
         check(e.name == "BAD_REQUEST" and "System role not supported" in e.message, e)
     d.stop()
+    # No family's markers: rendered as written, with a warning naming the override.
+    log = d.logtext()
+    check("not one of the known families" in log and "--chat-template NAME" in log, log[-2000:])
 
 
 def case_no_template():
@@ -161,6 +164,65 @@ def case_no_template():
               "--chat-template" in e.message, e)
         check(c.generate("Once", max_new=2, temp=0)["prompt_tokens"] > 0, "generate")
     d.stop()
+
+
+def case_chat_template_option():
+    """A model without a template (ChatML's control tokens, no tokenizer.chat_template): CHAT
+    answers NO_TEMPLATE naming --chat-template; served with --chat-template chatml it answers
+    with the built-in ChatML rendering: the ids `prefixd chat-template --chat-template chatml
+    --ids` prints, as GENERATE of those ids answers, and as a daemon serving the same format as
+    the model's own template answers."""
+    bare = chat_model(template=None)
+    msgs = [{"role": "user", "content": "Once upon a time"}]
+    d = Daemon(model=bare)
+    with d.client() as c:
+        check(not c.has_chat(), c.server)
+        e = error_of(lambda: c.chat(msgs))
+        check(e.name == "NO_TEMPLATE" and "--chat-template" in e.message and
+              "chatml" in e.message, e)
+    d.stop()
+    # The ids the CLI renders the system prompt and message to.
+    mfile = os.path.join(tempfile.mkdtemp(), "m.json")
+    json.dump([{"role": "system", "content": SYSTEM}] + msgs, open(mfile, "w"))
+    cli = subprocess.run([PREFIXD, "chat-template", "--model", bare, "--chat-template", "chatml",
+                          "--messages", mfile, "--add-generation-prompt", "--ids"],
+                         capture_output=True, text=True, timeout=60)
+    check(cli.returncode == 0, cli.stderr)
+    ids = [int(x) for x in cli.stdout.split()]
+    d = Daemon("--chat-template", "chatml", "--http", "127.0.0.1:0", model=bare)
+    with d.client() as c:
+        check(c.has_chat(), c.server)
+        r = c.chat(msgs, system=SYSTEM, max_new=12, temp=0)
+        g = c.generate(ids=ids, max_new=12, temp=0)
+        check(r["prompt_tokens"] == len(ids) and r["text"] == g["text"], (r, g, ids))
+    # /v1/chat/completions renders with it too (not the role-prefixed fallback).
+    status, h = http_chat(http_base(d), {"messages": [{"role": "system", "content": SYSTEM}] +
+                                         msgs, "max_tokens": 12, "temperature": 0})
+    check(status == 200 and h["usage"]["prompt_tokens"] == len(ids) and
+          h["choices"][0]["message"]["content"] == r["text"], (status, h, r))
+    d.stop()
+    check("family chatml" in d.logtext(), d.logtext()[-2000:])
+    d = Daemon()  # the same format as the model's own template
+    with d.client() as c:
+        r2 = c.chat(msgs, system=SYSTEM, max_new=12, temp=0)
+        check(r2["prompt_tokens"] == r["prompt_tokens"] and r2["text"] == r["text"], (r, r2))
+    d.stop()
+
+
+def case_chat_template_bad():
+    """An unknown name, a missing file, a directory and a template that does not parse: exit 2
+    at start with the reason, before the model loads."""
+    bad = os.path.join(tempfile.mkdtemp(), "bad.jinja")
+    open(bad, "w").write("{% if %}")
+    for arg, want in (("llama9", "neither a template family"),
+                      ("/nonexistent/t.jinja", "neither a template family"),
+                      ("/", "Is a directory"), (bad, "does not parse")):
+        p = subprocess.run([PREFIXD, "serve", "--model", chat_model(template=None),
+                            "--socket", os.path.join(tempfile.mkdtemp(), "s"),
+                            "--disk-dir", "none", "--chat-template", arg],
+                           capture_output=True, text=True, timeout=60)
+        check(p.returncode == 2 and want in p.stderr and "--chat-template" in p.stderr,
+              (arg, p.returncode, p.stderr))
 
 
 def ten_turns(c, max_new=12):

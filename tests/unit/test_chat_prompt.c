@@ -1,4 +1,5 @@
-/* test_chat_prompt.c — a conversation as prompt tokens (model/chat_prompt.c): the contents never
+/* test_chat_prompt.c — a conversation as prompt tokens (model/chat_prompt.c, on top of
+ * chat_template.c's segments): the contents never
  * become control tokens while the template's markers do; a conversation's tokens are a prefix of
  * its continuation's for every template we ship, on a SentencePiece and a byte-level BPE
  * vocabulary; bad conversations fail with a message naming the problem. */
@@ -137,7 +138,8 @@ static int is_prefix(const int32_t *a, size_t na, const int32_t *b, size_t nb)
 static const char *const templates[] = {
     "HuggingFaceTB-SmolLM3-3B",
     "Qwen-Qwen2.5-7B-Instruct",
-    "google-gemma-2-2b-it", /* Granite reads variables (controls) the caller would give */
+    "google-gemma-2-2b-it",
+    "ibm-granite-granite-3.3-2B-Instruct",
     "meta-llama-Llama-3.1-8B-Instruct",
     "microsoft-Phi-3.5-mini-instruct",
     "mistralai-Mistral-Nemo-Instruct-2407",
@@ -297,10 +299,39 @@ static void test_trimmed_content(void)
     model_tokenizer_free(tok);
 }
 
+/* The most messages a chat may hold render and tokenize (each prefix's renderings used to stay
+ * in the interpreter's memory until the 64 MB cap refused 1,000 messages), and the turns are
+ * cut: the prompt of the first 2k messages is a prefix of the whole. */
+static void test_many_messages(void)
+{
+    model_tokenizer *tok = open_vocab("gpt-2");
+    model_chat_template *t = parse(model_chat_family_source(MODEL_CHAT_CHATML));
+    size_t n = MODEL_CHAT_MAX_MESSAGES;
+    model_chat_msg *m = calloc(n, sizeof *m);
+    for (size_t i = 0; i < n; i++)
+        m[i] = M(i % 2 ? "assistant" : "user", i % 2 ? "Sure, here it is." : "Tell me more.");
+    size_t *cut_ids = calloc(n + 1, sizeof *cut_ids), n_ids = 0, n_half = 0;
+    int32_t *ids = NULL, *half = NULL;
+    char msg[256];
+    CHECK_MSG(model_chat_prompt(t, tok, m, n, 0, &ids, &n_ids, cut_ids, msg, sizeof msg) == 0, "%s",
+              msg);
+    CHECK_MSG(model_chat_prompt(t, tok, m, n / 2, 0, &half, &n_half, NULL, msg, sizeof msg) == 0,
+              "%s", msg);
+    CHECK(is_prefix(half, n_half, ids, n_ids));
+    CHECK_EQ_INT((int)cut_ids[n / 2], (int)n_half);
+    CHECK_EQ_INT((int)cut_ids[n], (int)n_ids);
+    free(ids);
+    free(half);
+    free(cut_ids);
+    free(m);
+    model_chat_template_free(t);
+    model_tokenizer_free(tok);
+}
+
 static const harness_case cases[] = {
     {"contents_stay_text", test_contents_stay_text}, {"prefix_property", test_prefix_property},
     {"one_turn_is_plain", test_one_turn_is_plain},   {"errors", test_errors},
-    {"trimmed_content", test_trimmed_content},
+    {"trimmed_content", test_trimmed_content},       {"many_messages", test_many_messages, "slow"},
 };
 
 HARNESS_MAIN(cases)
