@@ -183,6 +183,23 @@ static void test_cached_equals_uncached(void)
     cached_equals_uncached_on(lens, nl);
 }
 
+/* A synthetic GGUF model of the vocabulary T has (512) in weight type type_name, architecture
+ * arch, weights drawn from seed; loaded (the caller frees it). */
+static model *synth_gguf_model(const char *type_name, const char *arch, unsigned seed)
+{
+    char msg[512], path[PATH_MAX];
+    model_config c;
+    int type;
+    model *m = NULL;
+    CHECK_MSG(model_shape_parse("256,512,2,4,2,512,512", &c, msg, sizeof msg) == 0, "%s", msg);
+    CHECK(model_type_parse(type_name, &type) == 0);
+    snprintf(path, sizeof path, "%s/%s-%s-%u.gguf", harness_tmpdir(), type_name, arch, seed);
+    CHECK_MSG(model_synth_write_gguf(path, &c, arch, type, seed, msg, sizeof msg) == 0, "%s", msg);
+    CHECK_MSG(model_load(path, &m, msg, sizeof msg) == 0, "%s", msg);
+    fprintf(stderr, "  [%s %s]\n", type_name, arch);
+    return m;
+}
+
 /* The same on synthetic GGUF models of every weight type (rows of 256 and 512, so every type
  * applies; the byte-level vocabulary of 512 that T has), on block edges and between them. */
 static void test_cached_equals_uncached_types(void)
@@ -193,17 +210,7 @@ static void test_cached_equals_uncached_types(void)
     setup();
     model *keep = M;
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
-        char msg[512], path[PATH_MAX];
-        model_config c;
-        int type;
-        CHECK_MSG(model_shape_parse("256,512,2,4,2,512,512", &c, msg, sizeof msg) == 0, "%s", msg);
-        CHECK(model_type_parse(types[i], &type) == 0);
-        snprintf(path, sizeof path, "%s/%s.gguf", harness_tmpdir(), types[i]);
-        CHECK_MSG(model_synth_write_gguf(path, &c, i % 2 ? "qwen2" : "llama", type, 3, msg,
-                                         sizeof msg) == 0,
-                  "%s", msg);
-        CHECK_MSG(model_load(path, &M, msg, sizeof msg) == 0, "%s", msg);
-        fprintf(stderr, "  [%s]\n", types[i]);
+        M = synth_gguf_model(types[i], i % 2 ? "qwen2" : "llama", 3);
         cached_equals_uncached_on(lens, (int)(sizeof lens / sizeof lens[0]));
         model_free(M);
     }
@@ -1039,17 +1046,7 @@ static void test_exact_history_quantized(void)
     setup();
     model *keep = M;
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
-        char msg[512], path[PATH_MAX];
-        model_config c;
-        int type;
-        CHECK_MSG(model_shape_parse("256,512,2,4,2,512,512", &c, msg, sizeof msg) == 0, "%s", msg);
-        CHECK(model_type_parse(types[i], &type) == 0);
-        snprintf(path, sizeof path, "%s/history-%s.gguf", harness_tmpdir(), types[i]);
-        CHECK_MSG(model_synth_write_gguf(path, &c, i % 2 ? "qwen2" : "llama", type, 5, msg,
-                                         sizeof msg) == 0,
-                  "%s", msg);
-        CHECK_MSG(model_load(path, &M, msg, sizeof msg) == 0, "%s", msg);
-        fprintf(stderr, "  [%s]\n", types[i]);
+        M = synth_gguf_model(types[i], i % 2 ? "qwen2" : "llama", 5);
         exact_history_run(0, 0);
         exact_history_run(1, 0);
         exact_history_run(0, 1);
