@@ -464,6 +464,7 @@ static int parse_messages(const cJSON *o, oai_params *p, oai_error *e)
         if (!cJSON_IsString(role) || !is_role(role->valuestring)) {
             snprintf(param, sizeof param, "messages[%d].role", i);
             hbuf_free(&b);
+            hbuf_free(&list);
             return oai_fail(e, 400, param, "invalid_value",
                             "'%s' must be one of system, developer, user, assistant, tool", param);
         }
@@ -485,6 +486,7 @@ static int parse_messages(const cJSON *o, oai_params *p, oai_error *e)
                     !cJSON_IsString(text)) {
                     snprintf(param, sizeof param, "messages[%d].content", i);
                     hbuf_free(&b);
+                    hbuf_free(&list);
                     return oai_fail(e, 400, param, "unsupported_value",
                                     "'%s': only text parts ({\"type\": \"text\", \"text\": ...}) "
                                     "are supported",
@@ -495,6 +497,7 @@ static int parse_messages(const cJSON *o, oai_params *p, oai_error *e)
         } else if (c) {
             snprintf(param, sizeof param, "messages[%d].content", i);
             hbuf_free(&b);
+            hbuf_free(&list);
             return oai_fail(e, 400, param, "invalid_type",
                             "'%s' must be a string or an array of text parts", param);
         }

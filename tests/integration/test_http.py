@@ -362,6 +362,14 @@ def case_errors():
         status, _, r = post(d, "/v1/chat/completions",
                             {"messages": [{"role": "wizard", "content": "hi"}]})
         check(status == 400 and err_of(r)["param"] == "messages[0].role", "role: %r" % r)
+        # A bad message after a good one (its list was leaked once: the ASan build's stop sees it).
+        for bad, param in [({"role": "wizard", "content": "x"}, "messages[1].role"),
+                           ({"role": "user", "content": 5}, "messages[1].content"),
+                           ({"role": "user", "content": [{"type": "image"}]},
+                            "messages[1].content")]:
+            status, _, r = post(d, "/v1/chat/completions",
+                                {"messages": [{"role": "user", "content": "hi"}, bad]})
+            check(status == 400 and err_of(r)["param"] == param, "%r: %r" % (bad, r))
         for body, param in [({"logprobs": 2}, "logprobs"),
                             ({"top_logprobs": 2}, "top_logprobs"),
                             ({"logprobs": True, "top_logprobs": 21}, "top_logprobs")]:
