@@ -118,7 +118,7 @@ model__gguf_str model__gguf_arr_str(const model__gguf_kv *kv, uint64_t *pos);
 /* Writes "model file 'path': " and the formatted message into msg (control bytes, which a name
  * read from the file may hold, become '?'); returns code. Shared by gguf.c and gguf_llama.c. */
 int model__gguf_vfail(char *msg, size_t msglen, const char *path, int code, const char *fmt,
-                      va_list ap);
+                      va_list ap) __attribute__((format(printf, 5, 0)));
 
 /* ggml's tensor types: the name ("q4_K"; NULL for an unknown id) and the block geometry
  * (elements per block, bytes per block). Returns 0, or -1 for an unknown or removed id. */

@@ -45,4 +45,9 @@ if(PREFIXD_FUZZ)
   target_link_options(fuzz_http PRIVATE -fsanitize=fuzzer,address,undefined)
   target_link_libraries(fuzz_http PRIVATE httpapi proto)
   target_compile_options(httpapi PRIVATE -fsanitize=fuzzer-no-link,address,undefined)
+  # The libraries' own definitions (memmem and friends: _GNU_SOURCE), as the _corpus builds get
+  # them from prefixd_warnings: without, memmem is implicitly declared and its pointer cut to int.
+  foreach(t fuzz_proto fuzz_gguf fuzz_template fuzz_http)
+    target_compile_definitions(${t} PRIVATE _GNU_SOURCE)
+  endforeach()
 endif()
