@@ -670,14 +670,16 @@ def case_f11_sighup():
 
 
 def case_f11_stop_while_tokenizing():
-    """SIGTERM while a long prompt (4 MB of text) is still being tokenized on a worker: the
+    """SIGTERM while a long prompt (24 MB of text) is still being tokenized on a worker: the
     daemon waits for it as for a running request, so the request gets its end (here ERROR
     PROMPT_TOO_LONG) before the daemon exits 0. With a grace shorter than the tokenizing, the
     request ends with DONE (cancelled), as running requests do. Never a cut connection."""
-    n = 4_000_000
+    # 24 MB: tokenizing takes far longer than the short grace (at ~40 MB/s, 0.6 s against 0.05 s;
+    # 4 MB once did, until the tokenizers got faster).
+    n = 24_000_000
     text = (UNIT * (n // len(UNIT) + 1))[:n]
-    for grace, want in (("120", "ERROR PROMPT_TOO_LONG"), ("0.1", "DONE cancelled")):
-        d = Daemon("--threads", "1", "--grace", grace)
+    for grace, want in (("120", "ERROR PROMPT_TOO_LONG"), ("0.05", "DONE cancelled")):
+        d = Daemon("--threads", "1", "--grace", grace, "--max-text", "32M", "--max-frame", "32M")
         try:
             c = d.client()
             rid = c.send_generate(text, max_new=5, temp=0)
