@@ -157,49 +157,6 @@ static double kernel_gflops(int threads, int m, int k, int n, int runs)
     return bench_median(v, runs < 16 ? runs : 16);
 }
 
-/* Read bandwidth in GB/s: summing a 1 GiB array with `threads` threads (as decode streams its
- * weights). Done with a plain loop per thread through OpenMP-free pthreads: simple sums. */
-typedef struct bw_arg {
-    const float *p;
-    size_t n;
-    float sum;
-} bw_arg;
-
-static void *bw_thread(void *a)
-{
-    bw_arg *b = a;
-    float s[16] = {0};
-    for (size_t i = 0; i + 16 <= b->n; i += 16)
-        for (int k = 0; k < 16; k++)
-            s[k] += b->p[i + k];
-    for (int k = 0; k < 16; k++)
-        b->sum += s[k];
-    return NULL;
-}
-
-static double bandwidth_gbs(int threads, int runs)
-{
-    size_t n = (size_t)1 << 28; /* 1 GiB of floats */
-    float *p = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        p[i] = 1.0f;
-    double v[16];
-    for (int r = 0; r < runs && r < 16; r++) {
-        pthread_t t[16];
-        bw_arg a[16];
-        double t0 = base_now_ms();
-        for (int i = 0; i < threads; i++) {
-            a[i] = (bw_arg){p + n / threads * i, n / threads, 0};
-            pthread_create(&t[i], NULL, bw_thread, &a[i]);
-        }
-        for (int i = 0; i < threads; i++)
-            pthread_join(t[i], NULL);
-        v[r] = n * sizeof(float) / ((base_now_ms() - t0) / 1e3) / 1e9;
-    }
-    free(p);
-    return bench_median(v, runs < 16 ? runs : 16);
-}
-
 /* ---- --hog N: busy loops beside the measurement ------------------------------------------- */
 
 #define HOG_MAX 16      /* most busy loops: more is no longer "a busy machine" but a queue */
@@ -628,7 +585,7 @@ int main(int argc, char **argv)
     double g2048 = sgemm_gflops(threads, 2048, c->dim, 2 * c->hidden_dim, runs);
     double k512 = kernel_gflops(threads, 512, c->dim, c->dim + 2 * c->kv_dim, runs);
     double k2048 = kernel_gflops(threads, 2048, c->dim, 2 * c->hidden_dim, runs);
-    double bw = bandwidth_gbs(threads, runs);
+    double bw = bench_bandwidth_gbs(threads, runs);
     double wbytes = (double)model_weight_bytes(c);
     double bound = bw * 1e9 / wbytes;
 

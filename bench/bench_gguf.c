@@ -80,49 +80,6 @@ static void seq_free(seqkv *s)
     free(s->blocks);
 }
 
-typedef struct bw_arg {
-    const float *p;
-    size_t n;
-    float sum;
-} bw_arg;
-
-static void *bw_thread(void *a)
-{
-    bw_arg *b = a;
-    float s[16] = {0};
-    for (size_t i = 0; i + 16 <= b->n; i += 16)
-        for (int k = 0; k < 16; k++)
-            s[k] += b->p[i + k];
-    for (int k = 0; k < 16; k++)
-        b->sum += s[k];
-    return NULL;
-}
-
-static double bandwidth_gbs(int threads, int runs)
-{
-    size_t n = (size_t)1 << 28;
-    float *p = malloc(n * sizeof(float));
-    if (!p)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        p[i] = 1.0f;
-    double v[16];
-    for (int r = 0; r < runs; r++) {
-        pthread_t t[16];
-        bw_arg a[16];
-        double t0 = base_now_ms();
-        for (int i = 0; i < threads; i++) {
-            a[i] = (bw_arg){p + n / threads * i, n / threads, 0};
-            pthread_create(&t[i], NULL, bw_thread, &a[i]);
-        }
-        for (int i = 0; i < threads; i++)
-            pthread_join(t[i], NULL);
-        v[r] = (double)n * sizeof(float) / ((base_now_ms() - t0) / 1e3) / 1e9;
-    }
-    free(p);
-    return bench_median(v, runs);
-}
-
 /* Peak multiply-adds per second (x 2: operations) of threads threads: 12 independent chains of
  * AVX-512 FMAs (vnni 0) or of vpdpbusd (vnni 1; 64 byte products each), in G op/s. 0 when the
  * build lacks the instructions. */
@@ -336,7 +293,7 @@ int main(int argc, char **argv)
     }
     runs = runs < 1 ? 1 : runs > 16 ? 16 : runs;
     threads = threads < 1 ? 1 : threads > 16 ? 16 : threads;
-    double bw = bandwidth_gbs(threads, runs);
+    double bw = bench_bandwidth_gbs(threads, runs);
     double fma = peak_gops(threads, 0, runs), vnni = peak_gops(threads, 1, runs);
     double load[3] = {0};
     FILE *la = fopen("/proc/loadavg", "r");

@@ -8,6 +8,7 @@
 #include "engine.h"
 #include "model.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,6 +91,53 @@ static inline engine_done bench_run(engine *e, const int32_t *ids, size_t n, uin
     while (engine_live(e) > 0 && engine_step(e) > 0)
         ;
     return bench_last;
+}
+
+/* Read bandwidth in GB/s, the median of runs (at most 16): threads threads (at most 16) each sum
+ * their share of a 1 GiB array, as decode streams its weights. 0 when the array cannot be had. */
+typedef struct bench_bw_arg {
+    const float *p;
+    size_t n;
+    float sum;
+} bench_bw_arg;
+
+static inline void *bench_bw_thread(void *a)
+{
+    bench_bw_arg *b = a;
+    float s[16] = {0};
+    for (size_t i = 0; i + 16 <= b->n; i += 16)
+        for (int k = 0; k < 16; k++)
+            s[k] += b->p[i + k];
+    for (int k = 0; k < 16; k++)
+        b->sum += s[k];
+    return NULL;
+}
+
+static inline double bench_bandwidth_gbs(int threads, int runs)
+{
+    size_t n = (size_t)1 << 28;
+    runs = runs < 1 ? 1 : runs > 16 ? 16 : runs;
+    threads = threads < 1 ? 1 : threads > 16 ? 16 : threads;
+    float *p = malloc(n * sizeof(float));
+    if (!p)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        p[i] = 1.0f;
+    double v[16];
+    for (int r = 0; r < runs; r++) {
+        pthread_t t[16];
+        bench_bw_arg a[16];
+        double t0 = base_now_ms();
+        for (int i = 0; i < threads; i++) {
+            a[i] = (bench_bw_arg){p + n / (size_t)threads * (size_t)i, n / (size_t)threads, 0};
+            pthread_create(&t[i], NULL, bench_bw_thread, &a[i]);
+        }
+        for (int i = 0; i < threads; i++)
+            pthread_join(t[i], NULL);
+        v[r] = (double)n * sizeof(float) / ((base_now_ms() - t0) / 1e3) / 1e9;
+    }
+    free(p);
+    return bench_median(v, runs);
 }
 
 #endif
