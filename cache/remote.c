@@ -323,6 +323,23 @@ static int io_wait(cache_remote *r, short events, double deadline)
     }
 }
 
+/* After a read() that returned k <= 0: 0 when reading may go on (interrupted, or the socket
+ * became readable within the deadline), else the connection's failure (closed, an error, the
+ * server silent past the deadline). */
+static int read_again(cache_remote *r, ssize_t k, double deadline, const char *what)
+{
+    if (k == 0)
+        return conn_fail(r, CACHE_EIO, what, "connection closed by the server");
+    if (errno == EINTR)
+        return 0;
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+        return conn_fail(r, CACHE_EIO, what, strerror(errno));
+    int rc = io_wait(r, POLLIN, deadline);
+    return rc ? conn_fail(r, rc, what,
+                          rc == CACHE_ETIMEDOUT ? "no answer (deadline)" : "connection lost")
+              : 0;
+}
+
 /* The hard deadline of one exchange (a batch): 20 timeouts, at least a second. The timeout
  * itself bounds each silence of the server; this bounds a server that answers but crawls. */
 static double hard_ms(const cache_remote *r)
@@ -393,16 +410,9 @@ static int read_reply(cache_remote *r, redisReply **out, double deadline, const 
                 return conn_fail(r, CACHE_ENOMEM, what, "out of memory buffering a reply");
             continue;
         }
-        if (k == 0)
-            return conn_fail(r, CACHE_EIO, what, "connection closed by the server");
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return conn_fail(r, CACHE_EIO, what, strerror(errno));
-        int rc = io_wait(r, POLLIN, deadline);
+        int rc = read_again(r, k, deadline, what);
         if (rc)
-            return conn_fail(r, rc, what,
-                             rc == CACHE_ETIMEDOUT ? "no answer (deadline)" : "connection lost");
+            return rc;
     }
 }
 
@@ -539,16 +549,9 @@ static int in_fill(cache_remote *r, double deadline, const char *what)
             r->ib_len += (size_t)k;
             return 0;
         }
-        if (k == 0)
-            return conn_fail(r, CACHE_EIO, what, "connection closed by the server");
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return conn_fail(r, CACHE_EIO, what, strerror(errno));
-        int rc = io_wait(r, POLLIN, deadline);
+        int rc = read_again(r, k, deadline, what);
         if (rc)
-            return conn_fail(r, rc, what,
-                             rc == CACHE_ETIMEDOUT ? "no answer (deadline)" : "connection lost");
+            return rc;
     }
 }
 
@@ -588,16 +591,9 @@ static int in_take(cache_remote *r, void *out, size_t n, int hash, double deadli
             n -= (size_t)k;
             continue;
         }
-        if (k == 0)
-            return conn_fail(r, CACHE_EIO, what, "connection closed by the server");
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return conn_fail(r, CACHE_EIO, what, strerror(errno));
-        int rc = io_wait(r, POLLIN, deadline);
+        int rc = read_again(r, k, deadline, what);
         if (rc)
-            return conn_fail(r, rc, what,
-                             rc == CACHE_ETIMEDOUT ? "no answer (deadline)" : "connection lost");
+            return rc;
     }
     return 0;
 }
