@@ -49,35 +49,11 @@ prefixctl=$build/clients/prefixctl
 for b in "$prefixd" "$prefixctl" ${before:+"$before"}; do
   [ -x "$b" ] || { echo "history_modes.sh: $b is not built" >&2; exit 2; }
 done
-if [ -z "$model" ]; then
-  dir=${XDG_CACHE_HOME:-$HOME/.cache}/prefixd/models
-  model=$dir/synth-stories110M.bin
-  if [ ! -f "$model" ] || [ ! -f "$model.tok" ]; then
-    mkdir -p "$dir"
-    "$prefixd" synth --shape 768,2048,12,12,12,32000,2048 -o "$model" >&2
-  fi
-fi
-work=$(mktemp -d /tmp/prefixd-history-XXXXXX)
-pid=""
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+me=history_modes.sh
+. "$root/bench/lib.sh"
+bench_default_model
+bench_setup prefixd-history
 csv=$work/history.csv
-sock=$work/p.sock
-start() { # binary, then options
-  local bin=$1; shift
-  "$bin" serve --model "$model" --socket "$sock" --disk-dir none "$@" 2>>"$work/daemon.log" &
-  pid=$!
-  for _ in $(seq 1 600); do
-    kill -0 "$pid" 2>/dev/null || { echo "history_modes.sh: $bin serve $* did not start" >&2; tail -5 "$work/daemon.log" >&2; exit 1; }
-    "$prefixctl" --socket "$sock" stats >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "history_modes.sh: the daemon did not answer within 60 s" >&2; exit 1
-}
-stop() { kill -TERM "$pid"; wait "$pid" || true; pid=""; }
 # The engine's own figures of a mode's run: time in prefill, decode and the history recompute.
 engine_stats() { # label
   "$prefixctl" --socket "$sock" stats --json | python3 -c '
@@ -103,12 +79,12 @@ echo "== model $model; $runs run(s); P $P; load $(cut -d' ' -f1-3 /proc/loadavg)
 for r in $(seq 1 "$runs"); do
   if [ -n "$before" ]; then
     echo "== run $r/$runs: before" >&2
-    start "$before"; workloads before "$r"; engine_stats before; stop
+    bench_start "$before"; workloads before "$r"; engine_stats before; bench_stop
   fi
   echo "== run $r/$runs: decode-history" >&2
-  start "$prefixd" --decode-history; workloads decode-history "$r"; engine_stats decode-history; stop
+  bench_start "$prefixd" --decode-history; workloads decode-history "$r"; engine_stats decode-history; bench_stop
   echo "== run $r/$runs: exact" >&2
-  start "$prefixd"; workloads exact "$r"; engine_stats exact; stop
+  bench_start "$prefixd"; workloads exact "$r"; engine_stats exact; bench_stop
 done
 echo "== load at the end $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 [ -n "$out" ] && { mkdir -p "$out"; cp "$csv" "$out/history.csv"; cp "$work/engine.csv" "$out/"; }

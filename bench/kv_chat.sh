@@ -27,38 +27,15 @@ prefixctl=$build/clients/prefixctl
 for b in "$prefixd" "$prefixctl"; do
   [ -x "$b" ] || { echo "kv_chat.sh: $b is not built" >&2; exit 2; }
 done
-if [ -z "$model" ]; then
-  dir=${XDG_CACHE_HOME:-$HOME/.cache}/prefixd/models
-  model=$dir/synth-stories110M.bin
-  if [ ! -f "$model" ] || [ ! -f "$model.tok" ]; then
-    mkdir -p "$dir"
-    "$prefixd" synth --shape 768,2048,12,12,12,32000,2048 -o "$model" >&2
-  fi
-fi
-work=$(mktemp -d /tmp/prefixd-kvchat-XXXXXX)
-pid=""
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-sock=$work/p.sock
+me=kv_chat.sh
+. "$root/bench/lib.sh"
+bench_default_model
+bench_setup prefixd-kvchat
 csv=$work/kv.csv
-start() {
-  "$prefixd" serve --model "$model" --socket "$sock" --disk-dir none "$@" 2>>"$work/daemon.log" &
-  pid=$!
-  for _ in $(seq 1 600); do
-    kill -0 "$pid" 2>/dev/null || { echo "kv_chat.sh: prefixd serve $* did not start" >&2; tail -5 "$work/daemon.log" >&2; exit 1; }
-    "$prefixctl" --socket "$sock" stats >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "kv_chat.sh: the daemon did not answer within 60 s" >&2; exit 1
-}
-stop() { kill -TERM "$pid"; wait "$pid" || true; pid=""; }
 # F32 K/V bytes per token of this model, from the daemon's own log line.
-start --kv-type f32
+bench_start "$prefixd" --kv-type f32
 kv=$(sed -n 's/.* \([0-9][0-9]*\) K\/V bytes per token.*/\1/p' "$work/daemon.log" | head -1)
-stop
+bench_stop
 [ -n "$kv" ] || { echo "kv_chat.sh: no 'K/V bytes per token' in the daemon's log" >&2; exit 1; }
 budget=$(( 2 * ( (P + 1 + 15) / 16 + 4 ) * 16 * kv ))
 echo "== model $model; P $P; --cache-mem $budget bytes (two system prompts in F32); $runs run(s);" \
@@ -66,11 +43,11 @@ echo "== model $model; P $P; --cache-mem $budget bytes (two system prompts in F3
 for r in $(seq 1 "$runs"); do
   for t in f32 f16 q8_0; do
     echo "== run $r/$runs: --kv-type $t" >&2
-    start --kv-type "$t" --cache-mem "$budget"
+    bench_start "$prefixd" --kv-type "$t" --cache-mem "$budget"
     "$prefixctl" --socket "$sock" bench --label "$t" --seed "$r" --csv "$csv" --append --quiet \
       --workload chat --warm --clients 1 --systems 6 --conversations 6 --turns 4 \
       --system-tokens "$P" --user-tokens 40 --reply-tokens 16
-    stop
+    bench_stop
   done
 done
 echo "== load at the end $(cut -d' ' -f1-3 /proc/loadavg)" >&2
