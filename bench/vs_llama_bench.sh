@@ -101,15 +101,18 @@ for t in types:
             pp = float(r["avg_ts"])
         elif int(r["n_gen"]) > 0 and int(r["n_prompt"]) == 0:
             tg = float(r["avg_ts"])
-    ours = None
+    ours = head = None
     for line in open(os.path.join(work, t + ".ours.md")):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells and cells[0] == t:
-            ours = cells  # type, MB, p512, d1, bound, share, d8, ratio
+        if cells and cells[0] == "type":
+            head = cells  # bench_gguf's columns, found by name
+        elif cells and cells[0] == t and head:
+            ours = dict(zip(head, cells))
     if ours is None or pp is None or tg is None:
         print("| %s | (missing: see the logs) |" % t)
         continue
-    p512, d1, d8 = float(ours[2]), float(ours[3]), float(ours[6])
+    p512, d1, d8 = (float(ours[k]) for k in
+                    ("prefill 512 tok/s", "decode b1 tok/s", "decode b8 tok/s"))
     print("| %s | %s | %.0f tokens/s | %.0f | %.2fx | %.1f tokens/s | %.1f | %.2fx | %.0f |" % (
-        t, ours[1], pp, p512, p512 / pp, tg, d1, d1 / tg, d8))
+        t, ours["file MB"], pp, p512, p512 / pp, tg, d1, d1 / tg, d8))
 EOF

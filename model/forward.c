@@ -287,8 +287,9 @@ static void qi8_task(void *arg, int task, int worker)
 static void qgemm_i8(model_state *s, float *y, const float *x, const model__qmat *w, int rows)
 {
     size_t xs = model__qx_row_bytes(w->n);
+    unsigned need = model__qx_need(w);
     for (int r = 0; r < rows; r++)
-        model__quantize_x(s->qx + (size_t)r * xs, x + (size_t)r * w->n, w->n);
+        model__quantize_x(s->qx + (size_t)r * xs, x + (size_t)r * w->n, w->n, need);
     int units = (w->d + MODEL__QNR - 1) / MODEL__QNR;
     int tasks = model__pool_threads(s->pool) * 4;
     if (tasks > units)
@@ -705,7 +706,9 @@ static int map_quant(model_state *s)
     if (s->qi8) {
         size_t need = (model__qi8_scratch_bytes(n) + sizeof(float) - 1) / sizeof(float);
         s->qscratch_n = s->qscratch_n > need ? s->qscratch_n : need;
-        s->qx = malloc((size_t)s->rows * model__qx_row_bytes(n));
+        /* A row's parts depend on whether n is a multiple of 256: the larger of the two. */
+        size_t xb = model__qx_row_bytes(dim), xh = model__qx_row_bytes(hid);
+        s->qx = malloc((size_t)s->rows * (xb > xh ? xb : xh));
         if (!s->qx)
             return MODEL_ENOMEM;
     }

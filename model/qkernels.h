@@ -56,28 +56,47 @@ void model__qgemm_rows(float *y, size_t ldy, const float *x, size_t ldx, const m
                        int m, int g0, int g1, float *scratch);
 
 /* ---- Integer products (qkernels.c says how): 8-bit activations against the weights' codes,
- * with AVX-512 VNNI. Each output is one chain over its row's 64-weight chunks, then a fixed
- * 16-lane sum; the activation row is quantized by itself (blocks of 32, scale max|x| / 127), so an
- * output depends on its own weight row and input row only: not on the batch size, the tile or
- * whether the row came in a prefill or a decode. */
+ * with AVX-512 VNNI. Each output is one chain over its two rows (exact integer dot products,
+ * float scaling in a fixed order), then a fixed 16-lane sum; an activation row is quantized by
+ * itself (per block of 32 for the 32-block types, per 256 for the K-quants, scale max|x| / 127),
+ * so an output depends on its own weight row and input row only: not on the batch size, the tile
+ * or whether the row came in a prefill or a decode. */
 
 /* 1 when this build has the integer products (compiled with AVX-512 VNNI and BW). */
 int model__qi8_available(void);
 
-/* 1 when every segment of w has a type the integer products take (Q8_0, Q4_0, Q4_K, Q5_K,
- * Q6_K) and the build has them. */
+/* 1 when every segment of w has a type the integer products take (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+ * Q4_K, Q5_K, Q6_K) and the build has them. */
 int model__qi8_takes(const model__qmat *w);
 
-/* Bytes one quantized activation row of n (a multiple of 32) takes, and the quantizer (x: n
- * floats; dst: that many bytes). */
+/* The parts of a quantized activation row of n (a multiple of 32), as byte offsets. Blocks of
+ * 32: int8 codes q32 (n rounded up to 64, zeros past n), each block's scale (float dl) and the
+ * scale times the block's code sum (float sl). K part (has_k: n a multiple of 256): int8 codes qk
+ * with one scale per 256 (float dk), and dk times each 16 codes' sum (float bk16) and each 32's
+ * (float bk32). */
+typedef struct model__qx_layout {
+    size_t q32, dl, sl;
+    size_t qk, dk, bk16, bk32;
+    int has_k;
+    size_t bytes;
+} model__qx_layout;
+model__qx_layout model__qx_lay(int n);
+
+/* Which parts a product over w reads. */
+#define MODEL__QX_32 1u
+#define MODEL__QX_K 2u
+unsigned model__qx_need(const model__qmat *w);
+
+/* Bytes one quantized activation row of n takes, and the quantizer (x: n floats; the parts of
+ * need: MODEL__QX_32 and/or MODEL__QX_K). */
 size_t model__qx_row_bytes(int n);
-void model__quantize_x(void *dst, const float *x, int n);
+void model__quantize_x(void *dst, const float *x, int n, unsigned need);
 
 /* Bytes of per-thread scratch model__qgemm_i8() needs for inner size n. */
 size_t model__qi8_scratch_bytes(int n);
 
 /* Y (m, d) = X (m, n) @ W^T for the output rows of 8-row groups [g0, g1); xq: the m rows
- * quantized by model__quantize_x(), model__qx_row_bytes(n) apart. */
+ * quantized by model__quantize_x() with model__qx_need(w), model__qx_row_bytes(n) apart. */
 void model__qgemm_i8(float *y, size_t ldy, const void *xq, const model__qmat *w, int m, int g0,
                      int g1, void *scratch);
 

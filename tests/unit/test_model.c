@@ -161,11 +161,16 @@ static void check_against_reference_rel(model *m, int n, int B, float tol0, floa
                TOL_AT(n - 1));
     /* Single-token decode at every position. */
     kvbuf k1 = kv_new(c, B);
+    float worst = 0; /* the largest diff relative to the row's largest |logit| */
     for (int p = 0; p < n; p++) {
         CHECK(model_decode(s, &k1.kv, &p, &t[p], 1, lg) == 0);
         float d = max_abs_diff(lg, ref + (size_t)p * c->vocab_size, c->vocab_size);
         CHECK_MSG(d <= TOL_AT(p), "decode pos %d: max diff %g", p, d);
+        float a = max_abs(ref + (size_t)p * c->vocab_size, c->vocab_size);
+        worst = a > 0 && d / a > worst ? d / a : worst;
     }
+    if (rel > 0)
+        note("decode: worst diff %.2f%% of the largest |logit|", 100.0 * worst);
     /* Batched decode: 4 copies of the sequence, at staggered positions, in one batch. */
     kvbuf kb[4];
     for (int i = 0; i < 4; i++)
@@ -255,14 +260,16 @@ static void test_reference_synth_hs64(void)
  * weights (activations in float).
  *   - F32, F16, BF16: the F32 tolerance, 1e-4 on logits of magnitude up to ~100: the kernels
  *     multiply the weights exactly as stored, so only float32 rounding in the sums differs.
- *   - Q8_0, Q4_0, Q4_K, Q5_K, Q6_K and the Q4_K_M mix: 1% of the row's largest |logit|. These
- *     run the integer products (qkernels.h), whose activations are rounded to 8 bits per block
- *     of 32 (step max|x| / 127), as llama.cpp's are. Each rounding error is uniform within half
- *     a step, so a product's relative error is about max|x| / (127 sqrt(12) rms(x)), ~0.4% for
- *     these activations; it compounds over the 2 layers' products and the classifier, and was
- *     measured at 0.33-0.45% of the largest |logit| for every type and both architectures. The
- *     products themselves are exact up to float rounding (kernel_qi8), so a wrong code, scale
- *     or offset shows as errors of the size of the logits, far past 1%. */
+ *   - every quantized type and the Q4_K_M mix: 1% of the row's largest |logit|. These run the
+ *     integer products (qkernels.h), whose activations are rounded to 8 bits, as llama.cpp's
+ *     are: per block of 32 for the 32-block types, per 256 for the K-quants (llama.cpp's Q8_K).
+ *     Each rounding error is uniform within half a step, so a product's relative error is about
+ *     max|x| / (127 sqrt(12) rms(x)) over the block, ~0.4% for these activations with blocks of
+ *     32 and a little more with 256 (a larger block has a larger max|x|); it compounds over the
+ *     2 layers' products and the classifier. Measured (the note each case prints): 0.30-0.44% of
+ *     the largest |logit| for the 32-block types, 0.47-0.58% for the K-quants and the mix, both
+ *     architectures. The products themselves are exact up to float rounding (kernel_qi8), so a
+ *     wrong code, scale or offset shows as errors of the size of the logits, far past 1%. */
 static void test_reference_types(void)
 {
     for (int a = 0; a < 2; a++)
@@ -1266,10 +1273,12 @@ static void test_quant_formats(void)
 }
 
 /* The integer products against a plain loop over the same numbers: each weight dequantized,
- * each activation its 8-bit code times its block's scale, summed in float64. What differs is the
- * float32 rounding of the per-chunk products and sums (relative ~1e-6 of the sum of |terms|).
- * Every type, row counts 1 to 9 (every tile shape), a 32-weight tail (n = 288, Q8_0 and Q4_0), a
- * matrix of two segments of different types, and output rows past a whole group. */
+ * each activation its 8-bit code times its block's scale (per 32 for the 32-block types, per 256
+ * for the K-quants), summed in float64. What differs is the float32 rounding of the per-chunk
+ * products and sums (relative ~1e-6 of the sum of |terms|). Every type, row counts 1 to 9 (the
+ * decode path up to 3 rows, every tile shape past it), a 32-weight tail (n = 288, the 32-block
+ * types), a matrix of two segments of different kinds (a 32-block type above Q6_K, on n = 512),
+ * outputs past a whole group, and the activation rows' parts. */
 static void test_kernel_qi8(void)
 {
     if (!model__qi8_available()) { /* every matrix then takes the float products */
@@ -1278,16 +1287,17 @@ static void test_kernel_qi8(void)
         CHECK(!model__qi8_takes(&w));
         return;
     }
-    static const int types[] = {MODEL_TYPE_Q8_0, MODEL_TYPE_Q4_0, MODEL_TYPE_Q4_K, MODEL_TYPE_Q5_K,
-                                MODEL_TYPE_Q6_K};
+    static const int types[] = {MODEL_TYPE_Q8_0, MODEL_TYPE_Q4_0, MODEL_TYPE_Q4_1, MODEL_TYPE_Q5_0,
+                                MODEL_TYPE_Q5_1, MODEL_TYPE_Q4_K, MODEL_TYPE_Q5_K, MODEL_TYPE_Q6_K};
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
-        for (int shape = 0; shape < 2; shape++) {
-            int type = types[ti], type2 = shape ? MODEL_TYPE_Q6_K : type;
-            int n = (type == MODEL_TYPE_Q8_0 || type == MODEL_TYPE_Q4_0) && shape ? 288 : 512;
-            if (model__quant_row_bytes(type2, n) == 0)
-                type2 = type;
-            int d1 = 21, d2 = shape ? 30 : 0, d = d1 + d2, m = 9;
-            note("%s n %d, %d + %d rows", model_type_name(type), n, d1, d2);
+        for (int shape = 0; shape < 3; shape++) {
+            int type = types[ti], k_type = type >= MODEL_TYPE_Q4_K && type <= MODEL_TYPE_Q6_K;
+            if (k_type && shape == 1)
+                continue; /* no tail: K-quant rows are whole super-blocks */
+            int n = shape == 1 ? 288 : 512, type2 = shape == 2 ? MODEL_TYPE_Q6_K : type;
+            int d1 = 21, d2 = shape == 2 ? 30 : 0, d = d1 + d2, m = 9;
+            note("%s n %d, %d + %d rows of %s", model_type_name(type), n, d1, d2,
+                 model_type_name(type2));
             size_t rb1 = model__quant_row_bytes(type, n), rb2 = model__quant_row_bytes(type2, n);
             uint8_t *w1 = malloc(rb1 * d1), *w2 = malloc(rb2 * (d2 ? d2 : 1));
             float *row = malloc((size_t)n * sizeof(float)), *wf = malloc((size_t)d * n * 4);
@@ -1304,48 +1314,85 @@ static void test_kernel_qi8(void)
             }
             model__qmat w = {{{w1, type, d1, rb1}, {w2, type2, d2, rb2}}, d2 ? 2 : 1, d, n};
             CHECK(model__qi8_takes(&w));
+            unsigned need = model__qx_need(&w);
+            CHECK(need == ((k_type || d2 ? MODEL__QX_K : 0) | (!k_type ? MODEL__QX_32 : 0)));
+            model__qx_layout l = model__qx_lay(n);
+            CHECK(l.has_k == (n % 256 == 0));
             size_t xs = model__qx_row_bytes(n);
+            CHECK(xs == l.bytes);
             uint8_t *xq = malloc(xs * m);
             float *x = malloc((size_t)m * n * 4), *y = malloc((size_t)m * d * 4);
             for (int i = 0; i < m * n; i++) {
                 seed = seed * 1103515245u + 12345u;
                 x[i] = (float)((int)(seed >> 9) % 2001 - 1000) / 100.0f;
             }
+            x[7] = 300.0f; /* an outlier in the first row's first block */
             void *scr = malloc(model__qi8_scratch_bytes(n));
             float *y9 = malloc((size_t)m * d * 4);
             for (int mm = m; mm >= 1; mm--) {
                 for (int i = 0; i < mm; i++)
-                    model__quantize_x(xq + xs * i, x + (size_t)i * n, n);
+                    model__quantize_x(xq + xs * i, x + (size_t)i * n, n, need);
                 model__qgemm_i8(y, (size_t)d, xq, &w, mm, 0, (d + MODEL__QNR - 1) / MODEL__QNR,
                                 scr);
                 if (mm == m)
                     memcpy(y9, y, (size_t)m * d * 4);
-                /* Bitwise the same whatever the row count (decode's direct path up to 8 rows,
+                /* Bitwise the same whatever the row count (decode's direct path up to 3 rows,
                  * prefill's decoded tiles past). */
                 CHECK(memcmp(y, y9, (size_t)mm * d * 4) == 0);
                 for (int i = 0; i < mm; i++) {
-                    const int8_t *q = (const int8_t *)(xq + xs * i);
-                    const float *dx = (const float *)(xq + xs * i + n);
+                    const uint8_t *xr = xq + xs * i;
+                    const int8_t *q32 = (const int8_t *)(xr + l.q32),
+                                 *qk = (const int8_t *)(xr + l.qk);
+                    const float *dl = (const float *)(xr + l.dl), *dk = (const float *)(xr + l.dk);
                     for (int r = 0; r < d; r++) {
+                        int kk = (r < d1 ? type : type2) >= MODEL_TYPE_Q4_K;
                         double ref = 0, mag = 0;
                         for (int k = 0; k < n; k++) {
-                            double t = (double)wf[(size_t)r * n + k] * dx[k / 4] * q[k];
+                            double xv =
+                                kk ? (double)dk[k / 256] * qk[k] : (double)dl[k / 32] * q32[k];
+                            double t = (double)wf[(size_t)r * n + k] * xv;
                             ref += t;
                             mag += fabs(t);
                         }
                         double e = fabs(y[(size_t)i * d + r] - ref);
                         CHECK_MSG(e <= 1e-5 * mag + 1e-6, "m %d row %d out %d: %g vs %g", mm, i, r,
                                   (double)y[(size_t)i * d + r], ref);
-                        /* ... and the quantized activations are within half a step of x,
-                         * with each lane's sum of 4 codes times the scale beside them. */
-                        if (r == 0) {
-                            const float *sx = dx + n / 4;
-                            for (int k = 0; k < n; k++)
-                                CHECK(fabsf(dx[k / 4] * q[k] - x[(size_t)i * n + k]) <=
-                                      0.5001f * dx[k / 4] + 1e-6f);
-                            for (int l = 0; l < n / 4; l++)
-                                CHECK(sx[l] == dx[l] * (float)(q[4 * l] + q[4 * l + 1] +
-                                                               q[4 * l + 2] + q[4 * l + 3]));
+                    }
+                    if (mm != m)
+                        continue;
+                    /* The parts: codes within half a step of x, the sums beside them. */
+                    const float *xi = x + (size_t)i * n;
+                    if (need & MODEL__QX_32) {
+                        const float *sl = (const float *)(xr + l.sl);
+                        for (int k = 0; k < n; k++)
+                            CHECK(fabsf(dl[k / 32] * q32[k] - xi[k]) <=
+                                  0.5001f * dl[k / 32] + 1e-6f);
+                        for (int b = 0; b < n / 32; b++) {
+                            int s32 = 0;
+                            for (int k = 0; k < 32; k++)
+                                s32 += q32[32 * b + k];
+                            CHECK(sl[b] == dl[b] * (float)s32);
+                        }
+                        for (int k = n; k < (n + 63) / 64 * 64; k++)
+                            CHECK(q32[k] == 0 && dl[k / 32] == 0.0f && sl[k / 32] == 0.0f);
+                    }
+                    if (need & MODEL__QX_K) {
+                        const float *b16 = (const float *)(xr + l.bk16),
+                                    *b32 = (const float *)(xr + l.bk32);
+                        for (int k = 0; k < n; k++)
+                            CHECK(fabsf(dk[k / 256] * qk[k] - xi[k]) <=
+                                  0.5001f * dk[k / 256] + 1e-6f);
+                        for (int g = 0; g < n / 16; g++) {
+                            int s16 = 0;
+                            for (int k = 0; k < 16; k++)
+                                s16 += qk[16 * g + k];
+                            CHECK(b16[g] == dk[g / 16] * (float)s16);
+                        }
+                        for (int g = 0; g < n / 32; g++) {
+                            int s32 = 0;
+                            for (int k = 0; k < 32; k++)
+                                s32 += qk[32 * g + k];
+                            CHECK(b32[g] == dk[g / 8] * (float)s32);
                         }
                     }
                 }
