@@ -10,7 +10,9 @@
  * TYPE`; an existing file is used as it is, so bench/vs_llama_bench.sh gives its own --prefix
  * rather than trust files an older build left without a vocabulary, which llama.cpp refuses),
  * loaded as the daemon loads it; then prefill of
- * 512 tokens, and decode at batch 1 and 8 at position ~512, medians of --runs runs. Each decode
+ * 512 tokens, and decode at batch 1 and 8 (32 steps from position --decode-pos, default 512; 0
+ * decodes from an empty context as llama-bench's tg does), K/V stored as --kv-type (default f16,
+ * the daemon's), medians of --runs runs. Each decode
  * rate is set beside the bandwidth bound: the weights are streamed once per step, so a step
  * cannot take less than file size / bandwidth (the bandwidth measured here, 1 GiB summed by
  * --threads threads). Prefill is set beside the compute bound: the products' multiply-adds per
@@ -59,11 +61,14 @@ typedef struct seqkv {
     model_kv kv;
 } seqkv;
 
+static int kv_type = MODEL_TYPE_F16; /* --kv-type: the daemon's default */
+static int decode_pos = 512;         /* --decode-pos */
+
 static seqkv seq_new(const model_config *c)
 {
     seqkv s;
     int n = (c->seq_len + 15) / 16;
-    size_t bf = model_kv_block_floats(c, 16);
+    size_t bf = (model_kv_block_bytes(c, 16, kv_type) + sizeof(float) - 1) / sizeof(float);
     s.blocks = malloc((size_t)n * sizeof(float *));
     s.arena = calloc((size_t)n * bf, sizeof(float));
     if (!s.blocks || !s.arena)
@@ -193,7 +198,7 @@ static int measure(const char *type, int threads, int runs, int speed, result *o
                  ((double)c->dim * (c->dim + 2 * c->kv_dim) + (double)c->dim * c->dim +
                   3.0 * c->dim * c->hidden_dim);
     model_state *s;
-    model_state_opts so = {16, 512, 8, threads, MODEL_TYPE_F32};
+    model_state_opts so = {16, 512, 8, threads, kv_type};
     if (model_state_new(m, &so, &s) != 0)
         return -1;
     out->rss = rss_mb() - rss0;
@@ -215,7 +220,8 @@ static int measure(const char *type, int threads, int runs, int speed, result *o
         }
         out->p512 = bench_median(v, runs);
         for (int i = 1; i < 8; i++)
-            model_prefill(s, &kv[i].kv, 0, t, 512, NULL);
+            if (decode_pos > 0)
+                model_prefill(s, &kv[i].kv, 0, t, decode_pos, NULL);
         int steps = 32;
         for (int b = 1; b <= 8; b += 7) {
             model_kv kvs[8];
@@ -226,7 +232,7 @@ static int measure(const char *type, int threads, int runs, int speed, result *o
                 for (int k = 0; k < steps; k++) {
                     for (int i = 0; i < b; i++) {
                         kvs[i] = kv[i].kv;
-                        pos[i] = 512 + k;
+                        pos[i] = decode_pos + k;
                         tok[i] = t[(k + i) % 512];
                     }
                     model_decode(s, kvs, pos, tok, b, logits);
@@ -261,7 +267,8 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             printf("usage: bench_gguf [--types f32,q8_0,q4_k_m] [--rss-types LIST|none] "
-                   "[--threads 2] [--runs 5] [--kernels default|float|both]\n");
+                   "[--threads 2] [--runs 5] [--kernels default|float|both] "
+                   "[--kv-type f32|f16|q8_0] [--decode-pos P]\n");
             return 0;
         }
         if (i + 1 >= argc) {
@@ -281,7 +288,21 @@ int main(int argc, char **argv)
             file_prefix = argv[i + 1];
         else if (!strcmp(argv[i], "--kernels"))
             kernels = argv[i + 1];
-        else {
+        else if (!strcmp(argv[i], "--kv-type")) {
+            if (model_kv_type_parse(argv[i + 1], &kv_type) != 0) {
+                fprintf(stderr, "bench_gguf: --kv-type '%s': expected f32, f16 or q8_0\n",
+                        argv[i + 1]);
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--decode-pos")) {
+            char *end;
+            long p = strtol(argv[i + 1], &end, 10);
+            if (*end || p < 0 || p > 512) {
+                fprintf(stderr, "bench_gguf: --decode-pos '%s': expected 0 to 512\n", argv[i + 1]);
+                return 2;
+            }
+            decode_pos = (int)p;
+        } else {
             fprintf(stderr, "bench_gguf: unknown option '%s' (--help)\n", argv[i]);
             return 2;
         }
@@ -302,9 +323,11 @@ int main(int argc, char **argv)
             load[0] = -1;
         fclose(la);
     }
-    printf("stories110M shape, %d threads, medians of %d runs; memory bandwidth %.1f GB/s; peak "
-           "%.0f GFLOP/s (FMA), %.0f GOP/s (VNNI); load average %.1f %.1f %.1f\n\n",
-           threads, runs, bw, fma, vnni, load[0], load[1], load[2]);
+    printf("stories110M shape, %d threads, medians of %d runs; decode from position %d, K/V %s; "
+           "memory bandwidth %.1f GB/s; peak %.0f GFLOP/s (FMA), %.0f GOP/s (VNNI); load average "
+           "%.1f %.1f %.1f\n\n",
+           threads, runs, decode_pos, model_type_name(kv_type), bw, fma, vnni, load[0], load[1],
+           load[2]);
     printf("| type | kernels | file MB | prefill 512 tok/s | compute bound | decode b1 tok/s | "
            "b1 bound (bw / file) | b1 share | decode b8 tok/s | b8 / b1 |\n"
            "|---|---|---|---|---|---|---|---|---|---|\n");

@@ -708,7 +708,7 @@ static int map_quant(model_state *s)
         s->qscratch_n = s->qscratch_n > need ? s->qscratch_n : need;
         /* A row's parts depend on whether n is a multiple of 256: the larger of the two. */
         size_t xb = model__qx_row_bytes(dim), xh = model__qx_row_bytes(hid);
-        s->qx = malloc((size_t)s->rows * (xb > xh ? xb : xh));
+        s->qx = aligned_alloc(64, (size_t)s->rows * (xb > xh ? xb : xh)); /* whole lines */
         if (!s->qx)
             return MODEL_ENOMEM;
     }

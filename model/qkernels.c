@@ -239,7 +239,8 @@ void model__qgemm_rows(float *y, size_t ldy, const float *x, size_t ldx, const m
 #define QI8 0
 #endif
 
-#define GROW 16 /* weight rows decoded into scratch at a time (prefill) */
+#define GROW 16   /* weight rows decoded into scratch at a time (prefill) */
+#define MDIRECT 8 /* up to this many activation rows, weights are decoded in registers */
 
 int model__qi8_available(void)
 {
@@ -570,13 +571,13 @@ ALWAYS_INLINE __m512 step32(__m512 acc, int mn, __m512i init, __m512i u, __m512 
 }
 
 /* Decode, blocks of 32: each weight row decoded chunk by chunk in registers and run against all
- * m (1 to 3) activation rows. */
+ * m (1 to MDIRECT) activation rows. */
 ALWAYS_INLINE void direct32(int type, int m, float *y, size_t ldy, const uint8_t *xq, size_t xs,
                             const model__qx_layout *l, const uint8_t *row, int n)
 {
     int nc = (n + 63) / 64, mn = has_min(type), bias = bias_of(type);
-    __m512 acc[3];
-    xrow32 xr[3];
+    __m512 acc[MDIRECT];
+    xrow32 xr[MDIRECT];
     for (int i = 0; i < m; i++) {
         acc[i] = _mm512_setzero_ps();
         xr[i] = x32_of(xq + (size_t)i * xs, l);
@@ -777,8 +778,8 @@ ALWAYS_INLINE void directk(int type, int m, float *y, size_t ldy, const uint8_t 
 {
     int q6 = type == MODEL_TYPE_Q6_K;
     size_t bs = sb_bytes(type);
-    __m512 acc[3];
-    xrowk xr[3];
+    __m512 acc[MDIRECT];
+    xrowk xr[MDIRECT];
     for (int i = 0; i < m; i++) {
         acc[i] = _mm512_setzero_ps();
         xr[i] = xk_of(xq + (size_t)i * xs, l);
@@ -786,7 +787,7 @@ ALWAYS_INLINE void directk(int type, int m, float *y, size_t ldy, const uint8_t 
     for (int s = 0; s < n / 256; s++) {
         const uint8_t *b = row + (size_t)s * bs;
         float d;
-        __m512i sc, isum[3];
+        __m512i sc, isum[MDIRECT];
         __m512 o;
         wk_head(type, b, &d, &sc, &o);
         for (int i = 0; i < m; i++)
@@ -909,7 +910,9 @@ typedef void (*tile_fn)(float *, size_t, const uint8_t *, size_t, const model__q
         else                                                                                       \
             direct32(MODEL_TYPE_##T, M, y, ldy, xq, xs, l, row, n);                                \
     }
-#define DIRECTS(T) DIRECT(T, 1) DIRECT(T, 2) DIRECT(T, 3)
+#define DIRECTS(T)                                                                                 \
+    DIRECT(T, 1)                                                                                   \
+    DIRECT(T, 2) DIRECT(T, 3) DIRECT(T, 4) DIRECT(T, 5) DIRECT(T, 6) DIRECT(T, 7) DIRECT(T, 8)
 DIRECTS(Q8_0)
 DIRECTS(Q4_0)
 DIRECTS(Q4_1)
@@ -920,16 +923,17 @@ DIRECTS(Q5_K)
 DIRECTS(Q6_K)
 #define DIRECT_ROW(T)                                                                              \
     {                                                                                              \
-        direct_##T##_1, direct_##T##_2, direct_##T##_3                                             \
+        direct_##T##_1, direct_##T##_2, direct_##T##_3, direct_##T##_4, direct_##T##_5,            \
+            direct_##T##_6, direct_##T##_7, direct_##T##_8                                         \
     }
 
-/* The direct instances of type t: m = 1, 2, 3. */
+/* The direct instances of type t: m = 1 to MDIRECT. */
 static const direct_fn *directs_of(int t)
 {
-    static const direct_fn q8_0[3] = DIRECT_ROW(Q8_0), q4_0[3] = DIRECT_ROW(Q4_0),
-                           q4_1[3] = DIRECT_ROW(Q4_1), q5_0[3] = DIRECT_ROW(Q5_0),
-                           q5_1[3] = DIRECT_ROW(Q5_1), q4_k[3] = DIRECT_ROW(Q4_K),
-                           q5_k[3] = DIRECT_ROW(Q5_K), q6_k[3] = DIRECT_ROW(Q6_K);
+    static const direct_fn q8_0[MDIRECT] = DIRECT_ROW(Q8_0), q4_0[MDIRECT] = DIRECT_ROW(Q4_0),
+                           q4_1[MDIRECT] = DIRECT_ROW(Q4_1), q5_0[MDIRECT] = DIRECT_ROW(Q5_0),
+                           q5_1[MDIRECT] = DIRECT_ROW(Q5_1), q4_k[MDIRECT] = DIRECT_ROW(Q4_K),
+                           q5_k[MDIRECT] = DIRECT_ROW(Q5_K), q6_k[MDIRECT] = DIRECT_ROW(Q6_K);
     switch (t) {
     case MODEL_TYPE_Q8_0:
         return q8_0;
@@ -995,11 +999,12 @@ TILES(4)
 static const tile_fn tiles[4][4][4] = {TILE_SET(tile32), TILE_SET(tile32m), TILE_SET(tilek),
                                        TILE_SET(tilek6)};
 
-/* Weight rows per tile: 4 for blocks of 32 (16 float chains), 3 for K-quants (12 integer and 12
- * float accumulators). */
+/* Weight rows per tile: 4 (16 chains; a K-quant tile's float accumulators, touched once per
+ * super-block, wait in memory while the 16 integer ones run). */
 static int tile_nw(int t)
 {
-    return kind_k(t) ? 3 : 4;
+    (void)t;
+    return 4;
 }
 
 static int tile_variant(int t)
@@ -1018,7 +1023,7 @@ static void qi8_run(float *y, size_t ldy, const uint8_t *xq, const model__qmat *
     model__qx_layout l = model__qx_lay(n);
     size_t xs = l.bytes, ws = qw_row_bytes(n);
     const uint8_t *rows = sg->data + (size_t)(r0 - first) * sg->row_bytes;
-    if (m <= 3) {
+    if (m <= MDIRECT) {
         direct_fn f = directs_of(t)[m - 1];
         for (int r = r0; r < r1; r++, rows += sg->row_bytes)
             f(y + r, ldy, xq, xs, &l, rows, n);
@@ -1051,10 +1056,11 @@ void model__qgemm_i8(float *y, size_t ldy, const void *xq, const model__qmat *w,
 {
 #if QI8
     int d = w->d, r = g0 * NRQ, rend = g1 * NRQ < d ? g1 * NRQ : d, first = 0;
+    uint8_t *wd = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63); /* whole lines */
     for (int s = 0; s < w->n_seg && r < rend; s++) {
         int last = first + w->seg[s].rows, e = rend < last ? rend : last;
         if (r < e) {
-            qi8_run(y, ldy, xq, w, s, r, e, m, scratch);
+            qi8_run(y, ldy, xq, w, s, r, e, m, wd);
             r = e;
         }
         first = last;
