@@ -37,7 +37,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#ifdef __AVX512F__
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
@@ -93,39 +93,52 @@ typedef struct peak_arg {
     double ops;
 } peak_arg;
 
+/* The probes are compiled for AVX-512 (and VNNI) whatever the build's flags, and run only where
+ * the CPU has them, so a portable build measures the same peaks as a native one. */
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx512f"))) static double peak_fma(long iters)
+{
+    __m512 acc[12], m = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(0.001f);
+    for (int i = 0; i < 12; i++)
+        acc[i] = _mm512_set1_ps((float)i);
+    for (long k = 0; k < iters; k++)
+        for (int i = 0; i < 12; i++)
+            acc[i] = _mm512_fmadd_ps(acc[i], m, c);
+    float s = 0;
+    for (int i = 0; i < 12; i++)
+        s += _mm512_reduce_add_ps(acc[i]);
+    return s == 12345.0f ? 0 : (double)iters * 12 * 16 * 2;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static double peak_vnni(long iters)
+{
+    __m512i acc[12], ua = _mm512_set1_epi8(3), sb = _mm512_set1_epi8(-2);
+    for (int i = 0; i < 12; i++)
+        acc[i] = _mm512_set1_epi32(i);
+    for (long k = 0; k < iters; k++)
+        for (int i = 0; i < 12; i++)
+            acc[i] = _mm512_dpbusd_epi32(acc[i], ua, sb);
+    int s = 0;
+    for (int i = 0; i < 12; i++)
+        s += _mm512_reduce_add_epi32(acc[i]);
+    return s == 12345 ? 0 : (double)iters * 12 * 64 * 2;
+}
+#endif
+
 static void *peak_thread(void *a)
 {
     peak_arg *p = a;
     long iters = 20000000;
-    (void)iters; /* a build without AVX-512 measures no peak */
-    p->ops = 0;
-#ifdef __AVX512F__
-    if (!p->vnni) {
-        __m512 acc[12], m = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(0.001f);
-        for (int i = 0; i < 12; i++)
-            acc[i] = _mm512_set1_ps((float)i);
-        for (long k = 0; k < iters; k++)
-            for (int i = 0; i < 12; i++)
-                acc[i] = _mm512_fmadd_ps(acc[i], m, c);
-        float s = 0;
-        for (int i = 0; i < 12; i++)
-            s += _mm512_reduce_add_ps(acc[i]);
-        p->ops = s == 12345.0f ? 0 : (double)iters * 12 * 16 * 2;
-    }
-#endif
-#if defined(__AVX512VNNI__)
-    if (p->vnni) {
-        __m512i acc[12], ua = _mm512_set1_epi8(3), sb = _mm512_set1_epi8(-2);
-        for (int i = 0; i < 12; i++)
-            acc[i] = _mm512_set1_epi32(i);
-        for (long k = 0; k < iters; k++)
-            for (int i = 0; i < 12; i++)
-                acc[i] = _mm512_dpbusd_epi32(acc[i], ua, sb);
-        int s = 0;
-        for (int i = 0; i < 12; i++)
-            s += _mm512_reduce_add_epi32(acc[i]);
-        p->ops = s == 12345 ? 0 : (double)iters * 12 * 64 * 2;
-    }
+    p->ops = 0; /* a CPU without AVX-512 (or VNNI) measures no peak */
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (!p->vnni && __builtin_cpu_supports("avx512f"))
+        p->ops = peak_fma(iters);
+    if (p->vnni && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vnni"))
+        p->ops = peak_vnni(iters);
+#else
+    (void)iters;
 #endif
     return NULL;
 }
