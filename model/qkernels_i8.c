@@ -137,9 +137,7 @@ static size_t qw_row_bytes(int n)
 
 size_t model__qi8_scratch_bytes(int n)
 {
-    /* Prefill's decoded rows, or decode's expanded activation rows (XE bytes a chunk). */
-    size_t tiles = GROW * qw_row_bytes(n), rows = MDIRECT * 192 * ((size_t)n + 63) / 64;
-    return (tiles > rows ? tiles : rows) + 64;
+    return GROW * qw_row_bytes(n) + 64;
 }
 
 /* Rounds x / d to the nearest integer (ties to even) within [-127, 127]. */
@@ -391,32 +389,12 @@ ALWAYS_INLINE __m512 step32(__m512 acc, int mn, __m512i init, __m512i u, __m512 
     return mn ? _mm512_fmadd_ps(mv, sl, acc) : acc;
 }
 
-/* Decode, blocks of 32: the activation rows' per-chunk vectors (each lane's start, scale and
- * for Q4_1 and Q5_1 the scaled sum), made once per product into xe (XE bytes a chunk) so that
- * every weight row reads them; the same values tile32 makes in registers. */
-#define XE 192
-
-static void expand32(int type, const uint8_t *xq, size_t xs, const model__qx_layout *l, int m,
-                     int n, uint8_t *xe)
-{
-    int nc = (n + 63) / 64, bias = bias_of(type);
-    for (int i = 0; i < m; i++) {
-        xrow32 xr = x32_of(xq + (size_t)i * xs, l);
-        uint8_t *e = xe + (size_t)i * XE * nc;
-        for (int c = 0; c < nc; c++, e += XE) {
-            _mm512_storeu_si512(e, bias_init(bias, _mm512_loadu_si512(xr.q + 64 * c)));
-            _mm512_storeu_ps(e + 64, lanes2(xr.dl, c));
-            _mm512_storeu_ps(e + 128, lanes2_first(xr.sl, c));
-        }
-    }
-}
-
-/* Each weight row decoded chunk by chunk in registers and run against all m (1 to MDIRECT)
- * activation rows. */
+/* Decode, blocks of 32: each weight row decoded chunk by chunk in registers and run against all
+ * m (1 to MDIRECT) activation rows. */
 ALWAYS_INLINE void direct32(int type, int m, float *y, size_t ldy, const uint8_t *xq, size_t xs,
-                            const model__qx_layout *l, const uint8_t *xe, const uint8_t *row, int n)
+                            const model__qx_layout *l, const uint8_t *row, int n)
 {
-    int nc = (n + 63) / 64, mn = has_min(type);
+    int nc = (n + 63) / 64, mn = has_min(type), bias = bias_of(type);
     __m512 acc[MDIRECT];
     xrow32 xr[MDIRECT];
     for (int i = 0; i < m; i++) {
@@ -428,10 +406,9 @@ ALWAYS_INLINE void direct32(int type, int m, float *y, size_t ldy, const uint8_t
         __m512 sv, mv;
         w32_chunk(type, row, c, n - 64 * c < 64, &u, &sv, &mv);
         for (int i = 0; i < m; i++) {
-            const uint8_t *e = xe + ((size_t)i * nc + c) * XE;
-            acc[i] = step32(acc[i], mn, _mm512_loadu_si512(e), u, sv, mv,
-                            _mm512_loadu_si512(xr[i].q + 64 * c), _mm512_loadu_ps(e + 64),
-                            mn ? _mm512_loadu_ps(e + 128) : _mm512_setzero_ps());
+            __m512i q = _mm512_loadu_si512(xr[i].q + 64 * c);
+            acc[i] = step32(acc[i], mn, bias_init(bias, q), u, sv, mv, q, lanes2(xr[i].dl, c),
+                            mn ? lanes2_first(xr[i].sl, c) : _mm512_setzero_ps());
         }
     }
     for (int i = 0; i < m; i++)
@@ -739,19 +716,18 @@ ALWAYS_INLINE void tilek(int mr, int nw, int q6, float *y, size_t ldy, const uin
 /* ---- Instances and the driver ---- */
 
 typedef void (*direct_fn)(float *, size_t, const uint8_t *, size_t, const model__qx_layout *,
-                          const uint8_t *, const uint8_t *, int);
+                          const uint8_t *, int);
 typedef void (*tile_fn)(float *, size_t, const uint8_t *, size_t, const model__qx_layout *,
                         const uint8_t *, size_t, int, int);
 
 #define DIRECT(T, M)                                                                               \
     static void direct_##T##_##M(float *y, size_t ldy, const uint8_t *xq, size_t xs,               \
-                                 const model__qx_layout *l, const uint8_t *xe, const uint8_t *row, \
-                                 int n)                                                            \
+                                 const model__qx_layout *l, const uint8_t *row, int n)             \
     {                                                                                              \
         if (kind_k(MODEL_TYPE_##T))                                                                \
             directk(MODEL_TYPE_##T, M, y, ldy, xq, xs, l, row, n);                                 \
         else                                                                                       \
-            direct32(MODEL_TYPE_##T, M, y, ldy, xq, xs, l, xe, row, n);                            \
+            direct32(MODEL_TYPE_##T, M, y, ldy, xq, xs, l, row, n);                                \
     }
 #define DIRECTS(T)                                                                                 \
     DIRECT(T, 1)                                                                                   \
@@ -868,10 +844,8 @@ static void qi8_run(float *y, size_t ldy, const uint8_t *xq, const model__qmat *
     const uint8_t *rows = sg->data + (size_t)(r0 - first) * sg->row_bytes;
     if (m <= MDIRECT) {
         direct_fn f = directs_of(t)[m - 1];
-        if (!kind_k(t))
-            expand32(t, xq, xs, &l, m, n, wd);
         for (int r = r0; r < r1; r++, rows += sg->row_bytes)
-            f(y + r, ldy, xq, xs, &l, wd, rows, n);
+            f(y + r, ldy, xq, xs, &l, rows, n);
         return;
     }
     int nw = tile_nw(t), v = tile_variant(t), bias = kind_k(t) ? 0 : bias_of(t);
