@@ -699,11 +699,14 @@ ALWAYS_INLINE void tilek(int mr, int nw, int q6, float *y, size_t ldy, const uin
         }
 #pragma GCC unroll 4
         for (int i = 0; i < mr; i++) {
-            __m512 b = xk_b(&xr[i], q6, s);
+            __m512 b = xk_b(&xr[i], q6, s), dk = _mm512_set1_ps(xr[i].dk[s]);
+            /* endk's operations, d dk as a vector product (the same rounding) */
 #pragma GCC unroll 4
             for (int j = 0; j < nw; j++)
-                acc[i][j] = endk(acc[i][j], isum[i][j], wdd[j][s], xr[i].dk[s],
-                                 _mm512_loadu_ps(wo[j] + 16 * s), b);
+                acc[i][j] = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(wo[j] + 16 * s), b,
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i][j]),
+                                    _mm512_mul_ps(_mm512_set1_ps(wdd[j][s]), dk), acc[i][j]));
         }
     }
 #pragma GCC unroll 4
