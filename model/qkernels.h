@@ -15,8 +15,9 @@
  *     fixed tree. Each output depends on its own two rows only, never on the batch size.
  * The two give different roundings of the same sums; a request's prefill rows always take the
  * first and its decode steps the second, so each guarantee holds on its own path. The classifier
- * takes the second in both (its logits feed no K/V). Where the build has AVX-512 VNNI, matrices
- * of the quantized types take the integer products below instead, for prefill and decode alike.
+ * takes the second in both (its logits feed no K/V). Where the CPU has AVX-512 VNNI, matrices
+ * of the quantized types take the integer products (qkernels_i8.c) instead, for prefill and decode
+ * alike.
  */
 #ifndef PREFIXD_MODEL_QKERNELS_H
 #define PREFIXD_MODEL_QKERNELS_H

@@ -432,6 +432,25 @@ static void decode32(int type, const uint8_t *row, uint8_t *dst, int n)
     }
 }
 
+/* A tile's float accumulators: zeroed, and at the end each summed into its output. */
+ALWAYS_INLINE void tile_zero(int mr, int nw, __m512 acc[4][4])
+{
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nw; j++)
+            acc[i][j] = _mm512_setzero_ps();
+}
+
+ALWAYS_INLINE void tile_store(int mr, int nw, float *y, size_t ldy, __m512 acc[4][4])
+{
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nw; j++)
+            y[(size_t)i * ldy + j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
 /* mr activation rows x nw decoded weight rows (ws bytes apart), all of one type. */
 ALWAYS_INLINE void tile32(int mr, int nw, int mn, int bias, float *y, size_t ldy, const uint8_t *xq,
                           size_t xs, const model__qx_layout *l, const uint8_t *wd, size_t ws, int n)
@@ -442,12 +461,9 @@ ALWAYS_INLINE void tile32(int mr, int nw, int mn, int bias, float *y, size_t ldy
     const uint8_t *wu[4];
     const float *wsv[4], *wmv[4];
 #pragma GCC unroll 4
-    for (int i = 0; i < mr; i++) {
+    for (int i = 0; i < mr; i++)
         xr[i] = x32_of(xq + (size_t)i * xs, l);
-#pragma GCC unroll 4
-        for (int j = 0; j < nw; j++)
-            acc[i][j] = _mm512_setzero_ps();
-    }
+    tile_zero(mr, nw, acc);
 #pragma GCC unroll 4
     for (int j = 0; j < nw; j++) {
         wu[j] = wd + (size_t)j * ws;
@@ -473,11 +489,7 @@ ALWAYS_INLINE void tile32(int mr, int nw, int mn, int bias, float *y, size_t ldy
                 acc[i][j] = step32(acc[i][j], mn, init, u[j], sv[j], mv[j], q, dl, sl);
         }
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < mr; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < nw; j++)
-            y[(size_t)i * ldy + j] = _mm512_reduce_add_ps(acc[i][j]);
+    tile_store(mr, nw, y, ldy, acc);
 }
 
 /* ---- K-quants ---- */
@@ -659,12 +671,9 @@ ALWAYS_INLINE void tilek(int mr, int nw, int q6, float *y, size_t ldy, const uin
     const int16_t *wsc[4];
     const float *wdd[4], *wo[4];
 #pragma GCC unroll 4
-    for (int i = 0; i < mr; i++) {
+    for (int i = 0; i < mr; i++)
         xr[i] = xk_of(xq + (size_t)i * xs, l);
-#pragma GCC unroll 4
-        for (int j = 0; j < nw; j++)
-            acc[i][j] = _mm512_setzero_ps();
-    }
+    tile_zero(mr, nw, acc);
 #pragma GCC unroll 4
     for (int j = 0; j < nw; j++) {
         wu[j] = wd + (size_t)j * ws;
@@ -709,11 +718,7 @@ ALWAYS_INLINE void tilek(int mr, int nw, int q6, float *y, size_t ldy, const uin
                                     _mm512_mul_ps(_mm512_set1_ps(wdd[j][s]), dk), acc[i][j]));
         }
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < mr; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < nw; j++)
-            y[(size_t)i * ldy + j] = _mm512_reduce_add_ps(acc[i][j]);
+    tile_store(mr, nw, y, ldy, acc);
 }
 
 /* ---- Instances and the driver ---- */
