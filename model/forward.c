@@ -621,9 +621,10 @@ static void calibrate(model_state *s)
         model__pool_set_min_flops(s->pool, v);
     base_log(BASE_LOG_INFO,
              "model: %s kernels, %d compute threads; hand-off %.1f us, so work under %.0f kFLOP "
-             "(%.1f GFLOP/s alone) stays on one thread",
+             "(%.1f GFLOP/s alone) stays on one thread%s",
              model__kernels_name(), s->o.threads, handoff / 1e3,
-             model__pool_min_flops(s->pool) / 1e3, rate);
+             model__pool_min_flops(s->pool) / 1e3, rate,
+             handoff > 10e3 && !(v >= 0) ? " (a slow moment? it is measured again in 1 s)" : "");
 }
 
 /* Drops the mapped pages of a tensor that the state holds a packed copy of: the copy replaces

@@ -36,6 +36,14 @@
  * for its hand-off only when each side saves more than it costs. */
 #define HANDOFFS 4.0
 #define HANDOFF_CAP_NS 100e3
+/* A hand-off measured above REMEASURE_ABOVE_NS (a quiet machine's is about a microsecond) was
+ * likely taken in a slow moment, such as a start beside a busy process: it is measured again
+ * REMEASURE_MIN_NS later, then after twice as long each time it stays that high, up to
+ * REMEASURE_MAX_NS, so that one slow moment does not keep mid-sized work on one thread for the
+ * process's life (the split judgement below only ever sends more work to the caller alone). */
+#define REMEASURE_ABOVE_NS 10e3
+#define REMEASURE_MIN_NS 1e9
+#define REMEASURE_MAX_NS 64e9
 /* The pool judges its splits over windows of WINDOW_JOBS split jobs or WINDOW_NS of their time,
  * whichever ends first; a window whose splits saved less than SPLIT_GAIN (estimated time alone
  * over time split) is followed by BACKOFF_MIN_NS of jobs on the caller alone, doubled after
@@ -67,6 +75,9 @@ struct model__pool {
     atomic_int stop;
     uint32_t gen; /* the caller's generation counter */
     double min_flops;
+    double rate;                        /* the caller's FLOPs per ns, as calibrated */
+    double remeasure_at, remeasure_gap; /* the next hand-off measurement (0: none), the gap */
+    long remeasures;
     /* The caller's judgement of its splits (only the caller touches these). */
     double win_alone, win_split; /* estimated time alone, time split, of this window's jobs */
     int win_jobs;
@@ -288,8 +299,23 @@ static void judge_split(model__pool *p, int own, int n, double own_ns, double wa
     p->win_jobs = 0;
 }
 
+static double measure_handoff(model__pool *p, double budget_ns);
+static double set_handoff(model__pool *p, double handoff, double now);
+
 void model__pool_run(model__pool *p, model__task_fn fn, void *arg, int n_tasks, double flops)
 {
+    if (p->remeasure_at > 0) { /* a slow first measurement: once in a while, between jobs */
+        double now = now_ns();
+        if (now >= p->remeasure_at) {
+            p->remeasures++;
+            double h = set_handoff(p, measure_handoff(p, 2e6), now);
+            if (p->remeasure_at == 0)
+                base_log(BASE_LOG_INFO,
+                         "model: hand-off measured again: %.1f us, so work under %.0f kFLOP stays "
+                         "on one thread",
+                         h / 1e3, p->min_flops / 1e3);
+        }
+    }
     double t0 = 0;
     if (p->threads > 1 && n_tasks > 1 && flops >= p->min_flops && p->alone_until > 0)
         t0 = now_ns(); /* only when a back-off may be running: a clock read costs ~20 ns */
@@ -330,17 +356,16 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-double model__pool_calibrate(model__pool *p, double flops_per_ns)
+/* The hand-off: jobs of one task per thread that end when every thread has taken its task,
+ * what a split costs beyond its work. The first jobs wake sleeping workers (not counted); the
+ * later ones find them spinning, as a forward pass's jobs do. The median of up to 45 (what fits
+ * in budget_ns on a busy machine, at least 5): the least would be the best case, rarer than it
+ * looks. */
+static double measure_handoff(model__pool *p, double budget_ns)
 {
-    if (p->threads == 1)
-        return 0;
-    /* A job of one task per thread that ends when every thread has taken its task: what a
-     * split costs beyond its work. The first jobs wake sleeping workers (not counted); the
-     * later ones find them spinning, as a forward pass's jobs do. The median of up to 45 (what
-     * fits in 20 ms on a busy machine): the least would be the best case, rarer than it looks. */
     double t[45], start = now_ns();
     int n = 0;
-    for (int i = 0; i < 50 && (i < 10 || now_ns() - start < 20e6); i++) {
+    for (int i = 0; i < 50 && (i < 10 || now_ns() - start < budget_ns); i++) {
         rendezvous r = {0, p->threads};
         double t0 = now_ns();
         run_split(p, rendezvous_task, &r, 0, p->threads, NULL);
@@ -348,11 +373,47 @@ double model__pool_calibrate(model__pool *p, double flops_per_ns)
             t[n++] = now_ns() - t0;
     }
     qsort(t, (size_t)n, sizeof *t, cmp_double);
-    /* Capped: a start on a loaded machine must not keep mid-sized work on one thread for the
-     * process's life (the split judgement above adapts to the load as it changes). */
-    double handoff = t[n / 2] < HANDOFF_CAP_NS ? t[n / 2] : HANDOFF_CAP_NS;
-    p->min_flops = HANDOFFS * handoff * flops_per_ns;
+    return t[n / 2];
+}
+
+/* Sets the threshold from a hand-off measured at now, and when to measure it again. */
+static double set_handoff(model__pool *p, double handoff, double now)
+{
+    /* Capped: a start on a loaded machine must not keep mid-sized work on one thread. */
+    handoff = handoff < HANDOFF_CAP_NS ? handoff : HANDOFF_CAP_NS;
+    p->min_flops = HANDOFFS * handoff * p->rate;
+    if (handoff > REMEASURE_ABOVE_NS) {
+        p->remeasure_gap = p->remeasure_gap > 0 ? p->remeasure_gap : REMEASURE_MIN_NS;
+        p->remeasure_at = now + p->remeasure_gap;
+        p->remeasure_gap =
+            2 * p->remeasure_gap < REMEASURE_MAX_NS ? 2 * p->remeasure_gap : REMEASURE_MAX_NS;
+    } else {
+        p->remeasure_at = p->remeasure_gap = 0;
+    }
     return handoff;
+}
+
+double model__pool_calibrate(model__pool *p, double flops_per_ns)
+{
+    if (p->threads == 1)
+        return 0;
+    p->rate = flops_per_ns;
+    p->remeasure_gap = 0;
+    return set_handoff(p, measure_handoff(p, 20e6), now_ns());
+}
+
+void model__pool_assume_handoff(model__pool *p, double handoff_ns, double flops_per_ns)
+{
+    if (p->threads == 1)
+        return;
+    p->rate = flops_per_ns;
+    p->remeasure_gap = 0;
+    set_handoff(p, handoff_ns, now_ns());
+}
+
+long model__pool_remeasures(const model__pool *p)
+{
+    return p->remeasures;
 }
 
 double model__pool_min_flops(const model__pool *p)
@@ -363,4 +424,5 @@ double model__pool_min_flops(const model__pool *p)
 void model__pool_set_min_flops(model__pool *p, double flops)
 {
     p->min_flops = flops;
+    p->remeasure_at = 0; /* the caller's threshold stands */
 }

@@ -35,10 +35,21 @@ void model__pool_run(model__pool *p, model__task_fn fn, void *arg, int n_tasks, 
  * ns. */
 double model__pool_calibrate(model__pool *p, double flops_per_ns);
 
+/* A hand-off measured above ~10 us (a slow moment: a quiet machine's is about 1 us) is
+ * measured again by model__pool_run(), between two jobs, 1 s later, then after 2, 4, ... up to
+ * 64 s while it stays that high (each time up to ~2 ms of the caller's). */
+
+/* As model__pool_calibrate(), with the hand-off given instead of measured (tests). */
+void model__pool_assume_handoff(model__pool *p, double handoff_ns, double flops_per_ns);
+
+/* How many times the hand-off was measured again. */
+long model__pool_remeasures(const model__pool *p);
+
 /* The threshold in force (0 before calibration: every job of several tasks is split). */
 double model__pool_min_flops(const model__pool *p);
 
-/* Overrides the threshold (tests: 0 splits every job, so that the split paths run). */
+/* Overrides the threshold (tests: 0 splits every job, so that the split paths run); no hand-off
+ * is measured again after. */
 void model__pool_set_min_flops(model__pool *p, double flops);
 
 #endif

@@ -1,6 +1,7 @@
 /* test_model.c — the loader's validation, the forward pass against a naive reference, and each
  * compute kernel (model/kernels.h) against a plain loop. */
 #include "../../model/kernels.h"
+#include "../../model/pool.h"
 #include "../../model/qkernels.h"
 #include "../../model/quant.h"
 #include "harness.h"
@@ -9,6 +10,8 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <time.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1409,7 +1412,45 @@ static void test_kernel_qi8(void)
         }
 }
 
+/* A slow first hand-off (as at a start beside a busy process) is measured again a second later,
+ * between two jobs, and the threshold follows the new measurement; an overridden threshold is
+ * left alone. */
+static void count_task(void *arg, int task, int worker)
+{
+    (void)task, (void)worker;
+    atomic_fetch_add((atomic_int *)arg, 1);
+}
+
+static void test_pool_remeasure(void)
+{
+    model__pool *p = model__pool_new(2);
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    model__pool_assume_handoff(p, 100e3, 10.0); /* 100 us: the cap, 4 hand-offs at 10 FLOP/ns */
+    CHECK(model__pool_min_flops(p) == 4.0 * 100e3 * 10.0);
+    atomic_int n = 0;
+    model__pool_run(p, count_task, &n, 8, 1e9);
+    CHECK(model__pool_remeasures(p) == 0); /* not yet: a second after */
+    struct timespec ts = {1, 50000000};
+    nanosleep(&ts, NULL);
+    model__pool_run(p, count_task, &n, 8, 1e9);
+    CHECK(atomic_load(&n) == 16);
+    CHECK(model__pool_remeasures(p) == 1);
+    /* Whatever the machine's load now, the threshold is the new measurement's (capped). */
+    CHECK(model__pool_min_flops(p) <= 4.0 * 100e3 * 10.0);
+    note("threshold after the new measurement: %.0f FLOP", model__pool_min_flops(p));
+    /* A threshold set by the caller stands: nothing is measured again. */
+    model__pool_assume_handoff(p, 100e3, 10.0);
+    model__pool_set_min_flops(p, 0);
+    nanosleep(&ts, NULL);
+    model__pool_run(p, count_task, &n, 8, 1e9);
+    CHECK(model__pool_remeasures(p) == 1 && model__pool_min_flops(p) == 0);
+    model__pool_free(p);
+}
+
 static const harness_case cases[] = {
+    {"pool_remeasure", test_pool_remeasure},
     {"reference_260k", test_reference_260k},
     {"reference_synth_gqa", test_reference_synth_gqa},
     {"reference_synth_mha", test_reference_synth_mha},
