@@ -28,9 +28,11 @@
  * code and o = -128 d, -8 d, -16 d (the code's bias) or the block's stored minimum m. The
  * activation block of 32 is x ~ dx qx, qx in [-127, 127], so over a 64-weight chunk (two blocks)
  * the product is, lane l by lane (4 weights each),
- *   d_l dx_l (sum_4 u qx - bias sum_4 qx)   [+ m_l (dx_l sum_4 qx) for Q4_1, Q5_1]
- * where the bracket is one vpdpbusd started from -bias sum_4 qx (exact in 32-bit integers).
- * Per chunk and pair of rows: one vpdpbusd, a conversion, a multiply, a fused multiply-add.
+ *   d_l dx_l (sum_4 u qx - bias sum_4 qx)
+ * where the bracket is one vpdpbusd started from -bias sum_4 qx (exact in 32-bit integers), plus
+ * for Q4_1 and Q5_1 each block's m (dx sum_32 qx), the sum kept with the activation row. Per chunk
+ * and pair of rows: one vpdpbusd, a conversion, a multiply, a fused multiply-add (and one more for
+ * the minimum).
  *
  * K-quants (Q4_K, Q5_K, Q6_K): super-blocks of 256 with small integer sub-block scales sc under
  * one float d, w = d sc u + o, o = -dmin m (Q4_K, Q5_K, per 32) or -32 d sc (Q6_K, per 16). The
