@@ -1,13 +1,17 @@
 /* bench_tokenizer.c — encoding speed of the tokenizers, in MB/s of English text, and the time
- * of a 1 MB line without spaces (the case a quadratic merge loop would take minutes on).
+ * of a 1 MB line without spaces (the case a quadratic merge loop would take minutes on); then
+ * the time of model_chat_prompt() (render, turn ends, tokenize) for chats of 10, 100 and 1,000
+ * alternating messages with the Qwen2.5 template on gpt-2's vocabulary (median of 5, CPU time).
  *
  *   bench_tokenizer [MODELS_DIR [ONLY]]   (default: tests/data; ONLY: the tokenizers whose
- *                                          label contains that text, for a profiler)
+ *                                          label contains that text, for a profiler;
+ *                                          "chat": the chat prompts alone)
  *
  * English text: the vocabulary test files' English lines and a TinyStories-like paragraph,
  * repeated to 4 MB. Tokenizers: llama2.c's tokenizer32k.bin (today's path), and the GGUF
  * vocabularies llama-spm (SentencePiece), gpt-2 and deepseek-llm (byte-level BPE). */
 #include "bench_util.h"
+#include "chat_prompt.h"
 #include "model.h"
 
 #include <stdio.h>
@@ -56,6 +60,67 @@ static void bench(const char *label, const char *path, const char *text, size_t 
     model_tokenizer_free(t);
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* model_chat_prompt() on chats of 10, 100 and 1,000 messages: the turn-end search renders
+ * every prefix of the chat, so this is where its growth with the message count shows. */
+static void bench_chat(const char *dir)
+{
+    char path[1024], msg[512];
+    if (only && !strstr("chat prompt", only))
+        return;
+    snprintf(path, sizeof path, "%s/templates/Qwen-Qwen2.5-7B-Instruct.jinja", dir);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        printf("chat: cannot read %s\n", path);
+        return;
+    }
+    static char src[16384];
+    size_t sl = fread(src, 1, sizeof src - 1, f);
+    fclose(f);
+    src[sl] = 0;
+    model_chat_template *t = NULL;
+    model_tokenizer *tok = NULL;
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-gpt-2.gguf", dir);
+    if (model_chat_template_parse(src, sl, &t, msg, sizeof msg) != 0 ||
+        model_tokenizer_open(path, &tok, msg, sizeof msg) != 0) {
+        printf("chat: %s\n", msg);
+        model_chat_template_free(t);
+        return;
+    }
+    static model_chat_msg m[1000];
+    for (size_t i = 0; i < 1000; i++) {
+        const char *r = i % 2 ? "assistant" : "user",
+                   *c = i % 2 ? "Sure, here it is." : "Tell me more.";
+        m[i] = (model_chat_msg){r, strlen(r), c, strlen(c)};
+    }
+    static size_t cut_ids[1001];
+    for (size_t n = 10; n <= 1000; n *= 10) {
+        double dt[5];
+        size_t n_ids = 0;
+        for (int rep = 0; rep < 5; rep++) {
+            int32_t *ids = NULL;
+            double t0 = now_s();
+            int rc = model_chat_prompt(t, tok, m, n, 1, &ids, &n_ids, cut_ids, msg, sizeof msg);
+            dt[rep] = now_s() - t0;
+            free(ids);
+            if (rc != 0) {
+                printf("chat of %zu messages: %s\n", n, msg);
+                return;
+            }
+        }
+        qsort(dt, 5, sizeof *dt, cmp_double);
+        printf("chat prompt, %4zu messages  %9.3f ms  (%zu tokens; median of 5, CPU time)\n", n,
+               dt[2] * 1e3, n_ids);
+    }
+    model_tokenizer_free(tok);
+    model_chat_template_free(t);
+}
+
 int main(int argc, char **argv)
 {
     const char *dir = argc > 1 ? argv[1] : "tests/data";
@@ -89,5 +154,6 @@ int main(int argc, char **argv)
     }
     free(text);
     free(word);
+    bench_chat(dir);
     return 0;
 }

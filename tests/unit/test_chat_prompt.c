@@ -328,10 +328,58 @@ static void test_many_messages(void)
     model_tokenizer_free(tok);
 }
 
+/* A long chat is cut where its prefixes end: for 1,000 alternating messages (of varied
+ * lengths) under the Qwen2.5 template and the built-in Llama 3 one, the prompt of the first k
+ * messages, computed on its own, is a prefix of the whole chat's ids and has cut_ids[k] of
+ * them, for k at the start, the middle and the end. This is the definition the turn-end search
+ * must keep however it is computed. */
+static void test_long_chat_cuts(void)
+{
+    model_tokenizer *tok = open_vocab("gpt-2");
+    model_chat_template *tpls[2] = {parse_file("Qwen-Qwen2.5-7B-Instruct"),
+                                    parse(model_chat_family_source(MODEL_CHAT_LLAMA3))};
+    static const char *const words[] = {"Tell me more.", "Sure, here it is:\n\n- one\n- two",
+                                        "  Why?  ", "Because <|im_end|> is only text here.",
+                                        "Go on"};
+    size_t n = 1000;
+    model_chat_msg *m = calloc(n, sizeof *m);
+    for (size_t i = 0; i < n; i++)
+        m[i] = M(i % 2 ? "assistant" : "user", words[(i * 7 + i / 3) % 5]);
+    static const size_t ks[] = {1, 2, 3, 17, 250, 501, 998, 999};
+    for (int ti = 0; ti < 2; ti++) {
+        size_t *cut_ids = calloc(n + 1, sizeof *cut_ids), n_ids = 0;
+        int32_t *ids = NULL;
+        char msg[256];
+        CHECK_MSG(
+            model_chat_prompt(tpls[ti], tok, m, n, 0, &ids, &n_ids, cut_ids, msg, sizeof msg) == 0,
+            "%s", msg);
+        CHECK_EQ_INT((int)cut_ids[n], (int)n_ids);
+        for (size_t i = 0; i < sizeof ks / sizeof *ks; i++) {
+            size_t k = ks[i], n_k = 0;
+            int32_t *ids_k = NULL;
+            CHECK_MSG(
+                model_chat_prompt(tpls[ti], tok, m, k, 0, &ids_k, &n_k, NULL, msg, sizeof msg) == 0,
+                "%s", msg);
+            CHECK_MSG(is_prefix(ids_k, n_k, ids, n_ids), "template %d: %zu messages", ti, k);
+            CHECK_EQ_INT((int)cut_ids[k], (int)n_k);
+            free(ids_k);
+        }
+        /* The cuts only grow. */
+        for (size_t k = 1; k < n; k++)
+            CHECK(cut_ids[k] < cut_ids[k + 1]);
+        free(ids);
+        free(cut_ids);
+        model_chat_template_free(tpls[ti]);
+    }
+    free(m);
+    model_tokenizer_free(tok);
+}
+
 static const harness_case cases[] = {
     {"contents_stay_text", test_contents_stay_text}, {"prefix_property", test_prefix_property},
     {"one_turn_is_plain", test_one_turn_is_plain},   {"errors", test_errors},
     {"trimmed_content", test_trimmed_content},       {"many_messages", test_many_messages, "slow"},
+    {"long_chat_cuts", test_long_chat_cuts, "slow"},
 };
 
 HARNESS_MAIN(cases)
