@@ -61,8 +61,8 @@ int model__qi8_available(void)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma"); /* and F16C,
+                                                                   which every AVX-512 CPU has */
 #else
     return QI8;
 #endif

@@ -16,11 +16,53 @@
 #include <string.h>
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
 /* ---- Half precision ------------------------------------------------------------------------- */
 
+/* The conversions by their bits, for compilers without _Float16 on this target (clang before 15
+ * on x86 without AVX512-FP16: the fuzzing build); the same results as the type's conversions
+ * (test_model quant_f16_bits compares them over every half and many floats). */
+float model__f16_to_f32_bits(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu, u;
+    float f;
+    if (e == 0x1F) { /* infinity, NaN (quiet, payload kept) */
+        u = sign | 0x7F800000u | (m << 13) | (m ? 0x400000u : 0);
+    } else if (e) {
+        u = sign | ((e + 112) << 23) | (m << 13);
+    } else { /* zero and subnormals: m x 2^-24, exact in float */
+        f = (float)m * 0x1p-24f;
+        memcpy(&u, &f, 4);
+        u |= sign;
+    }
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t model__f32_to_f16_bits(float f)
+{
+    uint32_t u, a;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    a = u & 0x7FFFFFFFu;
+    if (a > 0x7F800000u) /* NaN: quiet, the payload's top bits */
+        return (uint16_t)(sign | 0x7E00u | ((a >> 13) & 0x3FFu));
+    if (a >= 0x477FF000u) /* 65520 and up round to infinity */
+        return (uint16_t)(sign | 0x7C00u);
+    if (a >= 0x38800000u) { /* normal: rebias, round to nearest even at bit 13 */
+        uint32_t r = a - 0x38000000u;
+        r += 0xFFFu + ((r >> 13) & 1u);
+        return (uint16_t)(sign | (r >> 13));
+    }
+    float v; /* subnormal or zero: |f| / 2^-24 to the nearest even integer (up to 0x400) */
+    memcpy(&v, &a, 4);
+    return (uint16_t)(sign | (uint16_t)nearbyintf(v * 0x1p24f));
+}
+
+#ifdef __FLT16_MAX__
 float model__f16_to_f32(uint16_t h)
 {
     _Float16 v;
@@ -35,6 +77,17 @@ uint16_t model__f32_to_f16(float f)
     memcpy(&h, &v, 2);
     return h;
 }
+#else
+float model__f16_to_f32(uint16_t h)
+{
+    return model__f16_to_f32_bits(h);
+}
+
+uint16_t model__f32_to_f16(float f)
+{
+    return model__f32_to_f16_bits(f);
+}
+#endif
 
 float model__bf16_to_f32(uint16_t h)
 {
@@ -271,8 +324,10 @@ static int has_f16c(void)
 {
     static int known = -1; /* a race writes the same value */
     if (known < 0) {
+        unsigned a, b, c,
+            d; /* F16C by cpuid: not every compiler's __builtin_cpu_supports names it */
         __builtin_cpu_init();
-        known = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+        known = __builtin_cpu_supports("avx") && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
     }
     return known;
 }
@@ -285,11 +340,8 @@ static void dq_f16(const uint8_t *b, float *y, int n)
     if (has_f16c())
         i = dq_f16_wide(b, y, n);
 #endif
-    for (; i < n; i++) {
-        _Float16 v;
-        memcpy(&v, b + 2 * i, 2);
-        y[i] = (float)v;
-    }
+    for (; i < n; i++)
+        y[i] = model__f16_to_f32((uint16_t)(b[2 * i] | b[2 * i + 1] << 8));
 }
 
 void model__dequant_row(int type, const void *src, float *y, int n)

@@ -36,6 +36,9 @@
 
 float model__f16_to_f32(uint16_t h);
 uint16_t model__f32_to_f16(float f); /* round to nearest even */
+/* The same by their bits (what a compiler without _Float16 uses; tests compare the two). */
+float model__f16_to_f32_bits(uint16_t h);
+uint16_t model__f32_to_f16_bits(float f);
 float model__bf16_to_f32(uint16_t h);
 uint16_t model__f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */
 

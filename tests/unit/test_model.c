@@ -1449,8 +1449,57 @@ static void test_pool_remeasure(void)
     model__pool_free(p);
 }
 
+/* The half-precision conversions by their bits (what a compiler without _Float16 builds) against
+ * the type's own: every half to float, and to half every half's value, its neighbours, the
+ * midpoints between consecutive halves (ties to even), the overflow edge and a million random
+ * floats; NaNs compared as NaNs with the same quiet payload. */
+static int same_f32(float a, float b)
+{
+    uint32_t x, y;
+    memcpy(&x, &a, 4);
+    memcpy(&y, &b, 4);
+    return x == y;
+}
+
+static void test_quant_f16_bits(void)
+{
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float a = model__f16_to_f32((uint16_t)h), b = model__f16_to_f32_bits((uint16_t)h);
+        bad += !same_f32(a, b);
+        float probes[4] = {a, nextafterf(a, INFINITY), nextafterf(a, -INFINITY), 0};
+        /* the midpoint to the next half up (exact in float) */
+        float up = model__f16_to_f32_bits((uint16_t)(h + 1 < 65536 ? h + 1 : h));
+        probes[3] = (h & 0x7C00) != 0x7C00 && (h & 0x7FFF) != 0x7BFF ? a + (up - a) / 2 : a;
+        for (int k = 0; k < 4; k++)
+            bad += model__f32_to_f16(probes[k]) != model__f32_to_f16_bits(probes[k]);
+    }
+    static const float edge[] = {65504.0f,       65519.0f,      65519.996f,    65520.0f,
+                                 65536.0f,       1e10f,         5.9604645e-8f, 2.9802322e-8f,
+                                 2.98023259e-8f, 6.1035156e-5f, 6.1035152e-5f, 0.0f,
+                                 -0.0f,          INFINITY,      -INFINITY,     NAN};
+    for (size_t k = 0; k < sizeof edge / sizeof edge[0]; k++) {
+        bad += model__f32_to_f16(edge[k]) != model__f32_to_f16_bits(edge[k]);
+        bad += model__f32_to_f16(-edge[k]) != model__f32_to_f16_bits(-edge[k]);
+    }
+    uint32_t seed = 12345;
+    for (int k = 0; k < 1000000; k++) {
+        seed = seed * 1664525u + 1013904223u;
+        float f;
+        memcpy(&f, &seed, 4);
+        bad += model__f32_to_f16(f) != model__f32_to_f16_bits(f);
+    }
+    CHECK_MSG(bad == 0, "%d conversions differ", bad);
+    /* and a few by value */
+    CHECK(model__f32_to_f16_bits(1.0f) == 0x3C00 && model__f32_to_f16_bits(-2.0f) == 0xC000);
+    CHECK(model__f32_to_f16_bits(65520.0f) == 0x7C00 && model__f32_to_f16_bits(65519.0f) == 0x7BFF);
+    CHECK(model__f32_to_f16_bits(2.9802322e-8f) == 0x0000); /* half the least subnormal: even */
+    CHECK(model__f16_to_f32_bits(0x0001) == 0x1p-24f && model__f16_to_f32_bits(0x7BFF) == 65504.0f);
+}
+
 static const harness_case cases[] = {
     {"pool_remeasure", test_pool_remeasure},
+    {"quant_f16_bits", test_quant_f16_bits},
     {"reference_260k", test_reference_260k},
     {"reference_synth_gqa", test_reference_synth_gqa},
     {"reference_synth_mha", test_reference_synth_mha},
