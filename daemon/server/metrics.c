@@ -178,7 +178,15 @@ static void render(server *s, hbuf *b)
                (double)cs.slots_used);
         metric(b, "prefixd_cache_cached_blocks", "gauge", "Published blocks in RAM.",
                (double)cs.slots_cached);
+        metric(b, "prefixd_cache_capacity_bytes", "gauge", "Bytes of K/V the RAM pool holds.",
+               (double)cs.bytes_total);
     }
+    /* What a block holds, as labels of a constant (the Prometheus way to tell a setting). */
+    hbuf_printf(b,
+                "# HELP prefixd_kv_info The K/V blocks' element type and tokens per block (the "
+                "value is always 1).\n# TYPE prefixd_kv_info gauge\n"
+                "prefixd_kv_info{kv_type=\"%s\",block_tokens=\"%d\"} 1\n",
+                model_type_name(s->o.engine.kv_type), s->o.engine.block_tokens);
     disk_thread_stats ds;
     if (engine_disk_stats(s->engine, &ds) == 0) {
         metric(b, "prefixd_disk_hit_blocks_total", "counter", "Blocks loaded from disk.",

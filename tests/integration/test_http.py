@@ -554,6 +554,8 @@ def case_metrics_and_tokenize():
         for want in ("prefixd_requests_total", "prefixd_cached_tokens_total",
                      "prefixd_time_to_first_token_seconds", "prefixd_request_prefill_seconds"):
             check(want in names and "# HELP %s " % want in text, "no %s in %s" % (want, text))
+        check('prefixd_kv_info{kv_type="f16",block_tokens="16"} 1\n' in text and
+              "prefixd_cache_capacity_bytes " in text, "kv info: %s" % text)
         check("prefixd_requests_total 3\n" in text and
               'prefixd_time_to_first_token_seconds_bucket{le="+Inf"} 3\n' in text and
               "prefixd_time_to_first_token_seconds_count 3\n" in text, text)
