@@ -81,7 +81,10 @@ static int kind_32(int t)
 
 int model__qi8_takes(const model__qmat *w)
 {
-    if (!QI8 || w->n % 32 != 0)
+    static int cpu = -1; /* model__qi8_available(), asked once (a race writes the same value) */
+    if (cpu < 0)
+        cpu = model__qi8_available();
+    if (!cpu || w->n % 32 != 0) /* a portable build on a CPU without VNNI takes none */
         return 0;
     for (int s = 0; s < w->n_seg; s++) {
         int t = w->seg[s].type;
