@@ -7,6 +7,7 @@
 #include "model.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef __AVX512F__
@@ -58,11 +59,15 @@
 int model__qi8_available(void)
 {
 #if QI8 && defined(MODEL_QI8_DISPATCH)
-    __builtin_cpu_init();
+    /* PREFIXD_KERNELS=avx2 or generic runs the process as on a CPU without AVX-512: without
+     * these too (the portable build's tests run the model's unit tests so). */
+    const char *want = getenv("PREFIXD_KERNELS");
+    if (want && *want && strcmp(want, "avx512") != 0)
+        return 0;
+    __builtin_cpu_init(); /* F16C too, which every AVX-512 CPU has */
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma"); /* and F16C,
-                                                                   which every AVX-512 CPU has */
+           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma");
 #else
     return QI8;
 #endif
