@@ -35,8 +35,8 @@ def check(cond, what):
 
 
 class Daemon(daemon.Daemon):
-    def __init__(self, disk, sock=None, tmp=None):
-        super().__init__(PREFIXD, MODEL, TOK, "--disk-dir", disk, sock=sock, tmp=tmp)
+    def __init__(self, disk, sock=None, tmp=None, model=MODEL, tok=TOK):
+        super().__init__(PREFIXD, model, tok, "--disk-dir", disk, sock=sock, tmp=tmp)
 
     def stats(self):
         p = subprocess.run([PREFIXCTL, "--socket", self.sock, "stats", "--json"],
@@ -204,7 +204,15 @@ def case_cancel():
     the partial reply in the conversation marked, and returns to the prompt; the chat goes on. At
     the prompt, Ctrl-C discards the line and a second Ctrl-C leaves."""
     tmp = tempfile.mkdtemp()
-    d = Daemon(os.path.join(tmp, "disk"))
+    # The reply must outlast the Ctrl-C's way through tmux. stories260K ends its story by itself
+    # after ~200 tokens, all written in a few tens of ms on a fast quiet machine (the Ctrl-C then
+    # found the prompt), so this case runs a stories42M-shaped model of random weights: a few
+    # hundred tokens/s, and its replies run to -n.
+    model = os.path.join(tmp, "m42.bin")
+    p = subprocess.run([PREFIXD, "synth", "--shape", "stories42M", "-o", model],
+                       capture_output=True, text=True, timeout=300)
+    check(p.returncode == 0, "prefixd synth: %s" % p.stderr)
+    d = Daemon(os.path.join(tmp, "disk"), model=model, tok=model + ".tok")
     before = d.stats()["requests_cancelled"]
     # --context-policy stop: how long the partial reply is depends on the machine's speed, and a
     # long one would make the drop policy shorten turn 2's prompt; this case checks that the
@@ -212,7 +220,7 @@ def case_cancel():
     t = chat(d, tmp, "-n", "500", "--temp", "0", "--context-policy", "stop")
     t.wait(r"\[prefixctl chat")
     t.line("Once upon a time")
-    t.wait(r"there was")  # the reply streams
+    t.wait(r"Once upon a time\n\s*\S(?:\s*\S){9}")  # the reply streams
     t.keys("C-c")
     m = t.wait(r"\[cancelled: the partial reply \((\d+) tokens\)", timeout=20)
     partial = int(m.group(1))
