@@ -607,9 +607,9 @@ ALWAYS_INLINE __m512 xk_b(const xrowk *x, int q6, int s)
 }
 
 /* The end of a super-block in an output's chain. */
-ALWAYS_INLINE __m512 endk(__m512 acc, __m512i isum, float d, float dk, __m512 o, __m512 b)
+ALWAYS_INLINE __m512 endk(__m512 acc, __m512i isum, __m512 ddk, __m512 o, __m512 b)
 {
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * dk), acc);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), ddk, acc);
     return _mm512_fmadd_ps(o, b, acc);
 }
 
@@ -642,7 +642,7 @@ ALWAYS_INLINE void directk(int type, int m, float *y, size_t ldy, const uint8_t 
                     _mm512_maddubs_epi16(u, _mm512_loadu_si512(xr[i].q + 256 * s + 64 * k)), s16);
         }
         for (int i = 0; i < m; i++)
-            acc[i] = endk(acc[i], isum[i], d, xr[i].dk[s], o, xk_b(&xr[i], q6, s));
+            acc[i] = endk(acc[i], isum[i], _mm512_set1_ps(d * xr[i].dk[s]), o, xk_b(&xr[i], q6, s));
     }
     for (int i = 0; i < m; i++)
         y[(size_t)i * ldy] = _mm512_reduce_add_ps(acc[i]);
@@ -719,13 +719,12 @@ ALWAYS_INLINE void tilek(int mr, int nw, int q6, float *y, size_t ldy, const uin
 #pragma GCC unroll 4
         for (int i = 0; i < mr; i++) {
             __m512 b = xk_b(&xr[i], q6, s), dk = _mm512_set1_ps(xr[i].dk[s]);
-            /* endk's operations, d dk as a vector product (the same rounding) */
+            /* d dk as a vector product: the same rounding as directk's scalar one */
 #pragma GCC unroll 4
             for (int j = 0; j < nw; j++)
-                acc[i][j] = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(wo[j] + 16 * s), b,
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i][j]),
-                                    _mm512_mul_ps(_mm512_set1_ps(wdd[j][s]), dk), acc[i][j]));
+                acc[i][j] =
+                    endk(acc[i][j], isum[i][j], _mm512_mul_ps(_mm512_set1_ps(wdd[j][s]), dk),
+                         _mm512_loadu_ps(wo[j] + 16 * s), b);
         }
     }
     tile_store(mr, nw, y, ldy, acc);

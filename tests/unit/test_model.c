@@ -1282,6 +1282,15 @@ static void test_quant_formats(void)
  * decode path up to 3 rows, every tile shape past it), a 32-weight tail (n = 288, the 32-block
  * types), a matrix of two segments of different kinds (a 32-block type above Q6_K, on n = 512),
  * outputs past a whole group, and the activation rows' parts. */
+/* The sum of k activation codes. */
+static int code_sum(const int8_t *q, int k)
+{
+    int t = 0;
+    for (int i = 0; i < k; i++)
+        t += q[i];
+    return t;
+}
+
 static void test_kernel_qi8(void)
 {
     if (!model__qi8_available()) { /* every matrix then takes the float products */
@@ -1370,12 +1379,8 @@ static void test_kernel_qi8(void)
                         for (int k = 0; k < n; k++)
                             CHECK(fabsf(dl[k / 32] * q32[k] - xi[k]) <=
                                   0.5001f * dl[k / 32] + 1e-6f);
-                        for (int b = 0; b < n / 32; b++) {
-                            int s32 = 0;
-                            for (int k = 0; k < 32; k++)
-                                s32 += q32[32 * b + k];
-                            CHECK(sl[b] == dl[b] * (float)s32);
-                        }
+                        for (int b = 0; b < n / 32; b++)
+                            CHECK(sl[b] == dl[b] * (float)code_sum(q32 + 32 * b, 32));
                         for (int k = n; k < (n + 63) / 64 * 64; k++)
                             CHECK(q32[k] == 0 && dl[k / 32] == 0.0f && sl[k / 32] == 0.0f);
                     }
@@ -1385,18 +1390,10 @@ static void test_kernel_qi8(void)
                         for (int k = 0; k < n; k++)
                             CHECK(fabsf(dk[k / 256] * qk[k] - xi[k]) <=
                                   0.5001f * dk[k / 256] + 1e-6f);
-                        for (int g = 0; g < n / 16; g++) {
-                            int s16 = 0;
-                            for (int k = 0; k < 16; k++)
-                                s16 += qk[16 * g + k];
-                            CHECK(b16[g] == dk[g / 16] * (float)s16);
-                        }
-                        for (int g = 0; g < n / 32; g++) {
-                            int s32 = 0;
-                            for (int k = 0; k < 32; k++)
-                                s32 += qk[32 * g + k];
-                            CHECK(b32[g] == dk[g / 8] * (float)s32);
-                        }
+                        for (int g = 0; g < n / 16; g++)
+                            CHECK(b16[g] == dk[g / 16] * (float)code_sum(qk + 16 * g, 16));
+                        for (int g = 0; g < n / 32; g++)
+                            CHECK(b32[g] == dk[g / 8] * (float)code_sum(qk + 32 * g, 32));
                     }
                 }
             }
